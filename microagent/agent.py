@@ -1,0 +1,288 @@
+"""MicroAgent: finds its handlers when the class is defined, binds them to a bus and a broker,
+runs timers and servers, and stops gracefully."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, ClassVar
+
+from .broker import AbstractQueueBroker
+from .bus import AbstractSignalBus
+from .errors import InvalidPayload, MissConfig, ServerInterrupt
+from .handlers import (
+    CallStyle,
+    ConsumerSpec,
+    CronSpec,
+    HookSpec,
+    PeriodicSpec,
+    ReceiverSpec,
+    call_maybe_async,
+    specs_of,
+)
+from .payload import Codec
+from .queue import Queue
+from .signal import Signal
+from .timer import Timer, run_cron, run_periodic
+
+DEFAULT_GRACE = 10.0
+
+
+@dataclass(eq=False)
+class Receiver:
+    """A receiver method bound to an agent instance."""
+
+    agent: MicroAgent
+    handler: Callable[..., Awaitable[Any]]
+    signal: Signal[Any, Any]
+    timeout: float
+    style: CallStyle
+
+    @property
+    def key(self) -> str:
+        """The answer key of 1.x RPC: ``Class.method``."""
+        return f'{type(self.agent).__name__}.{self.handler.__name__}'
+
+    async def __call__(self, payload: Any, sender: str) -> Any:
+        style = self.style
+        if style.legacy:
+            call = self.handler(signal=self.signal, sender=sender, **self.signal.codec.to_kwargs(payload))
+        else:
+            kwargs: dict[str, Any] = {}
+            if 'sender' in style.keywords:
+                kwargs['sender'] = sender
+            if 'signal' in style.keywords:
+                kwargs['signal'] = self.signal
+            call = self.handler(payload, **kwargs) if style.positional else self.handler(**kwargs)
+        async with asyncio.timeout(self.timeout):
+            return await call
+
+
+@dataclass(eq=False)
+class Consumer:
+    """A consumer method bound to an agent instance."""
+
+    agent: MicroAgent
+    handler: Callable[..., Awaitable[Any]]
+    queue: Queue[Any]
+    timeout: float
+    style: CallStyle
+    dto_class: type[Any] | None = None
+    dto_name: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    dto_codec: Codec[Any] | None = None
+
+    @property
+    def key(self) -> str:
+        return f'{type(self.agent).__name__}.{self.handler.__name__}'
+
+    @property
+    def concurrency(self) -> int:
+        return int(self.options.get('concurrency', 32))
+
+    @property
+    def max_retries(self) -> int:
+        return int(self.options.get('max_retries', 3))
+
+    def decode(self, data: bytes) -> tuple[Any, Any]:
+        """The queue payload and, with a ``dto_class``, the DTO built from it."""
+        payload = self.queue.codec.decode(data)
+        if self.dto_class is None:
+            return payload, None
+        fields = self.queue.codec.to_kwargs(payload)
+        if self.dto_codec is not None:
+            return payload, self.dto_codec.from_kwargs(fields)
+        try:
+            return payload, self.dto_class(**fields)
+        except (TypeError, ValueError) as exc:
+            raise InvalidPayload(f'queue {self.queue.name!r} (dto_class)', [str(exc)]) from None
+
+    async def __call__(self, decoded: tuple[Any, Any], context: Mapping[str, Any]) -> None:
+        payload, dto = decoded
+        style = self.style
+        if style.legacy:
+            kwargs = {**self.queue.codec.to_kwargs(payload), **context}
+            if self.dto_class is not None:
+                kwargs[self.dto_name or 'dto'] = dto
+            call = self.handler(**kwargs)
+        else:
+            extra = {key: value for key, value in context.items() if key in style.keywords}
+            value = dto if self.dto_class is not None else payload
+            call = self.handler(value, **extra) if style.positional else self.handler(**extra)
+        async with asyncio.timeout(self.timeout):
+            await call
+
+
+class MicroAgent:
+    """A container of receivers, consumers, periodic/cron tasks, hooks and servers.
+
+    Subclass it and decorate methods; ``MicroAgent(bus=..., broker=..., log=..., settings=...)``.
+    """
+
+    _specs: ClassVar[dict[str, list[Any]]] = {}
+
+    log: logging.Logger
+    bus: AbstractSignalBus
+    broker: AbstractQueueBroker
+    settings: dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        specs: dict[str, list[Any]] = {}
+        for klass in reversed(cls.__mro__):
+            for attr, value in vars(klass).items():
+                found = specs_of(value)
+                if found:
+                    specs[attr] = found
+                elif attr in specs:
+                    del specs[attr]  # overridden without decorators
+        queues: dict[str, str] = {}
+        for attr, found in specs.items():
+            for spec in found:
+                if isinstance(spec, ConsumerSpec):
+                    other = queues.setdefault(spec.queue.name, attr)
+                    if other != attr:
+                        raise ValueError(f'{cls.__qualname__}: queue {spec.queue.name!r} is consumed by both '
+                                         f'{other} and {attr}; a queue has one consumer per agent')
+        cls._specs = specs
+
+    def __init__(self, bus: AbstractSignalBus | None = None, broker: AbstractQueueBroker | None = None,
+                 log: logging.Logger | None = None, settings: dict[str, Any] | None = None) -> None:
+        self.log = log or logging.getLogger(f'microagent.{type(self).__name__}')
+        self.settings = settings if settings is not None else {}
+        self.receivers: list[Receiver] = []
+        self.consumers: list[Consumer] = []
+        self.periodic_tasks: list[tuple[str, PeriodicSpec]] = []
+        self.cron_tasks: list[tuple[str, CronSpec]] = []
+        self.hooks: dict[str, list[Callable[[], Any]]] = {}
+        for attr, found in self._specs.items():
+            method = getattr(self, attr)
+            for spec in found:
+                self._bind_spec(attr, method, spec)
+        if bus is not None:
+            self.bus = bus
+        elif self.receivers:
+            raise MissConfig(f'{type(self).__name__} has receivers but no bus')
+        if broker is not None:
+            self.broker = broker
+        elif self.consumers:
+            raise MissConfig(f'{type(self).__name__} has consumers but no broker')
+        self._timers: list[Timer] = []
+        self._background: list[asyncio.Task[Any]] = []
+        self._servers: list[asyncio.Task[Any]] = []
+        self._started = False
+
+    def _bind_spec(self, attr: str, method: Any, spec: Any) -> None:
+        if isinstance(spec, ReceiverSpec):
+            self.receivers.append(Receiver(self, method, spec.signal, spec.timeout, spec.style))
+        elif isinstance(spec, ConsumerSpec):
+            self.consumers.append(Consumer(self, method, spec.queue, spec.timeout, spec.style,
+                                           spec.dto_class, spec.dto_name, spec.options, spec.dto_codec))
+        elif isinstance(spec, PeriodicSpec):
+            self.periodic_tasks.append((attr, spec))
+        elif isinstance(spec, CronSpec):
+            self.cron_tasks.append((attr, spec))
+        elif isinstance(spec, HookSpec):
+            self.hooks.setdefault(spec.label, []).append(method)
+
+    def __repr__(self) -> str:
+        return f'<MicroAgent {type(self).__name__}>'
+
+    async def _run_hooks(self, label: str) -> None:
+        for hook in self.hooks.get(label, []):
+            await call_maybe_async(hook)
+
+    async def start(self, enable_periodic_tasks: bool = True, enable_receiving_signals: bool = True,
+                    enable_consuming_messages: bool = True, enable_servers_running: bool = True) -> None:
+        """Start the agent. Like 1.x, this returns only when its servers end, if it has any."""
+        await self._start(enable_periodic_tasks, enable_receiving_signals, enable_consuming_messages,
+                          enable_servers_running)
+        if self._servers:
+            await self.wait_servers()
+
+    async def _start(self, enable_periodic_tasks: bool = True, enable_receiving_signals: bool = True,
+                     enable_consuming_messages: bool = True, enable_servers_running: bool = True) -> None:
+        await self._run_hooks('pre_start')
+        if enable_receiving_signals:
+            await self.bind_receivers(self.receivers)
+        if enable_consuming_messages:
+            await self.bind_consumers(self.consumers)
+        if enable_periodic_tasks:
+            self._start_timers()
+        if enable_servers_running:
+            self._servers = [asyncio.create_task(call_maybe_async(server), name=f'server:{server.__name__}')
+                             for server in self.hooks.get('server', [])]
+        self._started = True
+        await self._run_hooks('post_start')
+
+    async def wait_servers(self) -> None:
+        """Wait until every server ends; a ``ServerInterrupt`` from one stops the agent."""
+        try:
+            await asyncio.gather(*self._servers)
+        except ServerInterrupt as exc:
+            self.log.info('Server interrupted: %s', exc)
+            await self.stop()
+
+    def _start_timers(self) -> None:
+        for attr, pspec in self.periodic_tasks:
+            timer = Timer(f'{type(self).__name__}.{attr}', getattr(self, attr), pspec.timeout, self.log)
+            self._timers.append(timer)
+            self._background.append(asyncio.create_task(run_periodic(timer, pspec.period, pspec.start_after)))
+        for attr, cspec in self.cron_tasks:
+            timer = Timer(f'{type(self).__name__}.{attr}', getattr(self, attr), cspec.timeout, self.log)
+            self._timers.append(timer)
+            self._background.append(asyncio.create_task(run_cron(timer, cspec.spec, cspec.tz)))
+
+    async def bind_receivers(self, receivers: list[Receiver]) -> None:
+        """Bind signal receivers to bus subscribers."""
+        for receiver in receivers:
+            await self.bus.bind_receiver(receiver)
+            self.log.debug('Bound %s to signal %s', receiver.key, receiver.signal.name)
+
+    async def bind_consumers(self, consumers: list[Consumer]) -> None:
+        """Bind message consumers to queues."""
+        for consumer in consumers:
+            await self.broker.bind_consumer(consumer)
+            self.log.debug('Bound %s to queue %s', consumer.key, consumer.queue.name)
+
+    async def stop(self, grace: float = DEFAULT_GRACE) -> None:
+        """Run ``pre_stop`` hooks, stop taking work, wait up to ``grace`` s for work under way."""
+        if not self._started:
+            return
+        self._started = False
+        try:
+            await self._run_hooks('pre_stop')
+        finally:
+            for task in self._background:
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
+            self._background.clear()
+            if self.receivers and hasattr(self, 'bus'):
+                await self.bus.unbind_receivers(self.receivers, grace)
+            if self.consumers and hasattr(self, 'broker'):
+                await self.broker.stop_consumers(self.consumers, grace)
+            for timer in self._timers:
+                await timer.wait_runs(grace)
+            self._timers.clear()
+            current = asyncio.current_task()
+            for server in self._servers:
+                if server is not current:
+                    server.cancel()
+            await asyncio.gather(*(s for s in self._servers if s is not current), return_exceptions=True)
+            self._servers.clear()
+
+    async def __aenter__(self) -> MicroAgent:
+        await self._start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-serialisable description of the agent, its channels and their payload schemas."""
+        from .schema import agent_info
+
+        return agent_info(self)

@@ -1,0 +1,324 @@
+"""The queue broker: at-least-once delivery, written once for every backend.
+
+A backend provides storage primitives (put, fetch, ack, retry, dead-letter, length). This module
+owns the policy: validate on send and on receive, run at most ``concurrency`` handlers per consumer,
+acknowledge only after the handler returns, retry with exponential backoff, then dead-letter with the
+reason; stop taking work on ``stop`` and wait for in-flight handlers.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from .dsn import hide_password
+from .errors import InvalidPayload
+from .queue import Queue
+
+if TYPE_CHECKING:
+    from .agent import Consumer
+
+T = TypeVar('T')
+
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+
+
+@dataclass
+class Delivery:
+    """One message handed to a consumer. ``attempt`` counts deliveries, starting at 1."""
+
+    data: bytes
+    attempt: int = 1
+    token: Any = None
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message that was not handled: the original body, why, after how many attempts, when."""
+
+    queue: str
+    body: bytes
+    reason: str
+    attempts: int
+    time: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {'queue': self.queue, 'body': self.body.decode('utf-8', 'replace'),
+                'reason': self.reason, 'attempts': self.attempts, 'time': self.time}
+
+
+def backoff(attempt: int, base: float, cap: float = 60.0) -> float:
+    """Delay before the retry that follows delivery ``attempt``: base, 2 x base, 4 x base ... cap."""
+    return min(base * 2 ** (attempt - 1), cap)
+
+
+class _Running:
+    """The loop and in-flight tasks of one bound consumer."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+        self.stopping = False
+        self.loop_task: asyncio.Task[None] | None = None
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.slot_freed = asyncio.Event()
+
+
+class AbstractQueueBroker(ABC):
+    """Queue broker: ``broker.mailer`` (1.x) or ``broker[mailer]`` (typed) is a bound queue."""
+
+    fetch_timeout: float = 1.0
+
+    def __init__(self, dsn: str, log: logging.Logger | None = None,
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        self.dsn = dsn
+        self.uid = uuid.uuid4().hex
+        self.log = log or logging.getLogger('microagent.broker')
+        self.max_message_size = max_message_size
+        self._running: dict[str, _Running] = {}
+
+    def __repr__(self) -> str:
+        return f'<{type(self).__name__} {hide_password(self.dsn)}>'
+
+    # backend interface
+
+    @abstractmethod
+    async def put(self, queue: Queue[Any], messages: list[bytes]) -> None:
+        """Append encoded messages to a queue, in order, in as few round trips as possible."""
+
+    @abstractmethod
+    async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery]:
+        """Take up to ``count`` messages, waiting up to ``timeout`` s for the first. Taken messages
+        stay owned by this broker until acked, retried, dead-lettered or released."""
+
+    @abstractmethod
+    async def ack(self, queue: Queue[Any], delivery: Delivery) -> None:
+        """Forget a handled message."""
+
+    @abstractmethod
+    async def retry(self, queue: Queue[Any], delivery: Delivery, delay: float, reason: str) -> None:
+        """Deliver the message again after ``delay`` s, as attempt ``delivery.attempt + 1``."""
+
+    @abstractmethod
+    async def dead_letter(self, queue: Queue[Any], delivery: Delivery, reason: str) -> None:
+        """Move the message to the queue's dead-letter store with the reason."""
+
+    @abstractmethod
+    async def release(self, queue: Queue[Any], deliveries: list[Delivery]) -> None:
+        """Return unhandled messages to the queue (on stop), without counting an attempt."""
+
+    @abstractmethod
+    async def queue_length(self, name: str) -> int:
+        """How many messages wait in the queue."""
+
+    @abstractmethod
+    async def dead_letters(self, name: str, limit: int = 100) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters of a queue."""
+
+    @abstractmethod
+    async def dead_letter_count(self, name: str) -> int:
+        """How many dead letters a queue has."""
+
+    @abstractmethod
+    async def requeue_dead_letters(self, name: str) -> int:
+        """Put every dead letter of the queue back on it, as fresh messages; return how many."""
+
+    async def route(self, exchange: str, routing_key: str, data: bytes) -> int:
+        """Deliver a message published to an exchange to every bound queue whose topics match.
+        Backends with native exchanges override this."""
+        targets = [q for q in Queue.get_all().values() if q.routes(exchange, routing_key)]
+        for queue in targets:
+            await self.put(queue, [data])
+        return len(targets)
+
+    async def declare_queue(self, queue: Queue[Any]) -> None:
+        """Create the queue (and its exchange binding) where the backend needs it."""
+
+    async def close(self) -> None:
+        """Release connections; the broker may not be used afterwards."""
+
+    # bound queues
+
+    def __getattr__(self, name: str) -> BoundQueue[Any]:
+        if name.startswith('_'):
+            raise AttributeError(name)
+        return BoundQueue(self, Queue.get(name))
+
+    def __getitem__(self, queue: Queue[T]) -> BoundQueue[T]:
+        return BoundQueue(self, queue)
+
+    async def publish(self, exchange: str, payload: Any, routing_key: str = '') -> int:
+        """Publish to an exchange: every queue bound to it (and matching ``routing_key`` when it
+        has topics) gets the message, validated against its model. Returns how many queues."""
+        targets = [q for q in Queue.get_all().values() if q.routes(exchange, routing_key)]
+        if not targets:
+            raise LookupError(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}')
+        data = b''
+        for queue in targets:
+            data = self.encode(queue, payload)
+        return await self.route(exchange, routing_key, data)
+
+    def encode(self, queue: Queue[Any], payload: Any) -> bytes:
+        data = queue.codec.encode(payload)
+        if len(data) > self.max_message_size:
+            raise InvalidPayload(f'queue {queue.name!r}',
+                                 [f'message of {len(data)} bytes exceeds {self.max_message_size}'])
+        return data
+
+    # consuming
+
+    async def bind_consumer(self, consumer: Consumer) -> None:
+        """Start consuming ``consumer.queue`` with the delivery policy."""
+        name = consumer.queue.name
+        if name in self._running:
+            raise ValueError(f'queue {name!r} already has a consumer on this broker: '
+                             f'{self._running[name].consumer.key}')
+        await self.declare_queue(consumer.queue)
+        running = _Running(consumer)
+        self._running[name] = running
+        running.loop_task = asyncio.create_task(self._consume(running), name=f'consume:{name}')
+
+    async def stop_consumers(self, consumers: Iterable[Consumer], grace: float) -> None:
+        """Stop fetching, let in-flight handlers finish for up to ``grace`` s, release the rest."""
+        runs = [r for c in consumers if (r := self._running.get(c.queue.name)) and r.consumer is c]
+        for run in runs:
+            run.stopping = True
+        loops = [r.loop_task for r in runs if r.loop_task]
+        if loops:
+            await asyncio.wait(loops, timeout=self.fetch_timeout + 1)
+        tasks = [t for r in runs for t in r.in_flight]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        for run in runs:
+            for task in list(run.in_flight):
+                task.cancel()
+            if run.loop_task and not run.loop_task.done():
+                run.loop_task.cancel()
+            del self._running[run.consumer.queue.name]
+        leftovers = [t for r in runs for t in r.in_flight] + [r.loop_task for r in runs if r.loop_task]
+        if leftovers:
+            await asyncio.gather(*leftovers, return_exceptions=True)
+
+    async def _consume(self, run: _Running) -> None:
+        consumer = run.consumer
+        queue, limit = consumer.queue, consumer.concurrency
+        failures = 0
+        while not run.stopping:
+            free = limit - len(run.in_flight)
+            if free <= 0:
+                run.slot_freed.clear()
+                await run.slot_freed.wait()
+                continue
+            try:
+                deliveries = await self.fetch(queue, free, self.fetch_timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                delay = backoff(failures, 0.1, 10.0)
+                self.log.warning('Fetching from queue %s failed (%s: %s); retry %d in %.1fs',
+                                 queue.name, type(exc).__name__, exc, failures, delay)
+                await asyncio.sleep(delay)
+                continue
+            if failures:
+                self.log.info('Fetching from queue %s works again', queue.name)
+                failures = 0
+            if run.stopping:
+                await self.release(queue, deliveries)
+                break
+            for delivery in deliveries:
+                task = asyncio.create_task(self._process(consumer, delivery))
+                run.in_flight.add(task)
+                task.add_done_callback(lambda t, run=run: self._done(run, t))
+
+    @staticmethod
+    def _done(run: _Running, task: asyncio.Task[None]) -> None:
+        run.in_flight.discard(task)
+        run.slot_freed.set()
+
+    async def _process(self, consumer: Consumer, delivery: Delivery) -> None:
+        queue = consumer.queue
+        try:
+            if len(delivery.data) > self.max_message_size:
+                await self.dead_letter(queue, delivery, f'message of {len(delivery.data)} bytes exceeds '
+                                                        f'{self.max_message_size}')
+                return
+            try:
+                payload = consumer.decode(delivery.data)
+            except InvalidPayload as exc:
+                self.log.warning('Dead-lettered a message of queue %s: %s', queue.name, exc)
+                await self.dead_letter(queue, delivery, str(exc))
+                return
+            try:
+                await consumer(payload, delivery.context)
+            except asyncio.CancelledError:
+                await self.release(queue, [delivery])
+                raise
+            except Exception as exc:
+                await self._failed(consumer, delivery, exc)
+                return
+            if consumer.options.get('autoack', True):
+                await self.ack(queue, delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.log.exception('Queue %s: could not settle a message; the backend will redeliver it',
+                               queue.name)
+
+    async def _failed(self, consumer: Consumer, delivery: Delivery, exc: Exception) -> None:
+        queue = consumer.queue
+        if isinstance(exc, TimeoutError):
+            reason = f'timeout: {consumer.key} took more than {consumer.timeout}s'
+        else:
+            reason = f'{type(exc).__name__}: {exc}'
+        if delivery.attempt <= consumer.max_retries:
+            delay = backoff(delivery.attempt, float(consumer.options.get('retry_delay', 1.0)))
+            self.log.warning('Queue %s: %s failed on attempt %d (%s); retry in %.2fs',
+                             queue.name, consumer.key, delivery.attempt, reason, delay)
+            await self.retry(queue, delivery, delay, reason)
+        else:
+            self.log.error('Queue %s: %s failed on attempt %d (%s); dead-lettered',
+                           queue.name, consumer.key, delivery.attempt, reason)
+            await self.dead_letter(queue, delivery, reason)
+
+
+class BoundQueue(Generic[T]):
+    """A queue bound to a broker: ``send``, ``send_many``, ``length`` and its dead letters."""
+
+    __slots__ = ('broker', 'queue')
+
+    def __init__(self, broker: AbstractQueueBroker, queue: Queue[T]) -> None:
+        self.broker = broker
+        self.queue = queue
+
+    def __repr__(self) -> str:
+        return f'<BoundQueue {self.queue.name} on {self.broker!r}>'
+
+    async def send(self, message: T, **options: Any) -> None:
+        """Validate and enqueue one message: a model instance or, 1.x style, a dict of fields."""
+        await self.broker.put(self.queue, [self.broker.encode(self.queue, message)])
+
+    async def send_many(self, messages: Iterable[T]) -> None:
+        """Validate every message first, then enqueue them all in one round trip."""
+        encoded = [self.broker.encode(self.queue, message) for message in messages]
+        if encoded:
+            await self.broker.put(self.queue, encoded)
+
+    async def length(self) -> int:
+        return await self.broker.queue_length(self.queue.name)
+
+    async def declare(self) -> None:
+        await self.broker.declare_queue(self.queue)
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        return await self.broker.dead_letters(self.queue.name, limit)
+
+    async def dead_letter_count(self) -> int:
+        return await self.broker.dead_letter_count(self.queue.name)
+
+    async def requeue_dead_letters(self) -> int:
+        return await self.broker.requeue_dead_letters(self.queue.name)

@@ -1,0 +1,296 @@
+"""The handler decorators and how a decorated method is called.
+
+Decorators only attach a small spec to the function; the agent class collects the specs when it is
+defined. A handler is called in one of two conventions, chosen once from its signature:
+
+* typed: the first parameter after ``self`` receives the validated model instance, and keyword
+  parameters named ``sender`` / ``signal`` are filled when present;
+* 1.x: a handler with ``**kwargs`` receives the payload fields as keywords (plus ``signal`` and
+  ``sender`` for receivers, the DTO under ``dto_name or 'dto'`` for consumers with a ``dto_class``).
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import tzinfo
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
+
+from croniter import croniter
+
+from .payload import Codec, codec_for
+from .queue import Queue
+from .signal import Signal
+
+T = TypeVar('T')
+R = TypeVar('R')
+D = TypeVar('D')
+S = TypeVar('S')
+A = TypeVar('A')
+P = ParamSpec('P')
+
+HANDLERS_ATTR = '__microagent_handlers__'
+HOOK_LABELS = ('pre_start', 'post_start', 'pre_stop', 'server')
+DEFAULT_CONCURRENCY = 32
+DEFAULT_MAX_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class CallStyle:
+    """How to call a handler, read once from its signature."""
+
+    legacy: bool          # has **kwargs: 1.x keyword call
+    positional: bool      # takes a first positional argument (the DTO)
+    keywords: frozenset[str]  # named keyword parameters it accepts (sender, signal, ...)
+
+    @classmethod
+    def of(cls, func: Callable[..., Any]) -> CallStyle:
+        params = list(inspect.signature(func).parameters.values())[1:]  # drop self
+        legacy = any(p.kind is p.VAR_KEYWORD for p in params)
+        first = params[0] if params else None
+        positional = first is not None and first.kind in (first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD) \
+            and first.name not in ('sender', 'signal')
+        keywords = frozenset(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+        return cls(legacy=legacy, positional=positional, keywords=keywords)
+
+
+def handler_name(func: Callable[..., Any]) -> str:
+    return getattr(func, '__qualname__', repr(func))
+
+
+@dataclass(frozen=True)
+class ReceiverSpec:
+    signal: Signal[Any, Any]
+    timeout: float
+    style: CallStyle
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    queue: Queue[Any]
+    timeout: float
+    style: CallStyle
+    dto_class: type[Any] | None = None
+    dto_name: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def concurrency(self) -> int:
+        return int(self.options.get('concurrency', DEFAULT_CONCURRENCY))
+
+    @property
+    def max_retries(self) -> int:
+        return int(self.options.get('max_retries', DEFAULT_MAX_RETRIES))
+
+    @property
+    def dto_codec(self) -> Codec[Any] | None:
+        """The codec of ``dto_class`` when it is a model msgspec or pydantic can validate."""
+        if self.dto_class is None:
+            return None
+        try:
+            return codec_for(self.dto_class, f'queue {self.queue.name!r} (dto_class)')
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
+class PeriodicSpec:
+    period: float
+    timeout: float
+    start_after: float
+
+
+@dataclass(frozen=True)
+class CronSpec:
+    spec: str
+    timeout: float
+    tz: tzinfo | None = None
+
+
+@dataclass(frozen=True)
+class HookSpec:
+    label: str
+
+
+Spec = ReceiverSpec | ConsumerSpec | PeriodicSpec | CronSpec | HookSpec
+
+
+def specs_of(func: object) -> list[Spec]:
+    return list(getattr(func, HANDLERS_ATTR, ()))
+
+
+def _attach(func: Callable[..., Any], spec: Spec) -> None:
+    specs: list[Spec] = list(getattr(func, HANDLERS_ATTR, ()))
+    specs.append(spec)
+    setattr(func, HANDLERS_ATTR, specs)
+
+
+def _check_seconds(func: Callable[..., Any], name: str, value: float, *, zero_ok: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) \
+            or (value < 0 if zero_ok else value <= 0):
+        bound = '>= 0' if zero_ok else '> 0'
+        raise ValueError(f'{handler_name(func)}: {name} must be a number {bound}, got {value!r}')
+    return float(value)
+
+
+def _check_async(func: Callable[..., Any], decorator: str) -> None:
+    if not inspect.iscoroutinefunction(func):
+        raise TypeError(f'{handler_name(func)}: @{decorator} needs an async function')
+
+
+# Typed decorator objects. The overloads let mypy accept a typed handler only when its DTO parameter
+# matches the declaration, while 1.x ``**kwargs`` handlers stay accepted.
+
+class _KwargsHandler(Protocol):
+    def __call__(self, agent: Any, /, **kwargs: Any) -> Awaitable[Any]: ...
+
+
+class _SignalKwargsHandler(Protocol):
+    def __call__(self, agent: Any, /, *, signal: Signal[Any, Any], sender: str, **kwargs: Any) -> Awaitable[Any]: ...
+
+
+class _ReceiverDecorator(Generic[T, R]):
+    def __init__(self, signals: tuple[Signal[T, R], ...], timeout: float) -> None:
+        self.signals = signals
+        self.timeout = timeout
+
+    @overload
+    def __call__(self, func: Callable[Concatenate[S, T, P], Awaitable[R | None]]
+                 ) -> Callable[Concatenate[S, T, P], Awaitable[R | None]]: ...
+
+    @overload
+    def __call__(self, func: _KwargsHandler) -> _KwargsHandler: ...
+
+    @overload
+    def __call__(self, func: _SignalKwargsHandler) -> _SignalKwargsHandler: ...
+
+    def __call__(self, func: Any) -> Any:
+        _check_async(func, 'receiver')
+        style = CallStyle.of(func)
+        for signal in self.signals:
+            _attach(func, ReceiverSpec(signal=signal, timeout=self.timeout, style=style))
+        return func
+
+
+def receiver(*signals: Signal[T, R], timeout: float = 60) -> _ReceiverDecorator[T, R]:
+    """Receive ``signals`` (pub/sub). Many handlers may receive one signal; the return value of a
+    handler is its answer when the signal is sent with ``call``."""
+    if not signals or not all(isinstance(s, Signal) for s in signals):
+        raise TypeError(f'@receiver needs one or more Signal declarations, got {signals!r}')
+    return _ReceiverDecorator(signals, _check_seconds(receiver, 'timeout', timeout))
+
+
+class _ConsumerDecorator(Generic[T]):
+    def __init__(self, queue: Queue[Any], timeout: float, dto_class: type[Any] | None,
+                 dto_name: str | None, options: dict[str, Any]) -> None:
+        self.queue, self.timeout, self.dto_class, self.dto_name, self.options = \
+            queue, timeout, dto_class, dto_name, options
+
+    @overload
+    def __call__(self, func: Callable[Concatenate[S, T, P], Awaitable[A]]
+                 ) -> Callable[Concatenate[S, T, P], Awaitable[A]]: ...
+
+    @overload
+    def __call__(self, func: _KwargsHandler) -> _KwargsHandler: ...
+
+    def __call__(self, func: Any) -> Any:
+        _check_async(func, 'consumer')
+        for key in ('concurrency', 'max_retries'):
+            if key in self.options:
+                value = self.options[key]
+                if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == 'concurrency' else 0):
+                    raise ValueError(f'{handler_name(func)}: {key} must be an integer >= '
+                                     f'{1 if key == "concurrency" else 0}, got {value!r}')
+        if any(isinstance(s, ConsumerSpec) for s in specs_of(func)):
+            raise ValueError(f'{handler_name(func)}: a handler consumes one queue only')
+        _attach(func, ConsumerSpec(queue=self.queue, timeout=self.timeout, style=CallStyle.of(func),
+                                   dto_class=self.dto_class, dto_name=self.dto_name, options=self.options))
+        return func
+
+
+class _LooseDecorator:
+    """For 1.x ``dto_class`` consumers: the DTO may arrive under any keyword name."""
+
+    def __init__(self, inner: _ConsumerDecorator[Any]) -> None:
+        self.inner = inner
+
+    def __call__(self, func: Callable[..., Awaitable[A]]) -> Callable[..., Awaitable[A]]:
+        return self.inner(func)  # type: ignore[no-any-return]
+
+
+@overload
+def consumer(queue: Queue[T], timeout: float = 60, dto_class: None = None, dto_name: None = None,
+             **options: Any) -> _ConsumerDecorator[T]: ...
+
+
+@overload
+def consumer(queue: Queue[Any], timeout: float = 60, *, dto_class: type[D], dto_name: None = None,
+             **options: Any) -> _ConsumerDecorator[D]: ...
+
+
+@overload
+def consumer(queue: Queue[Any], timeout: float = 60, *, dto_class: type[D], dto_name: str,
+             **options: Any) -> _LooseDecorator: ...
+
+
+def consumer(queue: Queue[Any], timeout: float = 60, dto_class: type[Any] | None = None,
+             dto_name: str | None = None, **options: Any) -> _ConsumerDecorator[Any] | _LooseDecorator:
+    """Consume messages of ``queue``; one handler per queue. Options: ``concurrency`` (handlers
+    running at once), ``max_retries`` (before dead-lettering), and backend ones such as ``autoack``."""
+    if not isinstance(queue, Queue):
+        raise TypeError(f'@consumer needs a Queue declaration, got {queue!r}')
+    decorator: _ConsumerDecorator[Any] = _ConsumerDecorator(
+        queue, _check_seconds(consumer, 'timeout', timeout), dto_class, dto_name, options)
+    return _LooseDecorator(decorator) if dto_name is not None else decorator
+
+
+Task = TypeVar('Task', bound=Callable[[Any], Awaitable[Any]])
+Hook = TypeVar('Hook', bound=Callable[[Any], Any])
+
+
+def periodic(period: float, timeout: float = 1, start_after: float = 0) -> Callable[[Task], Task]:
+    """Run the method every ``period`` seconds, each run bounded by ``timeout``."""
+    def decorator(func: Task) -> Task:
+        _check_async(func, 'periodic')
+        _attach(func, PeriodicSpec(period=_check_seconds(func, 'period', period),
+                                   timeout=_check_seconds(func, 'timeout', timeout),
+                                   start_after=_check_seconds(func, 'start_after', start_after, zero_ok=True)))
+        return func
+    return decorator
+
+
+def cron(spec: str, timeout: float = 1, tz: tzinfo | None = None) -> Callable[[Task], Task]:
+    """Run the method on a cron schedule (croniter syntax), in ``tz`` when given, else UTC."""
+    def decorator(func: Task) -> Task:
+        _check_async(func, 'cron')
+        if not isinstance(spec, str) or not croniter.is_valid(spec):
+            raise ValueError(f'{handler_name(func)}: invalid cron spec {spec!r}')
+        _attach(func, CronSpec(spec=spec, timeout=_check_seconds(func, 'timeout', timeout), tz=tz))
+        return func
+    return decorator
+
+
+def on(label: str) -> Callable[[Hook], Hook]:
+    """A lifecycle hook (``pre_start``, ``post_start``, ``pre_stop``) or a long-running ``server``."""
+    if label not in HOOK_LABELS:
+        raise ValueError(f'@on: unknown hook label {label!r}; use one of {", ".join(HOOK_LABELS)}')
+
+    def decorator(func: Hook) -> Hook:
+        _attach(func, HookSpec(label=label))
+        return func
+    return decorator
+
+
+async def call_maybe_async(func: Callable[[], Any]) -> Any:
+    """Call a sync or async hook."""
+    result = func()
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+async def with_timeout(awaitable: Awaitable[T], timeout: float) -> T:
+    async with asyncio.timeout(timeout):
+        return await awaitable

@@ -1,0 +1,306 @@
+"""One codec per kind of payload model: validate, encode, decode, describe.
+
+msgspec handles Structs, dataclasses, TypedDicts and plain types; pydantic models use pydantic's
+own JSON; 1.x declarations (``providing_args`` or a JSON Schema) carry plain dicts checked by a
+generated msgspec type. pydantic is imported only when a pydantic model is actually used.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Generic, Literal, TypeVar, cast, is_typeddict
+
+import msgspec
+
+from .errors import DeclarationError, InvalidPayload
+
+T = TypeVar('T')
+
+JsonDict = dict[str, Any]
+
+_encoder = msgspec.json.Encoder()
+_dict_decoder = msgspec.json.Decoder(dict[str, Any])
+_any_decoder = msgspec.json.Decoder()
+
+
+def encode_json(value: Any) -> bytes:
+    """Encode plain JSON-able data (envelopes, RPC answers of untyped signals)."""
+    return _encoder.encode(value)
+
+
+def decode_json(data: bytes | str) -> Any:
+    return _any_decoder.decode(data)
+
+
+class Codec(Generic[T]):
+    """Validates and serialises the payload of one signal, queue or RPC answer."""
+
+    target: str
+    schema: JsonDict
+
+    def encode(self, payload: Any) -> bytes:
+        """Validate ``payload`` (a model instance or a mapping of its fields) and encode it."""
+        raise NotImplementedError
+
+    def decode(self, data: bytes | str) -> T:
+        """Decode and validate wire bytes; raise ``InvalidPayload`` naming the field."""
+        raise NotImplementedError
+
+    def from_kwargs(self, kwargs: Mapping[str, Any]) -> T:
+        """Build a payload from the keyword arguments of a 1.x style ``send``."""
+        return self.decode(_encoder.encode(dict(kwargs)))
+
+    def to_kwargs(self, payload: T) -> JsonDict:
+        """The payload as keyword arguments for a 1.x style ``**kwargs`` handler."""
+        raise NotImplementedError
+
+    def fail(self, error: str | Exception) -> InvalidPayload:
+        return InvalidPayload(self.target, [str(error)])
+
+
+class MsgspecCodec(Codec[T]):
+    """msgspec Structs, dataclasses, TypedDicts and plain types (RPC answers)."""
+
+    def __init__(self, model: type[T], target: str) -> None:
+        self.model = model
+        self.target = target
+        self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(model)
+        try:
+            self.schema = msgspec.json.schema(model)
+        except (TypeError, ValueError) as exc:
+            raise DeclarationError(f'{target}: {model!r} is not a supported payload model: {exc}') from exc
+
+    def encode(self, payload: Any) -> bytes:
+        try:
+            data = _encoder.encode(payload)
+            self._decoder.decode(data)  # round trip: Struct and dataclass fields are not checked on init
+        except (TypeError, msgspec.EncodeError, msgspec.DecodeError) as exc:
+            raise self.fail(exc) from None
+        return data
+
+    def decode(self, data: bytes | str) -> T:
+        try:
+            return self._decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise self.fail(exc) from None
+
+    def to_kwargs(self, payload: T) -> JsonDict:
+        if isinstance(payload, dict):
+            return cast(JsonDict, payload)
+        value = msgspec.to_builtins(payload)
+        if not isinstance(value, dict):
+            raise TypeError(f'{self.target}: a payload of type {type(payload).__name__} has no fields')
+        return value
+
+
+class PydanticCodec(Codec[T]):
+    """pydantic v2 models, with pydantic's own JSON and schema."""
+
+    def __init__(self, model: type[T], target: str) -> None:
+        self.model = model
+        self.target = target
+        self.schema = cast(JsonDict, model.model_json_schema())  # type: ignore[attr-defined]
+
+    def _invalid(self, exc: Any) -> InvalidPayload:
+        errors = [
+            f"{'.'.join(str(p) for p in err['loc']) or '$'}: {err['msg']}" for err in exc.errors()
+        ]
+        return InvalidPayload(self.target, errors)
+
+    def encode(self, payload: Any) -> bytes:
+        import pydantic
+
+        model: Any = self.model
+        try:
+            obj = payload if isinstance(payload, model) else model.model_validate(payload)
+            return cast(bytes, obj.__pydantic_serializer__.to_json(obj))
+        except pydantic.ValidationError as exc:
+            raise self._invalid(exc) from None
+
+    def decode(self, data: bytes | str) -> T:
+        import pydantic
+
+        try:
+            return cast(T, self.model.model_validate_json(data))  # type: ignore[attr-defined]
+        except pydantic.ValidationError as exc:
+            raise self._invalid(exc) from None
+
+    def from_kwargs(self, kwargs: Mapping[str, Any]) -> T:
+        import pydantic
+
+        try:
+            return cast(T, self.model.model_validate(dict(kwargs)))  # type: ignore[attr-defined]
+        except pydantic.ValidationError as exc:
+            raise self._invalid(exc) from None
+
+    def to_kwargs(self, payload: T) -> JsonDict:
+        return cast(JsonDict, payload.model_dump())  # type: ignore[attr-defined]
+
+
+class DictCodec(Codec[JsonDict]):
+    """1.x payloads: a JSON object whose keys are checked, and typed when a schema is known.
+
+    Handlers keep receiving the decoded dict (extra keys included), exactly as in 1.x.
+    """
+
+    def __init__(self, target: str, required: Sequence[str], schema: JsonDict,
+                 checker: type[Any] | None = None) -> None:
+        self.target = target
+        self.required = tuple(required)
+        self.schema = schema
+        self._checker = checker
+
+    def _check(self, payload: Any) -> JsonDict:
+        if not isinstance(payload, dict):
+            raise self.fail(f'expected a JSON object, got {type(payload).__name__}')
+        missing = [key for key in self.required if key not in payload]
+        if missing:
+            raise InvalidPayload(self.target, [f'missing required field `{key}`' for key in missing])
+        if self._checker is not None:
+            try:
+                msgspec.convert(payload, self._checker)
+            except msgspec.ValidationError as exc:
+                raise self.fail(exc) from None
+        return payload
+
+    def encode(self, payload: Any) -> bytes:
+        if isinstance(payload, Mapping) and not isinstance(payload, dict):
+            payload = dict(payload)
+        try:
+            return _encoder.encode(self._check(payload))
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise self.fail(exc) from None
+
+    def decode(self, data: bytes | str) -> JsonDict:
+        try:
+            value = _any_decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise self.fail(exc) from None
+        return self._check(value)
+
+    def from_kwargs(self, kwargs: Mapping[str, Any]) -> JsonDict:
+        return self._check(dict(kwargs))
+
+    def to_kwargs(self, payload: JsonDict) -> JsonDict:
+        return payload
+
+
+def is_pydantic_model(model: object) -> bool:
+    pydantic = sys.modules.get('pydantic')
+    return pydantic is not None and isinstance(model, type) and issubclass(model, pydantic.BaseModel)
+
+
+def codec_for(model: type[T], target: str) -> Codec[T]:
+    """The codec of a payload model: pydantic when it is one, msgspec for everything else."""
+    if is_pydantic_model(model):
+        return PydanticCodec(model, target)
+    if not (isinstance(model, type) or is_typeddict(model)) and not hasattr(model, '__origin__'):
+        raise DeclarationError(f'{target}: the payload model must be a class or a type, got {model!r}')
+    return MsgspecCodec(model, target)
+
+
+def is_model_class(model: object) -> bool:
+    """A model whose instances a typed handler receives (not a plain ``dict``)."""
+    return isinstance(model, type) and (
+        issubclass(model, msgspec.Struct) or dataclasses.is_dataclass(model)
+        or is_typeddict(model) or is_pydantic_model(model)
+    )
+
+
+# 1.x JSON type names and JSON Schema, turned into msgspec types that check a payload dict.
+
+_JSON_TYPES: dict[str, Any] = {
+    'string': str, 'integer': int, 'number': float, 'boolean': bool,
+    'null': None, 'object': dict[str, Any], 'array': list[Any],
+}
+
+
+def _json_type(spec: Any, where: str) -> Any:
+    names = [spec] if isinstance(spec, str) else spec
+    if not isinstance(names, list) or not names:
+        raise DeclarationError(f'{where}: a JSON type is a name or a list of names, got {spec!r}')
+    types = []
+    for name in names:
+        if name not in _JSON_TYPES:
+            raise DeclarationError(f'{where}: unknown JSON type {name!r} (one of {", ".join(_JSON_TYPES)})')
+        types.append(_JSON_TYPES[name])
+    result = types[0]
+    for extra in types[1:]:
+        result = result | extra if result is not None else extra | None
+    return result
+
+
+def dict_codec(target: str, providing_args: Sequence[str] | Mapping[str, Any] | None,
+               schema: JsonDict | None = None) -> DictCodec:
+    """The codec of a 1.x declaration: a list of keys, a dict of JSON types or a JSON Schema."""
+    if schema is not None:
+        checker = schema_to_type(schema, target, 'Payload')
+        required = list(schema.get('required', []))
+        return DictCodec(target, required, schema, checker)
+    if isinstance(providing_args, Mapping):
+        fields = [(key, _json_type(spec, f'{target} field {key!r}')) for key, spec in providing_args.items()]
+        checker = msgspec.defstruct('Payload', fields, kw_only=True)
+        required = list(providing_args)
+        properties = {key: {'type': spec} for key, spec in providing_args.items()}
+        return DictCodec(target, required, _object_schema(properties, required), checker)
+    required = list(providing_args or [])
+    return DictCodec(target, required, _object_schema({key: {} for key in required}, required))
+
+
+def _object_schema(properties: JsonDict, required: list[str]) -> JsonDict:
+    return {'type': 'object', 'properties': properties, 'required': sorted(required)}
+
+
+_CONSTRAINTS = {
+    'minimum': 'ge', 'maximum': 'le', 'exclusiveMinimum': 'gt', 'exclusiveMaximum': 'lt',
+    'minLength': 'min_length', 'maxLength': 'max_length', 'pattern': 'pattern',
+    'minItems': 'min_length', 'maxItems': 'max_length', 'multipleOf': 'multiple_of',
+}
+
+
+def schema_to_type(schema: Any, where: str, name: str) -> Any:
+    """Turn a JSON Schema (the subset that describes message payloads) into a msgspec type."""
+    if not isinstance(schema, dict):
+        raise DeclarationError(f'{where}: a JSON Schema must be an object, got {schema!r}')
+    if 'enum' in schema:
+        return Literal[tuple(schema['enum'])]
+    if 'const' in schema:
+        return Literal[schema['const']]
+    for key in ('anyOf', 'oneOf'):
+        if key in schema:
+            options = [schema_to_type(sub, where, f'{name}{i}') for i, sub in enumerate(schema[key])]
+            union = options[0]
+            for option in options[1:]:
+                union = union | option
+            return union
+    kind = schema.get('type')
+    if isinstance(kind, list):
+        union = None
+        for i, single in enumerate(kind):
+            part = schema_to_type({**schema, 'type': single}, where, f'{name}{i}')
+            union = part if union is None else union | part
+        return union
+    if kind is None:
+        return Any
+    if kind == 'object':
+        properties = schema.get('properties')
+        if not properties:
+            return dict[str, Any]
+        required = set(schema.get('required', []))
+        fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+        for key, sub in properties.items():
+            field_type = schema_to_type(sub, f'{where} field {key!r}', f'{name}_{key}')
+            fields.append((key, field_type) if key in required else (key, field_type | None, None))
+        return msgspec.defstruct(name, fields, kw_only=True)
+    if kind == 'array':
+        items = schema.get('items')
+        base: Any = list[schema_to_type(items, where, f'{name}_item')] if items else list[Any]  # type: ignore[misc]
+    elif kind in _JSON_TYPES:
+        base = _JSON_TYPES[kind]
+    else:
+        raise DeclarationError(f'{where}: unsupported JSON Schema type {kind!r}')
+    meta = {_CONSTRAINTS[key]: value for key, value in schema.items() if key in _CONSTRAINTS}
+    if meta and base is not None:
+        return Annotated[base, msgspec.Meta(**meta)]
+    return base

@@ -1,0 +1,1 @@
+"""Backends: one module each (memory, redis, amqp) and mocks for unit tests."""

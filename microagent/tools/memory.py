@@ -1,0 +1,138 @@
+"""The embedded in-memory backend: one process, no server, the same semantics as the others.
+
+Buses and brokers created with the same DSN (``memory://`` by default) in one process share one
+hub, so a whole group of agents can talk in a single event loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import re
+import time
+from collections import deque
+from typing import Any
+
+from ..broker import AbstractQueueBroker, DeadLetter, Delivery
+from ..bus import AbstractSignalBus
+from ..queue import Queue
+
+
+class _BusHub:
+    def __init__(self) -> None:
+        self.subscriptions: list[tuple[re.Pattern[str], MemorySignalBus]] = []
+
+
+class _Message:
+    __slots__ = ('attempt', 'data')
+
+    def __init__(self, data: bytes, attempt: int = 1) -> None:
+        self.data = data
+        self.attempt = attempt
+
+
+class _BrokerHub:
+    def __init__(self) -> None:
+        self.queues: dict[str, deque[_Message]] = {}
+        self.waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.dead: dict[str, list[DeadLetter]] = {}
+
+    def push(self, name: str, messages: list[_Message], front: bool = False) -> None:
+        queue = self.queues.setdefault(name, deque())
+        if front:
+            queue.extendleft(reversed(messages))
+        else:
+            queue.extend(messages)
+        for waiter in self.waiters.pop(name, []):
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+_bus_hubs: dict[str, _BusHub] = {}
+_broker_hubs: dict[str, _BrokerHub] = {}
+
+
+class MemorySignalBus(AbstractSignalBus):
+    """In-process pub/sub; delivery is asynchronous, like a network bus."""
+
+    def __init__(self, dsn: str = 'memory://', prefix: str = 'PUBSUB', log: logging.Logger | None = None,
+                 **options: Any) -> None:
+        super().__init__(dsn, prefix, log, **options)
+        self._hub = _bus_hubs.setdefault(dsn, _BusHub())
+        self._closed = False
+
+    async def publish(self, channel: str, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        for pattern, bus in list(self._hub.subscriptions):
+            if pattern.match(channel):
+                loop.call_soon(bus.dispatch, channel, data)
+
+    async def subscribe(self, pattern: str) -> None:
+        self._hub.subscriptions.append((re.compile(fnmatch.translate(pattern)), self))
+
+    async def close(self) -> None:
+        self._hub.subscriptions = [(p, b) for p, b in self._hub.subscriptions if b is not self]
+
+
+class MemoryBroker(AbstractQueueBroker):
+    """In-process queues with acks, retries, dead letters and exchange routing."""
+
+    def __init__(self, dsn: str = 'memory://', log: logging.Logger | None = None, **options: Any) -> None:
+        super().__init__(dsn, log, **options)
+        self._hub = _broker_hubs.setdefault(dsn, _BrokerHub())
+        self._retries: dict[asyncio.TimerHandle, tuple[str, _Message]] = {}
+
+    async def put(self, queue: Queue[Any], messages: list[bytes]) -> None:
+        self._hub.push(queue.name, [_Message(data) for data in messages])
+
+    async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery]:
+        messages = self._hub.queues.setdefault(queue.name, deque())
+        if not messages:
+            waiter = asyncio.get_running_loop().create_future()
+            self._hub.waiters.setdefault(queue.name, []).append(waiter)
+            try:
+                await asyncio.wait_for(waiter, timeout)
+            except TimeoutError:
+                return []
+        taken = [messages.popleft() for _ in range(min(count, len(messages)))]
+        return [Delivery(data=m.data, attempt=m.attempt, token=m) for m in taken]
+
+    async def ack(self, queue: Queue[Any], delivery: Delivery) -> None:
+        pass  # taken messages live only in their Delivery
+
+    async def retry(self, queue: Queue[Any], delivery: Delivery, delay: float, reason: str) -> None:
+        message = _Message(delivery.data, delivery.attempt + 1)
+
+        def again() -> None:
+            del self._retries[handle]
+            self._hub.push(queue.name, [message])
+        handle = asyncio.get_running_loop().call_later(delay, again)
+        self._retries[handle] = (queue.name, message)
+
+    async def dead_letter(self, queue: Queue[Any], delivery: Delivery, reason: str) -> None:
+        self._hub.dead.setdefault(queue.name, []).append(
+            DeadLetter(queue.name, delivery.data, reason, delivery.attempt, time.time()))
+
+    async def release(self, queue: Queue[Any], deliveries: list[Delivery]) -> None:
+        self._hub.push(queue.name, [_Message(d.data, d.attempt) for d in deliveries], front=True)
+
+    async def queue_length(self, name: str) -> int:
+        return len(self._hub.queues.get(name, ()))
+
+    async def dead_letters(self, name: str, limit: int = 100) -> list[DeadLetter]:
+        return self._hub.dead.get(name, [])[:limit]
+
+    async def dead_letter_count(self, name: str) -> int:
+        return len(self._hub.dead.get(name, []))
+
+    async def requeue_dead_letters(self, name: str) -> int:
+        letters = self._hub.dead.pop(name, [])
+        if letters:
+            self._hub.push(name, [_Message(letter.body) for letter in letters])
+        return len(letters)
+
+    async def close(self) -> None:
+        for handle, (name, message) in self._retries.items():  # due retries go back now, not lost
+            handle.cancel()
+            self._hub.push(name, [message])
+        self._retries.clear()
