@@ -54,7 +54,7 @@ class DeadLetter:
 
 def backoff(attempt: int, base: float, cap: float = 60.0) -> float:
     """Delay before the retry that follows delivery ``attempt``: base, 2 x base, 4 x base ... cap."""
-    return min(base * 2 ** (attempt - 1), cap)
+    return float(min(base * 2 ** (attempt - 1), cap))
 
 
 class _Running:
@@ -62,10 +62,14 @@ class _Running:
 
     def __init__(self, consumer: Consumer) -> None:
         self.consumer = consumer
-        self.stopping = False
+        self.stopping = asyncio.Event()
         self.loop_task: asyncio.Task[None] | None = None
         self.in_flight: set[asyncio.Task[None]] = set()
         self.slot_freed = asyncio.Event()
+
+    def done(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        self.slot_freed.set()
 
 
 class AbstractQueueBroker(ABC):
@@ -186,7 +190,7 @@ class AbstractQueueBroker(ABC):
         """Stop fetching, let in-flight handlers finish for up to ``grace`` s, release the rest."""
         runs = [r for c in consumers if (r := self._running.get(c.queue.name)) and r.consumer is c]
         for run in runs:
-            run.stopping = True
+            run.stopping.set()
         loops = [r.loop_task for r in runs if r.loop_task]
         if loops:
             await asyncio.wait(loops, timeout=self.fetch_timeout + 1)
@@ -207,7 +211,7 @@ class AbstractQueueBroker(ABC):
         consumer = run.consumer
         queue, limit = consumer.queue, consumer.concurrency
         failures = 0
-        while not run.stopping:
+        while not run.stopping.is_set():
             free = limit - len(run.in_flight)
             if free <= 0:
                 run.slot_freed.clear()
@@ -227,18 +231,13 @@ class AbstractQueueBroker(ABC):
             if failures:
                 self.log.info('Fetching from queue %s works again', queue.name)
                 failures = 0
-            if run.stopping:
+            if run.stopping.is_set():
                 await self.release(queue, deliveries)
                 break
             for delivery in deliveries:
                 task = asyncio.create_task(self._process(consumer, delivery))
                 run.in_flight.add(task)
-                task.add_done_callback(lambda t, run=run: self._done(run, t))
-
-    @staticmethod
-    def _done(run: _Running, task: asyncio.Task[None]) -> None:
-        run.in_flight.discard(task)
-        run.slot_freed.set()
+                task.add_done_callback(run.done)
 
     async def _process(self, consumer: Consumer, delivery: Delivery) -> None:
         queue = consumer.queue

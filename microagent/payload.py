@@ -191,11 +191,11 @@ def is_pydantic_model(model: object) -> bool:
     return pydantic is not None and isinstance(model, type) and issubclass(model, pydantic.BaseModel)
 
 
-def codec_for(model: type[T], target: str) -> Codec[T]:
+def codec_for(model: Any, target: str) -> Codec[Any]:
     """The codec of a payload model: pydantic when it is one, msgspec for everything else."""
     if is_pydantic_model(model):
         return PydanticCodec(model, target)
-    if not (isinstance(model, type) or is_typeddict(model)) and not hasattr(model, '__origin__'):
+    if not isinstance(model, type) and not hasattr(model, '__origin__'):
         raise DeclarationError(f'{target}: the payload model must be a class or a type, got {model!r}')
     return MsgspecCodec(model, target)
 

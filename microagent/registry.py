@@ -19,7 +19,7 @@ class Registry(type):
     def __getattr__(cls, name: str) -> Any:
         if name.startswith('__'):
             raise AttributeError(name)
-        return cls.get(name)  # type: ignore[attr-defined]
+        return cls.get(name)
 
 
 class Declaration(metaclass=Registry):

@@ -54,7 +54,7 @@ class Signal(Declaration, Generic[T, R]):
             self.providing_args = list(self.codec.schema.get('required', []))
         else:
             self.codec = dict_codec(target, providing_args, schema)  # type: ignore[assignment]
-            self.providing_args = list(providing_args or schema and schema.get('properties', {}) or [])
+            self.providing_args = list(providing_args or (schema and schema.get('properties', {})) or [])
         self.answer_codec = codec_for(returns, f'answer of signal {name!r}') if returns is not None else None
         self._register()
 

@@ -1,0 +1,52 @@
+"""The backends the conformance suite runs on. Each entry opens a fresh, isolated bus and broker
+(own DSN, prefix or database) and cleans up what the test created."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from microagent.broker import AbstractQueueBroker
+from microagent.bus import AbstractSignalBus
+from microagent.tools.memory import MemoryBroker, MemorySignalBus
+
+
+@dataclass
+class Backend:
+    """Factories of buses and brokers that see each other (same server, same namespace)."""
+
+    name: str
+    make_bus: Callable[[], AbstractSignalBus]
+    make_broker: Callable[..., AbstractQueueBroker]
+    opened: list[Any] = field(default_factory=list)
+
+    def bus(self) -> AbstractSignalBus:
+        bus = self.make_bus()
+        self.opened.append(bus)
+        return bus
+
+    def broker(self, **options: Any) -> AbstractQueueBroker:
+        broker = self.make_broker(**options)
+        self.opened.append(broker)
+        return broker
+
+    async def close(self) -> None:
+        for item in self.opened:
+            await item.close()
+
+
+@asynccontextmanager
+async def memory_backend() -> AsyncIterator[Backend]:
+    dsn = f'memory://{uuid.uuid4().hex}'
+    backend = Backend('memory', lambda: MemorySignalBus(dsn), lambda **o: MemoryBroker(dsn, **o))
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+BACKENDS: dict[str, Callable[[], AbstractAsyncContextManager[Backend]]] = {
+    'memory': memory_backend,
+}
