@@ -1,0 +1,1 @@
+"""Benchmarks: this project against raw clients on the same server, printed as ratios."""

@@ -1,0 +1,1 @@
+"""Runnable demo agents built on the schemas/ package."""
