@@ -76,6 +76,8 @@ class AbstractQueueBroker(ABC):
     """Queue broker: ``broker.mailer`` (1.x) or ``broker[mailer]`` (typed) is a bound queue."""
 
     fetch_timeout: float = 1.0
+    #: True when cancelling ``fetch`` can never lose a message, so ``stop`` need not wait for it
+    fetch_cancel_safe: bool = False
 
     def __init__(self, dsn: str, log: logging.Logger | None = None,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
@@ -191,6 +193,8 @@ class AbstractQueueBroker(ABC):
         runs = [r for c in consumers if (r := self._running.get(c.queue.name)) and r.consumer is c]
         for run in runs:
             run.stopping.set()
+            if self.fetch_cancel_safe and run.loop_task:
+                run.loop_task.cancel()
         loops = [r.loop_task for r in runs if r.loop_task]
         if loops:
             await asyncio.wait(loops, timeout=self.fetch_timeout + 1)

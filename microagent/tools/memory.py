@@ -77,6 +77,8 @@ class MemorySignalBus(AbstractSignalBus):
 class MemoryBroker(AbstractQueueBroker):
     """In-process queues with acks, retries, dead letters and exchange routing."""
 
+    fetch_cancel_safe = True
+
     def __init__(self, dsn: str = 'memory://', log: logging.Logger | None = None, **options: Any) -> None:
         super().__init__(dsn, log, **options)
         self._hub = _broker_hubs.setdefault(dsn, _BrokerHub())

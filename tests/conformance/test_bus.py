@@ -1,0 +1,209 @@
+"""Signal bus behaviour every backend must show (runs once per backend in tests/backends.py)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import msgspec
+import pytest
+
+from microagent import InvalidPayload, MicroAgent, Signal, SignalNotFound, receiver
+from tests.backends import Backend
+from tests.helpers import Collector
+
+
+class Event(msgspec.Struct, frozen=True):
+    user_id: int
+    email: str
+
+
+class Query(msgspec.Struct, frozen=True):
+    user_id: int
+
+
+async def test_typed_signal_reaches_every_receiver_with_the_model(backend: Backend, unique: str) -> None:
+    signal = Signal(f'created_{unique}', Event)
+    got = Collector()
+
+    class First(MicroAgent):
+        @receiver(signal)
+        async def on_created(self, event: Event, *, sender: str) -> None:
+            got.add(('first', event, sender))
+
+    class Second(MicroAgent):
+        @receiver(signal)
+        async def on_created(self, event: Event) -> None:
+            got.add(('second', event, None))
+
+    async with First(bus=backend.bus()), Second(bus=backend.bus()):
+        await backend.bus()[signal].send('users', Event(user_id=1, email='a@b.c'))
+        items = await got.wait(2)
+    assert sorted(items) == [('first', Event(1, 'a@b.c'), 'users'), ('second', Event(1, 'a@b.c'), None)]
+
+
+async def test_legacy_signal_and_keyword_handlers(backend: Backend, unique: str) -> None:
+    signal = Signal(name=f'legacy_{unique}', providing_args=['user_id'])
+    got = Collector()
+
+    class Legacy(MicroAgent):
+        @receiver(signal)
+        async def handler(self, **kwargs: Any) -> None:
+            got.add(kwargs)
+
+    async with Legacy(bus=backend.bus()):
+        await getattr(backend.bus(), signal.name).send(sender='legacy_agent', user_id=7, extra='kept')
+        (kwargs,) = await got.wait(1)
+    assert kwargs == {'signal': signal, 'sender': 'legacy_agent', 'user_id': 7, 'extra': 'kept'}
+
+
+async def test_rpc_call_returns_the_first_typed_answer(backend: Backend, unique: str) -> None:
+    signal = Signal(f'count_{unique}', Query, returns=int)
+
+    class Counter(MicroAgent):
+        @receiver(signal)
+        async def count(self, query: Query) -> int:
+            return query.user_id * 10
+
+    async with Counter(bus=backend.bus()):
+        answer = await backend.bus()[signal].call('caller', Query(user_id=4), timeout=5)
+    assert answer == {'Counter.count': 40}
+
+
+async def test_rpc_waiter_collects_answers_of_every_agent(backend: Backend, unique: str) -> None:
+    signal = Signal(f'poll_{unique}', Query, returns=str)
+
+    class Alpha(MicroAgent):
+        @receiver(signal)
+        async def answer(self, query: Query) -> str:
+            return 'alpha'
+
+    class Beta(MicroAgent):
+        @receiver(signal)
+        async def answer(self, query: Query) -> str:
+            return 'beta'
+
+    async with Alpha(bus=backend.bus()), Beta(bus=backend.bus()):
+        answers: dict[str, str] = {}
+        async with backend.bus()[signal].waiter('caller', Query(user_id=1), timeout=2) as replies:
+            async for reply in replies:
+                answers.update(reply)
+                if len(answers) == 2:
+                    break
+    assert answers == {'Alpha.answer': 'alpha', 'Beta.answer': 'beta'}
+
+
+async def test_rpc_call_without_receiver_times_out(backend: Backend, unique: str) -> None:
+    signal = Signal(f'nobody_{unique}', Query, returns=int)
+    with pytest.raises(TimeoutError):
+        await backend.bus()[signal].call('caller', Query(user_id=1), timeout=0.3)
+
+
+async def test_rpc_answer_of_the_wrong_type_is_not_returned(backend: Backend, unique: str,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    signal = Signal(f'wrong_answer_{unique}', Query, returns=int)
+
+    class Liar(MicroAgent):
+        @receiver(signal)
+        async def count(self, query: Query) -> Any:
+            return 'not a number'
+
+    async with Liar(bus=backend.bus()):
+        with pytest.raises(TimeoutError):
+            await backend.bus()[signal].call('caller', Query(user_id=1), timeout=0.5)
+    assert f"answer of signal 'wrong_answer_{unique}'" in caplog.text
+
+
+async def test_invalid_payload_is_refused_on_send_and_nothing_is_published(backend: Backend, unique: str) -> None:
+    signal = Signal(f'strict_{unique}', Event)
+    got = Collector()
+
+    class Listener(MicroAgent):
+        @receiver(signal)
+        async def on_event(self, event: Event) -> None:
+            got.add(event)
+
+    async with Listener(bus=backend.bus()):
+        bound = backend.bus()[signal]
+        with pytest.raises(InvalidPayload) as error:
+            await bound.send('x', Event(user_id='one', email='a@b.c'))  # type: ignore[arg-type]
+        assert f"signal 'strict_{unique}'" in str(error.value) and '$.user_id' in str(error.value)
+        with pytest.raises(InvalidPayload, match='email'):
+            await bound.send('x', user_id=1)
+        await bound.send('x', Event(user_id=2, email='ok@b.c'))
+        await got.wait(1)
+        await asyncio.sleep(0.05)  # a wrongly published message would arrive before the good one
+    assert got.items == [Event(2, 'ok@b.c')]
+
+
+async def test_invalid_message_on_the_wire_is_logged_not_delivered(
+        backend: Backend, unique: str, caplog: pytest.LogCaptureFixture) -> None:
+    signal = Signal(f'wire_{unique}', Event)
+    got = Collector()
+
+    class Listener(MicroAgent):
+        @receiver(signal)
+        async def on_event(self, event: Event) -> None:
+            got.add(event)
+
+    caplog.set_level(logging.WARNING)
+    async with Listener(bus=backend.bus()):
+        bus = backend.bus()
+        channel = signal.make_channel_name(bus.prefix, 'rogue')
+        await bus.publish(channel, b'{not json')
+        await bus.publish(channel, b'{"user_id": "x", "email": "a@b.c"}')
+        await bus[signal].send('good', Event(user_id=3, email='a@b.c'))
+        await got.wait(1)
+    assert got.items == [Event(3, 'a@b.c')]
+    assert caplog.text.count(f'Dropped signal wire_{unique} from rogue') == 2
+    assert '$.user_id' in caplog.text
+
+
+async def test_a_failing_receiver_does_not_stop_the_others(backend: Backend, unique: str) -> None:
+    signal = Signal(f'fragile_{unique}', Query)
+    got = Collector()
+
+    class Broken(MicroAgent):
+        @receiver(signal)
+        async def explode(self, query: Query) -> None:
+            raise RuntimeError('boom')
+
+        @receiver(signal)
+        async def fine(self, query: Query) -> None:
+            got.add(query.user_id)
+
+    async with Broken(bus=backend.bus()):
+        await backend.bus()[signal].send('x', Query(user_id=1))
+        await backend.bus()[signal].send('x', Query(user_id=2))
+        assert sorted(await got.wait(2)) == [1, 2]
+
+
+async def test_unknown_signal_name_is_a_clear_error(backend: Backend, unique: str) -> None:
+    with pytest.raises(SignalNotFound, match=f'no_such_{unique}'):
+        getattr(backend.bus(), f'no_such_{unique}')
+
+
+async def test_stopped_agent_receives_nothing(backend: Backend, unique: str) -> None:
+    signal = Signal(f'after_stop_{unique}', Query)
+    got = Collector()
+    other = Collector()
+
+    class Quitter(MicroAgent):
+        @receiver(signal)
+        async def on_query(self, query: Query) -> None:
+            got.add(query.user_id)
+
+    class Stayer(MicroAgent):
+        @receiver(signal)
+        async def on_query(self, query: Query) -> None:
+            other.add(query.user_id)
+
+    bus = backend.bus()
+    quitter = Quitter(bus=bus)
+    async with Stayer(bus=bus):
+        async with quitter:
+            await backend.bus()[signal].send('x', Query(user_id=1))
+            await got.wait(1)
+        await backend.bus()[signal].send('x', Query(user_id=2))
+        await other.wait(2)
+    assert got.items == [1]
