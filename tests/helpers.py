@@ -28,5 +28,5 @@ class Collector:
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0, every: float = 0.02) -> None:
     """Poll an external state (a queue length, a dead-letter count) until it holds."""
     async with asyncio.timeout(timeout):
-        while not await check():
+        while not await check():  # noqa: ASYNC110 - polls external state, nothing to await
             await asyncio.sleep(every)

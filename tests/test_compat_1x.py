@@ -1,0 +1,173 @@
+"""The microagent 1.x reference example runs unchanged, and so does the typed DESIGN.md example."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pydantic
+import pytest
+
+from microagent import InvalidPayload, MicroAgent, Queue, Signal, consumer, load_stuff, on, periodic, receiver
+from microagent.tools.memory import MemoryBroker, MemorySignalBus
+from tests.helpers import Collector
+
+
+async def test_seed_example_runs_unchanged(tmp_path: Path, unique: str) -> None:
+    path = tmp_path / 'stuff.json'
+    path.write_text(json.dumps({
+        'signals': [{'name': f'send_mail_{unique}', 'providing_args': ['user_id']}],
+        'queues': [{'name': f'mailer_{unique}'}],
+    }))
+    signals, queues = load_stuff(f'file://{path}')
+    send_mail = getattr(signals, f'send_mail_{unique}')
+    mailer = getattr(queues, f'mailer_{unique}')
+    seen = Collector()
+
+    # the 1.x reference agent, with only the names made unique for this test
+    class Agent(MicroAgent):
+        @on('pre_start')
+        async def setup(self):  # type: ignore[no-untyped-def]
+            self.log.info('Setup called!')
+
+        @periodic(period=5)
+        async def periodic_handler(self):  # type: ignore[no-untyped-def]
+            pass
+
+        @receiver(send_mail)
+        async def send_mail_handler(self, **kwargs):  # type: ignore[no-untyped-def]
+            seen.add(('signal', kwargs['sender'], kwargs['user_id'], kwargs['signal']))
+            await getattr(self.broker, mailer.name).send({'text': 'Hello world!', 'secret': self.settings['secret']})
+
+        @consumer(mailer)
+        async def mail_handler(self, **kwargs):  # type: ignore[no-untyped-def]
+            seen.add(('queue', kwargs))
+
+    bus = MemorySignalBus(f'memory://{unique}')
+    broker = MemoryBroker(f'memory://{unique}')
+    agent = Agent(bus=bus, broker=broker, settings={'secret': 'my_secret'})
+    await agent.start()
+    try:
+        await getattr(agent.bus, send_mail.name).send(sender='agent', user_id=1)
+        items = await seen.wait(2)
+    finally:
+        await agent.stop()
+    assert items == [('signal', 'agent', 1, send_mail), ('queue', {'text': 'Hello world!', 'secret': 'my_secret'})]
+    info = agent.info()
+    assert json.loads(json.dumps(info))['receivers'][0]['handler'] == 'Agent.send_mail_handler'
+    assert {'name', 'bus', 'broker', 'periodic', 'cron', 'receivers', 'consumers'} <= set(info)
+
+
+class UserCreated(msgspec.Struct, frozen=True):
+    user_id: int
+    email: str
+
+
+class CountQuery(msgspec.Struct, frozen=True):
+    user_id: int
+
+
+class Mail(pydantic.BaseModel):
+    to: str
+    subject: str
+
+
+async def test_typed_design_example(unique: str) -> None:
+    user_created = Signal(f'user_created_{unique}', UserCreated)
+    comments_count = Signal(f'comments_count_{unique}', CountQuery, returns=int)
+    mailer = Queue(f'mailer_{unique}', Mail)
+    started = Signal(name=f'started_{unique}', providing_args=[])
+    mails = Collector()
+    legacy_calls = Collector()
+
+    class UserAgent(MicroAgent):
+        @receiver(user_created)
+        async def welcome(self, event: UserCreated) -> None:
+            await self.broker[mailer].send(Mail(to=event.email, subject='Welcome'))
+
+        @receiver(comments_count)
+        async def count(self, query: CountQuery, *, sender: str) -> int:
+            return 3 if sender == 'user_agent' else 0
+
+        @consumer(mailer, timeout=30)
+        async def send_mail(self, mail: Mail) -> None:
+            mails.add(mail)
+
+        @receiver(started)
+        async def legacy(self, signal: Signal[Any, Any], sender: str, **kwargs: Any) -> None:
+            legacy_calls.add((signal.name, sender, kwargs))
+
+    bus = MemorySignalBus(f'memory://{unique}')
+    async with UserAgent(bus=bus, broker=MemoryBroker(f'memory://{unique}')) as agent:
+        await agent.bus[user_created].send('user_agent', UserCreated(user_id=1, email='a@b.c'))
+        answers: dict[str, int] = await agent.bus[comments_count].call('user_agent', CountQuery(user_id=1))
+        await getattr(agent.bus, started.name).send('user_agent')
+        with pytest.raises(InvalidPayload, match='to'):
+            await agent.broker[mailer].send({'subject': 'no recipient'})  # type: ignore[arg-type]
+        with pytest.raises(InvalidPayload, match='email'):
+            await getattr(agent.bus, user_created.name).send('user_agent', user_id=1)
+        assert await mails.wait(1) == [Mail(to='a@b.c', subject='Welcome')]
+        assert await legacy_calls.wait(1) == [(started.name, 'user_agent', {})]
+    assert answers == {'UserAgent.count': 3}
+
+
+def test_everything_without_pydantic_installed(tmp_path: Path) -> None:
+    """A msgspec-only user never needs pydantic: run an agent with pydantic made unimportable."""
+    script = tmp_path / 'no_pydantic.py'
+    script.write_text(textwrap.dedent('''
+        import asyncio, sys
+
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name == 'pydantic' or name.startswith('pydantic.'):
+                    raise ImportError('pydantic is blocked for this test')
+        sys.meta_path.insert(0, Block())
+
+        import msgspec
+        import microagent
+        from microagent import MicroAgent, Queue, Signal, consumer, receiver, InvalidPayload
+        from microagent.tools.memory import MemoryBroker, MemorySignalBus
+        from microagent.tools.mocks import BusMock
+
+        class Job(msgspec.Struct):
+            n: int
+
+        job = Queue('job', Job)
+        ping = Signal('ping', Job, returns=int)
+        legacy = Signal(name='legacy', providing_args={'n': 'integer'})
+        done = []
+
+        class Agent(MicroAgent):
+            @consumer(job)
+            async def work(self, item: Job) -> None:
+                done.append(item.n)
+
+            @receiver(ping)
+            async def answer(self, item: Job) -> int:
+                return item.n
+
+        async def main():
+            async with Agent(bus=MemorySignalBus(), broker=MemoryBroker()) as agent:
+                await agent.broker[job].send(Job(n=1))
+                assert await agent.bus[ping].call('x', Job(n=2), timeout=2) == {'Agent.answer': 2}
+                try:
+                    await agent.bus.legacy.send('x', n='two')
+                except InvalidPayload:
+                    pass
+                else:
+                    raise AssertionError('invalid payload accepted')
+                while not done:
+                    await asyncio.sleep(0.01)
+                assert agent.info()['queues']['job']['payload']
+            assert 'pydantic' not in sys.modules
+            print('ok', done)
+
+        asyncio.run(main())
+    '''))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == 'ok [1]'
