@@ -124,7 +124,7 @@ def test_payload_given_as_json_schema_is_enforced(unique: str) -> None:
                        ({'user_id': 1}, 'tags')]:
         with pytest.raises(InvalidPayload, match=where):
             queue.codec.encode(bad)
-    assert queue.codec.schema == schema
+    assert queue.codec.schema['properties'] == schema['properties']
     with pytest.raises(DeclarationError, match="unsupported JSON Schema type 'date'"):
         Queue(name=f'schema_bad_{unique}', schema={'type': 'object', 'properties': {'d': {'type': 'date'}}})
 
