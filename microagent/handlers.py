@@ -16,7 +16,7 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
-from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from croniter import croniter
 
@@ -27,6 +27,7 @@ from .signal import Signal
 T = TypeVar('T')
 R = TypeVar('R')
 D = TypeVar('D')
+D_contra = TypeVar('D_contra', contravariant=True)
 S = TypeVar('S')
 A = TypeVar('A')
 P = ParamSpec('P')
@@ -141,18 +142,36 @@ def _check_async(func: Callable[..., Any], decorator: str) -> None:
 
 
 # Typed decorator objects. The overloads let mypy accept a typed handler only when its DTO parameter
-# matches the declaration, while 1.x ``**kwargs`` handlers stay accepted.
+# matches the declaration (and, for RPC, its answer the declared type), while 1.x ``**kwargs``
+# handlers stay accepted. The protocols name the agent parameter ``self`` (not positional-only):
+# a handler's own ``self`` would otherwise clash with the keywords ``**kwargs`` may carry.
 
 class _KwargsHandler(Protocol):
-    def __call__(self, agent: Any, /, **kwargs: Any) -> Awaitable[Any]: ...
+    """1.x consumer: the payload fields (and the DTO) as keywords."""
+
+    def __call__(_, self: Any, **kwargs: Any) -> Awaitable[Any]: ...
 
 
 class _SignalKwargsHandler(Protocol):
-    def __call__(self, agent: Any, /, *, signal: Signal[Any, Any], sender: str, **kwargs: Any) -> Awaitable[Any]: ...
+    """1.x receiver: the payload fields plus ``signal`` and ``sender`` as keywords (any subset named)."""
+
+    def __call__(_, self: Any, *, signal: Signal[Any, Any], sender: str, **kwargs: Any) -> Awaitable[Any]: ...
+
+
+KwargsHandler = TypeVar('KwargsHandler', bound=_KwargsHandler)
+SignalKwargsHandler = TypeVar('SignalKwargsHandler', bound=_SignalKwargsHandler)
+AnyHandler = TypeVar('AnyHandler', bound=Callable[..., Awaitable[Any]])
+T1 = TypeVar('T1')
+T2 = TypeVar('T2')
+T3 = TypeVar('T3')
+R1 = TypeVar('R1')
+R2 = TypeVar('R2')
+R3 = TypeVar('R3')
+JsonPayload = dict[str, Any]
 
 
 class _ReceiverDecorator(Generic[T, R]):
-    def __init__(self, signals: tuple[Signal[T, R], ...], timeout: float) -> None:
+    def __init__(self, signals: tuple[Signal[Any, Any], ...], timeout: float) -> None:
         self.signals = signals
         self.timeout = timeout
 
@@ -161,10 +180,13 @@ class _ReceiverDecorator(Generic[T, R]):
                  ) -> Callable[Concatenate[S, T, P], Awaitable[R | None]]: ...
 
     @overload
-    def __call__(self, func: _KwargsHandler) -> _KwargsHandler: ...
+    def __call__(self, func: Callable[[S], Awaitable[R | None]]) -> Callable[[S], Awaitable[R | None]]: ...
 
     @overload
-    def __call__(self, func: _SignalKwargsHandler) -> _SignalKwargsHandler: ...
+    def __call__(self, func: SignalKwargsHandler) -> SignalKwargsHandler: ...
+
+    @overload  # 1.x declarations carry no types: 1.x handlers may name payload fields as parameters
+    def __call__(self: _ReceiverDecorator[JsonPayload, Any], func: AnyHandler) -> AnyHandler: ...
 
     def __call__(self, func: Any) -> Any:
         _check_async(func, 'receiver')
@@ -174,7 +196,27 @@ class _ReceiverDecorator(Generic[T, R]):
         return func
 
 
-def receiver(*signals: Signal[T, R], timeout: float = 60) -> _ReceiverDecorator[T, R]:
+@overload
+def receiver(signal: Signal[T, R], /, *, timeout: float = 60) -> _ReceiverDecorator[T, R]: ...
+
+
+@overload
+def receiver(signal1: Signal[T1, R1], signal2: Signal[T2, R2], /, *,
+             timeout: float = 60) -> _ReceiverDecorator[T1 | T2, R1 | R2]: ...
+
+
+@overload
+def receiver(signal1: Signal[T1, R1], signal2: Signal[T2, R2], signal3: Signal[T3, R3], /, *,
+             timeout: float = 60) -> _ReceiverDecorator[T1 | T2 | T3, R1 | R2 | R3]: ...
+
+
+@overload
+def receiver(signal1: Signal[Any, Any], signal2: Signal[Any, Any], signal3: Signal[Any, Any],
+             signal4: Signal[Any, Any], /, *signals: Signal[Any, Any],
+             timeout: float = 60) -> _ReceiverDecorator[Any, Any]: ...
+
+
+def receiver(*signals: Signal[Any, Any], timeout: float = 60) -> _ReceiverDecorator[Any, Any]:
     """Receive ``signals`` (pub/sub). Many handlers may receive one signal; the return value of a
     handler is its answer when the signal is sent with ``call``."""
     if not signals or not all(isinstance(s, Signal) for s in signals):
@@ -182,20 +224,19 @@ def receiver(*signals: Signal[T, R], timeout: float = 60) -> _ReceiverDecorator[
     return _ReceiverDecorator(signals, _check_seconds(receiver, 'timeout', timeout))
 
 
-class _ConsumerDecorator(Generic[T]):
+class _DtoKwargsHandler(Protocol[D_contra]):
+    """1.x consumer with a ``dto_class``: the payload fields as keywords and the DTO as ``dto``."""
+
+    def __call__(_, self: Any, *, dto: D_contra, **kwargs: Any) -> Awaitable[Any]: ...
+
+
+class _ConsumerBase:
     def __init__(self, queue: Queue[Any], timeout: float, dto_class: type[Any] | None,
                  dto_name: str | None, options: dict[str, Any]) -> None:
         self.queue, self.timeout, self.dto_class, self.dto_name, self.options = \
             queue, timeout, dto_class, dto_name, options
 
-    @overload
-    def __call__(self, func: Callable[Concatenate[S, T, P], Awaitable[A]]
-                 ) -> Callable[Concatenate[S, T, P], Awaitable[A]]: ...
-
-    @overload
-    def __call__(self, func: _KwargsHandler) -> _KwargsHandler: ...
-
-    def __call__(self, func: Any) -> Any:
+    def _bind(self, func: Any) -> Any:
         _check_async(func, 'consumer')
         for key in ('concurrency', 'max_retries'):
             if key in self.options:
@@ -210,14 +251,45 @@ class _ConsumerDecorator(Generic[T]):
         return func
 
 
+class _ConsumerDecorator(_ConsumerBase, Generic[T]):
+    """``@consumer(queue)``: the handler takes the queue's model, or 1.x keywords."""
+
+    @overload
+    def __call__(self, func: Callable[Concatenate[S, T, P], Awaitable[A]]
+                 ) -> Callable[Concatenate[S, T, P], Awaitable[A]]: ...
+
+    @overload
+    def __call__(self, func: KwargsHandler) -> KwargsHandler: ...
+
+    @overload  # 1.x declarations carry no types: 1.x handlers may name payload fields as parameters
+    def __call__(self: _ConsumerDecorator[JsonPayload], func: AnyHandler) -> AnyHandler: ...
+
+    def __call__(self, func: Any) -> Any:
+        return self._bind(func)
+
+
+class _DtoConsumerDecorator(_ConsumerBase, Generic[D]):
+    """``@consumer(queue, dto_class=D)``: the handler takes a ``D``, or 1.x keywords with ``dto: D``."""
+
+    @overload
+    def __call__(self, func: Callable[Concatenate[S, D, P], Awaitable[A]]
+                 ) -> Callable[Concatenate[S, D, P], Awaitable[A]]: ...
+
+    @overload
+    def __call__(self, func: _DtoKwargsHandler[D]) -> _DtoKwargsHandler[D]: ...
+
+    def __call__(self, func: Any) -> Any:
+        return self._bind(func)
+
+
 class _LooseDecorator:
     """For 1.x ``dto_class`` consumers: the DTO may arrive under any keyword name."""
 
-    def __init__(self, inner: _ConsumerDecorator[Any]) -> None:
+    def __init__(self, inner: _ConsumerBase) -> None:
         self.inner = inner
 
-    def __call__(self, func: Callable[..., Awaitable[A]]) -> Callable[..., Awaitable[A]]:
-        return self.inner(func)  # type: ignore[no-any-return]
+    def __call__(self, func: AnyHandler) -> AnyHandler:
+        return cast(AnyHandler, self.inner._bind(func))
 
 
 @overload
@@ -227,7 +299,7 @@ def consumer(queue: Queue[T], timeout: float = 60, dto_class: None = None, dto_n
 
 @overload
 def consumer(queue: Queue[Any], timeout: float = 60, *, dto_class: type[D], dto_name: None = None,
-             **options: Any) -> _ConsumerDecorator[D]: ...
+             **options: Any) -> _DtoConsumerDecorator[D]: ...
 
 
 @overload
@@ -236,13 +308,16 @@ def consumer(queue: Queue[Any], timeout: float = 60, *, dto_class: type[D], dto_
 
 
 def consumer(queue: Queue[Any], timeout: float = 60, dto_class: type[Any] | None = None,
-             dto_name: str | None = None, **options: Any) -> _ConsumerDecorator[Any] | _LooseDecorator:
+             dto_name: str | None = None,
+             **options: Any) -> _ConsumerDecorator[Any] | _DtoConsumerDecorator[Any] | _LooseDecorator:
     """Consume messages of ``queue``; one handler per queue. Options: ``concurrency`` (handlers
     running at once), ``max_retries`` (before dead-lettering), and backend ones such as ``autoack``."""
     if not isinstance(queue, Queue):
         raise TypeError(f'@consumer needs a Queue declaration, got {queue!r}')
-    decorator: _ConsumerDecorator[Any] = _ConsumerDecorator(
-        queue, _check_seconds(consumer, 'timeout', timeout), dto_class, dto_name, options)
+    args = (queue, _check_seconds(consumer, 'timeout', timeout), dto_class, dto_name, options)
+    if dto_class is None:
+        return _ConsumerDecorator(*args)
+    decorator: _DtoConsumerDecorator[Any] = _DtoConsumerDecorator(*args)
     return _LooseDecorator(decorator) if dto_name is not None else decorator
 
 

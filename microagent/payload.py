@@ -19,6 +19,8 @@ T = TypeVar('T')
 
 JsonDict = dict[str, Any]
 
+JSON_SCHEMA_DIALECT = 'https://json-schema.org/draft/2020-12/schema'
+
 _encoder = msgspec.json.Encoder()
 _dict_decoder = msgspec.json.Decoder(dict[str, Any])
 _any_decoder = msgspec.json.Decoder()
@@ -37,7 +39,8 @@ class Codec(Generic[T]):
     """Validates and serialises the payload of one signal, queue or RPC answer."""
 
     target: str
-    schema: JsonDict
+    schema: JsonDict  # standalone JSON Schema (draft 2020-12) of the payload
+    required: tuple[str, ...] = ()  # the payload's required keys, as on the wire
 
     def encode(self, payload: Any) -> bytes:
         """Validate ``payload`` (a model instance or a mapping of its fields) and encode it."""
@@ -67,9 +70,12 @@ class MsgspecCodec(Codec[T]):
         self.target = target
         self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(model)
         try:
-            self.schema = msgspec.json.schema(model)
+            self.schema = standalone_schema(msgspec.json.schema(model))
         except (TypeError, ValueError) as exc:
             raise DeclarationError(f'{target}: {model!r} is not a supported payload model: {exc}') from exc
+        info = msgspec.inspect.type_info(model)
+        fields = getattr(info, 'fields', ())  # Struct, dataclass, TypedDict
+        self.required = tuple(f.encode_name for f in fields if f.required)
 
     def encode(self, payload: Any) -> bytes:
         try:
@@ -100,7 +106,9 @@ class PydanticCodec(Codec[T]):
     def __init__(self, model: type[T], target: str) -> None:
         self.model = model
         self.target = target
-        self.schema = cast(JsonDict, model.model_json_schema())  # type: ignore[attr-defined]
+        self.schema = standalone_schema(model.model_json_schema())  # type: ignore[attr-defined]
+        fields = model.model_fields.items()  # type: ignore[attr-defined]
+        self.required = tuple(f.alias or name for name, f in fields if f.is_required())
 
     def _invalid(self, exc: Any) -> InvalidPayload:
         errors = [
@@ -148,7 +156,7 @@ class DictCodec(Codec[JsonDict]):
                  checker: type[Any] | None = None) -> None:
         self.target = target
         self.required = tuple(required)
-        self.schema = schema
+        self.schema = standalone_schema(schema)
         self._checker = checker
 
     def _check(self, payload: Any) -> JsonDict:
@@ -184,6 +192,33 @@ class DictCodec(Codec[JsonDict]):
 
     def to_kwargs(self, payload: JsonDict) -> JsonDict:
         return payload
+
+
+def standalone_schema(schema: Mapping[str, Any]) -> JsonDict:
+    """A payload schema as one self-contained draft 2020-12 document.
+
+    msgspec describes a model as ``{"$ref": "#/$defs/Model", "$defs": {...}}``; the model itself is
+    moved to the top (unless it refers to itself) so ``required`` and ``properties`` are where a
+    reader looks. ``required`` lists are sorted: their order means nothing.
+    """
+    result: JsonDict = {'$schema': schema.get('$schema', JSON_SCHEMA_DIALECT)}
+    body = {key: value for key, value in schema.items() if key != '$schema'}
+    defs: JsonDict = dict(body.pop('$defs', {}))
+    ref = body.get('$ref')
+    if len(body) == 1 and isinstance(ref, str) and ref.startswith('#/$defs/'):
+        name = ref.removeprefix('#/$defs/')
+        if name in defs and ref.encode() not in msgspec.json.encode(defs):  # not recursive
+            body = dict(defs.pop(name))
+    result.update(_sorted_required(body))
+    if defs:
+        result['$defs'] = {name: _sorted_required(defs[name]) for name in sorted(defs)}
+    return result
+
+
+def _sorted_required(schema: Any) -> Any:
+    if isinstance(schema, dict) and isinstance(schema.get('required'), list):
+        return {**schema, 'required': sorted(schema['required'])}
+    return schema
 
 
 def is_pydantic_model(model: object) -> bool:

@@ -10,7 +10,7 @@ from .errors import SignalNotFound
 from .payload import Codec, JsonDict, codec_for, dict_codec
 from .registry import Declaration, model_name
 
-T = TypeVar('T')
+T = TypeVar('T', default=Any)  # a default lets 1.x code annotate a bare ``Signal``
 R = TypeVar('R', default=Any)
 
 
@@ -51,7 +51,7 @@ class Signal(Declaration, Generic[T, R]):
         target = f'signal {name!r}'
         if model is not None:
             self.codec = codec_for(model, target)
-            self.providing_args = list(self.codec.schema.get('required', []))
+            self.providing_args = list(self.codec.required)  # the model's required fields
         else:
             self.codec = dict_codec(target, providing_args, schema)  # type: ignore[assignment]
             self.providing_args = list(providing_args or (schema and schema.get('properties', {})) or [])

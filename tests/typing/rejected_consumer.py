@@ -1,0 +1,22 @@
+"""A consumer whose DTO parameter is not its queue's model nor its ``dto_class``."""
+from __future__ import annotations
+
+import msgspec
+
+from microagent import MicroAgent, consumer
+from schemas import Mail, UserCreated, mailer, push_android
+
+
+class MyDTO(msgspec.Struct):
+    text: str
+
+
+class WrongConsumer(MicroAgent):
+    @consumer(mailer)  # E: arg-type
+    async def wrong_model(self, mail: UserCreated) -> None: ...
+
+    @consumer(push_android, dto_class=MyDTO)  # E: arg-type
+    async def wrong_dto(self, dto: Mail) -> None: ...
+
+    @consumer(mailer, timeout=5)
+    async def right(self, mail: Mail) -> None: ...

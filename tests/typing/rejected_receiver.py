@@ -1,0 +1,17 @@
+"""A receiver whose DTO parameter is not its signal's model, or whose answer is not the RPC's."""
+from __future__ import annotations
+
+from microagent import MicroAgent, receiver
+from schemas import CountQuery, Mail, UserCreated, comments_count, user_created
+
+
+class WrongReceiver(MicroAgent):
+    @receiver(user_created)  # E: arg-type
+    async def wrong_model(self, event: Mail) -> None: ...
+
+    @receiver(comments_count)  # E: arg-type
+    async def wrong_answer(self, query: CountQuery) -> str:
+        return 'three'
+
+    @receiver(user_created)
+    async def right(self, event: UserCreated) -> None: ...
