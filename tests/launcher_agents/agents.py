@@ -1,0 +1,77 @@
+"""Agents that leave a trace of their lifecycle as files, so a test can see inside other processes."""
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import msgspec
+
+from microagent import MicroAgent, ServerInterrupt, Signal, on, periodic, receiver
+
+
+class Ping(msgspec.Struct, frozen=True):
+    number: int
+
+
+ping = Signal('launcher_test_ping', Ping)
+
+
+class Recorder(MicroAgent):
+    """Writes ``<name>.started`` (its pid) after start and ``<name>.stopped`` in ``pre_stop``."""
+
+    def mark(self, event: str, text: str = '') -> None:
+        path = Path(self.settings['dir']) / f'{self.settings["name"]}.{event}'
+        path.write_text(text or str(os.getpid()))
+
+    @on('post_start')
+    def started(self) -> None:
+        self.mark('started')
+
+    @on('pre_stop')
+    def stopping(self) -> None:
+        self.mark('stopped')
+
+
+class SlowWorker(Recorder):
+    """A periodic task that works for ``settings['work']`` seconds: ``begun``, then ``done``."""
+
+    @periodic(period=3600, timeout=120)
+    async def work(self) -> None:
+        self.mark('begun')
+        await asyncio.sleep(self.settings['work'])
+        self.mark('done')
+
+
+class Pinger(Recorder):
+    """Sends ``launcher_test_ping`` every 50 ms."""
+
+    count = 0
+
+    @periodic(period=0.05, timeout=5)
+    async def send(self) -> None:
+        self.count += 1
+        await self.bus[ping].send('pinger', Ping(number=self.count))
+
+
+class Listener(Recorder):
+    """Records the first ping it receives."""
+
+    @receiver(ping)
+    async def got(self, event: Ping, *, sender: str) -> None:
+        self.mark('pinged', f'{sender} {event.number}')
+
+
+class FailingStart(Recorder):
+    @on('pre_start')
+    def boom(self) -> None:
+        raise RuntimeError('cannot reach the database')
+
+
+class ShortServer(Recorder):
+    """A server that ends the agent once the agent is up."""
+
+    @on('server')
+    async def serve(self) -> None:
+        await asyncio.sleep(0.2)
+        raise ServerInterrupt('done serving')

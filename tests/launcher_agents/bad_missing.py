@@ -1,0 +1,2 @@
+BROKER = {'main': {'dsn': 'memory://x'}}
+AGENT = {'alpha': {'backend': 'tests.launcher_agents.agents.Recorder', 'broker': 'main'}}

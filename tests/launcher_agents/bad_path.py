@@ -1,0 +1,1 @@
+AGENT = {'ghost': {'backend': 'tests.launcher_agents.agents.NoSuchAgent'}}
