@@ -50,3 +50,24 @@ async def memory_backend() -> AsyncIterator[Backend]:
 BACKENDS: dict[str, Callable[[], AbstractAsyncContextManager[Backend]]] = {
     'memory': memory_backend,
 }
+
+
+@asynccontextmanager
+async def amqp_backend() -> AsyncIterator[Backend]:
+    """RabbitMQ; a unique exchange (bus prefix) per test, and every queue and exchange the test's
+    brokers declared is deleted afterwards."""
+    from microagent.tools.amqp import AMQPBroker, AMQPSignalBus
+    from tests.amqp_support import AMQP_DSN, delete_declared, require_rabbitmq
+
+    require_rabbitmq()
+    prefix = f'T{uuid.uuid4().hex[:12]}'
+    backend = Backend('amqp', lambda: AMQPSignalBus(AMQP_DSN, prefix=prefix),
+                      lambda **o: AMQPBroker(AMQP_DSN, **o))
+    try:
+        yield backend
+    finally:
+        await backend.close()
+        await delete_declared(backend.opened, [prefix])
+
+
+BACKENDS['amqp'] = amqp_backend

@@ -1,0 +1,662 @@
+"""RabbitMQ backend on aiormq: ``AMQPSignalBus`` (a topic exchange) and ``AMQPBroker`` (durable queues).
+
+Layout on the server, for a queue ``mailer``:
+
+* ``mailer``: a durable queue, fed through the default exchange; bound to the queue's ``exchange``
+  (fanout, or topic when a queue of that exchange declares ``topics``);
+* ``mailer.retry.{ms}``: delay queues (queue TTL, dead-lettered back to ``mailer``) that hold a
+  failed message until its retry is due; they expire when unused;
+* ``mailer.dead``: a fanout exchange and a durable queue holding dead letters, with the reason,
+  the attempt count and the time in headers.
+
+The attempt count travels in the ``x-attempt`` header. Signals go to the topic exchange named by the
+bus prefix with routing key ``{name}.{sender}``; each bus reads one exclusive auto-delete queue, and
+RPC answers go straight to the caller's queue (``reply_to``) with the request id as correlation id.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import aiormq
+from aiormq.abc import AbstractChannel, DeliveredMessage
+from pamqp import commands as spec
+from pamqp.common import FieldTable
+
+from ..broker import AbstractQueueBroker, DeadLetter, Delivery, backoff
+from ..bus import RESPONSE_SIGNAL, AbstractSignalBus
+from ..errors import DeclarationError
+from ..queue import Queue
+from .amqp_link import LINK_ERRORS, Link
+
+if TYPE_CHECKING:
+    from ..agent import Consumer
+
+__all__ = ['AMQPBroker', 'AMQPMeta', 'AMQPSignalBus']
+
+ATTEMPT_HEADER = 'x-attempt'
+REASON_HEADER = 'x-reason'
+DEAD_AT_HEADER = 'x-dead-at'
+_OWN_HEADERS = (ATTEMPT_HEADER, REASON_HEADER, DEAD_AT_HEADER, 'x-death', 'x-first-death-exchange',
+                'x-first-death-queue', 'x-first-death-reason', 'x-last-death-exchange', 'x-last-death-queue',
+                'x-last-death-reason')
+DEAD_SUFFIX = '.dead'
+RETRY_SUFFIX = '.retry.'
+RETRY_QUEUE_IDLE = 60.0  # a delay queue is deleted by RabbitMQ after its delay plus this, unused
+CONTENT_TYPE = 'application/json'
+PERSISTENT = 2
+MAX_REASON = 4096
+
+
+def _headers(properties: spec.Basic.Properties) -> dict[str, Any]:
+    return dict(properties.headers or {})
+
+
+def _fresh_headers(properties: spec.Basic.Properties) -> dict[str, Any]:
+    """The user's headers, without the ones this backend and RabbitMQ's dead-lettering add."""
+    return {k: v for k, v in _headers(properties).items() if k not in _OWN_HEADERS}
+
+
+def _properties(headers: FieldTable | None = None) -> spec.Basic.Properties:
+    return spec.Basic.Properties(content_type=CONTENT_TYPE, delivery_mode=PERSISTENT, headers=headers or None)
+
+
+@dataclass(eq=False)
+class _Token:
+    """Where a fetched message lives until it is settled (acked, retried, dead-lettered, released)."""
+
+    channel: AbstractChannel
+    tag: int
+    properties: spec.Basic.Properties
+    settled: bool = False
+
+
+@dataclass(frozen=True)
+class AMQPMeta:
+    """The ``amqp`` keyword of a consumer (1.x ``MessageMeta``): the raw delivery. With the consumer
+    option ``autoack=False`` the handler settles the message itself with ``ack``/``nack``/``reject``."""
+
+    queue: str
+    channel: AbstractChannel
+    delivery_tag: int
+    redelivered: bool
+    exchange: str
+    routing_key: str
+    properties: spec.Basic.Properties
+    _token: _Token = field(repr=False)
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return _headers(self.properties)
+
+    async def ack(self) -> None:
+        await _settle(self._token, 'ack')
+
+    async def nack(self, requeue: bool = True) -> None:
+        await _settle(self._token, 'nack', requeue)
+
+    async def reject(self, requeue: bool = True) -> None:
+        await _settle(self._token, 'reject', requeue)
+
+
+async def _settle(token: _Token, how: str, requeue: bool = True) -> bool:
+    """Settle a delivery once; False when its channel is gone (RabbitMQ redelivers the message)."""
+    if token.settled:
+        return True
+    token.settled = True
+    if token.channel.is_closed:
+        return False
+    if how == 'ack':
+        await token.channel.basic_ack(token.tag)
+    elif how == 'nack':
+        await token.channel.basic_nack(token.tag, requeue=requeue)
+    else:
+        await token.channel.basic_reject(token.tag, requeue=requeue)
+    return True
+
+
+@dataclass(frozen=True)
+class _Out:
+    """One message to publish."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: spec.Basic.Properties
+
+
+class _Subscription:
+    """basic_consume into a local buffer that ``fetch`` drains; prefetch bounds the buffer."""
+
+    def __init__(self) -> None:
+        self.channel: AbstractChannel | None = None
+        self.buffer: deque[DeliveredMessage] = deque()
+        self.arrived = asyncio.Event()
+
+    @property
+    def live(self) -> bool:
+        return self.channel is not None and not self.channel.is_closed
+
+    async def on_message(self, channel: AbstractChannel, message: DeliveredMessage) -> None:
+        if channel is self.channel:
+            self.buffer.append(message)
+            self.arrived.set()
+
+    def on_close(self, channel: AbstractChannel, closing: asyncio.Future[Any]) -> None:
+        if not closing.cancelled():
+            closing.exception()
+        if channel is self.channel:
+            self.buffer.clear()  # unacked on a dead channel: RabbitMQ redelivers them
+            self.arrived.set()
+
+    async def close(self) -> None:
+        channel, self.channel = self.channel, None
+        self.buffer.clear()
+        if channel is not None and not channel.is_closed:
+            await channel.close()  # unacked messages go back to the queue
+
+
+def _interrupted(exc: BaseException, channel: AbstractChannel) -> bool:
+    """Whether a publish failed because the connection or channel went away (worth sending again),
+    rather than because RabbitMQ refused it (a missing exchange, access rights: an error to raise)."""
+    if isinstance(exc, aiormq.AMQPConnectionError | ConnectionError | aiormq.ChannelInvalidStateError):
+        return True
+    return isinstance(exc, asyncio.CancelledError) and channel.is_closed
+
+
+class _Publisher:
+    """A channel with publisher confirms that resends what a broken connection did not confirm."""
+
+    def __init__(self, link: Link, reconnect_timeout: float,
+                 on_open: Callable[[AbstractChannel], Awaitable[None]] | None = None) -> None:
+        self.link = link
+        self.reconnect_timeout = reconnect_timeout
+        self.on_open = on_open
+        self._channel: AbstractChannel | None = None
+        self._lock = asyncio.Lock()
+
+    async def channel(self, patience: float) -> AbstractChannel:
+        channel = self._channel
+        if channel is not None and not channel.is_closed:
+            return channel
+        async with self._lock:
+            if self._channel is None or self._channel.is_closed:
+                channel = await self.link.channel(patience, publisher_confirms=True)
+                if self.on_open is not None:
+                    await self.on_open(channel)
+                self._channel = channel
+            return self._channel
+
+    async def publish(self, messages: list[_Out], what: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconnect_timeout
+        pending = messages
+        while pending:
+            channel = await self.channel(max(deadline - loop.time(), 0.001))
+            results: list[Any]
+            if len(pending) == 1:
+                try:
+                    results = [await self._one(channel, pending[0])]
+                except Exception as exc:
+                    results = [exc]
+            else:
+                results = await asyncio.gather(*(self._one(channel, out) for out in pending),
+                                               return_exceptions=True)
+            failed: list[_Out] = []
+            for out, result in zip(pending, results, strict=True):
+                if isinstance(result, BaseException):
+                    if not _interrupted(result, channel):
+                        raise result
+                    failed.append(out)
+                elif isinstance(result, spec.Basic.Nack | spec.Basic.Reject):
+                    failed.append(out)  # the server could not take it: send again
+            if failed and loop.time() >= deadline:
+                raise ConnectionError(f'{self.link.name}: {len(failed)} message(s) to {what} were not confirmed '
+                                      f'by RabbitMQ at {self.link.safe_dsn} in {self.reconnect_timeout}s')
+            if failed:
+                self.link.log.warning('%s: %d message(s) to %s were not confirmed; sending again',
+                                      self.link.name, len(failed), what)
+            pending = failed
+
+    @staticmethod
+    async def _one(channel: AbstractChannel, out: _Out) -> Any:
+        return await channel.basic_publish(out.body, exchange=out.exchange, routing_key=out.routing_key,
+                                           properties=out.properties)
+
+    async def close(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None and not channel.is_closed:
+            await channel.close()
+
+
+class AMQPBroker(AbstractQueueBroker):
+    """Durable RabbitMQ queues with publisher confirms, prefetch = the consumer's ``concurrency``,
+    retries through delay queues and a dead-letter exchange and queue per queue."""
+
+    #: a cancelled fetch loses nothing: what it buffered stays unacked and returns when the channel closes
+    fetch_cancel_safe = True
+
+    def __init__(self, dsn: str, log: logging.Logger | None = None, *, reconnect_timeout: float = 60.0,
+                 **options: Any) -> None:
+        super().__init__(dsn, log, **options)
+        self.reconnect_timeout = reconnect_timeout
+        self._link = Link(dsn, self.log, f'broker {self.uid[:8]}')
+        self._publisher = _Publisher(self._link, reconnect_timeout)
+        self._control: AbstractChannel | None = None
+        self._control_lock = asyncio.Lock()
+        self._subs: dict[str, _Subscription] = {}
+        self._declared: set[str] = set()
+        self._declared_generation = 0
+        self._retry_queues: dict[str, float] = {}
+        self.declared_queues: set[str] = set()  # every name declared by this broker, for teardown
+        self.declared_exchanges: set[str] = set()
+
+    # channels
+
+    async def _ctl(self, patience: float | None = None) -> AbstractChannel:
+        """The control channel (declarations, counts). A channel error closes it; it is reopened."""
+        if self._control is None or self._control.is_closed:
+            self._control = await self._link.channel(self.reconnect_timeout if patience is None else patience)
+        return self._control
+
+    def _fresh_connection(self) -> None:
+        if self._declared_generation != self._link.generation:
+            self._declared_generation = self._link.generation
+            self._declared.clear()
+            self._retry_queues.clear()
+
+    # declarations
+
+    async def declare_queue(self, queue: Queue[Any]) -> None:
+        await self._declare(queue, self.reconnect_timeout)
+
+    async def _declare(self, queue: Queue[Any], patience: float) -> None:
+        self._fresh_connection()
+        if queue.name in self._declared:
+            return
+        async with self._control_lock:
+            self._fresh_connection()
+            if queue.name in self._declared:
+                return
+            ch = await self._ctl(patience)
+            name, dead = queue.name, queue.name + DEAD_SUFFIX
+            await ch.queue_declare(name, durable=True)
+            await ch.exchange_declare(dead, exchange_type='fanout', durable=True)
+            await ch.queue_declare(dead, durable=True)
+            await ch.queue_bind(dead, dead)
+            self.declared_queues.update((name, dead))
+            self.declared_exchanges.add(dead)
+            if queue.exchange:
+                kind = _exchange_type(queue.exchange)
+                try:
+                    await ch.exchange_declare(queue.exchange, exchange_type=kind, durable=True)
+                except aiormq.ChannelPreconditionFailed as exc:
+                    raise DeclarationError(f'queue {name!r}: exchange {queue.exchange!r} exists on RabbitMQ with '
+                                           f'another type or options than a durable {kind} exchange: {exc}') from None
+                self.declared_exchanges.add(queue.exchange)
+                keys = (queue.topics or ('#',)) if kind == 'topic' else ('',)
+                for key in keys:
+                    await ch.queue_bind(name, queue.exchange, routing_key=key)
+            self._declared.add(name)
+
+    async def _retry_queue(self, name: str, delay: float) -> str:
+        ms = max(int(delay * 1000), 1)
+        retry = f'{name}{RETRY_SUFFIX}{ms}'
+        now = time.monotonic()
+        self._fresh_connection()
+        if now - self._retry_queues.get(retry, -RETRY_QUEUE_IDLE) < RETRY_QUEUE_IDLE / 2:
+            return retry  # declared recently: its expiry lease is still long enough
+        async with self._control_lock:
+            ch = await self._ctl()
+            await ch.queue_declare(retry, durable=True, arguments={
+                'x-message-ttl': ms, 'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': name,
+                'x-expires': ms + int(RETRY_QUEUE_IDLE * 1000)})
+        self._retry_queues[retry] = now
+        self.declared_queues.add(retry)
+        return retry
+
+    # sending
+
+    async def put(self, queue: Queue[Any], messages: list[bytes]) -> None:
+        await self.declare_queue(queue)
+        props = _properties()
+        await self._publisher.publish([_Out('', queue.name, data, props) for data in messages],
+                                      f'queue {queue.name!r}')
+
+    async def route(self, exchange: str, routing_key: str, data: bytes) -> int:
+        targets = [q for q in Queue.get_all().values() if q.routes(exchange, routing_key)]
+        for queue in targets:
+            await self.declare_queue(queue)  # the exchange and its bindings exist before the message
+        if targets:
+            await self._publisher.publish([_Out(exchange, routing_key, data, _properties())],
+                                          f'exchange {exchange!r}')
+        return len(targets)
+
+    # consuming
+
+    async def _subscribe(self, queue: Queue[Any], count: int, patience: float) -> _Subscription:
+        sub = self._subs.setdefault(queue.name, _Subscription())
+        if sub.live:
+            return sub
+        again = sub.channel is not None
+        await sub.close()
+        running = self._running.get(queue.name)
+        prefetch = running.consumer.concurrency if running else max(count, 1)
+        await self._declare(queue, patience)
+        channel = await self._link.channel(patience)
+        try:
+            await channel.basic_qos(prefetch_count=prefetch)
+            sub.channel = channel
+            channel.closing.add_done_callback(partial(sub.on_close, channel))
+            await channel.basic_consume(queue.name, partial(sub.on_message, channel))
+        except BaseException:
+            sub.channel = None
+            await channel.close()
+            raise
+        if again:
+            self.log.info('Queue %s: consuming again', queue.name)
+        return sub
+
+    async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery]:
+        sub = await self._subscribe(queue, count, timeout)
+        if not sub.buffer:
+            sub.arrived.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await sub.arrived.wait()
+            except TimeoutError:
+                return []
+        taken = [sub.buffer.popleft() for _ in range(min(count, len(sub.buffer)))]
+        channel = sub.channel
+        if channel is None:
+            return []
+        return [self._delivery(queue.name, channel, message) for message in taken]
+
+    def _delivery(self, name: str, channel: AbstractChannel, message: DeliveredMessage) -> Delivery:
+        properties = message.header.properties
+        deliver = message.delivery
+        tag = message.delivery_tag or 0
+        token = _Token(channel, tag, properties)
+        try:
+            attempt = max(int(_headers(properties).get(ATTEMPT_HEADER, 1)), 1)
+        except (TypeError, ValueError):
+            attempt = 1
+        meta = AMQPMeta(name, channel, tag, bool(getattr(deliver, 'redelivered', False)),
+                        message.exchange or '', message.routing_key or '', properties, token)
+        return Delivery(data=message.body, attempt=attempt, token=token, context={'amqp': meta})
+
+    async def ack(self, queue: Queue[Any], delivery: Delivery) -> None:
+        if not await _settle(delivery.token, 'ack'):
+            self.log.info('Queue %s: the channel of a handled message is gone; RabbitMQ will deliver it again',
+                          queue.name)
+
+    async def retry(self, queue: Queue[Any], delivery: Delivery, delay: float, reason: str) -> None:
+        token: _Token = delivery.token
+        if token.settled:
+            return  # settled by the handler (autoack=False): not ours to retry
+        retry = await self._retry_queue(queue.name, delay)
+        headers = {**_fresh_headers(token.properties), ATTEMPT_HEADER: delivery.attempt + 1,
+                   REASON_HEADER: reason[:MAX_REASON]}
+        await self._publisher.publish([_Out('', retry, delivery.data, _properties(headers))],
+                                      f'queue {retry!r}')
+        await self.ack(queue, delivery)
+
+    async def dead_letter(self, queue: Queue[Any], delivery: Delivery, reason: str) -> None:
+        token: _Token = delivery.token
+        if token.settled:
+            return
+        await self.declare_queue(queue)
+        headers = {**_fresh_headers(token.properties), ATTEMPT_HEADER: delivery.attempt,
+                   REASON_HEADER: reason[:MAX_REASON], DEAD_AT_HEADER: time.time()}
+        dead = queue.name + DEAD_SUFFIX
+        await self._publisher.publish([_Out(dead, '', delivery.data, _properties(headers))],
+                                      f'exchange {dead!r}')
+        await self.ack(queue, delivery)
+
+    async def release(self, queue: Queue[Any], deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            await _settle(delivery.token, 'nack', requeue=True)
+
+    async def stop_consumers(self, consumers: Iterable[Consumer], grace: float) -> None:
+        consumers = list(consumers)
+        await super().stop_consumers(consumers, grace)
+        for consumer in consumers:
+            if consumer.queue.name not in self._running:
+                sub = self._subs.pop(consumer.queue.name, None)
+                if sub is not None:
+                    await sub.close()  # prefetched, not yet handled: back to the queue
+
+    # inspecting
+
+    async def _count(self, name: str) -> int:
+        async with self._control_lock:
+            ch = await self._ctl()
+            try:
+                result = await ch.queue_declare(name, passive=True)
+            except aiormq.ChannelNotFoundEntity:
+                return 0
+        return int(result.message_count or 0)
+
+    async def queue_length(self, name: str) -> int:
+        return await self._count(name)
+
+    async def dead_letter_count(self, name: str) -> int:
+        return await self._count(name + DEAD_SUFFIX)
+
+    async def dead_letters(self, name: str, limit: int = 100) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        channel = await self._link.channel(self.reconnect_timeout)
+        letters: list[DeadLetter] = []
+        try:
+            last = 0
+            for _ in range(limit):
+                try:
+                    message = await channel.basic_get(name + DEAD_SUFFIX)
+                except aiormq.ChannelNotFoundEntity:
+                    return []
+                if not isinstance(message.delivery, spec.Basic.GetOk):
+                    break
+                last = message.delivery_tag or last
+                letters.append(_dead_letter(name, message))
+            if last:
+                await channel.basic_nack(last, multiple=True, requeue=True)  # only looked at
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return letters
+
+    async def requeue_dead_letters(self, name: str) -> int:
+        total = await self.dead_letter_count(name)
+        moved = 0
+        channel = await self._link.channel(self.reconnect_timeout)
+        try:
+            while moved < total:
+                batch: list[DeliveredMessage] = []
+                while moved + len(batch) < total and len(batch) < 100:
+                    message = await channel.basic_get(name + DEAD_SUFFIX)
+                    if not isinstance(message.delivery, spec.Basic.GetOk):
+                        break
+                    batch.append(message)
+                if not batch:
+                    break
+                await self._publisher.publish(
+                    [_Out('', name, m.body, _properties(_fresh_headers(m.header.properties))) for m in batch],
+                    f'queue {name!r}')
+                await channel.basic_ack(batch[-1].delivery_tag or 0, multiple=True)
+                moved += len(batch)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return moved
+
+    async def close(self) -> None:
+        for sub in self._subs.values():
+            await sub.close()
+        self._subs.clear()
+        await self._publisher.close()
+        await self._link.close()
+
+
+def _exchange_type(exchange: str) -> str:
+    """Fanout, or topic when any queue of the exchange declares topics (the others then bind ``#``)."""
+    queues = [q for q in Queue.get_all().values() if q.exchange == exchange]
+    return 'topic' if any(q.topics for q in queues) else 'fanout'
+
+
+def _dead_letter(name: str, message: DeliveredMessage) -> DeadLetter:
+    headers = _headers(message.header.properties)
+    reason = headers.get(REASON_HEADER, '')
+    if isinstance(reason, bytes):
+        reason = reason.decode('utf-8', 'replace')
+    try:
+        attempts = int(headers.get(ATTEMPT_HEADER, 1))
+        died = float(headers.get(DEAD_AT_HEADER, 0.0))
+    except (TypeError, ValueError):
+        attempts, died = 1, 0.0
+    return DeadLetter(name, message.body, str(reason), attempts, died)
+
+
+class AMQPSignalBus(AbstractSignalBus):
+    """Signals over the topic exchange named by the prefix, read through one exclusive queue per bus."""
+
+    max_remembered_requests = 10_000
+
+    def __init__(self, dsn: str, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
+                 reconnect_timeout: float = 60.0, **options: Any) -> None:
+        super().__init__(dsn, prefix, log, **options)
+        self.reconnect_timeout = reconnect_timeout
+        self._link = Link(dsn, self.log, f'bus {prefix} {self.uid[:8]}')
+        self._publisher = _Publisher(self._link, reconnect_timeout, self._declare_exchange)
+        self.queue_name = f'{prefix}.bus.{self.uid}'
+        self._keys: list[str] = []
+        self._channel: AbstractChannel | None = None
+        self._ready = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
+        self._reply_to: dict[str, str] = {}
+
+    async def _declare_exchange(self, channel: AbstractChannel) -> None:
+        await channel.exchange_declare(self.prefix, exchange_type='topic', durable=True)
+
+    # publishing
+
+    async def publish(self, channel: str, data: bytes) -> None:
+        name, sender, request_id = self._parse_channel(channel)
+        if name is None:
+            raise ValueError(f'channel {channel!r} is not under the prefix {self.prefix!r} of this bus')
+        if name == RESPONSE_SIGNAL:
+            reply_to = self._reply_to.pop(request_id, None)
+            if reply_to is None:
+                self.log.debug('No caller known for the answer to request %s', request_id)
+                return
+            props = spec.Basic.Properties(content_type=CONTENT_TYPE, message_type=RESPONSE_SIGNAL,
+                                          correlation_id=request_id, app_id=sender)
+            out = _Out('', reply_to, data, props)
+        else:
+            props = spec.Basic.Properties(content_type=CONTENT_TYPE, message_type=name,
+                                          correlation_id=request_id or None,
+                                          reply_to=self.queue_name if request_id else None)
+            out = _Out(self.prefix, f'{name}.{sender}', data, props)
+        await self._publisher.publish([out], f'signal {name!r}')
+
+    # receiving
+
+    def _binding_key(self, pattern: str) -> str | None:
+        name, sender, _ = self._parse_channel(pattern)
+        if name is None:
+            raise ValueError(f'pattern {pattern!r} is not under the prefix {self.prefix!r} of this bus')
+        if name == RESPONSE_SIGNAL:
+            return None  # answers come straight to this bus's queue
+        return f'{name}.{"#" if sender == "*" else sender}'
+
+    async def subscribe(self, pattern: str) -> None:
+        key = self._binding_key(pattern)
+        if key is not None and key not in self._keys:
+            self._keys.append(key)
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._keep_subscribed(), name=f'amqp-bus:{self.prefix}')
+        try:
+            async with asyncio.timeout(self.reconnect_timeout):
+                await self._ready.wait()
+        except TimeoutError:
+            raise ConnectionError(f'{self._link.name}: could not subscribe on RabbitMQ at '
+                                  f'{self._link.safe_dsn} in {self.reconnect_timeout}s') from None
+        channel = self._channel
+        if key is not None and channel is not None:
+            try:
+                await channel.queue_bind(self.queue_name, self.prefix, routing_key=key)
+            except LINK_ERRORS:
+                if not channel.is_closed:
+                    raise  # else: the watcher binds every key again on reconnection
+
+    async def _keep_subscribed(self) -> None:
+        """Declare the bus queue, bind every key and consume; again after each break, with backoff."""
+        failures, subscribed = 0, False
+        while True:
+            channel: AbstractChannel | None = None
+            try:
+                channel = await self._link.channel()
+                await self._declare_exchange(channel)
+                await channel.queue_declare(self.queue_name, exclusive=True, auto_delete=True)
+                for key in list(self._keys):
+                    await channel.queue_bind(self.queue_name, self.prefix, routing_key=key)
+                await channel.basic_consume(self.queue_name, self._on_message, no_ack=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                delay = backoff(failures, 0.2, 10.0)
+                self.log.warning('%s: subscribing failed (%s); retry %d in %.1fs',
+                                 self._link.name, self._link.scrub(exc), failures, delay)
+                if channel is not None and not channel.is_closed:
+                    await channel.close()
+                await asyncio.sleep(delay)
+                continue
+            if subscribed:
+                self.log.info('%s: subscribed again to %d signal(s)', self._link.name, len(self._keys))
+            failures, subscribed = 0, True
+            self._channel = channel
+            self._ready.set()
+            try:
+                await channel.closing
+            except Exception as exc:  # the reason the channel closed
+                self.log.warning('%s: subscription broken (%s); subscribing again', self._link.name,
+                                 self._link.scrub(exc))
+            self._ready.clear()
+            self._channel = None
+
+    async def _on_message(self, message: DeliveredMessage) -> None:
+        props = message.header.properties
+        key = message.routing_key or ''
+        name = props.message_type or key.partition('.')[0]
+        request_id = props.correlation_id or ''
+        if name == RESPONSE_SIGNAL:
+            channel = f'{self.prefix}:{RESPONSE_SIGNAL}:{props.app_id or ""}#{request_id}'
+        else:
+            sender = key[len(name) + 1:] if key.startswith(name + '.') else key.partition('.')[2]
+            channel = f'{self.prefix}:{name}:{sender}'
+            if request_id:
+                channel += f'#{request_id}'
+                if props.reply_to:
+                    self._remember(request_id, props.reply_to)
+        self.dispatch(channel, message.body)
+
+    def _remember(self, request_id: str, reply_to: str) -> None:
+        if len(self._reply_to) >= self.max_remembered_requests:
+            del self._reply_to[next(iter(self._reply_to))]  # the oldest request: its caller gave up
+        self._reply_to[request_id] = reply_to
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
+        self._ready.clear()
+        await self._publisher.close()
+        await self._link.close()

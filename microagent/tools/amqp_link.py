@@ -1,0 +1,131 @@
+"""One RabbitMQ connection that comes back after a break, shared by the channels of a broker or a bus.
+
+Attempts to connect are spaced by an exponential backoff kept across callers and each failed attempt
+logs one line, so a server that is down never causes a tight loop, however many consumers wait.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiormq
+from aiormq.abc import AbstractChannel, AbstractConnection
+
+from ..broker import backoff
+from ..dsn import hide_password
+
+# Errors that mean "the connection (or the channel with it) went away": worth reconnecting for.
+LINK_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionError, OSError, aiormq.AMQPConnectionError, aiormq.ChannelInvalidStateError, RuntimeError,
+)
+
+
+def check_dsn(dsn: str) -> None:
+    scheme = urlsplit(dsn).scheme
+    if scheme not in ('amqp', 'amqps'):
+        raise ValueError(f'An AMQP DSN starts with amqp:// or amqps://, got {hide_password(dsn)!r}')
+
+
+class Link:
+    """A lazily opened connection: ``connect()`` returns it, opening it again after a break."""
+
+    base_delay = 0.2
+    max_delay = 10.0
+
+    def __init__(self, dsn: str, log: logging.Logger, name: str) -> None:
+        check_dsn(dsn)
+        self.dsn = dsn
+        self.safe_dsn = hide_password(dsn)
+        self.log = log
+        self.name = name
+        self.generation = 0  # bumped on every new connection: declarations are redone per connection
+        self._password = urlsplit(dsn).password
+        self._conn: AbstractConnection | None = None
+        self._lock = asyncio.Lock()
+        self._failures = 0
+        self._retry_at = 0.0
+        self._error = ''
+        self._closed = False
+
+    @property
+    def connection(self) -> AbstractConnection | None:
+        """The open connection, if any."""
+        conn = self._conn
+        return conn if conn is not None and not conn.is_closed else None
+
+    def scrub(self, error: BaseException | str) -> str:
+        """An error as text, without the DSN's password."""
+        text = f'{type(error).__name__}: {error}' if isinstance(error, BaseException) else error
+        return text.replace(self._password, '***') if self._password else text
+
+    async def connect(self, patience: float | None = None) -> AbstractConnection:
+        """The open connection; reconnects with backoff for up to ``patience`` s (None: forever),
+        then raises ``ConnectionError``."""
+        conn = self.connection
+        if conn is not None:
+            return conn
+        try:
+            async with asyncio.timeout(patience):
+                return await self._connect()
+        except TimeoutError:
+            raise ConnectionError(f'{self.name}: RabbitMQ at {self.safe_dsn} is unreachable '
+                                  f'({self._error or "timed out"})') from None
+
+    async def channel(self, patience: float | None = None, publisher_confirms: bool = False) -> AbstractChannel:
+        """A new channel on the open connection (reconnecting first when needed)."""
+        while True:
+            conn = await self.connect(patience)
+            try:
+                return await conn.channel(publisher_confirms=publisher_confirms)
+            except LINK_ERRORS:
+                if not conn.is_closed:
+                    raise
+                # the connection broke between connect() and channel(): connect again
+
+    async def _connect(self) -> AbstractConnection:
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            while True:
+                conn = self.connection
+                if conn is not None:
+                    return conn
+                if self._closed:
+                    raise ConnectionError(f'{self.name} is closed')
+                wait = self._retry_at - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                try:
+                    conn = await aiormq.connect(self.dsn, client_properties={'connection_name': self.name})
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._failures += 1
+                    delay = backoff(self._failures, self.base_delay, self.max_delay)
+                    self._retry_at = loop.time() + delay
+                    self._error = self.scrub(exc)
+                    self.log.warning('%s: connecting to RabbitMQ at %s failed (%s); attempt %d, next in %.1fs',
+                                     self.name, self.safe_dsn, self._error, self._failures, delay)
+                    continue
+                if self.generation:
+                    self.log.info('%s: connected to RabbitMQ at %s again', self.name, self.safe_dsn)
+                self._failures, self._retry_at, self._error = 0, 0.0, ''
+                self.generation += 1
+                self._conn = conn
+                conn.closing.add_done_callback(partial(self._lost, conn))
+                return conn
+
+    def _lost(self, conn: AbstractConnection, closing: asyncio.Future[Any]) -> None:
+        reason = None if closing.cancelled() else closing.exception()
+        if self._closed or conn is not self._conn:
+            return
+        self.log.warning('%s: lost the connection to RabbitMQ at %s (%s); reconnecting on next use',
+                         self.name, self.safe_dsn, self.scrub(reason) if reason else 'closed')
+
+    async def close(self) -> None:
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed:
+            await conn.close()
