@@ -52,6 +52,41 @@ BACKENDS: dict[str, Callable[[], AbstractAsyncContextManager[Backend]]] = {
 }
 
 
+REDIS_TEST_DSN = 'redis://127.0.0.1:6379/9'
+
+
+@asynccontextmanager
+async def redis_backend() -> AsyncIterator[Backend]:
+    """Redis db 9; a unique signal prefix per test, and every key of the queues the test declared
+    is deleted afterwards (other runs may share the db, so no FLUSHDB)."""
+    from redis.asyncio import Redis
+
+    from microagent.queue import Queue
+    from microagent.tools.redis import RedisBroker, RedisSignalBus
+    from tests.services import REDIS_HOST, REDIS_PORT, require_service
+
+    require_service('Redis', REDIS_HOST, REDIS_PORT)
+    prefix = f'T{uuid.uuid4().hex[:12]}'
+    before = set(Queue.get_all())
+    backend = Backend('redis', lambda: RedisSignalBus(REDIS_TEST_DSN, prefix=prefix),
+                      lambda **o: RedisBroker(REDIS_TEST_DSN, **o))
+    try:
+        yield backend
+    finally:
+        await backend.close()
+        client = Redis.from_url(REDIS_TEST_DSN)
+        try:
+            for name in set(Queue.get_all()) - before:
+                await client.delete(name)
+                async for key in client.scan_iter(match=f'{name}:*', count=1000):
+                    await client.delete(key)
+        finally:
+            await client.aclose()
+
+
+BACKENDS['redis'] = redis_backend
+
+
 @asynccontextmanager
 async def amqp_backend() -> AsyncIterator[Backend]:
     """RabbitMQ; a unique exchange (bus prefix) per test, and every queue and exchange the test's

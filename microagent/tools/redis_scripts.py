@@ -1,0 +1,182 @@
+"""Every Redis key name and Lua script of the Redis broker, in one place.
+
+For a queue ``Q`` (the plain Redis list a 1.x agent RPUSHes to and BLPOPs from):
+
+==========================  ======  ==========================================================
+``Q``                       list    waiting messages, the raw JSON body exactly as 1.x writes it
+``Q:inflight:{consumer}``   list    messages a consumer has taken and not settled yet
+``Q:consumer:{consumer}``   string  the consumer's heartbeat; expires when the process dies
+``Q:consumers``             set     consumer ids that may own an in-flight list
+``Q:delayed``               zset    retries, scored by due time; member = 32-char id + body
+``Q:attempts``              hash    sha1(body) -> attempt number of a retried message
+``Q:dead``                  list    dead letters: a JSON header line, ``\\n``, the original body
+==========================  ======  ==========================================================
+
+The attempt count lives beside the message, never in it, so what sits in ``Q`` stays the 1.x body.
+Scripts use the server clock (``TIME``) for due times so consumers on skewed hosts agree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DELAYED_ID_LENGTH = 32
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    """Key names of one queue as seen by one consumer."""
+
+    queue: str
+    inflight: str
+    heartbeat: str
+    consumers: str
+    delayed: str
+    attempts: str
+    dead: str
+
+    @classmethod
+    def of(cls, queue: str, consumer: str) -> QueueKeys:
+        return cls(queue=queue, inflight=inflight_key(queue, consumer), heartbeat=heartbeat_key(queue, consumer),
+                   consumers=f'{queue}:consumers', delayed=f'{queue}:delayed', attempts=f'{queue}:attempts',
+                   dead=f'{queue}:dead')
+
+
+def inflight_key(queue: str, consumer: str) -> str:
+    return f'{queue}:inflight:{consumer}'
+
+
+def heartbeat_key(queue: str, consumer: str) -> str:
+    return f'{queue}:consumer:{consumer}'
+
+
+_NOW = """
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
+_PUSH = """
+local function push(cmd, key, items)
+  for i = 1, #items, 1000 do
+    redis.call(cmd, key, unpack(items, i, math.min(i + 999, #items)))
+  end
+end
+"""
+
+_FORGET = """
+local function forget(attempts, body)
+  if redis.call('HLEN', attempts) > 0 then redis.call('HDEL', attempts, redis.sha1hex(body)) end
+end
+"""
+
+_MOVE_DUE = """
+local function move_due(queue, delayed, clock)
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', clock, 'LIMIT', 0, 1000)
+  if #due == 0 then return 0 end
+  local bodies = {}
+  for i, member in ipairs(due) do bodies[i] = string.sub(member, ID_END) end
+  push('RPUSH', queue, bodies)
+  for i = 1, #due, 1000 do redis.call('ZREM', delayed, unpack(due, i, math.min(i + 999, #due))) end
+  return #due
+end
+""".replace('ID_END', str(DELAYED_ID_LENGTH + 1))
+
+# Move due retries back to the queue (wakes a blocked consumer). KEYS: queue, delayed.
+MOVE_DUE = _NOW + _PUSH + _MOVE_DUE + """
+return move_due(KEYS[1], KEYS[2], now())
+"""
+
+# Take up to ARGV[1] messages into the in-flight list in one round trip.
+# KEYS: queue, inflight, attempts, delayed. ARGV: count, [a body BLMOVE already moved].
+# Returns {bodies, attempts (empty when none was retried), seconds until the next retry is due or -1}.
+FETCH = _NOW + _PUSH + _MOVE_DUE + """
+local count = tonumber(ARGV[1])
+local clock = now()
+move_due(KEYS[1], KEYS[4], clock)
+local items = {}
+if count > 0 then items = redis.call('LRANGE', KEYS[1], 0, count - 1) end
+if #items > 0 then
+  redis.call('LTRIM', KEYS[1], #items, -1)
+  push('RPUSH', KEYS[2], items)
+end
+if ARGV[2] then table.insert(items, 1, ARGV[2]) end
+if #items == 0 then
+  local nxt = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+  if nxt[2] then return {items, {}, tostring(tonumber(nxt[2]) - clock)} end
+  return {items, {}, '-1'}
+end
+local attempts = {}
+if redis.call('HLEN', KEYS[3]) > 0 then
+  for i, body in ipairs(items) do
+    attempts[i] = tonumber(redis.call('HGET', KEYS[3], redis.sha1hex(body)) or 1)
+  end
+end
+return {items, attempts, '-1'}
+"""
+
+# Forget handled messages. KEYS: inflight, attempts. ARGV: bodies.
+ACK = _FORGET + """
+for _, body in ipairs(ARGV) do
+  if redis.call('LREM', KEYS[1], 1, body) > 0 then forget(KEYS[2], body) end
+end
+return #ARGV
+"""
+
+# Schedule a retry, only if this consumer still owns the message (else it was reclaimed and
+# will be delivered again anyway). KEYS: inflight, delayed, attempts.
+# ARGV: body, delay seconds, a unique 32-char id, the next attempt number.
+RETRY = _NOW + """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('ZADD', KEYS[2], now() + tonumber(ARGV[2]), ARGV[3] .. ARGV[1])
+redis.call('HSET', KEYS[3], redis.sha1hex(ARGV[1]), ARGV[4])
+return 1
+"""
+
+# Dead-letter an owned message. KEYS: inflight, dead, attempts. ARGV: body, JSON header.
+DEAD_LETTER = _FORGET + """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[2] .. '\\n' .. ARGV[1])
+forget(KEYS[3], ARGV[1])
+return 1
+"""
+
+# Put owned messages back at the head of the queue, in their order. KEYS: inflight, queue. ARGV: bodies.
+RELEASE = """
+local n = 0
+for i = #ARGV, 1, -1 do
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) > 0 then
+    redis.call('LPUSH', KEYS[2], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"""
+
+# Return the in-flight messages of consumers whose heartbeat expired.
+# KEYS: consumers set, queue, then (heartbeat, inflight) per candidate. ARGV: candidate ids.
+# Also used for a consumer's own list on close, after deleting its heartbeat.
+RECLAIM = """
+local n = 0
+for i, id in ipairs(ARGV) do
+  local heartbeat, inflight = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  if redis.call('EXISTS', heartbeat) == 0 then
+    while redis.call('LMOVE', inflight, KEYS[2], 'RIGHT', 'LEFT') do n = n + 1 end
+    redis.call('SREM', KEYS[1], id)
+  end
+end
+return n
+"""
+
+# Move up to ARGV[1] dead letters back to the queue as fresh messages. KEYS: dead, queue.
+REQUEUE = """
+local n = 0
+for _ = 1, tonumber(ARGV[1]) do
+  local entry = redis.call('LPOP', KEYS[1])
+  if not entry then break end
+  local cut = string.find(entry, '\\n', 1, true)
+  redis.call('RPUSH', KEYS[2], string.sub(entry, cut + 1))
+  n = n + 1
+end
+return n
+"""
