@@ -29,7 +29,11 @@ class UserAgent(MicroAgent):
             self.log.warning('No answer to comments_count for user %d (is the comments service up?)', user_id)
             return
         for who, count in answers.items():
-            self.log.info('GOT answer to comments_count for user %d: %d comments (from %s)', user_id, count, who)
+            self.log.info('GOT answer to comments_count for user %d from %s: %d', user_id, who, count)
+
+    @on('pre_stop')
+    def summary(self) -> None:
+        self.log.info('SUMMARY: signed up %d users', self.signed_up)
 
     @cron('* * * * * */5', timeout=5)  # croniter's sixth field is seconds: every 5 s
     async def report(self) -> None:

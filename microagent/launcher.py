@@ -98,8 +98,8 @@ class _Running:
 
 def _announce(config: AgentConfig, agent: MicroAgent) -> None:
     agent.log.info('Started %s as %r: %d receivers, %d consumers, %d periodic, %d cron tasks',
-                   type(agent).__qualname__, config.name, len(agent.receivers), len(agent.consumers), len(agent.periodic_tasks),
-             len(agent.cron_tasks))
+                   type(agent).__qualname__, config.name, len(agent.receivers), len(agent.consumers),
+                   len(agent.periodic_tasks), len(agent.cron_tasks))
 
 
 async def run_agents(configs: Sequence[AgentConfig], stopping: asyncio.Event, grace: float) -> int:
@@ -120,15 +120,15 @@ async def run_agents(configs: Sequence[AgentConfig], stopping: asyncio.Event, gr
             agent.hooks.setdefault('post_start', []).append(functools.partial(_announce, config, agent))
             task = loop.create_task(agent.start(**config.events), name=f'agent:{config.name}', context=context)
             running.append(_Running(config, agent, context, task))
-        watching = {item.task: item for item in running}
-        stop_wait = asyncio.ensure_future(stopping.wait())
+        watching: dict[asyncio.Future[Any], _Running] = {item.task: item for item in running}
+        stop_wait: asyncio.Future[Any] = asyncio.ensure_future(stopping.wait())
         while not stopping.is_set():
             done, _ = await asyncio.wait([*watching, stop_wait], return_when=asyncio.FIRST_COMPLETED)
-            for task in done - {stop_wait}:
-                item = watching.pop(task)  # type: ignore[arg-type]
-                if task.cancelled() or task.exception() is not None:
+            for finished in done - {stop_wait}:
+                item = watching.pop(finished)
+                if finished.cancelled() or finished.exception() is not None:
                     log.error('Agent %s failed: stopping the group', item.config.name,
-                              exc_info=None if task.cancelled() else task.exception())
+                              exc_info=None if finished.cancelled() else finished.exception())
                     code = EXIT_FAILED
                     stopping.set()
                 elif item.config.has_servers:
@@ -291,13 +291,14 @@ async def _supervise(modules: Sequence[str], configs: Sequence[AgentConfig], gra
 async def _watch(procs: dict[str, asyncio.subprocess.Process], stopping: asyncio.Event,
                  force: asyncio.Event, grace: float) -> int:
     loop = asyncio.get_running_loop()
-    exits = {asyncio.ensure_future(proc.wait()): name for name, proc in procs.items()}
-    stop_wait = asyncio.ensure_future(stopping.wait())
+    exits: dict[asyncio.Future[Any], str] = {asyncio.ensure_future(proc.wait()): name
+                                             for name, proc in procs.items()}
+    stop_wait: asyncio.Future[Any] = asyncio.ensure_future(stopping.wait())
     done, _ = await asyncio.wait([*exits, stop_wait], return_when=asyncio.FIRST_COMPLETED)
     code = EXIT_OK
     reported = set()
     for task in done - {stop_wait}:
-        name = exits[task]  # type: ignore[index]
+        name = exits[task]
         log.error('Agent %s exited with %s: stopping the group', name, _describe(task.result()))
         reported.add(name)
         code = EXIT_FAILED

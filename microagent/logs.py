@@ -32,6 +32,10 @@ def _agent_of(record: logging.LogRecord) -> str:
     return current_agent.get() or _process_label
 
 
+def _agent(record: logging.LogRecord) -> str:
+    return str(getattr(record, 'agent', None) or _agent_of(record))
+
+
 class AgentFilter(logging.Filter):
     """Adds ``agent`` to every record."""
 
@@ -49,9 +53,10 @@ class TextFormatter(logging.Formatter):
         super().__init__(datefmt='%Y-%m-%d %H:%M:%S')
 
     def format(self, record: logging.LogRecord) -> str:
-        origin = '' if record.name == f'agent.{record.agent}' else f' {record.name}'
+        agent = _agent(record)
+        origin = '' if record.name == f'agent.{agent}' else f' {record.name}'
         line = (f'{self.formatTime(record, self.datefmt)}.{int(record.msecs):03d} {record.levelname:<7} '
-                f'{record.agent}[{record.process}]{origin}: {record.getMessage()}')
+                f'{agent}[{record.process}]{origin}: {record.getMessage()}')
         if record.exc_info:
             line += '\n' + self.formatException(record.exc_info)
         return line
@@ -65,7 +70,7 @@ class JsonFormatter(logging.Formatter):
             'time': time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(record.created))
                     + f'.{int(record.msecs):03d}' + time.strftime('%z', time.localtime(record.created)),
             'level': record.levelname,
-            'agent': record.agent,
+            'agent': _agent(record),
             'pid': record.process,
             'logger': record.name,
             'message': record.getMessage(),
