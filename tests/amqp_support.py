@@ -1,11 +1,16 @@
 """RabbitMQ test support: the DSN, and removal of what a test declared on the server."""
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import shutil
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
 import aiormq
+import pytest
 
 from microagent.tools.amqp import AMQPBroker, AMQPSignalBus
 from tests.services import AMQP_HOST, AMQP_PORT, require_service
@@ -36,3 +41,62 @@ async def delete_declared(opened: Iterable[Any], exchanges: Iterable[str] = ()) 
             await channel.exchange_delete(exchange)
     finally:
         await connection.close()
+
+
+async def break_connections(token: str) -> int:
+    """Close, on the server side, every connection whose client name contains ``token`` (as
+    ``rabbitmqctl close_connection`` would on a broker restart); return how many."""
+    if shutil.which('rabbitmqctl') is None:
+        message = 'rabbitmqctl is not installed: cannot break connections'
+        if os.environ.get('MICROAGENT_REQUIRE_SERVICES'):
+            pytest.fail(message)
+        pytest.skip(message)
+    listing = await _rabbitmqctl('-q', 'list_connections', 'pid', 'client_properties', '--formatter', 'json')
+    pids = [row['pid'] for row in json.loads(listing or '[]')
+            if token in str(dict((p[0], p[2]) for p in row['client_properties']).get('connection_name', ''))]
+    for pid in pids:
+        await _rabbitmqctl('-q', 'close_connection', pid, 'broken by a test')
+    return len(pids)
+
+
+async def _rabbitmqctl(*args: str) -> str:
+    process = await asyncio.create_subprocess_exec('rabbitmqctl', *args, stdout=asyncio.subprocess.PIPE,
+                                                   stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate()
+    if process.returncode:
+        raise RuntimeError(f'rabbitmqctl {" ".join(args)} failed: {err.decode(errors="replace")}')
+    return out.decode()
+
+
+class Servers:
+    """The buses and brokers of one test (on a unique bus prefix), plus a raw channel to inspect
+    the server; ``close`` closes them and deletes everything they declared."""
+
+    def __init__(self) -> None:
+        self.prefix = f'T{uuid.uuid4().hex[:12]}'
+        self.opened: list[Any] = []
+        self.exchanges: set[str] = {self.prefix}
+        self._raw: aiormq.abc.AbstractConnection | None = None
+
+    def broker(self, **options: Any) -> AMQPBroker:
+        broker = AMQPBroker(AMQP_DSN, **options)
+        self.opened.append(broker)
+        return broker
+
+    def bus(self, **options: Any) -> AMQPSignalBus:
+        bus = AMQPSignalBus(AMQP_DSN, prefix=self.prefix, **options)
+        self.opened.append(bus)
+        return bus
+
+    async def raw(self) -> aiormq.abc.AbstractChannel:
+        """A new channel on a plain aiormq connection of the test's own."""
+        if self._raw is None or self._raw.is_closed:
+            self._raw = await aiormq.connect(AMQP_DSN)
+        return await self._raw.channel()
+
+    async def close(self) -> None:
+        for item in self.opened:
+            await item.close()
+        if self._raw is not None:
+            await self._raw.close()
+        await delete_declared(self.opened, self.exchanges)

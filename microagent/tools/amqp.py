@@ -246,7 +246,7 @@ class AMQPBroker(AbstractQueueBroker):
                  **options: Any) -> None:
         super().__init__(dsn, log, **options)
         self.reconnect_timeout = reconnect_timeout
-        self._link = Link(dsn, self.log, f'broker {self.uid[:8]}')
+        self._link = Link(dsn, self.log, f'microagent broker {self.uid[:8]}')
         self._publisher = _Publisher(self._link, reconnect_timeout)
         self._control: AbstractChannel | None = None
         self._control_lock = asyncio.Lock()
@@ -532,7 +532,7 @@ class AMQPSignalBus(AbstractSignalBus):
                  reconnect_timeout: float = 60.0, **options: Any) -> None:
         super().__init__(dsn, prefix, log, **options)
         self.reconnect_timeout = reconnect_timeout
-        self._link = Link(dsn, self.log, f'bus {prefix} {self.uid[:8]}')
+        self._link = Link(dsn, self.log, f'microagent bus {prefix} {self.uid[:8]}')
         self._publisher = _Publisher(self._link, reconnect_timeout, self._declare_exchange)
         self.queue_name = f'{prefix}.bus.{self.uid}'
         self._keys: list[str] = []

@@ -1,0 +1,243 @@
+"""What AMQPBroker does on RabbitMQ beyond the conformance suite: the server layout, prefetch,
+the attempt and reason headers, the 1.x ``autoack`` option and ``amqp`` keyword, 1.x interop."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+from pamqp import commands as spec
+
+from microagent import DeclarationError, MicroAgent, Queue, consumer
+from microagent.tools.amqp import AMQPBroker, AMQPMeta
+from tests.amqp_support import Servers, require_rabbitmq
+from tests.helpers import Collector, eventually
+
+pytestmark = pytest.mark.amqp
+
+
+class Job(msgspec.Struct, frozen=True):
+    job_id: int
+
+
+@pytest.fixture
+async def amqp() -> AsyncIterator[Servers]:
+    require_rabbitmq()
+    servers = Servers()
+    try:
+        yield servers
+    finally:
+        await servers.close()
+
+
+async def _length_is(broker: AMQPBroker, queue: Queue[Any], expected: int) -> bool:
+    return await broker[queue].length() == expected
+
+
+async def test_messages_are_persistent_json_on_a_durable_queue(amqp: Servers, unique: str) -> None:
+    queue = Queue(f'durable_{unique}', Job)
+    await amqp.broker()[queue].send(Job(job_id=1))
+    channel = await amqp.raw()
+    await channel.queue_declare(queue.name, durable=True)  # same options: no PRECONDITION_FAILED
+    message = await channel.basic_get(queue.name, no_ack=True)
+    assert message.body == b'{"job_id":1}'
+    assert message.header.properties.delivery_mode == 2
+    assert message.header.properties.content_type == 'application/json'
+
+
+async def test_a_queue_sent_to_before_any_consumer_keeps_its_messages(amqp: Servers, unique: str) -> None:
+    queue = Queue(f'early_{unique}', Job)
+    await amqp.broker()[queue].send_many([Job(job_id=i) for i in range(3)])
+    got = Collector()
+
+    class Worker(MicroAgent):
+        @consumer(queue)
+        async def work(self, job: Job) -> None:
+            got.add(job.job_id)
+
+    async with Worker(broker=amqp.broker()):
+        assert sorted(await got.wait(3)) == [0, 1, 2]
+
+
+async def test_prefetch_is_the_consumer_concurrency(amqp: Servers, unique: str) -> None:
+    queue = Queue(f'prefetch_{unique}', Job)
+    started = Collector()
+    release = asyncio.Event()
+
+    class Worker(MicroAgent):
+        @consumer(queue, concurrency=2)
+        async def work(self, job: Job) -> None:
+            started.add(job.job_id)
+            await release.wait()
+
+    broker = amqp.broker()
+    await broker[queue].send_many([Job(job_id=i) for i in range(10)])
+    async with Worker(broker=broker):
+        await started.wait(2)
+        await eventually(lambda: _length_is(broker, queue, 8))  # two unacked, eight still on the server
+        assert len(started.items) == 2
+        release.set()
+        assert sorted(await started.wait(10)) == list(range(10))
+
+
+async def test_retry_carries_the_attempt_header_through_a_delay_queue(amqp: Servers, unique: str) -> None:
+    queue = Queue(f'retried_{unique}', Job)
+    seen = Collector()
+
+    class Worker(MicroAgent):
+        @consumer(queue, max_retries=2, retry_delay=0.05)
+        async def work(self, job: Job, *, amqp: AMQPMeta) -> None:
+            seen.add((amqp.headers.get('x-attempt'), amqp.headers.get('x-reason')))
+            if len(seen.items) < 3:
+                raise RuntimeError(f'try {len(seen.items)}')
+
+    broker = amqp.broker()
+    async with Worker(broker=broker):
+        await broker[queue].send(Job(job_id=1))
+        await seen.wait(3)
+    assert seen.items == [(None, None), (2, 'RuntimeError: try 1'), (3, 'RuntimeError: try 2')]
+    assert {f'{queue.name}.retry.50', f'{queue.name}.retry.100'} <= broker.declared_queues
+    channel = await amqp.raw()
+    delay = await channel.queue_declare(f'{queue.name}.retry.100', passive=True)
+    assert delay.message_count == 0  # the message went back to the queue when its delay was over
+
+
+async def test_dead_letter_sits_in_the_dead_queue_with_reason_headers(amqp: Servers, unique: str) -> None:
+    queue = Queue(f'dlx_{unique}', Job)
+
+    class Worker(MicroAgent):
+        @consumer(queue, max_retries=0)
+        async def work(self, job: Job) -> None:
+            raise KeyError('missing')
+
+    broker = amqp.broker()
+    async with Worker(broker=broker):
+        await broker[queue].send(Job(job_id=4))
+        await eventually(lambda: _dead_count_is(broker, queue, 1))
+    first = await broker[queue].dead_letters()
+    assert first == await broker[queue].dead_letters()  # listing leaves them where they are
+    assert await broker[queue].dead_letter_count() == 1
+    channel = await amqp.raw()
+    message = await channel.basic_get(f'{queue.name}.dead', no_ack=True)
+    headers = message.header.properties.headers or {}
+    assert message.body == b'{"job_id":4}'
+    assert headers['x-reason'] == "KeyError: 'missing'" and headers['x-attempt'] == 1
+    assert headers['x-dead-at'] == pytest.approx(first[0].time)
+
+
+async def _dead_count_is(broker: AMQPBroker, queue: Queue[Any], expected: int) -> bool:
+    return await broker[queue].dead_letter_count() == expected
+
+
+async def test_requeued_dead_letters_start_again_at_attempt_one(amqp: Servers, unique: str) -> None:
+    queue = Queue(f'again_{unique}', Job)
+    broker = amqp.broker()
+    channel = await amqp.raw()
+    await broker[queue].declare()
+    await channel.basic_publish(b'{"job_id":1}', routing_key=f'{queue.name}.dead', properties=spec.Basic.Properties(
+        headers={'x-attempt': 4, 'x-reason': 'old', 'trace': 'kept'}))
+    assert await broker[queue].requeue_dead_letters() == 1
+    message = await channel.basic_get(queue.name, no_ack=True)
+    assert message.header.properties.headers == {'trace': 'kept'}
+
+
+async def test_autoack_false_leaves_acking_to_the_handler(amqp: Servers, unique: str) -> None:
+    acked = Queue(name=f'acked_{unique}')
+    forgotten = Queue(name=f'forgotten_{unique}')
+    got = Collector()
+
+    class Legacy(MicroAgent):
+        @consumer(acked, autoack=False)
+        async def acking(self, amqp: AMQPMeta, **kwargs: Any) -> None:
+            await amqp.channel.basic_ack(amqp.delivery_tag)  # the 1.x way
+            got.add(('acked', kwargs))
+
+        @consumer(forgotten, autoack=False)
+        async def forgetting(self, **kwargs: Any) -> None:
+            got.add(('forgotten', {k: v for k, v in kwargs.items() if k != 'amqp'}))
+
+    broker = amqp.broker()
+    async with Legacy(broker=broker):
+        await getattr(broker, acked.name).send({'n': 1})
+        await getattr(broker, forgotten.name).send({'n': 2})
+        assert sorted(await got.wait(2), key=str) == [('acked', {'n': 1}), ('forgotten', {'n': 2})]
+        assert await broker[forgotten].length() == 0  # delivered, not acked
+    # the agent stopped without acking: the message is back on the queue, the acked one is gone
+    assert await broker[forgotten].length() == 1
+    assert await broker[acked].length() == 0
+
+
+async def test_handler_that_acks_itself_then_fails_is_not_retried(amqp: Servers, unique: str) -> None:
+    queue = Queue(f'self_acked_{unique}', Job)
+    calls = Collector()
+
+    class Worker(MicroAgent):
+        @consumer(queue, autoack=False, max_retries=3, retry_delay=0.01)
+        async def work(self, job: Job, *, amqp: AMQPMeta) -> None:
+            await amqp.ack()
+            calls.add(job.job_id)
+            raise RuntimeError('after the ack')
+
+    broker = amqp.broker()
+    async with Worker(broker=broker):
+        await broker[queue].send(Job(job_id=1))
+        await calls.wait(1)
+        await broker[queue].send(Job(job_id=2))  # the channel survived: no double ack
+        await calls.wait(2)
+    assert calls.items == [1, 2]
+    assert await broker[queue].length() == 0 and await broker[queue].dead_letter_count() == 0
+
+
+async def test_a_1x_producer_on_the_default_exchange_is_consumed(amqp: Servers, unique: str) -> None:
+    queue = Queue(name=f'legacy_{unique}', schema={'type': 'object', 'required': ['text']})
+    got = Collector()
+
+    class Legacy(MicroAgent):
+        @consumer(queue)
+        async def work(self, text: str, **kwargs: Any) -> None:
+            got.add((text, kwargs['amqp'].routing_key))
+
+    broker = amqp.broker()
+    await broker[queue].declare()
+    channel = await amqp.raw()
+    await channel.basic_publish(b'{"text": "from 1.x"}', routing_key=queue.name)
+    async with Legacy(broker=broker):
+        assert await got.wait(1) == [('from 1.x', queue.name)]
+
+
+async def test_exchange_types_follow_the_declarations(amqp: Servers, unique: str) -> None:
+    fan = Queue(f'fan_{unique}', Job, exchange=f'fanx_{unique}')
+    topic = Queue(f'topic_{unique}', Job, exchange=f'topx_{unique}', topics=['a.*'])
+    broker = amqp.broker()
+    await broker[fan].declare()
+    await broker[topic].declare()
+    channel = await amqp.raw()
+    await channel.exchange_declare(f'fanx_{unique}', exchange_type='fanout', durable=True)
+    await channel.exchange_declare(f'topx_{unique}', exchange_type='topic', durable=True)
+
+
+async def test_an_exchange_of_another_type_is_a_clear_error(amqp: Servers, unique: str) -> None:
+    amqp.exchanges.add(f'direct_{unique}')
+    channel = await amqp.raw()
+    await channel.exchange_declare(f'direct_{unique}', exchange_type='direct', durable=True)
+    queue = Queue(f'mismatch_{unique}', Job, exchange=f'direct_{unique}')
+    broker = amqp.broker()
+    with pytest.raises(DeclarationError, match=f"exchange 'direct_{unique}'.*fanout"):
+        await broker[queue].declare()
+    assert await broker[queue].length() == 0  # the broker's channels recover from the refusal
+
+
+async def test_dsn_password_stays_out_of_repr_errors_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(ValueError, match='amqp://'):
+        AMQPBroker('redis://u:hunter2@127.0.0.1/')
+    broker = AMQPBroker('amqp://guest:hunter2@127.0.0.1:1/', reconnect_timeout=0.5)
+    assert 'hunter2' not in repr(broker)
+    queue = Queue(f'unreachable_{id(broker)}', Job)
+    with caplog.at_level(logging.WARNING), pytest.raises(ConnectionError) as error:
+        await broker[queue].send(Job(job_id=1))
+    await broker.close()
+    assert 'hunter2' not in str(error.value) and 'hunter2' not in caplog.text
+    assert 'amqp://guest:***@127.0.0.1:1/' in str(error.value)
