@@ -1,0 +1,303 @@
+"""Redis wire compatibility with microagent 1.x (both directions), storage layout, DSN handling."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+from redis.asyncio import Redis
+
+from microagent import MicroAgent, Queue, Signal, consumer, receiver
+from microagent.tools.redis import RedisBroker, RedisSignalBus
+from tests.backends import REDIS_TEST_DSN
+from tests.helpers import Collector, eventually
+from tests.services import REDIS_HOST, REDIS_PORT, require_service
+
+pytestmark = pytest.mark.redis
+
+
+class Note(msgspec.Struct, frozen=True):
+    user_id: int
+    text: str
+
+
+class Query(msgspec.Struct, frozen=True):
+    user_id: int
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[Redis]:
+    """A plain redis-py client on the test db, playing the 1.x agent."""
+    require_service('Redis', REDIS_HOST, REDIS_PORT)
+    client = Redis.from_url(REDIS_TEST_DSN)
+    yield client
+    await client.aclose()
+
+
+async def _drop_queue(client: Redis, name: str) -> None:
+    await client.delete(name)
+    async for key in client.scan_iter(match=f'{name}:*'):
+        await client.delete(key)
+
+
+async def _next_message(pubsub: Any, timeout: float = 5.0) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+            if message is not None:
+                return dict(message)
+
+
+# signals
+
+
+async def test_signal_published_by_1x_reaches_a_typed_receiver(raw: Redis, unique: str) -> None:
+    signal = Signal(f'noted_{unique}', Note)
+    got = Collector()
+
+    class Reader(MicroAgent):
+        @receiver(signal)
+        async def on_note(self, note: Note, *, sender: str) -> None:
+            got.add((note, sender))
+
+    bus = RedisSignalBus(REDIS_TEST_DSN)  # default prefix PUBSUB, as 1.x
+    try:
+        async with Reader(bus=bus):
+            # exactly what 1.x's json.dumps produces, spaces included
+            await raw.publish(f'PUBSUB:noted_{unique}:legacy_agent', b'{"user_id": 1, "text": "hi"}')
+            assert await got.wait(1) == [(Note(1, 'hi'), 'legacy_agent')]
+    finally:
+        await bus.close()
+
+
+async def test_signal_sent_here_is_what_a_1x_agent_reads(raw: Redis, unique: str) -> None:
+    signal = Signal(f'noted_{unique}', Note)
+    bus = RedisSignalBus(REDIS_TEST_DSN)
+    pubsub = raw.pubsub()
+    try:
+        await pubsub.psubscribe(f'PUBSUB:noted_{unique}:*')  # how 1.x binds a signal
+        await bus[signal].send('new_agent', Note(user_id=2, text='é'))
+        message = await _next_message(pubsub)
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await bus.close()
+    assert message['channel'] == f'PUBSUB:noted_{unique}:new_agent'.encode()
+    assert json.loads(message['data']) == {'user_id': 2, 'text': 'é'}
+
+
+async def test_rpc_request_from_1x_is_answered_on_the_1x_response_channel(raw: Redis, unique: str) -> None:
+    signal = Signal(f'count_{unique}', Query, returns=int)
+
+    class Counter(MicroAgent):
+        @receiver(signal)
+        async def count(self, query: Query) -> int:
+            return query.user_id * 10
+
+    bus = RedisSignalBus(REDIS_TEST_DSN)
+    pubsub = raw.pubsub()
+    try:
+        await pubsub.psubscribe('PUBSUB:response:*')
+        async with Counter(bus=bus):
+            await raw.publish(f'PUBSUB:count_{unique}:legacy#{unique}', b'{"user_id": 4}')
+            message = await _next_message(pubsub)
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await bus.close()
+    assert message['channel'] == f'PUBSUB:response:{bus.uid}#{unique}'.encode()
+    assert json.loads(message['data']) == {'Counter.count': 40}
+
+
+async def test_rpc_call_from_here_is_answered_by_a_1x_agent(raw: Redis, unique: str) -> None:
+    signal = Signal(f'count_{unique}', Query, returns=int)
+    pubsub = raw.pubsub()
+    await pubsub.psubscribe(f'PUBSUB:count_{unique}:*')
+    requests: list[tuple[bytes, Any]] = []
+
+    async def legacy_agent() -> None:  # the 1.x side: read the request, answer {"Class.method": value}
+        message = await _next_message(pubsub)
+        channel = message['channel'].decode()
+        requests.append((message['channel'], json.loads(message['data'])))
+        request_id = channel.partition('#')[2]
+        await raw.publish(f'PUBSUB:response:{uuid.uuid4().hex}#{request_id}', b'{"Legacy.count": 5}')
+
+    bus = RedisSignalBus(REDIS_TEST_DSN)
+    task = asyncio.create_task(legacy_agent())
+    try:
+        answer = await bus[signal].call('caller', Query(user_id=3), timeout=5)
+        await task
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await bus.close()
+    assert answer == {'Legacy.count': 5}
+    ((channel, body),) = requests
+    name, _, request_id = channel.decode().partition('#')
+    assert name == f'PUBSUB:count_{unique}:caller' and len(request_id) == 32
+    assert body == {'user_id': 3}
+
+
+async def test_custom_prefix_and_one_subscriber_connection_per_bus(raw: Redis, unique: str) -> None:
+    signals = [Signal(f'many_{i}_{unique}', Note) for i in range(5)]
+    got = Collector()
+
+    class Many(MicroAgent):
+        @receiver(*signals)
+        async def on_any(self, note: Note) -> None:
+            got.add(note.user_id)
+
+    prefix = f'APP{unique}'
+    bus = RedisSignalBus(f'{REDIS_TEST_DSN}?client_name=bus{unique}', prefix=prefix)
+    try:
+        async with Many(bus=bus):
+            for i, signal in enumerate(signals):
+                await bus[signal].send('me', Note(user_id=i, text=''))
+            assert sorted(await got.wait(5)) == [0, 1, 2, 3, 4]
+            ours = [c for c in await raw.client_list() if c.get('name') == f'bus{unique}']
+    finally:
+        await bus.close()
+    subscribers = [c for c in ours if int(c['psub'])]
+    assert len(subscribers) == 1 and int(subscribers[0]['psub']) == 5
+
+
+# queues
+
+
+async def test_message_pushed_by_1x_is_consumed(raw: Redis, unique: str) -> None:
+    typed = Queue(f'notes_{unique}', Note)
+    legacy = Queue(name=f'legacy_{unique}')
+    got = Collector()
+
+    class Worker(MicroAgent):
+        @consumer(typed)
+        async def on_note(self, note: Note) -> None:
+            got.add(note)
+
+        @consumer(legacy)
+        async def on_legacy(self, **kwargs: Any) -> None:
+            got.add(kwargs)
+
+    broker = RedisBroker(REDIS_TEST_DSN)
+    try:
+        async with Worker(broker=broker):
+            await raw.rpush(typed.name, b'{"user_id": 1, "text": "hi"}')
+            await raw.rpush(legacy.name, b'{"text": "Hello world!"}')
+            items = await got.wait(2)
+        assert Note(1, 'hi') in items and {'text': 'Hello world!'} in items
+    finally:
+        await broker.close()
+        await _drop_queue(raw, typed.name)
+        await _drop_queue(raw, legacy.name)
+
+
+async def test_message_sent_here_is_what_a_1x_consumer_pops(raw: Redis, unique: str) -> None:
+    queue = Queue(f'notes_{unique}', Note)
+    broker = RedisBroker(REDIS_TEST_DSN)
+    try:
+        await broker[queue].send(Note(user_id=1, text='a'))
+        await broker[queue].send_many([Note(user_id=2, text='b'), Note(user_id=3, text='c')])
+        popped = [await raw.blpop([queue.name], 1) for _ in range(3)]  # how 1.x consumes
+    finally:
+        await broker.close()
+        await _drop_queue(raw, queue.name)
+    assert [json.loads(item[1]) for item in popped if item] == [
+        {'user_id': 1, 'text': 'a'}, {'user_id': 2, 'text': 'b'}, {'user_id': 3, 'text': 'c'}]
+
+
+async def test_retry_keeps_the_raw_body_and_counts_attempts_beside_it(raw: Redis, unique: str) -> None:
+    queue = Queue(f'retry_{unique}', Note)
+    body = b'{"user_id": 7, "text": "x"}'
+    failed = asyncio.Event()
+
+    class Failing(MicroAgent):
+        @consumer(queue, max_retries=3, retry_delay=60)
+        async def on_note(self, note: Note) -> None:
+            failed.set()
+            raise RuntimeError('not now')
+
+    broker = RedisBroker(REDIS_TEST_DSN)
+    try:
+        async with Failing(broker=broker):
+            await raw.rpush(queue.name, body)
+            await asyncio.wait_for(failed.wait(), 5)
+            await eventually(lambda: _exists(raw, f'{queue.name}:delayed'))
+        (member,) = await raw.zrange(f'{queue.name}:delayed', 0, -1)
+        assert member[32:] == body
+        assert await raw.hget(f'{queue.name}:attempts', hashlib.sha1(body).hexdigest()) == b'2'
+        assert await raw.llen(queue.name) == 0
+    finally:
+        await broker.close()
+        await _drop_queue(raw, queue.name)
+
+
+async def _exists(client: Redis, key: str) -> bool:
+    return bool(await client.exists(key))
+
+
+async def test_exchange_routing_pushes_1x_bodies_to_each_bound_queue(raw: Redis, unique: str) -> None:
+    android = Queue(f'android_{unique}', Note, exchange=f'push_{unique}', topics=['*.android'])
+    ios = Queue(f'ios_{unique}', Note, exchange=f'push_{unique}', topics=['*.ios'])
+    broker = RedisBroker(REDIS_TEST_DSN)
+    try:
+        assert await broker.publish(f'push_{unique}', Note(user_id=1, text='t'), routing_key='1.android') == 1
+        assert await raw.lrange(android.name, 0, -1) == [b'{"user_id":1,"text":"t"}']
+        assert await raw.llen(ios.name) == 0
+    finally:
+        await broker.close()
+        await _drop_queue(raw, android.name)
+        await _drop_queue(raw, ios.name)
+
+
+# DSN
+
+
+async def test_password_user_and_db_from_the_dsn_are_used_and_never_shown(
+        raw: Redis, unique: str, caplog: pytest.LogCaptureFixture) -> None:
+    user, secret = f'u{unique}', f's3cret{unique}'
+    await raw.acl_setuser(user, enabled=True, passwords=[f'+{secret}'], keys=['*'], channels=['*'],
+                          commands=['+@all'])
+    queue = Queue(f'auth_{unique}', Note)
+    dsn = f'redis://{user}:{secret}@{REDIS_HOST}:{REDIS_PORT}/9'
+    broker = RedisBroker(dsn)
+    bus = RedisSignalBus(dsn)
+
+    class Service(MicroAgent):
+        @consumer(queue)
+        async def on_note(self, note: Note) -> None: ...
+
+    try:
+        await broker[queue].send(Note(user_id=1, text=''))
+        assert await raw.llen(queue.name) == 1  # db 9 of the DSN
+        assert await broker.redis.acl_whoami() == user
+        info = json.dumps(Service(bus=bus, broker=broker).info())
+        for shown in (repr(broker), repr(bus), info):
+            assert secret not in shown and '***' in shown
+    finally:
+        await broker.close()
+        await bus.close()
+        await raw.acl_deluser(user)
+        await _drop_queue(raw, queue.name)
+
+    caplog.set_level(logging.INFO)
+    down = RedisSignalBus(f'redis://{user}:{secret}@127.0.0.1:1/0')
+    down.subscribe_timeout = 0.3
+    signal = Signal(f'down_{unique}', Note)
+
+    class Listener(MicroAgent):
+        @receiver(signal)
+        async def on_note(self, note: Note) -> None: ...
+
+    listener = Listener(bus=down)
+    await listener._start()
+    await eventually(lambda: _logged(caplog, 'reconnect 2'))
+    await listener.stop()
+    await down.close()
+    assert secret not in caplog.text
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return text in caplog.text
