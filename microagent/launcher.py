@@ -102,9 +102,11 @@ def _announce(config: AgentConfig, agent: MicroAgent) -> None:
                    len(agent.periodic_tasks), len(agent.cron_tasks))
 
 
-async def run_agents(configs: Sequence[AgentConfig], stopping: asyncio.Event, grace: float) -> int:
+async def run_agents(configs: Sequence[AgentConfig], stopping: asyncio.Event, grace: float,
+                     ended: int = EXIT_FAILED) -> int:
     """Build and start the agents, run them until ``stopping`` is set or one of them fails or ends
-    (its servers returned), then stop them all gracefully. Returns the exit code."""
+    (its servers returned), then stop them all gracefully. Returns the exit code: ``ended`` when an
+    agent ended by itself (an agent process exits 0 then: its supervisor stops the group)."""
     loop = asyncio.get_running_loop()
     running: list[_Running] = []
     code = EXIT_OK
@@ -132,8 +134,8 @@ async def run_agents(configs: Sequence[AgentConfig], stopping: asyncio.Event, gr
                     code = EXIT_FAILED
                     stopping.set()
                 elif item.config.has_servers:
-                    log.warning('Agent %s ended (its servers returned): stopping the group', item.config.name)
-                    code = EXIT_FAILED
+                    log.warning('Agent %s ended (its servers returned): stopping', item.config.name)
+                    code = ended
                     stopping.set()
         stop_wait.cancel()
     finally:
@@ -238,7 +240,7 @@ async def _run_agent_process(config: AgentConfig, grace: float, watch_fd: int | 
             request_stop('the supervisor is gone')
 
         loop.add_reader(watch_fd, check_supervisor)
-    return await run_agents([config], stopping, grace)
+    return await run_agents([config], stopping, grace, ended=EXIT_OK)
 
 
 # the supervisor

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 
 import msgspec
 
 from microagent import MicroAgent, ServerInterrupt, Signal, on, periodic, receiver
+from microagent.tools.memory import MemorySignalBus
 
 
 class Ping(msgspec.Struct, frozen=True):
@@ -75,3 +77,10 @@ class ShortServer(Recorder):
     async def serve(self) -> None:
         await asyncio.sleep(0.2)
         raise ServerInterrupt('done serving')
+
+
+class StrictBus(MemorySignalBus):
+    """A bus that needs its DSN spelled out."""
+
+    def __init__(self, dsn: str, log: logging.Logger | None = None) -> None:
+        super().__init__(dsn, log=log)
