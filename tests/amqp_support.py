@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import uuid
@@ -51,9 +50,8 @@ async def break_connections(token: str) -> int:
         if os.environ.get('MICROAGENT_REQUIRE_SERVICES'):
             pytest.fail(message)
         pytest.skip(message)
-    listing = await _rabbitmqctl('-q', 'list_connections', 'pid', 'client_properties', '--formatter', 'json')
-    pids = [row['pid'] for row in json.loads(listing or '[]')
-            if token in str(dict((p[0], p[2]) for p in row['client_properties']).get('connection_name', ''))]
+    listing = await _rabbitmqctl('-q', 'list_connections', '--no-table-headers', 'pid', 'client_properties')
+    pids = [line.split('\t', 1)[0] for line in listing.splitlines() if token in line]
     for pid in pids:
         await _rabbitmqctl('-q', 'close_connection', pid, 'broken by a test')
     return len(pids)

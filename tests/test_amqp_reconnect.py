@@ -1,0 +1,114 @@
+"""RabbitMQ closing the connections (as on a restart): publishers and consumers come back by
+themselves, with backoff, and a message that was being handled at the break is delivered again."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+
+from microagent import MicroAgent, Queue, Signal, consumer, receiver
+from microagent.tools.amqp import AMQPBroker
+from tests.amqp_support import Servers, break_connections, require_rabbitmq
+from tests.helpers import Collector, eventually
+
+pytestmark = pytest.mark.amqp
+
+
+class Job(msgspec.Struct, frozen=True):
+    job_id: int
+
+
+@pytest.fixture
+async def amqp() -> AsyncIterator[Servers]:
+    require_rabbitmq()
+    servers = Servers()
+    try:
+        yield servers
+    finally:
+        await servers.close()
+
+
+async def test_consumer_and_publisher_survive_a_broken_connection_and_lose_nothing(
+        amqp: Servers, unique: str, caplog: pytest.LogCaptureFixture) -> None:
+    queue = Queue(f'survivor_{unique}', Job)
+    handled = Collector()
+    in_flight = Collector()
+    release = asyncio.Event()
+
+    class Worker(MicroAgent):
+        @consumer(queue, concurrency=5)
+        async def work(self, job: Job) -> None:
+            if len(in_flight.items) < 5:
+                in_flight.add(job.job_id)
+                await release.wait()  # these five are unacked when the connection breaks
+            handled.add(job.job_id)
+
+    consumer_broker, producer = amqp.broker(), amqp.broker()
+    await producer[queue].send_many([Job(job_id=i) for i in range(50)])
+    with caplog.at_level(logging.INFO, logger='microagent'):
+        async with Worker(broker=consumer_broker):
+            held = set(await in_flight.wait(5))
+            assert await break_connections(consumer_broker.uid[:8]) == 1
+            assert await break_connections(producer.uid[:8]) == 1
+            release.set()  # their acks find a dead channel: RabbitMQ must deliver them again
+            await producer[queue].send_many([Job(job_id=i) for i in range(50, 60)])  # reconnects to send
+            await eventually(lambda: _all_handled(handled, 60), timeout=20)
+            await eventually(lambda: _empty(consumer_broker, queue))
+    assert set(handled.items) == set(range(60))
+    redelivered = [i for i in held if handled.items.count(i) == 2]
+    assert redelivered == sorted(held)  # handled before the break (ack lost) and again after it
+    assert 'lost the connection to RabbitMQ' in caplog.text
+    assert f'Queue {queue.name}: consuming again' in caplog.text
+    assert await consumer_broker[queue].dead_letter_count() == 0
+
+
+async def _all_handled(handled: Collector, count: int) -> bool:
+    return set(handled.items) >= set(range(count))
+
+
+async def _empty(broker: AMQPBroker, queue: Queue[Job]) -> bool:
+    return await broker[queue].length() == 0
+
+
+async def test_receivers_subscribe_again_after_a_broken_connection(
+        amqp: Servers, unique: str, caplog: pytest.LogCaptureFixture) -> None:
+    signal = Signal(f'beacon_{unique}', Job)
+    got = Collector()
+
+    class Listener(MicroAgent):
+        @receiver(signal)
+        async def on_beacon(self, job: Job) -> None:
+            got.add(job.job_id)
+
+    listener_bus, sender_bus = amqp.bus(), amqp.bus()
+    with caplog.at_level(logging.INFO, logger='microagent'):
+        async with Listener(bus=listener_bus):
+            await sender_bus[signal].send('test', Job(job_id=0))
+            await got.wait(1)
+            assert await break_connections(listener_bus.uid[:8]) == 1
+            assert await break_connections(sender_bus.uid[:8]) == 1
+            # signals sent while the bus queue is being set up again are lost (pub/sub); poll
+            beacon = 0
+
+            async def heard() -> bool:
+                nonlocal beacon
+                beacon += 1
+                await sender_bus[signal].send('test', Job(job_id=beacon))
+                return len(got.items) > 1
+            await eventually(heard, timeout=20, every=0.05)
+    assert 'subscribed again to 1 signal(s)' in caplog.text
+
+
+async def test_an_unreachable_server_is_retried_with_growing_delays(caplog: pytest.LogCaptureFixture) -> None:
+    broker = AMQPBroker('amqp://guest:guest@127.0.0.1:1/', reconnect_timeout=2)
+    queue = Queue(f'nowhere_{broker.uid}', Job)
+    with caplog.at_level(logging.WARNING, logger='microagent'), pytest.raises(ConnectionError, match='unreachable'):
+        await broker[queue].send(Job(job_id=1))
+    await broker.close()
+    delays = [float(m) for m in re.findall(r'next in ([\d.]+)s', caplog.text)]
+    assert 2 <= len(delays) <= 5  # one log line per attempt, no tight loop
+    assert delays == sorted(delays) and delays[1] == 2 * delays[0]
