@@ -1,0 +1,328 @@
+"""microagent's AMQP backend against raw aiormq doing the same work on the same RabbitMQ, in one run.
+
+    python -m benchmarks.bench_amqp [--messages 2000] [--calls 300] [--dsn amqp://...]
+
+Both sides publish persistent JSON with publisher confirms, consume with prefetch 32 and ack each
+message after decoding it into the same msgspec model, and answer RPC through a reply queue. A ratio
+above 1 is the price of microagent's validation, retries bookkeeping and handler calling.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from functools import partial
+from importlib.metadata import version
+from typing import Any
+
+import aiormq
+import msgspec
+from aiormq.abc import AbstractChannel, DeliveredMessage
+from pamqp import commands as spec
+
+from microagent import MicroAgent, Queue, Signal, consumer, receiver
+from microagent.tools.amqp import AMQPBroker, AMQPSignalBus
+
+PREFETCH = 32
+PERSISTENT_JSON = spec.Basic.Properties(content_type='application/json', delivery_mode=2)
+
+
+class Job(msgspec.Struct, frozen=True):
+    job_id: int
+    text: str = 'benchmark'
+
+
+_decode_job = msgspec.json.Decoder(Job).decode
+_encode = msgspec.json.encode
+
+
+class Counter:
+    """Counts handled messages; ``done`` is set at ``target``."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.count = 0
+        self.done = asyncio.Event()
+
+    def hit(self) -> None:
+        self.count += 1
+        if self.count >= self.target:
+            self.done.set()
+
+
+async def timed(action: Callable[[], Awaitable[Any]]) -> float:
+    start = time.perf_counter()
+    await action()
+    return time.perf_counter() - start
+
+
+Run = Callable[[], Awaitable[float]]  # one untimed setup + one timed run; returns the seconds timed
+
+
+class Bench:
+    def __init__(self, dsn: str, messages: int, calls: int, rounds: int) -> None:
+        self.dsn = dsn
+        self.n = messages
+        self.calls = calls
+        self.rounds = rounds
+        self.tag = uuid.uuid4().hex[:8]
+        self.queues: list[str] = []
+        self.exchanges: list[str] = []
+        self.rows: list[tuple[str, float, float, str]] = []
+        self.raw: aiormq.abc.AbstractConnection | None = None
+
+    async def channel(self, publisher_confirms: bool = True) -> AbstractChannel:
+        assert self.raw is not None
+        return await self.raw.channel(publisher_confirms=publisher_confirms)
+
+    def queue(self, label: str) -> Queue[Job]:
+        queue = Queue(f'bench_{label}_{self.tag}', Job)
+        self.queues += [queue.name, f'{queue.name}.dead']
+        self.exchanges.append(f'{queue.name}.dead')
+        return queue
+
+    async def compare(self, label: str, ours: Run, raw: Run) -> None:
+        """Alternate the two sides ``rounds`` times; report the median throughput of each."""
+        ours_times: list[float] = []
+        raw_times: list[float] = []
+        for _ in range(self.rounds):
+            ours_times.append(await ours())
+            raw_times.append(await raw())
+        self.rows.append((label, self.n / statistics.median(ours_times), self.n / statistics.median(raw_times),
+                          'msg/s'))
+
+    # broker
+
+    async def sequential_send(self, broker: AMQPBroker) -> None:
+        ours_q, raw_q = self.queue('seq'), self.queue('seq_raw')
+        bound = broker[ours_q]
+        await bound.declare()
+        channel = await self.channel()
+        await channel.queue_declare(raw_q.name, durable=True)
+
+        async def ours() -> None:
+            for i in range(self.n):
+                await bound.send(Job(job_id=i))
+
+        async def raw() -> None:
+            for i in range(self.n):
+                await channel.basic_publish(_encode(Job(job_id=i)), routing_key=raw_q.name,
+                                            properties=PERSISTENT_JSON)
+
+        await self.compare('sequential send', lambda: timed(ours), lambda: timed(raw))
+
+    async def batched_send(self, broker: AMQPBroker) -> None:
+        ours_q, raw_q = self.queue('batch'), self.queue('batch_raw')
+        bound = broker[ours_q]
+        await bound.declare()
+        channel = await self.channel()
+        await channel.queue_declare(raw_q.name, durable=True)
+        jobs = [Job(job_id=i) for i in range(self.n)]
+
+        async def raw() -> None:
+            await asyncio.gather(*(channel.basic_publish(_encode(job), routing_key=raw_q.name,
+                                                         properties=PERSISTENT_JSON) for job in jobs))
+
+        await self.compare('batched send (send_many)', lambda: timed(lambda: bound.send_many(jobs)),
+                           lambda: timed(raw))
+
+    async def drain(self, broker: AMQPBroker) -> None:
+        ours_q, raw_q = self.queue('drain'), self.queue('drain_raw')
+        jobs = [Job(job_id=i) for i in range(self.n)]
+        ours_done = Counter(self.n)
+
+        class Worker(MicroAgent):
+            @consumer(ours_q, concurrency=PREFETCH)
+            async def work(self, job: Job) -> None:
+                ours_done.hit()
+
+        async def ours() -> float:
+            await broker[ours_q].send_many(jobs)
+            ours_done.count = 0
+            ours_done.done.clear()
+            agent = Worker(broker=broker)
+            start = time.perf_counter()
+            await agent._start()
+            await ours_done.done.wait()
+            elapsed = time.perf_counter() - start
+            await agent.stop()
+            return elapsed
+
+        async def raw() -> float:
+            await broker[raw_q].send_many(jobs)
+            done = Counter(self.n)
+            start = time.perf_counter()
+            channel = await self.channel()
+            await channel.basic_qos(prefetch_count=PREFETCH)
+
+            async def on_message(message: DeliveredMessage) -> None:
+                _decode_job(message.body)
+                await channel.basic_ack(message.delivery_tag or 0)
+                done.hit()
+
+            await channel.basic_consume(raw_q.name, on_message)
+            await done.done.wait()
+            elapsed = time.perf_counter() - start
+            await channel.close()
+            return elapsed
+
+        await self.compare(f'drain {self.n} with acks', ours, raw)
+
+    # bus
+
+    async def signals(self, sender: AMQPSignalBus, listener: AMQPSignalBus) -> None:
+        signal = Signal(f'bench_signal_{self.tag}', Job)
+        counter = Counter(self.n)
+
+        class Listener(MicroAgent):
+            @receiver(signal)
+            async def on_job(self, job: Job) -> None:
+                counter.hit()
+
+        def restart() -> None:
+            counter.count = 0
+            counter.done.clear()
+
+        async def ours() -> None:
+            restart()
+            for i in range(self.n):
+                await sender[signal].send('bench', Job(job_id=i))
+            await counter.done.wait()
+
+        exchange = f'bench_raw_{self.tag}'
+        self.exchanges.append(exchange)
+        channel = await self.channel()
+        await channel.exchange_declare(exchange, exchange_type='topic', durable=True)
+        declared = await channel.queue_declare('', exclusive=True, auto_delete=True)
+        assert declared.queue
+        await channel.queue_bind(declared.queue, exchange, routing_key='job.#')
+
+        async def on_message(message: DeliveredMessage) -> None:
+            _decode_job(message.body)
+            counter.hit()
+
+        await channel.basic_consume(declared.queue, on_message, no_ack=True)
+        publisher = await self.channel(publisher_confirms=True)
+
+        async def raw() -> None:
+            restart()
+            for i in range(self.n):
+                await publisher.basic_publish(_encode(Job(job_id=i)), exchange=exchange, routing_key='job.bench',
+                                              properties=spec.Basic.Properties(content_type='application/json'))
+            await counter.done.wait()
+
+        async with Listener(bus=listener):
+            await self.compare('signal send-to-receive', lambda: timed(ours), lambda: timed(raw))
+
+    async def rpc(self, caller: AMQPSignalBus, answerer: AMQPSignalBus) -> None:
+        signal = Signal(f'bench_rpc_{self.tag}', Job, returns=int)
+
+        class Answerer(MicroAgent):
+            @receiver(signal)
+            async def answer(self, job: Job) -> int:
+                return job.job_id
+
+        async def ours_call(i: int) -> None:
+            await caller[signal].call('bench', Job(job_id=i), timeout=10)
+
+        exchange = f'bench_rpc_raw_{self.tag}'
+        self.exchanges.append(exchange)
+        server = await self.channel()
+        await server.exchange_declare(exchange, exchange_type='topic', durable=True)
+        requests = await server.queue_declare('', exclusive=True, auto_delete=True)
+        assert requests.queue
+        await server.queue_bind(requests.queue, exchange, routing_key='rpc.#')
+
+        async def serve(message: DeliveredMessage) -> None:
+            job = _decode_job(message.body)
+            props = message.header.properties
+            await server.basic_publish(_encode({'Raw.answer': job.job_id}), routing_key=props.reply_to or '',
+                                       properties=spec.Basic.Properties(correlation_id=props.correlation_id))
+
+        await server.basic_consume(requests.queue, serve, no_ack=True)
+        client = await self.channel()
+        replies = await client.queue_declare('', exclusive=True, auto_delete=True)
+        assert replies.queue
+        waiting: dict[str, asyncio.Future[int]] = {}
+
+        async def on_reply(message: DeliveredMessage) -> None:
+            future = waiting.pop(message.header.properties.correlation_id or '', None)
+            if future is not None:
+                future.set_result(msgspec.json.decode(message.body, type=dict[str, int])['Raw.answer'])
+
+        await client.basic_consume(replies.queue, on_reply, no_ack=True)
+
+        async def raw_call(i: int) -> None:
+            request_id = uuid.uuid4().hex
+            future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            waiting[request_id] = future
+            await client.basic_publish(_encode(Job(job_id=i)), exchange=exchange, routing_key='rpc.bench',
+                                       properties=spec.Basic.Properties(correlation_id=request_id,
+                                                                        reply_to=replies.queue))
+            await asyncio.wait_for(future, 10)
+
+        ours: list[float] = []
+        raw: list[float] = []
+        async with Answerer(bus=answerer):
+            for _ in range(self.rounds):
+                for i in range(self.calls):
+                    ours.append(await timed(partial(ours_call, i)))
+                for i in range(self.calls):
+                    raw.append(await timed(partial(raw_call, i)))
+        for name, q in (('p50', 50), ('p99', 99)):
+            self.rows.append((f'RPC round trip {name}', _percentile(ours, q) * 1000, _percentile(raw, q) * 1000,
+                              'ms'))
+
+    async def run(self) -> None:
+        self.raw = await aiormq.connect(self.dsn)
+        broker = AMQPBroker(self.dsn)
+        buses = [AMQPSignalBus(self.dsn, prefix=f'bench_{self.tag}') for _ in range(2)]
+        self.exchanges.append(f'bench_{self.tag}')
+        try:
+            await self.sequential_send(broker)
+            await self.batched_send(broker)
+            await self.drain(broker)
+            await self.signals(*buses)
+            await self.rpc(*buses)
+        finally:
+            await broker.close()
+            for bus in buses:
+                await bus.close()
+            channel = await self.channel()
+            for name in self.queues:
+                await channel.queue_delete(name)
+            for name in self.exchanges:
+                await channel.exchange_delete(name)
+            await self.raw.close()
+
+    def print(self) -> None:
+        print(f'microagent AMQP backend vs raw aiormq {version("aiormq")}: {self.n} messages, '
+              f'{self.calls} calls, median of {self.rounds} alternating rounds')
+        print(f'{"measure":<28} {"microagent":>12} {"raw aiormq":>12} {"unit":>6} {"ratio":>7}')
+        for label, ours, raw, unit in self.rows:
+            ratio = raw / ours if unit == 'msg/s' else ours / raw
+            print(f'{label:<28} {ours:>12.1f} {raw:>12.1f} {unit:>6} {ratio:>6.2f}x')
+        print('ratio: microagent time / raw aiormq time (1.00x = as fast as raw; above 1 = slower)')
+
+
+def _percentile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method='inclusive')[q - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--dsn', default='amqp://guest:guest@127.0.0.1:5672/')
+    parser.add_argument('--messages', type=int, default=2000)
+    parser.add_argument('--calls', type=int, default=300)
+    parser.add_argument('--rounds', type=int, default=3)
+    args = parser.parse_args()
+    bench = Bench(args.dsn, args.messages, args.calls, args.rounds)
+    asyncio.run(bench.run())
+    bench.print()
+
+
+if __name__ == '__main__':
+    main()
