@@ -89,9 +89,9 @@ def _connection(agent: Any, name: str) -> str | None:
 
 
 def _consumer_info(handler: str, spec: ConsumerSpec) -> JsonDict:
-    options = {**_plain(dict(spec.options)), 'concurrency': spec.concurrency, 'max_retries': spec.max_retries}
     info: JsonDict = {'handler': handler, 'queue': spec.queue.name, 'timeout': spec.timeout,
-                      'options': dict(sorted(options.items()))}
+                      'options': _plain(dict(spec.options)),  # as given; the effective values follow
+                      'concurrency': spec.concurrency, 'max_retries': spec.max_retries}
     if spec.dto_class is not None:
         info['dto_class'] = model_name(spec.dto_class)
         info['dto_name'] = spec.dto_name or 'dto'
@@ -115,16 +115,15 @@ def agent_info(agent: type[MicroAgent] | MicroAgent) -> JsonDict:
         handler = f'{cls.__name__}.{attr}'
         if isinstance(spec, ReceiverSpec):
             signals[spec.signal.name] = spec.signal
-            receivers.append({'handler': handler, 'signal': spec.signal.name, 'timeout': spec.timeout,
-                              'options': {}})
+            receivers.append({'handler': handler, 'signal': spec.signal.name, 'timeout': spec.timeout})
         elif isinstance(spec, ConsumerSpec):
             queues[spec.queue.name] = spec.queue
             consumers.append(_consumer_info(handler, spec))
         elif isinstance(spec, PeriodicSpec):
-            periodic.append({'name': attr, 'handler': handler, 'period': spec.period, 'timeout': spec.timeout,
+            periodic.append({'name': attr, 'period': spec.period, 'timeout': spec.timeout,
                              'start_after': spec.start_after})
         elif isinstance(spec, CronSpec):
-            crons.append({'name': attr, 'handler': handler, 'spec': spec.spec, 'timeout': spec.timeout,
+            crons.append({'name': attr, 'spec': spec.spec, 'timeout': spec.timeout,
                           'tz': str(spec.tz) if spec.tz else None})
     return {
         'name': cls.__name__,
@@ -364,7 +363,8 @@ def asyncapi(*agents: type[MicroAgent] | MicroAgent, title: str = 'microagent', 
             elif isinstance(spec, ConsumerSpec):
                 channel_id, key = doc.queue(spec.queue)
                 info = _consumer_info(handler, spec)
-                extension = {'handler': handler, 'timeout': spec.timeout, 'options': info['options']}
+                extension = {'handler': handler, 'timeout': spec.timeout, 'options': info['options'],
+                             'concurrency': spec.concurrency, 'max_retries': spec.max_retries}
                 if spec.dto_class is not None:
                     extension.update(dto_class=info['dto_class'], dto_name=info['dto_name'])
                 doc.operation(handler, _operation('receive', channel_id, key,

@@ -137,7 +137,8 @@ def test_an_operation_per_receiver_and_consumer(document: dict[str, Any]) -> Non
     assert all(op['action'] == 'receive' for op in operations.values())
     mail = operations['ReferenceAgent.send_mail']
     assert mail['channel'] == {'$ref': '#/channels/queue.mailer'}
-    assert mail['x-microagent']['options'] == {'concurrency': 4, 'max_retries': 5}
+    assert mail['x-microagent'] == {'handler': 'ReferenceAgent.send_mail', 'timeout': 30.0, 'concurrency': 4,
+                                    'max_retries': 5, 'options': {'concurrency': 4, 'max_retries': 5}}
     assert operations['ReferenceAgent.catalogue.schema_ref_category_added']['x-microagent']['timeout'] == 5.0
 
 

@@ -106,17 +106,18 @@ def test_info_from_the_class_has_the_1x_keys_and_every_handler() -> None:
     info = agent_info(ReferenceAgent)
     assert list(info)[:7] == ['name', 'bus', 'broker', 'periodic', 'cron', 'receivers', 'consumers']
     assert info['name'] == 'ReferenceAgent' and info['bus'] is None and info['broker'] is None
-    assert info['periodic'] == [{'name': 'tick', 'handler': 'ReferenceAgent.tick', 'period': 5.0,
-                                 'timeout': 2.0, 'start_after': 1.0}]
-    assert info['cron'] == [{'name': 'hourly', 'handler': 'ReferenceAgent.hourly', 'spec': '0 * * * *',
-                             'timeout': 10.0, 'tz': None}]
+    assert info['periodic'] == [{'name': 'tick', 'period': 5.0, 'timeout': 2.0, 'start_after': 1.0}]
+    assert info['cron'] == [{'name': 'hourly', 'spec': '0 * * * *', 'timeout': 10.0, 'tz': None}]
     receivers = {(r['handler'], r['signal']): r['timeout'] for r in info['receivers']}
     assert receivers[('ReferenceAgent.catalogue', 'schema_ref_order_placed')] == 5.0
     assert receivers[('ReferenceAgent.catalogue', 'schema_ref_category_added')] == 5.0
     assert receivers[('ReferenceAgent.welcome', 'user_created')] == 60.0
     consumers = {c['queue']: c for c in info['consumers']}
-    assert consumers['mailer']['options'] == {'concurrency': 4, 'max_retries': 5}
-    assert consumers['schema_ref_notes']['options'] == {'autoack': True, 'concurrency': 32, 'max_retries': 3}
+    assert consumers['mailer'] == {'handler': 'ReferenceAgent.send_mail', 'queue': 'mailer', 'timeout': 30.0,
+                                   'options': {'concurrency': 4, 'max_retries': 5},
+                                   'concurrency': 4, 'max_retries': 5}
+    notes = consumers['schema_ref_notes']
+    assert (notes['options'], notes['concurrency'], notes['max_retries']) == ({'autoack': True}, 32, 3)
     job = consumers['schema_ref_jobs']
     assert (job['dto_class'], job['dto_name']) == ('tests.schema_agents.LegacyDTO', 'obj')
     assert job['dto_schema']['required'] == ['user_id']
@@ -204,7 +205,7 @@ def test_a_class_defined_anywhere_works_without_bus(unique: str) -> None:
         async def got(self, order: Order) -> None: ...
 
     info = agent_info(Local)
-    assert info['receivers'] == [{'handler': 'Local.got', 'signal': signal.name, 'timeout': 60.0, 'options': {}}]
+    assert info['receivers'] == [{'handler': 'Local.got', 'signal': signal.name, 'timeout': 60.0}]
     assert info['signals'][signal.name]['providing_args'] == ['lines', 'orderId', 'shipTo']
 
 

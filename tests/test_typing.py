@@ -30,9 +30,10 @@ def expected_errors(path: Path) -> set[tuple[int, str]]:
 @pytest.fixture(scope='module')
 def mypy_errors() -> tuple[Found, str]:
     """Run mypy once over every snippet; errors by snippet file name, and the full report."""
-    stdout, stderr, status = api.run(['--config-file', str(ROOT / 'mypy.ini'), '--no-error-summary',
-                                      '--show-error-codes', '--no-pretty',
-                                      *(str(path.relative_to(ROOT)) for path in SNIPPETS)])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(ROOT)  # mypy.ini paths and the `schemas` package are relative to the repository
+        stdout, stderr, status = api.run(['--config-file', 'mypy.ini', '--no-error-summary', '--show-error-codes',
+                                          '--no-pretty', *(str(path.relative_to(ROOT)) for path in SNIPPETS)])
     assert status in (0, 1), f'mypy crashed ({status}):\n{stdout}{stderr}'
     found: Found = defaultdict(set)
     for line in stdout.splitlines():
