@@ -122,7 +122,7 @@ class PydanticCodec(Codec[T]):
         model: Any = self.model
         try:
             obj = payload if isinstance(payload, model) else model.model_validate(payload)
-            return cast(bytes, obj.__pydantic_serializer__.to_json(obj))
+            return cast(bytes, obj.__pydantic_serializer__.to_json(obj, by_alias=True))
         except pydantic.ValidationError as exc:
             raise self._invalid(exc) from None
 

@@ -229,3 +229,14 @@ def test_bad_declaration_documents(document: object, message: str) -> None:
 def test_unknown_source_scheme() -> None:
     with pytest.raises(DeclarationError, match='file://, http:// or https://'):
         load_stuff('ftp://example/stuff.json')
+
+
+class Aliased(pydantic.BaseModel):
+    user_id: int = pydantic.Field(alias='userId')
+
+
+def test_pydantic_aliases_round_trip_on_the_wire(unique: str) -> None:
+    queue = Queue(f'aliased_{unique}', Aliased)
+    data = queue.codec.encode(Aliased(userId=3))
+    assert json.loads(data) == {'userId': 3}
+    assert queue.codec.decode(data) == Aliased(userId=3)
