@@ -1,6 +1,6 @@
 """microagent's AMQP backend against raw aiormq doing the same work on the same RabbitMQ, in one run.
 
-    python -m benchmarks.bench_amqp [--messages 2000] [--calls 300] [--dsn amqp://...]
+    python -m benchmarks.bench_amqp [--messages 1000] [--calls 200] [--rounds 5] [--dsn amqp://...]
 
 Both sides publish persistent JSON with publisher confirms, consume with prefetch 32 and ack each
 message after decoding it into the same msgspec model, and answer RPC through a reply queue. A ratio
@@ -71,7 +71,7 @@ class Bench:
         self.tag = uuid.uuid4().hex[:8]
         self.queues: list[str] = []
         self.exchanges: list[str] = []
-        self.rows: list[tuple[str, float, float, str]] = []
+        self.rows: list[tuple[str, float, float, str, float]] = []
         self.raw: aiormq.abc.AbstractConnection | None = None
 
     async def channel(self, publisher_confirms: bool = True) -> AbstractChannel:
@@ -85,14 +85,16 @@ class Bench:
         return queue
 
     async def compare(self, label: str, ours: Run, raw: Run) -> None:
-        """Alternate the two sides ``rounds`` times; report the median throughput of each."""
+        """Alternate the two sides ``rounds`` times. Throughputs are medians; the ratio is the median of
+        the per-round ratios, so a load that drifts during the run (a shared machine) cancels out."""
         ours_times: list[float] = []
         raw_times: list[float] = []
         for _ in range(self.rounds):
             ours_times.append(await ours())
             raw_times.append(await raw())
+        ratio = statistics.median(o / r for o, r in zip(ours_times, raw_times, strict=True))
         self.rows.append((label, self.n / statistics.median(ours_times), self.n / statistics.median(raw_times),
-                          'msg/s'))
+                          'msg/s', ratio))
 
     # broker
 
@@ -273,8 +275,8 @@ class Bench:
                 for i in range(self.calls):
                     raw.append(await timed(partial(raw_call, i)))
         for name, q in (('p50', 50), ('p99', 99)):
-            self.rows.append((f'RPC round trip {name}', _percentile(ours, q) * 1000, _percentile(raw, q) * 1000,
-                              'ms'))
+            mine, theirs = _percentile(ours, q), _percentile(raw, q)
+            self.rows.append((f'RPC round trip {name}', mine * 1000, theirs * 1000, 'ms', mine / theirs))
 
     async def run(self) -> None:
         self.raw = await aiormq.connect(self.dsn)
@@ -299,11 +301,10 @@ class Bench:
             await self.raw.close()
 
     def print(self) -> None:
-        print(f'microagent AMQP backend vs raw aiormq {version("aiormq")}: {self.n} messages, '
-              f'{self.calls} calls, median of {self.rounds} alternating rounds')
+        print(f'microagent AMQP backend vs raw aiormq {version("aiormq")}: {self.n} messages and '
+              f'{self.calls} calls per round, {self.rounds} alternating rounds (medians)')
         print(f'{"measure":<28} {"microagent":>12} {"raw aiormq":>12} {"unit":>6} {"ratio":>7}')
-        for label, ours, raw, unit in self.rows:
-            ratio = raw / ours if unit == 'msg/s' else ours / raw
+        for label, ours, raw, unit, ratio in self.rows:
             print(f'{label:<28} {ours:>12.1f} {raw:>12.1f} {unit:>6} {ratio:>6.2f}x')
         print('ratio: microagent time / raw aiormq time (1.00x = as fast as raw; above 1 = slower)')
 
@@ -315,9 +316,9 @@ def _percentile(values: list[float], q: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--dsn', default='amqp://guest:guest@127.0.0.1:5672/')
-    parser.add_argument('--messages', type=int, default=2000)
-    parser.add_argument('--calls', type=int, default=300)
-    parser.add_argument('--rounds', type=int, default=3)
+    parser.add_argument('--messages', type=int, default=1000)
+    parser.add_argument('--calls', type=int, default=200)
+    parser.add_argument('--rounds', type=int, default=5)
     args = parser.parse_args()
     bench = Bench(args.dsn, args.messages, args.calls, args.rounds)
     asyncio.run(bench.run())

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -33,7 +33,7 @@ from ..broker import AbstractQueueBroker, DeadLetter, Delivery, backoff
 from ..bus import RESPONSE_SIGNAL, AbstractSignalBus
 from ..errors import DeclarationError
 from ..queue import Queue
-from .amqp_link import LINK_ERRORS, Link
+from .amqp_link import LINK_ERRORS, Link, Outgoing, Publisher
 
 if TYPE_CHECKING:
     from ..agent import Consumer
@@ -121,16 +121,6 @@ async def _settle(token: _Token, how: str, requeue: bool = True) -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class _Out:
-    """One message to publish."""
-
-    exchange: str
-    routing_key: str
-    body: bytes
-    properties: spec.Basic.Properties
-
-
 class _Subscription:
     """basic_consume into a local buffer that ``fetch`` drains; prefetch bounds the buffer."""
 
@@ -162,79 +152,6 @@ class _Subscription:
             await channel.close()  # unacked messages go back to the queue
 
 
-def _interrupted(exc: BaseException, channel: AbstractChannel) -> bool:
-    """Whether a publish failed because the connection or channel went away (worth sending again),
-    rather than because RabbitMQ refused it (a missing exchange, access rights: an error to raise)."""
-    if isinstance(exc, aiormq.AMQPConnectionError | ConnectionError | aiormq.ChannelInvalidStateError):
-        return True
-    return isinstance(exc, asyncio.CancelledError) and channel.is_closed
-
-
-class _Publisher:
-    """A channel with publisher confirms that resends what a broken connection did not confirm."""
-
-    def __init__(self, link: Link, reconnect_timeout: float,
-                 on_open: Callable[[AbstractChannel], Awaitable[None]] | None = None) -> None:
-        self.link = link
-        self.reconnect_timeout = reconnect_timeout
-        self.on_open = on_open
-        self._channel: AbstractChannel | None = None
-        self._lock = asyncio.Lock()
-
-    async def channel(self, patience: float) -> AbstractChannel:
-        channel = self._channel
-        if channel is not None and not channel.is_closed:
-            return channel
-        async with self._lock:
-            if self._channel is None or self._channel.is_closed:
-                channel = await self.link.channel(patience, publisher_confirms=True)
-                if self.on_open is not None:
-                    await self.on_open(channel)
-                self._channel = channel
-            return self._channel
-
-    async def publish(self, messages: list[_Out], what: str) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.reconnect_timeout
-        pending = messages
-        while pending:
-            channel = await self.channel(max(deadline - loop.time(), 0.001))
-            results: list[Any]
-            if len(pending) == 1:
-                try:
-                    results = [await self._one(channel, pending[0])]
-                except Exception as exc:
-                    results = [exc]
-            else:
-                results = await asyncio.gather(*(self._one(channel, out) for out in pending),
-                                               return_exceptions=True)
-            failed: list[_Out] = []
-            for out, result in zip(pending, results, strict=True):
-                if isinstance(result, BaseException):
-                    if not _interrupted(result, channel):
-                        raise result
-                    failed.append(out)
-                elif isinstance(result, spec.Basic.Nack | spec.Basic.Reject):
-                    failed.append(out)  # the server could not take it: send again
-            if failed and loop.time() >= deadline:
-                raise ConnectionError(f'{self.link.name}: {len(failed)} message(s) to {what} were not confirmed '
-                                      f'by RabbitMQ at {self.link.safe_dsn} in {self.reconnect_timeout}s')
-            if failed:
-                self.link.log.warning('%s: %d message(s) to %s were not confirmed; sending again',
-                                      self.link.name, len(failed), what)
-            pending = failed
-
-    @staticmethod
-    async def _one(channel: AbstractChannel, out: _Out) -> Any:
-        return await channel.basic_publish(out.body, exchange=out.exchange, routing_key=out.routing_key,
-                                           properties=out.properties)
-
-    async def close(self) -> None:
-        channel, self._channel = self._channel, None
-        if channel is not None and not channel.is_closed:
-            await channel.close()
-
-
 class AMQPBroker(AbstractQueueBroker):
     """Durable RabbitMQ queues with publisher confirms, prefetch = the consumer's ``concurrency``,
     retries through delay queues and a dead-letter exchange and queue per queue."""
@@ -247,7 +164,7 @@ class AMQPBroker(AbstractQueueBroker):
         super().__init__(dsn, log, **options)
         self.reconnect_timeout = reconnect_timeout
         self._link = Link(dsn, self.log, f'microagent broker {self.uid[:8]}')
-        self._publisher = _Publisher(self._link, reconnect_timeout)
+        self._publisher = Publisher(self._link, reconnect_timeout)
         self._control: AbstractChannel | None = None
         self._control_lock = asyncio.Lock()
         self._subs: dict[str, _Subscription] = {}
@@ -326,7 +243,7 @@ class AMQPBroker(AbstractQueueBroker):
     async def put(self, queue: Queue[Any], messages: list[bytes]) -> None:
         await self.declare_queue(queue)
         props = _properties()
-        await self._publisher.publish([_Out('', queue.name, data, props) for data in messages],
+        await self._publisher.publish([Outgoing('', queue.name, data, props) for data in messages],
                                       f'queue {queue.name!r}')
 
     async def route(self, exchange: str, routing_key: str, data: bytes) -> int:
@@ -334,7 +251,7 @@ class AMQPBroker(AbstractQueueBroker):
         for queue in targets:
             await self.declare_queue(queue)  # the exchange and its bindings exist before the message
         if targets:
-            await self._publisher.publish([_Out(exchange, routing_key, data, _properties())],
+            await self._publisher.publish([Outgoing(exchange, routing_key, data, _properties())],
                                           f'exchange {exchange!r}')
         return len(targets)
 
@@ -403,7 +320,7 @@ class AMQPBroker(AbstractQueueBroker):
         retry = await self._retry_queue(queue.name, delay)
         headers = {**_fresh_headers(token.properties), ATTEMPT_HEADER: delivery.attempt + 1,
                    REASON_HEADER: reason[:MAX_REASON]}
-        await self._publisher.publish([_Out('', retry, delivery.data, _properties(headers))],
+        await self._publisher.publish([Outgoing('', retry, delivery.data, _properties(headers))],
                                       f'queue {retry!r}')
         await self.ack(queue, delivery)
 
@@ -415,7 +332,7 @@ class AMQPBroker(AbstractQueueBroker):
         headers = {**_fresh_headers(token.properties), ATTEMPT_HEADER: delivery.attempt,
                    REASON_HEADER: reason[:MAX_REASON], DEAD_AT_HEADER: time.time()}
         dead = queue.name + DEAD_SUFFIX
-        await self._publisher.publish([_Out(dead, '', delivery.data, _properties(headers))],
+        await self._publisher.publish([Outgoing(dead, '', delivery.data, _properties(headers))],
                                       f'exchange {dead!r}')
         await self.ack(queue, delivery)
 
@@ -487,7 +404,7 @@ class AMQPBroker(AbstractQueueBroker):
                 if not batch:
                     break
                 await self._publisher.publish(
-                    [_Out('', name, m.body, _properties(_fresh_headers(m.header.properties))) for m in batch],
+                    [Outgoing('', name, m.body, _properties(_fresh_headers(m.header.properties))) for m in batch],
                     f'queue {name!r}')
                 await channel.basic_ack(batch[-1].delivery_tag or 0, multiple=True)
                 moved += len(batch)
@@ -533,7 +450,7 @@ class AMQPSignalBus(AbstractSignalBus):
         super().__init__(dsn, prefix, log, **options)
         self.reconnect_timeout = reconnect_timeout
         self._link = Link(dsn, self.log, f'microagent bus {prefix} {self.uid[:8]}')
-        self._publisher = _Publisher(self._link, reconnect_timeout, self._declare_exchange)
+        self._publisher = Publisher(self._link, reconnect_timeout, self._declare_exchange)
         self.queue_name = f'{prefix}.bus.{self.uid}'
         self._keys: list[str] = []
         self._channel: AbstractChannel | None = None
@@ -557,12 +474,12 @@ class AMQPSignalBus(AbstractSignalBus):
                 return
             props = spec.Basic.Properties(content_type=CONTENT_TYPE, message_type=RESPONSE_SIGNAL,
                                           correlation_id=request_id, app_id=sender)
-            out = _Out('', reply_to, data, props)
+            out = Outgoing('', reply_to, data, props)
         else:
             props = spec.Basic.Properties(content_type=CONTENT_TYPE, message_type=name,
                                           correlation_id=request_id or None,
                                           reply_to=self.queue_name if request_id else None)
-            out = _Out(self.prefix, f'{name}.{sender}', data, props)
+            out = Outgoing(self.prefix, f'{name}.{sender}', data, props)
         await self._publisher.publish([out], f'signal {name!r}')
 
     # receiving

@@ -1,4 +1,5 @@
-"""One RabbitMQ connection that comes back after a break, shared by the channels of a broker or a bus.
+"""RabbitMQ plumbing shared by the broker and the bus: a connection that comes back after a break,
+and a publisher (confirms on) that sends again what a break left unconfirmed.
 
 Attempts to connect are spaced by an exponential backoff kept across callers and each failed attempt
 logs one line, so a server that is down never causes a tight loop, however many consumers wait.
@@ -7,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiormq
 from aiormq.abc import AbstractChannel, AbstractConnection
+from pamqp import commands as spec
 
 from ..broker import backoff
 from ..dsn import hide_password
@@ -129,3 +133,86 @@ class Link:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed:
             await conn.close()
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to publish."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: spec.Basic.Properties
+
+
+def _interrupted(exc: BaseException, channel: AbstractChannel) -> bool:
+    """Whether a publish failed because the connection or channel went away (worth sending again),
+    rather than because RabbitMQ refused it (a missing exchange, access rights: an error to raise)."""
+    if isinstance(exc, aiormq.AMQPConnectionError | ConnectionError | aiormq.ChannelInvalidStateError):
+        return True
+    return isinstance(exc, asyncio.CancelledError) and channel.is_closed
+
+
+class Publisher:
+    """A channel with publisher confirms that resends what a broken connection did not confirm."""
+
+    def __init__(self, link: Link, reconnect_timeout: float,
+                 on_open: Callable[[AbstractChannel], Awaitable[None]] | None = None) -> None:
+        self.link = link
+        self.reconnect_timeout = reconnect_timeout
+        self.on_open = on_open
+        self._channel: AbstractChannel | None = None
+        self._lock = asyncio.Lock()
+
+    async def channel(self, patience: float) -> AbstractChannel:
+        channel = self._channel
+        if channel is not None and not channel.is_closed:
+            return channel
+        async with self._lock:
+            if self._channel is None or self._channel.is_closed:
+                channel = await self.link.channel(patience, publisher_confirms=True)
+                if self.on_open is not None:
+                    await self.on_open(channel)
+                self._channel = channel
+            return self._channel
+
+    async def publish(self, messages: list[Outgoing], what: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconnect_timeout
+        pending = messages
+        while pending:
+            channel = await self.channel(max(deadline - loop.time(), 0.001))
+            results: list[Any]
+            if len(pending) == 1:
+                try:
+                    results = [await self._one(channel, pending[0])]
+                except Exception as exc:
+                    results = [exc]
+            else:
+                results = await asyncio.gather(*(self._one(channel, out) for out in pending),
+                                               return_exceptions=True)
+            failed: list[Outgoing] = []
+            for out, result in zip(pending, results, strict=True):
+                if isinstance(result, BaseException):
+                    if not _interrupted(result, channel):
+                        raise result
+                    failed.append(out)
+                elif isinstance(result, spec.Basic.Nack | spec.Basic.Reject):
+                    failed.append(out)  # the server could not take it: send again
+            if failed and loop.time() >= deadline:
+                raise ConnectionError(f'{self.link.name}: {len(failed)} message(s) to {what} were not confirmed '
+                                      f'by RabbitMQ at {self.link.safe_dsn} in {self.reconnect_timeout}s')
+            if failed:
+                self.link.log.warning('%s: %d message(s) to %s were not confirmed; sending again',
+                                      self.link.name, len(failed), what)
+            pending = failed
+
+    @staticmethod
+    async def _one(channel: AbstractChannel, out: Outgoing) -> Any:
+        return await channel.basic_publish(out.body, exchange=out.exchange, routing_key=out.routing_key,
+                                           properties=out.properties)
+
+    async def close(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None and not channel.is_closed:
+            await channel.close()
