@@ -24,7 +24,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -44,12 +44,15 @@ _NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 def _client(dsn: str, options: dict[str, Any], reader: bool = False) -> Redis:
     """A client from the DSN (``rediss://``, user, password and db are honoured by redis-py).
 
+    Commands retry a few times on a connection error (redis-py's ``from_url`` default is none).
     A ``reader`` (blocking reads of the subscriber and consumers) has no redis-py retries, so our
     loop logs and backs off, and no socket timeout: redis-py's default 5 s would kill an idle
     reader, and on Python 3.11 its ``wait_for`` around sends can swallow a cancellation. Its
     calls are bounded by ``asyncio.timeout`` instead, and TCP keepalive finds dead peers."""
     if reader:
         options = {**options, 'retry': Retry(NoBackoff(), 0), 'socket_timeout': None}
+    else:  # a pooled connection left stale by a server restart reconnects instead of failing a send
+        options = {'retry': Retry(ExponentialBackoff(cap=1.0, base=0.05), 3), **options}
     return Redis.from_url(dsn, **options)
 
 
