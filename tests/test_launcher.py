@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from microagent.config import ConfigError, load_group
+from microagent.launcher import run_group
 from tests.launcher_agents.support import Starter, alive, starter
 
 GROUP = 'tests.launcher_agents.group'
@@ -132,12 +133,36 @@ def test_single_process_mode_runs_the_group_in_one_event_loop(start: Starter) ->
     assert run.file('listener.stopped').exists()
 
 
+def test_single_process_mode_gives_up_on_a_second_signal(start: Starter) -> None:
+    run = start('marun', '--single-process', '--grace', '600', 'tests.launcher_agents.slow',
+                env={'LAUNCHER_TEST_WORK': '600'})
+    run.wait_file('worker.begun')
+    run.signal(signal.SIGINT)
+    run.wait_file('worker.stopped')
+
+    run.signal(signal.SIGINT)
+
+    assert run.wait() == 1, run.output
+    assert 'Received SIGINT again: stopping now' in run.output
+    assert not run.file('worker.done').exists()
+
+
 def test_single_process_mode_stops_when_an_agent_fails(start: Starter) -> None:
     run = start('marun', '--single-process', 'tests.launcher_agents.failing')
 
     assert run.wait() == 1, run.output
     assert 'Agent broken failed: stopping the group' in run.output
     assert run.file('steady.stopped').exists()
+
+
+def test_run_group_in_process_stops_after_its_duration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the demo does: the group stops by itself, gracefully, after ``stop_after`` seconds."""
+    monkeypatch.setenv('LAUNCHER_TEST_DIR', str(tmp_path))
+    monkeypatch.delitem(sys.modules, 'tests.launcher_agents.talk', raising=False)  # reads the env var on import
+
+    assert run_group(['tests.launcher_agents.talk'], single_process=True, stop_after=0.2, grace=1) == 0
+    assert {path.name for path in tmp_path.iterdir()} >= {'pinger.started', 'pinger.stopped',
+                                                          'listener.started', 'listener.stopped'}
 
 
 # logging
