@@ -27,7 +27,11 @@ from microagent import MicroAgent, Queue, Signal, consumer, receiver
 from microagent.tools.amqp import AMQPBroker, AMQPSignalBus
 
 PREFETCH = 32
-PERSISTENT_JSON = spec.Basic.Properties(content_type='application/json', delivery_mode=2)
+
+
+def persistent_json() -> spec.Basic.Properties:
+    # a new object per message, as aiormq writes the message_id into it
+    return spec.Basic.Properties(content_type='application/json', delivery_mode=2)
 
 
 class Job(msgspec.Struct, frozen=True):
@@ -112,7 +116,7 @@ class Bench:
         async def raw() -> None:
             for i in range(self.n):
                 await channel.basic_publish(_encode(Job(job_id=i)), routing_key=raw_q.name,
-                                            properties=PERSISTENT_JSON)
+                                            properties=persistent_json())
 
         await self.compare('sequential send', lambda: timed(ours), lambda: timed(raw))
 
@@ -126,7 +130,7 @@ class Bench:
 
         async def raw() -> None:
             await asyncio.gather(*(channel.basic_publish(_encode(job), routing_key=raw_q.name,
-                                                         properties=PERSISTENT_JSON) for job in jobs))
+                                                         properties=persistent_json()) for job in jobs))
 
         await self.compare('batched send (send_many)', lambda: timed(lambda: bound.send_many(jobs)),
                            lambda: timed(raw))

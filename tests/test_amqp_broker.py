@@ -46,6 +46,9 @@ async def test_messages_are_persistent_json_on_a_durable_queue(amqp: Servers, un
     assert message.body == b'{"job_id":1}'
     assert message.header.properties.delivery_mode == 2
     assert message.header.properties.content_type == 'application/json'
+    await amqp.broker()[queue].send_many([Job(job_id=i) for i in range(3)])
+    ids = {(await channel.basic_get(queue.name, no_ack=True)).header.properties.message_id for _ in range(3)}
+    assert len(ids) == 3 and None not in ids  # each message has its own id
 
 
 async def test_a_queue_sent_to_before_any_consumer_keeps_its_messages(amqp: Servers, unique: str) -> None:
@@ -189,6 +192,23 @@ async def test_handler_that_acks_itself_then_fails_is_not_retried(amqp: Servers,
         await calls.wait(2)
     assert calls.items == [1, 2]
     assert await broker[queue].length() == 0 and await broker[queue].dead_letter_count() == 0
+
+
+async def test_a_message_the_handler_rejects_goes_to_the_dead_letters(amqp: Servers, unique: str) -> None:
+    queue = Queue(f'refused_{unique}', Job)
+
+    class Picky(MicroAgent):
+        @consumer(queue, autoack=False)
+        async def work(self, job: Job, *, amqp: AMQPMeta) -> None:
+            await amqp.reject(requeue=False)
+
+    broker = amqp.broker()
+    async with Picky(broker=broker):
+        await broker[queue].send(Job(job_id=3))
+        await eventually(lambda: _dead_count_is(broker, queue, 1))
+    (letter,) = await broker[queue].dead_letters()
+    assert (letter.body, letter.reason) == (b'{"job_id":3}', 'rejected by the handler')
+    assert await broker[queue].length() == 0
 
 
 async def test_a_1x_producer_on_the_default_exchange_is_consumed(amqp: Servers, unique: str) -> None:

@@ -19,7 +19,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -75,12 +76,14 @@ class _Token:
     tag: int
     properties: spec.Basic.Properties
     settled: bool = False
+    drop: Callable[[str], Awaitable[None]] | None = None  # dead-letters the message with a reason
 
 
 @dataclass(frozen=True)
 class AMQPMeta:
     """The ``amqp`` keyword of a consumer (1.x ``MessageMeta``): the raw delivery. With the consumer
-    option ``autoack=False`` the handler settles the message itself with ``ack``/``nack``/``reject``."""
+    option ``autoack=False`` the handler settles the message itself with ``ack``/``nack``/``reject``;
+    a message refused without ``requeue`` goes to the dead letters, never nowhere."""
 
     queue: str
     channel: AbstractChannel
@@ -99,10 +102,16 @@ class AMQPMeta:
         await _settle(self._token, 'ack')
 
     async def nack(self, requeue: bool = True) -> None:
-        await _settle(self._token, 'nack', requeue)
+        await self._refuse('nack', requeue)
 
     async def reject(self, requeue: bool = True) -> None:
-        await _settle(self._token, 'reject', requeue)
+        await self._refuse('reject', requeue)
+
+    async def _refuse(self, how: str, requeue: bool) -> None:
+        if requeue or self._token.drop is None or self._token.settled:
+            await _settle(self._token, how, requeue)
+        else:
+            await self._token.drop(f'{how}ed by the handler')
 
 
 async def _settle(token: _Token, how: str, requeue: bool = True) -> bool:
@@ -242,8 +251,8 @@ class AMQPBroker(AbstractQueueBroker):
 
     async def put(self, queue: Queue[Any], messages: list[bytes]) -> None:
         await self.declare_queue(queue)
-        props = _properties()
-        await self._publisher.publish([Outgoing('', queue.name, data, props) for data in messages],
+        # one Properties each: aiormq writes a fresh message_id into the object it is given
+        await self._publisher.publish([Outgoing('', queue.name, data, _properties()) for data in messages],
                                       f'queue {queue.name!r}')
 
     async def route(self, exchange: str, routing_key: str, data: bytes) -> int:
@@ -293,9 +302,9 @@ class AMQPBroker(AbstractQueueBroker):
         channel = sub.channel
         if channel is None:
             return []
-        return [self._delivery(queue.name, channel, message) for message in taken]
+        return [self._delivery(queue, channel, message) for message in taken]
 
-    def _delivery(self, name: str, channel: AbstractChannel, message: DeliveredMessage) -> Delivery:
+    def _delivery(self, queue: Queue[Any], channel: AbstractChannel, message: DeliveredMessage) -> Delivery:
         properties = message.header.properties
         deliver = message.delivery
         tag = message.delivery_tag or 0
@@ -304,9 +313,11 @@ class AMQPBroker(AbstractQueueBroker):
             attempt = max(int(_headers(properties).get(ATTEMPT_HEADER, 1)), 1)
         except (TypeError, ValueError):
             attempt = 1
-        meta = AMQPMeta(name, channel, tag, bool(getattr(deliver, 'redelivered', False)),
+        meta = AMQPMeta(queue.name, channel, tag, bool(getattr(deliver, 'redelivered', False)),
                         message.exchange or '', message.routing_key or '', properties, token)
-        return Delivery(data=message.body, attempt=attempt, token=token, context={'amqp': meta})
+        delivery = Delivery(data=message.body, attempt=attempt, token=token, context={'amqp': meta})
+        token.drop = partial(self.dead_letter, queue, delivery)
+        return delivery
 
     async def ack(self, queue: Queue[Any], delivery: Delivery) -> None:
         if not await _settle(delivery.token, 'ack'):
@@ -317,24 +328,36 @@ class AMQPBroker(AbstractQueueBroker):
         token: _Token = delivery.token
         if token.settled:
             return  # settled by the handler (autoack=False): not ours to retry
-        retry = await self._retry_queue(queue.name, delay)
         headers = {**_fresh_headers(token.properties), ATTEMPT_HEADER: delivery.attempt + 1,
                    REASON_HEADER: reason[:MAX_REASON]}
-        await self._publisher.publish([Outgoing('', retry, delivery.data, _properties(headers))],
-                                      f'queue {retry!r}')
+        async with self._or_give_back(token):
+            retry = await self._retry_queue(queue.name, delay)
+            await self._publisher.publish([Outgoing('', retry, delivery.data, _properties(headers))],
+                                          f'queue {retry!r}')
         await self.ack(queue, delivery)
 
     async def dead_letter(self, queue: Queue[Any], delivery: Delivery, reason: str) -> None:
         token: _Token = delivery.token
         if token.settled:
             return
-        await self.declare_queue(queue)
         headers = {**_fresh_headers(token.properties), ATTEMPT_HEADER: delivery.attempt,
                    REASON_HEADER: reason[:MAX_REASON], DEAD_AT_HEADER: time.time()}
         dead = queue.name + DEAD_SUFFIX
-        await self._publisher.publish([Outgoing(dead, '', delivery.data, _properties(headers))],
-                                      f'exchange {dead!r}')
+        async with self._or_give_back(token):
+            await self.declare_queue(queue)
+            await self._publisher.publish([Outgoing(dead, '', delivery.data, _properties(headers))],
+                                          f'exchange {dead!r}')
         await self.ack(queue, delivery)
+
+    @asynccontextmanager
+    async def _or_give_back(self, token: _Token) -> AsyncIterator[None]:
+        """When moving a message fails, return it to its queue now rather than hold it unacked."""
+        try:
+            yield
+        except Exception:
+            with suppress(Exception):
+                await _settle(token, 'nack', requeue=True)
+            raise
 
     async def release(self, queue: Queue[Any], deliveries: list[Delivery]) -> None:
         for delivery in deliveries:
