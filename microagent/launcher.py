@@ -273,20 +273,20 @@ async def _supervise(modules: Sequence[str], configs: Sequence[AgentConfig], gra
     read_fd, write_fd = os.pipe()
     procs: dict[str, asyncio.subprocess.Process] = {}
     try:
-        for config in configs:
-            procs[config.name] = await asyncio.create_subprocess_exec(
-                sys.executable, '-m', 'microagent.launcher', *modules, *child_args,
-                '--agent-process', config.name, '--watch-fd', str(read_fd), pass_fds=(read_fd,))
-            log.info('Started agent %s (pid %d)', config.name, procs[config.name].pid)
-        os.close(read_fd)
+        try:
+            for config in configs:
+                procs[config.name] = await asyncio.create_subprocess_exec(
+                    sys.executable, '-m', 'microagent.launcher', *modules, *child_args,
+                    '--agent-process', config.name, '--watch-fd', str(read_fd), pass_fds=(read_fd,))
+                log.info('Started agent %s (pid %d)', config.name, procs[config.name].pid)
+        finally:
+            os.close(read_fd)
         return await _watch(procs, stopping, force, grace)
     finally:
         for proc in procs.values():
             if proc.returncode is None:
                 with suppress(ProcessLookupError):
                     proc.kill()
-        with suppress(OSError):
-            os.close(read_fd)
         os.close(write_fd)
 
 
