@@ -7,6 +7,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 
+import aiormq
 import msgspec
 import pytest
 
@@ -72,6 +73,29 @@ async def _all_handled(handled: Collector, count: int) -> bool:
 
 async def _empty(broker: AMQPBroker, queue: Queue[Job]) -> bool:
     return await broker[queue].length() == 0
+
+
+async def test_a_batch_sent_across_a_break_arrives_whole(amqp: Servers, unique: str) -> None:
+    queue = Queue(f'batch_break_{unique}', Job)
+    producer = amqp.broker()
+    await producer[queue].declare()
+    count = 10_000  # long enough a batch for the break to land in the middle of it
+    sending = asyncio.create_task(producer[queue].send_many([Job(job_id=i) for i in range(count)]))
+    assert await break_connections(producer.uid[:8]) == 1
+    await sending  # what the break left unconfirmed was sent again
+    channel = await amqp.raw()
+    received: set[int] = set()
+    done = asyncio.Event()
+
+    async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
+        received.add(msgspec.json.decode(message.body, type=Job).job_id)
+        if len(received) == count:
+            done.set()
+
+    await channel.basic_consume(queue.name, on_message, no_ack=True)
+    async with asyncio.timeout(20):
+        await done.wait()
+    assert received == set(range(count))
 
 
 async def test_receivers_subscribe_again_after_a_broken_connection(
