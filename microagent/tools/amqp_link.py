@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -101,11 +102,14 @@ class Link:
                 wait = self._retry_at - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                conn = aiormq.Connection(self.dsn, client_properties={'connection_name': self.name})
                 try:
-                    conn = await aiormq.connect(self.dsn, client_properties={'connection_name': self.name})
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
+                    await conn.connect()
+                except BaseException as exc:
+                    with suppress(Exception):
+                        await conn.close()  # a half-open connection must not linger
+                    if not isinstance(exc, Exception):
+                        raise
                     self._failures += 1
                     delay = backoff(self._failures, self.base_delay, self.max_delay)
                     self._retry_at = loop.time() + delay
