@@ -165,14 +165,6 @@ class _Owned:
             del self.held[body]
 
 
-class _AckBatch:
-    """Acks made in one event-loop turn, sent in one round trip."""
-
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-
 class RedisBroker(AbstractQueueBroker):
     """Reliable queues on Redis lists: ``RedisBroker('redis://localhost/7')``.
 
@@ -198,7 +190,7 @@ class RedisBroker(AbstractQueueBroker):
                                       'REQUEUE', 'MOVE_DUE')}
         self._fetch_script = self._blocking.register_script(lua.FETCH)
         self._owned: dict[str, _Owned] = {}
-        self._acks: dict[str, _AckBatch] = {}
+        self._acks: dict[str, list[bytes]] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
@@ -256,22 +248,27 @@ class RedisBroker(AbstractQueueBroker):
         return bodies, attempts, float(wait)
 
     async def ack(self, queue: Queue[Any], delivery: Delivery) -> None:
+        """Acks of one event-loop turn go in one round trip, sent in the background: the handler's
+        slot is free at once. Until sent, the message stays in our in-flight list (held), so a
+        crash redelivers it; a failed send makes it an orphan that the next heartbeat requeues."""
         batch = self._acks.get(queue.name)
         if batch is None:
-            batch = self._acks[queue.name] = _AckBatch()
-            self._spawn(self._flush_acks(queue.name, batch))
-        batch.bodies.append(delivery.data)
-        await self._settle(queue.name, delivery, asyncio.shield(batch.done))
+            batch = self._acks[queue.name] = []
+            self._spawn(self._flush_acks(queue.name))
+        batch.append(delivery.data)
 
-    async def _flush_acks(self, name: str, batch: _AckBatch) -> None:
-        del self._acks[name]
-        keys = self._owned[name].keys
+    async def _flush_acks(self, name: str) -> None:
+        bodies = self._acks.pop(name)
+        owned = self._owned[name]
         try:
-            await self._script('ACK')(keys=[keys.inflight, keys.attempts], args=batch.bodies)
+            await self._script('ACK')(keys=[owned.keys.inflight, owned.keys.attempts], args=bodies)
         except Exception as exc:
-            batch.done.set_exception(exc)
-        else:
-            batch.done.set_result(None)
+            owned.dirty = True
+            self.log.warning('Queue %s: %d acks failed (%s: %s); the messages will be delivered again',
+                             name, len(bodies), type(exc).__name__, exc)
+        finally:
+            for body in bodies:
+                owned.drop(body)
 
     async def retry(self, queue: Queue[Any], delivery: Delivery, delay: float, reason: str) -> None:
         keys = self._owned[queue.name].keys

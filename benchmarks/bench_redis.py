@@ -1,0 +1,358 @@
+"""Redis backend against raw redis-py, same server, same run: ``python -m benchmarks.bench_redis``.
+
+Messages are ``{"user_id": int, "text": str}`` validated against a msgspec Struct. Every figure is a
+ratio to raw redis-py doing the same commands (ratio > 1: faster than raw). The DSN defaults to
+db 9 of the local Redis; set MICROAGENT_BENCH_REDIS to use another. Keys are unique and deleted.
+"""
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import time
+import tracemalloc
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import msgspec
+import pydantic
+from redis.asyncio import Redis
+
+from microagent import MicroAgent, Queue, Signal, consumer, receiver
+from microagent.payload import codec_for
+from microagent.tools.redis import RedisBroker, RedisSignalBus
+
+from .harness import Row, median, percentile, print_table, rate
+
+DSN = os.environ.get('MICROAGENT_BENCH_REDIS', 'redis://127.0.0.1:6379/9')
+
+
+class Message(msgspec.Struct, frozen=True):
+    user_id: int
+    text: str
+
+
+class PydanticMessage(pydantic.BaseModel):
+    user_id: int
+    text: str
+
+
+class Count(msgspec.Struct, frozen=True):
+    user_id: int
+
+
+def _name(kind: str) -> str:
+    return f'bench_{kind}_{uuid.uuid4().hex[:8]}'
+
+
+def _messages(count: int) -> list[Message]:
+    return [Message(user_id=i, text=f'hello {i}') for i in range(count)]
+
+
+async def _best(rounds: int, measure: Callable[[], Awaitable[float]]) -> float:
+    return max([await measure() for _ in range(rounds)])
+
+
+async def _drop(client: Redis, name: str) -> None:
+    await client.delete(name)
+    async for key in client.scan_iter(match=f'{name}:*'):
+        await client.delete(key)
+
+
+# queues
+
+
+async def bench_send(client: Redis, count: int = 5000) -> Row:
+    queue = Queue(_name('send'), Message)
+    broker = RedisBroker(DSN)
+    bound, items = broker[queue], _messages(count)
+
+    async def ours() -> None:
+        for item in items:
+            await bound.send(item)
+
+    async def raw() -> None:
+        for item in items:
+            await client.rpush(queue.name, msgspec.json.encode(item))
+
+    ours_rate = await _best(3, lambda: rate(count, ours))
+    raw_rate = await _best(3, lambda: rate(count, raw))
+    await broker.close()
+    await _drop(client, queue.name)
+    return Row('sequential send (RPUSH)', ours_rate, raw_rate, 'msg/s', 0.85)
+
+
+async def bench_send_many(client: Redis, total: int = 50_000, batch: int = 500) -> Row:
+    queue = Queue(_name('many'), Message)
+    broker = RedisBroker(DSN)
+    bound = broker[queue]
+    batches = [_messages(batch) for _ in range(total // batch)]
+
+    async def ours() -> None:
+        for chunk in batches:
+            await bound.send_many(chunk)
+
+    async def raw() -> None:
+        for chunk in batches:
+            async with client.pipeline(transaction=False) as pipe:
+                for item in chunk:
+                    pipe.rpush(queue.name, msgspec.json.encode(item))
+                await pipe.execute()
+
+    ours_rate = await _best(3, lambda: rate(total, ours))
+    await client.delete(queue.name)
+    raw_rate = await _best(3, lambda: rate(total, raw))
+    await broker.close()
+    await _drop(client, queue.name)
+    return Row(f'send_many, {batch}/batch (pipelined RPUSH)', ours_rate, raw_rate, 'msg/s', 0.7)
+
+
+async def _fill(client: Redis, name: str, total: int) -> None:
+    bodies = [msgspec.json.encode(item) for item in _messages(total)]
+    for start in range(0, total, 10_000):
+        await client.rpush(name, *bodies[start:start + 10_000])
+
+
+async def bench_drain(client: Redis, total: int = 100_000, concurrency: int = 64) -> Row:
+    name = _name('drain')
+    decoder = msgspec.json.Decoder(Message)
+
+    async def raw() -> None:
+        while items := cast(list[bytes] | None, await client.lpop(name, 500)):
+            for body in items:
+                decoder.decode(body)
+
+    await _fill(client, name, total)
+    raw_rate = await rate(total, raw)
+
+    queue = Queue(name, Message)
+    handled = 0
+    done = asyncio.Event()
+
+    class Drainer(MicroAgent):
+        @consumer(queue, concurrency=concurrency)
+        async def work(self, message: Message) -> None:
+            nonlocal handled
+            handled += 1
+            if handled == total:
+                done.set()
+
+    await _fill(client, name, total)
+    broker = RedisBroker(DSN)
+    agent = Drainer(broker=broker)
+
+    async def ours() -> None:
+        await agent._start()
+        await done.wait()
+
+    ours_rate = await rate(total, ours)
+    await agent.stop()
+    await broker.close()
+    await _drop(client, name)
+    return Row(f'drain 100k with acks (concurrency {concurrency}; raw: LPOP 500 + decode)',
+               ours_rate, raw_rate, 'msg/s', 0.12)
+
+
+# signals
+
+
+async def bench_signal(client: Redis, count: int = 3000) -> Row:
+    prefix = f'B{uuid.uuid4().hex[:8]}'
+    signal = Signal(_name('signal'), Message)
+    decoder = msgspec.json.Decoder(Message)
+    items = _messages(count)
+    got = 0
+    all_in = asyncio.Event()
+
+    def received() -> None:
+        nonlocal got
+        got += 1
+        if got == count:
+            all_in.set()
+
+    class Listener(MicroAgent):
+        @receiver(signal)
+        async def on_message(self, message: Message) -> None:
+            received()
+
+    listening, sending = RedisSignalBus(DSN, prefix=prefix), RedisSignalBus(DSN, prefix=prefix)
+    agent = Listener(bus=listening)
+    await agent._start()
+    bound = sending[signal]
+
+    async def ours() -> None:
+        nonlocal got
+        got = 0
+        all_in.clear()
+        for item in items:
+            await bound.send('bench', item)
+        await all_in.wait()
+
+    channel = f'{prefix}:{signal.name}:bench'
+    pubsub = client.pubsub()
+    await pubsub.psubscribe(f'{prefix}:{signal.name}:*')
+
+    async def read() -> None:
+        async for message in pubsub.listen():
+            if message['type'] == 'pmessage':
+                decoder.decode(message['data'])
+                received()
+
+    reader = asyncio.create_task(read())
+
+    async def raw() -> None:
+        nonlocal got
+        got = 0
+        all_in.clear()
+        for item in items:
+            await client.publish(channel, msgspec.json.encode(item))
+        await all_in.wait()
+
+    ours_rate = raw_rate = 0.0
+    for _ in range(4):  # alternate, so a noisy neighbour hurts both sides alike; best of each
+        ours_rate = max(ours_rate, await rate(count, ours))
+        raw_rate = max(raw_rate, await rate(count, raw))
+    await agent.stop()
+    await listening.close()
+    await sending.close()
+    reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    return Row('signal send -> receive, sequential (PUBLISH)', ours_rate, raw_rate, 'msg/s', 0.85)
+
+
+async def bench_rpc(client: Redis, count: int = 1000) -> list[Row]:
+    prefix = f'B{uuid.uuid4().hex[:8]}'
+    signal = Signal(_name('rpc'), Count, returns=int)
+
+    class Counter(MicroAgent):
+        @receiver(signal)
+        async def count(self, query: Count) -> int:
+            return query.user_id + 1
+
+    serving, calling = RedisSignalBus(DSN, prefix=prefix), RedisSignalBus(DSN, prefix=prefix)
+    agent = Counter(bus=serving)
+    await agent._start()
+    bound = calling[signal]
+    await bound.call('bench', Count(user_id=0), timeout=5)  # warm up: response subscription
+    ours: list[float] = []
+    for i in range(count):
+        start = time.perf_counter()
+        await bound.call('bench', Count(user_id=i), timeout=5)
+        ours.append(time.perf_counter() - start)
+    await agent.stop()
+    await serving.close()
+    await calling.close()
+
+    # raw ping-pong: a responder reads the request and publishes an answer the caller reads
+    requests, answers = client.pubsub(), client.pubsub()
+    await requests.psubscribe(f'{prefix}:req:*')
+    await answers.psubscribe(f'{prefix}:resp:*')
+    waiting: dict[bytes, asyncio.Future[bytes]] = {}
+
+    async def respond() -> None:
+        async for message in requests.listen():
+            if message['type'] == 'pmessage':
+                request_id = message['channel'].rpartition(b'#')[2]
+                value = msgspec.json.decode(message['data'], type=Count).user_id + 1
+                await client.publish(f'{prefix}:resp:x#{request_id.decode()}',
+                                     msgspec.json.encode({'Raw.count': value}))
+
+    async def collect() -> None:
+        async for message in answers.listen():
+            if message['type'] == 'pmessage':
+                future = waiting.pop(message['channel'].rpartition(b'#')[2], None)
+                if future is not None:
+                    future.set_result(message['data'])
+
+    tasks = [asyncio.create_task(respond()), asyncio.create_task(collect())]
+    raw: list[float] = []
+    loop = asyncio.get_running_loop()
+    for i in range(count + 1):
+        request_id = uuid.uuid4().hex
+        future: asyncio.Future[bytes] = loop.create_future()
+        waiting[request_id.encode()] = future
+        start = time.perf_counter()
+        await client.publish(f'{prefix}:req:bench#{request_id}', msgspec.json.encode(Count(user_id=i)))
+        await future
+        if i:  # the first one warms up
+            raw.append(time.perf_counter() - start)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await requests.aclose()  # type: ignore[no-untyped-call]
+    await answers.aclose()  # type: ignore[no-untyped-call]
+    micro = 1e6
+    return [Row('RPC round trip p50 (raw: pub/sub ping-pong)', median(ours) * micro, median(raw) * micro,
+                'us', 1 / 1.3, lower_is_better=True),
+            Row('RPC round trip p99', percentile(ours, 0.99) * micro, percentile(raw, 0.99) * micro, 'us',
+                lower_is_better=True)]
+
+
+# codecs and memory
+
+
+def bench_codecs(count: int = 20_000) -> list[Row]:
+    rows = []
+    for label, model, make in (('msgspec', Message, lambda i: Message(user_id=i, text='hello')),
+                               ('pydantic', PydanticMessage, lambda i: PydanticMessage(user_id=i, text='hello'))):
+        codec: Any = codec_for(model, 'benchmark')
+        items = [make(i) for i in range(count)]
+        start = time.perf_counter()
+        bodies = [codec.encode(item) for item in items]
+        encode = (time.perf_counter() - start) / count * 1e6
+        start = time.perf_counter()
+        for body in bodies:
+            codec.decode(body)
+        decode = (time.perf_counter() - start) / count * 1e6
+        rows.append(Row(f'encode+validate, {label}', encode, None, 'us/msg', note='send side'))
+        rows.append(Row(f'decode+validate, {label}', decode, None, 'us/msg', note='receive side'))
+    return rows
+
+
+async def bench_idle_memory() -> Row:
+    signal, queue = Signal(_name('idle'), Message), Queue(_name('idle'), Message)
+
+    class Idle(MicroAgent):
+        @receiver(signal)
+        async def on_message(self, message: Message) -> None: ...
+
+        @consumer(queue)
+        async def work(self, message: Message) -> None: ...
+
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    bus, broker = RedisSignalBus(DSN), RedisBroker(DSN)
+    agent = Idle(bus=bus, broker=broker)
+    await agent._start()
+    await asyncio.sleep(2)
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    await agent.stop()
+    await bus.close()
+    await broker.close()
+    return Row('memory of an idle agent (1 receiver, 1 consumer)', used / 1024, None, 'KiB',
+               note='tracemalloc, after 2 s idle')
+
+
+async def main() -> None:
+    client = Redis.from_url(DSN)
+    rows: list[Row] = []
+    try:
+        rows.append(await bench_send(client))
+        rows.append(await bench_send_many(client))
+        rows.append(await bench_drain(client))
+        rows.append(await bench_signal(client))
+        rows.extend(await bench_rpc(client))
+        rows.extend(bench_codecs())
+        rows.append(await bench_idle_memory())
+    finally:
+        await client.aclose()
+    print_table(f'microagent on Redis vs raw redis-py ({DSN.rpartition("@")[2]})', rows)
+
+
+if __name__ == '__main__':
+    asyncio.run(main())
