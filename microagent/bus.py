@@ -136,7 +136,10 @@ class AbstractSignalBus(ABC):
 
     async def _broadcast(self, signal: Signal[Any, Any], sender: str, request_id: str, payload: Any,
                          receivers: list[Receiver]) -> None:
-        results = await asyncio.gather(*(self._call(r, payload, sender) for r in receivers))
+        if len(receivers) == 1:  # the common case: no gather, no extra task per message
+            results = [await self._call(receivers[0], payload, sender)]
+        else:
+            results = await asyncio.gather(*(self._call(r, payload, sender) for r in receivers))
         if not request_id:
             return
         answers: dict[str, msgspec.Raw] = {}
