@@ -65,6 +65,17 @@ async def test_a_queue_sent_to_before_any_consumer_keeps_its_messages(amqp: Serv
         assert sorted(await got.wait(3)) == [0, 1, 2]
 
 
+async def test_a_queue_deleted_behind_the_broker_is_declared_again_on_send(
+        amqp: Servers, unique: str) -> None:
+    queue = Queue(f'vanishing_{unique}', Job)
+    bound = amqp.broker()[queue]
+    await bound.send(Job(job_id=1))
+    channel = await amqp.raw()
+    await channel.queue_delete(queue.name)
+    await bound.send_many([Job(job_id=2), Job(job_id=3)])  # not silently dropped by the default exchange
+    assert await bound.length() == 2
+
+
 async def test_prefetch_is_the_consumer_concurrency(amqp: Servers, unique: str) -> None:
     queue = Queue(f'prefetch_{unique}', Job)
     started = Collector()

@@ -252,8 +252,15 @@ class AMQPBroker(AbstractQueueBroker):
     async def put(self, queue: Queue[Any], messages: list[bytes]) -> None:
         await self.declare_queue(queue)
         # one Properties each: aiormq writes a fresh message_id into the object it is given
-        await self._publisher.publish([Outgoing('', queue.name, data, _properties()) for data in messages],
-                                      f'queue {queue.name!r}')
+        outgoing = [Outgoing('', queue.name, data, _properties(), mandatory=True) for data in messages]
+        try:
+            await self._publisher.publish(outgoing, f'queue {queue.name!r}')
+        except aiormq.PublishError:
+            # returned as unroutable: the queue was deleted behind our back; declare it and send again
+            self.log.warning('Queue %s was missing on RabbitMQ; declared it again', queue.name)
+            self._declared.discard(queue.name)
+            await self.declare_queue(queue)
+            await self._publisher.publish(outgoing, f'queue {queue.name!r}')
 
     async def route(self, exchange: str, routing_key: str, data: bytes) -> int:
         targets = [q for q in Queue.get_all().values() if q.routes(exchange, routing_key)]

@@ -147,6 +147,7 @@ class Outgoing:
     routing_key: str
     body: bytes
     properties: spec.Basic.Properties
+    mandatory: bool = False  # unroutable: RabbitMQ returns it and publish raises aiormq.PublishError
 
 
 def _interrupted(exc: BaseException, channel: AbstractChannel) -> bool:
@@ -214,6 +215,7 @@ class Publisher:
     @staticmethod
     async def _one(channel: AbstractChannel, out: Outgoing) -> Any:
         return await channel.basic_publish(out.body, exchange=out.exchange, routing_key=out.routing_key,
+                                           mandatory=out.mandatory,
                                            properties=out.properties)
 
     async def close(self) -> None:
