@@ -3,14 +3,14 @@
     python -m benchmarks.bench_amqp [--messages 1000] [--calls 200] [--rounds 5] [--dsn amqp://...]
 
 Both sides publish persistent JSON with publisher confirms, consume with prefetch 32 and ack each
-message after decoding it into the same msgspec model, and answer RPC through a reply queue. A ratio
-above 1 is the price of microagent's validation, retries bookkeeping and handler calling.
+message after decoding it into the same msgspec model, and answer RPC through a reply queue. As in
+every benchmark table here, a ratio above 1 means faster than raw; below 1 is the price of
+microagent's validation, delivery bookkeeping and handler calling.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -25,6 +25,8 @@ from pamqp import commands as spec
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
 from microagent.tools.amqp import AMQPBroker, AMQPSignalBus
+
+from .harness import Row, median, percentile, print_table
 
 PREFETCH = 32
 
@@ -75,7 +77,7 @@ class Bench:
         self.tag = uuid.uuid4().hex[:8]
         self.queues: list[str] = []
         self.exchanges: list[str] = []
-        self.rows: list[tuple[str, float, float, str, float]] = []
+        self.rows: list[Row] = []
         self.raw: aiormq.abc.AbstractConnection | None = None
 
     async def channel(self, publisher_confirms: bool = True) -> AbstractChannel:
@@ -89,16 +91,14 @@ class Bench:
         return queue
 
     async def compare(self, label: str, ours: Run, raw: Run) -> None:
-        """Alternate the two sides ``rounds`` times. Throughputs are medians; the ratio is the median of
-        the per-round ratios, so a load that drifts during the run (a shared machine) cancels out."""
-        ours_times: list[float] = []
-        raw_times: list[float] = []
+        """Alternate the two sides ``rounds`` times, so a load that drifts during the run (a shared
+        machine) weighs on both alike; the rates are over all rounds."""
+        ours_time = raw_time = 0.0
         for _ in range(self.rounds):
-            ours_times.append(await ours())
-            raw_times.append(await raw())
-        ratio = statistics.median(o / r for o, r in zip(ours_times, raw_times, strict=True))
-        self.rows.append((label, self.n / statistics.median(ours_times), self.n / statistics.median(raw_times),
-                          'msg/s', ratio))
+            ours_time += await ours()
+            raw_time += await raw()
+        total = self.n * self.rounds
+        self.rows.append(Row(label, total / ours_time, total / raw_time, 'msg/s'))
 
     # broker
 
@@ -118,7 +118,7 @@ class Bench:
                 await channel.basic_publish(_encode(Job(job_id=i)), routing_key=raw_q.name,
                                             properties=persistent_json())
 
-        await self.compare('sequential send', lambda: timed(ours), lambda: timed(raw))
+        await self.compare('sequential send (confirmed)', lambda: timed(ours), lambda: timed(raw))
 
     async def batched_send(self, broker: AMQPBroker) -> None:
         ours_q, raw_q = self.queue('batch'), self.queue('batch_raw')
@@ -175,7 +175,7 @@ class Bench:
             await channel.close()
             return elapsed
 
-        await self.compare(f'drain {self.n} with acks', ours, raw)
+        await self.compare(f'drain {self.n} with acks (prefetch {PREFETCH})', ours, raw)
 
     # bus
 
@@ -278,9 +278,11 @@ class Bench:
                     ours.append(await timed(partial(ours_call, i)))
                 for i in range(self.calls):
                     raw.append(await timed(partial(raw_call, i)))
-        for name, q in (('p50', 50), ('p99', 99)):
-            mine, theirs = _percentile(ours, q), _percentile(raw, q)
-            self.rows.append((f'RPC round trip {name}', mine * 1000, theirs * 1000, 'ms', mine / theirs))
+        micro = 1e6
+        self.rows += [Row('RPC round trip p50 (raw: reply_to + correlation_id)', median(ours) * micro,
+                          median(raw) * micro, 'us', lower_is_better=True),
+                      Row('RPC round trip p99', percentile(ours, 0.99) * micro, percentile(raw, 0.99) * micro, 'us',
+                          lower_is_better=True)]
 
     async def run(self) -> None:
         self.raw = await aiormq.connect(self.dsn)
@@ -305,16 +307,8 @@ class Bench:
             await self.raw.close()
 
     def print(self) -> None:
-        print(f'microagent AMQP backend vs raw aiormq {version("aiormq")}: {self.n} messages and '
-              f'{self.calls} calls per round, {self.rounds} alternating rounds (medians)')
-        print(f'{"measure":<28} {"microagent":>12} {"raw aiormq":>12} {"unit":>6} {"ratio":>7}')
-        for label, ours, raw, unit, ratio in self.rows:
-            print(f'{label:<28} {ours:>12.1f} {raw:>12.1f} {unit:>6} {ratio:>6.2f}x')
-        print('ratio: microagent time / raw aiormq time (1.00x = as fast as raw; above 1 = slower)')
-
-
-def _percentile(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100, method='inclusive')[q - 1]
+        print_table(f'microagent on RabbitMQ vs raw aiormq {version("aiormq")}: {self.n} messages and '
+                    f'{self.calls} calls per round, {self.rounds} alternating rounds', self.rows)
 
 
 def main() -> None:
