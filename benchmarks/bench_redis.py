@@ -114,18 +114,10 @@ async def _fill(client: Redis, name: str, total: int) -> None:
         await client.rpush(name, *bodies[start:start + 10_000])
 
 
-async def bench_drain(client: Redis, total: int = 100_000, concurrency: int = 64) -> Row:
+async def bench_drain(client: Redis, total: int = 100_000, concurrency: int = 64, rounds: int = 3) -> Row:
+    """Alternate raw and ours ``rounds`` times on freshly filled queues; keep each side's best."""
     name = _name('drain')
     decoder = msgspec.json.Decoder(Message)
-
-    async def raw() -> None:
-        while items := cast(list[bytes] | None, await client.lpop(name, 500)):
-            for body in items:
-                decoder.decode(body)
-
-    await _fill(client, name, total)
-    raw_rate = await rate(total, raw)
-
     queue = Queue(name, Message)
     handled = 0
     done = asyncio.Event()
@@ -138,20 +130,32 @@ async def bench_drain(client: Redis, total: int = 100_000, concurrency: int = 64
             if handled == total:
                 done.set()
 
-    await _fill(client, name, total)
+    async def raw() -> None:
+        while items := cast(list[bytes] | None, await client.lpop(name, 500)):
+            for body in items:
+                decoder.decode(body)
+
     broker = RedisBroker(DSN)
-    agent = Drainer(broker=broker)
 
     async def ours() -> None:
         await agent._start()
         await done.wait()
 
-    ours_rate = await rate(total, ours)
-    await agent.stop()
+    raw_rates: list[float] = []
+    our_rates: list[float] = []
+    for _ in range(rounds):
+        await _fill(client, name, total)
+        raw_rates.append(await rate(total, raw))
+        await _fill(client, name, total)
+        handled = 0
+        done.clear()
+        agent = Drainer(broker=broker)
+        our_rates.append(await rate(total, ours))
+        await agent.stop()
     await broker.close()
     await _drop(client, name)
     return Row(f'drain 100k with acks (concurrency {concurrency}; raw: LPOP 500 + decode)',
-               ours_rate, raw_rate, 'msg/s', 0.12)
+               max(our_rates), max(raw_rates), 'msg/s', 0.12, note=f'best of {rounds} alternating rounds')
 
 
 # signals

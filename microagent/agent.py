@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -22,7 +22,6 @@ from .handlers import (
     call_maybe_async,
     specs_of,
 )
-from .payload import Codec
 from .queue import Queue
 from .signal import Signal
 from .timer import Timer, run_cron, run_periodic
@@ -60,31 +59,29 @@ class Receiver:
             return await call
 
 
-@dataclass(eq=False)
 class Consumer:
-    """A consumer method bound to an agent instance."""
+    """A consumer method bound to an agent instance; its settings come from the ``@consumer`` spec."""
 
-    agent: MicroAgent
-    handler: Callable[..., Awaitable[Any]]
-    queue: Queue[Any]
-    timeout: float
-    style: CallStyle
-    dto_class: type[Any] | None = None
-    dto_name: str | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
-    dto_codec: Codec[Any] | None = None
+    def __init__(self, agent: MicroAgent, handler: Callable[..., Awaitable[Any]], spec: ConsumerSpec) -> None:
+        self.agent = agent
+        self.handler = handler
+        self.spec = spec
+        self.queue: Queue[Any] = spec.queue
+        self.timeout = spec.timeout
+        self.style = spec.style
+        self.dto_class = spec.dto_class
+        self.dto_name = spec.dto_name
+        self.options = spec.options
+        self.dto_codec = spec.dto_codec
+        self.concurrency = spec.concurrency
+        self.prefetch = spec.prefetch
+        self.max_retries = spec.max_retries
+        self.retry_delay = spec.retry_delay
+        self.autoack = spec.autoack
+        self.key = f'{type(agent).__name__}.{handler.__name__}'
 
-    @property
-    def key(self) -> str:
-        return f'{type(self.agent).__name__}.{self.handler.__name__}'
-
-    @property
-    def concurrency(self) -> int:
-        return int(self.options.get('concurrency', 32))
-
-    @property
-    def max_retries(self) -> int:
-        return int(self.options.get('max_retries', 3))
+    def __repr__(self) -> str:
+        return f'<Consumer {self.key} of queue {self.queue.name}>'
 
     def decode(self, data: bytes) -> tuple[Any, Any]:
         """The queue payload and, with a ``dto_class``, the DTO built from it."""
@@ -99,20 +96,20 @@ class Consumer:
         except (TypeError, ValueError) as exc:
             raise InvalidPayload(f'queue {self.queue.name!r} (dto_class)', [str(exc)]) from None
 
-    async def __call__(self, decoded: tuple[Any, Any], context: Mapping[str, Any]) -> None:
+    def __call__(self, decoded: tuple[Any, Any], context: Mapping[str, Any]) -> Awaitable[Any]:
+        """Start the handler call; the broker awaits it under the consumer's ``timeout``."""
         payload, dto = decoded
         style = self.style
+        value = payload if self.dto_class is None else dto
+        if not (style.legacy or context):  # the common typed call
+            return self.handler(value) if style.positional else self.handler()
         if style.legacy:
             kwargs = {**self.queue.codec.to_kwargs(payload), **context}
             if self.dto_class is not None:
                 kwargs[self.dto_name or 'dto'] = dto
-            call = self.handler(**kwargs)
-        else:
-            extra = {key: value for key, value in context.items() if key in style.keywords}
-            value = dto if self.dto_class is not None else payload
-            call = self.handler(value, **extra) if style.positional else self.handler(**extra)
-        async with asyncio.timeout(self.timeout):
-            await call
+            return self.handler(**kwargs)
+        extra = {key: value for key, value in context.items() if key in style.keywords}
+        return self.handler(value, **extra) if style.positional else self.handler(**extra)
 
 
 class MicroAgent:
@@ -178,8 +175,7 @@ class MicroAgent:
         if isinstance(spec, ReceiverSpec):
             self.receivers.append(Receiver(self, method, spec.signal, spec.timeout, spec.style))
         elif isinstance(spec, ConsumerSpec):
-            self.consumers.append(Consumer(self, method, spec.queue, spec.timeout, spec.style,
-                                           spec.dto_class, spec.dto_name, spec.options, spec.dto_codec))
+            self.consumers.append(Consumer(self, method, spec))
         elif isinstance(spec, PeriodicSpec):
             self.periodic_tasks.append((attr, spec))
         elif isinstance(spec, CronSpec):

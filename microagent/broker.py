@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .dsn import hide_password
@@ -27,14 +30,24 @@ T = TypeVar('T')
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 
 
-@dataclass
-class Delivery:
-    """One message handed to a consumer. ``attempt`` counts deliveries, starting at 1."""
+NO_CONTEXT: Mapping[str, Any] = MappingProxyType({})
 
-    data: bytes
-    attempt: int = 1
-    token: Any = None
-    context: dict[str, Any] = field(default_factory=dict)
+
+class Delivery:
+    """One message handed to a consumer. ``attempt`` counts deliveries, starting at 1; ``context``
+    holds backend extras passed to handlers that ask for them (``amqp`` on RabbitMQ)."""
+
+    __slots__ = ('attempt', 'context', 'data', 'token')
+
+    def __init__(self, data: bytes, attempt: int = 1, token: Any = None,
+                 context: Mapping[str, Any] = NO_CONTEXT) -> None:
+        self.data = data
+        self.attempt = attempt
+        self.token = token
+        self.context = context
+
+    def __repr__(self) -> str:
+        return f'<Delivery attempt {self.attempt}: {self.data[:60]!r}>'
 
 
 @dataclass(frozen=True)
@@ -58,18 +71,57 @@ def backoff(attempt: int, base: float, cap: float = 60.0) -> float:
 
 
 class _Running:
-    """The loop and in-flight tasks of one bound consumer."""
+    """One bound consumer: a fetch loop filling a buffer, ``concurrency`` workers draining it, and a
+    watchdog enforcing the handler timeout (one timer per consumer, not one per message)."""
 
     def __init__(self, consumer: Consumer) -> None:
         self.consumer = consumer
         self.stopping = asyncio.Event()
         self.loop_task: asyncio.Task[None] | None = None
-        self.in_flight: set[asyncio.Task[None]] = set()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.buffer: deque[Delivery] = deque()
+        self.idle: deque[asyncio.Future[None]] = deque()
+        self.waking = False
         self.slot_freed = asyncio.Event()
+        self.busy = 0
+        self.deadlines: dict[asyncio.Task[Any], float] = {}
+        self.expired: set[asyncio.Task[Any]] = set()
 
-    def done(self, task: asyncio.Task[None]) -> None:
-        self.in_flight.discard(task)
-        self.slot_freed.set()
+    def wake_one(self) -> None:
+        """Wake one idle worker; it wakes the next if work remains. One wake pending at a time, so
+        handlers that never yield do not wake every worker for nothing."""
+        if self.waking:
+            return
+        while self.idle:
+            waiter = self.idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self.waking = True
+                return
+
+    async def wait_for_work(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self.idle.append(waiter)
+        await waiter
+        self.waking = False
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for waiter in self.idle:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.idle.clear()
+
+    async def watchdog(self) -> None:
+        """Cancel a worker whose handler overran its timeout; the worker reports a TimeoutError."""
+        tick = min(max(self.consumer.timeout / 20, 0.005), 1.0)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for task, deadline in list(self.deadlines.items()):
+                if deadline <= now and task not in self.expired:
+                    self.expired.add(task)
+                    task.cancel()
 
 
 class AbstractQueueBroker(ABC):
@@ -192,31 +244,36 @@ class AbstractQueueBroker(ABC):
         """Stop fetching, let in-flight handlers finish for up to ``grace`` s, release the rest."""
         runs = [r for c in consumers if (r := self._running.get(c.queue.name)) and r.consumer is c]
         for run in runs:
-            run.stopping.set()
+            run.stop()
             if self.fetch_cancel_safe and run.loop_task:
                 run.loop_task.cancel()
         loops = [r.loop_task for r in runs if r.loop_task]
         if loops:
             await asyncio.wait(loops, timeout=self.fetch_timeout + 1)
-        tasks = [t for r in runs for t in r.in_flight]
-        if tasks:
-            await asyncio.wait(tasks, timeout=grace)
         for run in runs:
-            for task in list(run.in_flight):
-                task.cancel()
-            if run.loop_task and not run.loop_task.done():
-                run.loop_task.cancel()
-            del self._running[run.consumer.queue.name]
-        leftovers = [t for r in runs for t in r.in_flight] + [r.loop_task for r in runs if r.loop_task]
+            if run.buffer:  # fetched, never started
+                await self.release(run.consumer.queue, list(run.buffer))
+                run.buffer.clear()
+        workers = [t for r in runs for t in r.tasks[1:]]
+        if workers:
+            await asyncio.wait(workers, timeout=grace)
+        leftovers = [t for r in runs for t in r.tasks if not t.done()]
+        leftovers += [r.loop_task for r in runs if r.loop_task and not r.loop_task.done()]
+        for task in leftovers:
+            task.cancel()
         if leftovers:
             await asyncio.gather(*leftovers, return_exceptions=True)
+        for run in runs:
+            del self._running[run.consumer.queue.name]
 
     async def _consume(self, run: _Running) -> None:
         consumer = run.consumer
-        queue, limit = consumer.queue, consumer.concurrency
+        queue, limit = consumer.queue, consumer.concurrency + consumer.prefetch
+        run.tasks = [asyncio.create_task(run.watchdog())]
+        run.tasks += [asyncio.create_task(self._work(run)) for _ in range(consumer.concurrency)]
         failures = 0
         while not run.stopping.is_set():
-            free = limit - len(run.in_flight)
+            free = limit - run.busy - len(run.buffer)
             if free <= 0:
                 run.slot_freed.clear()
                 await run.slot_freed.wait()
@@ -238,12 +295,33 @@ class AbstractQueueBroker(ABC):
             if run.stopping.is_set():
                 await self.release(queue, deliveries)
                 break
-            for delivery in deliveries:
-                task = asyncio.create_task(self._process(consumer, delivery))
-                run.in_flight.add(task)
-                task.add_done_callback(run.done)
+            if deliveries:
+                run.buffer.extend(deliveries)
+                run.wake_one()
 
-    async def _process(self, consumer: Consumer, delivery: Delivery) -> None:
+    async def _work(self, run: _Running) -> None:
+        """A worker: handles buffered deliveries one at a time until the consumer stops."""
+        task = asyncio.current_task()
+        assert task is not None
+        buffer = run.buffer
+        while True:
+            if not buffer:
+                if run.stopping.is_set():
+                    return
+                await run.wait_for_work()
+                continue
+            delivery = buffer.popleft()
+            if buffer:
+                run.wake_one()
+            run.busy += 1
+            try:
+                await self._process(run, task, delivery)
+            finally:
+                run.busy -= 1
+                run.slot_freed.set()
+
+    async def _process(self, run: _Running, task: asyncio.Task[Any], delivery: Delivery) -> None:
+        consumer = run.consumer
         queue = consumer.queue
         try:
             if len(delivery.data) > self.max_message_size:
@@ -256,17 +334,27 @@ class AbstractQueueBroker(ABC):
                 self.log.warning('Dead-lettered a message of queue %s: %s', queue.name, exc)
                 await self.dead_letter(queue, delivery, str(exc))
                 return
+            failure: Exception | None = None
+            run.deadlines[task] = time.monotonic() + consumer.timeout  # the loop's clock
             try:
                 await consumer(payload, delivery.context)
             except asyncio.CancelledError:
-                await self.release(queue, [delivery])
-                raise
+                if task not in run.expired:
+                    raise
+                failure = TimeoutError()
             except Exception as exc:
-                await self._failed(consumer, delivery, exc)
-                return
-            if consumer.options.get('autoack', True):
+                failure = exc
+            finally:
+                del run.deadlines[task]
+                if task in run.expired:  # the watchdog's cancel is consumed here, not by the next await
+                    run.expired.discard(task)
+                    task.uncancel()
+            if failure is not None:
+                await self._failed(consumer, delivery, failure)
+            elif consumer.autoack:
                 await self.ack(queue, delivery)
         except asyncio.CancelledError:
+            await self.release(queue, [delivery])
             raise
         except Exception:
             self.log.exception('Queue %s: could not settle a message; the backend will redeliver it',
@@ -279,7 +367,7 @@ class AbstractQueueBroker(ABC):
         else:
             reason = f'{type(exc).__name__}: {exc}'
         if delivery.attempt <= consumer.max_retries:
-            delay = backoff(delivery.attempt, float(consumer.options.get('retry_delay', 1.0)))
+            delay = backoff(delivery.attempt, consumer.retry_delay)
             self.log.warning('Queue %s: %s failed on attempt %d (%s); retry in %.2fs',
                              queue.name, consumer.key, delivery.attempt, reason, delay)
             await self.retry(queue, delivery, delay, reason)

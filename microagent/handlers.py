@@ -16,6 +16,7 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
+from functools import cached_property
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from croniter import croniter
@@ -36,6 +37,7 @@ HANDLERS_ATTR = '__microagent_handlers__'
 HOOK_LABELS = ('pre_start', 'post_start', 'pre_stop', 'server')
 DEFAULT_CONCURRENCY = 32
 DEFAULT_MAX_RETRIES = 3
+DEFAULT_RETRY_DELAY = 1.0
 
 
 @dataclass(frozen=True)
@@ -77,15 +79,32 @@ class ConsumerSpec:
     dto_name: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def concurrency(self) -> int:
+        """Handlers of this consumer running at once."""
         return int(self.options.get('concurrency', DEFAULT_CONCURRENCY))
 
-    @property
+    @cached_property
+    def prefetch(self) -> int:
+        """Messages fetched ahead of free handlers, so one round trip feeds many handlers (like
+        Celery's prefetch multiplier: 4 x concurrency by default). They stay owned by this consumer:
+        released on stop, reclaimed by another consumer if this one dies."""
+        return int(self.options.get('prefetch', 4 * self.concurrency))
+
+    @cached_property
     def max_retries(self) -> int:
         return int(self.options.get('max_retries', DEFAULT_MAX_RETRIES))
 
-    @property
+    @cached_property
+    def retry_delay(self) -> float:
+        """Backoff base: retries wait retry_delay, 2 x retry_delay, ... (capped at a minute)."""
+        return float(self.options.get('retry_delay', DEFAULT_RETRY_DELAY))
+
+    @cached_property
+    def autoack(self) -> bool:
+        return bool(self.options.get('autoack', True))
+
+    @cached_property
     def dto_codec(self) -> Codec[Any] | None:
         """The codec of ``dto_class`` when it is a model msgspec or pydantic can validate."""
         if self.dto_class is None:
@@ -238,7 +257,7 @@ class _ConsumerBase:
 
     def _bind(self, func: Any) -> Any:
         _check_async(func, 'consumer')
-        for key in ('concurrency', 'max_retries'):
+        for key in ('concurrency', 'max_retries', 'prefetch'):
             if key in self.options:
                 value = self.options[key]
                 if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == 'concurrency' else 0):

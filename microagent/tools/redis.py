@@ -157,12 +157,14 @@ class _Owned:
     def take(self, bodies: list[bytes]) -> None:
         self.held.update(bodies)
 
-    def drop(self, body: bytes) -> None:
-        left = self.held[body] - 1
-        if left > 0:
-            self.held[body] = left
-        else:
-            del self.held[body]
+    def drop(self, bodies: list[bytes]) -> None:
+        held = self.held
+        for body in bodies:
+            left = held[body] - 1
+            if left > 0:
+                held[body] = left
+            else:
+                del held[body]
 
 
 class RedisBroker(AbstractQueueBroker):
@@ -261,14 +263,14 @@ class RedisBroker(AbstractQueueBroker):
         bodies = self._acks.pop(name)
         owned = self._owned[name]
         try:
-            await self._script('ACK')(keys=[owned.keys.inflight, owned.keys.attempts], args=bodies)
+            await self._script('ACK')(keys=[owned.keys.inflight, owned.keys.attempts],
+                                      args=[b''.join(bodies), ','.join(str(len(b)) for b in bodies)])
         except Exception as exc:
             owned.dirty = True
             self.log.warning('Queue %s: %d acks failed (%s: %s); the messages will be delivered again',
                              name, len(bodies), type(exc).__name__, exc)
         finally:
-            for body in bodies:
-                owned.drop(body)
+            owned.drop(bodies)
 
     async def retry(self, queue: Queue[Any], delivery: Delivery, delay: float, reason: str) -> None:
         keys = self._owned[queue.name].keys
@@ -304,7 +306,7 @@ class RedisBroker(AbstractQueueBroker):
             raise
         finally:
             for delivery in deliveries:
-                owned.drop(delivery.data)
+                owned.drop([delivery.data])
 
     async def _settle(self, name: str, delivery: Delivery, operation: Awaitable[Any]) -> None:
         """Run a settle operation; if it fails, the message becomes an orphan of our in-flight
@@ -316,7 +318,7 @@ class RedisBroker(AbstractQueueBroker):
             owned.dirty = True
             raise
         finally:
-            owned.drop(delivery.data)
+            owned.drop([delivery.data])
 
     # ownership: heartbeat, reclaiming dead consumers, orphans
 

@@ -115,12 +115,17 @@ end
 return {items, attempts, '-1'}
 """
 
-# Forget handled messages. KEYS: inflight, attempts. ARGV: bodies.
+# Forget handled messages. KEYS: inflight, attempts. ARGV: the bodies concatenated, their lengths
+# joined by commas (two arguments instead of one per message: packing is the client's hot cost).
 ACK = _FORGET + """
-for _, body in ipairs(ARGV) do
+local bodies, start, count = ARGV[1], 1, 0
+for size in string.gmatch(ARGV[2], '%d+') do
+  local body = string.sub(bodies, start, start + size - 1)
+  start = start + size
   if redis.call('LREM', KEYS[1], 1, body) > 0 then forget(KEYS[2], body) end
+  count = count + 1
 end
-return #ARGV
+return count
 """
 
 # Schedule a retry, only if this consumer still owns the message (else it was reclaimed and
