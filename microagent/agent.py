@@ -21,6 +21,7 @@ from .handlers import (
     ReceiverSpec,
     call_maybe_async,
     specs_of,
+    with_timeout,
 )
 from .queue import Queue
 from .signal import Signal
@@ -55,8 +56,7 @@ class Receiver:
             if 'signal' in style.keywords:
                 kwargs['signal'] = self.signal
             call = self.handler(payload, **kwargs) if style.positional else self.handler(**kwargs)
-        async with asyncio.timeout(self.timeout):
-            return await call
+        return await with_timeout(call, self.timeout)
 
 
 class Consumer:

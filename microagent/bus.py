@@ -7,9 +7,11 @@ receivers) lives here once, so every backend behaves the same.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import uuid
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -35,9 +37,34 @@ _answers_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 class _Pending:
     """Answers to one RPC request, collected until the caller stops waiting."""
 
+    __slots__ = ('answers', 'signal', 'wakeup')
+
     def __init__(self, signal: Signal[Any, Any]) -> None:
         self.signal = signal
-        self.answers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.answers: deque[dict[str, Any]] = deque()
+        self.wakeup: asyncio.Future[None] | None = None
+
+    def put(self, answer: dict[str, Any]) -> None:
+        self.answers.append(answer)
+        _wake(self.wakeup)
+
+    async def next(self, deadline: float) -> dict[str, Any] | None:
+        """The next answer, or None once the loop's clock passes ``deadline``."""
+        if not self.answers:
+            loop = asyncio.get_running_loop()
+            wakeup = self.wakeup = loop.create_future()
+            timer = loop.call_at(deadline, _wake, wakeup)
+            try:
+                await wakeup
+            finally:
+                timer.cancel()
+                self.wakeup = None
+        return self.answers.popleft() if self.answers else None
+
+
+def _wake(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
 
 
 class AbstractSignalBus(ABC):
@@ -48,6 +75,8 @@ class AbstractSignalBus(ABC):
         self.dsn = dsn
         self.prefix = prefix
         self.uid = uuid.uuid4().hex
+        # 32 hex digits like 1.x's uuid4().hex, unique per bus, without the cost of a uuid per call
+        self._request_ids = (f'{self.uid[:16]}{n:016x}' for n in itertools.count())
         self.log = log or logging.getLogger('microagent.bus')
         self.max_message_size = max_message_size
         self.receivers: dict[str, list[Receiver]] = {}
@@ -168,11 +197,6 @@ class AbstractSignalBus(ABC):
 
     # RPC
 
-    async def _ensure_response_binding(self) -> None:
-        if not self._response_bound:
-            self._response_bound = True
-            await self.subscribe(f'{self.prefix}:{RESPONSE_SIGNAL}:*')
-
     def _on_answer(self, request_id: str, data: bytes) -> None:
         pending = self._pending.get(request_id)
         if pending is None:
@@ -185,19 +209,22 @@ class AbstractSignalBus(ABC):
         except (msgspec.DecodeError, InvalidPayload) as exc:
             self.log.warning('Dropped answer to %s: %s', pending.signal.name, exc)
             return
-        pending.answers.put_nowait(answers)
+        pending.put(answers)
 
-    @asynccontextmanager
-    async def _request(self, signal: Signal[Any, R], sender: str, data: bytes) -> AsyncIterator[_Pending]:
-        await self._ensure_response_binding()
-        request_id = uuid.uuid4().hex
-        pending = _Pending(signal)
-        self._pending[request_id] = pending
+    async def _request(self, signal: Signal[Any, Any], sender: str, data: bytes) -> tuple[str, _Pending]:
+        """Publish an RPC request; its answers collect in the returned ``_Pending`` until the caller
+        drops it from ``_pending``. Request ids are unique per bus (its uid and a counter)."""
+        if not self._response_bound:
+            self._response_bound = True
+            await self.subscribe(f'{self.prefix}:{RESPONSE_SIGNAL}:*')
+        request_id = next(self._request_ids)
+        pending = self._pending[request_id] = _Pending(signal)
         try:
             await self.publish(f'{signal.make_channel_name(self.prefix, sender)}#{request_id}', data)
-            yield pending
-        finally:
+        except BaseException:
             del self._pending[request_id]
+            raise
+        return request_id, pending
 
     def _check_size(self, signal: Signal[Any, Any], data: bytes) -> bytes:
         if len(data) > self.max_message_size:
@@ -238,25 +265,29 @@ class BoundSignal(Generic[T, R]):
         """Send as RPC and return the first answer, ``{"Agent.method": value}``; ``TimeoutError``
         when no receiver answers within ``timeout`` seconds."""
         data = self._encode(payload, kwargs)
-        async with self.bus._request(self.signal, sender, data) as pending:
-            async with asyncio.timeout(timeout):
-                return await pending.answers.get()
+        deadline = asyncio.get_running_loop().time() + timeout
+        request_id, pending = await self.bus._request(self.signal, sender, data)
+        try:
+            answer = await pending.next(deadline)
+        finally:
+            del self.bus._pending[request_id]
+        if answer is None:
+            raise TimeoutError(f'no answer to signal {self.signal.name!r} within {timeout}s')
+        return answer
 
     @asynccontextmanager
     async def waiter(self, sender: str, payload: T | None = None, *, timeout: float = 60,
                      **kwargs: Any) -> AsyncIterator[AsyncIterator[dict[str, R]]]:
         """Send as RPC and iterate over every answer that arrives within ``timeout`` seconds."""
         data = self._encode(payload, kwargs)
-        async with self.bus._request(self.signal, sender, data) as pending:
-            yield _answers(pending, asyncio.get_running_loop().time() + timeout)
+        deadline = asyncio.get_running_loop().time() + timeout
+        request_id, pending = await self.bus._request(self.signal, sender, data)
+        try:
+            yield _answers(pending, deadline)
+        finally:
+            del self.bus._pending[request_id]
 
 
 async def _answers(pending: _Pending, deadline: float) -> AsyncIterator[dict[str, Any]]:
-    loop = asyncio.get_running_loop()
-    while (left := deadline - loop.time()) > 0:
-        try:
-            async with asyncio.timeout(left):
-                answer = await pending.answers.get()
-        except TimeoutError:
-            return
+    while (answer := await pending.next(deadline)) is not None:
         yield answer

@@ -386,5 +386,23 @@ async def call_maybe_async(func: Callable[[], Any]) -> Any:
 
 
 async def with_timeout(awaitable: Awaitable[T], timeout: float) -> T:
-    async with asyncio.timeout(timeout):
+    """``await`` under a deadline: ``asyncio.timeout``'s semantics with one timer handle and no
+    context manager, since a receiver pays it on every signal."""
+    task = asyncio.current_task()
+    assert task is not None
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
         return await awaitable
+    except asyncio.CancelledError:
+        if expired and task.uncancel() == 0:
+            raise TimeoutError from None
+        raise
+    finally:
+        timer.cancel()

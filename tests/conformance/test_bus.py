@@ -207,3 +207,32 @@ async def test_stopped_agent_receives_nothing(backend: Backend, unique: str) -> 
         await backend.bus()[signal].send('x', Query(user_id=2))
         await other.wait(2)
     assert got.items == [1]
+
+
+async def test_a_receiver_over_its_timeout_is_cut_off_and_logged(
+        backend: Backend, unique: str, caplog: pytest.LogCaptureFixture) -> None:
+    signal = Signal(f'slow_{unique}', Query, returns=str)
+    cancelled = asyncio.Event()
+
+    class Slow(MicroAgent):
+        @receiver(signal, timeout=0.05)
+        async def slow(self, query: Query) -> str:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return 'late'
+
+        @receiver(signal)
+        async def quick(self, query: Query) -> str:
+            return 'quick'
+
+    async with Slow(bus=backend.bus()):
+        answers: dict[str, str] = {}
+        async with backend.bus()[signal].waiter('caller', Query(user_id=1), timeout=1) as replies:
+            async for reply in replies:
+                answers.update(reply)
+    assert answers == {'Slow.quick': 'quick'}
+    assert cancelled.is_set()
+    assert f'Receiver Slow.slow of slow_{unique} timed out after 0.1s' in caplog.text
