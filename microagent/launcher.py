@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -167,16 +167,15 @@ async def _stop(item: _Running, grace: float) -> None:
     agent.log.info('Stopped')
 
 
-async def _single_process(configs: Sequence[AgentConfig], grace: float, stop_after: float | None) -> int:
+def _stop_on_signals(stopping: asyncio.Event, stop_after: float | None, again: str,
+                     on_again: Callable[[], object]) -> None:
+    """SIGINT/SIGTERM (or ``stop_after`` seconds) set ``stopping``; a second signal calls ``on_again``."""
     loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    main_task = asyncio.current_task()
 
     def on_signal(sig: signal.Signals) -> None:
         if stopping.is_set():
-            log.warning('Received %s again: stopping now', sig.name)
-            if main_task is not None:
-                main_task.cancel()
+            log.warning('Received %s again: %s', sig.name, again)
+            on_again()
         else:
             log.info('Received %s: stopping the group', sig.name)
             stopping.set()
@@ -185,6 +184,13 @@ async def _single_process(configs: Sequence[AgentConfig], grace: float, stop_aft
         loop.add_signal_handler(sig, on_signal, sig)
     if stop_after is not None:
         loop.call_later(stop_after, _time_is_up, stopping, stop_after)
+
+
+async def _single_process(configs: Sequence[AgentConfig], grace: float, stop_after: float | None) -> int:
+    stopping = asyncio.Event()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    _stop_on_signals(stopping, stop_after, 'stopping now', main_task.cancel)
     log.info('Running %d agents in one process: %s', len(configs), ', '.join(c.name for c in configs))
     return await run_agents(configs, stopping, grace)
 
@@ -254,21 +260,8 @@ def _describe(returncode: int) -> str:
 
 async def _supervise(modules: Sequence[str], configs: Sequence[AgentConfig], grace: float,
                      stop_after: float | None, child_args: list[str]) -> int:
-    loop = asyncio.get_running_loop()
     stopping, force = asyncio.Event(), asyncio.Event()
-
-    def on_signal(sig: signal.Signals) -> None:
-        if stopping.is_set():
-            log.warning('Received %s again: killing the agents', sig.name)
-            force.set()
-        else:
-            log.info('Received %s: stopping the group', sig.name)
-            stopping.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
-    if stop_after is not None:
-        loop.call_later(stop_after, _time_is_up, stopping, stop_after)
+    _stop_on_signals(stopping, stop_after, 'killing the agents', force.set)
     # Agents hold the read end of this pipe; it reaches EOF when marun is gone, however it died.
     read_fd, write_fd = os.pipe()
     procs: dict[str, asyncio.subprocess.Process] = {}

@@ -4,8 +4,11 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from redis.asyncio import Redis
 
-from tests.backends import BACKENDS, Backend
+from tests.amqp_support import Servers, require_rabbitmq
+from tests.backends import BACKENDS, REDIS_TEST_DSN, Backend
+from tests.services import REDIS_HOST, REDIS_PORT, require_service
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -19,3 +22,23 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
 def unique() -> str:
     """A suffix that keeps declaration names of one test apart from every other test's."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[Redis]:
+    """A plain redis-py client on the test db, playing the 1.x agent (or checking what is stored)."""
+    require_service('Redis', REDIS_HOST, REDIS_PORT)
+    client = Redis.from_url(REDIS_TEST_DSN)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def amqp() -> AsyncIterator[Servers]:
+    """RabbitMQ connections of one test, closed (and its queues deleted) afterwards."""
+    require_rabbitmq()
+    servers = Servers()
+    try:
+        yield servers
+    finally:
+        await servers.close()

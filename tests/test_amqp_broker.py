@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -13,7 +12,7 @@ from pamqp import commands as spec
 
 from microagent import DeclarationError, MicroAgent, Queue, consumer
 from microagent.tools.amqp import AMQPBroker, AMQPMeta
-from tests.amqp_support import Servers, require_rabbitmq
+from tests.amqp_support import Servers
 from tests.helpers import Collector, eventually
 
 pytestmark = pytest.mark.amqp
@@ -21,16 +20,6 @@ pytestmark = pytest.mark.amqp
 
 class Job(msgspec.Struct, frozen=True):
     job_id: int
-
-
-@pytest.fixture
-async def amqp() -> AsyncIterator[Servers]:
-    require_rabbitmq()
-    servers = Servers()
-    try:
-        yield servers
-    finally:
-        await servers.close()
 
 
 async def _length_is(broker: AMQPBroker, queue: Queue[Any], expected: int) -> bool:

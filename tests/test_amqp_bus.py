@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiormq
@@ -12,7 +11,7 @@ import pytest
 from aiormq.abc import DeliveredMessage
 
 from microagent import MicroAgent, Signal, receiver
-from tests.amqp_support import Servers, require_rabbitmq
+from tests.amqp_support import Servers
 from tests.helpers import Collector
 
 pytestmark = pytest.mark.amqp
@@ -20,16 +19,6 @@ pytestmark = pytest.mark.amqp
 
 class Ping(msgspec.Struct, frozen=True):
     n: int
-
-
-@pytest.fixture
-async def amqp() -> AsyncIterator[Servers]:
-    require_rabbitmq()
-    servers = Servers()
-    try:
-        yield servers
-    finally:
-        await servers.close()
 
 
 async def _tap(amqp: Servers, binding: str) -> Collector:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
 
 import aiormq
 import msgspec
@@ -13,7 +12,7 @@ import pytest
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
 from microagent.tools.amqp import AMQPBroker
-from tests.amqp_support import Servers, break_connections, require_rabbitmq
+from tests.amqp_support import Servers, break_connections
 from tests.helpers import Collector, eventually
 
 pytestmark = pytest.mark.amqp
@@ -21,16 +20,6 @@ pytestmark = pytest.mark.amqp
 
 class Job(msgspec.Struct, frozen=True):
     job_id: int
-
-
-@pytest.fixture
-async def amqp() -> AsyncIterator[Servers]:
-    require_rabbitmq()
-    servers = Servers()
-    try:
-        yield servers
-    finally:
-        await servers.close()
 
 
 async def test_consumer_and_publisher_survive_a_broken_connection_and_lose_nothing(

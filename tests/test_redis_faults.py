@@ -19,21 +19,12 @@ from microagent import MicroAgent, Queue, Signal, consumer, receiver
 from microagent.tools.redis import RedisBroker, RedisSignalBus
 from tests.backends import REDIS_TEST_DSN
 from tests.helpers import Collector, eventually
-from tests.services import REDIS_HOST, REDIS_PORT, require_service
 
 pytestmark = pytest.mark.redis
 
 
 class Job(msgspec.Struct, frozen=True):
     job_id: int
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[Redis]:
-    require_service('Redis', REDIS_HOST, REDIS_PORT)
-    client = Redis.from_url(REDIS_TEST_DSN)
-    yield client
-    await client.aclose()
 
 
 async def _drop(client: Redis, *names: str) -> None:

@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -17,7 +16,7 @@ from microagent import MicroAgent, Queue, Signal, consumer, receiver
 from microagent.tools.redis import RedisBroker, RedisSignalBus
 from tests.backends import REDIS_TEST_DSN
 from tests.helpers import Collector, eventually
-from tests.services import REDIS_HOST, REDIS_PORT, require_service
+from tests.services import REDIS_HOST, REDIS_PORT
 
 pytestmark = pytest.mark.redis
 
@@ -29,15 +28,6 @@ class Note(msgspec.Struct, frozen=True):
 
 class Query(msgspec.Struct, frozen=True):
     user_id: int
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[Redis]:
-    """A plain redis-py client on the test db, playing the 1.x agent."""
-    require_service('Redis', REDIS_HOST, REDIS_PORT)
-    client = Redis.from_url(REDIS_TEST_DSN)
-    yield client
-    await client.aclose()
 
 
 async def _drop_queue(client: Redis, name: str) -> None:
