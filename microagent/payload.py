@@ -6,10 +6,9 @@ generated msgspec type. pydantic is imported only when a pydantic model is actua
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Generic, Literal, TypeVar, cast, is_typeddict
+from typing import Annotated, Any, Generic, Literal, TypeVar, cast
 
 import msgspec
 
@@ -22,17 +21,12 @@ JsonDict = dict[str, Any]
 JSON_SCHEMA_DIALECT = 'https://json-schema.org/draft/2020-12/schema'
 
 _encoder = msgspec.json.Encoder()
-_dict_decoder = msgspec.json.Decoder(dict[str, Any])
 _any_decoder = msgspec.json.Decoder()
 
 
 def encode_json(value: Any) -> bytes:
     """Encode plain JSON-able data (envelopes, RPC answers of untyped signals)."""
     return _encoder.encode(value)
-
-
-def decode_json(data: bytes | str) -> Any:
-    return _any_decoder.decode(data)
 
 
 class Codec(Generic[T]):
@@ -233,14 +227,6 @@ def codec_for(model: Any, target: str) -> Codec[Any]:
     if not isinstance(model, type) and not hasattr(model, '__origin__'):
         raise DeclarationError(f'{target}: the payload model must be a class or a type, got {model!r}')
     return MsgspecCodec(model, target)
-
-
-def is_model_class(model: object) -> bool:
-    """A model whose instances a typed handler receives (not a plain ``dict``)."""
-    return isinstance(model, type) and (
-        issubclass(model, msgspec.Struct) or dataclasses.is_dataclass(model)
-        or is_typeddict(model) or is_pydantic_model(model)
-    )
 
 
 # 1.x JSON type names and JSON Schema, turned into msgspec types that check a payload dict.
