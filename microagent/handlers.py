@@ -209,9 +209,10 @@ class _ReceiverDecorator(Generic[T, R]):
 
     def __call__(self, func: Any) -> Any:
         _check_async(func, 'receiver')
+        timeout = _check_seconds(func, 'timeout', self.timeout)
         style = CallStyle.of(func)
         for signal in self.signals:
-            _attach(func, ReceiverSpec(signal=signal, timeout=self.timeout, style=style))
+            _attach(func, ReceiverSpec(signal=signal, timeout=timeout, style=style))
         return func
 
 
@@ -240,7 +241,7 @@ def receiver(*signals: Signal[Any, Any], timeout: float = 60) -> _ReceiverDecora
     handler is its answer when the signal is sent with ``call``."""
     if not signals or not all(isinstance(s, Signal) for s in signals):
         raise TypeError(f'@receiver needs one or more Signal declarations, got {signals!r}')
-    return _ReceiverDecorator(signals, _check_seconds(receiver, 'timeout', timeout))
+    return _ReceiverDecorator(signals, timeout)
 
 
 class _DtoKwargsHandler(Protocol[D_contra]):
@@ -257,6 +258,7 @@ class _ConsumerBase:
 
     def _bind(self, func: Any) -> Any:
         _check_async(func, 'consumer')
+        timeout = _check_seconds(func, 'timeout', self.timeout)
         for key in ('concurrency', 'max_retries', 'prefetch'):
             if key in self.options:
                 value = self.options[key]
@@ -265,7 +267,7 @@ class _ConsumerBase:
                                      f'{1 if key == "concurrency" else 0}, got {value!r}')
         if any(isinstance(s, ConsumerSpec) for s in specs_of(func)):
             raise ValueError(f'{handler_name(func)}: a handler consumes one queue only')
-        _attach(func, ConsumerSpec(queue=self.queue, timeout=self.timeout, style=CallStyle.of(func),
+        _attach(func, ConsumerSpec(queue=self.queue, timeout=timeout, style=CallStyle.of(func),
                                    dto_class=self.dto_class, dto_name=self.dto_name, options=self.options))
         return func
 
@@ -333,7 +335,7 @@ def consumer(queue: Queue[Any], timeout: float = 60, dto_class: type[Any] | None
     running at once), ``max_retries`` (before dead-lettering), and backend ones such as ``autoack``."""
     if not isinstance(queue, Queue):
         raise TypeError(f'@consumer needs a Queue declaration, got {queue!r}')
-    args = (queue, _check_seconds(consumer, 'timeout', timeout), dto_class, dto_name, options)
+    args = (queue, timeout, dto_class, dto_name, options)
     if dto_class is None:
         return _ConsumerDecorator(*args)
     decorator: _DtoConsumerDecorator[Any] = _DtoConsumerDecorator(*args)

@@ -314,3 +314,16 @@ async def test_mocks_record_what_an_agent_sends(unique: str) -> None:
     await getattr(agent.broker, queue.name).declare()
     async with agent:
         agent.bus.bind_receiver.assert_awaited()  # type: ignore[attr-defined]
+
+
+def test_bad_handler_timeouts_name_the_handler(unique: str) -> None:
+    signal = Signal(f'timeouts_{unique}', Ping)
+    queue = Queue(f'timeouts_{unique}', Ping)
+    with pytest.raises(ValueError, match=r'Agent.on_ping: timeout must be a number > 0, got -1'):
+        class Agent(MicroAgent):
+            @receiver(signal, timeout=-1)
+            async def on_ping(self, ping: Ping) -> None: ...
+    with pytest.raises(ValueError, match=r'Worker.work: timeout must be a number > 0, got 0'):
+        class Worker(MicroAgent):
+            @consumer(queue, timeout=0)
+            async def work(self, ping: Ping) -> None: ...
