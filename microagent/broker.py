@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 T = TypeVar('T')
 
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+YIELD_EVERY = 32
 
 
 NO_CONTEXT: Mapping[str, Any] = MappingProxyType({})
@@ -82,7 +83,9 @@ class _Running:
         self.buffer: deque[Delivery] = deque()
         self.idle: deque[asyncio.Future[None]] = deque()
         self.waking = False
-        self.slot_freed = asyncio.Event()
+        self.refill = asyncio.Event()  # set when the work in hand falls to the low-water mark
+        self.capacity = consumer.concurrency + consumer.prefetch
+        self.low_water = self.capacity // 2
         self.busy = 0
         self.deadlines: dict[asyncio.Task[Any], float] = {}
         self.expired: set[asyncio.Task[Any]] = set()
@@ -268,16 +271,17 @@ class AbstractQueueBroker(ABC):
 
     async def _consume(self, run: _Running) -> None:
         consumer = run.consumer
-        queue, limit = consumer.queue, consumer.concurrency + consumer.prefetch
+        queue = consumer.queue
         run.tasks = [asyncio.create_task(run.watchdog())]
         run.tasks += [asyncio.create_task(self._work(run)) for _ in range(consumer.concurrency)]
         failures = 0
         while not run.stopping.is_set():
-            free = limit - run.busy - len(run.buffer)
-            if free <= 0:
-                run.slot_freed.clear()
-                await run.slot_freed.wait()
+            in_hand = run.busy + len(run.buffer)
+            if in_hand > run.low_water:  # fetch in large batches, while half the work is still in hand
+                run.refill.clear()
+                await run.refill.wait()
                 continue
+            free = run.capacity - in_hand
             try:
                 deliveries = await self.fetch(queue, free, self.fetch_timeout)
             except asyncio.CancelledError:
@@ -300,14 +304,18 @@ class AbstractQueueBroker(ABC):
                 run.wake_one()
 
     async def _work(self, run: _Running) -> None:
-        """A worker: handles buffered deliveries one at a time until the consumer stops."""
+        """A worker: handles buffered deliveries one at a time until the consumer stops. This is the
+        hot path, kept inline: per message, no coroutine but the handler's and the ack's."""
         task = asyncio.current_task()
         assert task is not None
-        buffer = run.buffer
+        consumer, buffer = run.consumer, run.buffer
+        queue = consumer.queue
+        streak = 0  # messages handled since this worker last let other tasks run
         while True:
             if not buffer:
                 if run.stopping.is_set():
                     return
+                streak = 0
                 await run.wait_for_work()
                 continue
             delivery = buffer.popleft()
@@ -315,50 +323,51 @@ class AbstractQueueBroker(ABC):
                 run.wake_one()
             run.busy += 1
             try:
-                await self._process(run, task, delivery)
+                try:
+                    payload = self._decode(consumer, delivery)
+                except InvalidPayload as exc:
+                    self.log.warning('Dead-lettered a message of queue %s: %s', queue.name, exc)
+                    await self.dead_letter(queue, delivery, str(exc))
+                    continue
+                failure: Exception | None = None
+                run.deadlines[task] = time.monotonic() + consumer.timeout  # the loop's clock
+                try:
+                    await consumer(payload, delivery.context)
+                except asyncio.CancelledError:
+                    if task not in run.expired:
+                        raise
+                    failure = TimeoutError()
+                except Exception as exc:
+                    failure = exc
+                finally:
+                    del run.deadlines[task]
+                    if task in run.expired:  # the watchdog's cancel is consumed here, not by the next await
+                        run.expired.discard(task)
+                        task.uncancel()
+                if failure is not None:
+                    await self._failed(consumer, delivery, failure)
+                elif consumer.autoack:
+                    await self.ack(queue, delivery)
+            except asyncio.CancelledError:
+                await self.release(queue, [delivery])
+                raise
+            except Exception:
+                self.log.exception('Queue %s: could not settle a message; the backend will redeliver it',
+                                   queue.name)
             finally:
                 run.busy -= 1
-                run.slot_freed.set()
+            if run.busy + len(buffer) <= run.low_water:
+                run.refill.set()
+            streak += 1
+            if streak == YIELD_EVERY:  # handlers that never wait would starve the fetch loop's I/O
+                streak = 0
+                await asyncio.sleep(0)
 
-    async def _process(self, run: _Running, task: asyncio.Task[Any], delivery: Delivery) -> None:
-        consumer = run.consumer
-        queue = consumer.queue
-        try:
-            if len(delivery.data) > self.max_message_size:
-                await self.dead_letter(queue, delivery, f'message of {len(delivery.data)} bytes exceeds '
-                                                        f'{self.max_message_size}')
-                return
-            try:
-                payload = consumer.decode(delivery.data)
-            except InvalidPayload as exc:
-                self.log.warning('Dead-lettered a message of queue %s: %s', queue.name, exc)
-                await self.dead_letter(queue, delivery, str(exc))
-                return
-            failure: Exception | None = None
-            run.deadlines[task] = time.monotonic() + consumer.timeout  # the loop's clock
-            try:
-                await consumer(payload, delivery.context)
-            except asyncio.CancelledError:
-                if task not in run.expired:
-                    raise
-                failure = TimeoutError()
-            except Exception as exc:
-                failure = exc
-            finally:
-                del run.deadlines[task]
-                if task in run.expired:  # the watchdog's cancel is consumed here, not by the next await
-                    run.expired.discard(task)
-                    task.uncancel()
-            if failure is not None:
-                await self._failed(consumer, delivery, failure)
-            elif consumer.autoack:
-                await self.ack(queue, delivery)
-        except asyncio.CancelledError:
-            await self.release(queue, [delivery])
-            raise
-        except Exception:
-            self.log.exception('Queue %s: could not settle a message; the backend will redeliver it',
-                               queue.name)
+    def _decode(self, consumer: Consumer, delivery: Delivery) -> tuple[Any, Any]:
+        if len(delivery.data) > self.max_message_size:
+            raise InvalidPayload(f'queue {consumer.queue.name!r}', [
+                f'message of {len(delivery.data)} bytes exceeds {self.max_message_size}'])
+        return consumer.decode(delivery.data)
 
     async def _failed(self, consumer: Consumer, delivery: Delivery, exc: Exception) -> None:
         queue = consumer.queue

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
 from microagent.tools.redis import RedisBroker, RedisSignalBus
+from microagent.tools.redis_scripts import inflight_key
 from tests.backends import REDIS_TEST_DSN
 from tests.helpers import Collector, eventually
 from tests.services import REDIS_HOST, REDIS_PORT
@@ -222,6 +223,34 @@ async def test_retry_keeps_the_raw_body_and_counts_attempts_beside_it(raw: Redis
     finally:
         await broker.close()
         await _drop_queue(raw, queue.name)
+
+
+async def test_acks_in_any_order_remove_exactly_the_handled_messages(raw: Redis, unique: str) -> None:
+    """Acks mostly trim the head of the in-flight list; out-of-order and identical bodies still
+    remove exactly one entry each, and what is still being handled stays owned."""
+    queue = Queue(f'acks_{unique}', Note)
+    bodies = [b'{"user_id":1,"text":"a"}', b'{"user_id":2,"text":"b"}', b'{"user_id":1,"text":"a"}',
+              b'{"user_id":3,"text":"c"}', b'{"user_id":4,"text":"d"}']
+    broker = RedisBroker(REDIS_TEST_DSN)
+    inflight = inflight_key(queue.name, broker.uid)
+    try:
+        await raw.rpush(queue.name, *bodies)
+        taken = await broker.fetch(queue, 5, timeout=1)
+        assert [d.data for d in taken] == bodies
+        for index in (1, 0, 4, 2):  # message 3 is still being handled
+            await broker.ack(queue, taken[index])
+        await eventually(lambda: _length_is(raw, inflight, 1))
+        assert await raw.lrange(inflight, 0, -1) == [bodies[3]]
+        await broker.ack(queue, taken[3])
+        await eventually(lambda: _length_is(raw, inflight, 0))
+        assert await raw.llen(queue.name) == 0
+    finally:
+        await broker.close()
+        await _drop_queue(raw, queue.name)
+
+
+async def _length_is(client: Redis, key: str, length: int) -> bool:
+    return bool(await client.llen(key) == length)
 
 
 async def _exists(client: Redis, key: str) -> bool:

@@ -177,6 +177,8 @@ class RedisBroker(AbstractQueueBroker):
     fetch_cancel_safe = True
     #: how long a read may take beyond its blocking time before the connection is deemed dead
     read_margin: float = 5.0
+    #: acks are sent together, at most this many seconds after the first of them
+    ack_delay: float = 0.002
 
     def __init__(self, dsn: str = DEFAULT_DSN, log: logging.Logger | None = None, *,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, heartbeat: float = 10.0,
@@ -250,7 +252,7 @@ class RedisBroker(AbstractQueueBroker):
         return bodies, attempts, float(wait)
 
     async def ack(self, queue: Queue[Any], delivery: Delivery) -> None:
-        """Acks of one event-loop turn go in one round trip, sent in the background: the handler's
+        """Acks of ``ack_delay`` seconds go in one round trip, sent in the background: the handler's
         slot is free at once. Until sent, the message stays in our in-flight list (held), so a
         crash redelivers it; a failed send makes it an orphan that the next heartbeat requeues."""
         batch = self._acks.get(queue.name)
@@ -260,6 +262,7 @@ class RedisBroker(AbstractQueueBroker):
         batch.append(delivery.data)
 
     async def _flush_acks(self, name: str) -> None:
+        await asyncio.sleep(self.ack_delay)  # gather the acks of a few milliseconds into one round trip
         bodies = self._acks.pop(name)
         owned = self._owned[name]
         try:
