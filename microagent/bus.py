@@ -173,7 +173,7 @@ class AbstractSignalBus(ABC):
             return
         answers: dict[str, msgspec.Raw] = {}
         for receiver, (ok, result) in zip(receivers, results, strict=True):
-            if not ok or (result is None and signal.returns is None):
+            if not ok:  # a failed receiver does not answer; one that returned None answers null, as in 1.x
                 continue
             try:
                 encoded = signal.answer_codec.encode(result) if signal.answer_codec else encode_json(result)

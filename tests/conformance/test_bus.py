@@ -236,3 +236,17 @@ async def test_a_receiver_over_its_timeout_is_cut_off_and_logged(
     assert answers == {'Slow.quick': 'quick'}
     assert cancelled.is_set()
     assert f'Receiver Slow.slow of slow_{unique} timed out after 0.1s' in caplog.text
+
+
+async def test_legacy_rpc_receiver_returning_nothing_answers_null(backend: Backend, unique: str) -> None:
+    """As in 1.x: every receiver that completes answers, None included."""
+    signal = Signal(name=f'notify_{unique}', providing_args=['user_id'])
+
+    class Notifier(MicroAgent):
+        @receiver(signal)
+        async def notify(self, **kwargs: Any) -> None:
+            pass
+
+    async with Notifier(bus=backend.bus()):
+        answer = await getattr(backend.bus(), signal.name).call('caller', user_id=1, timeout=5)
+    assert answer == {'Notifier.notify': None}
