@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import msgspec
 
@@ -71,11 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _schema(targets: list[str], asyncapi: bool, output: str | None) -> int:
-    command: Any = getattr(importlib.import_module('microagent.schema'), 'schema_command', None)
-    if command is None:
-        print('microagent: error: this build has no schema command', file=sys.stderr)
-        return 2
-    return int(command(targets, asyncapi, output))
+    from . import schema  # looked up at call time, so tests can stand in for it
+
+    return schema.schema_command(targets, asyncapi, output)
 
 
 async def _dead_letters(args: argparse.Namespace) -> int:
