@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -39,11 +39,10 @@ class Receiver:
     signal: Signal[Any, Any]
     timeout: float
     style: CallStyle
+    key: str = field(init=False)  # the answer key of 1.x RPC: ``Class.method``
 
-    @property
-    def key(self) -> str:
-        """The answer key of 1.x RPC: ``Class.method``."""
-        return f'{type(self.agent).__name__}.{self.handler.__name__}'
+    def __post_init__(self) -> None:
+        self.key = f'{type(self.agent).__name__}.{self.handler.__name__}'
 
     async def __call__(self, payload: Any, sender: str) -> Any:
         style = self.style
