@@ -64,7 +64,6 @@ class Consumer:
     def __init__(self, agent: MicroAgent, handler: Callable[..., Awaitable[Any]], spec: ConsumerSpec) -> None:
         self.agent = agent
         self.handler = handler
-        self.spec = spec
         self.queue: Queue[Any] = spec.queue
         self.timeout = spec.timeout
         self.style = spec.style

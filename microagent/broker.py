@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .dsn import hide_password
 from .errors import InvalidPayload
+from .payload import check_size
 from .queue import Queue
 
 if TYPE_CHECKING:
@@ -224,11 +225,7 @@ class AbstractQueueBroker(ABC):
         return await self.route(exchange, routing_key, data)
 
     def encode(self, queue: Queue[Any], payload: Any) -> bytes:
-        data = queue.codec.encode(payload)
-        if len(data) > self.max_message_size:
-            raise InvalidPayload(f'queue {queue.name!r}',
-                                 [f'message of {len(data)} bytes exceeds {self.max_message_size}'])
-        return data
+        return check_size(f'queue {queue.name!r}', queue.codec.encode(payload), self.max_message_size)
 
     # consuming
 
@@ -364,10 +361,7 @@ class AbstractQueueBroker(ABC):
                 await asyncio.sleep(0)
 
     def _decode(self, consumer: Consumer, delivery: Delivery) -> tuple[Any, Any]:
-        if len(delivery.data) > self.max_message_size:
-            raise InvalidPayload(f'queue {consumer.queue.name!r}', [
-                f'message of {len(delivery.data)} bytes exceeds {self.max_message_size}'])
-        return consumer.decode(delivery.data)
+        return consumer.decode(check_size(f'queue {consumer.queue.name!r}', delivery.data, self.max_message_size))
 
     async def _failed(self, consumer: Consumer, delivery: Delivery, exc: Exception) -> None:
         queue = consumer.queue

@@ -20,7 +20,7 @@ import msgspec
 
 from .dsn import hide_password
 from .errors import InvalidPayload
-from .payload import encode_json
+from .payload import check_size, encode_json
 from .signal import Signal
 
 if TYPE_CHECKING:
@@ -142,12 +142,8 @@ class AbstractSignalBus(ABC):
         if not receivers:
             return
         signal = receivers[0].signal
-        if len(data) > self.max_message_size:
-            self.log.warning('Dropped signal %s from %s: message of %d bytes exceeds %d',
-                             name, sender, len(data), self.max_message_size)
-            return
         try:
-            payload = signal.codec.decode(data)
+            payload = signal.codec.decode(check_size(f'signal {name!r}', data, self.max_message_size))
         except InvalidPayload as exc:
             self.log.warning('Dropped signal %s from %s: %s', name, sender, exc)
             return
@@ -226,12 +222,6 @@ class AbstractSignalBus(ABC):
             raise
         return request_id, pending
 
-    def _check_size(self, signal: Signal[Any, Any], data: bytes) -> bytes:
-        if len(data) > self.max_message_size:
-            raise InvalidPayload(f'signal {signal.name!r}',
-                                 [f'message of {len(data)} bytes exceeds {self.max_message_size}'])
-        return data
-
 
 class BoundSignal(Generic[T, R]):
     """A signal bound to a bus: ``send``, ``call`` and ``waiter``."""
@@ -253,7 +243,7 @@ class BoundSignal(Generic[T, R]):
             raise TypeError(f'signal {self.signal.name!r}: give the payload or keywords, not both')
         else:
             data = codec.encode(payload)
-        return self.bus._check_size(self.signal, data)
+        return check_size(f'signal {self.signal.name!r}', data, self.bus.max_message_size)
 
     async def send(self, sender: str, payload: T | None = None, **kwargs: Any) -> None:
         """Publish the signal; the payload is a model instance, or 1.x style keyword fields."""

@@ -29,6 +29,13 @@ def encode_json(value: Any) -> bytes:
     return _encoder.encode(value)
 
 
+def check_size(target: str, data: bytes, limit: int) -> bytes:
+    """``data`` itself, or ``InvalidPayload`` naming ``target`` when it is larger than ``limit`` bytes."""
+    if len(data) > limit:
+        raise InvalidPayload(target, [f'message of {len(data)} bytes exceeds {limit}'])
+    return data
+
+
 class Codec(Generic[T]):
     """Validates and serialises the payload of one signal, queue or RPC answer."""
 
