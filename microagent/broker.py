@@ -189,13 +189,11 @@ class AbstractQueueBroker(ABC):
     async def requeue_dead_letters(self, name: str) -> int:
         """Put every dead letter of the queue back on it, as fresh messages; return how many."""
 
-    async def route(self, exchange: str, routing_key: str, data: bytes) -> int:
-        """Deliver a message published to an exchange to every bound queue whose topics match.
-        Backends with native exchanges override this."""
-        targets = [q for q in Queue.get_all().values() if q.routes(exchange, routing_key)]
+    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[Queue[Any]]) -> None:
+        """Deliver a message published to an exchange to ``targets``, the declared queues it routes
+        to. Backends with native exchanges override this."""
         for queue in targets:
             await self.put(queue, [data])
-        return len(targets)
 
     async def declare_queue(self, queue: Queue[Any]) -> None:
         """Create the queue (and its exchange binding) where the backend needs it."""
@@ -222,7 +220,8 @@ class AbstractQueueBroker(ABC):
         data = b''
         for queue in targets:
             data = self.encode(queue, payload)
-        return await self.route(exchange, routing_key, data)
+        await self.route(exchange, routing_key, data, targets)
+        return len(targets)
 
     def encode(self, queue: Queue[Any], payload: Any) -> bytes:
         return check_size(f'queue {queue.name!r}', queue.codec.encode(payload), self.max_message_size)

@@ -262,14 +262,11 @@ class AMQPBroker(AbstractQueueBroker):
             await self.declare_queue(queue)
             await self._publisher.publish(outgoing, f'queue {queue.name!r}')
 
-    async def route(self, exchange: str, routing_key: str, data: bytes) -> int:
-        targets = [q for q in Queue.get_all().values() if q.routes(exchange, routing_key)]
+    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[Queue[Any]]) -> None:
         for queue in targets:
             await self.declare_queue(queue)  # the exchange and its bindings exist before the message
-        if targets:
-            await self._publisher.publish([Outgoing(exchange, routing_key, data, _properties())],
-                                          f'exchange {exchange!r}')
-        return len(targets)
+        await self._publisher.publish([Outgoing(exchange, routing_key, data, _properties())],
+                                      f'exchange {exchange!r}')
 
     # consuming
 

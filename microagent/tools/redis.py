@@ -207,14 +207,11 @@ class RedisBroker(AbstractQueueBroker):
     async def put(self, queue: Queue[Any], messages: list[bytes]) -> None:
         await self.redis.rpush(queue.name, *messages)
 
-    async def route(self, exchange: str, routing_key: str, data: bytes) -> int:
-        targets = [q for q in Queue.get_all().values() if q.routes(exchange, routing_key)]
-        if targets:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for queue in targets:
-                    pipe.rpush(queue.name, data)
-                await pipe.execute()
-        return len(targets)
+    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[Queue[Any]]) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:  # every bound queue, or none
+            for queue in targets:
+                pipe.rpush(queue.name, data)
+            await pipe.execute()
 
     async def queue_length(self, name: str) -> int:
         return int(await self.redis.llen(name))
