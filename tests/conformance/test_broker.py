@@ -108,6 +108,10 @@ async def _count(broker: Any, queue: Queue[Any], expected: int) -> bool:
     return bool(await broker[queue].dead_letter_count() == expected)
 
 
+async def _length(broker: Any, queue: Queue[Any], expected: int) -> bool:
+    return bool(await broker[queue].length() == expected)
+
+
 async def test_failing_handler_is_retried_then_succeeds(backend: Backend, unique: str) -> None:
     queue = Queue(f'flaky_{unique}', Job)
     attempts = Collector()
@@ -123,13 +127,9 @@ async def test_failing_handler_is_retried_then_succeeds(backend: Backend, unique
     async with Flaky(broker=broker):
         await broker[queue].send(Job(job_id=1))
         await attempts.wait(3)
-        await eventually(lambda: _settled(broker, queue))
+        await eventually(lambda: _length(broker, queue, 0))
     assert attempts.items == [1, 1, 1]
     assert await broker[queue].dead_letter_count() == 0
-
-
-async def _settled(broker: Any, queue: Queue[Any]) -> bool:
-    return bool(await broker[queue].length() == 0)
 
 
 async def test_always_failing_handler_is_dead_lettered_with_reason_and_attempts(
@@ -253,10 +253,6 @@ async def test_exchange_routes_by_topic(backend: Backend, unique: str) -> None:
     assert await broker.publish(f'push_{unique}', Job(job_id=2), routing_key='7.ios') == 1
     await eventually(lambda: _length(broker, everything, 2))
     assert await broker[android].length() == 1
-
-
-async def _length(broker: Any, queue: Queue[Any], expected: int) -> bool:
-    return bool(await broker[queue].length() == expected)
 
 
 async def test_fanout_exchange_reaches_every_bound_queue(backend: Backend, unique: str) -> None:
