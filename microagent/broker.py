@@ -357,8 +357,8 @@ class AbstractQueueBroker(ABC):
                 await self._give_back(queue, delivery, 'handle', exc, trace=True)
             finally:
                 run.busy -= 1
-            if run.busy + len(buffer) <= run.low_water:
-                run.refill.set()
+                if run.busy + len(buffer) <= run.low_water:  # also after a dead-lettered message's `continue`
+                    run.refill.set()
             streak += 1
             if streak == YIELD_EVERY:  # handlers that never wait would starve the fetch loop's I/O
                 streak = 0
