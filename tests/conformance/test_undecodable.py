@@ -62,7 +62,8 @@ async def test_undecodable_messages_are_dead_lettered_and_valid_ones_handled(bac
 
 @pytest.mark.parametrize('failures', [1, SETTLE_TRIES], ids=['once', 'every try'])
 async def test_failing_dead_letter_is_tried_again_then_released_never_lost(
-        backend: Backend, unique: str, failures: int, caplog: pytest.LogCaptureFixture) -> None:
+        backend: Backend, unique: str, failures: int, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     queue = Queue(f'settle_{unique}', Job)
     got = Collector()
 
@@ -81,7 +82,7 @@ async def test_failing_dead_letter_is_tried_again_then_released_never_lost(
             raise ConnectionError('dead-letter store unreachable')
         await real_dead_letter(target, delivery, reason)
 
-    broker.dead_letter = flaky_dead_letter  # type: ignore[method-assign]
+    monkeypatch.setattr(broker, 'dead_letter', flaky_dead_letter)
     await broker[queue].declare()
     caplog.set_level(logging.INFO, logger='microagent.broker')
     async with Worker(broker=broker):
