@@ -94,6 +94,7 @@ async def test_failing_dead_letter_is_tried_again_then_released_never_lost(
     assert f"queue 'settle_{unique}'" in calls.items[-1]
     returned = 'returned it to the queue, it will be delivered again' in caplog.text
     assert returned == (failures == SETTLE_TRIES)
+    assert ('dead-letter of the message succeeded on try 2' in caplog.text) == (failures == 1)
     assert 'could not dead-letter a message (ConnectionError: dead-letter store unreachable)' in caplog.text
     assert await broker[queue].length() == 0
     assert await unsettled_after_stop(backend, queue.name) == 0
