@@ -86,13 +86,20 @@ class Consumer:
         payload = self.queue.codec.decode(data)
         if self.dto_class is None:
             return payload, None
-        fields = self.queue.codec.to_kwargs(payload)
-        if self.dto_codec is not None:
-            return payload, self.dto_codec.from_kwargs(fields)
         try:
+            fields = self.queue.codec.to_kwargs(payload)
+            if self.dto_codec is not None:
+                return payload, self.dto_codec.from_kwargs(fields)
             return payload, self.dto_class(**fields)
+        except InvalidPayload:
+            raise
         except (TypeError, ValueError) as exc:
             raise InvalidPayload(f'queue {self.queue.name!r} (dto_class)', [str(exc)]) from None
+        except MemoryError:
+            raise
+        except Exception as exc:  # a dto_class constructor may raise anything: the message is still invalid
+            raise InvalidPayload(f'queue {self.queue.name!r} (dto_class)',
+                                 [f'{type(exc).__name__}: {exc}']) from None
 
     def __call__(self, decoded: tuple[Any, Any], context: Mapping[str, Any]) -> Awaitable[Any]:
         """Start the handler call; the broker awaits it under the consumer's ``timeout``."""

@@ -13,8 +13,9 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -30,6 +31,7 @@ T = TypeVar('T')
 
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 YIELD_EVERY = 32
+SETTLE_TRIES = 4  # a failed ack, retry or dead-letter is tried this often in all, then the message is released
 
 
 NO_CONTEXT: Mapping[str, Any] = MappingProxyType({})
@@ -134,6 +136,8 @@ class AbstractQueueBroker(ABC):
     fetch_timeout: float = 1.0
     #: True when cancelling ``fetch`` can never lose a message, so ``stop`` need not wait for it
     fetch_cancel_safe: bool = False
+    #: what becomes of a message that could be neither settled nor released, for the log
+    unsettled_fate: str = 'it stays unsettled until the backend gives it back'
 
     def __init__(self, dsn: str, log: logging.Logger | None = None,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
@@ -322,8 +326,7 @@ class AbstractQueueBroker(ABC):
                 try:
                     payload = self._decode(consumer, delivery)
                 except InvalidPayload as exc:
-                    self.log.warning('Dead-lettered a message of queue %s: %s', queue.name, exc)
-                    await self.dead_letter(queue, delivery, str(exc))
+                    await self._reject(queue, delivery, exc)
                     continue
                 failure: Exception | None = None
                 run.deadlines[task] = time.monotonic() + consumer.timeout  # the loop's clock
@@ -343,24 +346,77 @@ class AbstractQueueBroker(ABC):
                 if failure is not None:
                     await self._failed(consumer, delivery, failure)
                 elif consumer.autoack:
-                    await self.ack(queue, delivery)
+                    try:
+                        await self.ack(queue, delivery)
+                    except Exception as exc:
+                        await self._settle_failed(queue, delivery, 'ack', exc, partial(self.ack, queue, delivery))
             except asyncio.CancelledError:
                 await self.release(queue, [delivery])
                 raise
-            except Exception:
-                self.log.exception('Queue %s: could not settle a message; the backend will redeliver it',
-                                   queue.name)
+            except Exception as exc:  # a bug, not a backend failure: still, the message is not left in hand
+                await self._give_back(queue, delivery, 'handle', exc, trace=True)
             finally:
                 run.busy -= 1
-            if run.busy + len(buffer) <= run.low_water:
-                run.refill.set()
+                if run.busy + len(buffer) <= run.low_water:  # also after a dead-lettered message's `continue`
+                    run.refill.set()
             streak += 1
             if streak == YIELD_EVERY:  # handlers that never wait would starve the fetch loop's I/O
                 streak = 0
                 await asyncio.sleep(0)
 
     def _decode(self, consumer: Consumer, delivery: Delivery) -> tuple[Any, Any]:
-        return consumer.decode(check_size(f'queue {consumer.queue.name!r}', delivery.data, self.max_message_size))
+        try:
+            return consumer.decode(check_size(f'queue {consumer.queue.name!r}', delivery.data, self.max_message_size))
+        except InvalidPayload:
+            raise
+        except MemoryError:
+            raise
+        except Exception as exc:  # a custom decode: whatever it raises, the message cannot be handled
+            raise InvalidPayload(f'queue {consumer.queue.name!r}', [f'{type(exc).__name__}: {exc}']) from None
+
+    async def _reject(self, queue: Queue[Any], delivery: Delivery, exc: InvalidPayload) -> None:
+        self.log.warning('Dead-lettered a message of queue %s: %s', queue.name, exc)
+        await self._settle_message(queue, delivery, 'dead-letter', partial(self.dead_letter, queue, delivery, str(exc)))
+
+    async def _settle_message(self, queue: Queue[Any], delivery: Delivery, action: str,
+                              operation: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await operation()
+        except Exception as exc:
+            await self._settle_failed(queue, delivery, action, exc, operation)
+
+    async def _settle_failed(self, queue: Queue[Any], delivery: Delivery, action: str, exc: Exception,
+                             operation: Callable[[], Awaitable[None]]) -> None:
+        """A settle operation failed: try it again with backoff, then give the message back to the
+        queue, so no message stays in hand while the consumer lives."""
+        for tries in range(1, SETTLE_TRIES):
+            delay = backoff(tries, 0.05, 1.0)
+            self.log.warning('Queue %s: could not %s a message (%s: %s); trying again in %.2fs',
+                             queue.name, action, type(exc).__name__, exc, delay)
+            await asyncio.sleep(delay)
+            try:
+                await operation()
+            except Exception as again:
+                exc = again
+            else:
+                self.log.info('Queue %s: %s of the message succeeded on try %d', queue.name, action, tries + 1)
+                return
+        await self._give_back(queue, delivery, f'{action} ({SETTLE_TRIES} tries)', exc)
+
+    async def _give_back(self, queue: Queue[Any], delivery: Delivery, action: str, exc: Exception,
+                         trace: bool = False) -> None:
+        """Release a message that could not be settled; say truthfully what becomes of it."""
+        trace_of = exc if trace else None
+        try:
+            await self.release(queue, [delivery])
+        except Exception as failure:
+            self.log.error('Queue %s: could not %s a message (%s: %s) nor return it to the queue (%s: %s); %s',
+                           queue.name, action, type(exc).__name__, exc, type(failure).__name__, failure,
+                           self.unsettled_fate, exc_info=trace_of)
+        else:
+            self.log.error('Queue %s: could not %s a message (%s: %s); returned it to the queue, '
+                           'it will be delivered again', queue.name, action, type(exc).__name__, exc,
+                           exc_info=trace_of)
 
     async def _failed(self, consumer: Consumer, delivery: Delivery, exc: Exception) -> None:
         queue = consumer.queue
@@ -372,11 +428,12 @@ class AbstractQueueBroker(ABC):
             delay = backoff(delivery.attempt, consumer.retry_delay)
             self.log.warning('Queue %s: %s failed on attempt %d (%s); retry in %.2fs',
                              queue.name, consumer.key, delivery.attempt, reason, delay)
-            await self.retry(queue, delivery, delay, reason)
+            await self._settle_message(queue, delivery, 'retry', partial(self.retry, queue, delivery, delay, reason))
         else:
             self.log.error('Queue %s: %s failed on attempt %d (%s); dead-lettered',
                            queue.name, consumer.key, delivery.attempt, reason)
-            await self.dead_letter(queue, delivery, reason)
+            await self._settle_message(queue, delivery, 'dead-letter',
+                                       partial(self.dead_letter, queue, delivery, reason))
 
 
 class BoundQueue(Generic[T]):

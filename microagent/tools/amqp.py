@@ -167,6 +167,7 @@ class AMQPBroker(AbstractQueueBroker):
 
     #: a cancelled fetch loses nothing: what it buffered stays unacked and returns when the channel closes
     fetch_cancel_safe = True
+    unsettled_fate = 'it stays unacked; RabbitMQ delivers it again when its channel closes'
 
     def __init__(self, dsn: str, log: logging.Logger | None = None, *, reconnect_timeout: float = 60.0,
                  **options: Any) -> None:
@@ -320,8 +321,13 @@ class AMQPBroker(AbstractQueueBroker):
         meta = AMQPMeta(queue.name, channel, tag, bool(getattr(deliver, 'redelivered', False)),
                         message.exchange or '', message.routing_key or '', properties, token)
         delivery = Delivery(data=message.body, attempt=attempt, token=token, context={'amqp': meta})
-        token.drop = partial(self.dead_letter, queue, delivery)
+        token.drop = partial(self._drop, queue, delivery)
         return delivery
+
+    async def _drop(self, queue: Queue[Any], delivery: Delivery, reason: str) -> None:
+        """Dead-letter on the handler's ``reject``/``nack``; if that fails, the message goes back now."""
+        async with self._or_give_back(delivery.token):
+            await self.dead_letter(queue, delivery, reason)
 
     async def ack(self, queue: Queue[Any], delivery: Delivery) -> None:
         if not await _settle(delivery.token, 'ack'):
@@ -334,10 +340,10 @@ class AMQPBroker(AbstractQueueBroker):
             return  # settled by the handler (autoack=False): not ours to retry
         headers = {**_fresh_headers(token.properties), ATTEMPT_HEADER: delivery.attempt + 1,
                    REASON_HEADER: reason[:MAX_REASON]}
-        async with self._or_give_back(token):
-            retry = await self._retry_queue(queue.name, delay)
-            await self._publisher.publish([Outgoing('', retry, delivery.data, _properties(headers))],
-                                          f'queue {retry!r}')
+        # a failure leaves the message unacked: the engine tries again, then releases it
+        retry = await self._retry_queue(queue.name, delay)
+        await self._publisher.publish([Outgoing('', retry, delivery.data, _properties(headers))],
+                                      f'queue {retry!r}')
         await self.ack(queue, delivery)
 
     async def dead_letter(self, queue: Queue[Any], delivery: Delivery, reason: str) -> None:
@@ -347,10 +353,9 @@ class AMQPBroker(AbstractQueueBroker):
         headers = {**_fresh_headers(token.properties), ATTEMPT_HEADER: delivery.attempt,
                    REASON_HEADER: reason[:MAX_REASON], DEAD_AT_HEADER: time.time()}
         dead = queue.name + DEAD_SUFFIX
-        async with self._or_give_back(token):
-            await self.declare_queue(queue)
-            await self._publisher.publish([Outgoing(dead, '', delivery.data, _properties(headers))],
-                                          f'exchange {dead!r}')
+        await self.declare_queue(queue)  # a failure leaves the message unacked: the engine tries again
+        await self._publisher.publish([Outgoing(dead, '', delivery.data, _properties(headers))],
+                                      f'exchange {dead!r}')
         await self.ack(queue, delivery)
 
     @asynccontextmanager

@@ -175,6 +175,7 @@ class RedisBroker(AbstractQueueBroker):
     """
 
     fetch_cancel_safe = True
+    unsettled_fate = "it stays in this consumer's in-flight list until the next heartbeat returns it to the queue"
     #: how long a read may take beyond its blocking time before the connection is deemed dead
     read_margin: float = 5.0
     #: acks are sent together, at most this many seconds after the first of them
