@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from .broker import AbstractQueueBroker
 from .bus import AbstractSignalBus
@@ -300,7 +300,7 @@ class MicroAgent:
             server.cancel()
         await asyncio.gather(*servers, return_exceptions=True)
 
-    async def __aenter__(self) -> MicroAgent:
+    async def __aenter__(self) -> Self:
         await self._start()
         return self
 
