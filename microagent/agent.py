@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Self
 
 from .broker import AbstractQueueBroker
 from .bus import AbstractSignalBus
-from .errors import InvalidPayload, MissConfig, ServerInterrupt
+from .errors import DeclarationError, InvalidPayload, MissConfig, ServerInterrupt
 from .handlers import (
     CallStyle,
     ConsumerSpec,
@@ -139,8 +139,8 @@ class MicroAgent:
                 if isinstance(spec, ConsumerSpec):
                     other = queues.setdefault(spec.queue.name, attr)
                     if other != attr:
-                        raise ValueError(f'{cls.__qualname__}: queue {spec.queue.name!r} is consumed by both '
-                                         f'{other} and {attr}; a queue has one consumer per agent')
+                        raise DeclarationError(f'{cls.__qualname__}: queue {spec.queue.name!r} is consumed by both '
+                                               f'{other} and {attr}; a queue has one consumer per agent')
         cls._specs = specs
 
     def __init__(self, bus: AbstractSignalBus | None = None, broker: AbstractQueueBroker | None = None,

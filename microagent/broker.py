@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .dsn import hide_password
-from .errors import InvalidPayload
+from .errors import DeclarationError, InvalidPayload, QueueNotFound
 from .payload import check_size
 from .queue import Queue
 
@@ -216,7 +216,7 @@ class AbstractQueueBroker(ABC):
         has topics) gets the message, validated against its model. Returns how many queues."""
         targets = [q for q in Queue.get_all().values() if q.routes(exchange, routing_key)]
         if not targets:
-            raise LookupError(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}')
+            raise QueueNotFound(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}')
         data = b''
         for queue in targets:
             data = self.encode(queue, payload)
@@ -232,8 +232,8 @@ class AbstractQueueBroker(ABC):
         """Start consuming ``consumer.queue`` with the delivery policy."""
         name = consumer.queue.name
         if name in self._running:
-            raise ValueError(f'queue {name!r} already has a consumer on this broker: '
-                             f'{self._running[name].consumer.key}')
+            raise DeclarationError(f'queue {name!r} already has a consumer on this broker: '
+                                   f'{self._running[name].consumer.key}')
         await self.declare_queue(consumer.queue)
         running = _Running(consumer)
         self._running[name] = running
