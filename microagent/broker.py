@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .dsn import hide_password
-from .errors import DeclarationError, InvalidPayload, QueueNotFound
+from .errors import DeclarationError, InvalidPayload, QueueAttributeError, QueueNotFound
 from .payload import check_size
 from .queue import Queue
 
@@ -206,7 +206,11 @@ class AbstractQueueBroker(ABC):
     def __getattr__(self, name: str) -> BoundQueue[Any]:
         if name.startswith('_'):
             raise AttributeError(name)
-        return BoundQueue(self, Queue.get(name))
+        try:
+            queue = Queue.get(name)
+        except QueueNotFound as exc:  # also an AttributeError: hasattr(broker, name) is False
+            raise QueueAttributeError(str(exc), name, self) from None
+        return BoundQueue(self, queue)
 
     def __getitem__(self, queue: Queue[T]) -> BoundQueue[T]:
         return BoundQueue(self, queue)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import msgspec
 
 from .dsn import hide_password
-from .errors import CallTimeout, InvalidPayload, UsageError
+from .errors import CallTimeout, InvalidPayload, SignalAttributeError, SignalNotFound, UsageError
 from .payload import check_size, encode_json
 from .signal import Signal
 
@@ -105,7 +105,11 @@ class AbstractSignalBus(ABC):
     def __getattr__(self, name: str) -> BoundSignal[Any, Any]:
         if name.startswith('_'):
             raise AttributeError(name)
-        return BoundSignal(self, Signal.get(name))
+        try:
+            signal = Signal.get(name)
+        except SignalNotFound as exc:  # also an AttributeError: hasattr(bus, name) is False
+            raise SignalAttributeError(str(exc), name, self) from None
+        return BoundSignal(self, signal)
 
     def __getitem__(self, signal: Signal[T, R]) -> BoundSignal[T, R]:
         return BoundSignal(self, signal)

@@ -6,6 +6,8 @@ code written for 1.x catches (``ValueError``, ``TypeError``, ``LookupError``, ``
 """
 from __future__ import annotations
 
+from typing import Any
+
 
 class MicroAgentError(Exception):
     """Base of every error raised by microagent."""
@@ -50,6 +52,24 @@ class SignalNotFound(MicroAgentError, LookupError):
 
 class QueueNotFound(MicroAgentError, LookupError):
     """No queue is declared under that name (or bound to that exchange)."""
+
+
+class _NotAnAttribute(AttributeError):
+    """Mixed into the lookup errors ``bus.name`` and ``broker.name`` raise for an undeclared name,
+    so ``hasattr`` answers False and ``getattr(bus, name, None)`` None, as for any object."""
+
+    def __init__(self, message: str, name: str, obj: Any) -> None:
+        super().__init__(message)
+        self.name = name
+        self.obj = obj
+
+
+class SignalAttributeError(_NotAnAttribute, SignalNotFound):
+    """``bus.name`` for a name no signal is declared under."""
+
+
+class QueueAttributeError(_NotAnAttribute, QueueNotFound):
+    """``broker.name`` for a name no queue is declared under."""
 
 
 class CallTimeout(MicroAgentError, TimeoutError):

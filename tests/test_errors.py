@@ -131,6 +131,31 @@ async def test_backend_argument_and_closed_errors() -> None:
     assert isinstance(caught.value, RuntimeError)
 
 
+def test_an_undeclared_name_on_a_bus_or_broker_is_a_missing_attribute(unique: str) -> None:
+    declared_signal, declared_queue = Signal(f'err_attr_{unique}', Ping), Queue(f'err_attr_{unique}', Ping)
+    bus, broker = MemorySignalBus(), MemoryBroker()
+    name = f'err_undeclared_{unique}'
+
+    assert not hasattr(bus, name) and getattr(bus, name, None) is None
+    assert not hasattr(broker, name) and getattr(broker, name, None) is None
+    assert getattr(bus, declared_signal.name).signal is declared_signal
+    assert getattr(broker, declared_queue.name).queue is declared_queue
+    with pytest.raises(SignalNotFound, match=f"No such signal '{name}'") as no_signal:
+        getattr(bus, name)
+    with pytest.raises(QueueNotFound, match=f"No such queue '{name}'") as no_queue:
+        getattr(broker, name)
+    for error, owner in ((no_signal.value, bus), (no_queue.value, broker)):
+        assert isinstance(error, AttributeError) and isinstance(error, LookupError)
+        assert (error.name, error.obj) == (name, owner)
+
+
+def test_private_names_stay_plain_attribute_errors() -> None:
+    for owner in (MemorySignalBus(), MemoryBroker()):
+        with pytest.raises(AttributeError) as caught:
+            owner._no_such_thing  # noqa: B018
+        assert not isinstance(caught.value, MicroAgentError)
+
+
 # the audit: no `raise` of a bare built-in exception creeps back into the library
 
 ALLOWED = {
