@@ -3,13 +3,18 @@ from .agent import Consumer, MicroAgent, Receiver
 from .broker import AbstractQueueBroker, BoundQueue, DeadLetter
 from .bus import AbstractSignalBus, BoundSignal
 from .errors import (
+    BackendClosed,
+    CallTimeout,
+    ConnectionFailed,
     DeclarationError,
+    InvalidArgument,
     InvalidPayload,
     MicroAgentError,
     MissConfig,
     QueueNotFound,
     ServerInterrupt,
     SignalNotFound,
+    UsageError,
 )
 from .handlers import consumer, cron, on, periodic, receiver
 from .loader import configure, load_queues, load_signals, load_stuff
@@ -21,11 +26,15 @@ __version__ = '2.0.0.dev0'
 __all__ = [
     'AbstractQueueBroker',
     'AbstractSignalBus',
+    'BackendClosed',
     'BoundQueue',
     'BoundSignal',
+    'CallTimeout',
+    'ConnectionFailed',
     'Consumer',
     'DeadLetter',
     'DeclarationError',
+    'InvalidArgument',
     'InvalidPayload',
     'MicroAgent',
     'MicroAgentError',
@@ -36,6 +45,7 @@ __all__ = [
     'ServerInterrupt',
     'Signal',
     'SignalNotFound',
+    'UsageError',
     'configure',
     'consumer',
     'cron',

@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .dsn import hide_password
-from .errors import InvalidPayload
+from .errors import DeclarationError, InvalidPayload, QueueAttributeError, QueueNotFound
 from .payload import check_size
 from .queue import Queue
 
@@ -210,7 +210,11 @@ class AbstractQueueBroker(ABC):
     def __getattr__(self, name: str) -> BoundQueue[Any]:
         if name.startswith('_'):
             raise AttributeError(name)
-        return BoundQueue(self, Queue.get(name))
+        try:
+            queue = Queue.get(name)
+        except QueueNotFound as exc:  # also an AttributeError: hasattr(broker, name) is False
+            raise QueueAttributeError(str(exc), name, self) from None
+        return BoundQueue(self, queue)
 
     def __getitem__(self, queue: Queue[T]) -> BoundQueue[T]:
         return BoundQueue(self, queue)
@@ -220,7 +224,7 @@ class AbstractQueueBroker(ABC):
         has topics) gets the message, validated against its model. Returns how many queues."""
         targets = [q for q in Queue.get_all().values() if q.routes(exchange, routing_key)]
         if not targets:
-            raise LookupError(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}')
+            raise QueueNotFound(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}')
         data = b''
         for queue in targets:
             data = self.encode(queue, payload)
@@ -236,8 +240,8 @@ class AbstractQueueBroker(ABC):
         """Start consuming ``consumer.queue`` with the delivery policy."""
         name = consumer.queue.name
         if name in self._running:
-            raise ValueError(f'queue {name!r} already has a consumer on this broker: '
-                             f'{self._running[name].consumer.key}')
+            raise DeclarationError(f'queue {name!r} already has a consumer on this broker: '
+                                   f'{self._running[name].consumer.key}')
         await self.declare_queue(consumer.queue)
         running = _Running(consumer)
         self._running[name] = running

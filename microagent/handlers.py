@@ -21,6 +21,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast
 
 from croniter import croniter
 
+from .errors import DeclarationError, UsageError
 from .payload import Codec, codec_for
 from .queue import Queue
 from .signal import Signal
@@ -151,13 +152,13 @@ def _check_seconds(func: Callable[..., Any], name: str, value: float, *, zero_ok
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) \
             or (value < 0 if zero_ok else value <= 0):
         bound = '>= 0' if zero_ok else '> 0'
-        raise ValueError(f'{handler_name(func)}: {name} must be a number {bound}, got {value!r}')
+        raise DeclarationError(f'{handler_name(func)}: {name} must be a number {bound}, got {value!r}')
     return float(value)
 
 
 def _check_async(func: Callable[..., Any], decorator: str) -> None:
     if not inspect.iscoroutinefunction(func):
-        raise TypeError(f'{handler_name(func)}: @{decorator} needs an async function')
+        raise UsageError(f'{handler_name(func)}: @{decorator} needs an async function')
 
 
 # Typed decorator objects. The overloads let mypy accept a typed handler only when its DTO parameter
@@ -240,7 +241,7 @@ def receiver(*signals: Signal[Any, Any], timeout: float = 60) -> _ReceiverDecora
     """Receive ``signals`` (pub/sub). Many handlers may receive one signal; the return value of a
     handler is its answer when the signal is sent with ``call``."""
     if not signals or not all(isinstance(s, Signal) for s in signals):
-        raise TypeError(f'@receiver needs one or more Signal declarations, got {signals!r}')
+        raise UsageError(f'@receiver needs one or more Signal declarations, got {signals!r}')
     return _ReceiverDecorator(signals, timeout)
 
 
@@ -263,10 +264,10 @@ class _ConsumerBase:
             if key in self.options:
                 value = self.options[key]
                 if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == 'concurrency' else 0):
-                    raise ValueError(f'{handler_name(func)}: {key} must be an integer >= '
-                                     f'{1 if key == "concurrency" else 0}, got {value!r}')
+                    raise DeclarationError(f'{handler_name(func)}: {key} must be an integer >= '
+                                           f'{1 if key == "concurrency" else 0}, got {value!r}')
         if any(isinstance(s, ConsumerSpec) for s in specs_of(func)):
-            raise ValueError(f'{handler_name(func)}: a handler consumes one queue only')
+            raise DeclarationError(f'{handler_name(func)}: a handler consumes one queue only')
         _attach(func, ConsumerSpec(queue=self.queue, timeout=timeout, style=CallStyle.of(func),
                                    dto_class=self.dto_class, dto_name=self.dto_name, options=self.options))
         return func
@@ -334,7 +335,7 @@ def consumer(queue: Queue[Any], timeout: float = 60, dto_class: type[Any] | None
     """Consume messages of ``queue``; one handler per queue. Options: ``concurrency`` (handlers
     running at once), ``max_retries`` (before dead-lettering), and backend ones such as ``autoack``."""
     if not isinstance(queue, Queue):
-        raise TypeError(f'@consumer needs a Queue declaration, got {queue!r}')
+        raise UsageError(f'@consumer needs a Queue declaration, got {queue!r}')
     args = (queue, timeout, dto_class, dto_name, options)
     if dto_class is None:
         return _ConsumerDecorator(*args)
@@ -362,7 +363,7 @@ def cron(spec: str, timeout: float = 1, tz: tzinfo | None = None) -> Callable[[T
     def decorator(func: Task) -> Task:
         _check_async(func, 'cron')
         if not isinstance(spec, str) or not croniter.is_valid(spec):
-            raise ValueError(f'{handler_name(func)}: invalid cron spec {spec!r}')
+            raise DeclarationError(f'{handler_name(func)}: invalid cron spec {spec!r}')
         _attach(func, CronSpec(spec=spec, timeout=_check_seconds(func, 'timeout', timeout), tz=tz))
         return func
     return decorator
@@ -371,7 +372,7 @@ def cron(spec: str, timeout: float = 1, tz: tzinfo | None = None) -> Callable[[T
 def on(label: str) -> Callable[[Hook], Hook]:
     """A lifecycle hook (``pre_start``, ``post_start``, ``pre_stop``) or a long-running ``server``."""
     if label not in HOOK_LABELS:
-        raise ValueError(f'@on: unknown hook label {label!r}; use one of {", ".join(HOOK_LABELS)}')
+        raise DeclarationError(f'@on: unknown hook label {label!r}; use one of {", ".join(HOOK_LABELS)}')
 
     def decorator(func: Hook) -> Hook:
         _attach(func, HookSpec(label=label))

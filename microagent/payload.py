@@ -12,7 +12,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar, cast
 
 import msgspec
 
-from .errors import DeclarationError, InvalidPayload
+from .errors import DeclarationError, InvalidPayload, UsageError
 
 T = TypeVar('T')
 
@@ -106,7 +106,7 @@ class MsgspecCodec(Codec[T]):
             return cast(JsonDict, payload)
         value = msgspec.to_builtins(payload)
         if not isinstance(value, dict):
-            raise TypeError(f'{self.target}: a payload of type {type(payload).__name__} has no fields')
+            raise UsageError(f'{self.target}: a payload of type {type(payload).__name__} has no fields')
         return value
 
 

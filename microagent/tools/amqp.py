@@ -32,7 +32,7 @@ from pamqp.common import FieldTable
 
 from ..broker import AbstractQueueBroker, DeadLetter, Delivery, backoff
 from ..bus import RESPONSE_SIGNAL, AbstractSignalBus
-from ..errors import DeclarationError
+from ..errors import ConnectionFailed, DeclarationError, InvalidArgument
 from ..queue import Queue
 from .amqp_link import LINK_ERRORS, Link, Outgoing, Publisher
 
@@ -498,7 +498,7 @@ class AMQPSignalBus(AbstractSignalBus):
     async def publish(self, channel: str, data: bytes) -> None:
         name, sender, request_id = self._parse_channel(channel)
         if name is None:
-            raise ValueError(f'channel {channel!r} is not under the prefix {self.prefix!r} of this bus')
+            raise InvalidArgument(f'channel {channel!r} is not under the prefix {self.prefix!r} of this bus')
         if name == RESPONSE_SIGNAL:
             reply_to = self._reply_to.pop(request_id, None)
             if reply_to is None:
@@ -519,7 +519,7 @@ class AMQPSignalBus(AbstractSignalBus):
     def _binding_key(self, pattern: str) -> str | None:
         name, sender, _ = self._parse_channel(pattern)
         if name is None:
-            raise ValueError(f'pattern {pattern!r} is not under the prefix {self.prefix!r} of this bus')
+            raise InvalidArgument(f'pattern {pattern!r} is not under the prefix {self.prefix!r} of this bus')
         if name == RESPONSE_SIGNAL:
             return None  # answers come straight to this bus's queue
         return f'{name}.{"#" if sender == "*" else sender}'
@@ -534,8 +534,8 @@ class AMQPSignalBus(AbstractSignalBus):
             async with asyncio.timeout(self.reconnect_timeout):
                 await self._ready.wait()
         except TimeoutError:
-            raise ConnectionError(f'{self._link.name}: could not subscribe on RabbitMQ at '
-                                  f'{self._link.safe_dsn} in {self.reconnect_timeout}s') from None
+            raise ConnectionFailed(f'{self._link.name}: could not subscribe on RabbitMQ at '
+                                   f'{self._link.safe_dsn} in {self.reconnect_timeout}s') from None
         channel = self._channel
         if key is not None and channel is not None:
             try:

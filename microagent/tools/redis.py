@@ -31,6 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..broker import DEFAULT_MAX_MESSAGE_SIZE, AbstractQueueBroker, DeadLetter, Delivery, backoff
 from ..bus import AbstractSignalBus
+from ..errors import BackendClosed, InvalidArgument
 from ..queue import Queue
 from . import redis_scripts as lua
 from .redis_scripts import QueueKeys
@@ -83,7 +84,7 @@ class RedisSignalBus(AbstractSignalBus):
 
     async def subscribe(self, pattern: str) -> None:
         if self._closed:
-            raise RuntimeError(f'{self!r} is closed')
+            raise BackendClosed(f'{self!r} is closed')
         self._patterns.append(pattern)
         confirmed = asyncio.get_running_loop().create_future()
         self._confirm.setdefault(pattern.encode(), []).append(confirmed)
@@ -186,7 +187,7 @@ class RedisBroker(AbstractQueueBroker):
                  **redis_options: Any) -> None:
         super().__init__(dsn, log, max_message_size=max_message_size)
         if heartbeat <= 0:
-            raise ValueError(f'heartbeat must be positive, got {heartbeat!r}')
+            raise InvalidArgument(f'heartbeat must be positive, got {heartbeat!r}')
         self.heartbeat = heartbeat
         self.redis = _client(dsn, redis_options)
         self._blocking = _client(dsn, redis_options, reader=True)
