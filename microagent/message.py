@@ -345,6 +345,6 @@ def unframe(data: bytes, target: str = 'a message') -> Envelope:
         raise FrameError(target, ['envelope frame without the end of its header line'])
     try:
         headers = _headers_decoder.decode(memoryview(data)[len(FRAME_MAGIC):end])
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec checks UTF-8 in strings with the codec
         raise FrameError(target, [f'envelope headers are not a JSON object of strings: {exc}']) from None
     return Envelope(data[end + 1:], headers)
