@@ -13,8 +13,9 @@ engine. Common rules:
 * ``deliver`` callbacks are the engine's. The transport awaits each one before it reads on, which is
   how the engine applies backpressure. They do not raise; should one ever do, the transport logs it
   and reads on (its reading loop never dies of it).
-* Headers are carried unchanged (``message-id`` is kept across retries and requeues). A transport
-  keeps its own bookkeeping out of them, under the names ``message.is_reserved`` gives (``x-...``).
+* Headers are carried unchanged (``message-id`` is kept across retries and requeues). A transport's
+  own bookkeeping beside them uses names ``message.is_reserved`` reserves (``x-attempt``, ...), which
+  ``Message.from_headers`` leaves out of the user's headers.
 * A bare 1.x body, with no headers, arrives as ``Envelope(body, None)``, or with the headers the
   transport can tell from its wire (``request-id`` and ``reply-to`` of a 1.x RPC channel).
 
