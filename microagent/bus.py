@@ -212,8 +212,11 @@ class AbstractSignalBus(ABC):
         signal = receivers[0].signal
         try:
             payload = signal.codec.decode(check_size(f'signal {name!r}', data, self.max_message_size))
-        except Exception as exc:  # InvalidPayload, or anything a codec lets through (RecursionError)
+        except InvalidPayload as exc:
             self.log.warning('Dropped signal %s from %s: %s', name, shown(sender), exc)
+            return
+        except Exception as exc:  # what a codec should not let through (RecursionError, UnicodeDecodeError)
+            self.log.warning('Dropped signal %s from %s: %s: %s', name, shown(sender), type(exc).__name__, exc)
             return
         item = (payload, sender, _Reply(request_id, len(receivers)) if request_id else None)
         for receiver in receivers:
