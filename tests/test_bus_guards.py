@@ -16,8 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from microagent import DeclarationError, MicroAgent, Signal, receiver
+from microagent.bus import AbstractSignalBus
 from microagent.tools.memory import MemorySignalBus
-from tests.helpers import Collector
+from tests.backends import BACKENDS
+from tests.helpers import Collector, eventually
 
 
 class Event(msgspec.Struct, frozen=True):
@@ -134,3 +136,34 @@ async def test_each_malformed_message_is_one_warning_and_the_bus_goes_on(
     caplog.set_level(logging.WARNING)
     await _check_survives([(channel, data)])
     assert logged in caplog.text
+
+
+@pytest.mark.parametrize('backend_name', ['memory', 'redis'])
+async def test_a_flood_to_a_busy_receiver_costs_queued_messages_not_tasks(backend_name: str) -> None:
+    gate = asyncio.Event()
+    entered = Collector()
+
+    class Gated(MicroAgent):
+        @receiver(EVENT, concurrency=2)
+        async def on_event(self, event: Event) -> None:
+            entered.add(event.user_id)
+            await gate.wait()
+
+    async with BACKENDS[backend_name]() as backend:
+        bus = backend.bus()
+        bus.max_backlog = 100
+        async with Gated(bus=bus):
+            before = len(asyncio.all_tasks())
+            bound = backend.bus()[EVENT]
+            for n in range(1000):
+                await bound.send('x', Event(user_id=n))
+            await entered.wait(2)
+            await eventually(lambda: _at_least(bus, 100))
+            tasks = len(asyncio.all_tasks()) - before
+            gate.set()
+            assert sorted(await entered.wait(1000, timeout=30)) == list(range(1000))
+    assert tasks <= 2  # the two calls under way; the rest wait as messages
+
+
+async def _at_least(bus: AbstractSignalBus, count: int) -> bool:
+    return bus._backlog >= count
