@@ -297,7 +297,8 @@ class AbstractSignalBus(ABC):
         if pending is None:
             return
         try:
-            raw = _answers_decoder.decode(check_size('answers', data, self.max_message_size))
+            raw = _answers_decoder.decode(check_size(f'answer of signal {pending.signal.name!r}', data,
+                                                      self.max_message_size))
             codec = pending.signal.answer_codec
             # bytes: msgspec decodes a Raw in place, pydantic takes bytes only
             answers = {key: codec.decode(bytes(value)) if codec else msgspec.json.decode(value)
