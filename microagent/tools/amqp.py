@@ -563,7 +563,8 @@ class AMQPSignalBus(AbstractSignalBus):
                 self.log.warning('%s: subscribing failed (%s); retry %d in %.1fs',
                                  self._link.name, self._link.scrub(exc), failures, delay)
                 if channel is not None and not channel.is_closed:
-                    await channel.close()
+                    with suppress(Exception):  # the loop must go on whatever closing says
+                        await channel.close()
                 await asyncio.sleep(delay)
                 continue
             if subscribed:
