@@ -37,7 +37,8 @@ R = TypeVar('R')
 
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 DEFAULT_MAX_BACKLOG = 10_000
-__all__ = ['RESPONSE_SIGNAL', 'AbstractSignalBus', 'BoundSignal']
+__all__ = ['DEFAULT_MAX_BACKLOG', 'DEFAULT_MAX_MESSAGE_SIZE', 'RESPONSE_SIGNAL', 'AbstractSignalBus', 'BoundSignal',
+           'shown']
 _answers_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
