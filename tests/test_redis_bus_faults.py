@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from microagent import MicroAgent, Signal, receiver
 from microagent.tools.redis import RedisSignalBus
 from tests.backends import REDIS_TEST_DSN
-from tests.helpers import Collector
+from tests.helpers import Collector, eventually
 
 pytestmark = pytest.mark.redis
 
@@ -120,9 +120,11 @@ async def test_the_subscriber_survives_an_unexpected_error_and_subscribes_again(
     async with Listener(bus=bus):
         await bus[signal].send('x', Event(n=1))
         await failed.wait()
-        while not got.items:  # the subscriber comes back; signals sent meanwhile may be lost (pub/sub)
+
+        async def received_again() -> bool:  # signals sent while it resubscribes are lost (pub/sub)
             await bus[signal].send('x', Event(n=2))
-            await asyncio.wait([asyncio.create_task(got.wait(1))], timeout=0.2)
+            return bool(got.items)
+        await eventually(received_again, every=0.1)
     assert got.items[0] == 2
     assert 'subscriber failed; subscribing again (1)' in caplog.text
     assert 'RuntimeError: a bug in the reading loop' in caplog.text
