@@ -13,6 +13,7 @@ from .broker import AbstractQueueBroker
 from .bus import AbstractSignalBus
 from .errors import DeclarationError, InvalidPayload, MissConfig, ServerInterrupt
 from .handlers import (
+    DEFAULT_RECEIVER_CONCURRENCY,
     CallStyle,
     ConsumerSpec,
     CronSpec,
@@ -39,6 +40,7 @@ class Receiver:
     signal: Signal[Any, Any]
     timeout: float
     style: CallStyle
+    concurrency: int = DEFAULT_RECEIVER_CONCURRENCY  # calls running at once; more wait in the bus
     key: str = field(init=False)  # the answer key of 1.x RPC: ``Class.method``
 
     def __post_init__(self) -> None:
@@ -180,7 +182,7 @@ class MicroAgent:
 
     def _bind_spec(self, attr: str, method: Any, spec: Any) -> None:
         if isinstance(spec, ReceiverSpec):
-            self.receivers.append(Receiver(self, method, spec.signal, spec.timeout, spec.style))
+            self.receivers.append(Receiver(self, method, spec.signal, spec.timeout, spec.style, spec.concurrency))
         elif isinstance(spec, ConsumerSpec):
             self.consumers.append(Consumer(self, method, spec))
         elif isinstance(spec, PeriodicSpec):

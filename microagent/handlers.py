@@ -37,6 +37,7 @@ P = ParamSpec('P')
 HANDLERS_ATTR = '__microagent_handlers__'
 HOOK_LABELS = ('pre_start', 'post_start', 'pre_stop', 'server')
 DEFAULT_CONCURRENCY = 32
+DEFAULT_RECEIVER_CONCURRENCY = 64
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_RETRY_DELAY = 1.0
 
@@ -69,6 +70,7 @@ class ReceiverSpec:
     signal: Signal[Any, Any]
     timeout: float
     style: CallStyle
+    concurrency: int = DEFAULT_RECEIVER_CONCURRENCY
 
 
 @dataclass(frozen=True)
@@ -191,9 +193,10 @@ JsonPayload = dict[str, Any]
 
 
 class _ReceiverDecorator(Generic[T, R]):
-    def __init__(self, signals: tuple[Signal[Any, Any], ...], timeout: float) -> None:
+    def __init__(self, signals: tuple[Signal[Any, Any], ...], timeout: float, concurrency: int) -> None:
         self.signals = signals
         self.timeout = timeout
+        self.concurrency = concurrency
 
     @overload
     def __call__(self, func: Callable[Concatenate[S, T, P], Awaitable[R | None]]
@@ -211,38 +214,47 @@ class _ReceiverDecorator(Generic[T, R]):
     def __call__(self, func: Any) -> Any:
         _check_async(func, 'receiver')
         timeout = _check_seconds(func, 'timeout', self.timeout)
+        concurrency = self.concurrency
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise DeclarationError(f'{handler_name(func)}: concurrency must be an integer >= 1, got {concurrency!r}')
         style = CallStyle.of(func)
         for signal in self.signals:
-            _attach(func, ReceiverSpec(signal=signal, timeout=timeout, style=style))
+            _attach(func, ReceiverSpec(signal=signal, timeout=timeout, style=style, concurrency=concurrency))
         return func
 
 
 @overload
-def receiver(signal: Signal[T, R], /, *, timeout: float = 60) -> _ReceiverDecorator[T, R]: ...
+def receiver(signal: Signal[T, R], /, *, timeout: float = 60,
+             concurrency: int = DEFAULT_RECEIVER_CONCURRENCY) -> _ReceiverDecorator[T, R]: ...
 
 
 @overload
 def receiver(signal1: Signal[T1, R1], signal2: Signal[T2, R2], /, *,
-             timeout: float = 60) -> _ReceiverDecorator[T1 | T2, R1 | R2]: ...
+             timeout: float = 60,
+             concurrency: int = DEFAULT_RECEIVER_CONCURRENCY) -> _ReceiverDecorator[T1 | T2, R1 | R2]: ...
 
 
 @overload
 def receiver(signal1: Signal[T1, R1], signal2: Signal[T2, R2], signal3: Signal[T3, R3], /, *,
-             timeout: float = 60) -> _ReceiverDecorator[T1 | T2 | T3, R1 | R2 | R3]: ...
+             timeout: float = 60,
+             concurrency: int = DEFAULT_RECEIVER_CONCURRENCY) -> _ReceiverDecorator[T1 | T2 | T3, R1 | R2 | R3]: ...
 
 
 @overload
 def receiver(signal1: Signal[Any, Any], signal2: Signal[Any, Any], signal3: Signal[Any, Any],
              signal4: Signal[Any, Any], /, *signals: Signal[Any, Any],
-             timeout: float = 60) -> _ReceiverDecorator[Any, Any]: ...
+             timeout: float = 60,
+             concurrency: int = DEFAULT_RECEIVER_CONCURRENCY) -> _ReceiverDecorator[Any, Any]: ...
 
 
-def receiver(*signals: Signal[Any, Any], timeout: float = 60) -> _ReceiverDecorator[Any, Any]:
+def receiver(*signals: Signal[Any, Any], timeout: float = 60,
+             concurrency: int = DEFAULT_RECEIVER_CONCURRENCY) -> _ReceiverDecorator[Any, Any]:
     """Receive ``signals`` (pub/sub). Many handlers may receive one signal; the return value of a
-    handler is its answer when the signal is sent with ``call``."""
+    handler is its answer when the signal is sent with ``call``. At most ``concurrency`` calls of
+    the handler run at once; further signals wait in the bus's bounded backlog, not in tasks."""
     if not signals or not all(isinstance(s, Signal) for s in signals):
         raise UsageError(f'@receiver needs one or more Signal declarations, got {signals!r}')
-    return _ReceiverDecorator(signals, timeout)
+    return _ReceiverDecorator(signals, timeout, concurrency)
 
 
 class _DtoKwargsHandler(Protocol[D_contra]):

@@ -31,7 +31,7 @@ from pamqp import commands as spec
 from pamqp.common import FieldTable
 
 from ..broker import AbstractQueueBroker, DeadLetter, Delivery, backoff
-from ..bus import RESPONSE_SIGNAL, AbstractSignalBus
+from ..bus import RESPONSE_SIGNAL, AbstractSignalBus, shown
 from ..errors import ConnectionFailed, DeclarationError, InvalidArgument
 from ..queue import Queue
 from .amqp_link import LINK_ERRORS, Link, Outgoing, Publisher
@@ -476,6 +476,9 @@ class AMQPSignalBus(AbstractSignalBus):
     """Signals over the topic exchange named by the prefix, read through one exclusive queue per bus."""
 
     max_remembered_requests = 10_000
+    #: messages RabbitMQ hands the bus unacknowledged: aiormq runs a task per delivery, and the bus
+    #: acknowledges one only once the backlog has room for it, so this bounds those tasks
+    prefetch = 256
 
     def __init__(self, dsn: str, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
                  reconnect_timeout: float = 60.0, **options: Any) -> None:
@@ -555,7 +558,8 @@ class AMQPSignalBus(AbstractSignalBus):
                 await channel.queue_declare(self.queue_name, exclusive=True, auto_delete=True)
                 for key in list(self._keys):
                     await channel.queue_bind(self.queue_name, self.prefix, routing_key=key)
-                await channel.basic_consume(self.queue_name, self._on_message, no_ack=True)
+                await channel.basic_qos(prefetch_count=self.prefetch)
+                await channel.basic_consume(self.queue_name, self._on_message)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -564,7 +568,8 @@ class AMQPSignalBus(AbstractSignalBus):
                 self.log.warning('%s: subscribing failed (%s); retry %d in %.1fs',
                                  self._link.name, self._link.scrub(exc), failures, delay)
                 if channel is not None and not channel.is_closed:
-                    await channel.close()
+                    with suppress(Exception):  # the loop must go on whatever closing says
+                        await channel.close()
                 await asyncio.sleep(delay)
                 continue
             if subscribed:
@@ -581,20 +586,51 @@ class AMQPSignalBus(AbstractSignalBus):
             self._channel = None
 
     async def _on_message(self, message: DeliveredMessage) -> None:
+        """Hand a delivery to the engine; acknowledge it once the backlog has room (backpressure)."""
+        try:
+            channel = self._channel_of(message)
+            if channel is not None:
+                await self.deliver(channel, message.body)
+        except Exception as exc:  # the engine never raises; this guards the mapping above
+            self.log.warning('%s: dropped a message routed %s: %s: %s', self._link.name,
+                             shown(message.routing_key or ''), type(exc).__name__, exc)
+        finally:
+            with suppress(Exception):  # a closed channel: RabbitMQ forgets it with the exclusive queue
+                await message.channel.basic_ack(message.delivery_tag or 0)
+
+    def _channel_of(self, message: DeliveredMessage) -> str | None:
+        """The 1.x channel of a delivery. The routing key is the truth: a ``message_type`` label
+        naming another signal drops the message (with a warning), it never reroutes it."""
         props = message.header.properties
-        key = message.routing_key or ''
-        name = props.message_type or key.partition('.')[0]
+        key, label = message.routing_key or '', props.message_type
         request_id = props.correlation_id or ''
-        if name == RESPONSE_SIGNAL:
-            channel = f'{self.prefix}:{RESPONSE_SIGNAL}:{props.app_id or ""}#{request_id}'
-        else:
-            sender = key[len(name) + 1:] if key.startswith(name + '.') else key.partition('.')[2]
-            channel = f'{self.prefix}:{name}:{sender}'
-            if request_id:
-                channel += f'#{request_id}'
-                if props.reply_to:
-                    self._remember(request_id, props.reply_to)
-        self.dispatch(channel, message.body)
+        if not message.exchange:  # the default exchange: an answer sent straight to this bus's queue
+            if label != RESPONSE_SIGNAL or '#' in request_id:
+                return self._dropped(key, label, 'not an RPC answer')
+            return f'{self.prefix}:{RESPONSE_SIGNAL}:#{request_id}'
+        name = label or self._name_in(key)
+        if not key.startswith(name + '.'):
+            return self._dropped(key, label, f'its routing key is not of signal {name!r}')
+        sender = key[len(name) + 1:]
+        if name == RESPONSE_SIGNAL or '#' in sender or '#' in request_id:
+            return self._dropped(key, label, 'not a signal of this bus')
+        channel = f'{self.prefix}:{name}:{sender}'
+        if request_id:
+            channel += f'#{request_id}'
+            if props.reply_to:
+                self._remember(request_id, props.reply_to)
+        return channel
+
+    def _name_in(self, key: str) -> str:
+        """The signal of an unlabelled routing key ``{name}.{sender}``: the longest received name
+        it starts with (names may hold dots), else its first word."""
+        names = [name for name in self.receivers if key.startswith(name + '.')]
+        return max(names, key=len) if names else key.partition('.')[0]
+
+    def _dropped(self, key: str, label: str | None, why: str) -> str | None:
+        self.log.warning('%s: dropped a message routed %s labelled %s: %s', self._link.name, shown(key),
+                         shown(label or ''), why)
+        return None
 
     def _remember(self, request_id: str, reply_to: str) -> None:
         if len(self._reply_to) >= self.max_remembered_requests:

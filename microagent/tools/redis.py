@@ -115,7 +115,7 @@ class RedisSignalBus(AbstractSignalBus):
                     if not isinstance(reply, list):
                         continue
                     if reply[0] == b'pmessage':
-                        self.dispatch(reply[2].decode(), reply[3])
+                        await self.deliver(reply[2], reply[3])  # never raises; waits while the backlog is full
                     elif reply[0] == b'psubscribe':
                         for future in self._confirm.pop(reply[1], ()):
                             if not future.done():
@@ -128,9 +128,14 @@ class RedisSignalBus(AbstractSignalBus):
                 self.log.warning('%r: subscriber lost Redis (%s: %s); reconnect %d in %.1fs',
                                  self, type(exc).__name__, exc, failures, delay)
                 await asyncio.sleep(delay)
+            except Exception:  # a bug or a reply we cannot parse: the bus must keep receiving
+                failures += 1
+                delay = backoff(failures, 0.1, self.reconnect_cap)
+                self.log.exception('%r: subscriber failed; subscribing again (%d) in %.1fs', self, failures, delay)
+                await asyncio.sleep(delay)
             finally:
                 self._pubsub = None
-                with contextlib.suppress(*_NETWORK_ERRORS):
+                with contextlib.suppress(Exception):  # the loop must go on whatever closing says
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
