@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -16,7 +17,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Never, TypeVar
 
 from .dsn import hide_password
 from .errors import InvalidPayload
@@ -148,9 +149,19 @@ class AbstractQueueBroker(ABC):
 
     # backend interface
 
+    #: send keywords this backend honours besides ``delay`` (AMQP: the 1.x ``properties``, ``exchange``,
+    #: ``topic``); any other one given to ``send`` is a TypeError, never silently dropped
+    send_options: frozenset[str] = frozenset()
+
     @abstractmethod
-    async def put(self, queue: Queue[Any], messages: list[bytes]) -> None:
-        """Append encoded messages to a queue, in order, in as few round trips as possible."""
+    async def put(self, queue: Queue[Any], messages: list[bytes], delay: float = 0.0) -> None:
+        """Append encoded messages to a queue, in order, in as few round trips as possible; with a
+        ``delay`` (s), they become deliverable only once it has passed."""
+
+    async def put_with(self, queue: Queue[Any], messages: list[bytes], delay: float,
+                       options: Mapping[str, Any]) -> None:
+        """``put`` with backend send options (only names listed in ``send_options`` reach it)."""
+        raise TypeError(f'queue {queue.name!r}: {type(self).__name__} cannot honour {", ".join(options)}')
 
     @abstractmethod
     async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery]:
@@ -391,15 +402,46 @@ class BoundQueue(Generic[T]):
     def __repr__(self) -> str:
         return f'<BoundQueue {self.queue.name} on {self.broker!r}>'
 
-    async def send(self, message: T, **options: Any) -> None:
-        """Validate and enqueue one message: a model instance or, 1.x style, a dict of fields."""
-        await self.broker.put(self.queue, [self.broker.encode(self.queue, message)])
+    async def send(self, message: T, *, delay: float | None = None, properties: Mapping[str, Any] | None = None,
+                   exchange: str | None = None, topic: str | None = None, **unknown: Never) -> None:
+        """Validate and enqueue one message: a model instance or, 1.x style, a dict of fields.
 
-    async def send_many(self, messages: Iterable[T]) -> None:
+        ``delay`` (s) holds it back that long, on every backend. ``properties``, ``exchange`` and
+        ``topic`` are the 1.x AMQP keywords (message properties; publish through that exchange with
+        the topic, else the queue name, as routing key); a backend that cannot honour a keyword
+        raises TypeError rather than drop it."""
+        extra = {key: value for key, value in
+                 (('properties', properties), ('exchange', exchange), ('topic', topic)) if value is not None}
+        wait = self._check(delay, extra, unknown)
+        await self._put([self.broker.encode(self.queue, message)], wait, extra)
+
+    async def send_many(self, messages: Iterable[T], *, delay: float | None = None, **unknown: Never) -> None:
         """Validate every message first, then enqueue them all in one round trip."""
+        wait = self._check(delay, {}, unknown)
         encoded = [self.broker.encode(self.queue, message) for message in messages]
         if encoded:
-            await self.broker.put(self.queue, encoded)
+            await self._put(encoded, wait, {})
+
+    def _check(self, delay: float | None, extra: Mapping[str, Any], unknown: Mapping[str, Any]) -> float:
+        """The delay in seconds, after refusing what this broker would otherwise drop or misread."""
+        name = self.queue.name
+        if unknown:
+            raise TypeError(f'queue {name!r}: unknown send option(s) {", ".join(map(repr, unknown))}')
+        refused = [key for key in extra if key not in self.broker.send_options]
+        if refused:
+            raise TypeError(f'queue {name!r}: {type(self.broker).__name__} cannot honour send option(s) '
+                            f'{", ".join(map(repr, refused))}')
+        if delay is None:
+            return 0.0
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay < math.inf:
+            raise ValueError(f'queue {name!r}: delay must be a number of seconds >= 0, got {delay!r}')
+        return float(delay)
+
+    async def _put(self, encoded: list[bytes], delay: float, extra: Mapping[str, Any]) -> None:
+        if extra:
+            await self.broker.put_with(self.queue, encoded, delay, extra)
+        else:
+            await self.broker.put(self.queue, encoded, delay)
 
     async def length(self) -> int:
         return await self.broker.queue_length(self.queue.name)

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -165,6 +165,8 @@ class AMQPBroker(AbstractQueueBroker):
     """Durable RabbitMQ queues with publisher confirms, prefetch = the consumer's ``concurrency``,
     retries through delay queues and a dead-letter exchange and queue per queue."""
 
+    send_options = frozenset(('properties', 'exchange', 'topic'))
+
     #: a cancelled fetch loses nothing: what it buffered stays unacked and returns when the channel closes
     fetch_cancel_safe = True
 
@@ -249,10 +251,39 @@ class AMQPBroker(AbstractQueueBroker):
 
     # sending
 
-    async def put(self, queue: Queue[Any], messages: list[bytes]) -> None:
+    async def put(self, queue: Queue[Any], messages: list[bytes], delay: float = 0.0) -> None:
+        await self.put_with(queue, messages, delay, {})
+
+    async def put_with(self, queue: Queue[Any], messages: list[bytes], delay: float,
+                       options: Mapping[str, Any]) -> None:
+        """The 1.x keywords: ``properties`` (AMQP basic properties), ``exchange`` and ``topic``
+        (publish through the exchange, the queue's own one by default, with the topic or the queue
+        name as routing key). A delay goes through a TTL queue dead-lettering into the queue."""
         await self.declare_queue(queue)
+        exchange: str | None = options.get('exchange')
+        topic: str | None = options.get('topic')
+        if topic is not None and exchange is None:
+            exchange = queue.exchange
+            if exchange is None:
+                raise TypeError(f'queue {queue.name!r}: topic {topic!r} needs an exchange; the queue has none')
+        if exchange is not None and delay > 0:
+            raise TypeError(f'queue {queue.name!r}: a delayed send goes to the queue, not through exchange '
+                            f'{exchange!r}')
+        target, key = ('', await self._retry_queue(queue.name, delay)) if delay > 0 else ('', queue.name)
+        if exchange is not None:
+            target, key = exchange, topic or queue.name
         # one Properties each: aiormq writes a fresh message_id into the object it is given
-        outgoing = [Outgoing('', queue.name, data, _properties(), mandatory=True) for data in messages]
+        outgoing = [Outgoing(target, key, data, _user_properties(queue, options.get('properties')), mandatory=True)
+                    for data in messages]
+        if target:
+            try:
+                await self._publisher.publish(outgoing, f'exchange {target!r}')
+            except aiormq.PublishError:
+                raise LookupError(f'queue {queue.name!r}: exchange {target!r} routed the message to no queue '
+                                  f'(routing key {key!r})') from None
+            except aiormq.ChannelNotFoundEntity:
+                raise LookupError(f'queue {queue.name!r}: no exchange {target!r} on RabbitMQ') from None
+            return
         try:
             await self._publisher.publish(outgoing, f'queue {queue.name!r}')
         except aiormq.PublishError:
@@ -446,6 +477,23 @@ class AMQPBroker(AbstractQueueBroker):
         self._subs.clear()
         await self._publisher.close()
         await self._link.close()
+
+
+_PROPERTY_NAMES = frozenset(('content_type', 'content_encoding', 'headers', 'delivery_mode', 'priority',
+                             'correlation_id', 'reply_to', 'expiration', 'message_id', 'timestamp',
+                             'message_type', 'user_id', 'app_id', 'cluster_id'))
+
+
+def _user_properties(queue: Queue[Any], given: Mapping[str, Any] | None) -> spec.Basic.Properties:
+    """Our defaults (JSON, persistent) overridden by the 1.x ``properties`` send keyword; aioamqp's
+    ``type`` is pamqp's ``message_type``. An unknown property is a TypeError, not a dropped one."""
+    if not given:
+        return _properties()
+    values = {('message_type' if key == 'type' else key): value for key, value in given.items()}
+    unknown = sorted(set(values) - _PROPERTY_NAMES)
+    if unknown:
+        raise TypeError(f'queue {queue.name!r}: unknown AMQP properties {", ".join(map(repr, unknown))}')
+    return spec.Basic.Properties(**{'content_type': CONTENT_TYPE, 'delivery_mode': PERSISTENT, **values})
 
 
 def _exchange_type(exchange: str) -> str:

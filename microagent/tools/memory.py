@@ -83,9 +83,19 @@ class MemoryBroker(AbstractQueueBroker):
         super().__init__(dsn, log, **options)
         self._hub = _broker_hubs.setdefault(dsn, _BrokerHub())
         self._retries: dict[asyncio.TimerHandle, tuple[str, _Message]] = {}
+        self._delayed: dict[asyncio.TimerHandle, tuple[str, list[_Message]]] = {}  # sends with a delay
 
-    async def put(self, queue: Queue[Any], messages: list[bytes]) -> None:
-        self._hub.push(queue.name, [_Message(data) for data in messages])
+    async def put(self, queue: Queue[Any], messages: list[bytes], delay: float = 0.0) -> None:
+        fresh = [_Message(data) for data in messages]
+        if delay <= 0:
+            self._hub.push(queue.name, fresh)
+            return
+
+        def due() -> None:
+            del self._delayed[handle]
+            self._hub.push(queue.name, fresh)
+        handle = asyncio.get_running_loop().call_later(delay, due)
+        self._delayed[handle] = (queue.name, fresh)
 
     async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery]:
         messages = self._hub.queues.setdefault(queue.name, deque())
@@ -138,3 +148,7 @@ class MemoryBroker(AbstractQueueBroker):
             handle.cancel()
             self._hub.push(name, [message])
         self._retries.clear()
+        for handle, (name, messages) in self._delayed.items():  # delayed sends too: early, not lost
+            handle.cancel()
+            self._hub.push(name, messages)
+        self._delayed.clear()

@@ -73,7 +73,7 @@ class BrokerMock(AbstractQueueBroker):
     def __getitem__(self, queue: Any) -> Any:
         return self.__getattr__(queue.name)
 
-    async def put(self, queue: Any, messages: list[bytes]) -> None: ...
+    async def put(self, queue: Any, messages: list[bytes], delay: float = 0.0) -> None: ...
 
     async def fetch(self, queue: Any, count: int, timeout: float) -> list[Any]:
         return []

@@ -7,7 +7,7 @@ For a queue ``Q`` (the plain Redis list a 1.x agent RPUSHes to and BLPOPs from):
 ``Q:inflight:{consumer}``   list    messages a consumer has taken and not settled yet
 ``Q:consumer:{consumer}``   string  the consumer's heartbeat; expires when the process dies
 ``Q:consumers``             set     consumer ids that may own an in-flight list
-``Q:delayed``               zset    retries, scored by due time; member = 32-char id + body
+``Q:delayed``               zset    retries and delayed sends, by due time; member = 32-char id + body
 ``Q:attempts``              hash    sha1(body) -> attempt number of a retried message
 ``Q:dead``                  list    dead letters: a JSON header line, ``\\n``, the original body
 ==========================  ======  ==========================================================
@@ -157,6 +157,14 @@ if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 redis.call('ZADD', KEYS[2], now() + tonumber(ARGV[2]), ARGV[3] .. ARGV[1])
 redis.call('HSET', KEYS[3], redis.sha1hex(ARGV[1]), ARGV[4])
 return 1
+"""
+
+# Send fresh messages with a delay: due at the server's clock + ARGV[1] s. KEYS: delayed.
+# ARGV: delay seconds, then one member (a unique 32-char id + the body) per message.
+DELAY = _NOW + """
+local due = now() + tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], due, ARGV[i]) end
+return #ARGV - 1
 """
 
 # Dead-letter an owned message. KEYS: inflight, dead, attempts. ARGV: body, JSON header.

@@ -294,3 +294,74 @@ async def test_oversized_message_is_refused_on_send_and_dead_lettered_on_receive
 async def test_unknown_queue_name_is_a_clear_error(backend: Backend, unique: str) -> None:
     with pytest.raises(QueueNotFound, match=f'nope_{unique}'):
         getattr(backend.broker(), f'nope_{unique}')
+
+
+async def test_delayed_send_arrives_not_before_the_delay(backend: Backend, unique: str) -> None:
+    queue = Queue(f'later_{unique}', Job)
+    loop = asyncio.get_running_loop()
+    got = Collector()
+
+    class Worker(MicroAgent):
+        @consumer(queue)
+        async def work(self, job: Job) -> None:
+            got.add((job.job_id, loop.time()))
+
+    broker = backend.broker()
+    delay = 0.5
+    async with Worker(broker=broker):
+        sent_at = loop.time()
+        await broker[queue].send(Job(job_id=1), delay=delay)
+        await broker[queue].send_many([Job(job_id=2), Job(job_id=3)], delay=delay)
+        await broker[queue].send(Job(job_id=4))
+        items = await got.wait(4)
+    assert items[0][0] == 4  # sent last, without a delay: handled first
+    assert sorted(job_id for job_id, _ in items[1:]) == [1, 2, 3]
+    assert all(at - sent_at >= delay for job_id, at in items if job_id != 4)
+    assert got.items[0][1] - sent_at < delay  # the undelayed one did not wait (not an upper bound on the others)
+
+
+async def test_delayed_message_starts_at_attempt_one(backend: Backend, unique: str) -> None:
+    queue = Queue(f'fresh_{unique}', Job)
+    got = Collector()
+
+    class Worker(MicroAgent):
+        @consumer(queue, max_retries=1, retry_delay=0.01)
+        async def work(self, job: Job) -> None:
+            got.add(job.job_id)
+            raise RuntimeError('fails every time')
+
+    broker = backend.broker()
+    async with Worker(broker=broker):
+        await broker[queue].send(Job(job_id=1), delay=0.05)
+        await got.wait(2)  # attempt 1, then its one retry
+        await eventually(lambda: _count(broker, queue, 1))
+    (letter,) = await broker[queue].dead_letters()
+    assert letter.attempts == 2
+
+
+async def test_send_refuses_unknown_or_unhonoured_keywords(backend: Backend, unique: str) -> None:
+    queue = Queue(f'kw_{unique}', Job)
+    bound = backend.broker()[queue]
+    with pytest.raises(TypeError, match=f"queue 'kw_{unique}': unknown send option\\(s\\) 'nope'"):
+        await bound.send(Job(job_id=1), nope=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=f"queue 'kw_{unique}': unknown send option\\(s\\) 'delay_s'"):
+        await bound.send_many([Job(job_id=1)], delay_s=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=f"queue 'kw_{unique}': delay must be a number of seconds >= 0, got -1"):
+        await bound.send(Job(job_id=1), delay=-1)
+    if backend.name != 'amqp':
+        for keyword in ({'properties': {'priority': 1}}, {'exchange': 'nope'}, {'topic': 'a.b'}):
+            with pytest.raises(TypeError, match=f"queue 'kw_{unique}': .* cannot honour send option"):
+                await bound.send(Job(job_id=1), **keyword)
+    assert await bound.length() == 0
+
+
+def test_consumer_option_errors_come_when_the_class_is_defined(backend: Backend, unique: str) -> None:
+    queue = Queue(f'opt_{unique}', Job)
+    with pytest.raises(TypeError, match=r"Worker\.work .*unknown option 'max_retry'; did you mean 'max_retries'"):
+        class Worker(MicroAgent):
+            @consumer(queue, max_retry=10)  # type: ignore[call-overload, untyped-decorator]
+            async def work(self, job: Job) -> None: ...
+    with pytest.raises(ValueError, match=r'Other\.work: concurrency must be an integer >= 1'):
+        class Other(MicroAgent):
+            @consumer(queue, concurrency='4')  # type: ignore[call-overload, untyped-decorator]
+            async def work(self, job: Job) -> None: ...
