@@ -20,9 +20,10 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, Never, TypeVar
 
 from .dsn import hide_password
-from .errors import InvalidPayload
-from .payload import check_size
-from .queue import Queue
+from .errors import InvalidPayload, QueueNotFound
+from .exchange import Exchange
+from .payload import check_size, encode_json
+from .queue import Queue, topics_match
 
 if TYPE_CHECKING:
     from .agent import Consumer
@@ -200,39 +201,61 @@ class AbstractQueueBroker(ABC):
     async def requeue_dead_letters(self, name: str) -> int:
         """Put every dead letter of the queue back on it, as fresh messages; return how many."""
 
-    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[Queue[Any]]) -> None:
-        """Deliver a message published to an exchange to ``targets``, the declared queues it routes
-        to. Backends with native exchanges override this."""
-        for queue in targets:
-            await self.put(queue, [data])
+    async def bindings(self, exchange: str) -> dict[str, tuple[str, ...]]:
+        """The queues bound to ``exchange`` where this broker's messages live (its hub, its server):
+        queue name -> topics (none: every routing key). Backends with native exchanges need not."""
+        raise NotImplementedError
+
+    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[str]) -> None:
+        """Deliver a message published to an exchange to ``targets``, the names of the bound queues
+        it routes to, all or none."""
+        raise NotImplementedError
 
     async def declare_queue(self, queue: Queue[Any]) -> None:
-        """Create the queue (and its exchange binding) where the backend needs it."""
+        """Create the queue and record its exchange binding where the backend keeps them."""
 
     async def close(self) -> None:
         """Release connections; the broker may not be used afterwards."""
 
     # bound queues
 
-    def __getattr__(self, name: str) -> BoundQueue[Any]:
+    def __getattr__(self, name: str) -> Any:
+        """1.x access by name, as untyped as the names: ``broker.mailer`` is a BoundQueue, and
+        (1.9) ``broker.push`` a BoundExchange when ``push`` is a declared exchange, not a queue."""
         if name.startswith('_'):
             raise AttributeError(name)
-        return BoundQueue(self, Queue.get(name))
+        try:
+            return BoundQueue(self, Queue.get(name))
+        except QueueNotFound:
+            if name in Exchange.get_all():
+                return BoundExchange(self, Exchange.get(name))
+            raise
 
     def __getitem__(self, queue: Queue[T]) -> BoundQueue[T]:
         return BoundQueue(self, queue)
 
     async def publish(self, exchange: str, payload: Any, routing_key: str = '') -> int:
-        """Publish to an exchange: every queue bound to it (and matching ``routing_key`` when it
-        has topics) gets the message, validated against its model. Returns how many queues."""
-        targets = [q for q in Queue.get_all().values() if q.routes(exchange, routing_key)]
+        """Publish to an exchange: every queue bound to it on this broker's hub or server (and
+        matching ``routing_key`` on a topic exchange) gets the message, validated against the model
+        of each such queue this process declares. Returns how many queues."""
+        bound = await self.bindings(exchange)
+        targets = [name for name, topics in bound.items() if topics_match(topics, routing_key)]
         if not targets:
             raise LookupError(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}')
-        data = b''
-        for queue in targets:
-            data = self.encode(queue, payload)
-        await self.route(exchange, routing_key, data, targets)
+        await self.route(exchange, routing_key, self.encode_for(targets, payload), targets)
         return len(targets)
+
+    def encode_for(self, targets: Iterable[str], payload: Any) -> bytes:
+        """The payload validated against every target queue declared here; plain JSON if none is."""
+        known = Queue.get_all()
+        data: bytes | None = None
+        for name in targets:
+            if name in known:
+                data = self.encode(known[name], payload)
+        if data is None:
+            data = check_size(f'exchange payload for {", ".join(targets)}', encode_json(payload),
+                              self.max_message_size)
+        return data
 
     def encode(self, queue: Queue[Any], payload: Any) -> bytes:
         return check_size(f'queue {queue.name!r}', queue.codec.encode(payload), self.max_message_size)
@@ -388,6 +411,26 @@ class AbstractQueueBroker(ABC):
             self.log.error('Queue %s: %s failed on attempt %d (%s); dead-lettered',
                            queue.name, consumer.key, delivery.attempt, reason)
             await self.dead_letter(queue, delivery, reason)
+
+
+class BoundExchange:
+    """An exchange bound to a broker (1.9 ``broker.push.send(payload, topic='1.android')``)."""
+
+    __slots__ = ('broker', 'exchange')
+
+    def __init__(self, broker: AbstractQueueBroker, exchange: Exchange) -> None:
+        self.broker = broker
+        self.exchange = exchange
+
+    def __repr__(self) -> str:
+        return f'<BoundExchange {self.exchange.name} on {self.broker!r}>'
+
+    async def send(self, message: Any, *, topic: str = '', **unknown: Never) -> int:
+        """Publish to every queue bound to the exchange (matching ``topic`` on a topic exchange)."""
+        if unknown:
+            raise TypeError(f'exchange {self.exchange.name!r}: unknown send option(s) '
+                            f'{", ".join(map(repr, unknown))}')
+        return await self.broker.publish(self.exchange.name, message, topic)
 
 
 class BoundQueue(Generic[T]):

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from pamqp import commands as spec
 
-from microagent import DeclarationError, MicroAgent, Queue, consumer
+from microagent import DeclarationError, Exchange, MicroAgent, Queue, consumer
 from microagent.tools.amqp import AMQPBroker, AMQPMeta
 from tests.amqp_support import Servers
 from tests.helpers import Collector, eventually
@@ -294,3 +294,14 @@ async def test_send_through_a_missing_exchange_is_an_error(amqp: Servers, unique
         await broker[queue].send(Job(job_id=1), exchange=f'nope_{unique}')
     await broker[queue].send(Job(job_id=2))  # the broker goes on
     assert await broker[queue].length() == 1
+
+
+async def test_the_exchange_type_is_the_declared_one(amqp: Servers, unique: str) -> None:
+    events = Exchange(f'declared_{unique}', 'topic')
+    audit = Queue(f'declared_audit_{unique}', Job, exchange=events)  # no topics: binds '#'
+    broker = amqp.broker()
+    await broker[audit].declare()
+    channel = await amqp.raw()
+    await channel.exchange_declare(events.name, exchange_type='topic', durable=True)  # same type: accepted
+    await broker.publish(events.name, Job(job_id=1), routing_key='any.key')
+    await eventually(lambda: _length_is(broker, audit, 1))

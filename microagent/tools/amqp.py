@@ -33,6 +33,7 @@ from pamqp.common import FieldTable
 from ..broker import AbstractQueueBroker, DeadLetter, Delivery, backoff
 from ..bus import RESPONSE_SIGNAL, AbstractSignalBus
 from ..errors import DeclarationError
+from ..exchange import Exchange
 from ..queue import Queue
 from .amqp_link import LINK_ERRORS, Link, Outgoing, Publisher
 
@@ -220,18 +221,22 @@ class AMQPBroker(AbstractQueueBroker):
             await ch.queue_bind(dead, dead)
             self.declared_queues.update((name, dead))
             self.declared_exchanges.add(dead)
-            if queue.exchange:
-                kind = _exchange_type(queue.exchange)
-                try:
-                    await ch.exchange_declare(queue.exchange, exchange_type=kind, durable=True)
-                except aiormq.ChannelPreconditionFailed as exc:
-                    raise DeclarationError(f'queue {name!r}: exchange {queue.exchange!r} exists on RabbitMQ with '
-                                           f'another type or options than a durable {kind} exchange: {exc}') from None
-                self.declared_exchanges.add(queue.exchange)
-                keys = (queue.topics or ('#',)) if kind == 'topic' else ('',)
+            exchange = queue.exchange_declaration
+            if exchange is not None:
+                await self._declare_exchange(ch, exchange, f'queue {name!r}: ')
+                keys = (queue.topics or ('#',)) if exchange.type == 'topic' else ('',)
                 for key in keys:
-                    await ch.queue_bind(name, queue.exchange, routing_key=key)
+                    await ch.queue_bind(name, exchange.name, routing_key=key)
             self._declared.add(name)
+
+    async def _declare_exchange(self, ch: AbstractChannel, exchange: Exchange, where: str) -> None:
+        """Declare the exchange with its declared type, never one guessed from other queues."""
+        try:
+            await ch.exchange_declare(exchange.name, exchange_type=exchange.type, durable=True)
+        except aiormq.ChannelPreconditionFailed as exc:
+            raise DeclarationError(f'{where}exchange {exchange.name!r} exists on RabbitMQ with another type or '
+                                   f'options than a durable {exchange.type} exchange: {exc}') from None
+        self.declared_exchanges.add(exchange.name)
 
     async def _retry_queue(self, name: str, delay: float) -> str:
         ms = max(int(delay * 1000), 1)
@@ -293,11 +298,25 @@ class AMQPBroker(AbstractQueueBroker):
             await self.declare_queue(queue)
             await self._publisher.publish(outgoing, f'queue {queue.name!r}')
 
-    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[Queue[Any]]) -> None:
-        for queue in targets:
-            await self.declare_queue(queue)  # the exchange and its bindings exist before the message
-        await self._publisher.publish([Outgoing(exchange, routing_key, data, _properties())],
-                                      f'exchange {exchange!r}')
+    async def publish(self, exchange: str, payload: Any, routing_key: str = '') -> int:
+        """RabbitMQ routes by its own bindings. The payload is validated against the queues of the
+        exchange this process declares; an exchange declared here is declared on RabbitMQ first.
+        Returns 1 once RabbitMQ has routed the message to at least one queue (it does not say how
+        many); no bound queue or no exchange at all is a LookupError."""
+        local = [q.name for q in Queue.get_all().values() if q.routes(exchange, routing_key)]
+        data = self.encode_for(local, payload)
+        declared = Exchange.get_all().get(exchange)
+        if declared is not None and declared.name not in self.declared_exchanges:
+            async with self._control_lock:
+                await self._declare_exchange(await self._ctl(), declared, '')
+        try:
+            await self._publisher.publish([Outgoing(exchange, routing_key, data, _properties(), mandatory=True)],
+                                          f'exchange {exchange!r}')
+        except aiormq.PublishError:
+            raise LookupError(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}') from None
+        except aiormq.ChannelNotFoundEntity:
+            raise LookupError(f'No exchange {exchange!r} on RabbitMQ') from None
+        return 1
 
     # consuming
 
@@ -494,12 +513,6 @@ def _user_properties(queue: Queue[Any], given: Mapping[str, Any] | None) -> spec
     if unknown:
         raise TypeError(f'queue {queue.name!r}: unknown AMQP properties {", ".join(map(repr, unknown))}')
     return spec.Basic.Properties(**{'content_type': CONTENT_TYPE, 'delivery_mode': PERSISTENT, **values})
-
-
-def _exchange_type(exchange: str) -> str:
-    """Fanout, or topic when any queue of the exchange declares topics (the others then bind ``#``)."""
-    queues = [q for q in Queue.get_all().values() if q.exchange == exchange]
-    return 'topic' if any(q.topics for q in queues) else 'fanout'
 
 
 def _dead_letter(name: str, message: DeliveredMessage) -> DeadLetter:

@@ -36,6 +36,7 @@ class _BrokerHub:
         self.queues: dict[str, deque[_Message]] = {}
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.dead: dict[str, list[DeadLetter]] = {}
+        self.bindings: dict[str, dict[str, tuple[str, ...]]] = {}  # exchange -> queue -> topics
 
     def push(self, name: str, messages: list[_Message], front: bool = False) -> None:
         queue = self.queues.setdefault(name, deque())
@@ -96,6 +97,17 @@ class MemoryBroker(AbstractQueueBroker):
             self._hub.push(queue.name, fresh)
         handle = asyncio.get_running_loop().call_later(delay, due)
         self._delayed[handle] = (queue.name, fresh)
+
+    async def declare_queue(self, queue: Queue[Any]) -> None:
+        if queue.exchange:
+            self._hub.bindings.setdefault(queue.exchange, {})[queue.name] = queue.topics
+
+    async def bindings(self, exchange: str) -> dict[str, tuple[str, ...]]:
+        return dict(self._hub.bindings.get(exchange, {}))
+
+    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[str]) -> None:
+        for name in targets:
+            self._hub.push(name, [_Message(data)])
 
     async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery]:
         messages = self._hub.queues.setdefault(queue.name, deque())

@@ -214,10 +214,19 @@ class RedisBroker(AbstractQueueBroker):
         await self._script('DELAY')(keys=[keys.delayed], args=[delay, *members])
         self._wake_when_due(keys, delay)
 
-    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[Queue[Any]]) -> None:
+    async def declare_queue(self, queue: Queue[Any]) -> None:
+        if queue.exchange:  # the binding lives on the server, for every process that publishes
+            await self.redis.hset(lua.exchange_key(queue.exchange), queue.name, msgspec.json.encode(queue.topics))
+
+    async def bindings(self, exchange: str) -> dict[str, tuple[str, ...]]:
+        bound = await self.redis.hgetall(lua.exchange_key(exchange))
+        return {name if isinstance(name, str) else name.decode(): tuple(msgspec.json.decode(topics, type=list[str]))
+                for name, topics in bound.items()}
+
+    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[str]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:  # every bound queue, or none
-            for queue in targets:
-                pipe.rpush(queue.name, data)
+            for name in targets:
+                pipe.rpush(name, data)
             await pipe.execute()
 
     async def queue_length(self, name: str) -> int:

@@ -12,6 +12,9 @@ For a queue ``Q`` (the plain Redis list a 1.x agent RPUSHes to and BLPOPs from):
 ``Q:dead``                  list    dead letters: a JSON header line, ``\\n``, the original body
 ==========================  ======  ==========================================================
 
+Exchange bindings live in ``microagent:exchange:{name}`` (a hash: bound queue -> JSON list of its
+topics, empty for every key), written when a queue is declared or consumed and read by ``publish``.
+
 The attempt count lives beside the message, never in it, so what sits in ``Q`` stays the 1.x body.
 Scripts use the server clock (``TIME``) for due times so consumers on skewed hosts agree.
 """
@@ -39,6 +42,10 @@ class QueueKeys:
         return cls(queue=queue, inflight=inflight_key(queue, consumer), heartbeat=heartbeat_key(queue, consumer),
                    consumers=f'{queue}:consumers', delayed=f'{queue}:delayed', attempts=f'{queue}:attempts',
                    dead=f'{queue}:dead')
+
+
+def exchange_key(exchange: str) -> str:
+    return f'microagent:exchange:{exchange}'
 
 
 def inflight_key(queue: str, consumer: str) -> str:

@@ -10,7 +10,6 @@ async def send(broker: AbstractQueueBroker) -> None:
     await broker[mailer].send(mail, dely=30)  # E: arg-type
     await broker[mailer].send(mail, delay='30')  # E: arg-type
     await broker[mailer].send_many([mail], exchange='push')  # E: arg-type
-    await broker.mailer.send({'to': 'a@b.c', 'subject': 'hi'}, propreties={})  # E: arg-type
     await broker[mailer].send(mail, delay=30)
     await broker[mailer].send_many([mail], delay=0.5)
     await broker.mailer.send({'to': 'a@b.c', 'subject': 'hi'}, properties={'priority': 1}, exchange='x', topic='a.b')
