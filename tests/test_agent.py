@@ -360,3 +360,13 @@ def test_bad_handler_timeouts_name_the_handler(unique: str) -> None:
         class Worker(MicroAgent):
             @consumer(queue, timeout=0)
             async def work(self, ping: Ping) -> None: ...
+
+
+async def test_memory_hubs_route_only_the_queues_bound_on_them(unique: str) -> None:
+    queue = Queue(f'hubbed_{unique}', Ping, exchange=f'hubx_{unique}')
+    here, elsewhere = MemoryBroker(f'memory://here_{unique}'), MemoryBroker(f'memory://elsewhere_{unique}')
+    await here[queue].declare()
+    assert await here.publish(f'hubx_{unique}', Ping(n=1)) == 1
+    with pytest.raises(LookupError, match=f"No queue is bound to exchange 'hubx_{unique}'"):
+        await elsewhere.publish(f'hubx_{unique}', Ping(n=2))
+    assert (await here[queue].length(), await elsewhere[queue].length()) == (1, 0)
