@@ -204,12 +204,12 @@ class AbstractQueueBroker(ABC):
     async def bindings(self, exchange: str) -> dict[str, tuple[str, ...]]:
         """The queues bound to ``exchange`` where this broker's messages live (its hub, its server):
         queue name -> topics (none: every routing key). Backends with native exchanges need not."""
-        raise NotImplementedError
+        raise NotImplementedError(f'{type(self).__name__} keeps no exchange bindings; override publish')
 
     async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[str]) -> None:
         """Deliver a message published to an exchange to ``targets``, the names of the bound queues
         it routes to, all or none."""
-        raise NotImplementedError
+        raise NotImplementedError(f'{type(self).__name__} cannot route exchange {exchange!r}')
 
     async def declare_queue(self, queue: Queue[Any]) -> None:
         """Create the queue and record its exchange binding where the backend keeps them."""
