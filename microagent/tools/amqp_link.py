@@ -21,6 +21,7 @@ from pamqp import commands as spec
 
 from ..broker import backoff
 from ..dsn import hide_password
+from ..dsn import scrub as scrub_secrets
 
 # Errors that mean "the connection (or the channel with it) went away": worth reconnecting for.
 LINK_ERRORS: tuple[type[BaseException], ...] = (
@@ -47,7 +48,6 @@ class Link:
         self.log = log
         self.name = name
         self.generation = 0  # bumped on every new connection: declarations are redone per connection
-        self._password = urlsplit(dsn).password
         self._conn: AbstractConnection | None = None
         self._lock = asyncio.Lock()
         self._failures = 0
@@ -62,9 +62,9 @@ class Link:
         return conn if conn is not None and not conn.is_closed else None
 
     def scrub(self, error: BaseException | str) -> str:
-        """An error as text, without the DSN's password."""
+        """An error as text, without the DSN's secrets (userinfo and query parameters)."""
         text = f'{type(error).__name__}: {error}' if isinstance(error, BaseException) else error
-        return text.replace(self._password, '***') if self._password else text
+        return scrub_secrets(text, self.dsn)
 
     async def connect(self, patience: float | None = None) -> AbstractConnection:
         """The open connection; reconnects with backoff for up to ``patience`` s (None: forever),
