@@ -3,9 +3,9 @@
 Layout on the server, for a queue ``mailer``:
 
 * ``mailer``: a durable queue, fed through the default exchange; bound to the queue's ``exchange``
-  (fanout, or topic when a queue of that exchange declares ``topics``);
+  with the type that exchange is declared with (``Exchange``, or implied by the queue's form);
 * ``mailer.retry.{ms}``: delay queues (queue TTL, dead-lettered back to ``mailer``) that hold a
-  failed message until its retry is due; they expire when unused;
+  failed message until its retry is due, or a message sent with ``delay``; they expire when unused;
 * ``mailer.dead``: a fanout exchange and a durable queue holding dead letters, with the reason,
   the attempt count and the time in headers.
 
