@@ -3,13 +3,18 @@ from .agent import Consumer, MicroAgent, Receiver
 from .broker import AbstractQueueBroker, BoundExchange, BoundQueue, DeadLetter
 from .bus import AbstractSignalBus, BoundSignal
 from .errors import (
+    BackendClosed,
+    CallTimeout,
+    ConnectionFailed,
     DeclarationError,
+    InvalidArgument,
     InvalidPayload,
     MicroAgentError,
     MissConfig,
     QueueNotFound,
     ServerInterrupt,
     SignalNotFound,
+    UsageError,
 )
 from .exchange import Exchange
 from .handlers import consumer, cron, on, periodic, receiver
@@ -22,13 +27,17 @@ __version__ = '2.0.0.dev0'
 __all__ = [
     'AbstractQueueBroker',
     'AbstractSignalBus',
+    'BackendClosed',
     'BoundExchange',
     'BoundQueue',
     'BoundSignal',
+    'CallTimeout',
+    'ConnectionFailed',
     'Consumer',
     'DeadLetter',
     'DeclarationError',
     'Exchange',
+    'InvalidArgument',
     'InvalidPayload',
     'MicroAgent',
     'MicroAgentError',
@@ -39,6 +48,7 @@ __all__ = [
     'ServerInterrupt',
     'Signal',
     'SignalNotFound',
+    'UsageError',
     'configure',
     'consumer',
     'cron',

@@ -14,13 +14,14 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, Never, TypeVar
 
 from .dsn import hide_password
-from .errors import InvalidPayload, QueueNotFound
+from .errors import DeclarationError, InvalidArgument, InvalidPayload, QueueAttributeError, QueueNotFound, UsageError
 from .exchange import Exchange
 from .payload import check_size, encode_json
 from .queue import Queue, topics_match
@@ -32,6 +33,7 @@ T = TypeVar('T')
 
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 YIELD_EVERY = 32
+SETTLE_TRIES = 4  # a failed ack, retry or dead-letter is tried this often in all, then the message is released
 
 
 NO_CONTEXT: Mapping[str, Any] = MappingProxyType({})
@@ -136,6 +138,8 @@ class AbstractQueueBroker(ABC):
     fetch_timeout: float = 1.0
     #: True when cancelling ``fetch`` can never lose a message, so ``stop`` need not wait for it
     fetch_cancel_safe: bool = False
+    #: what becomes of a message that could be neither settled nor released, for the log
+    unsettled_fate: str = 'it stays unsettled until the backend gives it back'
 
     def __init__(self, dsn: str, log: logging.Logger | None = None,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
@@ -162,7 +166,7 @@ class AbstractQueueBroker(ABC):
     async def put_with(self, queue: Queue[Any], messages: list[bytes], delay: float,
                        options: Mapping[str, Any]) -> None:
         """``put`` with backend send options (only names listed in ``send_options`` reach it)."""
-        raise TypeError(f'queue {queue.name!r}: {type(self).__name__} cannot honour {", ".join(options)}')
+        raise UsageError(f'queue {queue.name!r}: {type(self).__name__} cannot honour {", ".join(options)}')
 
     @abstractmethod
     async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery]:
@@ -225,11 +229,12 @@ class AbstractQueueBroker(ABC):
         if name.startswith('_'):
             raise AttributeError(name)
         try:
-            return BoundQueue(self, Queue.get(name))
-        except QueueNotFound:
+            queue = Queue.get(name)
+        except QueueNotFound as exc:  # also an AttributeError: hasattr(broker, name) is False
             if name in Exchange.get_all():
                 return BoundExchange(self, Exchange.get(name))
-            raise
+            raise QueueAttributeError(str(exc), name, self) from None
+        return BoundQueue(self, queue)
 
     def __getitem__(self, queue: Queue[T]) -> BoundQueue[T]:
         return BoundQueue(self, queue)
@@ -241,7 +246,7 @@ class AbstractQueueBroker(ABC):
         bound = await self.bindings(exchange)
         targets = [name for name, topics in bound.items() if topics_match(topics, routing_key)]
         if not targets:
-            raise LookupError(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}')
+            raise QueueNotFound(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}')
         await self.route(exchange, routing_key, self.encode_for(targets, payload), targets)
         return len(targets)
 
@@ -266,8 +271,8 @@ class AbstractQueueBroker(ABC):
         """Start consuming ``consumer.queue`` with the delivery policy."""
         name = consumer.queue.name
         if name in self._running:
-            raise ValueError(f'queue {name!r} already has a consumer on this broker: '
-                             f'{self._running[name].consumer.key}')
+            raise DeclarationError(f'queue {name!r} already has a consumer on this broker: '
+                                   f'{self._running[name].consumer.key}')
         await self.declare_queue(consumer.queue)
         running = _Running(consumer)
         self._running[name] = running
@@ -356,8 +361,7 @@ class AbstractQueueBroker(ABC):
                 try:
                     payload = self._decode(consumer, delivery)
                 except InvalidPayload as exc:
-                    self.log.warning('Dead-lettered a message of queue %s: %s', queue.name, exc)
-                    await self.dead_letter(queue, delivery, str(exc))
+                    await self._reject(queue, delivery, exc)
                     continue
                 failure: Exception | None = None
                 run.deadlines[task] = time.monotonic() + consumer.timeout  # the loop's clock
@@ -377,24 +381,77 @@ class AbstractQueueBroker(ABC):
                 if failure is not None:
                     await self._failed(consumer, delivery, failure)
                 elif consumer.autoack:
-                    await self.ack(queue, delivery)
+                    try:
+                        await self.ack(queue, delivery)
+                    except Exception as exc:
+                        await self._settle_failed(queue, delivery, 'ack', exc, partial(self.ack, queue, delivery))
             except asyncio.CancelledError:
                 await self.release(queue, [delivery])
                 raise
-            except Exception:
-                self.log.exception('Queue %s: could not settle a message; the backend will redeliver it',
-                                   queue.name)
+            except Exception as exc:  # a bug, not a backend failure: still, the message is not left in hand
+                await self._give_back(queue, delivery, 'handle', exc, trace=True)
             finally:
                 run.busy -= 1
-            if run.busy + len(buffer) <= run.low_water:
-                run.refill.set()
+                if run.busy + len(buffer) <= run.low_water:  # also after a dead-lettered message's `continue`
+                    run.refill.set()
             streak += 1
             if streak == YIELD_EVERY:  # handlers that never wait would starve the fetch loop's I/O
                 streak = 0
                 await asyncio.sleep(0)
 
     def _decode(self, consumer: Consumer, delivery: Delivery) -> tuple[Any, Any]:
-        return consumer.decode(check_size(f'queue {consumer.queue.name!r}', delivery.data, self.max_message_size))
+        try:
+            return consumer.decode(check_size(f'queue {consumer.queue.name!r}', delivery.data, self.max_message_size))
+        except InvalidPayload:
+            raise
+        except MemoryError:
+            raise
+        except Exception as exc:  # a custom decode: whatever it raises, the message cannot be handled
+            raise InvalidPayload(f'queue {consumer.queue.name!r}', [f'{type(exc).__name__}: {exc}']) from None
+
+    async def _reject(self, queue: Queue[Any], delivery: Delivery, exc: InvalidPayload) -> None:
+        self.log.warning('Dead-lettered a message of queue %s: %s', queue.name, exc)
+        await self._settle_message(queue, delivery, 'dead-letter', partial(self.dead_letter, queue, delivery, str(exc)))
+
+    async def _settle_message(self, queue: Queue[Any], delivery: Delivery, action: str,
+                              operation: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await operation()
+        except Exception as exc:
+            await self._settle_failed(queue, delivery, action, exc, operation)
+
+    async def _settle_failed(self, queue: Queue[Any], delivery: Delivery, action: str, exc: Exception,
+                             operation: Callable[[], Awaitable[None]]) -> None:
+        """A settle operation failed: try it again with backoff, then give the message back to the
+        queue, so no message stays in hand while the consumer lives."""
+        for tries in range(1, SETTLE_TRIES):
+            delay = backoff(tries, 0.05, 1.0)
+            self.log.warning('Queue %s: could not %s a message (%s: %s); trying again in %.2fs',
+                             queue.name, action, type(exc).__name__, exc, delay)
+            await asyncio.sleep(delay)
+            try:
+                await operation()
+            except Exception as again:
+                exc = again
+            else:
+                self.log.info('Queue %s: %s of the message succeeded on try %d', queue.name, action, tries + 1)
+                return
+        await self._give_back(queue, delivery, f'{action} ({SETTLE_TRIES} tries)', exc)
+
+    async def _give_back(self, queue: Queue[Any], delivery: Delivery, action: str, exc: Exception,
+                         trace: bool = False) -> None:
+        """Release a message that could not be settled; say truthfully what becomes of it."""
+        trace_of = exc if trace else None
+        try:
+            await self.release(queue, [delivery])
+        except Exception as failure:
+            self.log.error('Queue %s: could not %s a message (%s: %s) nor return it to the queue (%s: %s); %s',
+                           queue.name, action, type(exc).__name__, exc, type(failure).__name__, failure,
+                           self.unsettled_fate, exc_info=trace_of)
+        else:
+            self.log.error('Queue %s: could not %s a message (%s: %s); returned it to the queue, '
+                           'it will be delivered again', queue.name, action, type(exc).__name__, exc,
+                           exc_info=trace_of)
 
     async def _failed(self, consumer: Consumer, delivery: Delivery, exc: Exception) -> None:
         queue = consumer.queue
@@ -406,11 +463,12 @@ class AbstractQueueBroker(ABC):
             delay = backoff(delivery.attempt, consumer.retry_delay)
             self.log.warning('Queue %s: %s failed on attempt %d (%s); retry in %.2fs',
                              queue.name, consumer.key, delivery.attempt, reason, delay)
-            await self.retry(queue, delivery, delay, reason)
+            await self._settle_message(queue, delivery, 'retry', partial(self.retry, queue, delivery, delay, reason))
         else:
             self.log.error('Queue %s: %s failed on attempt %d (%s); dead-lettered',
                            queue.name, consumer.key, delivery.attempt, reason)
-            await self.dead_letter(queue, delivery, reason)
+            await self._settle_message(queue, delivery, 'dead-letter',
+                                       partial(self.dead_letter, queue, delivery, reason))
 
 
 class BoundExchange:
@@ -428,7 +486,7 @@ class BoundExchange:
     async def send(self, message: Any, *, topic: str = '', **unknown: Never) -> int:
         """Publish to every queue bound to the exchange (matching ``topic`` on a topic exchange)."""
         if unknown:
-            raise TypeError(f'exchange {self.exchange.name!r}: unknown send option(s) '
+            raise UsageError(f'exchange {self.exchange.name!r}: unknown send option(s) '
                             f'{", ".join(map(repr, unknown))}')
         return await self.broker.publish(self.exchange.name, message, topic)
 
@@ -469,15 +527,15 @@ class BoundQueue(Generic[T]):
         """The delay in seconds, after refusing what this broker would otherwise drop or misread."""
         name = self.queue.name
         if unknown:
-            raise TypeError(f'queue {name!r}: unknown send option(s) {", ".join(map(repr, unknown))}')
+            raise UsageError(f'queue {name!r}: unknown send option(s) {", ".join(map(repr, unknown))}')
         refused = [key for key in extra if key not in self.broker.send_options]
         if refused:
-            raise TypeError(f'queue {name!r}: {type(self.broker).__name__} cannot honour send option(s) '
+            raise UsageError(f'queue {name!r}: {type(self.broker).__name__} cannot honour send option(s) '
                             f'{", ".join(map(repr, refused))}')
         if delay is None:
             return 0.0
         if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay < math.inf:
-            raise ValueError(f'queue {name!r}: delay must be a number of seconds >= 0, got {delay!r}')
+            raise InvalidArgument(f'queue {name!r}: delay must be a number of seconds >= 0, got {delay!r}')
         return float(delay)
 
     async def _put(self, encoded: list[bytes], delay: float, extra: Mapping[str, Any]) -> None:

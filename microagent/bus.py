@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import msgspec
 
 from .dsn import hide_password
-from .errors import InvalidPayload
+from .errors import CallTimeout, InvalidPayload, SignalAttributeError, SignalNotFound, UsageError
 from .payload import check_size, encode_json
 from .signal import Signal
 
@@ -105,7 +105,11 @@ class AbstractSignalBus(ABC):
     def __getattr__(self, name: str) -> BoundSignal[Any, Any]:
         if name.startswith('_'):
             raise AttributeError(name)
-        return BoundSignal(self, Signal.get(name))
+        try:
+            signal = Signal.get(name)
+        except SignalNotFound as exc:  # also an AttributeError: hasattr(bus, name) is False
+            raise SignalAttributeError(str(exc), name, self) from None
+        return BoundSignal(self, signal)
 
     def __getitem__(self, signal: Signal[T, R]) -> BoundSignal[T, R]:
         return BoundSignal(self, signal)
@@ -240,7 +244,7 @@ class BoundSignal(Generic[T, R]):
         if payload is None:
             data = codec.encode(codec.from_kwargs(kwargs))
         elif kwargs:
-            raise TypeError(f'signal {self.signal.name!r}: give the payload or keywords, not both')
+            raise UsageError(f'signal {self.signal.name!r}: give the payload or keywords, not both')
         else:
             data = codec.encode(payload)
         return check_size(f'signal {self.signal.name!r}', data, self.bus.max_message_size)
@@ -262,7 +266,7 @@ class BoundSignal(Generic[T, R]):
         finally:
             del self.bus._pending[request_id]
         if answer is None:
-            raise TimeoutError(f'no answer to signal {self.signal.name!r} within {timeout}s')
+            raise CallTimeout(f'no answer to signal {self.signal.name!r} within {timeout}s')
         return answer
 
     @asynccontextmanager

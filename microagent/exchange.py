@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal, get_args
 
-from .errors import DeclarationError
+from .errors import DeclarationError, QueueNotFound
 from .registry import Declaration
 
 ExchangeType = Literal['fanout', 'topic']
@@ -46,7 +46,7 @@ class Exchange(Declaration):
         try:
             return cls._registry[name]
         except KeyError:
-            raise LookupError(f'No such exchange {name!r}') from None
+            raise QueueNotFound(f'No such exchange {name!r}') from None
 
     @classmethod
     def get_all(cls) -> dict[str, Exchange]:

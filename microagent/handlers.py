@@ -22,6 +22,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast
 
 from croniter import croniter
 
+from .errors import DeclarationError, UsageError
 from .payload import Codec, codec_for
 from .queue import Queue
 from .signal import Signal
@@ -153,13 +154,13 @@ def _check_seconds(func: Callable[..., Any], name: str, value: float, *, zero_ok
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) \
             or (value < 0 if zero_ok else value <= 0):
         bound = '>= 0' if zero_ok else '> 0'
-        raise ValueError(f'{handler_name(func)}: {name} must be a number {bound}, got {value!r}')
+        raise DeclarationError(f'{handler_name(func)}: {name} must be a number {bound}, got {value!r}')
     return float(value)
 
 
 def _check_async(func: Callable[..., Any], decorator: str) -> None:
     if not inspect.iscoroutinefunction(func):
-        raise TypeError(f'{handler_name(func)}: @{decorator} needs an async function')
+        raise UsageError(f'{handler_name(func)}: @{decorator} needs an async function')
 
 
 # Typed decorator objects. The overloads let mypy accept a typed handler only when its DTO parameter
@@ -242,7 +243,7 @@ def receiver(*signals: Signal[Any, Any], timeout: float = 60) -> _ReceiverDecora
     """Receive ``signals`` (pub/sub). Many handlers may receive one signal; the return value of a
     handler is its answer when the signal is sent with ``call``."""
     if not signals or not all(isinstance(s, Signal) for s in signals):
-        raise TypeError(f'@receiver needs one or more Signal declarations, got {signals!r}')
+        raise UsageError(f'@receiver needs one or more Signal declarations, got {signals!r}')
     return _ReceiverDecorator(signals, timeout)
 
 
@@ -263,7 +264,7 @@ class _ConsumerBase:
         timeout = _check_seconds(func, 'timeout', self.timeout)
         _check_consumer_options(func, self.queue, self.options)
         if any(isinstance(s, ConsumerSpec) for s in specs_of(func)):
-            raise ValueError(f'{handler_name(func)}: a handler consumes one queue only')
+            raise DeclarationError(f'{handler_name(func)}: a handler consumes one queue only')
         _attach(func, ConsumerSpec(queue=self.queue, timeout=timeout, style=CallStyle.of(func),
                                    dto_class=self.dto_class, dto_name=self.dto_name, options=self.options))
         return func
@@ -280,16 +281,17 @@ def _check_consumer_options(func: Callable[..., Any], queue: Queue[Any], options
         if key not in CONSUMER_OPTIONS:
             close = difflib.get_close_matches(key, CONSUMER_OPTIONS, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f'; known: {", ".join(CONSUMER_OPTIONS)}'
-            raise TypeError(f'{where}: unknown option {key!r}{hint}')
+            raise UsageError(f'{where}: unknown option {key!r}{hint}')
         if key == 'prefetch' and value is None:
             continue  # the default: 4 x concurrency
         if key in _MIN_INT:
             if not isinstance(value, int) or isinstance(value, bool) or value < _MIN_INT[key]:
-                raise ValueError(f'{handler_name(func)}: {key} must be an integer >= {_MIN_INT[key]}, got {value!r}')
+                raise DeclarationError(f'{handler_name(func)}: {key} must be an integer >= {_MIN_INT[key]}, '
+                                       f'got {value!r}')
         elif key == 'retry_delay':
             _check_seconds(func, key, value, zero_ok=True)
         elif not isinstance(value, bool):  # autoack
-            raise ValueError(f'{handler_name(func)}: {key} must be True or False, got {value!r}')
+            raise DeclarationError(f'{handler_name(func)}: {key} must be True or False, got {value!r}')
 
 
 class _ConsumerDecorator(_ConsumerBase, Generic[T]):
@@ -363,7 +365,7 @@ def consumer(queue: Queue[Any], timeout: float = 60, dto_class: type[Any] | None
     ack to the handler). Any other option is a TypeError naming the handler, raised when decorating;
     the runtime takes ``**options`` only to name the handler in that error."""
     if not isinstance(queue, Queue):
-        raise TypeError(f'@consumer needs a Queue declaration, got {queue!r}')
+        raise UsageError(f'@consumer needs a Queue declaration, got {queue!r}')
     args = (queue, timeout, dto_class, dto_name, options)
     if dto_class is None:
         return _ConsumerDecorator(*args)
@@ -391,7 +393,7 @@ def cron(spec: str, timeout: float = 1, tz: tzinfo | None = None) -> Callable[[T
     def decorator(func: Task) -> Task:
         _check_async(func, 'cron')
         if not isinstance(spec, str) or not croniter.is_valid(spec):
-            raise ValueError(f'{handler_name(func)}: invalid cron spec {spec!r}')
+            raise DeclarationError(f'{handler_name(func)}: invalid cron spec {spec!r}')
         _attach(func, CronSpec(spec=spec, timeout=_check_seconds(func, 'timeout', timeout), tz=tz))
         return func
     return decorator
@@ -400,7 +402,7 @@ def cron(spec: str, timeout: float = 1, tz: tzinfo | None = None) -> Callable[[T
 def on(label: str) -> Callable[[Hook], Hook]:
     """A lifecycle hook (``pre_start``, ``post_start``, ``pre_stop``) or a long-running ``server``."""
     if label not in HOOK_LABELS:
-        raise ValueError(f'@on: unknown hook label {label!r}; use one of {", ".join(HOOK_LABELS)}')
+        raise DeclarationError(f'@on: unknown hook label {label!r}; use one of {", ".join(HOOK_LABELS)}')
 
     def decorator(func: Hook) -> Hook:
         _attach(func, HookSpec(label=label))

@@ -32,7 +32,7 @@ from pamqp.common import FieldTable
 
 from ..broker import AbstractQueueBroker, DeadLetter, Delivery, backoff
 from ..bus import RESPONSE_SIGNAL, AbstractSignalBus
-from ..errors import DeclarationError
+from ..errors import ConnectionFailed, DeclarationError, InvalidArgument, QueueNotFound, UsageError
 from ..exchange import Exchange
 from ..queue import Queue
 from .amqp_link import LINK_ERRORS, Link, Outgoing, Publisher
@@ -170,6 +170,7 @@ class AMQPBroker(AbstractQueueBroker):
 
     #: a cancelled fetch loses nothing: what it buffered stays unacked and returns when the channel closes
     fetch_cancel_safe = True
+    unsettled_fate = 'it stays unacked; RabbitMQ delivers it again when its channel closes'
 
     def __init__(self, dsn: str, log: logging.Logger | None = None, *, reconnect_timeout: float = 60.0,
                  **options: Any) -> None:
@@ -270,9 +271,9 @@ class AMQPBroker(AbstractQueueBroker):
         if topic is not None and exchange is None:
             exchange = queue.exchange
             if exchange is None:
-                raise TypeError(f'queue {queue.name!r}: topic {topic!r} needs an exchange; the queue has none')
+                raise UsageError(f'queue {queue.name!r}: topic {topic!r} needs an exchange; the queue has none')
         if exchange is not None and delay > 0:
-            raise TypeError(f'queue {queue.name!r}: a delayed send goes to the queue, not through exchange '
+            raise UsageError(f'queue {queue.name!r}: a delayed send goes to the queue, not through exchange '
                             f'{exchange!r}')
         target, key = ('', await self._retry_queue(queue.name, delay)) if delay > 0 else ('', queue.name)
         if exchange is not None:
@@ -284,10 +285,10 @@ class AMQPBroker(AbstractQueueBroker):
             try:
                 await self._publisher.publish(outgoing, f'exchange {target!r}')
             except aiormq.PublishError:
-                raise LookupError(f'queue {queue.name!r}: exchange {target!r} routed the message to no queue '
+                raise QueueNotFound(f'queue {queue.name!r}: exchange {target!r} routed the message to no queue '
                                   f'(routing key {key!r})') from None
             except aiormq.ChannelNotFoundEntity:
-                raise LookupError(f'queue {queue.name!r}: no exchange {target!r} on RabbitMQ') from None
+                raise QueueNotFound(f'queue {queue.name!r}: no exchange {target!r} on RabbitMQ') from None
             return
         try:
             await self._publisher.publish(outgoing, f'queue {queue.name!r}')
@@ -313,9 +314,9 @@ class AMQPBroker(AbstractQueueBroker):
             await self._publisher.publish([Outgoing(exchange, routing_key, data, _properties(), mandatory=True)],
                                           f'exchange {exchange!r}')
         except aiormq.PublishError:
-            raise LookupError(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}') from None
+            raise QueueNotFound(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}') from None
         except aiormq.ChannelNotFoundEntity:
-            raise LookupError(f'No exchange {exchange!r} on RabbitMQ') from None
+            raise QueueNotFound(f'No exchange {exchange!r} on RabbitMQ') from None
         return 1
 
     # consuming
@@ -370,8 +371,13 @@ class AMQPBroker(AbstractQueueBroker):
         meta = AMQPMeta(queue.name, channel, tag, bool(getattr(deliver, 'redelivered', False)),
                         message.exchange or '', message.routing_key or '', properties, token)
         delivery = Delivery(data=message.body, attempt=attempt, token=token, context={'amqp': meta})
-        token.drop = partial(self.dead_letter, queue, delivery)
+        token.drop = partial(self._drop, queue, delivery)
         return delivery
+
+    async def _drop(self, queue: Queue[Any], delivery: Delivery, reason: str) -> None:
+        """Dead-letter on the handler's ``reject``/``nack``; if that fails, the message goes back now."""
+        async with self._or_give_back(delivery.token):
+            await self.dead_letter(queue, delivery, reason)
 
     async def ack(self, queue: Queue[Any], delivery: Delivery) -> None:
         if not await _settle(delivery.token, 'ack'):
@@ -384,10 +390,10 @@ class AMQPBroker(AbstractQueueBroker):
             return  # settled by the handler (autoack=False): not ours to retry
         headers = {**_fresh_headers(token.properties), ATTEMPT_HEADER: delivery.attempt + 1,
                    REASON_HEADER: reason[:MAX_REASON]}
-        async with self._or_give_back(token):
-            retry = await self._retry_queue(queue.name, delay)
-            await self._publisher.publish([Outgoing('', retry, delivery.data, _properties(headers))],
-                                          f'queue {retry!r}')
+        # a failure leaves the message unacked: the engine tries again, then releases it
+        retry = await self._retry_queue(queue.name, delay)
+        await self._publisher.publish([Outgoing('', retry, delivery.data, _properties(headers))],
+                                      f'queue {retry!r}')
         await self.ack(queue, delivery)
 
     async def dead_letter(self, queue: Queue[Any], delivery: Delivery, reason: str) -> None:
@@ -397,10 +403,9 @@ class AMQPBroker(AbstractQueueBroker):
         headers = {**_fresh_headers(token.properties), ATTEMPT_HEADER: delivery.attempt,
                    REASON_HEADER: reason[:MAX_REASON], DEAD_AT_HEADER: time.time()}
         dead = queue.name + DEAD_SUFFIX
-        async with self._or_give_back(token):
-            await self.declare_queue(queue)
-            await self._publisher.publish([Outgoing(dead, '', delivery.data, _properties(headers))],
-                                          f'exchange {dead!r}')
+        await self.declare_queue(queue)  # a failure leaves the message unacked: the engine tries again
+        await self._publisher.publish([Outgoing(dead, '', delivery.data, _properties(headers))],
+                                      f'exchange {dead!r}')
         await self.ack(queue, delivery)
 
     @asynccontextmanager
@@ -511,7 +516,7 @@ def _user_properties(queue: Queue[Any], given: Mapping[str, Any] | None) -> spec
     values = {('message_type' if key == 'type' else key): value for key, value in given.items()}
     unknown = sorted(set(values) - _PROPERTY_NAMES)
     if unknown:
-        raise TypeError(f'queue {queue.name!r}: unknown AMQP properties {", ".join(map(repr, unknown))}')
+        raise UsageError(f'queue {queue.name!r}: unknown AMQP properties {", ".join(map(repr, unknown))}')
     return spec.Basic.Properties(**{'content_type': CONTENT_TYPE, 'delivery_mode': PERSISTENT, **values})
 
 
@@ -554,7 +559,7 @@ class AMQPSignalBus(AbstractSignalBus):
     async def publish(self, channel: str, data: bytes) -> None:
         name, sender, request_id = self._parse_channel(channel)
         if name is None:
-            raise ValueError(f'channel {channel!r} is not under the prefix {self.prefix!r} of this bus')
+            raise InvalidArgument(f'channel {channel!r} is not under the prefix {self.prefix!r} of this bus')
         if name == RESPONSE_SIGNAL:
             reply_to = self._reply_to.pop(request_id, None)
             if reply_to is None:
@@ -575,7 +580,7 @@ class AMQPSignalBus(AbstractSignalBus):
     def _binding_key(self, pattern: str) -> str | None:
         name, sender, _ = self._parse_channel(pattern)
         if name is None:
-            raise ValueError(f'pattern {pattern!r} is not under the prefix {self.prefix!r} of this bus')
+            raise InvalidArgument(f'pattern {pattern!r} is not under the prefix {self.prefix!r} of this bus')
         if name == RESPONSE_SIGNAL:
             return None  # answers come straight to this bus's queue
         return f'{name}.{"#" if sender == "*" else sender}'
@@ -590,8 +595,8 @@ class AMQPSignalBus(AbstractSignalBus):
             async with asyncio.timeout(self.reconnect_timeout):
                 await self._ready.wait()
         except TimeoutError:
-            raise ConnectionError(f'{self._link.name}: could not subscribe on RabbitMQ at '
-                                  f'{self._link.safe_dsn} in {self.reconnect_timeout}s') from None
+            raise ConnectionFailed(f'{self._link.name}: could not subscribe on RabbitMQ at '
+                                   f'{self._link.safe_dsn} in {self.reconnect_timeout}s') from None
         channel = self._channel
         if key is not None and channel is not None:
             try:

@@ -22,6 +22,7 @@ from pamqp import commands as spec
 from ..broker import backoff
 from ..dsn import hide_password
 from ..dsn import scrub as scrub_secrets
+from ..errors import ConnectionFailed, InvalidArgument
 
 # Errors that mean "the connection (or the channel with it) went away": worth reconnecting for.
 LINK_ERRORS: tuple[type[BaseException], ...] = (
@@ -32,7 +33,7 @@ LINK_ERRORS: tuple[type[BaseException], ...] = (
 def check_dsn(dsn: str) -> None:
     scheme = urlsplit(dsn).scheme
     if scheme not in ('amqp', 'amqps'):
-        raise ValueError(f'An AMQP DSN starts with amqp:// or amqps://, got {hide_password(dsn)!r}')
+        raise InvalidArgument(f'An AMQP DSN starts with amqp:// or amqps://, got {hide_password(dsn)!r}')
 
 
 class Link:
@@ -76,8 +77,8 @@ class Link:
             async with asyncio.timeout(patience):
                 return await self._connect()
         except TimeoutError:
-            raise ConnectionError(f'{self.name}: RabbitMQ at {self.safe_dsn} is unreachable '
-                                  f'({self._error or "timed out"})') from None
+            raise ConnectionFailed(f'{self.name}: RabbitMQ at {self.safe_dsn} is unreachable '
+                                   f'({self._error or "timed out"})') from None
 
     async def channel(self, patience: float | None = None, publisher_confirms: bool = False) -> AbstractChannel:
         """A new channel on the open connection (reconnecting first when needed)."""
@@ -98,7 +99,7 @@ class Link:
                 if conn is not None:
                     return conn
                 if self._closed:
-                    raise ConnectionError(f'{self.name} is closed')
+                    raise ConnectionFailed(f'{self.name} is closed')
                 wait = self._retry_at - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
@@ -205,8 +206,8 @@ class Publisher:
                 elif isinstance(result, spec.Basic.Nack | spec.Basic.Reject):
                     failed.append(out)  # the server could not take it: send again
             if failed and loop.time() >= deadline:
-                raise ConnectionError(f'{self.link.name}: {len(failed)} message(s) to {what} were not confirmed '
-                                      f'by RabbitMQ at {self.link.safe_dsn} in {self.reconnect_timeout}s')
+                raise ConnectionFailed(f'{self.link.name}: {len(failed)} message(s) to {what} were not confirmed '
+                                       f'by RabbitMQ at {self.link.safe_dsn} in {self.reconnect_timeout}s')
             if failed:
                 self.link.log.warning('%s: %d message(s) to %s were not confirmed; sending again',
                                       self.link.name, len(failed), what)

@@ -31,6 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..broker import DEFAULT_MAX_MESSAGE_SIZE, AbstractQueueBroker, DeadLetter, Delivery, backoff
 from ..bus import AbstractSignalBus
+from ..errors import BackendClosed, InvalidArgument
 from ..queue import Queue
 from . import redis_scripts as lua
 from .redis_scripts import QueueKeys
@@ -83,7 +84,7 @@ class RedisSignalBus(AbstractSignalBus):
 
     async def subscribe(self, pattern: str) -> None:
         if self._closed:
-            raise RuntimeError(f'{self!r} is closed')
+            raise BackendClosed(f'{self!r} is closed')
         self._patterns.append(pattern)
         confirmed = asyncio.get_running_loop().create_future()
         self._confirm.setdefault(pattern.encode(), []).append(confirmed)
@@ -175,6 +176,7 @@ class RedisBroker(AbstractQueueBroker):
     """
 
     fetch_cancel_safe = True
+    unsettled_fate = "it stays in this consumer's in-flight list until the next heartbeat returns it to the queue"
     #: how long a read may take beyond its blocking time before the connection is deemed dead
     read_margin: float = 5.0
     #: acks are sent together, at most this many seconds after the first of them
@@ -185,7 +187,7 @@ class RedisBroker(AbstractQueueBroker):
                  **redis_options: Any) -> None:
         super().__init__(dsn, log, max_message_size=max_message_size)
         if heartbeat <= 0:
-            raise ValueError(f'heartbeat must be positive, got {heartbeat!r}')
+            raise InvalidArgument(f'heartbeat must be positive, got {heartbeat!r}')
         self.heartbeat = heartbeat
         self.redis = _client(dsn, redis_options)
         self._blocking = _client(dsn, redis_options, reader=True)
