@@ -1,6 +1,6 @@
 """microagent: typed, DTO-first agents for event-driven Python microservices."""
 from .agent import Consumer, MicroAgent, Receiver
-from .broker import AbstractQueueBroker, BoundQueue, DeadLetter
+from .broker import AbstractQueueBroker, BoundExchange, BoundQueue, DeadLetter
 from .bus import AbstractSignalBus, BoundSignal
 from .errors import (
     BackendClosed,
@@ -16,6 +16,7 @@ from .errors import (
     SignalNotFound,
     UsageError,
 )
+from .exchange import Exchange
 from .handlers import consumer, cron, on, periodic, receiver
 from .loader import configure, load_queues, load_signals, load_stuff
 from .queue import Queue
@@ -27,6 +28,7 @@ __all__ = [
     'AbstractQueueBroker',
     'AbstractSignalBus',
     'BackendClosed',
+    'BoundExchange',
     'BoundQueue',
     'BoundSignal',
     'CallTimeout',
@@ -34,6 +36,7 @@ __all__ = [
     'Consumer',
     'DeadLetter',
     'DeclarationError',
+    'Exchange',
     'InvalidArgument',
     'InvalidPayload',
     'MicroAgent',

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -17,12 +18,13 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Never, TypeVar
 
 from .dsn import hide_password
-from .errors import DeclarationError, InvalidPayload, QueueAttributeError, QueueNotFound
-from .payload import check_size
-from .queue import Queue
+from .errors import DeclarationError, InvalidArgument, InvalidPayload, QueueAttributeError, QueueNotFound, UsageError
+from .exchange import Exchange
+from .payload import check_size, encode_json
+from .queue import Queue, topics_match
 
 if TYPE_CHECKING:
     from .agent import Consumer
@@ -152,9 +154,19 @@ class AbstractQueueBroker(ABC):
 
     # backend interface
 
+    #: send keywords this backend honours besides ``delay`` (AMQP: the 1.x ``properties``, ``exchange``,
+    #: ``topic``); any other one given to ``send`` is a TypeError, never silently dropped
+    send_options: frozenset[str] = frozenset()
+
     @abstractmethod
-    async def put(self, queue: Queue[Any], messages: list[bytes]) -> None:
-        """Append encoded messages to a queue, in order, in as few round trips as possible."""
+    async def put(self, queue: Queue[Any], messages: list[bytes], delay: float = 0.0) -> None:
+        """Append encoded messages to a queue, in order, in as few round trips as possible; with a
+        ``delay`` (s), they become deliverable only once it has passed."""
+
+    async def put_with(self, queue: Queue[Any], messages: list[bytes], delay: float,
+                       options: Mapping[str, Any]) -> None:
+        """``put`` with backend send options (only names listed in ``send_options`` reach it)."""
+        raise UsageError(f'queue {queue.name!r}: {type(self).__name__} cannot honour {", ".join(options)}')
 
     @abstractmethod
     async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery]:
@@ -193,26 +205,34 @@ class AbstractQueueBroker(ABC):
     async def requeue_dead_letters(self, name: str) -> int:
         """Put every dead letter of the queue back on it, as fresh messages; return how many."""
 
-    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[Queue[Any]]) -> None:
-        """Deliver a message published to an exchange to ``targets``, the declared queues it routes
-        to. Backends with native exchanges override this."""
-        for queue in targets:
-            await self.put(queue, [data])
+    async def bindings(self, exchange: str) -> dict[str, tuple[str, ...]]:
+        """The queues bound to ``exchange`` where this broker's messages live (its hub, its server):
+        queue name -> topics (none: every routing key). Backends with native exchanges need not."""
+        raise NotImplementedError(f'{type(self).__name__} keeps no exchange bindings; override publish')
+
+    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[str]) -> None:
+        """Deliver a message published to an exchange to ``targets``, the names of the bound queues
+        it routes to, all or none."""
+        raise NotImplementedError(f'{type(self).__name__} cannot route exchange {exchange!r}')
 
     async def declare_queue(self, queue: Queue[Any]) -> None:
-        """Create the queue (and its exchange binding) where the backend needs it."""
+        """Create the queue and record its exchange binding where the backend keeps them."""
 
     async def close(self) -> None:
         """Release connections; the broker may not be used afterwards."""
 
     # bound queues
 
-    def __getattr__(self, name: str) -> BoundQueue[Any]:
+    def __getattr__(self, name: str) -> Any:
+        """1.x access by name, as untyped as the names: ``broker.mailer`` is a BoundQueue, and
+        (1.9) ``broker.push`` a BoundExchange when ``push`` is a declared exchange, not a queue."""
         if name.startswith('_'):
             raise AttributeError(name)
         try:
             queue = Queue.get(name)
         except QueueNotFound as exc:  # also an AttributeError: hasattr(broker, name) is False
+            if name in Exchange.get_all():
+                return BoundExchange(self, Exchange.get(name))
             raise QueueAttributeError(str(exc), name, self) from None
         return BoundQueue(self, queue)
 
@@ -220,16 +240,27 @@ class AbstractQueueBroker(ABC):
         return BoundQueue(self, queue)
 
     async def publish(self, exchange: str, payload: Any, routing_key: str = '') -> int:
-        """Publish to an exchange: every queue bound to it (and matching ``routing_key`` when it
-        has topics) gets the message, validated against its model. Returns how many queues."""
-        targets = [q for q in Queue.get_all().values() if q.routes(exchange, routing_key)]
+        """Publish to an exchange: every queue bound to it on this broker's hub or server (and
+        matching ``routing_key`` on a topic exchange) gets the message, validated against the model
+        of each such queue this process declares. Returns how many queues."""
+        bound = await self.bindings(exchange)
+        targets = [name for name, topics in bound.items() if topics_match(topics, routing_key)]
         if not targets:
             raise QueueNotFound(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}')
-        data = b''
-        for queue in targets:
-            data = self.encode(queue, payload)
-        await self.route(exchange, routing_key, data, targets)
+        await self.route(exchange, routing_key, self.encode_for(targets, payload), targets)
         return len(targets)
+
+    def encode_for(self, targets: Iterable[str], payload: Any) -> bytes:
+        """The payload validated against every target queue declared here; plain JSON if none is."""
+        known = Queue.get_all()
+        data: bytes | None = None
+        for name in targets:
+            if name in known:
+                data = self.encode(known[name], payload)
+        if data is None:
+            data = check_size(f'exchange payload for {", ".join(targets)}', encode_json(payload),
+                              self.max_message_size)
+        return data
 
     def encode(self, queue: Queue[Any], payload: Any) -> bytes:
         return check_size(f'queue {queue.name!r}', queue.codec.encode(payload), self.max_message_size)
@@ -440,6 +471,26 @@ class AbstractQueueBroker(ABC):
                                        partial(self.dead_letter, queue, delivery, reason))
 
 
+class BoundExchange:
+    """An exchange bound to a broker (1.9 ``broker.push.send(payload, topic='1.android')``)."""
+
+    __slots__ = ('broker', 'exchange')
+
+    def __init__(self, broker: AbstractQueueBroker, exchange: Exchange) -> None:
+        self.broker = broker
+        self.exchange = exchange
+
+    def __repr__(self) -> str:
+        return f'<BoundExchange {self.exchange.name} on {self.broker!r}>'
+
+    async def send(self, message: Any, *, topic: str = '', **unknown: Never) -> int:
+        """Publish to every queue bound to the exchange (matching ``topic`` on a topic exchange)."""
+        if unknown:
+            raise UsageError(f'exchange {self.exchange.name!r}: unknown send option(s) '
+                            f'{", ".join(map(repr, unknown))}')
+        return await self.broker.publish(self.exchange.name, message, topic)
+
+
 class BoundQueue(Generic[T]):
     """A queue bound to a broker: ``send``, ``send_many``, ``length`` and its dead letters."""
 
@@ -452,15 +503,46 @@ class BoundQueue(Generic[T]):
     def __repr__(self) -> str:
         return f'<BoundQueue {self.queue.name} on {self.broker!r}>'
 
-    async def send(self, message: T, **options: Any) -> None:
-        """Validate and enqueue one message: a model instance or, 1.x style, a dict of fields."""
-        await self.broker.put(self.queue, [self.broker.encode(self.queue, message)])
+    async def send(self, message: T, *, delay: float | None = None, properties: Mapping[str, Any] | None = None,
+                   exchange: str | None = None, topic: str | None = None, **unknown: Never) -> None:
+        """Validate and enqueue one message: a model instance or, 1.x style, a dict of fields.
 
-    async def send_many(self, messages: Iterable[T]) -> None:
+        ``delay`` (s) holds it back that long, on every backend. ``properties``, ``exchange`` and
+        ``topic`` are the 1.x AMQP keywords (message properties; publish through that exchange with
+        the topic, else the queue name, as routing key); a backend that cannot honour a keyword
+        raises TypeError rather than drop it."""
+        extra = {key: value for key, value in
+                 (('properties', properties), ('exchange', exchange), ('topic', topic)) if value is not None}
+        wait = self._check(delay, extra, unknown)
+        await self._put([self.broker.encode(self.queue, message)], wait, extra)
+
+    async def send_many(self, messages: Iterable[T], *, delay: float | None = None, **unknown: Never) -> None:
         """Validate every message first, then enqueue them all in one round trip."""
+        wait = self._check(delay, {}, unknown)
         encoded = [self.broker.encode(self.queue, message) for message in messages]
         if encoded:
-            await self.broker.put(self.queue, encoded)
+            await self._put(encoded, wait, {})
+
+    def _check(self, delay: float | None, extra: Mapping[str, Any], unknown: Mapping[str, Any]) -> float:
+        """The delay in seconds, after refusing what this broker would otherwise drop or misread."""
+        name = self.queue.name
+        if unknown:
+            raise UsageError(f'queue {name!r}: unknown send option(s) {", ".join(map(repr, unknown))}')
+        refused = [key for key in extra if key not in self.broker.send_options]
+        if refused:
+            raise UsageError(f'queue {name!r}: {type(self.broker).__name__} cannot honour send option(s) '
+                            f'{", ".join(map(repr, refused))}')
+        if delay is None:
+            return 0.0
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay < math.inf:
+            raise InvalidArgument(f'queue {name!r}: delay must be a number of seconds >= 0, got {delay!r}')
+        return float(delay)
+
+    async def _put(self, encoded: list[bytes], delay: float, extra: Mapping[str, Any]) -> None:
+        if extra:
+            await self.broker.put_with(self.queue, encoded, delay, extra)
+        else:
+            await self.broker.put(self.queue, encoded, delay)
 
     async def length(self) -> int:
         return await self.broker.queue_length(self.queue.name)

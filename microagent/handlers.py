@@ -11,6 +11,7 @@ defined. A handler is called in one of two conventions, chosen once from its sig
 from __future__ import annotations
 
 import asyncio
+import difflib
 import inspect
 import math
 from collections.abc import Awaitable, Callable, Mapping
@@ -92,7 +93,8 @@ class ConsumerSpec:
         """Messages fetched ahead of free handlers, so one round trip feeds many handlers (like
         Celery's prefetch multiplier: 4 x concurrency by default). They stay owned by this consumer:
         released on stop, reclaimed by another consumer if this one dies."""
-        return int(self.options.get('prefetch', 4 * self.concurrency))
+        prefetch = self.options.get('prefetch')
+        return 4 * self.concurrency if prefetch is None else int(prefetch)
 
     @cached_property
     def max_retries(self) -> int:
@@ -272,17 +274,36 @@ class _ConsumerBase:
     def _bind(self, func: Any) -> Any:
         _check_async(func, 'consumer')
         timeout = _check_seconds(func, 'timeout', self.timeout)
-        for key in ('concurrency', 'max_retries', 'prefetch'):
-            if key in self.options:
-                value = self.options[key]
-                if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == 'concurrency' else 0):
-                    raise DeclarationError(f'{handler_name(func)}: {key} must be an integer >= '
-                                           f'{1 if key == "concurrency" else 0}, got {value!r}')
+        _check_consumer_options(func, self.queue, self.options)
         if any(isinstance(s, ConsumerSpec) for s in specs_of(func)):
             raise DeclarationError(f'{handler_name(func)}: a handler consumes one queue only')
         _attach(func, ConsumerSpec(queue=self.queue, timeout=timeout, style=CallStyle.of(func),
                                    dto_class=self.dto_class, dto_name=self.dto_name, options=self.options))
         return func
+
+
+CONSUMER_OPTIONS = ('concurrency', 'prefetch', 'max_retries', 'retry_delay', 'autoack')
+_MIN_INT = {'concurrency': 1, 'prefetch': 0, 'max_retries': 0}
+
+
+def _check_consumer_options(func: Callable[..., Any], queue: Queue[Any], options: Mapping[str, Any]) -> None:
+    """Refuse, when the class is defined, an option the consumer would otherwise ignore or misuse."""
+    where = f'{handler_name(func)} (@consumer of queue {queue.name!r})'
+    for key, value in options.items():
+        if key not in CONSUMER_OPTIONS:
+            close = difflib.get_close_matches(key, CONSUMER_OPTIONS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f'; known: {", ".join(CONSUMER_OPTIONS)}'
+            raise UsageError(f'{where}: unknown option {key!r}{hint}')
+        if key == 'prefetch' and value is None:
+            continue  # the default: 4 x concurrency
+        if key in _MIN_INT:
+            if not isinstance(value, int) or isinstance(value, bool) or value < _MIN_INT[key]:
+                raise DeclarationError(f'{handler_name(func)}: {key} must be an integer >= {_MIN_INT[key]}, '
+                                       f'got {value!r}')
+        elif key == 'retry_delay':
+            _check_seconds(func, key, value, zero_ok=True)
+        elif not isinstance(value, bool):  # autoack
+            raise DeclarationError(f'{handler_name(func)}: {key} must be True or False, got {value!r}')
 
 
 class _ConsumerDecorator(_ConsumerBase, Generic[T]):
@@ -327,25 +348,34 @@ class _LooseDecorator:
 
 
 @overload
-def consumer(queue: Queue[T], timeout: float = 60, dto_class: None = None, dto_name: None = None,
-             **options: Any) -> _ConsumerDecorator[T]: ...
+def consumer(queue: Queue[T], timeout: float = 60, dto_class: None = None, dto_name: None = None, *,
+             concurrency: int = DEFAULT_CONCURRENCY, prefetch: int | None = None,
+             max_retries: int = DEFAULT_MAX_RETRIES, retry_delay: float = DEFAULT_RETRY_DELAY,
+             autoack: bool = True) -> _ConsumerDecorator[T]: ...
 
 
 @overload
 def consumer(queue: Queue[Any], timeout: float = 60, *, dto_class: type[D], dto_name: None = None,
-             **options: Any) -> _DtoConsumerDecorator[D]: ...
+             concurrency: int = DEFAULT_CONCURRENCY, prefetch: int | None = None,
+             max_retries: int = DEFAULT_MAX_RETRIES, retry_delay: float = DEFAULT_RETRY_DELAY,
+             autoack: bool = True) -> _DtoConsumerDecorator[D]: ...
 
 
 @overload
 def consumer(queue: Queue[Any], timeout: float = 60, *, dto_class: type[D], dto_name: str,
-             **options: Any) -> _LooseDecorator: ...
+             concurrency: int = DEFAULT_CONCURRENCY, prefetch: int | None = None,
+             max_retries: int = DEFAULT_MAX_RETRIES, retry_delay: float = DEFAULT_RETRY_DELAY,
+             autoack: bool = True) -> _LooseDecorator: ...
 
 
 def consumer(queue: Queue[Any], timeout: float = 60, dto_class: type[Any] | None = None,
              dto_name: str | None = None,
              **options: Any) -> _ConsumerDecorator[Any] | _DtoConsumerDecorator[Any] | _LooseDecorator:
     """Consume messages of ``queue``; one handler per queue. Options: ``concurrency`` (handlers
-    running at once), ``max_retries`` (before dead-lettering), and backend ones such as ``autoack``."""
+    running at once), ``prefetch`` (messages fetched ahead, default 4 x concurrency), ``max_retries``
+    (before dead-lettering), ``retry_delay`` (backoff base, s) and ``autoack`` (1.x: False leaves the
+    ack to the handler). Any other option is a TypeError naming the handler, raised when decorating;
+    the runtime takes ``**options`` only to name the handler in that error."""
     if not isinstance(queue, Queue):
         raise UsageError(f'@consumer needs a Queue declaration, got {queue!r}')
     args = (queue, timeout, dto_class, dto_name, options)

@@ -67,7 +67,11 @@ async def redis_backend() -> AsyncIterator[Backend]:
 
     require_service('Redis', REDIS_HOST, REDIS_PORT)
     prefix = f'T{uuid.uuid4().hex[:12]}'
+    from microagent.exchange import Exchange
+    from microagent.tools.redis_scripts import exchange_key
+
     before = set(Queue.get_all())
+    exchanges_before = set(Exchange.get_all())
     backend = Backend('redis', lambda: RedisSignalBus(REDIS_TEST_DSN, prefix=prefix),
                       lambda **o: RedisBroker(REDIS_TEST_DSN, **o))
     try:
@@ -80,6 +84,8 @@ async def redis_backend() -> AsyncIterator[Backend]:
                 await client.delete(name)
                 async for key in client.scan_iter(match=f'{name}:*', count=1000):
                     await client.delete(key)
+            for name in set(Exchange.get_all()) - exchanges_before:
+                await client.delete(exchange_key(name))
         finally:
             await client.aclose()
 

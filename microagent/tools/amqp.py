@@ -3,9 +3,9 @@
 Layout on the server, for a queue ``mailer``:
 
 * ``mailer``: a durable queue, fed through the default exchange; bound to the queue's ``exchange``
-  (fanout, or topic when a queue of that exchange declares ``topics``);
+  with the type that exchange is declared with (``Exchange``, or implied by the queue's form);
 * ``mailer.retry.{ms}``: delay queues (queue TTL, dead-lettered back to ``mailer``) that hold a
-  failed message until its retry is due; they expire when unused;
+  failed message until its retry is due, or a message sent with ``delay``; they expire when unused;
 * ``mailer.dead``: a fanout exchange and a durable queue holding dead letters, with the reason,
   the attempt count and the time in headers.
 
@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -32,7 +32,8 @@ from pamqp.common import FieldTable
 
 from ..broker import AbstractQueueBroker, DeadLetter, Delivery, backoff
 from ..bus import RESPONSE_SIGNAL, AbstractSignalBus, shown
-from ..errors import ConnectionFailed, DeclarationError, InvalidArgument
+from ..errors import ConnectionFailed, DeclarationError, InvalidArgument, QueueNotFound, UsageError
+from ..exchange import Exchange
 from ..queue import Queue
 from .amqp_link import LINK_ERRORS, Link, Outgoing, Publisher
 
@@ -165,6 +166,8 @@ class AMQPBroker(AbstractQueueBroker):
     """Durable RabbitMQ queues with publisher confirms, prefetch = the consumer's ``concurrency``,
     retries through delay queues and a dead-letter exchange and queue per queue."""
 
+    send_options = frozenset(('properties', 'exchange', 'topic'))
+
     #: a cancelled fetch loses nothing: what it buffered stays unacked and returns when the channel closes
     fetch_cancel_safe = True
     unsettled_fate = 'it stays unacked; RabbitMQ delivers it again when its channel closes'
@@ -219,18 +222,22 @@ class AMQPBroker(AbstractQueueBroker):
             await ch.queue_bind(dead, dead)
             self.declared_queues.update((name, dead))
             self.declared_exchanges.add(dead)
-            if queue.exchange:
-                kind = _exchange_type(queue.exchange)
-                try:
-                    await ch.exchange_declare(queue.exchange, exchange_type=kind, durable=True)
-                except aiormq.ChannelPreconditionFailed as exc:
-                    raise DeclarationError(f'queue {name!r}: exchange {queue.exchange!r} exists on RabbitMQ with '
-                                           f'another type or options than a durable {kind} exchange: {exc}') from None
-                self.declared_exchanges.add(queue.exchange)
-                keys = (queue.topics or ('#',)) if kind == 'topic' else ('',)
+            exchange = queue.exchange_declaration
+            if exchange is not None:
+                await self._declare_exchange(ch, exchange, f'queue {name!r}: ')
+                keys = (queue.topics or ('#',)) if exchange.type == 'topic' else ('',)
                 for key in keys:
-                    await ch.queue_bind(name, queue.exchange, routing_key=key)
+                    await ch.queue_bind(name, exchange.name, routing_key=key)
             self._declared.add(name)
+
+    async def _declare_exchange(self, ch: AbstractChannel, exchange: Exchange, where: str) -> None:
+        """Declare the exchange with its declared type, never one guessed from other queues."""
+        try:
+            await ch.exchange_declare(exchange.name, exchange_type=exchange.type, durable=True)
+        except aiormq.ChannelPreconditionFailed as exc:
+            raise DeclarationError(f'{where}exchange {exchange.name!r} exists on RabbitMQ with another type or '
+                                   f'options than a durable {exchange.type} exchange: {exc}') from None
+        self.declared_exchanges.add(exchange.name)
 
     async def _retry_queue(self, name: str, delay: float) -> str:
         ms = max(int(delay * 1000), 1)
@@ -250,10 +257,39 @@ class AMQPBroker(AbstractQueueBroker):
 
     # sending
 
-    async def put(self, queue: Queue[Any], messages: list[bytes]) -> None:
+    async def put(self, queue: Queue[Any], messages: list[bytes], delay: float = 0.0) -> None:
+        await self.put_with(queue, messages, delay, {})
+
+    async def put_with(self, queue: Queue[Any], messages: list[bytes], delay: float,
+                       options: Mapping[str, Any]) -> None:
+        """The 1.x keywords: ``properties`` (AMQP basic properties), ``exchange`` and ``topic``
+        (publish through the exchange, the queue's own one by default, with the topic or the queue
+        name as routing key). A delay goes through a TTL queue dead-lettering into the queue."""
         await self.declare_queue(queue)
+        exchange: str | None = options.get('exchange')
+        topic: str | None = options.get('topic')
+        if topic is not None and exchange is None:
+            exchange = queue.exchange
+            if exchange is None:
+                raise UsageError(f'queue {queue.name!r}: topic {topic!r} needs an exchange; the queue has none')
+        if exchange is not None and delay > 0:
+            raise UsageError(f'queue {queue.name!r}: a delayed send goes to the queue, not through exchange '
+                            f'{exchange!r}')
+        target, key = ('', await self._retry_queue(queue.name, delay)) if delay > 0 else ('', queue.name)
+        if exchange is not None:
+            target, key = exchange, topic or queue.name
         # one Properties each: aiormq writes a fresh message_id into the object it is given
-        outgoing = [Outgoing('', queue.name, data, _properties(), mandatory=True) for data in messages]
+        outgoing = [Outgoing(target, key, data, _user_properties(queue, options.get('properties')), mandatory=True)
+                    for data in messages]
+        if target:
+            try:
+                await self._publisher.publish(outgoing, f'exchange {target!r}')
+            except aiormq.PublishError:
+                raise QueueNotFound(f'queue {queue.name!r}: exchange {target!r} routed the message to no queue '
+                                  f'(routing key {key!r})') from None
+            except aiormq.ChannelNotFoundEntity:
+                raise QueueNotFound(f'queue {queue.name!r}: no exchange {target!r} on RabbitMQ') from None
+            return
         try:
             await self._publisher.publish(outgoing, f'queue {queue.name!r}')
         except aiormq.PublishError:
@@ -263,11 +299,25 @@ class AMQPBroker(AbstractQueueBroker):
             await self.declare_queue(queue)
             await self._publisher.publish(outgoing, f'queue {queue.name!r}')
 
-    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[Queue[Any]]) -> None:
-        for queue in targets:
-            await self.declare_queue(queue)  # the exchange and its bindings exist before the message
-        await self._publisher.publish([Outgoing(exchange, routing_key, data, _properties())],
-                                      f'exchange {exchange!r}')
+    async def publish(self, exchange: str, payload: Any, routing_key: str = '') -> int:
+        """RabbitMQ routes by its own bindings. The payload is validated against the queues of the
+        exchange this process declares; an exchange declared here is declared on RabbitMQ first.
+        Returns 1 once RabbitMQ has routed the message to at least one queue (it does not say how
+        many); no bound queue or no exchange at all is a LookupError."""
+        local = [q.name for q in Queue.get_all().values() if q.routes(exchange, routing_key)]
+        data = self.encode_for(local, payload)
+        declared = Exchange.get_all().get(exchange)
+        if declared is not None and declared.name not in self.declared_exchanges:
+            async with self._control_lock:
+                await self._declare_exchange(await self._ctl(), declared, '')
+        try:
+            await self._publisher.publish([Outgoing(exchange, routing_key, data, _properties(), mandatory=True)],
+                                          f'exchange {exchange!r}')
+        except aiormq.PublishError:
+            raise QueueNotFound(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}') from None
+        except aiormq.ChannelNotFoundEntity:
+            raise QueueNotFound(f'No exchange {exchange!r} on RabbitMQ') from None
+        return 1
 
     # consuming
 
@@ -453,10 +503,21 @@ class AMQPBroker(AbstractQueueBroker):
         await self._link.close()
 
 
-def _exchange_type(exchange: str) -> str:
-    """Fanout, or topic when any queue of the exchange declares topics (the others then bind ``#``)."""
-    queues = [q for q in Queue.get_all().values() if q.exchange == exchange]
-    return 'topic' if any(q.topics for q in queues) else 'fanout'
+_PROPERTY_NAMES = frozenset(('content_type', 'content_encoding', 'headers', 'delivery_mode', 'priority',
+                             'correlation_id', 'reply_to', 'expiration', 'message_id', 'timestamp',
+                             'message_type', 'user_id', 'app_id', 'cluster_id'))
+
+
+def _user_properties(queue: Queue[Any], given: Mapping[str, Any] | None) -> spec.Basic.Properties:
+    """Our defaults (JSON, persistent) overridden by the 1.x ``properties`` send keyword; aioamqp's
+    ``type`` is pamqp's ``message_type``. An unknown property is a TypeError, not a dropped one."""
+    if not given:
+        return _properties()
+    values = {('message_type' if key == 'type' else key): value for key, value in given.items()}
+    unknown = sorted(set(values) - _PROPERTY_NAMES)
+    if unknown:
+        raise UsageError(f'queue {queue.name!r}: unknown AMQP properties {", ".join(map(repr, unknown))}')
+    return spec.Basic.Properties(**{'content_type': CONTENT_TYPE, 'delivery_mode': PERSISTENT, **values})
 
 
 def _dead_letter(name: str, message: DeliveredMessage) -> DeadLetter:

@@ -39,6 +39,7 @@ class _BrokerHub:
         self.queues: dict[str, deque[_Message]] = {}
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.dead: dict[str, list[DeadLetter]] = {}
+        self.bindings: dict[str, dict[str, tuple[str, ...]]] = {}  # exchange -> queue -> topics
 
     def push(self, name: str, messages: list[_Message], front: bool = False) -> None:
         queue = self.queues.setdefault(name, deque())
@@ -119,9 +120,30 @@ class MemoryBroker(AbstractQueueBroker):
         self.hub = MemoryHub.of(dsn, hub)
         self._hub = self.hub.broker
         self._retries: dict[asyncio.TimerHandle, tuple[str, _Message]] = {}
+        self._delayed: dict[asyncio.TimerHandle, tuple[str, list[_Message]]] = {}  # sends with a delay
 
-    async def put(self, queue: Queue[Any], messages: list[bytes]) -> None:
-        self._hub.push(queue.name, [_Message(data) for data in messages])
+    async def put(self, queue: Queue[Any], messages: list[bytes], delay: float = 0.0) -> None:
+        fresh = [_Message(data) for data in messages]
+        if delay <= 0:
+            self._hub.push(queue.name, fresh)
+            return
+
+        def due() -> None:
+            del self._delayed[handle]
+            self._hub.push(queue.name, fresh)
+        handle = asyncio.get_running_loop().call_later(delay, due)
+        self._delayed[handle] = (queue.name, fresh)
+
+    async def declare_queue(self, queue: Queue[Any]) -> None:
+        if queue.exchange:
+            self._hub.bindings.setdefault(queue.exchange, {})[queue.name] = queue.topics
+
+    async def bindings(self, exchange: str) -> dict[str, tuple[str, ...]]:
+        return dict(self._hub.bindings.get(exchange, {}))
+
+    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[str]) -> None:
+        for name in targets:
+            self._hub.push(name, [_Message(data)])
 
     async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery]:
         messages = self._hub.queues.setdefault(queue.name, deque())
@@ -174,3 +196,7 @@ class MemoryBroker(AbstractQueueBroker):
             handle.cancel()
             self._hub.push(name, [message])
         self._retries.clear()
+        for handle, (name, messages) in self._delayed.items():  # delayed sends too: early, not lost
+            handle.cancel()
+            self._hub.push(name, messages)
+        self._delayed.clear()

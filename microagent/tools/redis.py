@@ -198,7 +198,7 @@ class RedisBroker(AbstractQueueBroker):
         self._blocking = _client(dsn, redis_options, reader=True)
         self._scripts = {name: self.redis.register_script(getattr(lua, name))
                          for name in ('FETCH', 'ACK', 'RETRY', 'DEAD_LETTER', 'RELEASE', 'RECLAIM',
-                                      'REQUEUE', 'MOVE_DUE')}
+                                      'REQUEUE', 'MOVE_DUE', 'DELAY')}
         self._fetch_script = self._blocking.register_script(lua.FETCH)
         self._owned: dict[str, _Owned] = {}
         self._acks: dict[str, list[bytes]] = {}
@@ -211,13 +211,29 @@ class RedisBroker(AbstractQueueBroker):
 
     # producing
 
-    async def put(self, queue: Queue[Any], messages: list[bytes]) -> None:
-        await self.redis.rpush(queue.name, *messages)
+    async def put(self, queue: Queue[Any], messages: list[bytes], delay: float = 0.0) -> None:
+        if delay <= 0:
+            await self.redis.rpush(queue.name, *messages)
+            return
+        # fresh messages: beside the retries in Q:delayed, but with no attempt count written for them
+        keys = QueueKeys.of(queue.name, self.uid)
+        members = [uuid.uuid4().hex.encode() + data for data in messages]
+        await self._script('DELAY')(keys=[keys.delayed], args=[delay, *members])
+        self._wake_when_due(keys, delay)
 
-    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[Queue[Any]]) -> None:
+    async def declare_queue(self, queue: Queue[Any]) -> None:
+        if queue.exchange:  # the binding lives on the server, for every process that publishes
+            await self.redis.hset(lua.exchange_key(queue.exchange), queue.name, msgspec.json.encode(queue.topics))
+
+    async def bindings(self, exchange: str) -> dict[str, tuple[str, ...]]:
+        bound = await self.redis.hgetall(lua.exchange_key(exchange))
+        return {name if isinstance(name, str) else name.decode(): tuple(msgspec.json.decode(topics, type=list[str]))
+                for name, topics in bound.items()}
+
+    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[str]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:  # every bound queue, or none
-            for queue in targets:
-                pipe.rpush(queue.name, data)
+            for name in targets:
+                pipe.rpush(name, data)
             await pipe.execute()
 
     async def queue_length(self, name: str) -> int:
