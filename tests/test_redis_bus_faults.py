@@ -59,8 +59,9 @@ async def test_malformed_signals_are_dropped_with_a_warning_and_the_reader_goes_
         assert await got.wait(1) == [1]
     drops = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(drops) == 4
-    assert drops[0].startswith(f'Dropped signal {signal.name} from rogue: UnicodeDecodeError')
-    assert drops[1].startswith(f'Dropped signal {signal.name} from rogue: RecursionError')
+    invalid = f"Dropped signal {signal.name} from rogue: Invalid payload for signal '{signal.name}'"
+    assert drops[0].startswith(f'{invalid}: UnicodeDecodeError')
+    assert drops[1].startswith(f'{invalid}: RecursionError')
     assert drops[2].startswith(f"Dropped message on channel b'{channel}\\xff': UnicodeDecodeError")
     assert drops[3].startswith(f"Dropped signal {signal.name} from 'rogue\\n': ")
 
