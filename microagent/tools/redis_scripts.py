@@ -87,10 +87,16 @@ MOVE_DUE = _NOW + _PUSH + _MOVE_DUE + """
 return move_due(KEYS[1], KEYS[2], now())
 """
 
-# Take up to ARGV[1] messages into the in-flight list in one round trip.
-# KEYS: queue, inflight, attempts, delayed. ARGV: count, [a body BLMOVE already moved].
+# Take up to ARGV[1] messages into the in-flight list in one round trip. First (re)register the
+# consumer, so an in-flight list that gets messages always has an owner that others may reclaim:
+# a consumer deregistered while its heartbeat failed is registered again by its next fetch, and
+# under OOM that first write fails before anything moves.
+# KEYS: queue, inflight, attempts, delayed, consumers, heartbeat.
+# ARGV: count, consumer id, heartbeat ms, [a body BLMOVE already moved].
 # Returns {bodies, attempts (empty when none was retried), seconds until the next retry is due or -1}.
 FETCH = _NOW + _PUSH + _MOVE_DUE + """
+redis.call('SET', KEYS[6], 1, 'PX', ARGV[3])
+redis.call('SADD', KEYS[5], ARGV[2])
 local count = tonumber(ARGV[1])
 local clock = now()
 move_due(KEYS[1], KEYS[4], clock)
@@ -100,7 +106,7 @@ if #items > 0 then
   redis.call('LTRIM', KEYS[1], #items, -1)
   push('RPUSH', KEYS[2], items)
 end
-if ARGV[2] then table.insert(items, 1, ARGV[2]) end
+if ARGV[4] then table.insert(items, 1, ARGV[4]) end
 if #items == 0 then
   local nxt = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
   if nxt[2] then return {items, {}, tostring(tonumber(nxt[2]) - clock)} end
