@@ -474,3 +474,34 @@ async def test_close_is_bounded_while_the_server_is_unreachable(
             await eventually(lambda: _drained(admin, queue.name), timeout=10)
     finally:
         await admin.aclose()
+
+
+class _Crash(BaseException):
+    """Escapes the heartbeat's ``except Exception``: stands for a bug that kills the task."""
+
+
+async def test_a_dead_heartbeat_task_is_restarted(
+        raw: Redis, unique: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    name, seen = f'restart_{unique}', set[int]()
+    broker = RedisBroker(REDIS_TEST_DSN, heartbeat=0.6)
+    beat = broker._beat
+    crashed = asyncio.Event()
+
+    async def crash_once(owned: Any) -> None:
+        if not crashed.is_set():
+            crashed.set()
+            raise _Crash('heartbeat bug')
+        await beat(owned)
+
+    try:
+        async with _draining(broker, Queue(name, Job), seen):
+            await eventually(lambda: _registered(raw, broker, name), timeout=10)
+            monkeypatch.setattr(broker, '_beat', crash_once)
+            await crashed.wait()
+            dead = QueueKeys.of(name, 'dead-consumer')  # only a running heartbeat reclaims it
+            await raw.rpush(dead.inflight, *[msgspec.json.encode(Job(i)) for i in range(5)])
+            await raw.sadd(dead.consumers, 'dead-consumer')
+            await eventually(lambda: _covers(seen, set(range(5))), timeout=10)
+        assert [r for r in caplog.records if r.levelno == logging.ERROR and 'heartbeat task ended' in r.getMessage()]
+    finally:
+        await _drop(raw, name)
