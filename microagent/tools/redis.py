@@ -156,6 +156,14 @@ class _Owned:
         self.lock = asyncio.Lock()  # one fetch or resync at a time
         self.dirty = False  # a settle or fetch failed: the in-flight list may hold orphans
         self.beaten = False  # registered once: a later registration means it was taken for dead
+        self.rechecks = 0  # resyncs still due after a failed fetch (see ``lost_a_fetch``)
+
+    def lost_a_fetch(self) -> None:
+        """A fetch failed: the server may have moved messages that never reached us. Resync twice:
+        the second, a full round trip later, also finds those moved by a command the server held
+        (asleep, paused) and ran on the dead connection while the first resync was under way."""
+        self.dirty = True
+        self.rechecks = 2
 
     def take(self, bodies: list[bytes]) -> None:
         self.held.update(bodies)
@@ -242,12 +250,12 @@ class RedisBroker(AbstractQueueBroker):
                     bodies, attempts, _ = await self._take(keys, count - 1, first)
             except asyncio.CancelledError:
                 # a message may have reached the in-flight list without reaching us: put it back
-                owned.dirty = True
+                owned.lost_a_fetch()
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._spawn(self._return_orphans(owned)))
                 raise
             except Exception:
-                owned.dirty = True  # the server may have moved messages: the next fetch returns them first
+                owned.lost_a_fetch()  # the next fetch returns what the server moved, first
                 raise
             owned.take(bodies)
         return [Delivery(data=body, attempt=attempts[i] if attempts else 1)
@@ -412,7 +420,7 @@ class RedisBroker(AbstractQueueBroker):
     async def _return_orphans(self, owned: _Owned) -> None:
         """Return to the queue whatever sits in our in-flight list that no handler holds
         (the caller holds ``owned.lock``, so no fetch is between Redis and ``owned.held``).
-        Stays ``dirty`` (tried again later) unless it completes."""
+        Stays ``dirty`` (tried again later) unless it completes and no recheck is due."""
         owned.dirty = True
         async with asyncio.timeout(self.read_margin):
             listed = cast(list[bytes], await self.redis.lrange(owned.keys.inflight, 0, -1))
@@ -422,7 +430,8 @@ class RedisBroker(AbstractQueueBroker):
         if orphans:
             self.log.warning('Queue %s: %d unsettled messages returned to the queue',
                              owned.keys.queue, len(orphans))
-        owned.dirty = False
+        owned.rechecks = max(owned.rechecks - 1, 0)
+        owned.dirty = owned.rechecks > 0
 
     # dead letters
 
