@@ -6,6 +6,8 @@ which never blocks the reading loop. The loop resubscribes by itself when Redis 
 Queues: producers RPUSH the JSON body, as 1.x does. A consumer moves messages atomically into its
 own in-flight list and removes each one only once it is settled, so a process killed mid-handling
 loses nothing: its heartbeat key expires and any live consumer of the queue puts the messages back.
+Every fetch also (re)registers the consumer, so an in-flight list always has an owner others may
+reclaim; after a failed fetch, the consumer returns what it does not hold before fetching again.
 Key names and Lua scripts live in ``redis_scripts``.
 """
 from __future__ import annotations
@@ -251,8 +253,7 @@ class RedisBroker(AbstractQueueBroker):
             except asyncio.CancelledError:
                 # a message may have reached the in-flight list without reaching us: put it back
                 owned.lost_a_fetch()
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self._spawn(self._return_orphans(owned)))
+                await asyncio.shield(self._spawn(self._return_orphans_on_stop(owned)))
                 raise
             except Exception:
                 owned.lost_a_fetch()  # the next fetch returns what the server moved, first
@@ -417,6 +418,14 @@ class RedisBroker(AbstractQueueBroker):
         async with owned.lock:
             await self._return_orphans(owned)
 
+    async def _return_orphans_on_stop(self, owned: _Owned) -> None:
+        try:
+            await self._return_orphans(owned)
+        except Exception as exc:
+            self.log.warning('Queue %s: could not check the in-flight list after a cancelled fetch (%s: %s); '
+                             'close returns it, or else a consumer of the queue once this heartbeat expires',
+                             owned.keys.queue, type(exc).__name__, exc)
+
     async def _return_orphans(self, owned: _Owned) -> None:
         """Return to the queue whatever sits in our in-flight list that no handler holds
         (the caller holds ``owned.lock``, so no fetch is between Redis and ``owned.held``).
@@ -487,6 +496,8 @@ class RedisBroker(AbstractQueueBroker):
                 await self._give_back()
         except TimeoutError:
             self._abandon()
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()  # it must expire, so that others return what is left
         for task in self._background:
             task.cancel()
         if self._background:

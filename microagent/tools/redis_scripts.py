@@ -6,7 +6,7 @@ For a queue ``Q`` (the plain Redis list a 1.x agent RPUSHes to and BLPOPs from):
 ``Q``                       list    waiting messages, the raw JSON body exactly as 1.x writes it
 ``Q:inflight:{consumer}``   list    messages a consumer has taken and not settled yet
 ``Q:consumer:{consumer}``   string  the consumer's heartbeat; expires when the process dies
-``Q:consumers``             set     consumer ids that may own an in-flight list
+``Q:consumers``             set     consumer ids that may own an in-flight list (each fetch adds its own)
 ``Q:delayed``               zset    retries, scored by due time; member = 32-char id + body
 ``Q:attempts``              hash    sha1(body) -> attempt number of a retried message
 ``Q:dead``                  list    dead letters: a JSON header line, ``\\n``, the original body
