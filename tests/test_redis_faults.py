@@ -82,6 +82,7 @@ async def test_consumer_killed_mid_batch_loses_nothing(raw: Redis, unique: str) 
         await child.wait()
         there = {int(i) for i in await raw.lrange(f'{name}:test:handled', 0, -1)}
         assert len(there) < total  # killed mid-batch, with messages in flight
+        in_flight = sum([await raw.llen(k) async for k in raw.scan_iter(match=f'{name}:inflight:*')])
         seen = set(there)
 
         done = asyncio.Event()
@@ -105,7 +106,9 @@ async def test_consumer_killed_mid_batch_loses_nothing(raw: Redis, unique: str) 
             await broker.close()
         duplicates = len(there) + handled_here - total
         print(f'killed consumer handled {len(there)}, survivor {handled_here}, duplicates {duplicates}')
-        assert 0 <= duplicates <= 50  # at most what was in flight when the process died
+        # at most what was in flight when the process died (handled ones whose ack was not sent yet,
+        # more than its 50 handlers when a loaded machine delays the ack round trip)
+        assert 0 <= duplicates <= in_flight
         assert await _drained(raw, name)
     finally:
         if child.returncode is None:
