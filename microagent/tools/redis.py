@@ -6,6 +6,8 @@ which never blocks the reading loop. The loop resubscribes by itself when Redis 
 Queues: producers RPUSH the JSON body, as 1.x does. A consumer moves messages atomically into its
 own in-flight list and removes each one only once it is settled, so a process killed mid-handling
 loses nothing: its heartbeat key expires and any live consumer of the queue puts the messages back.
+Every fetch also (re)registers the consumer, so an in-flight list always has an owner others may
+reclaim; after a failed fetch, the consumer returns what it does not hold before fetching again.
 Key names and Lua scripts live in ``redis_scripts``.
 """
 from __future__ import annotations
@@ -17,8 +19,8 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable
-from typing import Any, cast
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar, cast
 
 import msgspec
 from redis.asyncio import Redis
@@ -37,6 +39,8 @@ from . import redis_scripts as lua
 from .redis_scripts import QueueKeys
 
 __all__ = ['RedisBroker', 'RedisSignalBus']
+
+T = TypeVar('T')
 
 DEFAULT_DSN = 'redis://localhost:6379/0'
 _NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -158,7 +162,16 @@ class _Owned:
         self.keys = keys
         self.held: Counter[bytes] = Counter()
         self.lock = asyncio.Lock()  # one fetch or resync at a time
-        self.dirty = False  # a settle failed: the in-flight list may hold orphans
+        self.dirty = False  # a settle or fetch failed: the in-flight list may hold orphans
+        self.beaten = False  # registered once: a later registration means it was taken for dead
+        self.rechecks = 0  # resyncs still due after a failed fetch (see ``lost_a_fetch``)
+
+    def lost_a_fetch(self) -> None:
+        """A fetch failed: the server may have moved messages that never reached us. Resync twice:
+        the second, a full round trip later, also finds those moved by a command the server held
+        (asleep, paused) and ran on the dead connection while the first resync was under way."""
+        self.dirty = True
+        self.rechecks = 2
 
     def take(self, bodies: list[bytes]) -> None:
         self.held.update(bodies)
@@ -184,6 +197,8 @@ class RedisBroker(AbstractQueueBroker):
     unsettled_fate = "it stays in this consumer's in-flight list until the next heartbeat returns it to the queue"
     #: how long a read may take beyond its blocking time before the connection is deemed dead
     read_margin: float = 5.0
+    #: how long ``close`` may try to give back in-flight messages before it just closes connections
+    close_timeout: float = 5.0
     #: acks are sent together, at most this many seconds after the first of them
     ack_delay: float = 0.002
 
@@ -205,6 +220,7 @@ class RedisBroker(AbstractQueueBroker):
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
+        self._closing = False
 
     def _script(self, name: str) -> AsyncScript:
         return self._scripts[name]
@@ -245,6 +261,8 @@ class RedisBroker(AbstractQueueBroker):
         owned = self._owned.get(queue.name) or await self._register(queue.name)
         keys = owned.keys
         async with owned.lock:
+            if owned.dirty:  # a failed round trip may have left messages in flight that nobody holds
+                await self._return_orphans(owned)
             try:
                 bodies, attempts, wait = await self._take(keys, count)
                 if not bodies:
@@ -257,7 +275,11 @@ class RedisBroker(AbstractQueueBroker):
                     bodies, attempts, _ = await self._take(keys, count - 1, first)
             except asyncio.CancelledError:
                 # a message may have reached the in-flight list without reaching us: put it back
-                await asyncio.shield(self._return_orphans(owned))
+                owned.lost_a_fetch()
+                await asyncio.shield(self._spawn(self._return_orphans_on_stop(owned)))
+                raise
+            except Exception:
+                owned.lost_a_fetch()  # the next fetch returns what the server moved, first
                 raise
             owned.take(bodies)
         return [Delivery(data=body, attempt=attempts[i] if attempts else 1)
@@ -265,9 +287,13 @@ class RedisBroker(AbstractQueueBroker):
 
     async def _take(self, keys: QueueKeys, count: int, first: bytes | None = None,
                     ) -> tuple[list[bytes], list[int], float]:
-        args: list[Any] = [count] if first is None else [count, first]
+        args: list[Any] = [count, self.uid, int(self.heartbeat * 1000)]
+        if first is not None:
+            args.append(first)
         async with asyncio.timeout(self.read_margin):
-            reply = await self._fetch_script(keys=[keys.queue, keys.inflight, keys.attempts, keys.delayed], args=args)
+            reply = await self._fetch_script(
+                keys=[keys.queue, keys.inflight, keys.attempts, keys.delayed, keys.consumers, keys.heartbeat],
+                args=args)
         bodies, attempts, wait = reply
         return bodies, attempts, float(wait)
 
@@ -290,7 +316,8 @@ class RedisBroker(AbstractQueueBroker):
                                       args=[b''.join(bodies), ','.join(str(len(b)) for b in bodies)])
         except Exception as exc:
             owned.dirty = True
-            self.log.warning('Queue %s: %d acks failed (%s: %s); the messages will be delivered again',
+            self.log.warning('Queue %s: %d acks failed (%s: %s); those still in flight go back to the '
+                             'queue at the next fetch or heartbeat, to be delivered again',
                              name, len(bodies), type(exc).__name__, exc)
         finally:
             owned.drop(bodies)
@@ -307,7 +334,7 @@ class RedisBroker(AbstractQueueBroker):
         consumer's fetch would move it too, this only saves waiting for its next poll)."""
         def due() -> None:
             self._timers.discard(handle)
-            self._spawn(self._quietly(self._script('MOVE_DUE')(keys=[keys.queue, keys.delayed])))
+            self._spawn(self._quietly(keys.queue, self._script('MOVE_DUE')(keys=[keys.queue, keys.delayed])))
         handle = asyncio.get_running_loop().call_later(delay, due)
         self._timers.add(handle)
 
@@ -349,17 +376,36 @@ class RedisBroker(AbstractQueueBroker):
         owned = self._owned.get(name)
         if owned is None:
             owned = self._owned[name] = _Owned(QueueKeys.of(name, self.uid))
+            if self._heartbeat_task is None:  # first, so that it beats even if this beat fails
+                self._start_heartbeat()
             await self._beat(owned)
-            if self._heartbeat_task is None:
-                self._heartbeat_task = asyncio.create_task(self._heartbeats(), name='redis-broker:heartbeat')
         return owned
+
+    def _start_heartbeat(self) -> None:
+        task = asyncio.create_task(self._heartbeats(), name='redis-broker:heartbeat')
+        task.add_done_callback(self._heartbeat_ended)
+        self._heartbeat_task = task
+
+    def _heartbeat_ended(self, task: asyncio.Task[None]) -> None:
+        """Without a heartbeat others reclaim what this consumer holds: never let it stay dead."""
+        if self._closing or task.cancelled():
+            return
+        exc = task.exception()
+        self.log.error('%r: the heartbeat task ended (%s: %s); restarting it', self,
+                       type(exc).__name__, exc, exc_info=exc)
+        self._start_heartbeat()
 
     async def _beat(self, owned: _Owned) -> None:
         keys = owned.keys
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(keys.heartbeat, 1, px=int(self.heartbeat * 1000))
             pipe.sadd(keys.consumers, self.uid)
-            await pipe.execute()
+            _, added = await pipe.execute()
+        if added and owned.beaten:
+            self.log.warning('Queue %s: this consumer was taken for dead (no heartbeat for %.0fs) and is '
+                             'registered again; what it had in flight went back to the queue and may be '
+                             'handled twice', keys.queue, self.heartbeat)
+        owned.beaten = True
         members = cast(set[bytes], await self.redis.smembers(keys.consumers))
         reclaimed = await self._reclaim(keys, [c.decode() for c in members if c.decode() != self.uid])
         if reclaimed:
@@ -375,33 +421,49 @@ class RedisBroker(AbstractQueueBroker):
         return int(await self._script('RECLAIM')(keys=[keys.consumers, keys.queue, *pairs], args=consumers))
 
     async def _heartbeats(self) -> None:
+        """Beat for every queue until closed. Any error (lost server, OOM, a bug) is logged and
+        retried with backoff: the heartbeat must outlive every episode the consumer outlives."""
         failures = 0
         while True:
             await asyncio.sleep(self.heartbeat / 3 if not failures else backoff(failures, 0.1, self.heartbeat / 3))
-            try:
-                for owned in list(self._owned.values()):
+            failed = False
+            for owned in list(self._owned.values()):
+                try:
                     await self._beat(owned)
-            except _NETWORK_ERRORS as exc:
-                failures += 1
-                self.log.warning('%r: heartbeat failed (%s: %s); retry %d', self, type(exc).__name__, exc, failures)
-            else:
-                failures = 0
+                except Exception as exc:
+                    failed = True
+                    self.log.warning('%r: heartbeat of queue %s failed (%s: %s); retry %d in %.1fs', self,
+                                     owned.keys.queue, type(exc).__name__, exc, failures + 1,
+                                     backoff(failures + 1, 0.1, self.heartbeat / 3))
+            failures = failures + 1 if failed else 0
 
     async def _resync(self, owned: _Owned) -> None:
         async with owned.lock:
             await self._return_orphans(owned)
 
+    async def _return_orphans_on_stop(self, owned: _Owned) -> None:
+        try:
+            await self._return_orphans(owned)
+        except Exception as exc:
+            self.log.warning('Queue %s: could not check the in-flight list after a cancelled fetch (%s: %s); '
+                             'close returns it, or else a consumer of the queue once this heartbeat expires',
+                             owned.keys.queue, type(exc).__name__, exc)
+
     async def _return_orphans(self, owned: _Owned) -> None:
         """Return to the queue whatever sits in our in-flight list that no handler holds
-        (the caller holds ``owned.lock``, so no fetch is between Redis and ``owned.held``)."""
+        (the caller holds ``owned.lock``, so no fetch is between Redis and ``owned.held``).
+        Stays ``dirty`` (tried again later) unless it completes and no recheck is due."""
         owned.dirty = True
-        listed = cast(list[bytes], await self.redis.lrange(owned.keys.inflight, 0, -1))
-        orphans = list((Counter(listed) - owned.held).elements())
+        async with asyncio.timeout(self.read_margin):
+            listed = cast(list[bytes], await self.redis.lrange(owned.keys.inflight, 0, -1))
+            orphans = list((Counter(listed) - owned.held).elements())
+            if orphans:
+                await self._script('RELEASE')(keys=[owned.keys.inflight, owned.keys.queue], args=orphans)
         if orphans:
-            await self._script('RELEASE')(keys=[owned.keys.inflight, owned.keys.queue], args=orphans)
             self.log.warning('Queue %s: %d unsettled messages returned to the queue',
                              owned.keys.queue, len(orphans))
-        owned.dirty = False
+        owned.rechecks = max(owned.rechecks - 1, 0)
+        owned.dirty = owned.rechecks > 0
 
     # dead letters
 
@@ -427,21 +489,51 @@ class RedisBroker(AbstractQueueBroker):
 
     # lifecycle
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.ensure_future(coro)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._spawned_ended)
+        return task
 
-    async def _quietly(self, operation: Awaitable[Any]) -> None:
+    def _spawned_ended(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.log.error('%r: background task %s failed (%s: %s)', self, task.get_name(),
+                           type(exc).__name__, exc, exc_info=exc)
+
+    async def _quietly(self, name: str, operation: Awaitable[Any]) -> None:
         try:
             await operation
-        except _NETWORK_ERRORS as exc:
-            self.log.debug('%r: background operation failed: %s', self, exc)
+        except Exception as exc:
+            self.log.warning('Queue %s: could not move due retries back (%s: %s); the next fetch will',
+                             name, type(exc).__name__, exc)
 
     async def close(self) -> None:
-        """Stop the heartbeat and give back whatever this consumer still holds."""
+        """Stop the heartbeat and give back whatever this consumer still holds, for up to
+        ``close_timeout`` s; then close the connections whatever the server does."""
+        self._closing = True
         for handle in self._timers:
             handle.cancel()
+        try:
+            async with asyncio.timeout(self.close_timeout):
+                await self._return_held()
+        except TimeoutError:
+            self._abandon()
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()  # it must expire, so that others return what is left
+        for task in self._background:
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        self._owned.clear()
+        for client in (self._blocking, self.redis):
+            try:
+                async with asyncio.timeout(self.read_margin):
+                    await client.aclose()
+            except Exception as exc:
+                self.log.warning('%r: closing a connection failed (%s: %s)', self, type(exc).__name__, exc)
+
+    async def _return_held(self) -> None:
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             await asyncio.gather(self._heartbeat_task, return_exceptions=True)
@@ -452,10 +544,17 @@ class RedisBroker(AbstractQueueBroker):
             try:
                 await self.redis.delete(keys.heartbeat)
                 await self._reclaim(keys, [self.uid])
-            except _NETWORK_ERRORS as exc:
-                self.log.warning('%r: could not return in-flight messages of %s on close (%s); '
-                                 'another consumer will after %.0fs', self, keys.queue, exc, self.heartbeat)
-        self._owned.clear()
-        await self._blocking.aclose()
-        await self.redis.aclose()
+            except Exception as exc:
+                self.log.warning('%r: could not return the in-flight messages of queue %s on close (%s: %s); '
+                                 'a consumer of the queue returns them once this heartbeat expires '
+                                 '(%.0fs after the last beat)', self, keys.queue, type(exc).__name__, exc,
+                                 self.heartbeat)
 
+    def _abandon(self) -> None:
+        """``close`` ran out of time: say what may stay in flight and who will return it."""
+        for owned in self._owned.values():
+            self.log.warning('%r: close gave up after %.1fs; queue %s: %d messages taken here are unsettled '
+                             '(%d acks unsent); whatever stays in flight goes back to the queue when a consumer '
+                             'of it finds this heartbeat expired (%.0fs after the last beat)', self,
+                             self.close_timeout, owned.keys.queue, sum(owned.held.values()),
+                             len(self._acks.get(owned.keys.queue, ())), self.heartbeat)

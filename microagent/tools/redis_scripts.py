@@ -6,7 +6,7 @@ For a queue ``Q`` (the plain Redis list a 1.x agent RPUSHes to and BLPOPs from):
 ``Q``                       list    waiting messages, the raw JSON body exactly as 1.x writes it
 ``Q:inflight:{consumer}``   list    messages a consumer has taken and not settled yet
 ``Q:consumer:{consumer}``   string  the consumer's heartbeat; expires when the process dies
-``Q:consumers``             set     consumer ids that may own an in-flight list
+``Q:consumers``             set     consumer ids that may own an in-flight list (each fetch adds its own)
 ``Q:delayed``               zset    retries and delayed sends, by due time; member = 32-char id + body
 ``Q:attempts``              hash    sha1(body) -> attempt number of a retried message
 ``Q:dead``                  list    dead letters: a JSON header line, ``\\n``, the original body
@@ -94,10 +94,16 @@ MOVE_DUE = _NOW + _PUSH + _MOVE_DUE + """
 return move_due(KEYS[1], KEYS[2], now())
 """
 
-# Take up to ARGV[1] messages into the in-flight list in one round trip.
-# KEYS: queue, inflight, attempts, delayed. ARGV: count, [a body BLMOVE already moved].
+# Take up to ARGV[1] messages into the in-flight list in one round trip. First (re)register the
+# consumer, so an in-flight list that gets messages always has an owner that others may reclaim:
+# a consumer deregistered while its heartbeat failed is registered again by its next fetch, and
+# under OOM that first write fails before anything moves.
+# KEYS: queue, inflight, attempts, delayed, consumers, heartbeat.
+# ARGV: count, consumer id, heartbeat ms, [a body BLMOVE already moved].
 # Returns {bodies, attempts (empty when none was retried), seconds until the next retry is due or -1}.
 FETCH = _NOW + _PUSH + _MOVE_DUE + """
+redis.call('SET', KEYS[6], 1, 'PX', ARGV[3])
+redis.call('SADD', KEYS[5], ARGV[2])
 local count = tonumber(ARGV[1])
 local clock = now()
 move_due(KEYS[1], KEYS[4], clock)
@@ -107,7 +113,7 @@ if #items > 0 then
   redis.call('LTRIM', KEYS[1], #items, -1)
   push('RPUSH', KEYS[2], items)
 end
-if ARGV[2] then table.insert(items, 1, ARGV[2]) end
+if ARGV[4] then table.insert(items, 1, ARGV[4]) end
 if #items == 0 then
   local nxt = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
   if nxt[2] then return {items, {}, tostring(tonumber(nxt[2]) - clock)} end
