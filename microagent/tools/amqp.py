@@ -37,12 +37,13 @@ import aiormq
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp import commands as spec
 
-from ..broker import AbstractQueueBroker, backoff  # backoff: the shared helper until its home is named
+from ..broker import AbstractQueueBroker
 from ..bus import AbstractSignalBus
 from ..errors import ConnectionFailed, DeclarationError, QueueNotFound, UsageError
 from ..exchange import Exchange
 from ..message import CORRELATION_ID, MESSAGE_ID, REPLY_TO, REQUEST_ID, Envelope
 from ..queue import Queue
+from ..retry import Retrier
 from ..signal import RESPONSE_SIGNAL
 from ..transport import DeadLetter, Deliver, DeliverReply, Delivery
 from .amqp_link import LINK_ERRORS, Link, Outgoing, Publisher
@@ -691,22 +692,20 @@ class AMQPBusTransport:
 
     async def _keep_subscribed(self) -> None:
         """Declare the bus queue, bind every key and consume; again after each break, with backoff."""
-        failures, subscribed = 0, False
+        retrier = Retrier(self.log, f'{self._link.name}: subscribing', base=0.2)
+        subscribed = False
         while True:
             try:
                 channel = await self._subscribed_channel()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                failures += 1
-                delay = backoff(failures, 0.2, 10.0)
-                self.log.warning('%s: subscribing failed (%s); retry %d in %.1fs',
-                                 self._link.name, self._link.scrub(exc), failures, delay)
-                await asyncio.sleep(delay)
+                await retrier.failed(exc)
                 continue
+            retrier.succeeded()
             if subscribed:
                 self.log.info('%s: subscribed again to %d signal(s)', self._link.name, len(self._keys))
-            failures, subscribed = 0, True
+            subscribed = True
             self._channel = channel
             self._ready.set()
             try:
