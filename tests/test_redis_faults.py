@@ -329,8 +329,9 @@ async def _send(dsn: str, queue: Queue[Job], ids: range) -> set[int]:
 
 
 async def _registered(client: Redis, broker: RedisBroker, name: str) -> bool:
-    keys = QueueKeys.of(name, broker.uid)
-    return bool(await client.exists(keys.heartbeat)) and bool(await client.sismember(keys.consumers, broker.uid))
+    uid = broker.transport.uid
+    keys = QueueKeys.of(name, uid)
+    return bool(await client.exists(keys.heartbeat)) and bool(await client.sismember(keys.consumers, uid))
 
 
 Fault = Callable[[Redis, RedisBroker], Awaitable[None]]
@@ -343,7 +344,7 @@ async def _recovers_from(private_redis: tuple[int, Servers], unique: str, fault:
     dsn, admin = await _private_dsn(private_redis, *options)
     queue, seen = Queue(f'fault_{unique}', Job), set[int]()
     broker = RedisBroker(dsn, heartbeat=heartbeat)
-    broker.read_margin = read_margin
+    broker.transport.read_margin = read_margin
     try:
         sent = await _send(dsn, queue, range(1000))
         async with _draining(broker, queue, seen):
@@ -399,8 +400,8 @@ async def test_messages_moved_before_a_pause_are_not_orphaned(
     dsn, admin = await _private_dsn(private_redis)
     queue, seen = Queue(f'paused_{unique}', Job), set[int]()
     broker = RedisBroker(dsn)
-    broker.read_margin = 0.3
-    blocking = broker._blocking
+    broker.transport.read_margin = 0.3
+    blocking = broker.transport._blocking
     move = blocking.execute_command
     paused = asyncio.Event()
 
@@ -437,7 +438,7 @@ async def test_the_heartbeat_survives_out_of_memory_and_still_reclaims(
         async with _draining(broker, Queue(name, Job), seen):
             await eventually(lambda: _registered(admin, broker, name), timeout=10)
             await admin.config_set('maxmemory', 1)  # beats fail with OOM until the heartbeat expires
-            await eventually(lambda: _expired(admin, QueueKeys.of(name, broker.uid).heartbeat), timeout=10)
+            await eventually(lambda: _expired(admin, QueueKeys.of(name, broker.transport.uid).heartbeat), timeout=10)
             await admin.config_set('maxmemory', 0)
             dead = QueueKeys.of(name, 'dead-consumer')  # its heartbeat expired long ago: absent
             await admin.rpush(dead.inflight, *[msgspec.json.encode(Job(i)) for i in range(5)])
@@ -460,12 +461,13 @@ async def test_close_is_bounded_while_the_server_is_unreachable(
     queue = Queue(f'unreachable_{unique}', Job)
     sent = await _send(dsn, queue, range(10))
     broker = RedisBroker(dsn, heartbeat=1.0)
-    broker.close_timeout = 1.0
-    taken = await broker.fetch(queue, 5, 1.0)
+    transport = broker.transport
+    transport.close_timeout = 1.0
+    taken = await transport.fetch(queue, 5, 1.0)
     assert len(taken) == 5
     servers[-1].send_signal(signal.SIGSTOP)
     try:
-        async with asyncio.timeout(broker.close_timeout + broker.read_margin * 2 + 5):
+        async with asyncio.timeout(transport.close_timeout + transport.read_margin * 2 + 5):
             await broker.close()
     finally:
         servers[-1].send_signal(signal.SIGCONT)
@@ -487,7 +489,7 @@ async def test_a_dead_heartbeat_task_is_restarted(
         raw: Redis, unique: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     name, seen = f'restart_{unique}', set[int]()
     broker = RedisBroker(REDIS_TEST_DSN, heartbeat=0.6)
-    beat = broker._beat
+    beat = broker.transport._beat
     crashed = asyncio.Event()
 
     async def crash_once(owned: Any) -> None:
@@ -499,7 +501,7 @@ async def test_a_dead_heartbeat_task_is_restarted(
     try:
         async with _draining(broker, Queue(name, Job), seen):
             await eventually(lambda: _registered(raw, broker, name), timeout=10)
-            monkeypatch.setattr(broker, '_beat', crash_once)
+            monkeypatch.setattr(broker.transport, '_beat', crash_once)
             await crashed.wait()
             dead = QueueKeys.of(name, 'dead-consumer')  # only a running heartbeat reclaims it
             await raw.rpush(dead.inflight, *[msgspec.json.encode(Job(i)) for i in range(5)])

@@ -69,7 +69,7 @@ async def test_signal_published_by_1x_reaches_a_typed_receiver(raw: Redis, uniqu
 
 async def test_signal_sent_here_is_what_a_1x_agent_reads(raw: Redis, unique: str) -> None:
     signal = Signal(f'noted_{unique}', Note)
-    bus = RedisSignalBus(REDIS_TEST_DSN)
+    bus = RedisSignalBus(REDIS_TEST_DSN, wire='1.x')
     pubsub = raw.pubsub()
     try:
         await pubsub.psubscribe(f'PUBSUB:noted_{unique}:*')  # how 1.x binds a signal
@@ -100,7 +100,7 @@ async def test_rpc_request_from_1x_is_answered_on_the_1x_response_channel(raw: R
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
         await bus.close()
-    assert message['channel'] == f'PUBSUB:response:{bus.uid}#{unique}'.encode()
+    assert message['channel'] == f'PUBSUB:response:{bus.transport.uid}#{unique}'.encode()
     assert json.loads(message['data']) == {'Counter.count': 40}
 
 
@@ -117,7 +117,7 @@ async def test_rpc_call_from_here_is_answered_by_a_1x_agent(raw: Redis, unique: 
         request_id = channel.partition('#')[2]
         await raw.publish(f'PUBSUB:response:{uuid.uuid4().hex}#{request_id}', b'{"Legacy.count": 5}')
 
-    bus = RedisSignalBus(REDIS_TEST_DSN)
+    bus = RedisSignalBus(REDIS_TEST_DSN, wire='1.x')
     task = asyncio.create_task(legacy_agent())
     try:
         answer = await bus[signal].call('caller', Query(user_id=3), timeout=5)
@@ -187,7 +187,7 @@ async def test_message_pushed_by_1x_is_consumed(raw: Redis, unique: str) -> None
 
 async def test_message_sent_here_is_what_a_1x_consumer_pops(raw: Redis, unique: str) -> None:
     queue = Queue(f'notes_{unique}', Note)
-    broker = RedisBroker(REDIS_TEST_DSN)
+    broker = RedisBroker(REDIS_TEST_DSN, wire='1.x')
     try:
         await broker[queue].send(Note(user_id=1, text='a'))
         await broker[queue].send_many([Note(user_id=2, text='b'), Note(user_id=3, text='c')])
@@ -232,16 +232,17 @@ async def test_acks_in_any_order_remove_exactly_the_handled_messages(raw: Redis,
     bodies = [b'{"user_id":1,"text":"a"}', b'{"user_id":2,"text":"b"}', b'{"user_id":1,"text":"a"}',
               b'{"user_id":3,"text":"c"}', b'{"user_id":4,"text":"d"}']
     broker = RedisBroker(REDIS_TEST_DSN)
-    inflight = inflight_key(queue.name, broker.uid)
+    transport = broker.transport
+    inflight = inflight_key(queue.name, transport.uid)
     try:
         await raw.rpush(queue.name, *bodies)
-        taken = await broker.fetch(queue, 5, timeout=1)
-        assert [d.data for d in taken] == bodies
+        taken = await transport.fetch(queue, 5, timeout=1)
+        assert [d.envelope.body for d in taken] == bodies
         for index in (1, 0, 4, 2):  # message 3 is still being handled
-            await broker.ack(queue, taken[index])
+            await transport.ack(queue, taken[index])
         await eventually(lambda: _length_is(raw, inflight, 1))
         assert await raw.lrange(inflight, 0, -1) == [bodies[3]]
-        await broker.ack(queue, taken[3])
+        await transport.ack(queue, taken[3])
         await eventually(lambda: _length_is(raw, inflight, 0))
         assert await raw.llen(queue.name) == 0
     finally:
@@ -260,7 +261,7 @@ async def _exists(client: Redis, key: str) -> bool:
 async def test_exchange_routing_pushes_1x_bodies_to_each_bound_queue(raw: Redis, unique: str) -> None:
     android = Queue(f'android_{unique}', Note, exchange=f'push_{unique}', topics=['*.android'])
     ios = Queue(f'ios_{unique}', Note, exchange=f'push_{unique}', topics=['*.ios'])
-    broker = RedisBroker(REDIS_TEST_DSN)
+    broker = RedisBroker(REDIS_TEST_DSN, wire='1.x')
     try:
         await broker[android].declare()  # the binding is stored in Redis, for every publisher
         await broker[ios].declare()
@@ -296,7 +297,7 @@ async def test_password_user_and_db_from_the_dsn_are_used_and_never_shown(
     try:
         await broker[queue].send(Note(user_id=1, text=''))
         assert await raw.llen(queue.name) == 1  # db 9 of the DSN
-        assert await broker.redis.acl_whoami() == user
+        assert await broker.transport.redis.acl_whoami() == user
         info = json.dumps(Service(bus=bus, broker=broker).info())
         for shown in (repr(broker), repr(bus), info):
             assert secret not in shown and '***' in shown
@@ -308,7 +309,7 @@ async def test_password_user_and_db_from_the_dsn_are_used_and_never_shown(
 
     caplog.set_level(logging.INFO)
     down = RedisSignalBus(f'redis://{user}:{secret}@127.0.0.1:1/0')
-    down.subscribe_timeout = 0.3
+    down.transport.subscribe_timeout = 0.3
     signal = Signal(f'down_{unique}', Note)
 
     class Listener(MicroAgent):
