@@ -11,12 +11,12 @@ import pytest
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
-from microagent import Queue
+from microagent import MicroAgent, Queue, consumer
 from microagent.message import Envelope, Message, new_headers
 from microagent.tools.amqp import AMQPQueueTransport
 from microagent.transport import Delivery
 from tests.amqp_support import Servers
-from tests.helpers import Collector
+from tests.helpers import Collector, eventually
 
 pytestmark = pytest.mark.amqp
 
@@ -134,6 +134,55 @@ async def test_a_1x_request_and_answer_without_headers_are_understood(amqp: Serv
     assert request == ('legacy_' + unique, 'old', Envelope(b'{"n":1}', {
         'message-id': 'm1', 'request-id': 'q7', 'reply-to': 'old-queue'}))
     assert answer == Envelope(b'{"Old.answer":1}', {'message-id': 'm2', 'request-id': 'q8'})
+
+
+async def test_a_handler_sees_one_message_id_on_every_attempt_and_in_the_dead_letter(
+        amqp: Servers, unique: str) -> None:
+    queue = Queue(f'ids_{unique}', Job)
+    seen = Collector()
+
+    class Worker(MicroAgent):
+        @consumer(queue, max_retries=1, retry_delay=0.05)
+        async def work(self, job: Job, *, message: Message) -> None:
+            seen.add(message)
+            raise RuntimeError(f'attempt {message.attempt}')
+
+    broker = amqp.broker()
+    async with Worker(broker=broker):
+        await broker[queue].send(Job(job_id=1), headers={'tenant': 'acme'})
+        first, second = await seen.wait(2)
+        await eventually(lambda: _dead_letters_are(broker, queue, 1))
+    assert (first.attempt, second.attempt) == (1, 2)
+    assert first.message_id == second.message_id and first.correlation_id == second.correlation_id
+    assert dict(second.headers) == {'tenant': 'acme'}
+    (letter,) = await broker[queue].dead_letters()
+    assert (letter.reason, letter.attempts) == ('RuntimeError: attempt 2', 2)
+    assert letter.envelope.headers is not None
+    assert (letter.envelope.headers['message-id'], letter.envelope.headers['tenant']) == (first.message_id, 'acme')
+
+
+async def _dead_letters_are(broker: Any, queue: Queue[Any], count: int) -> bool:
+    return bool(await broker[queue].dead_letter_count() == count)
+
+
+async def test_a_handler_of_a_1x_message_gets_its_amqp_message_id(amqp: Servers, unique: str) -> None:
+    queue = Queue(f'legacy_ids_{unique}', Job)
+    seen = Collector()
+
+    class Worker(MicroAgent):
+        @consumer(queue)
+        async def work(self, job: Job, *, message: Message) -> None:
+            seen.add((job.job_id, message))
+
+    broker = amqp.broker()
+    await broker[queue].declare()
+    channel = await amqp.raw()
+    await channel.basic_publish(b'{"job_id":7}', routing_key=queue.name,
+                                properties=spec.Basic.Properties(message_id='legacy-7'))
+    async with Worker(broker=broker):
+        ((job_id, message),) = await seen.wait(1)
+    assert (job_id, message.message_id, message.correlation_id) == (7, 'legacy-7', 'legacy-7')
+    assert (message.attempt, dict(message.headers)) == (1, {})
 
 
 async def _tap(amqp: Servers) -> Collector:
