@@ -4,7 +4,8 @@ Decorators only attach a small spec to the function; the agent class collects th
 defined. A handler is called in one of two conventions, chosen once from its signature:
 
 * typed: the first parameter after ``self`` receives the validated model instance, and keyword
-  parameters named ``sender`` / ``signal`` are filled when present;
+  parameters named ``sender`` / ``signal`` are filled when present, ``message`` with the
+  ``message.Message`` being handled (ids, attempt, headers), read from the headers only then;
 * 1.x: a handler with ``**kwargs`` receives the payload fields as keywords (plus ``signal`` and
   ``sender`` for receivers, the DTO under ``dto_name or 'dto'`` for consumers with a ``dto_class``).
 """
@@ -49,7 +50,8 @@ class CallStyle:
 
     legacy: bool          # has **kwargs: 1.x keyword call
     positional: bool      # takes a first positional argument (the DTO)
-    keywords: frozenset[str]  # named keyword parameters it accepts (sender, signal, ...)
+    keywords: frozenset[str]  # named keyword parameters it accepts (sender, signal, message, ...)
+    message: bool = False  # names a ``message`` parameter: gets the ``Message`` being handled
 
     @classmethod
     def of(cls, func: Callable[..., Any]) -> CallStyle:
@@ -57,9 +59,9 @@ class CallStyle:
         legacy = any(p.kind is p.VAR_KEYWORD for p in params)
         first = params[0] if params else None
         positional = first is not None and first.kind in (first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD) \
-            and first.name not in ('sender', 'signal')
+            and first.name not in ('sender', 'signal', 'message')
         keywords = frozenset(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
-        return cls(legacy=legacy, positional=positional, keywords=keywords)
+        return cls(legacy=legacy, positional=positional, keywords=keywords, message='message' in keywords)
 
 
 def handler_name(func: Callable[..., Any]) -> str:

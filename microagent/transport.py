@@ -175,21 +175,29 @@ class BrokerTransport(Protocol[TokenT]):
 
     #: True when cancelling ``fetch`` can never lose a message, so ``stop`` need not wait for it
     fetch_cancel_safe: bool
+    #: send keywords ``put`` honours in ``options`` (AMQP: the 1.x ``properties``, ``exchange``,
+    #: ``topic``); the engine refuses any other with a TypeError naming the queue, before ``put``
+    send_options: frozenset[str]
+    #: what becomes of a message the transport could neither settle nor release, for the engine's log
+    unsettled_fate: str
 
     async def declare(self, queue: Queue[Any]) -> None:
         """Create the queue and bind it to its exchange where the backend needs to; idempotent.
         The binding is kept where every process routing through it sees it (the server, the hub)."""
         ...
 
-    async def put(self, queue: Queue[Any], envelopes: Sequence[Envelope], *, delay: float = 0.0) -> None:
+    async def put(self, queue: Queue[Any], envelopes: Sequence[Envelope], *, delay: float = 0.0,
+                  **options: Any) -> None:
         """Append envelopes to a queue, in order, in as few round trips as possible, as attempt 1;
-        with ``delay`` > 0 none is fetched before ``delay`` seconds."""
+        with ``delay`` > 0 none is fetched before ``delay`` seconds. ``options`` are the backend's
+        own send keywords (names of ``send_options`` only; none for a plain send)."""
         ...
 
-    async def publish(self, exchange: str, routing_key: str, envelope: Envelope) -> None:
-        """Put the envelope on every queue declared bound to ``exchange`` whose binding matches
-        ``routing_key``, all or none. A message no binding matches is dropped, as RabbitMQ does:
-        the engine checks the declarations first and raises ``LookupError``."""
+    async def publish(self, exchange: str, routing_key: str, envelope: Envelope) -> int:
+        """Put the envelope on every queue bound to ``exchange`` (on the server or hub, whoever
+        declared it) whose binding matches ``routing_key``, all or none; return how many queues got
+        it (1 when the server only says "at least one"). None bound: raise ``errors.QueueNotFound``
+        (a ``LookupError``) naming the exchange and the key."""
         ...
 
     async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery[TokenT]]:
@@ -212,6 +220,16 @@ class BrokerTransport(Protocol[TokenT]):
     async def release(self, queue: Queue[Any], deliveries: Sequence[Delivery[TokenT]]) -> None:
         """Return unhandled messages to the head of the queue (on stop), marked ``redelivered``,
         without counting an attempt."""
+        ...
+
+    async def consume(self, queue: Queue[Any], concurrency: int) -> None:
+        """The engine starts consuming ``queue`` with ``concurrency`` handlers, before its first
+        ``fetch`` (a push-based server sets its prefetch here; others need do nothing)."""
+        ...
+
+    async def stop_consuming(self, queue: Queue[Any]) -> None:
+        """The engine stopped consuming ``queue``: every delivery it took is settled or released.
+        Messages the transport prefetched and never handed out go back to the queue now."""
         ...
 
     async def length(self, name: str) -> int:
