@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -55,7 +55,7 @@ async def test_a_consumer_reads_frames_and_bare_1x_bodies(
     await framed[queue].send(Job(1), headers={'tenant': 'acme'})
     await legacy[queue].send(Job(2), headers={'tenant': 'lost'})  # the 1.x wire has no headers
     await raw.rpush(queue_name, b'{"job_id": 3}')  # a 1.x producer
-    stored: list[bytes] = await raw.lrange(queue_name, 0, -1)
+    stored = cast(list[bytes], await raw.lrange(queue_name, 0, -1))
     assert stored[0].startswith(FRAME_MAGIC) and stored[1:] == [b'{"job_id":2}', b'{"job_id": 3}']
     seen = Collector()
 

@@ -100,7 +100,6 @@ def _shown(text: str | bytes, limit: int = 200) -> str:
 
 _headers_decoder = msgspec.json.Decoder(dict[str, str])
 _headers_encoder = msgspec.json.Encoder()
-_FRAME_MARK = FRAME_MAGIC[:1]
 _HEADERS_AT = len(FRAME_MAGIC)
 
 
@@ -109,10 +108,11 @@ class _FrameHeaders(Mapping[str, str]):
     ``message`` never pays for JSON it does not need. ``_read_frame`` checked the header line's
     shape; should its JSON still be invalid, the first use raises the ``FrameError``."""
 
-    __slots__ = ('_parsed', '_raw', '_target')
+    __slots__ = ('_data', '_end', '_parsed', '_target')
 
-    def __init__(self, raw: bytes, target: str) -> None:
-        self._raw = raw
+    def __init__(self, data: bytes, end: int, target: str) -> None:
+        self._data = data  # the whole frame; the header line is data[len(FRAME_MAGIC):end]
+        self._end = end
         self._target = target
         self._parsed: dict[str, str] | None = None
 
@@ -120,7 +120,7 @@ class _FrameHeaders(Mapping[str, str]):
         parsed = self._parsed
         if parsed is None:
             try:
-                parsed = self._parsed = _headers_decoder.decode(self._raw)
+                parsed = self._parsed = _headers_decoder.decode(self._data[_HEADERS_AT:self._end])
             except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                 raise FrameError(self._target, [f'envelope headers are not a JSON object of strings: {exc}']) from None
         return parsed
@@ -140,19 +140,27 @@ class _FrameHeaders(Mapping[str, str]):
     def __len__(self) -> int:
         return len(self._headers())
 
+    def __eq__(self, other: object) -> bool:
+        return self._headers() == other
+
+    __hash__ = None  # type: ignore[assignment]  # a mapping, as a dict
+
     def __repr__(self) -> str:
-        return f'<headers {self._raw[:200]!r}>'
+        return f'<headers {self._data[_HEADERS_AT:min(self._end, 200)]!r}>'
+
+
+_new_envelope = tuple.__new__  # Envelope(...) without its Python-level __new__: the consumer's hot path
 
 
 def _read_frame(data: bytes, target: str) -> Envelope:
     """The envelope in stored bytes, its headers left unparsed: ``unframe``'s checks but the JSON's
     (the magic, an end of the header line, a line shaped like a JSON object). Raises ``FrameError``."""
-    if not data.startswith(_FRAME_MARK):
-        return Envelope(data, None)
+    if not data or data[0] != 0x1E:
+        return _new_envelope(Envelope, (data, None))
     end = data.find(b'\n', _HEADERS_AT)
-    if end < 0 or not data.startswith(FRAME_MAGIC) or data[_HEADERS_AT] != 0x7B or data[end - 1] != 0x7D:
+    if end < 0 or data[end - 1] != 0x7D or data[_HEADERS_AT] != 0x7B or not data.startswith(FRAME_MAGIC):
         return unframe(data, target)  # raises the FrameError that says what is wrong, or parses all
-    return Envelope(data[end + 1:], _FrameHeaders(data[_HEADERS_AT:end], target))
+    return _new_envelope(Envelope, (data[end + 1:], _FrameHeaders(data, end, target)))
 
 
 # signals
