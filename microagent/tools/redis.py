@@ -299,8 +299,8 @@ class RedisBusTransport:
         delivered or dropped with a warning; a delivery that raises is logged, and reading goes on."""
         try:
             channel = raw_channel.decode()
-        except UnicodeDecodeError:
-            self.log.warning('Dropped message on channel %s: the channel is not UTF-8', _shown(raw_channel))
+        except UnicodeDecodeError as exc:
+            self.log.warning('Dropped message on channel %s: %s: %s', _shown(raw_channel), type(exc).__name__, exc)
             return
         if not channel.startswith(self._head):
             return
