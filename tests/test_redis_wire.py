@@ -5,7 +5,9 @@ import asyncio
 import hashlib
 import json
 import logging
+import textwrap
 import uuid
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -13,6 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
+from microagent.config import load_module
 from microagent.tools.redis import RedisBroker, RedisSignalBus
 from microagent.tools.redis_scripts import inflight_key
 from tests.backends import REDIS_TEST_DSN
@@ -326,3 +329,41 @@ async def test_password_user_and_db_from_the_dsn_are_used_and_never_shown(
 
 async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
     return text in caplog.text
+
+
+# settings
+
+
+async def test_a_marun_entry_chooses_the_1x_wire(
+        raw: Redis, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``wire`` is a key of a BUS or BROKER entry, like any constructor keyword."""
+    module = f'settings_{unique}'
+    entry = {'dsn': REDIS_TEST_DSN, 'wire': '1.x'}
+    (tmp_path / f'{module}.py').write_text(textwrap.dedent(f'''
+        from microagent import MicroAgent
+
+        class Agent(MicroAgent):
+            pass
+
+        BUS = {{'main': {{'backend': 'microagent.tools.redis.RedisSignalBus', **{entry!r}}}}}
+        BROKER = {{'main': {{'backend': 'microagent.tools.redis.RedisBroker', **{entry!r}}}}}
+        AGENT = {{'agent': {{'backend': '{module}.Agent', 'bus': 'main', 'broker': 'main'}}}}
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (agent,) = load_module(module)
+    assert agent.bus is not None and agent.broker is not None
+    bus, broker = agent.bus.build(logging.getLogger()), agent.broker.build(logging.getLogger())
+    signal, queue = Signal(f'noted_{unique}', Note), Queue(f'notes_{unique}', Note)
+    pubsub = raw.pubsub()
+    try:
+        await pubsub.psubscribe(f'PUBSUB:{signal.name}:*')
+        await bus[signal].send('configured', Note(user_id=1, text='a'))
+        await broker[queue].send(Note(user_id=2, text='b'))
+        message = await _next_message(pubsub)
+        assert message['data'] == b'{"user_id":1,"text":"a"}'
+        assert await raw.lrange(queue.name, 0, -1) == [b'{"user_id":2,"text":"b"}']
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await bus.close()
+        await broker.close()
+        await _drop_queue(raw, queue.name)
