@@ -15,6 +15,8 @@ import asyncio
 import difflib
 import inspect
 import math
+import types
+import typing
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
@@ -24,6 +26,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast
 from croniter import croniter
 
 from .errors import DeclarationError, UsageError
+from .message import Message
 from .payload import Codec, codec_for
 from .queue import Queue
 from .signal import Signal
@@ -59,9 +62,26 @@ class CallStyle:
         legacy = any(p.kind is p.VAR_KEYWORD for p in params)
         first = params[0] if params else None
         positional = first is not None and first.kind in (first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD) \
-            and first.name not in ('sender', 'signal', 'message')
+            and first.name not in ('sender', 'signal') and not (first.name == 'message' and _is_message(func))
         keywords = frozenset(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
-        return cls(legacy=legacy, positional=positional, keywords=keywords, message='message' in keywords)
+        wants_message = 'message' in keywords and not (positional and first is not None and first.name == 'message')
+        return cls(legacy=legacy, positional=positional, keywords=keywords, message=wants_message)
+
+
+def _is_message(func: Callable[..., Any]) -> bool:
+    """Whether the handler's ``message`` parameter is annotated ``microagent.Message``: a first
+    parameter named ``message`` is the payload (1.x handlers and models named Message use it), unless
+    its annotation says it is the message being handled."""
+    try:
+        hint = typing.get_type_hints(func).get('message')
+    except Exception:  # an annotation that does not resolve here: judge by its text
+        hint = inspect.signature(func).parameters['message'].annotation
+        return isinstance(hint, str) and hint.replace(' ', '') in _MESSAGE_HINTS
+    return hint is Message or (typing.get_origin(hint) in (typing.Union, types.UnionType)
+                               and Message in typing.get_args(hint))
+
+
+_MESSAGE_HINTS = frozenset({'microagent.Message', 'microagent.message.Message', 'Message|None'})
 
 
 def handler_name(func: Callable[..., Any]) -> str:

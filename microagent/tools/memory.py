@@ -8,11 +8,10 @@ group of agents run by ``marun --single-process`` can talk in a single event loo
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
-import re
+import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from ..broker import DEFAULT_MAX_MESSAGE_SIZE, AbstractQueueBroker
@@ -21,12 +20,13 @@ from ..dsn import hide_password
 from ..errors import QueueNotFound
 from ..message import Envelope
 from ..queue import Queue, topics_match
-from ..transport import DeadLetter, Delivery
+from ..transport import DeadLetter, Deliver, DeliverReply, Delivery
 
 
 class _BusHub:
     def __init__(self) -> None:
-        self.subscriptions: list[tuple[re.Pattern[str], MemorySignalBus]] = []
+        self.subscribers: dict[str, list[MemoryBusTransport]] = {}  # signal name -> transports
+        self.addresses: dict[str, MemoryBusTransport] = {}  # reply_to -> transport
 
 
 class _Message:
@@ -92,27 +92,84 @@ SCHEME = 'memory://'
 _named_hubs: dict[str, MemoryHub] = {}
 
 
+class MemoryBusTransport:
+    """In-process pub/sub on a hub: the smallest ``BusTransport``. ``publish`` puts the envelope in
+    the inbox of every subscribed transport, whose reader task awaits the engine's callbacks, so
+    delivery is asynchronous and backpressured, like a network bus. The reader runs while the inbox
+    holds messages and ends when it is empty: an idle bus leaves no task behind."""
+
+    def __init__(self, hub: MemoryHub, log: logging.Logger | None = None) -> None:
+        self.hub = hub
+        self._hub = hub.bus
+        self.reply_to = uuid.uuid4().hex
+        self.log = log or logging.getLogger('microagent.bus')
+        self._inbox: deque[tuple[str | None, str, Envelope]] = deque()  # (signal, or None for an answer)
+        self._deliver: Deliver | None = None
+        self._deliver_reply: DeliverReply | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def publish(self, name: str, sender: str, envelope: Envelope) -> None:
+        for transport in self._hub.subscribers.get(name, ()):
+            transport._put((name, sender, envelope))
+
+    async def subscribe(self, names: Collection[str], deliver: Deliver) -> None:
+        self._deliver = deliver
+        for name in names:
+            subscribers = self._hub.subscribers.setdefault(name, [])
+            if self not in subscribers:
+                subscribers.append(self)
+
+    async def receive_replies(self, deliver: DeliverReply) -> None:
+        self._deliver_reply = deliver
+        self._hub.addresses[self.reply_to] = self
+
+    async def reply(self, reply_to: str, envelope: Envelope) -> None:
+        transport = self._hub.addresses.get(reply_to)
+        if transport is not None:  # a caller gone: the answer is dropped, as on a network bus
+            transport._put((None, '', envelope))
+
+    def _put(self, item: tuple[str | None, str, Envelope]) -> None:
+        self._inbox.append(item)
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        inbox = self._inbox
+        try:
+            while inbox:
+                name, sender, envelope = inbox.popleft()
+                try:
+                    if name is None:
+                        if self._deliver_reply is not None:
+                            await self._deliver_reply(envelope)
+                    elif self._deliver is not None:
+                        await self._deliver(name, sender, envelope)
+                except Exception:  # the engine's callbacks do not raise; should one, the reader reads on
+                    self.log.exception('Memory bus: delivering a message failed')
+        finally:
+            self._reader = None
+
+    async def close(self) -> None:
+        for subscribers in self._hub.subscribers.values():
+            if self in subscribers:
+                subscribers.remove(self)
+        self._hub.addresses.pop(self.reply_to, None)
+        self._inbox.clear()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
 class MemorySignalBus(AbstractSignalBus):
     """In-process pub/sub; delivery is asynchronous, like a network bus."""
 
+    transport: MemoryBusTransport
+
     def __init__(self, dsn: str = SCHEME, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
-                 hub: MemoryHub | None = None, **options: Any) -> None:
-        super().__init__(dsn, prefix, log, **options)
+                 hub: MemoryHub | None = None, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self.hub = MemoryHub.of(dsn, hub)
-        self._hub = self.hub.bus
-        self._closed = False
-
-    async def publish(self, channel: str, data: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        for pattern, bus in list(self._hub.subscriptions):
-            if pattern.match(channel):
-                loop.call_soon(bus.dispatch, channel, data)
-
-    async def subscribe(self, pattern: str) -> None:
-        self._hub.subscriptions.append((re.compile(fnmatch.translate(pattern)), self))
-
-    async def close(self) -> None:
-        self._hub.subscriptions = [(p, b) for p, b in self._hub.subscriptions if b is not self]
+        super().__init__(MemoryBusTransport(self.hub, log), dsn=dsn, prefix=prefix, log=log,
+                         max_message_size=max_message_size)
 
 
 class MemoryQueueTransport:

@@ -4,6 +4,10 @@
     await agent.some_method()
     agent.bus.user_created.send.assert_called()
     agent.broker.mailer.send.assert_awaited_with({'to': 'a@b.c'})
+
+They are the real engines over a private memory hub (so nothing is stubbed beside what a test
+asserts on): ``bus.x`` / ``broker.x`` (and ``bus[x]`` / ``broker[x]``) are mocks recording sends,
+and binding receivers and consumers is recorded, not run.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from ..broker import AbstractQueueBroker
 from ..bus import AbstractSignalBus
 from ..message import Envelope
 from ..queue import Queue
-from .memory import MemoryHub, MemoryQueueTransport
+from .memory import MemoryBusTransport, MemoryHub, MemoryQueueTransport
 
 
 class BoundSignalMock:
@@ -39,16 +43,10 @@ class BusMock(AbstractSignalBus):
     """``bus.x`` and ``bus[x]`` are the same ``BoundSignalMock`` with AsyncMock methods."""
 
     def __init__(self) -> None:
-        super().__init__('mock://')
+        super().__init__(MemoryBusTransport(MemoryHub()), dsn='mock://')
         self._bound: dict[str, BoundSignalMock] = {}
-        self.publish = AsyncMock()  # type: ignore[method-assign]
-        self.subscribe = AsyncMock()  # type: ignore[method-assign]
         self.bind_receiver = AsyncMock()  # type: ignore[method-assign]
         self.unbind_receivers = AsyncMock()  # type: ignore[method-assign]
-
-    async def publish(self, channel: str, data: bytes) -> None: ...  # replaced per instance
-
-    async def subscribe(self, pattern: str) -> None: ...  # replaced per instance
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith('_'):
@@ -60,8 +58,7 @@ class BusMock(AbstractSignalBus):
 
 
 class _MockQueueTransport(MemoryQueueTransport):
-    """A private memory hub where, as a mock has no server, every queue declared for an exchange
-    counts as bound to it."""
+    """As a mock has no server, every queue declared for an exchange counts as bound to it."""
 
     async def publish(self, exchange: str, routing_key: str, envelope: Envelope) -> int:
         for queue in Queue.get_all().values():
@@ -71,8 +68,8 @@ class _MockQueueTransport(MemoryQueueTransport):
 
 
 class BrokerMock(AbstractQueueBroker):
-    """``broker.x`` and ``broker[x]`` are the same ``BoundQueueMock`` with AsyncMock methods; the
-    engine runs over a private memory transport, so ``publish`` still validates."""
+    """``broker.x`` and ``broker[x]`` are the same ``BoundQueueMock`` with AsyncMock methods;
+    ``publish`` still validates the payload."""
 
     def __init__(self) -> None:
         super().__init__(_MockQueueTransport(MemoryHub()), dsn='mock://')
