@@ -24,7 +24,7 @@ from .handlers import (
     specs_of,
     with_timeout,
 )
-from .message import current_message
+from .message import Incoming, current_message, reset_current_message, set_current_message
 from .queue import Queue
 from .signal import Signal
 from .timer import Timer, run_cron, run_periodic
@@ -127,6 +127,18 @@ class Consumer:
         if style.message:
             extra['message'] = current_message()
         return self.handler(value, **extra) if style.positional else self.handler(**extra)
+
+
+def _in_a_conversation(func: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+    """A periodic or cron run is a conversation of its own: the messages one run sends share a
+    correlation id and a trace (a fresh message is current while it runs, read only if it sends)."""
+    async def run() -> Any:
+        token = set_current_message(Incoming(None))
+        try:
+            return await func()
+        finally:
+            reset_current_message(token)
+    return run
 
 
 class MicroAgent:
@@ -252,11 +264,13 @@ class MicroAgent:
 
     def _start_timers(self) -> None:
         for attr, pspec in self.periodic_tasks:
-            timer = Timer(f'{type(self).__name__}.{attr}', getattr(self, attr), pspec.timeout, self.log)
+            timer = Timer(f'{type(self).__name__}.{attr}', _in_a_conversation(getattr(self, attr)), pspec.timeout,
+                          self.log)
             self._timers.append(timer)
             self._background.append(asyncio.create_task(run_periodic(timer, pspec.period, pspec.start_after)))
         for attr, cspec in self.cron_tasks:
-            timer = Timer(f'{type(self).__name__}.{attr}', getattr(self, attr), cspec.timeout, self.log)
+            timer = Timer(f'{type(self).__name__}.{attr}', _in_a_conversation(getattr(self, attr)), cspec.timeout,
+                          self.log)
             self._timers.append(timer)
             self._background.append(asyncio.create_task(run_cron(timer, cspec.spec, cspec.tz)))
 
