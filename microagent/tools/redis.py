@@ -451,7 +451,7 @@ class RedisQueueTransport:
     def __init__(self, dsn: str = DEFAULT_DSN, *, log: logging.Logger | None = None, wire: Wire = 'envelope',
                  heartbeat: float = 10.0, **redis_options: Any) -> None:
         if isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float) or not 0 < heartbeat < math.inf:
-            raise InvalidArgument(f'heartbeat must be a positive number of seconds, got {heartbeat!r}')
+            raise InvalidArgument(f'heartbeat must be positive (seconds), got {heartbeat!r}')
         self.dsn = dsn
         self.legacy = _wire(wire)
         self.heartbeat = float(heartbeat)
