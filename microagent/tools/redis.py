@@ -884,6 +884,11 @@ class RedisSignalBus(AbstractSignalBus):
         transport = RedisBusTransport(dsn, prefix, log=log, wire=wire, **redis_options)
         super().__init__(transport, dsn=dsn, prefix=prefix, log=log, max_message_size=max_message_size)
 
+    @property
+    def redis(self) -> Redis:
+        """The transport's command client, which code written for the former class reaches for."""
+        return self.transport.redis
+
 
 class RedisBroker(AbstractQueueBroker):
     """Reliable queues on Redis lists: ``RedisBroker('redis://localhost/7')``.
@@ -899,3 +904,8 @@ class RedisBroker(AbstractQueueBroker):
                  **redis_options: Any) -> None:
         transport = RedisQueueTransport(dsn, log=log, wire=wire, heartbeat=heartbeat, **redis_options)
         super().__init__(transport, dsn=dsn, log=log, max_message_size=max_message_size)
+
+    @property
+    def redis(self) -> Redis:
+        """The transport's command client, which code written for the former class reaches for."""
+        return self.transport.redis
