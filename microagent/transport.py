@@ -19,15 +19,16 @@ engine. Common rules:
 * A bare 1.x body, with no headers, arrives as ``Envelope(body, None)``, or with the headers the
   transport can tell from its wire (``request-id`` and ``reply-to`` of a 1.x RPC channel).
 
-How the existing backends map onto them (the lead rewires them; the 1.x constructors stay):
+How the backends map onto them (the 1.x constructors stay, as thin classes building a transport):
 
-memory (``tools/memory.py``)
+memory (``tools/memory.py``, the smallest example of both protocols)
     Bus: the hub maps signal names to subscribed transports; ``publish`` puts the envelope in each
-    one's inbox (an ``asyncio.Queue``) and one reader task per bus awaits ``deliver``. ``reply_to``
-    is the bus's id in the hub; ``reply`` puts the answer in that bus's inbox.
+    one's inbox (a deque) and a reader task, running while the inbox holds messages, awaits
+    ``deliver``. ``reply_to`` is the transport's address in the hub; ``reply`` puts the answer in
+    that transport's inbox.
     Broker: the hub's deques hold (envelope, attempt, redelivered); ``put(delay=)`` and ``retry`` use
-    ``call_later`` as ``retry`` does today; ``release`` pushes to the front with ``redelivered``.
-    ``declare`` records the exchange binding in the hub; ``publish`` routes by those bindings.
+    ``call_later``; ``release`` pushes to the front with ``redelivered``. ``declare`` records the
+    exchange binding in the hub; ``publish`` routes by those bindings.
 
 redis (``tools/redis.py``)
     Bus: ``publish`` sends ``frame(body, headers)`` (with ``wire='1.x'`` the bare body) on
