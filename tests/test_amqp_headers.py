@@ -11,7 +11,7 @@ import pytest
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
-from microagent import MicroAgent, Queue, consumer
+from microagent import MicroAgent, Queue, Signal, consumer, receiver
 from microagent.message import Envelope, Message, new_headers
 from microagent.tools.amqp import AMQPQueueTransport
 from microagent.transport import Delivery
@@ -131,8 +131,7 @@ async def test_a_1x_request_and_answer_without_headers_are_understood(amqp: Serv
     await channel.basic_publish(b'{"Old.answer":1}', routing_key=bus.reply_to, properties=spec.Basic.Properties(
         message_type='response', correlation_id='q8', message_id='m2'))
     request, answer = sorted(await got.wait(2), key=str)
-    assert request == ('legacy_' + unique, 'old', Envelope(b'{"n":1}', {
-        'message-id': 'm1', 'request-id': 'q7', 'reply-to': 'old-queue'}))
+    assert request == ('legacy_' + unique, 'old', Envelope(b'{"n":1}', {'request-id': 'q7', 'reply-to': 'old-queue'}))
     assert answer == Envelope(b'{"Old.answer":1}', {'message-id': 'm2', 'request-id': 'q8'})
 
 
@@ -183,6 +182,36 @@ async def test_a_handler_of_a_1x_message_gets_its_amqp_message_id(amqp: Servers,
         ((job_id, message),) = await seen.wait(1)
     assert (job_id, message.message_id, message.correlation_id) == (7, 'legacy-7', 'legacy-7')
     assert (message.attempt, dict(message.headers)) == (1, {})
+
+
+async def test_a_1x_caller_gets_the_1x_answer_without_error_headers(amqp: Servers, unique: str) -> None:
+    signal = Signal(f'half_{unique}', Job, returns=int)
+
+    class Agent(MicroAgent):
+        @receiver(signal)
+        async def good(self, job: Job) -> int:
+            return job.job_id
+
+        @receiver(signal)
+        async def bad(self, job: Job) -> int:
+            raise RuntimeError('no')
+
+    channel = await amqp.raw()
+    replies = await channel.queue_declare('', exclusive=True, auto_delete=True)
+    assert replies.queue
+    answers = Collector()
+
+    async def on_answer(message: DeliveredMessage) -> None:
+        answers.add(message)
+
+    await channel.basic_consume(replies.queue, on_answer, no_ack=True)
+    async with Agent(bus=amqp.bus()):
+        await channel.basic_publish(b'{"job_id":5}', exchange=amqp.prefix, routing_key=f'{signal.name}.old',
+                                    properties=spec.Basic.Properties(reply_to=replies.queue, correlation_id='q1'))
+        (answer,) = await answers.wait(1)
+    props = answer.header.properties
+    assert (answer.body, props.correlation_id, props.message_type) == (b'{"Agent.good":5}', 'q1', 'response')
+    assert 'rpc-error' not in (props.headers or {})  # a 1.x caller would not read it
 
 
 async def _tap(amqp: Servers) -> Collector:

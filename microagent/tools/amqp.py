@@ -78,12 +78,13 @@ def _fresh_table(properties: spec.Basic.Properties) -> dict[str, Any]:
     return {k: v for k, v in (properties.headers or {}).items() if k not in _OWN_HEADERS}
 
 
-def _received_headers(properties: spec.Basic.Properties) -> dict[str, str]:
-    """The envelope's headers in a delivery: the table's text values but the bookkeeping, plus the
-    ``message_id`` property as ``message-id`` where the table has none (a 1.x or foreign sender)."""
+def _received_headers(properties: spec.Basic.Properties, message_id: bool = True) -> dict[str, str]:
+    """The envelope's headers in a delivery: the table's text values but the bookkeeping, plus (with
+    ``message_id``) that property as ``message-id`` where the table has none (a 1.x or foreign sender),
+    so a queued 1.x message keeps one id across its retries."""
     table = properties.headers
     headers = {k: v for k, v in table.items() if type(v) is str and k not in _OWN_HEADERS} if table else {}
-    if MESSAGE_ID not in headers and properties.message_id:
+    if message_id and MESSAGE_ID not in headers and properties.message_id:
         headers[MESSAGE_ID] = properties.message_id
     return headers
 
@@ -773,7 +774,8 @@ class AMQPBusTransport:
         if name == RESPONSE_SIGNAL:
             self._dropped(key, label, 'not a signal of this bus')
             return None
-        headers = _received_headers(props)
+        # no message-id from the property: the engine tells a 1.x request (no error answers) by its absence
+        headers = _received_headers(props, message_id=False)
         if props.reply_to and props.correlation_id:  # a request, maybe from a 1.x peer without the headers
             headers.setdefault(REQUEST_ID, props.correlation_id)
             headers.setdefault(REPLY_TO, props.reply_to)
