@@ -367,3 +367,22 @@ async def test_a_marun_entry_chooses_the_1x_wire(
         await bus.close()
         await broker.close()
         await _drop_queue(raw, queue.name)
+
+
+# commands
+
+
+def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them() -> None:
+    """The transports pack commands with hiredis (fast); what goes on the wire must not change."""
+    from redis.asyncio.connection import Connection
+    from redis.exceptions import DataError
+
+    from microagent.tools.redis import _HiredisPacking
+
+    ours, theirs = _HiredisPacking(), Connection()
+    for args in [('RPUSH', 'queue', b'\x1eMA1{"a":"b"}\n{}', b'{"user_id": 1}'),
+                 ('EVALSHA', 'f' * 40, 2, 'k1', 'k2', 0.05, 1e-05, 10_000, -3, 'é', memoryview(b'mv')),
+                 ('CLIENT SETNAME', 'name'), (b'CONFIG GET', b'maxmemory'), ('SET', 'k', '')]:
+        assert b''.join(ours.pack_command(*args)) == b''.join(theirs.pack_command(*args)), args
+    with pytest.raises(DataError):  # what redis-py refuses, refused the same way
+        ours.pack_command('SET', 'k', None)
