@@ -17,12 +17,20 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any, Generic, Never, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Never, TypeVar, cast
 
 from .dsn import hide_password
 from .errors import DeclarationError, InvalidArgument, InvalidPayload, QueueAttributeError, QueueNotFound, UsageError
 from .exchange import Exchange
-from .message import Envelope, Incoming, check_user_headers, new_headers, reset_current_message, set_current_message
+from .message import (
+    Envelope,
+    Incoming,
+    check_user_headers,
+    new_headers,
+    new_headers_many,
+    reset_current_message,
+    set_current_message,
+)
 from .payload import check_size, encode_json
 from .queue import Queue
 from .retry import Retrier, backoff
@@ -262,16 +270,13 @@ class AbstractQueueBroker:
     async def _work(self, run: _Running) -> None:
         """A worker: handles buffered deliveries one at a time until the consumer stops. This is the
         hot path, kept inline: per message, no coroutine but the handler's and the ack's."""
-        task = asyncio.current_task()
-        assert task is not None
-        consumer, buffer = run.consumer, run.buffer
-        queue = consumer.queue
-        streak = 0  # messages handled since this worker last let other tasks run
+        task = cast(asyncio.Task[None], asyncio.current_task())
+        consumer, buffer, queue = run.consumer, run.buffer, run.consumer.queue
+        streak = 0  # messages handled since this worker last let other tasks run (or about: waits do too)
         while True:
             if not buffer:
                 if run.stopping.is_set():
                     return
-                streak = 0
                 await run.wait_for_work()
                 continue
             delivery = buffer.popleft()
@@ -286,8 +291,7 @@ class AbstractQueueBroker:
                     continue
                 failure: Exception | None = None
                 run.deadlines[task] = time.monotonic() + consumer.timeout  # the loop's clock
-                current = set_current_message(Incoming(delivery.envelope.headers, delivery.attempt,
-                                                       delivery.redelivered))
+                held = set_current_message(Incoming(delivery.envelope.headers, delivery.attempt, delivery.redelivered))
                 try:
                     await consumer(payload, delivery.context)
                 except asyncio.CancelledError:
@@ -297,7 +301,7 @@ class AbstractQueueBroker:
                 except Exception as exc:
                     failure = exc
                 finally:
-                    reset_current_message(current)
+                    reset_current_message(held)
                     del run.deadlines[task]
                     if task in run.expired:  # the watchdog's cancel is consumed here, not by the next await
                         run.expired.discard(task)
@@ -308,8 +312,7 @@ class AbstractQueueBroker:
                     try:
                         await self.transport.ack(queue, delivery)
                     except Exception as exc:
-                        await self._settle_failed(queue, delivery, 'ack', exc,
-                                                  partial(self.transport.ack, queue, delivery))
+                        await self._ack_failed(queue, delivery, exc)
             except asyncio.CancelledError:
                 await self.transport.release(queue, [delivery])
                 raise
@@ -323,6 +326,9 @@ class AbstractQueueBroker:
             if streak == YIELD_EVERY:  # handlers that never wait would starve the fetch loop's I/O
                 streak = 0
                 await asyncio.sleep(0)
+
+    async def _ack_failed(self, queue: Queue[Any], delivery: Delivery[Any], exc: Exception) -> None:
+        await self._settle_failed(queue, delivery, 'ack', exc, partial(self.transport.ack, queue, delivery))
 
     def _decode(self, consumer: Consumer, delivery: Delivery[Any]) -> tuple[Any, Any]:
         try:
@@ -459,7 +465,7 @@ class BoundQueue(Generic[T]):
             return
         if headers:
             check_user_headers(headers)
-        envelopes = [Envelope(body, new_headers(headers, checked=True)) for body in bodies]
+        envelopes = list(map(Envelope, bodies, new_headers_many(len(bodies), headers)))
         await self.broker.transport.put(self.queue, envelopes, delay=wait)
 
     def _check(self, delay: float | None, extra: Mapping[str, Any], unknown: Mapping[str, Any]) -> float:

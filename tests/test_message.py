@@ -27,6 +27,7 @@ from microagent.message import (
     frame,
     handling,
     new_headers,
+    new_headers_many,
     new_message_id,
     new_traceparent,
     parse_traceparent,
@@ -102,6 +103,26 @@ def test_headers_sent_while_handling_inherit_correlation_and_trace() -> None:
     assert child[2] == parent[2]  # the caller's sampling decision is kept
     assert current_message() is None
     assert new_headers()['correlation-id'] != 'conversation'
+
+
+def test_headers_of_a_batch_are_those_of_as_many_single_sends() -> None:
+    fresh = new_headers_many(3, {'tenant': 'acme'})
+    assert len({headers['message-id'] for headers in fresh}) == 3
+    for headers in fresh:
+        assert headers.keys() == new_headers({'tenant': 'acme'}).keys()
+        assert headers['correlation-id'] == headers['message-id'] and headers['tenant'] == 'acme'
+        assert parse_traceparent(headers['traceparent']) is not None
+    handled = _message(correlation_id='conversation', traceparent=PARENT, tracestate='vendor=1')
+    with handling(handled):
+        batch, single = new_headers_many(2), new_headers()
+    parent = parse_traceparent(PARENT)
+    assert parent is not None
+    for headers in batch:
+        assert headers.keys() == single.keys()
+        child = parse_traceparent(headers['traceparent'])
+        assert child is not None and (child[0], child[2]) == (parent[0], parent[2]) and child[1] != parent[1]
+        assert (headers['correlation-id'], headers['tracestate']) == ('conversation', 'vendor=1')
+    assert new_headers_many(0) == []
 
 
 def test_a_handled_message_without_a_valid_trace_starts_one() -> None:
