@@ -22,15 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, Never, TypeVar, cast
 from .dsn import hide_password
 from .errors import DeclarationError, InvalidArgument, InvalidPayload, QueueAttributeError, QueueNotFound, UsageError
 from .exchange import Exchange
-from .message import (
-    Envelope,
-    Incoming,
-    check_user_headers,
-    new_headers,
-    new_headers_many,
-    reset_current_message,
-    set_current_message,
-)
+from .message import Envelope, check_user_headers, current_var, new_headers, new_headers_many
 from .payload import check_size, encode_json
 from .queue import Queue
 from .retry import Retrier, backoff
@@ -291,7 +283,7 @@ class AbstractQueueBroker:
                     continue
                 failure: Exception | None = None
                 run.deadlines[task] = time.monotonic() + consumer.timeout  # the loop's clock
-                held = set_current_message(Incoming(delivery.envelope.headers, delivery.attempt, delivery.redelivered))
+                held = current_var.set(delivery)  # read into a Message only if the handler asks or sends
                 try:
                     await consumer(payload, delivery.context)
                 except asyncio.CancelledError:
@@ -301,7 +293,7 @@ class AbstractQueueBroker:
                 except Exception as exc:
                     failure = exc
                 finally:
-                    reset_current_message(held)
+                    current_var.reset(held)
                     del run.deadlines[task]
                     if task in run.expired:  # the watchdog's cancel is consumed here, not by the next await
                         run.expired.discard(task)

@@ -47,9 +47,8 @@ from .message import (
     RPC_ERROR,
     Envelope,
     Incoming,
+    current_var,
     new_headers,
-    reset_current_message,
-    set_current_message,
 )
 from .payload import check_size, encode_json
 from .signal import RESPONSE_SIGNAL, Signal
@@ -135,8 +134,8 @@ class _Lane:
 
     def __init__(self, receiver: Receiver) -> None:
         self.receiver = receiver
-        # (payload, sender, reply, headers)
-        self.backlog: deque[tuple[Any, str, _Reply | None, Mapping[str, str] | None]] = deque()
+        # (payload, sender, reply, the message, read from its headers on first use)
+        self.backlog: deque[tuple[Any, str, _Reply | None, Incoming]] = deque()
         self.workers = 0
 
 
@@ -257,7 +256,7 @@ class AbstractSignalBus:
             reply_to = headers.get(REPLY_TO)
             if request_id and reply_to:
                 reply = _Reply(request_id, reply_to, len(receivers), MESSAGE_ID in headers)
-        item = (payload, sender, reply, headers)
+        item = (payload, sender, reply, Incoming(headers))  # one Message for every receiver, if read
         for receiver in receivers:
             lane = self._lanes[receiver]
             lane.backlog.append(item)
@@ -283,9 +282,9 @@ class AbstractSignalBus:
         receiver, backlog = lane.receiver, lane.backlog
         try:
             while backlog:
-                payload, sender, reply, headers = backlog.popleft()
+                payload, sender, reply, incoming = backlog.popleft()
                 self._taken()
-                token = set_current_message(Incoming(headers))
+                token = current_var.set(incoming)
                 try:
                     ok, result = await self._call(receiver, payload, sender)
                     if reply is not None:
@@ -295,7 +294,7 @@ class AbstractSignalBus:
                             reply.errors[receiver.key] = result
                         await self._answered(receiver.signal, reply)
                 finally:
-                    reset_current_message(token)
+                    current_var.reset(token)
         finally:
             lane.workers -= 1
 

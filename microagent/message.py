@@ -43,7 +43,7 @@ import time
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import msgspec
 
@@ -52,9 +52,9 @@ from .errors import InvalidPayload, MicroAgentError
 __all__ = [
     'ATTEMPT', 'CORRELATION_ID', 'FRAME_MAGIC', 'MESSAGE_ID', 'REPLY_TO', 'REQUEST_ID', 'RPC_ERROR', 'SENT_AT',
     'STANDARD_HEADERS', 'TRACEPARENT', 'TRACESTATE', 'Envelope', 'FrameError', 'Incoming', 'InvalidHeader',
-    'Message', 'check_user_headers', 'current_message', 'frame', 'handling', 'is_reserved', 'new_headers',
-    'new_headers_many', 'new_message_id', 'new_traceparent', 'parse_traceparent', 'reset_current_message',
-    'set_current_message', 'unframe',
+    'Lazy', 'Message', 'check_user_headers', 'current_message', 'current_var', 'frame', 'handling',
+    'is_reserved', 'new_headers', 'new_headers_many', 'new_message_id', 'new_traceparent', 'parse_traceparent',
+    'reset_current_message', 'set_current_message', 'unframe',
 ]
 
 MESSAGE_ID = 'message-id'
@@ -282,21 +282,31 @@ class Incoming:
         return message
 
 
-_current: ContextVar[Message | Incoming | None] = ContextVar('microagent_message', default=None)
+class Lazy(Protocol):
+    """Anything that reads into the ``Message`` being handled on first use and keeps it (``Incoming``,
+    a broker transport's ``Delivery``), so setting it current costs nothing but the set."""
+
+    @property
+    def message(self) -> Message: ...
+
+
+_current: ContextVar[Message | Lazy | None] = ContextVar('microagent_message', default=None)
+#: the engines' handle on the current message: ``token = current_var.set(...)``, ``current_var.reset(token)``
+current_var = _current
 
 
 def current_message() -> Message | None:
     """The message whose handler is running in this context, if any."""
     current = _current.get()
-    return current.message if isinstance(current, Incoming) else current
+    return current if current is None or isinstance(current, Message) else current.message
 
 
-def set_current_message(message: Message | Incoming | None) -> Token[Message | Incoming | None]:
+def set_current_message(message: Message | Lazy | None) -> Token[Message | Lazy | None]:
     """Make ``message`` the current one (the engine does, around a handler); undo with the token."""
     return _current.set(message)
 
 
-def reset_current_message(token: Token[Message | Incoming | None]) -> None:
+def reset_current_message(token: Token[Message | Lazy | None]) -> None:
     _current.reset(token)
 
 
@@ -305,7 +315,7 @@ class _Handling:
 
     def __init__(self, message: Message) -> None:
         self.message = message
-        self.token: Token[Message | Incoming | None] | None = None
+        self.token: Token[Message | Lazy | None] | None = None
 
     def __enter__(self) -> Message:
         self.token = _current.set(self.message)
@@ -341,7 +351,7 @@ def new_headers(user_headers: Mapping[str, str] | None = None, *, reply_to: str 
         headers = {MESSAGE_ID: message_id, CORRELATION_ID: message_id, SENT_AT: _sent_at_now(), ATTEMPT: '1',
                    TRACEPARENT: f'00-{message_id}-{message_id[16:]}-01'}
     else:
-        headers = _inherited(current.message if isinstance(current, Incoming) else current, message_id)
+        headers = _inherited(current if isinstance(current, Message) else current.message, message_id)
     if reply_to is not None:
         headers[REPLY_TO] = reply_to
     if request_id is not None:

@@ -73,7 +73,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from .message import Envelope
+from .message import Envelope, Message
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -99,7 +99,8 @@ class Delivery(Generic[TokenT]):
     been partly handled. ``token`` is the transport's own handle; ``context`` holds backend extras a
     handler may ask for by name (``amqp`` on RabbitMQ, as in 1.x)."""
 
-    __slots__ = ('attempt', 'context', 'envelope', 'redelivered', 'token')
+    __slots__ = ('_message', 'attempt', 'context', 'envelope', 'redelivered', 'token')
+    _message: Message | None
 
     def __init__(self, envelope: Envelope, token: TokenT, attempt: int = 1, redelivered: bool = False,
                  context: Mapping[str, object] = NO_CONTEXT) -> None:
@@ -112,6 +113,19 @@ class Delivery(Generic[TokenT]):
     def __repr__(self) -> str:
         again = ', redelivered' if self.redelivered else ''
         return f'<Delivery attempt {self.attempt}{again}: {self.envelope.body[:60]!r}>'
+
+    @property
+    def message(self) -> Message:
+        """The ``Message`` of this delivery, read from its headers on first use (the engine makes
+        the delivery the current message while its handler runs; most handlers never read it)."""
+        try:
+            message: Message | None = self._message
+        except AttributeError:  # not set by __init__: it costs a store per message that few read
+            message = None
+        if message is None:
+            message = self._message = Message.from_headers(self.envelope.headers, attempt=self.attempt,
+                                                           redelivered=self.redelivered)
+        return message
 
 
 @dataclass(frozen=True)

@@ -97,3 +97,26 @@ async def test_a_payload_parameter_named_message_is_still_the_payload(unique: st
     async with Worker(broker=broker):
         await broker[queue].send(Job(job_id=3))
         assert await seen.wait(1) == [Job(job_id=3)]
+
+
+async def test_a_1x_message_gets_one_id_that_everything_it_causes_shares(unique: str) -> None:
+    legacy, follow = Queue(f'eh_1x_{unique}', Job), Queue(f'eh_follow_{unique}', Job)
+    seen = Collector()
+
+    class Worker(MicroAgent):
+        @consumer(legacy)
+        async def work(self, job: Job, message: Message) -> None:
+            seen.add(('handled', message.message_id))
+            await self.broker[follow].send(Job(job_id=1))
+            await self.broker[follow].send_many([Job(job_id=2)])
+
+        @consumer(follow)
+        async def then(self, job: Job, message: Message) -> None:
+            seen.add(('caused', message.correlation_id))
+
+    broker = MemoryBroker()
+    async with Worker(broker=broker):
+        await broker.transport.put(legacy, [Envelope(b'{"job_id": 0}')])  # a 1.x body: no headers at all
+        items = await seen.wait(3)
+    (handled,) = [value for kind, value in items if kind == 'handled']
+    assert [value for kind, value in items if kind == 'caused'] == [handled, handled]
