@@ -9,9 +9,9 @@ import time
 import msgspec
 import pytest
 
-from microagent import Message, MicroAgent, Queue, RemoteError, Signal, consumer, receiver
+from microagent import AbstractQueueBroker, Message, MicroAgent, Queue, RemoteError, Signal, consumer, receiver
 from tests.backends import Backend
-from tests.helpers import Collector
+from tests.helpers import Collector, eventually
 
 
 class Job(msgspec.Struct, frozen=True):
@@ -40,6 +40,34 @@ async def test_message_id_is_kept_across_a_retry_and_attempts_are_counted(backen
     assert before - 0.001 <= first.sent_at <= time.time()
     assert first.correlation_id == first.message_id  # sent outside any handler: a new conversation
     assert first.trace_id is not None and len(first.trace_id) == 32
+
+
+async def test_a_dead_letter_keeps_its_id_and_headers_when_requeued(backend: Backend, unique: str) -> None:
+    queue = Queue(f'hdr_dead_{unique}', Job)
+    seen = Collector()
+
+    class Worker(MicroAgent):
+        @consumer(queue, max_retries=0)
+        async def work(self, job: Job, message: Message) -> None:
+            seen.add(message)
+            if len(seen.items) == 1:
+                raise RuntimeError('first time only')
+
+    broker = backend.broker()
+    async with Worker(broker=broker):
+        await broker[queue].send(Job(job_id=1), headers={'tenant': 'acme'})
+        (failed,) = await seen.wait(1)
+        await eventually(lambda: _dead_letters(broker, queue, 1))
+        (letter,) = await broker[queue].dead_letters()
+        assert letter.envelope.headers is not None and letter.envelope.headers['message-id'] == failed.message_id
+        assert await broker[queue].requeue_dead_letters() == 1
+        _, again = await seen.wait(2)
+    assert again.message_id == failed.message_id and again.headers == {'tenant': 'acme'}
+    assert again.attempt == 1  # requeued as a fresh delivery
+
+
+async def _dead_letters(broker: AbstractQueueBroker, queue: Queue[Job], count: int) -> bool:
+    return await broker[queue].dead_letter_count() == count
 
 
 async def test_a_conversation_goes_from_a_signal_through_two_queues(backend: Backend, unique: str) -> None:
