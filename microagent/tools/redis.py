@@ -417,35 +417,35 @@ class _Owned:
                 del held[message]
 
 
-class _RedisDelivery(Delivery[bytes]):
-    """A fetched message; ``token`` is the bytes stored in Redis. The envelope is read from them on
-    first use, inside the engine's decoding, so a malformed frame is dead-lettered like any
-    undecodable body (``FrameError`` is an ``InvalidPayload`` naming the queue)."""
+class _Malformed(Delivery[bytes]):
+    """A fetched message whose frame is malformed. Reading its envelope raises the ``FrameError`` (an
+    ``InvalidPayload`` naming the queue) inside the engine's decoding, so it is dead-lettered like
+    any undecodable body, with the stored bytes."""
 
-    __slots__ = ('_envelope', '_target')
+    __slots__ = ('_target',)
 
     def __init__(self, data: bytes, target: str, attempt: int = 1, redelivered: bool = False) -> None:
         self.token = data
         self._target = target
-        self._envelope: Envelope | None = None
         self.attempt = attempt
         self.redelivered = redelivered
         self.context = NO_CONTEXT
 
     @property
-    def envelope(self) -> Envelope:
-        envelope = self._envelope
-        if envelope is None:
-            envelope = self._envelope = _read_frame(self.token, self._target)
-        return envelope
-
-    @envelope.setter
-    def envelope(self, envelope: Envelope) -> None:
-        self._envelope = envelope
+    def envelope(self) -> Envelope:  # type: ignore[override]  # read-only: nothing to set
+        return unframe(self.token, self._target)  # raises
 
     def __repr__(self) -> str:
-        again = ', redelivered' if self.redelivered else ''
-        return f'<Delivery attempt {self.attempt}{again}: {self.token[:60]!r}>'
+        return f'<Delivery attempt {self.attempt} (malformed frame): {self.token[:60]!r}>'
+
+
+def _delivery(data: bytes, target: str, attempt: int = 1, redelivered: bool = False) -> Delivery[bytes]:
+    """The delivery of stored bytes; ``token`` is those bytes. Frames are checked here, their headers
+    parsed only on use (see ``_FrameHeaders``)."""
+    try:
+        return Delivery(_read_frame(data, target), data, attempt, redelivered)
+    except FrameError:
+        return _Malformed(data, target, attempt, redelivered)
 
 
 def _delayed_member(data: bytes) -> bytes:
@@ -578,8 +578,8 @@ class RedisQueueTransport:
             owned.take(messages)
         target = owned.target
         if not attempts:
-            return [_RedisDelivery(message, target) for message in messages]
-        return [_RedisDelivery(message, target, abs(attempt), attempt < 0)
+            return [_delivery(message, target) for message in messages]
+        return [_delivery(message, target, abs(attempt), attempt < 0)
                 for message, attempt in zip(messages, attempts, strict=True)]
 
     async def _take(self, keys: QueueKeys, count: int, first: bytes | None = None,
