@@ -375,7 +375,11 @@ class AbstractSignalBus:
         try:
             if not self._replies_bound:
                 self._replies_bound = True
-                await self.transport.receive_replies(self._on_reply)
+                try:
+                    await self.transport.receive_replies(self._on_reply)
+                except BaseException:
+                    self._replies_bound = False  # the next call tries again
+                    raise
             envelope = Envelope(data, new_headers(headers, reply_to=self.transport.reply_to, request_id=request_id))
             await self.transport.publish(signal.name, sender, envelope)
         except BaseException:

@@ -2,7 +2,10 @@
 answers only for callers that read them, ``message`` only where the handler asks for it."""
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
+import pytest
 
 from microagent import Message, MicroAgent, Queue, Signal, consumer, periodic, receiver
 from microagent.message import MESSAGE_ID, REPLY_TO, REQUEST_ID, RPC_ERROR, Envelope, current_message, new_headers
@@ -120,3 +123,28 @@ async def test_a_1x_message_gets_one_id_that_everything_it_causes_shares(unique:
         items = await seen.wait(3)
     (handled,) = [value for kind, value in items if kind == 'handled']
     assert [value for kind, value in items if kind == 'caused'] == [handled, handled]
+
+
+async def test_a_call_whose_answer_channel_failed_to_open_lets_the_next_call_open_it(unique: str) -> None:
+    signal = Signal(f'eh_replies_{unique}', Job, returns=int)
+
+    class Counter(MicroAgent):
+        @receiver(signal)
+        async def count(self, job: Job) -> int:
+            return job.job_id
+
+    hub = MemoryHub()
+    caller = MemorySignalBus(hub=hub)
+    opened = caller.transport.receive_replies
+    failures = [ConnectionError('server away')]
+
+    async def flaky(deliver: Any) -> None:
+        if failures:
+            raise failures.pop()
+        await opened(deliver)
+
+    caller.transport.receive_replies = flaky  # type: ignore[method-assign]
+    async with Counter(bus=MemorySignalBus(hub=hub)):
+        with pytest.raises(ConnectionError):
+            await caller[signal].call('x', Job(job_id=1), timeout=60)
+        assert await caller[signal].call('x', Job(job_id=2), timeout=60) == {'Counter.count': 2}
