@@ -11,15 +11,20 @@ Headers on the wire, every value a string, standard names in lower case:
 
 ==================  ==========================================================================
 ``message-id``      unique across processes and hosts; kept across retries and requeues
-``correlation-id``  the conversation: inherited from the message being handled, else the message id
-``sent-at``         unix time of sending, in seconds (``repr`` of a float)
-``attempt``         ``1`` when sent; transports count deliveries themselves (``Delivery.attempt``)
-``traceparent``     W3C Trace Context: a child span of the handled message's trace, else a new root
+``correlation-id``  the conversation: inherited from the message being handled; absent: the message id
+``sent-at``         unix time of sending, in seconds, to the millisecond
+``attempt``         absent when sent (1); transports count deliveries themselves (``Delivery.attempt``)
+``traceparent``     W3C Trace Context: a child span of the handled message's trace; absent: the message
+                    starts a trace whose id is its message id (span: the id's second half, sampled)
 ``tracestate``      W3C Trace Context vendor state, passed on unchanged
 ``reply-to``        RPC request: the transport address its answers go to
 ``request-id``      RPC: pairs a request with its answers
 ``rpc-error``       RPC answer: receivers that failed, a JSON object ``{"Agent.method": "reason"}``
 ==================  ==========================================================================
+
+What a receiver can derive is not sent: a message that starts a conversation and a trace carries
+only its id and time (and the RPC and user headers), which keeps frames and AMQP tables small;
+``Message.from_headers`` fills the rest in the same way on every backend.
 
 User headers travel under their own names beside these. A user header may not take a standard name,
 nor a name a transport keeps for itself (``x-attempt``, RabbitMQ's ``x-death`` family, NATS's
@@ -81,6 +86,7 @@ _FRAME_MARK = FRAME_MAGIC[:1]
 # printable ASCII without space and ':', at most 255 (an AMQP field name): valid on AMQP, NATS and HTTP
 _HEADER_NAME = re.compile(r'[!-9;-~]{1,255}')
 _TRACEPARENT = re.compile(r'([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?', re.DOTALL)
+_HEX32 = re.compile(r'[0-9a-f]{32}')
 _ZERO_TRACE = '0' * 32
 _ZERO_SPAN = '0' * 16
 _SAMPLED = '01'
@@ -219,13 +225,16 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
         """The message received with ``headers``; never raises. ``attempt`` is the transport's count
         (it wins over the header). What the sender did not say (a 1.x body has no headers) or said
         wrongly is filled in: a fresh message id, the correlation id = the message id, ``sent_at`` =
-        now, attempt 1; an invalid ``traceparent`` is dropped with its ``tracestate``, as W3C asks."""
+        now, attempt 1, with a message id of 32 hex digits the trace it starts (as ``new_headers``
+        leaves them out); an invalid ``traceparent`` is dropped with its ``tracestate``, as W3C asks."""
         if not headers:
             message_id = new_message_id()
             return cls(message_id=message_id, correlation_id=message_id, sent_at=time.time(),
                        attempt=attempt or 1, redelivered=redelivered)
         message_id = headers.get(MESSAGE_ID) or new_message_id()
         traceparent = headers.get(TRACEPARENT)
+        if traceparent is None and MESSAGE_ID in headers and _HEX32.fullmatch(message_id):
+            traceparent = f'00-{message_id}-{message_id[16:]}-{_SAMPLED}'  # the root the sender left out
         if traceparent is not None and parse_traceparent(traceparent) is None:
             traceparent = None
         user = {name: value for name, value in headers.items()
@@ -347,9 +356,8 @@ def new_headers(user_headers: Mapping[str, str] | None = None, *, reply_to: str 
         check_user_headers(user_headers)
     message_id = _id_prefix + '%016x' % next(_id_counter)  # noqa: UP031 - new_message_id(), inline (hot path)
     current = _current.get()
-    if current is None:
-        headers = {MESSAGE_ID: message_id, CORRELATION_ID: message_id, SENT_AT: _sent_at_now(), ATTEMPT: '1',
-                   TRACEPARENT: f'00-{message_id}-{message_id[16:]}-01'}
+    if current is None:  # a new conversation and trace, both named by the message id: nothing to send
+        headers = {MESSAGE_ID: message_id, SENT_AT: _sent_at_now()}
     else:
         headers = _inherited(current if isinstance(current, Message) else current.message, message_id)
     if reply_to is not None:
@@ -363,12 +371,9 @@ def new_headers(user_headers: Mapping[str, str] | None = None, *, reply_to: str 
 
 def _inherited(current: Message, message_id: str) -> dict[str, str]:
     """The headers of a message sent while ``current`` is handled: its conversation, a child span."""
-    headers = {MESSAGE_ID: message_id, CORRELATION_ID: current.correlation_id, SENT_AT: _sent_at_now(),
-               ATTEMPT: '1'}
+    headers = {MESSAGE_ID: message_id, CORRELATION_ID: current.correlation_id, SENT_AT: _sent_at_now()}
     parent = _parse_cached(current.traceparent) if current.traceparent else None
-    if parent is None:
-        headers[TRACEPARENT] = f'00-{message_id}-{message_id[16:]}-01'
-    else:
+    if parent is not None:  # else this message starts a trace, named by its id: nothing to send
         headers[TRACEPARENT] = f'00-{parent[0]}-{message_id[16:]}-{parent[2]}'
         if current.tracestate:
             headers[TRACESTATE] = current.tracestate
@@ -384,14 +389,17 @@ def new_headers_many(count: int, user_headers: Mapping[str, str] | None = None) 
     prefix, counter = _id_prefix, _id_counter
     extra: dict[str, str] = dict(user_headers) if user_headers else {}
     parent = _parse_cached(current.traceparent) if current is not None and current.traceparent else None
-    if current is None or parent is None:
-        batch = [{MESSAGE_ID: (mid := prefix + '%016x' % next(counter)),  # noqa: UP031 - as new_headers
-                  CORRELATION_ID: current.correlation_id if current else mid, SENT_AT: sent_at, ATTEMPT: '1',
-                  TRACEPARENT: f'00-{mid}-{mid[16:]}-01'} for _ in range(count)]
+    if current is None:
+        batch = [{MESSAGE_ID: prefix + '%016x' % next(counter), SENT_AT: sent_at}  # noqa: UP031 - as new_headers
+                 for _ in range(count)]
+    elif parent is None:
+        correlation_id = current.correlation_id
+        batch = [{MESSAGE_ID: prefix + '%016x' % next(counter),  # noqa: UP031 - as new_headers
+                  CORRELATION_ID: correlation_id, SENT_AT: sent_at} for _ in range(count)]
     else:
-        trace, flags = parent[0], parent[2]
+        trace, flags, correlation_id = parent[0], parent[2], current.correlation_id
         batch = [{MESSAGE_ID: (mid := prefix + '%016x' % next(counter)),  # noqa: UP031 - as new_headers
-                  CORRELATION_ID: current.correlation_id, SENT_AT: sent_at, ATTEMPT: '1',
+                  CORRELATION_ID: correlation_id, SENT_AT: sent_at,
                   TRACEPARENT: f'00-{trace}-{mid[16:]}-{flags}'} for _ in range(count)]
         if current.tracestate:
             extra = {TRACESTATE: current.tracestate, **extra}
