@@ -17,6 +17,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Generic, Never, TypeVar, cast
 
 from .dsn import hide_password
@@ -457,7 +458,9 @@ class BoundQueue(Generic[T]):
             return
         if headers:
             check_user_headers(headers)
-        envelopes = list(map(Envelope, bodies, new_headers_many(len(bodies), headers)))
+        # tuple.__new__: an Envelope without its Python-level __new__, at half the cost per message
+        pairs = zip(bodies, new_headers_many(len(bodies), headers), strict=True)
+        envelopes: list[Envelope] = list(map(tuple.__new__, repeat(Envelope), pairs))
         await self.broker.transport.put(self.queue, envelopes, delay=wait)
 
     def _check(self, delay: float | None, extra: Mapping[str, Any], unknown: Mapping[str, Any]) -> float:
