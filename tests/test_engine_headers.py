@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from microagent import Message, MicroAgent, Queue, Signal, consumer, periodic, receiver
+from microagent import InvalidHeader, Message, MicroAgent, Queue, Signal, consumer, periodic, receiver
 from microagent.message import MESSAGE_ID, REPLY_TO, REQUEST_ID, RPC_ERROR, Envelope, current_message, new_headers
 from microagent.tools.memory import MemoryBroker, MemoryHub, MemorySignalBus
 from tests.helpers import Collector
@@ -148,3 +148,16 @@ async def test_a_call_whose_answer_channel_failed_to_open_lets_the_next_call_ope
         with pytest.raises(ConnectionError):
             await caller[signal].call('x', Job(job_id=1), timeout=60)
         assert await caller[signal].call('x', Job(job_id=2), timeout=60) == {'Counter.count': 2}
+
+
+async def test_a_bad_user_header_is_refused_on_every_send_and_nothing_is_sent(unique: str) -> None:
+    signal, queue = Signal(f'eh_bad_{unique}', Job), Queue(f'eh_bad_{unique}', Job)
+    bus, broker = MemorySignalBus(), MemoryBroker()
+    for headers in ({'message-id': 'mine'}, {'x-death': '[]'}, {'bad name': 'x'}):
+        with pytest.raises(InvalidHeader):
+            await broker[queue].send(Job(job_id=1), headers=headers)
+        with pytest.raises(InvalidHeader):
+            await broker[queue].send_many([Job(job_id=1)], headers=headers)
+        with pytest.raises(InvalidHeader):
+            await bus[signal].send('x', Job(job_id=1), headers=headers)
+    assert await broker[queue].length() == 0
