@@ -386,3 +386,11 @@ def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them() -> None:
         assert b''.join(ours.pack_command(*args)) == b''.join(theirs.pack_command(*args)), args
     with pytest.raises(DataError):  # what redis-py refuses, refused the same way
         ours.pack_command('SET', 'k', None)
+
+
+def test_an_unknown_wire_is_refused_not_defaulted() -> None:
+    from microagent.errors import InvalidArgument
+
+    for make in (RedisBroker, RedisSignalBus):
+        with pytest.raises(InvalidArgument, match=r"wire must be 'envelope' or '1\.x', got '2\.x'"):
+            make(REDIS_TEST_DSN, wire='2.x')  # type: ignore[arg-type]
