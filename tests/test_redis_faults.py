@@ -19,10 +19,11 @@ from typing import Any
 import msgspec
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
 from microagent.tools.redis import RedisBroker, RedisSignalBus
-from microagent.tools.redis_scripts import QueueKeys
+from microagent.tools.redis_scripts import QueueKeys, inflight_key
 from tests.backends import REDIS_TEST_DSN
 from tests.helpers import Collector, eventually
 
@@ -509,4 +510,52 @@ async def test_a_dead_heartbeat_task_is_restarted(
             await eventually(lambda: _covers(seen, set(range(5))), timeout=10)
         assert [r for r in caplog.records if r.levelno == logging.ERROR and 'heartbeat task ended' in r.getMessage()]
     finally:
+        await _drop(raw, name)
+
+
+async def test_a_failed_settle_keeps_the_message_held_so_a_resync_returns_nothing_in_hand(
+        raw: Redis, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two identical 1.x bodies in hand; retrying one fails. The resync that follows must not take
+    the failed one for an orphan (the engine still holds it and will retry or release it), nor the
+    other: nothing goes back to the queue while both are in hand."""
+    name = f'held_{unique}'
+    queue, body = Queue(name, Job), msgspec.json.encode(Job(1))
+    broker = RedisBroker(REDIS_TEST_DSN)
+    transport = broker.transport
+    try:
+        await raw.rpush(name, body, body)
+        first, _in_hand = await transport.fetch(queue, 2, 1.0)
+        retry = transport._scripts['RETRY']
+
+        async def unreachable(**_: Any) -> None:
+            raise RedisConnectionError('retry lost')
+
+        monkeypatch.setitem(transport._scripts, 'RETRY', unreachable)
+        with pytest.raises(RedisConnectionError):
+            await transport.retry(queue, first, 60, 'failed')
+        monkeypatch.setitem(transport._scripts, 'RETRY', retry)
+        assert await transport.fetch(queue, 1, 0.01) == []  # resyncs first: nothing is an orphan
+        assert await raw.llen(name) == 0 and await raw.llen(inflight_key(name, transport.uid)) == 2
+        await transport.release(queue, [first])  # what the engine does once its tries are spent
+        assert await raw.lrange(name, 0, -1) == [body]
+    finally:
+        await broker.close()
+        await _drop(raw, name)
+
+
+async def test_settling_a_message_no_longer_in_flight_here_is_reported(
+        raw: Redis, unique: str, caplog: pytest.LogCaptureFixture) -> None:
+    name = f'gone_{unique}'
+    queue = Queue(name, Job)
+    broker = RedisBroker(REDIS_TEST_DSN)
+    transport = broker.transport
+    try:
+        await raw.rpush(name, msgspec.json.encode(Job(1)))
+        (taken,) = await transport.fetch(queue, 1, 1.0)
+        await raw.delete(inflight_key(name, transport.uid))  # returned by someone else meanwhile
+        await transport.dead_letter(queue, taken, 'failed')
+        assert await raw.llen(f'{name}:dead') == 0
+        assert "could not dead-letter a message: it is no longer in this consumer's in-flight list" in caplog.text
+    finally:
+        await broker.close()
         await _drop(raw, name)
