@@ -11,6 +11,15 @@ from tests.backends import BACKENDS, REDIS_TEST_DSN, Backend
 from tests.services import REDIS_HOST, REDIS_PORT, require_service
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption('--reverse', action='store_true', help='run the tests in reverse order (shows order dependence)')
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption('--reverse'):
+        items.reverse()
+
+
 @pytest.fixture(params=sorted(BACKENDS))
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     """Every backend in turn: the conformance suite is written once and runs on each."""
