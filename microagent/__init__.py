@@ -1,16 +1,22 @@
 """microagent: typed, DTO-first agents for event-driven Python microservices."""
 from .agent import Consumer, MicroAgent, Receiver
-from .broker import AbstractQueueBroker, BoundQueue, DeadLetter
+from .broker import AbstractQueueBroker, BoundExchange, BoundQueue, DeadLetter
 from .bus import AbstractSignalBus, BoundSignal
 from .errors import (
+    BackendClosed,
+    CallTimeout,
+    ConnectionFailed,
     DeclarationError,
+    InvalidArgument,
     InvalidPayload,
     MicroAgentError,
     MissConfig,
     QueueNotFound,
     ServerInterrupt,
     SignalNotFound,
+    UsageError,
 )
+from .exchange import Exchange
 from .handlers import consumer, cron, on, periodic, receiver
 from .loader import configure, load_queues, load_signals, load_stuff
 from .queue import Queue
@@ -21,11 +27,17 @@ __version__ = '2.0.0.dev0'
 __all__ = [
     'AbstractQueueBroker',
     'AbstractSignalBus',
+    'BackendClosed',
+    'BoundExchange',
     'BoundQueue',
     'BoundSignal',
+    'CallTimeout',
+    'ConnectionFailed',
     'Consumer',
     'DeadLetter',
     'DeclarationError',
+    'Exchange',
+    'InvalidArgument',
     'InvalidPayload',
     'MicroAgent',
     'MicroAgentError',
@@ -36,6 +48,7 @@ __all__ = [
     'ServerInterrupt',
     'Signal',
     'SignalNotFound',
+    'UsageError',
     'configure',
     'consumer',
     'cron',

@@ -7,12 +7,13 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from .broker import AbstractQueueBroker
 from .bus import AbstractSignalBus
-from .errors import InvalidPayload, MissConfig, ServerInterrupt
+from .errors import DeclarationError, InvalidPayload, MissConfig, ServerInterrupt
 from .handlers import (
+    DEFAULT_RECEIVER_CONCURRENCY,
     CallStyle,
     ConsumerSpec,
     CronSpec,
@@ -39,6 +40,7 @@ class Receiver:
     signal: Signal[Any, Any]
     timeout: float
     style: CallStyle
+    concurrency: int = DEFAULT_RECEIVER_CONCURRENCY  # calls running at once; more wait in the bus
     key: str = field(init=False)  # the answer key of 1.x RPC: ``Class.method``
 
     def __post_init__(self) -> None:
@@ -86,13 +88,20 @@ class Consumer:
         payload = self.queue.codec.decode(data)
         if self.dto_class is None:
             return payload, None
-        fields = self.queue.codec.to_kwargs(payload)
-        if self.dto_codec is not None:
-            return payload, self.dto_codec.from_kwargs(fields)
         try:
+            fields = self.queue.codec.to_kwargs(payload)
+            if self.dto_codec is not None:
+                return payload, self.dto_codec.from_kwargs(fields)
             return payload, self.dto_class(**fields)
+        except InvalidPayload:
+            raise
         except (TypeError, ValueError) as exc:
             raise InvalidPayload(f'queue {self.queue.name!r} (dto_class)', [str(exc)]) from None
+        except MemoryError:
+            raise
+        except Exception as exc:  # a dto_class constructor may raise anything: the message is still invalid
+            raise InvalidPayload(f'queue {self.queue.name!r} (dto_class)',
+                                 [f'{type(exc).__name__}: {exc}']) from None
 
     def __call__(self, decoded: tuple[Any, Any], context: Mapping[str, Any]) -> Awaitable[Any]:
         """Start the handler call; the broker awaits it under the consumer's ``timeout``."""
@@ -139,8 +148,8 @@ class MicroAgent:
                 if isinstance(spec, ConsumerSpec):
                     other = queues.setdefault(spec.queue.name, attr)
                     if other != attr:
-                        raise ValueError(f'{cls.__qualname__}: queue {spec.queue.name!r} is consumed by both '
-                                         f'{other} and {attr}; a queue has one consumer per agent')
+                        raise DeclarationError(f'{cls.__qualname__}: queue {spec.queue.name!r} is consumed by both '
+                                               f'{other} and {attr}; a queue has one consumer per agent')
         cls._specs = specs
 
     def __init__(self, bus: AbstractSignalBus | None = None, broker: AbstractQueueBroker | None = None,
@@ -167,11 +176,13 @@ class MicroAgent:
         self._timers: list[Timer] = []
         self._background: list[asyncio.Task[Any]] = []
         self._servers: list[asyncio.Task[Any]] = []
+        self._bound_receivers: list[Receiver] = []  # bound, or being bound: what stop() undoes
+        self._bound_consumers: list[Consumer] = []
         self._started = False
 
     def _bind_spec(self, attr: str, method: Any, spec: Any) -> None:
         if isinstance(spec, ReceiverSpec):
-            self.receivers.append(Receiver(self, method, spec.signal, spec.timeout, spec.style))
+            self.receivers.append(Receiver(self, method, spec.signal, spec.timeout, spec.style, spec.concurrency))
         elif isinstance(spec, ConsumerSpec):
             self.consumers.append(Consumer(self, method, spec))
         elif isinstance(spec, PeriodicSpec):
@@ -198,18 +209,28 @@ class MicroAgent:
 
     async def _start(self, enable_periodic_tasks: bool = True, enable_receiving_signals: bool = True,
                      enable_consuming_messages: bool = True, enable_servers_running: bool = True) -> None:
-        await self._run_hooks('pre_start')
-        if enable_receiving_signals:
-            await self.bind_receivers(self.receivers)
-        if enable_consuming_messages:
-            await self.bind_consumers(self.consumers)
-        if enable_periodic_tasks:
-            self._start_timers()
-        if enable_servers_running:
-            self._servers = [asyncio.create_task(call_maybe_async(server), name=f'server:{server.__name__}')
-                             for server in self.hooks.get('server', [])]
-        self._started = True
-        await self._run_hooks('post_start')
+        """Start the parts; if one fails, undo what was started and raise, so a failed start leaves
+        nothing bound or running (``pre_stop`` hooks do not run: the agent never started)."""
+        try:
+            await self._run_hooks('pre_start')
+            if enable_receiving_signals:
+                await self.bind_receivers(self.receivers)
+            if enable_consuming_messages:
+                await self.bind_consumers(self.consumers)
+            if enable_periodic_tasks:
+                self._start_timers()
+            if enable_servers_running:
+                self._servers = [asyncio.create_task(call_maybe_async(server), name=f'server:{server.__name__}')
+                                 for server in self.hooks.get('server', [])]
+            self._started = True
+            await self._run_hooks('post_start')
+        except BaseException:
+            self._started = False
+            try:
+                await self._teardown(0)
+            except Exception:
+                self.log.exception('Undoing the failed start of %r failed', self)
+            raise
 
     async def wait_servers(self) -> None:
         """Wait until every server ends; a ``ServerInterrupt`` from one stops the agent."""
@@ -232,42 +253,63 @@ class MicroAgent:
     async def bind_receivers(self, receivers: list[Receiver]) -> None:
         """Bind signal receivers to bus subscribers."""
         for receiver in receivers:
+            self._bound_receivers.append(receiver)
             await self.bus.bind_receiver(receiver)
             self.log.debug('Bound %s to signal %s', receiver.key, receiver.signal.name)
 
     async def bind_consumers(self, consumers: list[Consumer]) -> None:
         """Bind message consumers to queues."""
         for consumer in consumers:
+            self._bound_consumers.append(consumer)
             await self.broker.bind_consumer(consumer)
             self.log.debug('Bound %s to queue %s', consumer.key, consumer.queue.name)
 
     async def stop(self, grace: float = DEFAULT_GRACE) -> None:
-        """Run ``pre_stop`` hooks, stop taking work, wait up to ``grace`` s for work under way."""
+        """Run ``pre_stop`` hooks, stop taking work, wait up to ``grace`` s for work under way.
+
+        The hooks are not bounded (as in 1.x); the grace starts after them and is one deadline for
+        receivers, consumers and timer runs, which wait for their work at the same time."""
         if not self._started:
             return
         self._started = False
         try:
             await self._run_hooks('pre_stop')
         finally:
-            for task in self._background:
-                task.cancel()
-            await asyncio.gather(*self._background, return_exceptions=True)
-            self._background.clear()
-            if self.receivers and hasattr(self, 'bus'):
-                await self.bus.unbind_receivers(self.receivers, grace)
-            if self.consumers and hasattr(self, 'broker'):
-                await self.broker.stop_consumers(self.consumers, grace)
-            for timer in self._timers:
-                await timer.wait_runs(grace)
-            self._timers.clear()
-            current = asyncio.current_task()
-            for server in self._servers:
-                if server is not current:
-                    server.cancel()
-            await asyncio.gather(*(s for s in self._servers if s is not current), return_exceptions=True)
-            self._servers.clear()
+            await self._teardown(grace)
 
-    async def __aenter__(self) -> MicroAgent:
+    async def _teardown(self, grace: float) -> None:
+        """Undo whatever was started: timers, receivers, consumers, then servers."""
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background.clear()
+        receivers, self._bound_receivers = self._bound_receivers, []
+        consumers, self._bound_consumers = self._bound_consumers, []
+        timers, self._timers = self._timers, []
+        phases: list[Awaitable[None]] = [timer.wait_runs(grace) for timer in timers]
+        if receivers:
+            phases.append(self.bus.unbind_receivers(receivers, grace))
+        if consumers:
+            phases.append(self.broker.stop_consumers(consumers, grace))
+        try:
+            results = await asyncio.gather(*phases, return_exceptions=True)
+        finally:
+            await self._stop_servers()
+        errors = [result for result in results if isinstance(result, BaseException)]
+        for error in errors[1:]:
+            self.log.error('Stopping %r failed too', self, exc_info=error)
+        if errors:
+            raise errors[0]
+
+    async def _stop_servers(self) -> None:
+        current = asyncio.current_task()
+        servers = [server for server in self._servers if server is not current]
+        self._servers = []
+        for server in servers:
+            server.cancel()
+        await asyncio.gather(*servers, return_exceptions=True)
+
+    async def __aenter__(self) -> Self:
         await self._start()
         return self
 

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Never, TypeVar
 
 from .dsn import hide_password
-from .errors import InvalidPayload
-from .payload import check_size
-from .queue import Queue
+from .errors import DeclarationError, InvalidArgument, InvalidPayload, QueueAttributeError, QueueNotFound, UsageError
+from .exchange import Exchange
+from .payload import check_size, encode_json
+from .queue import Queue, topics_match
 
 if TYPE_CHECKING:
     from .agent import Consumer
@@ -30,6 +33,7 @@ T = TypeVar('T')
 
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 YIELD_EVERY = 32
+SETTLE_TRIES = 4  # a failed ack, retry or dead-letter is tried this often in all, then the message is released
 
 
 NO_CONTEXT: Mapping[str, Any] = MappingProxyType({})
@@ -134,6 +138,8 @@ class AbstractQueueBroker(ABC):
     fetch_timeout: float = 1.0
     #: True when cancelling ``fetch`` can never lose a message, so ``stop`` need not wait for it
     fetch_cancel_safe: bool = False
+    #: what becomes of a message that could be neither settled nor released, for the log
+    unsettled_fate: str = 'it stays unsettled until the backend gives it back'
 
     def __init__(self, dsn: str, log: logging.Logger | None = None,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
@@ -148,9 +154,19 @@ class AbstractQueueBroker(ABC):
 
     # backend interface
 
+    #: send keywords this backend honours besides ``delay`` (AMQP: the 1.x ``properties``, ``exchange``,
+    #: ``topic``); any other one given to ``send`` is a TypeError, never silently dropped
+    send_options: frozenset[str] = frozenset()
+
     @abstractmethod
-    async def put(self, queue: Queue[Any], messages: list[bytes]) -> None:
-        """Append encoded messages to a queue, in order, in as few round trips as possible."""
+    async def put(self, queue: Queue[Any], messages: list[bytes], delay: float = 0.0) -> None:
+        """Append encoded messages to a queue, in order, in as few round trips as possible; with a
+        ``delay`` (s), they become deliverable only once it has passed."""
+
+    async def put_with(self, queue: Queue[Any], messages: list[bytes], delay: float,
+                       options: Mapping[str, Any]) -> None:
+        """``put`` with backend send options (only names listed in ``send_options`` reach it)."""
+        raise UsageError(f'queue {queue.name!r}: {type(self).__name__} cannot honour {", ".join(options)}')
 
     @abstractmethod
     async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery]:
@@ -189,39 +205,62 @@ class AbstractQueueBroker(ABC):
     async def requeue_dead_letters(self, name: str) -> int:
         """Put every dead letter of the queue back on it, as fresh messages; return how many."""
 
-    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[Queue[Any]]) -> None:
-        """Deliver a message published to an exchange to ``targets``, the declared queues it routes
-        to. Backends with native exchanges override this."""
-        for queue in targets:
-            await self.put(queue, [data])
+    async def bindings(self, exchange: str) -> dict[str, tuple[str, ...]]:
+        """The queues bound to ``exchange`` where this broker's messages live (its hub, its server):
+        queue name -> topics (none: every routing key). Backends with native exchanges need not."""
+        raise NotImplementedError(f'{type(self).__name__} keeps no exchange bindings; override publish')
+
+    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[str]) -> None:
+        """Deliver a message published to an exchange to ``targets``, the names of the bound queues
+        it routes to, all or none."""
+        raise NotImplementedError(f'{type(self).__name__} cannot route exchange {exchange!r}')
 
     async def declare_queue(self, queue: Queue[Any]) -> None:
-        """Create the queue (and its exchange binding) where the backend needs it."""
+        """Create the queue and record its exchange binding where the backend keeps them."""
 
     async def close(self) -> None:
         """Release connections; the broker may not be used afterwards."""
 
     # bound queues
 
-    def __getattr__(self, name: str) -> BoundQueue[Any]:
+    def __getattr__(self, name: str) -> Any:
+        """1.x access by name, as untyped as the names: ``broker.mailer`` is a BoundQueue, and
+        (1.9) ``broker.push`` a BoundExchange when ``push`` is a declared exchange, not a queue."""
         if name.startswith('_'):
             raise AttributeError(name)
-        return BoundQueue(self, Queue.get(name))
+        try:
+            queue = Queue.get(name)
+        except QueueNotFound as exc:  # also an AttributeError: hasattr(broker, name) is False
+            if name in Exchange.get_all():
+                return BoundExchange(self, Exchange.get(name))
+            raise QueueAttributeError(str(exc), name, self) from None
+        return BoundQueue(self, queue)
 
     def __getitem__(self, queue: Queue[T]) -> BoundQueue[T]:
         return BoundQueue(self, queue)
 
     async def publish(self, exchange: str, payload: Any, routing_key: str = '') -> int:
-        """Publish to an exchange: every queue bound to it (and matching ``routing_key`` when it
-        has topics) gets the message, validated against its model. Returns how many queues."""
-        targets = [q for q in Queue.get_all().values() if q.routes(exchange, routing_key)]
+        """Publish to an exchange: every queue bound to it on this broker's hub or server (and
+        matching ``routing_key`` on a topic exchange) gets the message, validated against the model
+        of each such queue this process declares. Returns how many queues."""
+        bound = await self.bindings(exchange)
+        targets = [name for name, topics in bound.items() if topics_match(topics, routing_key)]
         if not targets:
-            raise LookupError(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}')
-        data = b''
-        for queue in targets:
-            data = self.encode(queue, payload)
-        await self.route(exchange, routing_key, data, targets)
+            raise QueueNotFound(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}')
+        await self.route(exchange, routing_key, self.encode_for(targets, payload), targets)
         return len(targets)
+
+    def encode_for(self, targets: Iterable[str], payload: Any) -> bytes:
+        """The payload validated against every target queue declared here; plain JSON if none is."""
+        known = Queue.get_all()
+        data: bytes | None = None
+        for name in targets:
+            if name in known:
+                data = self.encode(known[name], payload)
+        if data is None:
+            data = check_size(f'exchange payload for {", ".join(targets)}', encode_json(payload),
+                              self.max_message_size)
+        return data
 
     def encode(self, queue: Queue[Any], payload: Any) -> bytes:
         return check_size(f'queue {queue.name!r}', queue.codec.encode(payload), self.max_message_size)
@@ -232,8 +271,8 @@ class AbstractQueueBroker(ABC):
         """Start consuming ``consumer.queue`` with the delivery policy."""
         name = consumer.queue.name
         if name in self._running:
-            raise ValueError(f'queue {name!r} already has a consumer on this broker: '
-                             f'{self._running[name].consumer.key}')
+            raise DeclarationError(f'queue {name!r} already has a consumer on this broker: '
+                                   f'{self._running[name].consumer.key}')
         await self.declare_queue(consumer.queue)
         running = _Running(consumer)
         self._running[name] = running
@@ -322,8 +361,7 @@ class AbstractQueueBroker(ABC):
                 try:
                     payload = self._decode(consumer, delivery)
                 except InvalidPayload as exc:
-                    self.log.warning('Dead-lettered a message of queue %s: %s', queue.name, exc)
-                    await self.dead_letter(queue, delivery, str(exc))
+                    await self._reject(queue, delivery, exc)
                     continue
                 failure: Exception | None = None
                 run.deadlines[task] = time.monotonic() + consumer.timeout  # the loop's clock
@@ -343,24 +381,77 @@ class AbstractQueueBroker(ABC):
                 if failure is not None:
                     await self._failed(consumer, delivery, failure)
                 elif consumer.autoack:
-                    await self.ack(queue, delivery)
+                    try:
+                        await self.ack(queue, delivery)
+                    except Exception as exc:
+                        await self._settle_failed(queue, delivery, 'ack', exc, partial(self.ack, queue, delivery))
             except asyncio.CancelledError:
                 await self.release(queue, [delivery])
                 raise
-            except Exception:
-                self.log.exception('Queue %s: could not settle a message; the backend will redeliver it',
-                                   queue.name)
+            except Exception as exc:  # a bug, not a backend failure: still, the message is not left in hand
+                await self._give_back(queue, delivery, 'handle', exc, trace=True)
             finally:
                 run.busy -= 1
-            if run.busy + len(buffer) <= run.low_water:
-                run.refill.set()
+                if run.busy + len(buffer) <= run.low_water:  # also after a dead-lettered message's `continue`
+                    run.refill.set()
             streak += 1
             if streak == YIELD_EVERY:  # handlers that never wait would starve the fetch loop's I/O
                 streak = 0
                 await asyncio.sleep(0)
 
     def _decode(self, consumer: Consumer, delivery: Delivery) -> tuple[Any, Any]:
-        return consumer.decode(check_size(f'queue {consumer.queue.name!r}', delivery.data, self.max_message_size))
+        try:
+            return consumer.decode(check_size(f'queue {consumer.queue.name!r}', delivery.data, self.max_message_size))
+        except InvalidPayload:
+            raise
+        except MemoryError:
+            raise
+        except Exception as exc:  # a custom decode: whatever it raises, the message cannot be handled
+            raise InvalidPayload(f'queue {consumer.queue.name!r}', [f'{type(exc).__name__}: {exc}']) from None
+
+    async def _reject(self, queue: Queue[Any], delivery: Delivery, exc: InvalidPayload) -> None:
+        self.log.warning('Dead-lettered a message of queue %s: %s', queue.name, exc)
+        await self._settle_message(queue, delivery, 'dead-letter', partial(self.dead_letter, queue, delivery, str(exc)))
+
+    async def _settle_message(self, queue: Queue[Any], delivery: Delivery, action: str,
+                              operation: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await operation()
+        except Exception as exc:
+            await self._settle_failed(queue, delivery, action, exc, operation)
+
+    async def _settle_failed(self, queue: Queue[Any], delivery: Delivery, action: str, exc: Exception,
+                             operation: Callable[[], Awaitable[None]]) -> None:
+        """A settle operation failed: try it again with backoff, then give the message back to the
+        queue, so no message stays in hand while the consumer lives."""
+        for tries in range(1, SETTLE_TRIES):
+            delay = backoff(tries, 0.05, 1.0)
+            self.log.warning('Queue %s: could not %s a message (%s: %s); trying again in %.2fs',
+                             queue.name, action, type(exc).__name__, exc, delay)
+            await asyncio.sleep(delay)
+            try:
+                await operation()
+            except Exception as again:
+                exc = again
+            else:
+                self.log.info('Queue %s: %s of the message succeeded on try %d', queue.name, action, tries + 1)
+                return
+        await self._give_back(queue, delivery, f'{action} ({SETTLE_TRIES} tries)', exc)
+
+    async def _give_back(self, queue: Queue[Any], delivery: Delivery, action: str, exc: Exception,
+                         trace: bool = False) -> None:
+        """Release a message that could not be settled; say truthfully what becomes of it."""
+        trace_of = exc if trace else None
+        try:
+            await self.release(queue, [delivery])
+        except Exception as failure:
+            self.log.error('Queue %s: could not %s a message (%s: %s) nor return it to the queue (%s: %s); %s',
+                           queue.name, action, type(exc).__name__, exc, type(failure).__name__, failure,
+                           self.unsettled_fate, exc_info=trace_of)
+        else:
+            self.log.error('Queue %s: could not %s a message (%s: %s); returned it to the queue, '
+                           'it will be delivered again', queue.name, action, type(exc).__name__, exc,
+                           exc_info=trace_of)
 
     async def _failed(self, consumer: Consumer, delivery: Delivery, exc: Exception) -> None:
         queue = consumer.queue
@@ -372,11 +463,32 @@ class AbstractQueueBroker(ABC):
             delay = backoff(delivery.attempt, consumer.retry_delay)
             self.log.warning('Queue %s: %s failed on attempt %d (%s); retry in %.2fs',
                              queue.name, consumer.key, delivery.attempt, reason, delay)
-            await self.retry(queue, delivery, delay, reason)
+            await self._settle_message(queue, delivery, 'retry', partial(self.retry, queue, delivery, delay, reason))
         else:
             self.log.error('Queue %s: %s failed on attempt %d (%s); dead-lettered',
                            queue.name, consumer.key, delivery.attempt, reason)
-            await self.dead_letter(queue, delivery, reason)
+            await self._settle_message(queue, delivery, 'dead-letter',
+                                       partial(self.dead_letter, queue, delivery, reason))
+
+
+class BoundExchange:
+    """An exchange bound to a broker (1.9 ``broker.push.send(payload, topic='1.android')``)."""
+
+    __slots__ = ('broker', 'exchange')
+
+    def __init__(self, broker: AbstractQueueBroker, exchange: Exchange) -> None:
+        self.broker = broker
+        self.exchange = exchange
+
+    def __repr__(self) -> str:
+        return f'<BoundExchange {self.exchange.name} on {self.broker!r}>'
+
+    async def send(self, message: Any, *, topic: str = '', **unknown: Never) -> int:
+        """Publish to every queue bound to the exchange (matching ``topic`` on a topic exchange)."""
+        if unknown:
+            raise UsageError(f'exchange {self.exchange.name!r}: unknown send option(s) '
+                            f'{", ".join(map(repr, unknown))}')
+        return await self.broker.publish(self.exchange.name, message, topic)
 
 
 class BoundQueue(Generic[T]):
@@ -391,15 +503,46 @@ class BoundQueue(Generic[T]):
     def __repr__(self) -> str:
         return f'<BoundQueue {self.queue.name} on {self.broker!r}>'
 
-    async def send(self, message: T, **options: Any) -> None:
-        """Validate and enqueue one message: a model instance or, 1.x style, a dict of fields."""
-        await self.broker.put(self.queue, [self.broker.encode(self.queue, message)])
+    async def send(self, message: T, *, delay: float | None = None, properties: Mapping[str, Any] | None = None,
+                   exchange: str | None = None, topic: str | None = None, **unknown: Never) -> None:
+        """Validate and enqueue one message: a model instance or, 1.x style, a dict of fields.
 
-    async def send_many(self, messages: Iterable[T]) -> None:
+        ``delay`` (s) holds it back that long, on every backend. ``properties``, ``exchange`` and
+        ``topic`` are the 1.x AMQP keywords (message properties; publish through that exchange with
+        the topic, else the queue name, as routing key); a backend that cannot honour a keyword
+        raises TypeError rather than drop it."""
+        extra = {key: value for key, value in
+                 (('properties', properties), ('exchange', exchange), ('topic', topic)) if value is not None}
+        wait = self._check(delay, extra, unknown)
+        await self._put([self.broker.encode(self.queue, message)], wait, extra)
+
+    async def send_many(self, messages: Iterable[T], *, delay: float | None = None, **unknown: Never) -> None:
         """Validate every message first, then enqueue them all in one round trip."""
+        wait = self._check(delay, {}, unknown)
         encoded = [self.broker.encode(self.queue, message) for message in messages]
         if encoded:
-            await self.broker.put(self.queue, encoded)
+            await self._put(encoded, wait, {})
+
+    def _check(self, delay: float | None, extra: Mapping[str, Any], unknown: Mapping[str, Any]) -> float:
+        """The delay in seconds, after refusing what this broker would otherwise drop or misread."""
+        name = self.queue.name
+        if unknown:
+            raise UsageError(f'queue {name!r}: unknown send option(s) {", ".join(map(repr, unknown))}')
+        refused = [key for key in extra if key not in self.broker.send_options]
+        if refused:
+            raise UsageError(f'queue {name!r}: {type(self.broker).__name__} cannot honour send option(s) '
+                            f'{", ".join(map(repr, refused))}')
+        if delay is None:
+            return 0.0
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay < math.inf:
+            raise InvalidArgument(f'queue {name!r}: delay must be a number of seconds >= 0, got {delay!r}')
+        return float(delay)
+
+    async def _put(self, encoded: list[bytes], delay: float, extra: Mapping[str, Any]) -> None:
+        if extra:
+            await self.broker.put_with(self.queue, encoded, delay, extra)
+        else:
+            await self.broker.put(self.queue, encoded, delay)
 
     async def length(self) -> int:
         return await self.broker.queue_length(self.queue.name)

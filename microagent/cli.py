@@ -20,7 +20,7 @@ import msgspec
 
 from .broker import AbstractQueueBroker
 from .config import ConfigError, import_object
-from .dsn import hide_password
+from .dsn import hide_password, scrub
 
 DEFAULT_BROKER = 'microagent.tools.redis.RedisBroker'
 
@@ -87,7 +87,8 @@ async def _dead_letters(args: argparse.Namespace) -> int:
         total = await broker.dead_letter_count(args.queue)
         letters = await broker.dead_letters(args.queue, args.limit)
     except Exception as exc:  # a CLI reports the failure in one line instead of a traceback
-        print(f'microagent: error: broker {hide_password(args.broker)}: {type(exc).__name__}: {exc}',
+        print(f'microagent: error: broker {hide_password(args.broker)}: {type(exc).__name__}: '
+              f'{scrub(str(exc), args.broker)}',
               file=sys.stderr)
         return 1
     finally:

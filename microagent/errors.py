@@ -1,5 +1,12 @@
-"""The exceptions a user of microagent may catch."""
+"""The exceptions a user of microagent may catch.
+
+Every error microagent raises derives from ``MicroAgentError``, and also from the built-in class
+code written for 1.x catches (``ValueError``, ``TypeError``, ``LookupError``, ``TimeoutError``,
+``ConnectionError``), so both ``except MicroAgentError`` and the older ``except ValueError`` work.
+"""
 from __future__ import annotations
+
+from typing import Any
 
 
 class MicroAgentError(Exception):
@@ -24,7 +31,19 @@ class MissConfig(MicroAgentError):
 
 
 class DeclarationError(MicroAgentError, ValueError):
-    """A signal or queue declaration is malformed or contradicts an earlier one."""
+    """A declaration is malformed or contradicts another: a signal or queue, the arguments of a
+    handler decorator (a period <= 0, an invalid cron spec, an unknown hook label), or a queue
+    given two consumers in one agent or on one broker."""
+
+
+class UsageError(MicroAgentError, TypeError):
+    """An API got an argument of the wrong kind: a decorator on a sync function or without its
+    declaration, a payload and keyword fields together; a ``TypeError``, as before."""
+
+
+class InvalidArgument(MicroAgentError, ValueError):
+    """A value given to a constructor or a function is malformed or out of range: a DSN of another
+    scheme, a heartbeat <= 0, an agent path that does not name an agent."""
 
 
 class SignalNotFound(MicroAgentError, LookupError):
@@ -32,7 +51,38 @@ class SignalNotFound(MicroAgentError, LookupError):
 
 
 class QueueNotFound(MicroAgentError, LookupError):
-    """No queue is declared under that name."""
+    """No queue is declared under that name (or bound to that exchange)."""
+
+
+class _NotAnAttribute(AttributeError):
+    """Mixed into the lookup errors ``bus.name`` and ``broker.name`` raise for an undeclared name,
+    so ``hasattr`` answers False and ``getattr(bus, name, None)`` None, as for any object."""
+
+    def __init__(self, message: str, name: str, obj: Any) -> None:
+        super().__init__(message)
+        self.name = name
+        self.obj = obj
+
+
+class SignalAttributeError(_NotAnAttribute, SignalNotFound):
+    """``bus.name`` for a name no signal is declared under."""
+
+
+class QueueAttributeError(_NotAnAttribute, QueueNotFound):
+    """``broker.name`` for a name no queue is declared under."""
+
+
+class CallTimeout(MicroAgentError, TimeoutError):
+    """No receiver answered an RPC call within its ``timeout``."""
+
+
+class ConnectionFailed(MicroAgentError, ConnectionError):
+    """A server could not be reached, or did not confirm, in the time allowed; or its connection is
+    closed for good."""
+
+
+class BackendClosed(MicroAgentError, RuntimeError):
+    """A bus or broker was used after ``close()``."""
 
 
 class ServerInterrupt(MicroAgentError):

@@ -11,6 +11,7 @@ defined. A handler is called in one of two conventions, chosen once from its sig
 from __future__ import annotations
 
 import asyncio
+import difflib
 import inspect
 import math
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,6 +22,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast
 
 from croniter import croniter
 
+from .errors import DeclarationError, UsageError
 from .payload import Codec, codec_for
 from .queue import Queue
 from .signal import Signal
@@ -36,6 +38,7 @@ P = ParamSpec('P')
 HANDLERS_ATTR = '__microagent_handlers__'
 HOOK_LABELS = ('pre_start', 'post_start', 'pre_stop', 'server')
 DEFAULT_CONCURRENCY = 32
+DEFAULT_RECEIVER_CONCURRENCY = 64
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_RETRY_DELAY = 1.0
 
@@ -68,6 +71,7 @@ class ReceiverSpec:
     signal: Signal[Any, Any]
     timeout: float
     style: CallStyle
+    concurrency: int = DEFAULT_RECEIVER_CONCURRENCY
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,8 @@ class ConsumerSpec:
         """Messages fetched ahead of free handlers, so one round trip feeds many handlers (like
         Celery's prefetch multiplier: 4 x concurrency by default). They stay owned by this consumer:
         released on stop, reclaimed by another consumer if this one dies."""
-        return int(self.options.get('prefetch', 4 * self.concurrency))
+        prefetch = self.options.get('prefetch')
+        return 4 * self.concurrency if prefetch is None else int(prefetch)
 
     @cached_property
     def max_retries(self) -> int:
@@ -151,13 +156,13 @@ def _check_seconds(func: Callable[..., Any], name: str, value: float, *, zero_ok
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) \
             or (value < 0 if zero_ok else value <= 0):
         bound = '>= 0' if zero_ok else '> 0'
-        raise ValueError(f'{handler_name(func)}: {name} must be a number {bound}, got {value!r}')
+        raise DeclarationError(f'{handler_name(func)}: {name} must be a number {bound}, got {value!r}')
     return float(value)
 
 
 def _check_async(func: Callable[..., Any], decorator: str) -> None:
     if not inspect.iscoroutinefunction(func):
-        raise TypeError(f'{handler_name(func)}: @{decorator} needs an async function')
+        raise UsageError(f'{handler_name(func)}: @{decorator} needs an async function')
 
 
 # Typed decorator objects. The overloads let mypy accept a typed handler only when its DTO parameter
@@ -190,9 +195,10 @@ JsonPayload = dict[str, Any]
 
 
 class _ReceiverDecorator(Generic[T, R]):
-    def __init__(self, signals: tuple[Signal[Any, Any], ...], timeout: float) -> None:
+    def __init__(self, signals: tuple[Signal[Any, Any], ...], timeout: float, concurrency: int) -> None:
         self.signals = signals
         self.timeout = timeout
+        self.concurrency = concurrency
 
     @overload
     def __call__(self, func: Callable[Concatenate[S, T, P], Awaitable[R | None]]
@@ -210,38 +216,47 @@ class _ReceiverDecorator(Generic[T, R]):
     def __call__(self, func: Any) -> Any:
         _check_async(func, 'receiver')
         timeout = _check_seconds(func, 'timeout', self.timeout)
+        concurrency = self.concurrency
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise DeclarationError(f'{handler_name(func)}: concurrency must be an integer >= 1, got {concurrency!r}')
         style = CallStyle.of(func)
         for signal in self.signals:
-            _attach(func, ReceiverSpec(signal=signal, timeout=timeout, style=style))
+            _attach(func, ReceiverSpec(signal=signal, timeout=timeout, style=style, concurrency=concurrency))
         return func
 
 
 @overload
-def receiver(signal: Signal[T, R], /, *, timeout: float = 60) -> _ReceiverDecorator[T, R]: ...
+def receiver(signal: Signal[T, R], /, *, timeout: float = 60,
+             concurrency: int = DEFAULT_RECEIVER_CONCURRENCY) -> _ReceiverDecorator[T, R]: ...
 
 
 @overload
 def receiver(signal1: Signal[T1, R1], signal2: Signal[T2, R2], /, *,
-             timeout: float = 60) -> _ReceiverDecorator[T1 | T2, R1 | R2]: ...
+             timeout: float = 60,
+             concurrency: int = DEFAULT_RECEIVER_CONCURRENCY) -> _ReceiverDecorator[T1 | T2, R1 | R2]: ...
 
 
 @overload
 def receiver(signal1: Signal[T1, R1], signal2: Signal[T2, R2], signal3: Signal[T3, R3], /, *,
-             timeout: float = 60) -> _ReceiverDecorator[T1 | T2 | T3, R1 | R2 | R3]: ...
+             timeout: float = 60,
+             concurrency: int = DEFAULT_RECEIVER_CONCURRENCY) -> _ReceiverDecorator[T1 | T2 | T3, R1 | R2 | R3]: ...
 
 
 @overload
 def receiver(signal1: Signal[Any, Any], signal2: Signal[Any, Any], signal3: Signal[Any, Any],
              signal4: Signal[Any, Any], /, *signals: Signal[Any, Any],
-             timeout: float = 60) -> _ReceiverDecorator[Any, Any]: ...
+             timeout: float = 60,
+             concurrency: int = DEFAULT_RECEIVER_CONCURRENCY) -> _ReceiverDecorator[Any, Any]: ...
 
 
-def receiver(*signals: Signal[Any, Any], timeout: float = 60) -> _ReceiverDecorator[Any, Any]:
+def receiver(*signals: Signal[Any, Any], timeout: float = 60,
+             concurrency: int = DEFAULT_RECEIVER_CONCURRENCY) -> _ReceiverDecorator[Any, Any]:
     """Receive ``signals`` (pub/sub). Many handlers may receive one signal; the return value of a
-    handler is its answer when the signal is sent with ``call``."""
+    handler is its answer when the signal is sent with ``call``. At most ``concurrency`` calls of
+    the handler run at once; further signals wait in the bus's bounded backlog, not in tasks."""
     if not signals or not all(isinstance(s, Signal) for s in signals):
-        raise TypeError(f'@receiver needs one or more Signal declarations, got {signals!r}')
-    return _ReceiverDecorator(signals, timeout)
+        raise UsageError(f'@receiver needs one or more Signal declarations, got {signals!r}')
+    return _ReceiverDecorator(signals, timeout, concurrency)
 
 
 class _DtoKwargsHandler(Protocol[D_contra]):
@@ -259,17 +274,36 @@ class _ConsumerBase:
     def _bind(self, func: Any) -> Any:
         _check_async(func, 'consumer')
         timeout = _check_seconds(func, 'timeout', self.timeout)
-        for key in ('concurrency', 'max_retries', 'prefetch'):
-            if key in self.options:
-                value = self.options[key]
-                if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == 'concurrency' else 0):
-                    raise ValueError(f'{handler_name(func)}: {key} must be an integer >= '
-                                     f'{1 if key == "concurrency" else 0}, got {value!r}')
+        _check_consumer_options(func, self.queue, self.options)
         if any(isinstance(s, ConsumerSpec) for s in specs_of(func)):
-            raise ValueError(f'{handler_name(func)}: a handler consumes one queue only')
+            raise DeclarationError(f'{handler_name(func)}: a handler consumes one queue only')
         _attach(func, ConsumerSpec(queue=self.queue, timeout=timeout, style=CallStyle.of(func),
                                    dto_class=self.dto_class, dto_name=self.dto_name, options=self.options))
         return func
+
+
+CONSUMER_OPTIONS = ('concurrency', 'prefetch', 'max_retries', 'retry_delay', 'autoack')
+_MIN_INT = {'concurrency': 1, 'prefetch': 0, 'max_retries': 0}
+
+
+def _check_consumer_options(func: Callable[..., Any], queue: Queue[Any], options: Mapping[str, Any]) -> None:
+    """Refuse, when the class is defined, an option the consumer would otherwise ignore or misuse."""
+    where = f'{handler_name(func)} (@consumer of queue {queue.name!r})'
+    for key, value in options.items():
+        if key not in CONSUMER_OPTIONS:
+            close = difflib.get_close_matches(key, CONSUMER_OPTIONS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f'; known: {", ".join(CONSUMER_OPTIONS)}'
+            raise UsageError(f'{where}: unknown option {key!r}{hint}')
+        if key == 'prefetch' and value is None:
+            continue  # the default: 4 x concurrency
+        if key in _MIN_INT:
+            if not isinstance(value, int) or isinstance(value, bool) or value < _MIN_INT[key]:
+                raise DeclarationError(f'{handler_name(func)}: {key} must be an integer >= {_MIN_INT[key]}, '
+                                       f'got {value!r}')
+        elif key == 'retry_delay':
+            _check_seconds(func, key, value, zero_ok=True)
+        elif not isinstance(value, bool):  # autoack
+            raise DeclarationError(f'{handler_name(func)}: {key} must be True or False, got {value!r}')
 
 
 class _ConsumerDecorator(_ConsumerBase, Generic[T]):
@@ -314,27 +348,36 @@ class _LooseDecorator:
 
 
 @overload
-def consumer(queue: Queue[T], timeout: float = 60, dto_class: None = None, dto_name: None = None,
-             **options: Any) -> _ConsumerDecorator[T]: ...
+def consumer(queue: Queue[T], timeout: float = 60, dto_class: None = None, dto_name: None = None, *,
+             concurrency: int = DEFAULT_CONCURRENCY, prefetch: int | None = None,
+             max_retries: int = DEFAULT_MAX_RETRIES, retry_delay: float = DEFAULT_RETRY_DELAY,
+             autoack: bool = True) -> _ConsumerDecorator[T]: ...
 
 
 @overload
 def consumer(queue: Queue[Any], timeout: float = 60, *, dto_class: type[D], dto_name: None = None,
-             **options: Any) -> _DtoConsumerDecorator[D]: ...
+             concurrency: int = DEFAULT_CONCURRENCY, prefetch: int | None = None,
+             max_retries: int = DEFAULT_MAX_RETRIES, retry_delay: float = DEFAULT_RETRY_DELAY,
+             autoack: bool = True) -> _DtoConsumerDecorator[D]: ...
 
 
 @overload
 def consumer(queue: Queue[Any], timeout: float = 60, *, dto_class: type[D], dto_name: str,
-             **options: Any) -> _LooseDecorator: ...
+             concurrency: int = DEFAULT_CONCURRENCY, prefetch: int | None = None,
+             max_retries: int = DEFAULT_MAX_RETRIES, retry_delay: float = DEFAULT_RETRY_DELAY,
+             autoack: bool = True) -> _LooseDecorator: ...
 
 
 def consumer(queue: Queue[Any], timeout: float = 60, dto_class: type[Any] | None = None,
              dto_name: str | None = None,
              **options: Any) -> _ConsumerDecorator[Any] | _DtoConsumerDecorator[Any] | _LooseDecorator:
     """Consume messages of ``queue``; one handler per queue. Options: ``concurrency`` (handlers
-    running at once), ``max_retries`` (before dead-lettering), and backend ones such as ``autoack``."""
+    running at once), ``prefetch`` (messages fetched ahead, default 4 x concurrency), ``max_retries``
+    (before dead-lettering), ``retry_delay`` (backoff base, s) and ``autoack`` (1.x: False leaves the
+    ack to the handler). Any other option is a TypeError naming the handler, raised when decorating;
+    the runtime takes ``**options`` only to name the handler in that error."""
     if not isinstance(queue, Queue):
-        raise TypeError(f'@consumer needs a Queue declaration, got {queue!r}')
+        raise UsageError(f'@consumer needs a Queue declaration, got {queue!r}')
     args = (queue, timeout, dto_class, dto_name, options)
     if dto_class is None:
         return _ConsumerDecorator(*args)
@@ -362,7 +405,7 @@ def cron(spec: str, timeout: float = 1, tz: tzinfo | None = None) -> Callable[[T
     def decorator(func: Task) -> Task:
         _check_async(func, 'cron')
         if not isinstance(spec, str) or not croniter.is_valid(spec):
-            raise ValueError(f'{handler_name(func)}: invalid cron spec {spec!r}')
+            raise DeclarationError(f'{handler_name(func)}: invalid cron spec {spec!r}')
         _attach(func, CronSpec(spec=spec, timeout=_check_seconds(func, 'timeout', timeout), tz=tz))
         return func
     return decorator
@@ -371,7 +414,7 @@ def cron(spec: str, timeout: float = 1, tz: tzinfo | None = None) -> Callable[[T
 def on(label: str) -> Callable[[Hook], Hook]:
     """A lifecycle hook (``pre_start``, ``post_start``, ``pre_stop``) or a long-running ``server``."""
     if label not in HOOK_LABELS:
-        raise ValueError(f'@on: unknown hook label {label!r}; use one of {", ".join(HOOK_LABELS)}')
+        raise DeclarationError(f'@on: unknown hook label {label!r}; use one of {", ".join(HOOK_LABELS)}')
 
     def decorator(func: Hook) -> Hook:
         _attach(func, HookSpec(label=label))

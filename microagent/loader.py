@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from types import SimpleNamespace
@@ -15,9 +17,16 @@ from typing import Any
 
 import msgspec
 
+from .dsn import hide_password
 from .errors import DeclarationError
 from .queue import Queue
 from .signal import Signal
+
+#: largest declarations document read over http(s), in bytes
+MAX_SIZE = 4 * 1024 * 1024
+#: overall deadline of an http(s) download, in seconds, however slowly the server answers
+TIMEOUT = 30.0
+_CHUNK = 64 * 1024
 
 
 class Namespace(SimpleNamespace):
@@ -30,14 +39,54 @@ class Namespace(SimpleNamespace):
         raise AttributeError(f'{name!r} is not declared')
 
 
-def _read(source: str) -> Any:
+def _read(source: str, max_size: int = MAX_SIZE, timeout: float = TIMEOUT) -> Any:
     if source.startswith('file://'):
         with open(source.removeprefix('file://'), 'rb') as file:
             return msgspec.json.decode(file.read())
     if source.startswith(('http://', 'https://')):
-        with urllib.request.urlopen(source, timeout=30) as response:
-            return msgspec.json.decode(response.read())
-    raise DeclarationError(f'declarations source must start with file://, http:// or https://: {source!r}')
+        return msgspec.json.decode(_fetch(source, max_size, timeout))
+    raise DeclarationError(f'declarations source must start with file://, http:// or https://: '
+                           f'{hide_password(source)!r}')
+
+
+def _fetch(url: str, max_size: int, timeout: float) -> bytes:
+    """The body at ``url``, read in a daemon thread: the caller gets an answer or an error by the
+    deadline whatever the server does (a socket timeout alone lets a trickle go on for ever)."""
+    outcome: list[bytes | BaseException] = []
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            outcome.append(_download(url, max_size, time.monotonic() + timeout))
+        except BaseException as exc:  # handed to the caller, who raises it
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name='microagent-loader', daemon=True).start()
+    if not done.wait(timeout) or not outcome:
+        raise DeclarationError(f'declarations at {hide_password(url)}: no complete answer within {timeout}s')
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+def _download(url: str, max_size: int, deadline: float) -> bytes:
+    safe = hide_password(url)
+    with urllib.request.urlopen(url, timeout=max(0.001, deadline - time.monotonic())) as response:
+        length = response.headers.get('Content-Length')
+        if length is not None and length.isdigit() and int(length) > max_size:
+            raise DeclarationError(f'declarations at {safe}: Content-Length {length} is over the limit '
+                                   f'of {max_size} bytes (max_size)')
+        body = bytearray()
+        while chunk := response.read1(_CHUNK):
+            body += chunk
+            if len(body) > max_size:
+                raise DeclarationError(f'declarations at {safe}: more than the limit of {max_size} bytes '
+                                       f'(max_size)')
+            if time.monotonic() > deadline:
+                raise DeclarationError(f'declarations at {safe}: not read within the deadline')
+        return bytes(body)
 
 
 def declare(data: Mapping[str, Any]) -> tuple[Namespace, Namespace]:
@@ -58,9 +107,10 @@ def declare(data: Mapping[str, Any]) -> tuple[Namespace, Namespace]:
     return Namespace(**Signal.get_all()), Namespace(**Queue.get_all())
 
 
-def load_stuff(source: str) -> tuple[Namespace, Namespace]:
-    """Declare signals and queues from a JSON document; return (signals, queues) namespaces."""
-    return declare(_read(source))
+def load_stuff(source: str, *, max_size: int = MAX_SIZE, timeout: float = TIMEOUT) -> tuple[Namespace, Namespace]:
+    """Declare signals and queues from a JSON document; return (signals, queues) namespaces.
+    Over http(s), the body may not exceed ``max_size`` bytes nor take more than ``timeout`` seconds."""
+    return declare(_read(source, max_size, timeout))
 
 
 def load_signals(source: str) -> Namespace:
@@ -71,9 +121,11 @@ def load_queues(source: str) -> Namespace:
     return load_stuff(source)[1]
 
 
-def configure(*sources: str | Mapping[str, Any]) -> tuple[Namespace, Namespace]:
-    """Declare from several sources (URLs, paths as ``file://`` or already parsed documents)."""
+def configure(*sources: str | Mapping[str, Any], max_size: int = MAX_SIZE,
+              timeout: float = TIMEOUT) -> tuple[Namespace, Namespace]:
+    """Declare from several sources (URLs, paths as ``file://`` or already parsed documents);
+    ``max_size`` and ``timeout`` bound each http(s) download as in ``load_stuff``."""
     result = Namespace(), Namespace()
     for source in sources:
-        result = declare(_read(source)) if isinstance(source, str) else declare(source)
+        result = declare(_read(source, max_size, timeout)) if isinstance(source, str) else declare(source)
     return result

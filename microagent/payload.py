@@ -12,7 +12,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar, cast
 
 import msgspec
 
-from .errors import DeclarationError, InvalidPayload
+from .errors import DeclarationError, InvalidPayload, UsageError
 
 T = TypeVar('T')
 
@@ -62,6 +62,13 @@ class Codec(Generic[T]):
     def fail(self, error: str | Exception) -> InvalidPayload:
         return InvalidPayload(self.target, [str(error)])
 
+    def undecodable(self, exc: Exception) -> InvalidPayload:
+        """Any other failure of a decoder or validator (invalid UTF-8, nesting too deep, a model's
+        ``__post_init__`` or validator raising): still an invalid payload, never a crash."""
+        if isinstance(exc, MemoryError):
+            raise exc
+        return InvalidPayload(self.target, [f'{type(exc).__name__}: {exc}'])
+
 
 class MsgspecCodec(Codec[T]):
     """msgspec Structs, dataclasses, TypedDicts and plain types (RPC answers)."""
@@ -91,13 +98,15 @@ class MsgspecCodec(Codec[T]):
             return self._decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise self.fail(exc) from None
+        except Exception as exc:
+            raise self.undecodable(exc) from None
 
     def to_kwargs(self, payload: T) -> JsonDict:
         if isinstance(payload, dict):
             return cast(JsonDict, payload)
         value = msgspec.to_builtins(payload)
         if not isinstance(value, dict):
-            raise TypeError(f'{self.target}: a payload of type {type(payload).__name__} has no fields')
+            raise UsageError(f'{self.target}: a payload of type {type(payload).__name__} has no fields')
         return value
 
 
@@ -134,6 +143,8 @@ class PydanticCodec(Codec[T]):
             return cast(T, self.model.model_validate_json(data))  # type: ignore[attr-defined]
         except pydantic.ValidationError as exc:
             raise self._invalid(exc) from None
+        except Exception as exc:
+            raise self.undecodable(exc) from None
 
     def from_kwargs(self, kwargs: Mapping[str, Any]) -> T:
         import pydantic
@@ -142,6 +153,8 @@ class PydanticCodec(Codec[T]):
             return cast(T, self.model.model_validate(dict(kwargs)))  # type: ignore[attr-defined]
         except pydantic.ValidationError as exc:
             raise self._invalid(exc) from None
+        except Exception as exc:
+            raise self.undecodable(exc) from None
 
     def to_kwargs(self, payload: T) -> JsonDict:
         return cast(JsonDict, payload.model_dump())  # type: ignore[attr-defined]
@@ -171,6 +184,8 @@ class DictCodec(Codec[JsonDict]):
                 msgspec.convert(payload, self._checker)
             except msgspec.ValidationError as exc:
                 raise self.fail(exc) from None
+            except Exception as exc:
+                raise self.undecodable(exc) from None
         return payload
 
     def encode(self, payload: Any) -> bytes:
@@ -186,6 +201,8 @@ class DictCodec(Codec[JsonDict]):
             value = _any_decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise self.fail(exc) from None
+        except Exception as exc:
+            raise self.undecodable(exc) from None
         return self._check(value)
 
     def from_kwargs(self, kwargs: Mapping[str, Any]) -> JsonDict:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from functools import cached_property
+from functools import lru_cache
 from typing import Any, ClassVar, Generic, TypeVar, overload
 
 from .errors import DeclarationError, QueueNotFound
+from .exchange import Exchange
 from .payload import Codec, JsonDict, codec_for, dict_codec
 from .registry import Declaration, model_name
 
@@ -16,9 +17,11 @@ T = TypeVar('T')
 class Queue(Declaration, Generic[T]):
     """A queue: ``Queue('mailer', Mail)`` or, 1.x style, ``Queue(name='mailer')``.
 
-    ``exchange`` binds the queue to a named exchange: every message published to the exchange is
-    routed to it (fanout), or only those whose routing key matches one of ``topics`` (AMQP globs:
-    ``*`` is one word, ``#`` zero or more).
+    ``exchange`` binds the queue to an exchange: every message published to it is routed to the
+    queue (fanout), or only those whose routing key matches one of ``topics`` (AMQP globs: ``*`` is
+    one word, ``#`` zero or more; a queue without topics on a topic exchange gets every message).
+    A name declares the exchange too: topic with ``topics``, else fanout; an ``Exchange`` may be
+    given instead. One exchange name with two types is a DeclarationError.
     """
 
     kind: ClassVar[str] = 'queue'
@@ -27,25 +30,27 @@ class Queue(Declaration, Generic[T]):
     name: str
     model: type[T] | None
     exchange: str | None
+    exchange_declaration: Exchange | None
     topics: tuple[str, ...]
     codec: Codec[T]
 
     @overload
-    def __init__(self: Queue[T], name: str, model: type[T], *, exchange: str | None = None,
+    def __init__(self: Queue[T], name: str, model: type[T], *, exchange: str | Exchange | None = None,
                  topics: Sequence[str] | None = None) -> None: ...
 
     @overload
-    def __init__(self: Queue[JsonDict], name: str, model: None = None, *, exchange: str | None = None,
+    def __init__(self: Queue[JsonDict], name: str, model: None = None, *, exchange: str | Exchange | None = None,
                  topics: Sequence[str] | None = None, schema: JsonDict | None = None) -> None: ...
 
-    def __init__(self, name: str, model: Any = None, *, exchange: str | None = None,
+    def __init__(self, name: str, model: Any = None, *, exchange: str | Exchange | None = None,
                  topics: Sequence[str] | None = None, schema: JsonDict | None = None) -> None:
         self.name = name
         self.model = model
-        self.exchange = exchange
         self.topics = tuple(topics or ())
         if self.topics and not exchange:
             raise DeclarationError(f'queue {name!r}: topics need an exchange')
+        self.exchange_declaration = _exchange_of(name, exchange, self.topics)
+        self.exchange = self.exchange_declaration.name if self.exchange_declaration else None
         target = f'queue {name!r}'
         self.codec = codec_for(model, target) if model is not None else dict_codec(target, None, schema)  # type: ignore[assignment]
         self._register()
@@ -54,15 +59,11 @@ class Queue(Declaration, Generic[T]):
         return (model_name(self.model), self.exchange, self.topics,
                 None if self.model is not None else self.codec.schema)
 
-    @cached_property
-    def _topic_patterns(self) -> tuple[re.Pattern[str], ...]:
-        return tuple(topic_pattern(topic) for topic in self.topics)
-
     def routes(self, exchange: str, routing_key: str) -> bool:
         """Whether a message published to ``exchange`` with ``routing_key`` reaches this queue."""
         if exchange != self.exchange:
             return False
-        return not self.topics or any(p.match(routing_key) for p in self._topic_patterns)
+        return topics_match(self.topics, routing_key)
 
     @classmethod
     def get(cls, name: str) -> Queue[Any]:
@@ -76,6 +77,32 @@ class Queue(Declaration, Generic[T]):
     def get_all(cls) -> dict[str, Queue[Any]]:
         """Every declared queue by name."""
         return dict(cls._registry)
+
+
+def _exchange_of(queue: str, exchange: str | Exchange | None, topics: tuple[str, ...]) -> Exchange | None:
+    """The exchange a queue binds to: the one given, or the one its 1.x form implies."""
+    if exchange is None or exchange == '':
+        return None
+    if isinstance(exchange, Exchange):
+        if topics and exchange.type != 'topic':
+            raise DeclarationError(f'queue {queue!r}: topics need a topic exchange; {exchange.name!r} is '
+                                   f'{exchange.type}')
+        return exchange
+    try:
+        return Exchange(exchange, 'topic' if topics else 'fanout')
+    except DeclarationError as exc:
+        raise DeclarationError(f'queue {queue!r}: {exc}; declare it once with Exchange(name, type) and pass '
+                               f'that as exchange=') from None
+
+
+@lru_cache(maxsize=1024)
+def _patterns(topics: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
+    return tuple(topic_pattern(topic) for topic in topics)
+
+
+def topics_match(topics: tuple[str, ...], routing_key: str) -> bool:
+    """Whether a binding with ``topics`` (none: every key) takes a message with ``routing_key``."""
+    return not topics or any(p.match(routing_key) for p in _patterns(topics))
 
 
 def topic_pattern(topic: str) -> re.Pattern[str]:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .dsn import hide_password
+from .errors import InvalidArgument, UsageError
 from .handlers import ConsumerSpec, CronSpec, PeriodicSpec, ReceiverSpec
 from .registry import model_name
 
@@ -68,7 +69,7 @@ def agent_class(agent: Any) -> type[MicroAgent]:
 
     cls = agent if isinstance(agent, type) else type(agent)
     if not issubclass(cls, MicroAgent):
-        raise TypeError(f'{agent!r} is neither a MicroAgent class nor an instance of one')
+        raise UsageError(f'{agent!r} is neither a MicroAgent class nor an instance of one')
     return cls
 
 
@@ -344,7 +345,7 @@ def asyncapi(*agents: type[MicroAgent] | MicroAgent, title: str = 'microagent', 
     doc = _AsyncAPI()
     classes = list(dict.fromkeys(agent_class(agent) for agent in agents))
     if not classes:
-        raise ValueError('asyncapi() needs at least one agent')
+        raise InvalidArgument('asyncapi() needs at least one agent')
     for cls in classes:
         for attr, spec in _specs(cls):
             handler = f'{cls.__name__}.{attr}'
@@ -387,20 +388,20 @@ def load_agent(target: str) -> type[MicroAgent] | MicroAgent:
     """``path.to.module:AgentClass`` (an agent instance works too)."""
     module_name, sep, attr = target.partition(':')
     if not sep or not module_name or not attr:
-        raise ValueError(f'{target!r}: expected path.to.module:AgentClass')
+        raise InvalidArgument(f'{target!r}: expected path.to.module:AgentClass')
     try:
         value: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f'{target!r}: cannot import {module_name!r}: {exc}') from None
+        raise InvalidArgument(f'{target!r}: cannot import {module_name!r}: {exc}') from None
     for part in attr.split('.'):
         try:
             value = getattr(value, part)
         except AttributeError:
-            raise ValueError(f'{target!r}: {module_name!r} has no attribute {attr!r}') from None
+            raise InvalidArgument(f'{target!r}: {module_name!r} has no attribute {attr!r}') from None
     try:
         agent_class(value)
     except TypeError as exc:
-        raise ValueError(f'{target!r}: {exc}') from None
+        raise InvalidArgument(f'{target!r}: {exc}') from None
     return value  # type: ignore[no-any-return]
 
 

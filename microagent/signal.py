@@ -1,17 +1,21 @@
 """Signal declarations: a named pub/sub event with a payload model and, for RPC, an answer type."""
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Generic, overload
 
 from typing_extensions import TypeVar
 
-from .errors import SignalNotFound
+from .errors import DeclarationError, SignalNotFound
 from .payload import Codec, JsonDict, codec_for, dict_codec
 from .registry import Declaration, model_name
 
 T = TypeVar('T', default=Any)  # a default lets 1.x code annotate a bare ``Signal``
 R = TypeVar('R', default=Any)
+
+RESPONSE_SIGNAL = 'response'  # the RPC answer channel of the 1.x wire: no signal may take the name
+_SIGNAL_NAME = re.compile(r'[A-Za-z0-9_.\-]+')  # nothing that breaks 1.x channels or Redis glob patterns
 
 
 class Signal(Declaration, Generic[T, R]):
@@ -45,6 +49,7 @@ class Signal(Declaration, Generic[T, R]):
     def __init__(self, name: str, model: Any = None, *,
                  providing_args: Sequence[str] | Mapping[str, Any] | None = None,
                  schema: JsonDict | None = None, returns: Any = None) -> None:
+        _check_name(name)
         self.name = name
         self.model = model
         self.returns = returns
@@ -78,3 +83,12 @@ class Signal(Declaration, Generic[T, R]):
     def get_all(cls) -> dict[str, Signal[Any, Any]]:
         """Every declared signal by name."""
         return dict(cls._registry)
+
+
+def _check_name(name: object) -> None:
+    """Reject names the wire would misread: ``response`` is where RPC answers travel, and ``:``,
+    ``#``, glob characters or whitespace would split or widen the 1.x channel ``{prefix}:{name}:{sender}``."""
+    if not isinstance(name, str) or not _SIGNAL_NAME.fullmatch(name):
+        raise DeclarationError(f'signal name {name!r} must be non-empty letters, digits, "_", "-" or "."')
+    if name == RESPONSE_SIGNAL:
+        raise DeclarationError(f'signal name {name!r} is reserved: RPC answers travel on that channel')

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from croniter import croniter
+
+#: longest single sleep of a cron schedule, so that a jump of the wall clock is noticed soon
+MAX_CRON_SLEEP = 5.0
+#: wall-clock drift (seconds, per sleep) below which the clock is not considered moved
+CLOCK_TOLERANCE = 1.0
 
 
 class Timer:
@@ -63,12 +69,42 @@ def next_cron_time(spec: str, after: datetime) -> datetime:
     return result
 
 
-async def run_cron(timer: Timer, spec: str, tz: tzinfo | None) -> None:
-    """Fire at every time the cron spec gives, computed in ``tz`` (UTC by default)."""
+async def run_cron(timer: Timer, spec: str, tz: tzinfo | None, *,
+                   now: Callable[[tzinfo], datetime] = datetime.now,
+                   monotonic: Callable[[], float] = time.monotonic,
+                   sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                   max_sleep: float = MAX_CRON_SLEEP) -> None:
+    """Fire at every time the cron spec gives, computed in ``tz`` (UTC by default).
+
+    The wall clock may jump (NTP, a manual change): it is compared with the monotonic clock after
+    each sleep, and sleeps last at most ``max_sleep`` seconds so a jump is noticed soon. As cron
+    daemons do, a forward jump runs the missed slots once, then goes on with the first slot after
+    the new time; a backward jump goes on by the new clock, the next run coming no sooner than one
+    step of the schedule after the last run: no repeat in a burst, no hour of silence.
+    ``now``, ``monotonic`` and ``sleep`` are parameters so that tests drive a fake clock.
+    """
     zone = tz or UTC
-    after = datetime.now(zone)
+    due = next_cron_time(spec, now(zone))
+    last_run: tuple[datetime, float] | None = None  # (slot, monotonic time) of the last run
     while True:
-        due = next_cron_time(spec, after)
-        await asyncio.sleep(max(0.0, (due - datetime.now(zone)).total_seconds()))
-        timer.fire()
-        after = due
+        wall, mono = now(zone), monotonic()
+        if due.timestamp() <= wall.timestamp():  # timestamps: aware arithmetic in one zone ignores DST
+            timer.fire()
+            last_run = (due, mono)
+            due = next_cron_time(spec, wall)  # slots missed by a forward jump: run once, just now
+            continue
+        await sleep(min(due.timestamp() - wall.timestamp(), max_sleep))
+        moved = (now(zone).timestamp() - wall.timestamp()) - (monotonic() - mono)
+        if moved < -CLOCK_TOLERANCE:  # the wall clock went back: reschedule by the new clock
+            due = _after_backward_jump(spec, now(zone), monotonic(), last_run)
+
+
+def _after_backward_jump(spec: str, wall: datetime, mono: float,
+                         last_run: tuple[datetime, float] | None) -> datetime:
+    """The first slot after ``wall`` that is at least one schedule step after the last run."""
+    if last_run is None:
+        return next_cron_time(spec, wall)
+    slot, ran_at = last_run
+    step = next_cron_time(spec, slot).timestamp() - slot.timestamp()
+    wait = max(0.0, ran_at + step - mono)
+    return next_cron_time(spec, datetime.fromtimestamp(wall.timestamp() + wait - 1e-6, wall.tzinfo))

@@ -67,7 +67,11 @@ async def redis_backend() -> AsyncIterator[Backend]:
 
     require_service('Redis', REDIS_HOST, REDIS_PORT)
     prefix = f'T{uuid.uuid4().hex[:12]}'
+    from microagent.exchange import Exchange
+    from microagent.tools.redis_scripts import exchange_key
+
     before = set(Queue.get_all())
+    exchanges_before = set(Exchange.get_all())
     backend = Backend('redis', lambda: RedisSignalBus(REDIS_TEST_DSN, prefix=prefix),
                       lambda **o: RedisBroker(REDIS_TEST_DSN, **o))
     try:
@@ -80,6 +84,8 @@ async def redis_backend() -> AsyncIterator[Backend]:
                 await client.delete(name)
                 async for key in client.scan_iter(match=f'{name}:*', count=1000):
                     await client.delete(key)
+            for name in set(Exchange.get_all()) - exchanges_before:
+                await client.delete(exchange_key(name))
         finally:
             await client.aclose()
 
@@ -106,3 +112,69 @@ async def amqp_backend() -> AsyncIterator[Backend]:
 
 
 BACKENDS['amqp'] = amqp_backend
+
+
+async def inject_raw(backend: Backend, broker: AbstractQueueBroker, queue: str, bodies: list[bytes]) -> None:
+    """Put ``bodies`` on ``queue`` exactly as given, past every check of microagent: as a 1.x
+    agent or a foreign producer would (redis-py RPUSH; aiormq to the default exchange)."""
+    if backend.name == 'redis':
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(REDIS_TEST_DSN)
+        try:
+            await client.rpush(queue, *bodies)
+        finally:
+            await client.aclose()
+    elif backend.name == 'amqp':
+        import aiormq
+        from pamqp import commands
+
+        from tests.amqp_support import AMQP_DSN
+
+        connection = await aiormq.connect(AMQP_DSN)
+        try:
+            channel = await connection.channel()
+            for body in bodies:
+                await channel.basic_publish(body, exchange='', routing_key=queue,
+                                            properties=commands.Basic.Properties(delivery_mode=2))
+        finally:
+            await connection.close()
+    else:
+        from microagent.tools.memory import MemoryBroker
+
+        assert isinstance(broker, MemoryBroker)
+        from microagent.queue import Queue
+
+        await broker.put(Queue.get(queue), bodies)
+
+
+async def unsettled_after_stop(backend: Backend, queue: str) -> int:
+    """How many messages of ``queue`` are still taken and not settled, as the server sees it, once
+    its consumers stopped. Redis: the consumers' in-flight lists. RabbitMQ: with no consumer left
+    attached, an unacked delivery is back among the ready ones, so the queue must be empty. Memory
+    holds taken messages only in their deliveries: nothing to look at."""
+    if backend.name == 'redis':
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(REDIS_TEST_DSN)
+        try:
+            total = 0
+            async for key in client.scan_iter(match=f'{queue}:inflight:*', count=1000):
+                total += int(await client.llen(key))
+            return total
+        finally:
+            await client.aclose()
+    if backend.name == 'amqp':
+        import aiormq
+
+        from tests.amqp_support import AMQP_DSN
+
+        connection = await aiormq.connect(AMQP_DSN)
+        try:
+            channel = await connection.channel()
+            ok = await channel.queue_declare(queue, passive=True)
+            assert not ok.consumer_count, f'queue {queue!r} still has {ok.consumer_count} consumers'
+            return int(ok.message_count or 0)
+        finally:
+            await connection.close()
+    return 0

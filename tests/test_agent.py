@@ -86,11 +86,44 @@ def test_handlers_must_be_async_and_options_sane(unique: str) -> None:
         consumer(queue, concurrency=0)(zero)
     with pytest.raises(ValueError, match="max_retries must be an integer >= 0, got 'x'"):
         async def bad_retries(self: Any, ping: Ping) -> None: ...
-        consumer(queue, max_retries='x')(bad_retries)
+        consumer(queue, max_retries='x')(bad_retries)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match='@receiver needs one or more Signal'):
         receiver()  # type: ignore[call-overload]
     with pytest.raises(TypeError, match='@consumer needs a Queue'):
         consumer('mailer')  # type: ignore[call-overload]
+
+
+def test_misspelled_or_ill_typed_consumer_option_fails_when_the_class_is_defined(unique: str) -> None:
+    queue = Queue(f'badopts_{unique}', Ping)
+    with pytest.raises(TypeError, match=r"Typo.work \(@consumer of queue 'badopts_.*'\): unknown option "
+                                        r"'max_retry'; did you mean 'max_retries'\?"):
+        class Typo(MicroAgent):
+            @consumer(queue, max_retry=10)  # type: ignore[call-overload, untyped-decorator]
+            async def work(self, ping: Ping) -> None: ...
+    with pytest.raises(TypeError, match="unknown option 'concurency'; did you mean 'concurrency'"):
+        class Typo2(MicroAgent):
+            @consumer(queue, concurency=4)  # type: ignore[call-overload, untyped-decorator]
+            async def work(self, ping: Ping) -> None: ...
+    with pytest.raises(ValueError, match=r"Wrong\.work: autoack must be True or False, got 'no'"):
+        class Wrong(MicroAgent):
+            @consumer(queue, autoack='no')  # type: ignore[call-overload, untyped-decorator]
+            async def work(self, ping: Ping) -> None: ...
+    with pytest.raises(ValueError, match=r"Late\.work: retry_delay must be a number >= 0, got 'soon'"):
+        class Late(MicroAgent):
+            @consumer(queue, retry_delay='soon')  # type: ignore[call-overload, untyped-decorator]
+            async def work(self, ping: Ping) -> None: ...
+
+
+def test_consumer_options_reach_the_consumer(unique: str) -> None:
+    queue = Queue(f'goodopts_{unique}', Ping)
+
+    class Tuned(MicroAgent):
+        @consumer(queue, concurrency=4, prefetch=2, max_retries=10, retry_delay=0.5, autoack=False)
+        async def work(self, ping: Ping) -> None: ...
+
+    tuned = Tuned(broker=MemoryBroker(f'memory://{unique}')).consumers[0]
+    assert (tuned.concurrency, tuned.prefetch, tuned.max_retries, tuned.retry_delay, tuned.autoack) == \
+        (4, 2, 10, 0.5, False)
 
 
 def test_missing_bus_or_broker_is_miss_config(unique: str) -> None:
@@ -327,3 +360,13 @@ def test_bad_handler_timeouts_name_the_handler(unique: str) -> None:
         class Worker(MicroAgent):
             @consumer(queue, timeout=0)
             async def work(self, ping: Ping) -> None: ...
+
+
+async def test_memory_hubs_route_only_the_queues_bound_on_them(unique: str) -> None:
+    queue = Queue(f'hubbed_{unique}', Ping, exchange=f'hubx_{unique}')
+    here, elsewhere = MemoryBroker(f'memory://here_{unique}'), MemoryBroker(f'memory://elsewhere_{unique}')
+    await here[queue].declare()
+    assert await here.publish(f'hubx_{unique}', Ping(n=1)) == 1
+    with pytest.raises(LookupError, match=f"No queue is bound to exchange 'hubx_{unique}'"):
+        await elsewhere.publish(f'hubx_{unique}', Ping(n=2))
+    assert (await here[queue].length(), await elsewhere[queue].length()) == (1, 0)

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 from pamqp import commands as spec
 
-from microagent import DeclarationError, MicroAgent, Queue, consumer
+from microagent import DeclarationError, Exchange, MicroAgent, Queue, consumer
 from microagent.tools.amqp import AMQPBroker, AMQPMeta
 from tests.amqp_support import Servers
 from tests.helpers import Collector, eventually
@@ -273,3 +273,47 @@ async def test_dsn_password_stays_out_of_repr_errors_and_logs(caplog: pytest.Log
     await broker.close()
     assert 'hunter2' not in str(error.value) and 'hunter2' not in caplog.text
     assert 'amqp://guest:***@127.0.0.1:1/' in str(error.value)
+
+
+async def test_1x_send_keywords_properties_exchange_and_topic(amqp: Servers, unique: str) -> None:
+    topic = Queue(f'kwtopic_{unique}', Job, exchange=f'kwx_{unique}', topics=['a.*'])
+    plain = Queue(f'kwplain_{unique}', Job)
+    broker = amqp.broker()
+    await broker[topic].declare()
+    channel = await amqp.raw()
+    await broker[plain].send(Job(job_id=1), properties={'priority': 5, 'type': 'job', 'headers': {'k': 'v'}})
+    message = await channel.basic_get(plain.name, no_ack=True)
+    props = message.header.properties
+    assert (props.priority, props.message_type, props.headers, props.delivery_mode) == (5, 'job', {'k': 'v'}, 2)
+    await broker[topic].send(Job(job_id=2), topic='a.b')  # through the queue's exchange, the topic as key
+    await broker[plain].send(Job(job_id=3), exchange=f'kwx_{unique}', topic='a.c')
+    await eventually(lambda: _length_is(broker, topic, 2))
+    first = await channel.basic_get(topic.name, no_ack=True)
+    assert (first.exchange, first.routing_key) == (f'kwx_{unique}', 'a.b')
+    with pytest.raises(LookupError, match=f"exchange 'kwx_{unique}' routed the message to no queue"):
+        await broker[topic].send(Job(job_id=4), topic='b.b')
+    with pytest.raises(TypeError, match=f"queue 'kwplain_{unique}': unknown AMQP properties 'colour'"):
+        await broker[plain].send(Job(job_id=5), properties={'colour': 'red'})
+    with pytest.raises(TypeError, match=r"topic 'a\.b' needs an exchange"):
+        await broker[plain].send(Job(job_id=6), topic='a.b')
+    assert await broker[plain].length() == 0
+
+
+async def test_send_through_a_missing_exchange_is_an_error(amqp: Servers, unique: str) -> None:
+    queue = Queue(f'kwmissing_{unique}', Job)
+    broker = amqp.broker()
+    with pytest.raises(LookupError, match=f"queue 'kwmissing_{unique}': no exchange 'nope_{unique}'"):
+        await broker[queue].send(Job(job_id=1), exchange=f'nope_{unique}')
+    await broker[queue].send(Job(job_id=2))  # the broker goes on
+    assert await broker[queue].length() == 1
+
+
+async def test_the_exchange_type_is_the_declared_one(amqp: Servers, unique: str) -> None:
+    events = Exchange(f'declared_{unique}', 'topic')
+    audit = Queue(f'declared_audit_{unique}', Job, exchange=events)  # no topics: binds '#'
+    broker = amqp.broker()
+    await broker[audit].declare()
+    channel = await amqp.raw()
+    await channel.exchange_declare(events.name, exchange_type='topic', durable=True)  # same type: accepted
+    await broker.publish(events.name, Job(job_id=1), routing_key='any.key')
+    await eventually(lambda: _length_is(broker, audit, 1))

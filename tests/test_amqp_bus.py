@@ -9,6 +9,7 @@ import aiormq
 import msgspec
 import pytest
 from aiormq.abc import DeliveredMessage
+from pamqp import commands as spec
 
 from microagent import MicroAgent, Signal, receiver
 from tests.amqp_support import Servers
@@ -98,3 +99,35 @@ async def test_rpc_request_names_the_caller_queue_and_answers_go_only_there(amqp
     assert [m.routing_key for m in requests] == [f'{signal.name}.a', f'{signal.name}.b']  # no answer here
     assert [m.header.properties.reply_to for m in requests] == [first.queue_name, second.queue_name]
     assert all(m.header.properties.correlation_id for m in requests)
+
+
+async def test_the_routing_key_decides_the_signal_and_a_disagreeing_label_is_dropped(
+        amqp: Servers, unique: str, caplog: pytest.LogCaptureFixture) -> None:
+    victim, other = Signal(f'victim_{unique}', Ping), Signal(f'other_{unique}', Ping)
+    dotted = Signal(f'victim_{unique}.sub', Ping)
+    got = Collector()
+
+    class Agent(MicroAgent):
+        @receiver(victim)
+        async def on_victim(self, ping: Ping, *, sender: str) -> None:
+            got.add(('victim', ping.n, sender))
+
+        @receiver(other)
+        async def on_other(self, ping: Ping, *, sender: str) -> None:
+            got.add(('other', ping.n, sender))
+
+        @receiver(dotted)
+        async def on_dotted(self, ping: Ping, *, sender: str) -> None:
+            got.add(('dotted', ping.n, sender))
+
+    async with Agent(bus=amqp.bus()):
+        channel = await amqp.raw()
+        await channel.basic_publish(b'{"n": 1}', exchange=amqp.prefix, routing_key=f'{other.name}.rogue',
+                                    properties=spec.Basic.Properties(message_type=victim.name))
+        await channel.basic_publish(b'{"n": 2}', exchange=amqp.prefix, routing_key=f'{dotted.name}.plain')
+        await channel.basic_publish(b'{"n": 3}', exchange=amqp.prefix, routing_key=f'{victim.name}.sub.x',
+                                    properties=spec.Basic.Properties(message_type=victim.name))
+        await amqp.bus()[other].send('good', Ping(n=4))
+        items = await got.wait(3)
+    assert sorted(items) == [('dotted', 2, 'plain'), ('other', 4, 'good'), ('victim', 3, 'sub.x')]
+    assert f'routed {other.name}.rogue labelled {victim.name}: its routing key is not of signal' in caplog.text

@@ -262,6 +262,10 @@ async def test_exchange_routing_pushes_1x_bodies_to_each_bound_queue(raw: Redis,
     ios = Queue(f'ios_{unique}', Note, exchange=f'push_{unique}', topics=['*.ios'])
     broker = RedisBroker(REDIS_TEST_DSN)
     try:
+        await broker[android].declare()  # the binding is stored in Redis, for every publisher
+        await broker[ios].declare()
+        assert await raw.hgetall(f'microagent:exchange:push_{unique}') == {android.name.encode(): b'["*.android"]',
+                                                                           ios.name.encode(): b'["*.ios"]'}
         assert await broker.publish(f'push_{unique}', Note(user_id=1, text='t'), routing_key='1.android') == 1
         assert await raw.lrange(android.name, 0, -1) == [b'{"user_id":1,"text":"t"}']
         assert await raw.llen(ios.name) == 0
@@ -269,6 +273,7 @@ async def test_exchange_routing_pushes_1x_bodies_to_each_bound_queue(raw: Redis,
         await broker.close()
         await _drop_queue(raw, android.name)
         await _drop_queue(raw, ios.name)
+        await raw.delete(f'microagent:exchange:push_{unique}')
 
 
 # DSN

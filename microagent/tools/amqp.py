@@ -3,9 +3,9 @@
 Layout on the server, for a queue ``mailer``:
 
 * ``mailer``: a durable queue, fed through the default exchange; bound to the queue's ``exchange``
-  (fanout, or topic when a queue of that exchange declares ``topics``);
+  with the type that exchange is declared with (``Exchange``, or implied by the queue's form);
 * ``mailer.retry.{ms}``: delay queues (queue TTL, dead-lettered back to ``mailer``) that hold a
-  failed message until its retry is due; they expire when unused;
+  failed message until its retry is due, or a message sent with ``delay``; they expire when unused;
 * ``mailer.dead``: a fanout exchange and a durable queue holding dead letters, with the reason,
   the attempt count and the time in headers.
 
@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,8 +31,9 @@ from pamqp import commands as spec
 from pamqp.common import FieldTable
 
 from ..broker import AbstractQueueBroker, DeadLetter, Delivery, backoff
-from ..bus import RESPONSE_SIGNAL, AbstractSignalBus
-from ..errors import DeclarationError
+from ..bus import RESPONSE_SIGNAL, AbstractSignalBus, shown
+from ..errors import ConnectionFailed, DeclarationError, InvalidArgument, QueueNotFound, UsageError
+from ..exchange import Exchange
 from ..queue import Queue
 from .amqp_link import LINK_ERRORS, Link, Outgoing, Publisher
 
@@ -165,8 +166,11 @@ class AMQPBroker(AbstractQueueBroker):
     """Durable RabbitMQ queues with publisher confirms, prefetch = the consumer's ``concurrency``,
     retries through delay queues and a dead-letter exchange and queue per queue."""
 
+    send_options = frozenset(('properties', 'exchange', 'topic'))
+
     #: a cancelled fetch loses nothing: what it buffered stays unacked and returns when the channel closes
     fetch_cancel_safe = True
+    unsettled_fate = 'it stays unacked; RabbitMQ delivers it again when its channel closes'
 
     def __init__(self, dsn: str, log: logging.Logger | None = None, *, reconnect_timeout: float = 60.0,
                  **options: Any) -> None:
@@ -218,18 +222,22 @@ class AMQPBroker(AbstractQueueBroker):
             await ch.queue_bind(dead, dead)
             self.declared_queues.update((name, dead))
             self.declared_exchanges.add(dead)
-            if queue.exchange:
-                kind = _exchange_type(queue.exchange)
-                try:
-                    await ch.exchange_declare(queue.exchange, exchange_type=kind, durable=True)
-                except aiormq.ChannelPreconditionFailed as exc:
-                    raise DeclarationError(f'queue {name!r}: exchange {queue.exchange!r} exists on RabbitMQ with '
-                                           f'another type or options than a durable {kind} exchange: {exc}') from None
-                self.declared_exchanges.add(queue.exchange)
-                keys = (queue.topics or ('#',)) if kind == 'topic' else ('',)
+            exchange = queue.exchange_declaration
+            if exchange is not None:
+                await self._declare_exchange(ch, exchange, f'queue {name!r}: ')
+                keys = (queue.topics or ('#',)) if exchange.type == 'topic' else ('',)
                 for key in keys:
-                    await ch.queue_bind(name, queue.exchange, routing_key=key)
+                    await ch.queue_bind(name, exchange.name, routing_key=key)
             self._declared.add(name)
+
+    async def _declare_exchange(self, ch: AbstractChannel, exchange: Exchange, where: str) -> None:
+        """Declare the exchange with its declared type, never one guessed from other queues."""
+        try:
+            await ch.exchange_declare(exchange.name, exchange_type=exchange.type, durable=True)
+        except aiormq.ChannelPreconditionFailed as exc:
+            raise DeclarationError(f'{where}exchange {exchange.name!r} exists on RabbitMQ with another type or '
+                                   f'options than a durable {exchange.type} exchange: {exc}') from None
+        self.declared_exchanges.add(exchange.name)
 
     async def _retry_queue(self, name: str, delay: float) -> str:
         ms = max(int(delay * 1000), 1)
@@ -249,10 +257,39 @@ class AMQPBroker(AbstractQueueBroker):
 
     # sending
 
-    async def put(self, queue: Queue[Any], messages: list[bytes]) -> None:
+    async def put(self, queue: Queue[Any], messages: list[bytes], delay: float = 0.0) -> None:
+        await self.put_with(queue, messages, delay, {})
+
+    async def put_with(self, queue: Queue[Any], messages: list[bytes], delay: float,
+                       options: Mapping[str, Any]) -> None:
+        """The 1.x keywords: ``properties`` (AMQP basic properties), ``exchange`` and ``topic``
+        (publish through the exchange, the queue's own one by default, with the topic or the queue
+        name as routing key). A delay goes through a TTL queue dead-lettering into the queue."""
         await self.declare_queue(queue)
+        exchange: str | None = options.get('exchange')
+        topic: str | None = options.get('topic')
+        if topic is not None and exchange is None:
+            exchange = queue.exchange
+            if exchange is None:
+                raise UsageError(f'queue {queue.name!r}: topic {topic!r} needs an exchange; the queue has none')
+        if exchange is not None and delay > 0:
+            raise UsageError(f'queue {queue.name!r}: a delayed send goes to the queue, not through exchange '
+                            f'{exchange!r}')
+        target, key = ('', await self._retry_queue(queue.name, delay)) if delay > 0 else ('', queue.name)
+        if exchange is not None:
+            target, key = exchange, topic or queue.name
         # one Properties each: aiormq writes a fresh message_id into the object it is given
-        outgoing = [Outgoing('', queue.name, data, _properties(), mandatory=True) for data in messages]
+        outgoing = [Outgoing(target, key, data, _user_properties(queue, options.get('properties')), mandatory=True)
+                    for data in messages]
+        if target:
+            try:
+                await self._publisher.publish(outgoing, f'exchange {target!r}')
+            except aiormq.PublishError:
+                raise QueueNotFound(f'queue {queue.name!r}: exchange {target!r} routed the message to no queue '
+                                  f'(routing key {key!r})') from None
+            except aiormq.ChannelNotFoundEntity:
+                raise QueueNotFound(f'queue {queue.name!r}: no exchange {target!r} on RabbitMQ') from None
+            return
         try:
             await self._publisher.publish(outgoing, f'queue {queue.name!r}')
         except aiormq.PublishError:
@@ -262,11 +299,25 @@ class AMQPBroker(AbstractQueueBroker):
             await self.declare_queue(queue)
             await self._publisher.publish(outgoing, f'queue {queue.name!r}')
 
-    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[Queue[Any]]) -> None:
-        for queue in targets:
-            await self.declare_queue(queue)  # the exchange and its bindings exist before the message
-        await self._publisher.publish([Outgoing(exchange, routing_key, data, _properties())],
-                                      f'exchange {exchange!r}')
+    async def publish(self, exchange: str, payload: Any, routing_key: str = '') -> int:
+        """RabbitMQ routes by its own bindings. The payload is validated against the queues of the
+        exchange this process declares; an exchange declared here is declared on RabbitMQ first.
+        Returns 1 once RabbitMQ has routed the message to at least one queue (it does not say how
+        many); no bound queue or no exchange at all is a LookupError."""
+        local = [q.name for q in Queue.get_all().values() if q.routes(exchange, routing_key)]
+        data = self.encode_for(local, payload)
+        declared = Exchange.get_all().get(exchange)
+        if declared is not None and declared.name not in self.declared_exchanges:
+            async with self._control_lock:
+                await self._declare_exchange(await self._ctl(), declared, '')
+        try:
+            await self._publisher.publish([Outgoing(exchange, routing_key, data, _properties(), mandatory=True)],
+                                          f'exchange {exchange!r}')
+        except aiormq.PublishError:
+            raise QueueNotFound(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}') from None
+        except aiormq.ChannelNotFoundEntity:
+            raise QueueNotFound(f'No exchange {exchange!r} on RabbitMQ') from None
+        return 1
 
     # consuming
 
@@ -320,8 +371,13 @@ class AMQPBroker(AbstractQueueBroker):
         meta = AMQPMeta(queue.name, channel, tag, bool(getattr(deliver, 'redelivered', False)),
                         message.exchange or '', message.routing_key or '', properties, token)
         delivery = Delivery(data=message.body, attempt=attempt, token=token, context={'amqp': meta})
-        token.drop = partial(self.dead_letter, queue, delivery)
+        token.drop = partial(self._drop, queue, delivery)
         return delivery
+
+    async def _drop(self, queue: Queue[Any], delivery: Delivery, reason: str) -> None:
+        """Dead-letter on the handler's ``reject``/``nack``; if that fails, the message goes back now."""
+        async with self._or_give_back(delivery.token):
+            await self.dead_letter(queue, delivery, reason)
 
     async def ack(self, queue: Queue[Any], delivery: Delivery) -> None:
         if not await _settle(delivery.token, 'ack'):
@@ -334,10 +390,10 @@ class AMQPBroker(AbstractQueueBroker):
             return  # settled by the handler (autoack=False): not ours to retry
         headers = {**_fresh_headers(token.properties), ATTEMPT_HEADER: delivery.attempt + 1,
                    REASON_HEADER: reason[:MAX_REASON]}
-        async with self._or_give_back(token):
-            retry = await self._retry_queue(queue.name, delay)
-            await self._publisher.publish([Outgoing('', retry, delivery.data, _properties(headers))],
-                                          f'queue {retry!r}')
+        # a failure leaves the message unacked: the engine tries again, then releases it
+        retry = await self._retry_queue(queue.name, delay)
+        await self._publisher.publish([Outgoing('', retry, delivery.data, _properties(headers))],
+                                      f'queue {retry!r}')
         await self.ack(queue, delivery)
 
     async def dead_letter(self, queue: Queue[Any], delivery: Delivery, reason: str) -> None:
@@ -347,10 +403,9 @@ class AMQPBroker(AbstractQueueBroker):
         headers = {**_fresh_headers(token.properties), ATTEMPT_HEADER: delivery.attempt,
                    REASON_HEADER: reason[:MAX_REASON], DEAD_AT_HEADER: time.time()}
         dead = queue.name + DEAD_SUFFIX
-        async with self._or_give_back(token):
-            await self.declare_queue(queue)
-            await self._publisher.publish([Outgoing(dead, '', delivery.data, _properties(headers))],
-                                          f'exchange {dead!r}')
+        await self.declare_queue(queue)  # a failure leaves the message unacked: the engine tries again
+        await self._publisher.publish([Outgoing(dead, '', delivery.data, _properties(headers))],
+                                      f'exchange {dead!r}')
         await self.ack(queue, delivery)
 
     @asynccontextmanager
@@ -448,10 +503,21 @@ class AMQPBroker(AbstractQueueBroker):
         await self._link.close()
 
 
-def _exchange_type(exchange: str) -> str:
-    """Fanout, or topic when any queue of the exchange declares topics (the others then bind ``#``)."""
-    queues = [q for q in Queue.get_all().values() if q.exchange == exchange]
-    return 'topic' if any(q.topics for q in queues) else 'fanout'
+_PROPERTY_NAMES = frozenset(('content_type', 'content_encoding', 'headers', 'delivery_mode', 'priority',
+                             'correlation_id', 'reply_to', 'expiration', 'message_id', 'timestamp',
+                             'message_type', 'user_id', 'app_id', 'cluster_id'))
+
+
+def _user_properties(queue: Queue[Any], given: Mapping[str, Any] | None) -> spec.Basic.Properties:
+    """Our defaults (JSON, persistent) overridden by the 1.x ``properties`` send keyword; aioamqp's
+    ``type`` is pamqp's ``message_type``. An unknown property is a TypeError, not a dropped one."""
+    if not given:
+        return _properties()
+    values = {('message_type' if key == 'type' else key): value for key, value in given.items()}
+    unknown = sorted(set(values) - _PROPERTY_NAMES)
+    if unknown:
+        raise UsageError(f'queue {queue.name!r}: unknown AMQP properties {", ".join(map(repr, unknown))}')
+    return spec.Basic.Properties(**{'content_type': CONTENT_TYPE, 'delivery_mode': PERSISTENT, **values})
 
 
 def _dead_letter(name: str, message: DeliveredMessage) -> DeadLetter:
@@ -471,6 +537,9 @@ class AMQPSignalBus(AbstractSignalBus):
     """Signals over the topic exchange named by the prefix, read through one exclusive queue per bus."""
 
     max_remembered_requests = 10_000
+    #: messages RabbitMQ hands the bus unacknowledged: aiormq runs a task per delivery, and the bus
+    #: acknowledges one only once the backlog has room for it, so this bounds those tasks
+    prefetch = 256
 
     def __init__(self, dsn: str, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
                  reconnect_timeout: float = 60.0, **options: Any) -> None:
@@ -493,7 +562,7 @@ class AMQPSignalBus(AbstractSignalBus):
     async def publish(self, channel: str, data: bytes) -> None:
         name, sender, request_id = self._parse_channel(channel)
         if name is None:
-            raise ValueError(f'channel {channel!r} is not under the prefix {self.prefix!r} of this bus')
+            raise InvalidArgument(f'channel {channel!r} is not under the prefix {self.prefix!r} of this bus')
         if name == RESPONSE_SIGNAL:
             reply_to = self._reply_to.pop(request_id, None)
             if reply_to is None:
@@ -514,7 +583,7 @@ class AMQPSignalBus(AbstractSignalBus):
     def _binding_key(self, pattern: str) -> str | None:
         name, sender, _ = self._parse_channel(pattern)
         if name is None:
-            raise ValueError(f'pattern {pattern!r} is not under the prefix {self.prefix!r} of this bus')
+            raise InvalidArgument(f'pattern {pattern!r} is not under the prefix {self.prefix!r} of this bus')
         if name == RESPONSE_SIGNAL:
             return None  # answers come straight to this bus's queue
         return f'{name}.{"#" if sender == "*" else sender}'
@@ -529,8 +598,8 @@ class AMQPSignalBus(AbstractSignalBus):
             async with asyncio.timeout(self.reconnect_timeout):
                 await self._ready.wait()
         except TimeoutError:
-            raise ConnectionError(f'{self._link.name}: could not subscribe on RabbitMQ at '
-                                  f'{self._link.safe_dsn} in {self.reconnect_timeout}s') from None
+            raise ConnectionFailed(f'{self._link.name}: could not subscribe on RabbitMQ at '
+                                   f'{self._link.safe_dsn} in {self.reconnect_timeout}s') from None
         channel = self._channel
         if key is not None and channel is not None:
             try:
@@ -550,7 +619,8 @@ class AMQPSignalBus(AbstractSignalBus):
                 await channel.queue_declare(self.queue_name, exclusive=True, auto_delete=True)
                 for key in list(self._keys):
                     await channel.queue_bind(self.queue_name, self.prefix, routing_key=key)
-                await channel.basic_consume(self.queue_name, self._on_message, no_ack=True)
+                await channel.basic_qos(prefetch_count=self.prefetch)
+                await channel.basic_consume(self.queue_name, self._on_message)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -559,7 +629,8 @@ class AMQPSignalBus(AbstractSignalBus):
                 self.log.warning('%s: subscribing failed (%s); retry %d in %.1fs',
                                  self._link.name, self._link.scrub(exc), failures, delay)
                 if channel is not None and not channel.is_closed:
-                    await channel.close()
+                    with suppress(Exception):  # the loop must go on whatever closing says
+                        await channel.close()
                 await asyncio.sleep(delay)
                 continue
             if subscribed:
@@ -576,20 +647,51 @@ class AMQPSignalBus(AbstractSignalBus):
             self._channel = None
 
     async def _on_message(self, message: DeliveredMessage) -> None:
+        """Hand a delivery to the engine; acknowledge it once the backlog has room (backpressure)."""
+        try:
+            channel = self._channel_of(message)
+            if channel is not None:
+                await self.deliver(channel, message.body)
+        except Exception as exc:  # the engine never raises; this guards the mapping above
+            self.log.warning('%s: dropped a message routed %s: %s: %s', self._link.name,
+                             shown(message.routing_key or ''), type(exc).__name__, exc)
+        finally:
+            with suppress(Exception):  # a closed channel: RabbitMQ forgets it with the exclusive queue
+                await message.channel.basic_ack(message.delivery_tag or 0)
+
+    def _channel_of(self, message: DeliveredMessage) -> str | None:
+        """The 1.x channel of a delivery. The routing key is the truth: a ``message_type`` label
+        naming another signal drops the message (with a warning), it never reroutes it."""
         props = message.header.properties
-        key = message.routing_key or ''
-        name = props.message_type or key.partition('.')[0]
+        key, label = message.routing_key or '', props.message_type
         request_id = props.correlation_id or ''
-        if name == RESPONSE_SIGNAL:
-            channel = f'{self.prefix}:{RESPONSE_SIGNAL}:{props.app_id or ""}#{request_id}'
-        else:
-            sender = key[len(name) + 1:] if key.startswith(name + '.') else key.partition('.')[2]
-            channel = f'{self.prefix}:{name}:{sender}'
-            if request_id:
-                channel += f'#{request_id}'
-                if props.reply_to:
-                    self._remember(request_id, props.reply_to)
-        self.dispatch(channel, message.body)
+        if not message.exchange:  # the default exchange: an answer sent straight to this bus's queue
+            if label != RESPONSE_SIGNAL or '#' in request_id:
+                return self._dropped(key, label, 'not an RPC answer')
+            return f'{self.prefix}:{RESPONSE_SIGNAL}:#{request_id}'
+        name = label or self._name_in(key)
+        if not key.startswith(name + '.'):
+            return self._dropped(key, label, f'its routing key is not of signal {name!r}')
+        sender = key[len(name) + 1:]
+        if name == RESPONSE_SIGNAL or '#' in sender or '#' in request_id:
+            return self._dropped(key, label, 'not a signal of this bus')
+        channel = f'{self.prefix}:{name}:{sender}'
+        if request_id:
+            channel += f'#{request_id}'
+            if props.reply_to:
+                self._remember(request_id, props.reply_to)
+        return channel
+
+    def _name_in(self, key: str) -> str:
+        """The signal of an unlabelled routing key ``{name}.{sender}``: the longest received name
+        it starts with (names may hold dots), else its first word."""
+        names = [name for name in self.receivers if key.startswith(name + '.')]
+        return max(names, key=len) if names else key.partition('.')[0]
+
+    def _dropped(self, key: str, label: str | None, why: str) -> str | None:
+        self.log.warning('%s: dropped a message routed %s labelled %s: %s', self._link.name, shown(key),
+                         shown(label or ''), why)
+        return None
 
     def _remember(self, request_id: str, reply_to: str) -> None:
         if len(self._reply_to) >= self.max_remembered_requests:

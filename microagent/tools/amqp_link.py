@@ -21,6 +21,8 @@ from pamqp import commands as spec
 
 from ..broker import backoff
 from ..dsn import hide_password
+from ..dsn import scrub as scrub_secrets
+from ..errors import ConnectionFailed, InvalidArgument
 
 # Errors that mean "the connection (or the channel with it) went away": worth reconnecting for.
 LINK_ERRORS: tuple[type[BaseException], ...] = (
@@ -31,7 +33,7 @@ LINK_ERRORS: tuple[type[BaseException], ...] = (
 def check_dsn(dsn: str) -> None:
     scheme = urlsplit(dsn).scheme
     if scheme not in ('amqp', 'amqps'):
-        raise ValueError(f'An AMQP DSN starts with amqp:// or amqps://, got {hide_password(dsn)!r}')
+        raise InvalidArgument(f'An AMQP DSN starts with amqp:// or amqps://, got {hide_password(dsn)!r}')
 
 
 class Link:
@@ -47,7 +49,6 @@ class Link:
         self.log = log
         self.name = name
         self.generation = 0  # bumped on every new connection: declarations are redone per connection
-        self._password = urlsplit(dsn).password
         self._conn: AbstractConnection | None = None
         self._lock = asyncio.Lock()
         self._failures = 0
@@ -62,9 +63,9 @@ class Link:
         return conn if conn is not None and not conn.is_closed else None
 
     def scrub(self, error: BaseException | str) -> str:
-        """An error as text, without the DSN's password."""
+        """An error as text, without the DSN's secrets (userinfo and query parameters)."""
         text = f'{type(error).__name__}: {error}' if isinstance(error, BaseException) else error
-        return text.replace(self._password, '***') if self._password else text
+        return scrub_secrets(text, self.dsn)
 
     async def connect(self, patience: float | None = None) -> AbstractConnection:
         """The open connection; reconnects with backoff for up to ``patience`` s (None: forever),
@@ -76,8 +77,8 @@ class Link:
             async with asyncio.timeout(patience):
                 return await self._connect()
         except TimeoutError:
-            raise ConnectionError(f'{self.name}: RabbitMQ at {self.safe_dsn} is unreachable '
-                                  f'({self._error or "timed out"})') from None
+            raise ConnectionFailed(f'{self.name}: RabbitMQ at {self.safe_dsn} is unreachable '
+                                   f'({self._error or "timed out"})') from None
 
     async def channel(self, patience: float | None = None, publisher_confirms: bool = False) -> AbstractChannel:
         """A new channel on the open connection (reconnecting first when needed)."""
@@ -98,7 +99,7 @@ class Link:
                 if conn is not None:
                     return conn
                 if self._closed:
-                    raise ConnectionError(f'{self.name} is closed')
+                    raise ConnectionFailed(f'{self.name} is closed')
                 wait = self._retry_at - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
@@ -205,8 +206,8 @@ class Publisher:
                 elif isinstance(result, spec.Basic.Nack | spec.Basic.Reject):
                     failed.append(out)  # the server could not take it: send again
             if failed and loop.time() >= deadline:
-                raise ConnectionError(f'{self.link.name}: {len(failed)} message(s) to {what} were not confirmed '
-                                      f'by RabbitMQ at {self.link.safe_dsn} in {self.reconnect_timeout}s')
+                raise ConnectionFailed(f'{self.link.name}: {len(failed)} message(s) to {what} were not confirmed '
+                                       f'by RabbitMQ at {self.link.safe_dsn} in {self.reconnect_timeout}s')
             if failed:
                 self.link.log.warning('%s: %d message(s) to %s were not confirmed; sending again',
                                       self.link.name, len(failed), what)

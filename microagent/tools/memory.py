@@ -1,7 +1,9 @@
 """The embedded in-memory backend: one process, no server, the same semantics as the others.
 
-Buses and brokers created with the same DSN (``memory://`` by default) in one process share one
-hub, so a whole group of agents can talk in a single event loop.
+Each bus and broker is isolated, so two tests (or two users of one process) never see each other's
+queues and signals. Instances meet only on a hub given explicitly: the same ``hub=MemoryHub()``
+object, or a DSN naming a hub (``memory://demo``), the form configuration files can write, so a
+group of agents run by ``marun --single-process`` can talk in a single event loop.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any
 
 from ..broker import AbstractQueueBroker, DeadLetter, Delivery
 from ..bus import AbstractSignalBus
+from ..dsn import hide_password
 from ..queue import Queue
 
 
@@ -36,6 +39,7 @@ class _BrokerHub:
         self.queues: dict[str, deque[_Message]] = {}
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.dead: dict[str, list[DeadLetter]] = {}
+        self.bindings: dict[str, dict[str, tuple[str, ...]]] = {}  # exchange -> queue -> topics
 
     def push(self, name: str, messages: list[_Message], front: bool = False) -> None:
         queue = self.queues.setdefault(name, deque())
@@ -48,17 +52,48 @@ class _BrokerHub:
                 waiter.set_result(None)
 
 
-_bus_hubs: dict[str, _BusHub] = {}
-_broker_hubs: dict[str, _BrokerHub] = {}
+class MemoryHub:
+    """Where memory buses and brokers meet: the subscriptions of the buses, the queues and dead
+    letters of the brokers built on it. What happens on one hub is invisible on every other."""
+
+    def __init__(self, name: str = '') -> None:
+        self.name = name
+        self.bus = _BusHub()
+        self.broker = _BrokerHub()
+
+    def __repr__(self) -> str:
+        return f'<MemoryHub {hide_password(SCHEME + self.name)}>' if self.name else f'<MemoryHub at {id(self):#x}>'
+
+    @classmethod
+    def named(cls, name: str) -> MemoryHub:
+        """The process-wide hub of that name, created on first use: what ``memory://name`` means."""
+        hub = _named_hubs.get(name)
+        if hub is None:
+            hub = _named_hubs[name] = cls(name)
+        return hub
+
+    @classmethod
+    def of(cls, dsn: str, hub: MemoryHub | None) -> MemoryHub:
+        """The hub of a new bus or broker: ``hub`` if given, else the one its DSN names, else a
+        private one (a bare ``memory://`` names none)."""
+        if hub is not None:
+            return hub
+        name = dsn.removeprefix(SCHEME)
+        return cls.named(name) if name else cls()
+
+
+SCHEME = 'memory://'
+_named_hubs: dict[str, MemoryHub] = {}
 
 
 class MemorySignalBus(AbstractSignalBus):
     """In-process pub/sub; delivery is asynchronous, like a network bus."""
 
-    def __init__(self, dsn: str = 'memory://', prefix: str = 'PUBSUB', log: logging.Logger | None = None,
-                 **options: Any) -> None:
+    def __init__(self, dsn: str = SCHEME, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
+                 hub: MemoryHub | None = None, **options: Any) -> None:
         super().__init__(dsn, prefix, log, **options)
-        self._hub = _bus_hubs.setdefault(dsn, _BusHub())
+        self.hub = MemoryHub.of(dsn, hub)
+        self._hub = self.hub.bus
         self._closed = False
 
     async def publish(self, channel: str, data: bytes) -> None:
@@ -79,13 +114,36 @@ class MemoryBroker(AbstractQueueBroker):
 
     fetch_cancel_safe = True
 
-    def __init__(self, dsn: str = 'memory://', log: logging.Logger | None = None, **options: Any) -> None:
+    def __init__(self, dsn: str = SCHEME, log: logging.Logger | None = None, *, hub: MemoryHub | None = None,
+                 **options: Any) -> None:
         super().__init__(dsn, log, **options)
-        self._hub = _broker_hubs.setdefault(dsn, _BrokerHub())
+        self.hub = MemoryHub.of(dsn, hub)
+        self._hub = self.hub.broker
         self._retries: dict[asyncio.TimerHandle, tuple[str, _Message]] = {}
+        self._delayed: dict[asyncio.TimerHandle, tuple[str, list[_Message]]] = {}  # sends with a delay
 
-    async def put(self, queue: Queue[Any], messages: list[bytes]) -> None:
-        self._hub.push(queue.name, [_Message(data) for data in messages])
+    async def put(self, queue: Queue[Any], messages: list[bytes], delay: float = 0.0) -> None:
+        fresh = [_Message(data) for data in messages]
+        if delay <= 0:
+            self._hub.push(queue.name, fresh)
+            return
+
+        def due() -> None:
+            del self._delayed[handle]
+            self._hub.push(queue.name, fresh)
+        handle = asyncio.get_running_loop().call_later(delay, due)
+        self._delayed[handle] = (queue.name, fresh)
+
+    async def declare_queue(self, queue: Queue[Any]) -> None:
+        if queue.exchange:
+            self._hub.bindings.setdefault(queue.exchange, {})[queue.name] = queue.topics
+
+    async def bindings(self, exchange: str) -> dict[str, tuple[str, ...]]:
+        return dict(self._hub.bindings.get(exchange, {}))
+
+    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[str]) -> None:
+        for name in targets:
+            self._hub.push(name, [_Message(data)])
 
     async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery]:
         messages = self._hub.queues.setdefault(queue.name, deque())
@@ -138,3 +196,7 @@ class MemoryBroker(AbstractQueueBroker):
             handle.cancel()
             self._hub.push(name, [message])
         self._retries.clear()
+        for handle, (name, messages) in self._delayed.items():  # delayed sends too: early, not lost
+            handle.cancel()
+            self._hub.push(name, messages)
+        self._delayed.clear()

@@ -12,6 +12,7 @@ from unittest.mock import AsyncMock
 
 from ..broker import AbstractQueueBroker
 from ..bus import AbstractSignalBus
+from ..queue import Queue
 
 
 class BoundSignalMock:
@@ -73,7 +74,13 @@ class BrokerMock(AbstractQueueBroker):
     def __getitem__(self, queue: Any) -> Any:
         return self.__getattr__(queue.name)
 
-    async def put(self, queue: Any, messages: list[bytes]) -> None: ...
+    async def put(self, queue: Any, messages: list[bytes], delay: float = 0.0) -> None: ...
+
+    async def bindings(self, exchange: str) -> dict[str, tuple[str, ...]]:
+        """A mock has no server: every queue declared for the exchange counts as bound."""
+        return {q.name: q.topics for q in Queue.get_all().values() if q.exchange == exchange}
+
+    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[str]) -> None: ...
 
     async def fetch(self, queue: Any, count: int, timeout: float) -> list[Any]:
         return []

@@ -31,6 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..broker import DEFAULT_MAX_MESSAGE_SIZE, AbstractQueueBroker, DeadLetter, Delivery, backoff
 from ..bus import AbstractSignalBus
+from ..errors import BackendClosed, InvalidArgument
 from ..queue import Queue
 from . import redis_scripts as lua
 from .redis_scripts import QueueKeys
@@ -83,7 +84,7 @@ class RedisSignalBus(AbstractSignalBus):
 
     async def subscribe(self, pattern: str) -> None:
         if self._closed:
-            raise RuntimeError(f'{self!r} is closed')
+            raise BackendClosed(f'{self!r} is closed')
         self._patterns.append(pattern)
         confirmed = asyncio.get_running_loop().create_future()
         self._confirm.setdefault(pattern.encode(), []).append(confirmed)
@@ -114,7 +115,7 @@ class RedisSignalBus(AbstractSignalBus):
                     if not isinstance(reply, list):
                         continue
                     if reply[0] == b'pmessage':
-                        self.dispatch(reply[2].decode(), reply[3])
+                        await self.deliver(reply[2], reply[3])  # never raises; waits while the backlog is full
                     elif reply[0] == b'psubscribe':
                         for future in self._confirm.pop(reply[1], ()):
                             if not future.done():
@@ -127,9 +128,14 @@ class RedisSignalBus(AbstractSignalBus):
                 self.log.warning('%r: subscriber lost Redis (%s: %s); reconnect %d in %.1fs',
                                  self, type(exc).__name__, exc, failures, delay)
                 await asyncio.sleep(delay)
+            except Exception:  # a bug or a reply we cannot parse: the bus must keep receiving
+                failures += 1
+                delay = backoff(failures, 0.1, self.reconnect_cap)
+                self.log.exception('%r: subscriber failed; subscribing again (%d) in %.1fs', self, failures, delay)
+                await asyncio.sleep(delay)
             finally:
                 self._pubsub = None
-                with contextlib.suppress(*_NETWORK_ERRORS):
+                with contextlib.suppress(Exception):  # the loop must go on whatever closing says
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
@@ -175,6 +181,7 @@ class RedisBroker(AbstractQueueBroker):
     """
 
     fetch_cancel_safe = True
+    unsettled_fate = "it stays in this consumer's in-flight list until the next heartbeat returns it to the queue"
     #: how long a read may take beyond its blocking time before the connection is deemed dead
     read_margin: float = 5.0
     #: acks are sent together, at most this many seconds after the first of them
@@ -185,13 +192,13 @@ class RedisBroker(AbstractQueueBroker):
                  **redis_options: Any) -> None:
         super().__init__(dsn, log, max_message_size=max_message_size)
         if heartbeat <= 0:
-            raise ValueError(f'heartbeat must be positive, got {heartbeat!r}')
+            raise InvalidArgument(f'heartbeat must be positive, got {heartbeat!r}')
         self.heartbeat = heartbeat
         self.redis = _client(dsn, redis_options)
         self._blocking = _client(dsn, redis_options, reader=True)
         self._scripts = {name: self.redis.register_script(getattr(lua, name))
                          for name in ('FETCH', 'ACK', 'RETRY', 'DEAD_LETTER', 'RELEASE', 'RECLAIM',
-                                      'REQUEUE', 'MOVE_DUE')}
+                                      'REQUEUE', 'MOVE_DUE', 'DELAY')}
         self._fetch_script = self._blocking.register_script(lua.FETCH)
         self._owned: dict[str, _Owned] = {}
         self._acks: dict[str, list[bytes]] = {}
@@ -204,13 +211,29 @@ class RedisBroker(AbstractQueueBroker):
 
     # producing
 
-    async def put(self, queue: Queue[Any], messages: list[bytes]) -> None:
-        await self.redis.rpush(queue.name, *messages)
+    async def put(self, queue: Queue[Any], messages: list[bytes], delay: float = 0.0) -> None:
+        if delay <= 0:
+            await self.redis.rpush(queue.name, *messages)
+            return
+        # fresh messages: beside the retries in Q:delayed, but with no attempt count written for them
+        keys = QueueKeys.of(queue.name, self.uid)
+        members = [uuid.uuid4().hex.encode() + data for data in messages]
+        await self._script('DELAY')(keys=[keys.delayed], args=[delay, *members])
+        self._wake_when_due(keys, delay)
 
-    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[Queue[Any]]) -> None:
+    async def declare_queue(self, queue: Queue[Any]) -> None:
+        if queue.exchange:  # the binding lives on the server, for every process that publishes
+            await self.redis.hset(lua.exchange_key(queue.exchange), queue.name, msgspec.json.encode(queue.topics))
+
+    async def bindings(self, exchange: str) -> dict[str, tuple[str, ...]]:
+        bound = await self.redis.hgetall(lua.exchange_key(exchange))
+        return {name if isinstance(name, str) else name.decode(): tuple(msgspec.json.decode(topics, type=list[str]))
+                for name, topics in bound.items()}
+
+    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[str]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:  # every bound queue, or none
-            for queue in targets:
-                pipe.rpush(queue.name, data)
+            for name in targets:
+                pipe.rpush(name, data)
             await pipe.execute()
 
     async def queue_length(self, name: str) -> int:

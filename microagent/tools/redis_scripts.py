@@ -7,10 +7,13 @@ For a queue ``Q`` (the plain Redis list a 1.x agent RPUSHes to and BLPOPs from):
 ``Q:inflight:{consumer}``   list    messages a consumer has taken and not settled yet
 ``Q:consumer:{consumer}``   string  the consumer's heartbeat; expires when the process dies
 ``Q:consumers``             set     consumer ids that may own an in-flight list
-``Q:delayed``               zset    retries, scored by due time; member = 32-char id + body
+``Q:delayed``               zset    retries and delayed sends, by due time; member = 32-char id + body
 ``Q:attempts``              hash    sha1(body) -> attempt number of a retried message
 ``Q:dead``                  list    dead letters: a JSON header line, ``\\n``, the original body
 ==========================  ======  ==========================================================
+
+Exchange bindings live in ``microagent:exchange:{name}`` (a hash: bound queue -> JSON list of its
+topics, empty for every key), written when a queue is declared or consumed and read by ``publish``.
 
 The attempt count lives beside the message, never in it, so what sits in ``Q`` stays the 1.x body.
 Scripts use the server clock (``TIME``) for due times so consumers on skewed hosts agree.
@@ -39,6 +42,10 @@ class QueueKeys:
         return cls(queue=queue, inflight=inflight_key(queue, consumer), heartbeat=heartbeat_key(queue, consumer),
                    consumers=f'{queue}:consumers', delayed=f'{queue}:delayed', attempts=f'{queue}:attempts',
                    dead=f'{queue}:dead')
+
+
+def exchange_key(exchange: str) -> str:
+    return f'microagent:exchange:{exchange}'
 
 
 def inflight_key(queue: str, consumer: str) -> str:
@@ -157,6 +164,14 @@ if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 redis.call('ZADD', KEYS[2], now() + tonumber(ARGV[2]), ARGV[3] .. ARGV[1])
 redis.call('HSET', KEYS[3], redis.sha1hex(ARGV[1]), ARGV[4])
 return 1
+"""
+
+# Send fresh messages with a delay: due at the server's clock + ARGV[1] s. KEYS: delayed.
+# ARGV: delay seconds, then one member (a unique 32-char id + the body) per message.
+DELAY = _NOW + """
+local due = now() + tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], due, ARGV[i]) end
+return #ARGV - 1
 """
 
 # Dead-letter an owned message. KEYS: inflight, dead, attempts. ARGV: body, JSON header.

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import msgspec
+import pydantic
 import pytest
 
 from microagent import InvalidPayload, MicroAgent, Signal, SignalNotFound, receiver
@@ -254,3 +255,81 @@ async def test_legacy_rpc_receiver_returning_nothing_answers_null(backend: Backe
     async with Notifier(bus=backend.bus()):
         answer = await getattr(backend.bus(), signal.name).call('caller', user_id=1, timeout=5)
     assert answer == {'Notifier.notify': None}
+
+
+class Total(pydantic.BaseModel):
+    user_id: int
+    total: int
+
+
+async def test_rpc_with_a_pydantic_answer_model(backend: Backend, unique: str) -> None:
+    signal = Signal(f'total_{unique}', Query, returns=Total)
+
+    class Accountant(MicroAgent):
+        @receiver(signal)
+        async def total(self, query: Query) -> Total:
+            return Total(user_id=query.user_id, total=query.user_id * 3)
+
+    async with Accountant(bus=backend.bus()):
+        bound = backend.bus()[signal]
+        answer = await bound.call('caller', Query(user_id=2), timeout=5)
+        async with bound.waiter('caller', Query(user_id=5), timeout=5) as replies:
+            waited = [await anext(replies)]
+    assert answer == {'Accountant.total': Total(user_id=2, total=6)}
+    assert waited == [{'Accountant.total': Total(user_id=5, total=15)}]
+
+
+async def test_a_receiver_runs_at_most_concurrency_calls_and_handles_every_signal(
+        backend: Backend, unique: str) -> None:
+    signal = Signal(f'busy_{unique}', Query)
+    got = Collector()
+    running: list[int] = []
+    most = 0
+
+    class Slow(MicroAgent):
+        @receiver(signal, concurrency=2)
+        async def work(self, query: Query) -> None:
+            nonlocal most
+            running.append(query.user_id)
+            most = max(most, len(running))
+            await asyncio.sleep(0.005)  # slow work: the others arrive meanwhile
+            running.remove(query.user_id)
+            got.add(query.user_id)
+
+    bus = backend.bus()
+    bus.max_backlog = 4  # the reading loop waits for the receiver too
+    async with Slow(bus=bus):
+        bound = backend.bus()[signal]
+        for n in range(40):
+            await bound.send('x', Query(user_id=n))
+        items = await got.wait(40, timeout=15)
+    assert sorted(items) == list(range(40))
+    assert most == 2
+
+
+async def test_receivers_that_send_and_call_while_bounded_do_not_deadlock(backend: Backend, unique: str) -> None:
+    """A receiver with one slot calls another receiver of the same bus, and sends to itself."""
+    ask = Signal(f'ask_{unique}', Query)
+    lookup = Signal(f'lookup_{unique}', Query, returns=int)
+    got = Collector()
+
+    class Chain(MicroAgent):
+        @receiver(ask, concurrency=1)
+        async def on_ask(self, query: Query) -> None:
+            answer = await self.bus[lookup].call('chain', query, timeout=5)
+            got.add(answer['Chain.on_lookup'])
+            if query.user_id < 20:
+                await self.bus[ask].send('chain', Query(user_id=query.user_id + 10))
+
+        @receiver(lookup, concurrency=1)
+        async def on_lookup(self, query: Query) -> int:
+            return query.user_id * 2
+
+    bus = backend.bus()
+    bus.max_backlog = 1  # the reading loop is held as soon as anything waits
+    async with Chain(bus=bus):
+        bound = backend.bus()[ask]
+        for n in range(5):
+            await bound.send('x', Query(user_id=n))
+        items = await got.wait(15, timeout=20)
+    assert sorted(items) == sorted(2 * (n + step) for n in range(5) for step in (0, 10, 20))

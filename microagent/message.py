@@ -1,0 +1,352 @@
+"""The envelope: a message's body plus its headers, and the ``Message`` a handler may ask for.
+
+Every message is an envelope: the body is exactly the 1.x JSON body; the headers say which message
+this is, which conversation and trace it belongs to, which attempt this is and where an RPC answer
+goes, beside the user's own headers. This module names the headers once, builds those of an outgoing
+message (inheriting correlation and trace from the message being handled, which the engine keeps in
+a context variable), reads them back into a ``Message``, and frames an envelope for Redis, which has
+no native headers. The transports that carry envelopes are in ``transport``.
+
+Headers on the wire, every value a string, standard names in lower case:
+
+==================  ==========================================================================
+``message-id``      unique across processes and hosts; kept across retries and requeues
+``correlation-id``  the conversation: inherited from the message being handled, else the message id
+``sent-at``         unix time of sending, in seconds (``repr`` of a float)
+``attempt``         ``1`` when sent; transports count deliveries themselves (``Delivery.attempt``)
+``traceparent``     W3C Trace Context: a child span of the handled message's trace, else a new root
+``tracestate``      W3C Trace Context vendor state, passed on unchanged
+``reply-to``        RPC request: the transport address its answers go to
+``request-id``      RPC: pairs a request with its answers
+==================  ==========================================================================
+
+User headers travel under their own names beside these. A user header may not take a standard name,
+nor a name a transport keeps for itself (``x-attempt``, RabbitMQ's ``x-death`` family, NATS's
+``Nats-*``), in any letter case: ``new_headers`` raises ``InvalidHeader`` naming it. On receipt the
+same rule sorts headers back: standard ones fill the ``Message`` fields, transport ones are dropped,
+the rest are ``Message.headers``.
+
+The Redis frame: ``b'\\x1eMA1'``, the headers as one JSON object (msgspec escapes every line break
+inside strings), ``b'\\n'``, then the body. JSON text starts with whitespace or a value, never with
+0x1E (ASCII record separator), so a receiver tells a frame from a bare 1.x body by its first byte.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import random
+import re
+import time
+from collections.abc import Mapping
+from contextvars import ContextVar, Token
+from types import MappingProxyType
+from typing import NamedTuple
+
+import msgspec
+
+from .errors import InvalidPayload, MicroAgentError
+
+__all__ = [
+    'ATTEMPT', 'CORRELATION_ID', 'FRAME_MAGIC', 'MESSAGE_ID', 'REPLY_TO', 'REQUEST_ID', 'SENT_AT',
+    'STANDARD_HEADERS', 'TRACEPARENT', 'TRACESTATE', 'Envelope', 'FrameError', 'InvalidHeader', 'Message',
+    'current_message', 'frame', 'handling', 'is_reserved', 'new_headers', 'new_message_id', 'new_traceparent',
+    'parse_traceparent', 'reset_current_message', 'set_current_message', 'unframe',
+]
+
+MESSAGE_ID = 'message-id'
+CORRELATION_ID = 'correlation-id'
+SENT_AT = 'sent-at'
+ATTEMPT = 'attempt'
+TRACEPARENT = 'traceparent'
+TRACESTATE = 'tracestate'
+REPLY_TO = 'reply-to'
+REQUEST_ID = 'request-id'
+STANDARD_HEADERS = frozenset({MESSAGE_ID, CORRELATION_ID, SENT_AT, ATTEMPT, TRACEPARENT, TRACESTATE,
+                              REPLY_TO, REQUEST_ID})
+#: names transports write beside the envelope's (the AMQP backend's retry bookkeeping, RabbitMQ's delay plugin)
+TRANSPORT_HEADERS = frozenset({'x-attempt', 'x-reason', 'x-dead-at', 'x-delay'})
+#: prefixes of names brokers write themselves: RabbitMQ's dead-lettering, NATS JetStream
+TRANSPORT_PREFIXES = ('x-death', 'x-first-death', 'x-last-death', 'nats-')
+_RESERVED = STANDARD_HEADERS | TRANSPORT_HEADERS
+
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+FRAME_MAGIC = b'\x1eMA1'  # record separator, "MA", frame version 1
+_FRAME_MARK = FRAME_MAGIC[:1]
+
+# printable ASCII without space and ':', at most 255 (an AMQP field name): valid on AMQP, NATS and HTTP
+_HEADER_NAME = re.compile(r'[!-9;-~]{1,255}')
+_TRACEPARENT = re.compile(r'([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?', re.DOTALL)
+_ZERO_TRACE = '0' * 32
+_ZERO_SPAN = '0' * 16
+_SAMPLED = '01'
+
+_headers_encoder = msgspec.json.Encoder()
+_headers_decoder = msgspec.json.Decoder(dict[str, str])
+
+
+class InvalidHeader(MicroAgentError, ValueError):
+    """A user header given on send has a bad name or value, or takes a reserved name."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        super().__init__(f'header {name!r}: {reason}')
+
+
+class FrameError(InvalidPayload):
+    """Bytes that start like a framed envelope (0x1E) but are not a valid one: an unknown frame
+    version, no end of the header line, or headers that are not a JSON object of strings. The only
+    error ``unframe`` raises; as an ``InvalidPayload`` the engine drops or dead-letters the message."""
+
+
+class Envelope(NamedTuple):
+    """A message as transports carry it: the JSON body and its headers (None: a bare 1.x body, or a
+    transport's partial view of one, e.g. only ``request-id`` and ``reply-to`` from a 1.x channel)."""
+
+    body: bytes
+    headers: Mapping[str, str] | None = None
+
+
+def is_reserved(name: str) -> bool:
+    """True for a header name users may not set: a standard one or one a transport owns, in any case."""
+    lower = name.lower()
+    return lower in _RESERVED or lower.startswith(TRANSPORT_PREFIXES)
+
+
+# ids and traces
+
+_id_prefix = ''
+_id_counter = itertools.count()
+
+
+def _seed_ids() -> None:
+    """80 random bits per process (fresh in a forked child) make ids unique across hosts; a counter
+    makes them unique within the process, at a fraction of the cost of ``uuid4``."""
+    global _id_prefix, _id_counter
+    _id_prefix = os.urandom(10).hex()
+    _id_counter = itertools.count()
+
+
+_seed_ids()
+os.register_at_fork(after_in_child=_seed_ids)
+
+
+def new_message_id() -> str:
+    """A new message id: 32 lower-case hex digits (more once a process has made 2**48 of them)."""
+    return f'{_id_prefix}{next(_id_counter):012x}'
+
+
+def parse_traceparent(value: str) -> tuple[str, str, str] | None:
+    """``(trace_id, parent_id, flags)`` of a valid W3C ``traceparent``, else None (W3C says: ignore it).
+    A version above 00 is read by its first four fields, as the recommendation asks."""
+    match = _TRACEPARENT.fullmatch(value)
+    if match is None:
+        return None
+    version, trace_id, span_id, flags, rest = match.groups()
+    if version == 'ff' or (version == '00' and rest is not None):
+        return None
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+        return None
+    return trace_id, span_id, flags
+
+
+def new_traceparent(parent: str | None = None) -> str:
+    """A version-00 ``traceparent`` for a new span: in ``parent``'s trace, with its flags, when
+    ``parent`` is valid; else the root of a new trace, flagged sampled so tracers downstream record it."""
+    parsed = parse_traceparent(parent) if parent else None
+    return _child_span(parsed) if parsed else _root_span()
+
+
+def _child_span(parent: tuple[str, str, str]) -> str:
+    return f'00-{parent[0]}-{random.getrandbits(64) or 1:016x}-{parent[2]}'
+
+
+def _root_span() -> str:
+    return f'00-{random.getrandbits(128) or 1:032x}-{random.getrandbits(64) or 1:016x}-{_SAMPLED}'
+
+
+# the message being handled
+
+class Message(msgspec.Struct, frozen=True, kw_only=True):
+    """What a handler gets when it names a keyword parameter ``message: Message``.
+
+    ``attempt`` counts deliveries from 1; ``redelivered`` is True when this delivery may already have
+    been (partly) handled: it came back unsettled, after a crash, a lost connection or a stop.
+    ``headers`` holds the user headers only, read-only."""
+
+    message_id: str
+    correlation_id: str
+    sent_at: float
+    attempt: int = 1
+    redelivered: bool = False
+    traceparent: str | None = None
+    tracestate: str | None = None
+    reply_to: str | None = None
+    request_id: str | None = None
+    headers: Mapping[str, str] = NO_HEADERS
+
+    @property
+    def trace_id(self) -> str | None:
+        """The W3C trace id (32 hex digits), for logs; None without a valid ``traceparent``."""
+        parsed = parse_traceparent(self.traceparent) if self.traceparent else None
+        return parsed[0] if parsed else None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str] | None, *, attempt: int | None = None,
+                     redelivered: bool = False) -> Message:
+        """The message received with ``headers``; never raises. ``attempt`` is the transport's count
+        (it wins over the header). What the sender did not say (a 1.x body has no headers) or said
+        wrongly is filled in: a fresh message id, the correlation id = the message id, ``sent_at`` =
+        now, attempt 1; an invalid ``traceparent`` is dropped with its ``tracestate``, as W3C asks."""
+        if not headers:
+            message_id = new_message_id()
+            return cls(message_id=message_id, correlation_id=message_id, sent_at=time.time(),
+                       attempt=attempt or 1, redelivered=redelivered)
+        message_id = headers.get(MESSAGE_ID) or new_message_id()
+        traceparent = headers.get(TRACEPARENT)
+        if traceparent is not None and parse_traceparent(traceparent) is None:
+            traceparent = None
+        user = {name: value for name, value in headers.items()
+                if name not in STANDARD_HEADERS and not is_reserved(name)}  # the common case first, cheaply
+        return cls(
+            message_id=message_id,
+            correlation_id=headers.get(CORRELATION_ID) or message_id,
+            sent_at=_sent_at(headers.get(SENT_AT)),
+            attempt=attempt or _attempt(headers.get(ATTEMPT)),
+            redelivered=redelivered,
+            traceparent=traceparent,
+            tracestate=headers.get(TRACESTATE) if traceparent else None,
+            reply_to=headers.get(REPLY_TO),
+            request_id=headers.get(REQUEST_ID),
+            headers=MappingProxyType(user) if user else NO_HEADERS,
+        )
+
+
+def _sent_at(value: str | None) -> float:
+    try:
+        sent_at = float(value) if value is not None else math.nan
+    except ValueError:
+        sent_at = math.nan
+    return sent_at if math.isfinite(sent_at) else time.time()
+
+
+def _attempt(value: str | None) -> int:
+    try:
+        attempt = int(value) if value is not None else 1
+    except ValueError:
+        attempt = 1
+    return max(attempt, 1)
+
+
+_current: ContextVar[Message | None] = ContextVar('microagent_message', default=None)
+
+
+def current_message() -> Message | None:
+    """The message whose handler is running in this context, if any."""
+    return _current.get()
+
+
+def set_current_message(message: Message | None) -> Token[Message | None]:
+    """Make ``message`` the current one (the engine does, around a handler); undo with the token."""
+    return _current.set(message)
+
+
+def reset_current_message(token: Token[Message | None]) -> None:
+    _current.reset(token)
+
+
+class _Handling:
+    __slots__ = ('message', 'token')
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+
+    def __enter__(self) -> Message:
+        self.token = _current.set(self.message)
+        return self.message
+
+    def __exit__(self, *exc_info: object) -> None:
+        _current.reset(self.token)
+
+
+def handling(message: Message) -> _Handling:
+    """``with handling(message): await handler(...)``: messages sent inside inherit its correlation
+    id and trace. Tasks the handler starts copy the context, so they inherit it too."""
+    return _Handling(message)
+
+
+# outgoing headers
+
+def new_headers(user_headers: Mapping[str, str] | None = None, *, reply_to: str | None = None,
+                request_id: str | None = None) -> dict[str, str]:
+    """The headers of a message about to be sent: a new id, now, attempt 1, the correlation id and a
+    child span of the current message's trace (or a new conversation and trace root), the RPC
+    addresses given, then the user headers (checked first: ``InvalidHeader`` on a bad one)."""
+    if user_headers:
+        _check_user_headers(user_headers)
+    message_id = new_message_id()
+    current = _current.get()
+    headers = {MESSAGE_ID: message_id,
+               CORRELATION_ID: current.correlation_id if current else message_id,
+               SENT_AT: repr(time.time()),
+               ATTEMPT: '1'}
+    parent = parse_traceparent(current.traceparent) if current is not None and current.traceparent else None
+    if parent is None:
+        headers[TRACEPARENT] = _root_span()
+    else:
+        headers[TRACEPARENT] = _child_span(parent)
+        if current is not None and current.tracestate:
+            headers[TRACESTATE] = current.tracestate
+    if reply_to is not None:
+        headers[REPLY_TO] = reply_to
+    if request_id is not None:
+        headers[REQUEST_ID] = request_id
+    if user_headers:
+        headers.update(user_headers)
+    return headers
+
+
+def _check_user_headers(headers: Mapping[str, str]) -> None:
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise InvalidHeader(str(name), 'a header name is 1 to 255 printable ASCII characters, '
+                                           'without spaces or ":"')
+        if name.lower() in STANDARD_HEADERS:
+            raise InvalidHeader(name, 'is a standard header that microagent sets itself; '
+                                      'a user header may not override it')
+        if is_reserved(name):
+            raise InvalidHeader(name, 'is reserved for transports (x-attempt, x-reason, x-dead-at, x-delay, '
+                                      'x-death..., Nats-...)')
+        if not isinstance(value, str):
+            raise InvalidHeader(name, f'a header value is a str, not {type(value).__name__}')
+        if '\r' in value or '\n' in value:
+            raise InvalidHeader(name, 'a header value may not contain a line break')
+
+
+# the Redis frame
+
+def frame(body: bytes, headers: Mapping[str, str] | None) -> bytes:
+    """The bytes Redis carries for an envelope: the frame, or the bare body when there are no headers."""
+    if headers is None:
+        return body
+    if type(headers) is not dict:
+        headers = dict(headers)
+    return b''.join((FRAME_MAGIC, _headers_encoder.encode(headers), b'\n', body))
+
+
+def unframe(data: bytes, target: str = 'a message') -> Envelope:
+    """The envelope in bytes read from Redis: a frame, or a bare 1.x body (headers None), which is
+    returned as is for the payload codec to judge. Raises only ``FrameError`` (naming ``target``,
+    e.g. "queue 'mailer'"), on bytes that start with 0x1E and are not a valid frame."""
+    if not data.startswith(_FRAME_MARK):
+        return Envelope(data, None)
+    if not data.startswith(FRAME_MAGIC):
+        raise FrameError(target, [f'not a microagent envelope frame or an unknown version: {data[:8]!r}'])
+    end = data.find(b'\n', len(FRAME_MAGIC))
+    if end < 0:
+        raise FrameError(target, ['envelope frame without the end of its header line'])
+    try:
+        headers = _headers_decoder.decode(memoryview(data)[len(FRAME_MAGIC):end])
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec checks UTF-8 in strings with the codec
+        raise FrameError(target, [f'envelope headers are not a JSON object of strings: {exc}']) from None
+    return Envelope(data[end + 1:], headers)
