@@ -95,7 +95,6 @@ def _answers(port: int) -> bool:
         return False
 
 
-@pytest.mark.redis
 def test_the_demo_on_redis(start: Starter, private_redis: str) -> None:
     # stopped once every event is shown (a loaded machine starts four processes slowly), not after a fixed time
     demo = start('python', '--redis', private_redis, '--duration', '60', module='examples')
