@@ -17,8 +17,12 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) -m examples --duration $(DURATION)
 
+# The coverage floor holds where the servers are required (CI sets MICROAGENT_REQUIRE_SERVICES=1);
+# without them the Redis and RabbitMQ tests skip, and coverage is reported, not enforced.
+COV_FLOOR := $(if $(MICROAGENT_REQUIRE_SERVICES),--cov-fail-under=90)
+
 test: $(VENV)/.installed
-	$(PY) -m pytest --cov=microagent --cov-report=term-missing:skip-covered --cov-fail-under=90
+	$(PY) -m pytest --cov=microagent --cov-report=term-missing:skip-covered $(COV_FLOOR)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check

@@ -11,6 +11,24 @@ from tests.backends import BACKENDS, REDIS_TEST_DSN, Backend
 from tests.services import REDIS_HOST, REDIS_PORT, require_service
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``redis`` or ``amqp`` skips (or fails in CI) without its server, even when its
+    fixtures would only find out by failing to connect."""
+    if item.get_closest_marker('redis'):
+        require_service('Redis', REDIS_HOST, REDIS_PORT)
+    if item.get_closest_marker('amqp'):
+        require_rabbitmq()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption('--reverse', action='store_true', help='run the tests in reverse order (shows order dependence)')
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption('--reverse'):
+        items.reverse()
+
+
 @pytest.fixture(params=sorted(BACKENDS))
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     """Every backend in turn: the conformance suite is written once and runs on each."""

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
+import aiormq
 import msgspec
 import pytest
 from pamqp import commands as spec
@@ -237,6 +238,17 @@ async def test_exchange_types_follow_the_declarations(amqp: Servers, unique: str
     channel = await amqp.raw()
     await channel.exchange_declare(f'fanx_{unique}', exchange_type='fanout', durable=True)
     await channel.exchange_declare(f'topx_{unique}', exchange_type='topic', durable=True)
+    with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed, match=f'topx_{unique}'):
+        await channel.exchange_declare(f'topx_{unique}', exchange_type='fanout', durable=True)
+    # the server routes by those types: fanout ignores the key, topic matches 'a.*' only
+    channel = await amqp.raw()  # the refusal closed the other channel
+    await channel.basic_publish(b'{"job_id":1}', exchange=f'fanx_{unique}', routing_key='any.key')
+    await channel.basic_publish(b'{"job_id":2}', exchange=f'topx_{unique}', routing_key='b.c')
+    await channel.basic_publish(b'{"job_id":3}', exchange=f'topx_{unique}', routing_key='a.c')
+    await eventually(lambda: _length_is(broker, fan, 1))
+    await eventually(lambda: _length_is(broker, topic, 1))  # routed in order: 'b.c' was not
+    message = await channel.basic_get(topic.name, no_ack=True)
+    assert message.body == b'{"job_id":3}'
 
 
 async def test_an_exchange_of_another_type_is_a_clear_error(amqp: Servers, unique: str) -> None:
