@@ -20,6 +20,7 @@ import pydantic
 from redis.asyncio import Redis
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
+from microagent.message import frame, new_headers, unframe
 from microagent.payload import codec_for
 from microagent.tools.redis import RedisBroker, RedisSignalBus
 
@@ -108,14 +109,19 @@ async def bench_send_many(client: Redis, total: int = 50_000, batch: int = 500) 
     return Row(f'send_many, {batch}/batch (pipelined RPUSH)', ours_rate, raw_rate, 'msg/s', 0.7)
 
 
-async def _fill(client: Redis, name: str, total: int) -> None:
+async def _fill(client: Redis, name: str, total: int, framed: bool = False) -> None:
+    """1.x bodies, or (``framed``) the envelope frames this version's producers send."""
     bodies = [msgspec.json.encode(item) for item in _messages(total)]
+    if framed:
+        bodies = [frame(body, new_headers()) for body in bodies]
     for start in range(0, total, 10_000):
         await client.rpush(name, *bodies[start:start + 10_000])
 
 
-async def bench_drain(client: Redis, total: int = 100_000, concurrency: int = 64, rounds: int = 5) -> Row:
-    """Alternate raw and ours ``rounds`` times on freshly filled queues; compare the medians."""
+async def bench_drain(client: Redis, total: int = 100_000, concurrency: int = 64, rounds: int = 5,
+                      framed: bool = False) -> Row:
+    """Alternate raw and ours ``rounds`` times on freshly filled queues; compare the medians.
+    ``framed``: an informational row on envelope frames (raw: LPOP 500 + unframe + decode)."""
     name = _name('drain')
     decoder = msgspec.json.Decoder(Message)
     queue = Queue(name, Message)
@@ -133,7 +139,7 @@ async def bench_drain(client: Redis, total: int = 100_000, concurrency: int = 64
     async def raw() -> None:
         while items := cast(list[bytes] | None, await client.lpop(name, 500)):
             for body in items:
-                decoder.decode(body)
+                decoder.decode(unframe(body).body if framed else body)
 
     broker = RedisBroker(DSN)
 
@@ -144,9 +150,9 @@ async def bench_drain(client: Redis, total: int = 100_000, concurrency: int = 64
     raw_rates: list[float] = []
     our_rates: list[float] = []
     for _ in range(rounds):
-        await _fill(client, name, total)
+        await _fill(client, name, total, framed)
         raw_rates.append(await rate(total, raw))
-        await _fill(client, name, total)
+        await _fill(client, name, total, framed)
         handled = 0
         done.clear()
         agent = Drainer(broker=broker)
@@ -154,6 +160,9 @@ async def bench_drain(client: Redis, total: int = 100_000, concurrency: int = 64
         await agent.stop()
     await broker.close()
     await _drop(client, name)
+    if framed:
+        return Row('drain 100k envelope frames with acks (raw: LPOP 500 + unframe + decode)',
+                   median(our_rates), median(raw_rates), 'msg/s', note=f'informational; median of {rounds}')
     return Row(f'drain 100k with acks (concurrency {concurrency}; raw: LPOP 500 + decode)',
                median(our_rates), median(raw_rates), 'msg/s', 0.12,
                note=f'median of {rounds} alternating rounds')
@@ -350,6 +359,7 @@ async def main() -> None:
         rows.append(await bench_send(client))
         rows.append(await bench_send_many(client))
         rows.append(await bench_drain(client))
+        rows.append(await bench_drain(client, rounds=3, framed=True))
         rows.append(await bench_signal(client))
         rows.extend(await bench_rpc(client))
         rows.extend(bench_codecs())

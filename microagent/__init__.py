@@ -1,7 +1,7 @@
 """microagent: typed, DTO-first agents for event-driven Python microservices."""
 from .agent import Consumer, MicroAgent, Receiver
 from .broker import AbstractQueueBroker, BoundExchange, BoundQueue, DeadLetter
-from .bus import AbstractSignalBus, BoundSignal
+from .bus import AbstractSignalBus, BoundSignal, RemoteError
 from .errors import (
     BackendClosed,
     CallTimeout,
@@ -19,6 +19,7 @@ from .errors import (
 from .exchange import Exchange
 from .handlers import consumer, cron, on, periodic, receiver
 from .loader import configure, load_queues, load_signals, load_stuff
+from .message import InvalidHeader, Message
 from .queue import Queue
 from .signal import Signal
 
@@ -38,13 +39,16 @@ __all__ = [
     'DeclarationError',
     'Exchange',
     'InvalidArgument',
+    'InvalidHeader',
     'InvalidPayload',
+    'Message',
     'MicroAgent',
     'MicroAgentError',
     'MissConfig',
     'Queue',
     'QueueNotFound',
     'Receiver',
+    'RemoteError',
     'ServerInterrupt',
     'Signal',
     'SignalNotFound',

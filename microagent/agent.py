@@ -24,6 +24,7 @@ from .handlers import (
     specs_of,
     with_timeout,
 )
+from .message import Incoming, current_message, reset_current_message, set_current_message
 from .queue import Queue
 from .signal import Signal
 from .timer import Timer, run_cron, run_periodic
@@ -49,13 +50,18 @@ class Receiver:
     async def __call__(self, payload: Any, sender: str) -> Any:
         style = self.style
         if style.legacy:
-            call = self.handler(signal=self.signal, sender=sender, **self.signal.codec.to_kwargs(payload))
+            fields = self.signal.codec.to_kwargs(payload)
+            if style.message:
+                fields['message'] = current_message()
+            call = self.handler(signal=self.signal, sender=sender, **fields)
         else:
             kwargs: dict[str, Any] = {}
             if 'sender' in style.keywords:
                 kwargs['sender'] = sender
             if 'signal' in style.keywords:
                 kwargs['signal'] = self.signal
+            if style.message:
+                kwargs['message'] = current_message()
             call = self.handler(payload, **kwargs) if style.positional else self.handler(**kwargs)
         return await with_timeout(call, self.timeout)
 
@@ -108,15 +114,31 @@ class Consumer:
         payload, dto = decoded
         style = self.style
         value = payload if self.dto_class is None else dto
-        if not (style.legacy or context):  # the common typed call
+        if not (style.legacy or context or style.message):  # the common typed call
             return self.handler(value) if style.positional else self.handler()
         if style.legacy:
             kwargs = {**self.queue.codec.to_kwargs(payload), **context}
             if self.dto_class is not None:
                 kwargs[self.dto_name or 'dto'] = dto
+            if style.message:
+                kwargs['message'] = current_message()
             return self.handler(**kwargs)
         extra = {key: value for key, value in context.items() if key in style.keywords}
+        if style.message:
+            extra['message'] = current_message()
         return self.handler(value, **extra) if style.positional else self.handler(**extra)
+
+
+def _in_a_conversation(func: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+    """A periodic or cron run is a conversation of its own: the messages one run sends share a
+    correlation id and a trace (a fresh message is current while it runs, read only if it sends)."""
+    async def run() -> Any:
+        token = set_current_message(Incoming(None))
+        try:
+            return await func()
+        finally:
+            reset_current_message(token)
+    return run
 
 
 class MicroAgent:
@@ -242,11 +264,13 @@ class MicroAgent:
 
     def _start_timers(self) -> None:
         for attr, pspec in self.periodic_tasks:
-            timer = Timer(f'{type(self).__name__}.{attr}', getattr(self, attr), pspec.timeout, self.log)
+            timer = Timer(f'{type(self).__name__}.{attr}', _in_a_conversation(getattr(self, attr)), pspec.timeout,
+                          self.log)
             self._timers.append(timer)
             self._background.append(asyncio.create_task(run_periodic(timer, pspec.period, pspec.start_after)))
         for attr, cspec in self.cron_tasks:
-            timer = Timer(f'{type(self).__name__}.{attr}', getattr(self, attr), cspec.timeout, self.log)
+            timer = Timer(f'{type(self).__name__}.{attr}', _in_a_conversation(getattr(self, attr)), cspec.timeout,
+                          self.log)
             self._timers.append(timer)
             self._background.append(asyncio.create_task(run_cron(timer, cspec.spec, cspec.tz)))
 

@@ -1,9 +1,11 @@
-"""The queue broker: at-least-once delivery, written once for every backend.
+"""The queue broker engine: at-least-once delivery, written once for every backend.
 
-A backend provides storage primitives (put, fetch, ack, retry, dead-letter, length). This module
-owns the policy: validate on send and on receive, run at most ``concurrency`` handlers per consumer,
-acknowledge only after the handler returns, retry with exponential backoff, then dead-letter with the
-reason; stop taking work on ``stop`` and wait for in-flight handlers.
+A backend is a ``BrokerTransport`` (``transport.py``): storage primitives over envelopes (put,
+fetch, ack, retry, dead-letter, release, length). This module owns the policy: validate on send and
+on receive, build every message's headers, run at most ``concurrency`` handlers per consumer,
+acknowledge only after the handler returns, retry with exponential backoff, then dead-letter with
+the reason; stop taking work on ``stop`` and wait for in-flight handlers. Every backend call goes
+through ``self.transport``; the engine never knows which backend it drives.
 """
 from __future__ import annotations
 
@@ -12,68 +14,32 @@ import logging
 import math
 import time
 import uuid
-from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
 from functools import partial
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Generic, Never, TypeVar
+from itertools import repeat
+from typing import TYPE_CHECKING, Any, Generic, Never, TypeVar, cast
 
 from .dsn import hide_password
 from .errors import DeclarationError, InvalidArgument, InvalidPayload, QueueAttributeError, QueueNotFound, UsageError
 from .exchange import Exchange
+from .message import Envelope, check_user_headers, current_var, new_headers, new_headers_many
 from .payload import check_size, encode_json
-from .queue import Queue, topics_match
+from .queue import Queue
+from .retry import Retrier, backoff
+from .transport import BrokerTransport, DeadLetter, Delivery
 
 if TYPE_CHECKING:
     from .agent import Consumer
+
+__all__ = ['DEFAULT_MAX_MESSAGE_SIZE', 'AbstractQueueBroker', 'BoundExchange', 'BoundQueue', 'DeadLetter',
+           'Delivery', 'backoff']
 
 T = TypeVar('T')
 
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 YIELD_EVERY = 32
 SETTLE_TRIES = 4  # a failed ack, retry or dead-letter is tried this often in all, then the message is released
-
-
-NO_CONTEXT: Mapping[str, Any] = MappingProxyType({})
-
-
-class Delivery:
-    """One message handed to a consumer. ``attempt`` counts deliveries, starting at 1; ``context``
-    holds backend extras passed to handlers that ask for them (``amqp`` on RabbitMQ)."""
-
-    __slots__ = ('attempt', 'context', 'data', 'token')
-
-    def __init__(self, data: bytes, attempt: int = 1, token: Any = None,
-                 context: Mapping[str, Any] = NO_CONTEXT) -> None:
-        self.data = data
-        self.attempt = attempt
-        self.token = token
-        self.context = context
-
-    def __repr__(self) -> str:
-        return f'<Delivery attempt {self.attempt}: {self.data[:60]!r}>'
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A message that was not handled: the original body, why, after how many attempts, when."""
-
-    queue: str
-    body: bytes
-    reason: str
-    attempts: int
-    time: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {'queue': self.queue, 'body': self.body.decode('utf-8', 'replace'),
-                'reason': self.reason, 'attempts': self.attempts, 'time': self.time}
-
-
-def backoff(attempt: int, base: float, cap: float = 60.0) -> float:
-    """Delay before the retry that follows delivery ``attempt``: base, 2 x base, 4 x base ... cap."""
-    return float(min(base * 2 ** (attempt - 1), cap))
 
 
 class _Running:
@@ -85,7 +51,7 @@ class _Running:
         self.stopping = asyncio.Event()
         self.loop_task: asyncio.Task[None] | None = None
         self.tasks: list[asyncio.Task[None]] = []
-        self.buffer: deque[Delivery] = deque()
+        self.buffer: deque[Delivery[Any]] = deque()
         self.idle: deque[asyncio.Future[None]] = deque()
         self.waking = False
         self.refill = asyncio.Event()  # set when the work in hand falls to the low-water mark
@@ -132,17 +98,15 @@ class _Running:
                     task.cancel()
 
 
-class AbstractQueueBroker(ABC):
-    """Queue broker: ``broker.mailer`` (1.x) or ``broker[mailer]`` (typed) is a bound queue."""
+class AbstractQueueBroker:
+    """The broker engine over a ``BrokerTransport``: ``broker.mailer`` (1.x) or ``broker[mailer]``
+    (typed) is a bound queue. Backends subclass it only to build their transport in ``__init__``."""
 
     fetch_timeout: float = 1.0
-    #: True when cancelling ``fetch`` can never lose a message, so ``stop`` need not wait for it
-    fetch_cancel_safe: bool = False
-    #: what becomes of a message that could be neither settled nor released, for the log
-    unsettled_fate: str = 'it stays unsettled until the backend gives it back'
 
-    def __init__(self, dsn: str, log: logging.Logger | None = None,
+    def __init__(self, transport: BrokerTransport[Any], *, dsn: str = '', log: logging.Logger | None = None,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        self.transport = transport
         self.dsn = dsn
         self.uid = uuid.uuid4().hex
         self.log = log or logging.getLogger('microagent.broker')
@@ -152,74 +116,22 @@ class AbstractQueueBroker(ABC):
     def __repr__(self) -> str:
         return f'<{type(self).__name__} {hide_password(self.dsn)}>'
 
-    # backend interface
-
-    #: send keywords this backend honours besides ``delay`` (AMQP: the 1.x ``properties``, ``exchange``,
-    #: ``topic``); any other one given to ``send`` is a TypeError, never silently dropped
-    send_options: frozenset[str] = frozenset()
-
-    @abstractmethod
-    async def put(self, queue: Queue[Any], messages: list[bytes], delay: float = 0.0) -> None:
-        """Append encoded messages to a queue, in order, in as few round trips as possible; with a
-        ``delay`` (s), they become deliverable only once it has passed."""
-
-    async def put_with(self, queue: Queue[Any], messages: list[bytes], delay: float,
-                       options: Mapping[str, Any]) -> None:
-        """``put`` with backend send options (only names listed in ``send_options`` reach it)."""
-        raise UsageError(f'queue {queue.name!r}: {type(self).__name__} cannot honour {", ".join(options)}')
-
-    @abstractmethod
-    async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery]:
-        """Take up to ``count`` messages, waiting up to ``timeout`` s for the first. Taken messages
-        stay owned by this broker until acked, retried, dead-lettered or released."""
-
-    @abstractmethod
-    async def ack(self, queue: Queue[Any], delivery: Delivery) -> None:
-        """Forget a handled message."""
-
-    @abstractmethod
-    async def retry(self, queue: Queue[Any], delivery: Delivery, delay: float, reason: str) -> None:
-        """Deliver the message again after ``delay`` s, as attempt ``delivery.attempt + 1``."""
-
-    @abstractmethod
-    async def dead_letter(self, queue: Queue[Any], delivery: Delivery, reason: str) -> None:
-        """Move the message to the queue's dead-letter store with the reason."""
-
-    @abstractmethod
-    async def release(self, queue: Queue[Any], deliveries: list[Delivery]) -> None:
-        """Return unhandled messages to the queue (on stop), without counting an attempt."""
-
-    @abstractmethod
-    async def queue_length(self, name: str) -> int:
-        """How many messages wait in the queue."""
-
-    @abstractmethod
-    async def dead_letters(self, name: str, limit: int = 100) -> list[DeadLetter]:
-        """The oldest ``limit`` dead letters of a queue."""
-
-    @abstractmethod
-    async def dead_letter_count(self, name: str) -> int:
-        """How many dead letters a queue has."""
-
-    @abstractmethod
-    async def requeue_dead_letters(self, name: str) -> int:
-        """Put every dead letter of the queue back on it, as fresh messages; return how many."""
-
-    async def bindings(self, exchange: str) -> dict[str, tuple[str, ...]]:
-        """The queues bound to ``exchange`` where this broker's messages live (its hub, its server):
-        queue name -> topics (none: every routing key). Backends with native exchanges need not."""
-        raise NotImplementedError(f'{type(self).__name__} keeps no exchange bindings; override publish')
-
-    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[str]) -> None:
-        """Deliver a message published to an exchange to ``targets``, the names of the bound queues
-        it routes to, all or none."""
-        raise NotImplementedError(f'{type(self).__name__} cannot route exchange {exchange!r}')
-
-    async def declare_queue(self, queue: Queue[Any]) -> None:
-        """Create the queue and record its exchange binding where the backend keeps them."""
-
     async def close(self) -> None:
-        """Release connections; the broker may not be used afterwards."""
+        """Release the transport's connections; the broker may not be used afterwards."""
+        await self.transport.close()
+
+    async def queue_length(self, name: str) -> int:
+        """How many messages wait in the queue ``name`` (by name: for tools that declare nothing)."""
+        return await self.transport.length(name)
+
+    async def dead_letters(self, name: str, limit: int = 100) -> list[DeadLetter]:
+        return await self.transport.dead_letters(name, limit)
+
+    async def dead_letter_count(self, name: str) -> int:
+        return await self.transport.dead_letter_count(name)
+
+    async def requeue_dead_letters(self, name: str) -> int:
+        return await self.transport.requeue_dead_letters(name)
 
     # bound queues
 
@@ -239,27 +151,23 @@ class AbstractQueueBroker(ABC):
     def __getitem__(self, queue: Queue[T]) -> BoundQueue[T]:
         return BoundQueue(self, queue)
 
-    async def publish(self, exchange: str, payload: Any, routing_key: str = '') -> int:
+    async def publish(self, exchange: str, payload: Any, routing_key: str = '', *,
+                      headers: Mapping[str, str] | None = None) -> int:
         """Publish to an exchange: every queue bound to it on this broker's hub or server (and
         matching ``routing_key`` on a topic exchange) gets the message, validated against the model
-        of each such queue this process declares. Returns how many queues."""
-        bound = await self.bindings(exchange)
-        targets = [name for name, topics in bound.items() if topics_match(topics, routing_key)]
-        if not targets:
-            raise QueueNotFound(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}')
-        await self.route(exchange, routing_key, self.encode_for(targets, payload), targets)
-        return len(targets)
+        of each such queue this process declares. Returns how many queues (at least 1 where the
+        server does not say); ``QueueNotFound`` when none is bound."""
+        local = [queue for queue in Queue.get_all().values() if queue.routes(exchange, routing_key)]
+        envelope = Envelope(self.encode_for(exchange, local, payload), new_headers(headers))
+        return await self.transport.publish(exchange, routing_key, envelope)
 
-    def encode_for(self, targets: Iterable[str], payload: Any) -> bytes:
-        """The payload validated against every target queue declared here; plain JSON if none is."""
-        known = Queue.get_all()
+    def encode_for(self, exchange: str, queues: Iterable[Queue[Any]], payload: Any) -> bytes:
+        """The payload validated against every given queue; plain JSON if there is none."""
         data: bytes | None = None
-        for name in targets:
-            if name in known:
-                data = self.encode(known[name], payload)
+        for queue in queues:
+            data = self.encode(queue, payload)
         if data is None:
-            data = check_size(f'exchange payload for {", ".join(targets)}', encode_json(payload),
-                              self.max_message_size)
+            data = check_size(f'exchange {exchange!r} payload', encode_json(payload), self.max_message_size)
         return data
 
     def encode(self, queue: Queue[Any], payload: Any) -> bytes:
@@ -273,43 +181,63 @@ class AbstractQueueBroker(ABC):
         if name in self._running:
             raise DeclarationError(f'queue {name!r} already has a consumer on this broker: '
                                    f'{self._running[name].consumer.key}')
-        await self.declare_queue(consumer.queue)
+        await self.transport.declare(consumer.queue)
+        await self.transport.consume(consumer.queue, consumer.concurrency)
         running = _Running(consumer)
         self._running[name] = running
         running.loop_task = asyncio.create_task(self._consume(running), name=f'consume:{name}')
 
     async def stop_consumers(self, consumers: Iterable[Consumer], grace: float) -> None:
-        """Stop fetching, let in-flight handlers finish for up to ``grace`` s, release the rest."""
+        """Stop fetching, let in-flight handlers finish for up to ``grace`` s, release the rest.
+        Releasing is bounded by the same deadline: with the server unreachable, what cannot be
+        released is logged and left to the transport's recovery (the server gives it back)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         runs = [r for c in consumers if (r := self._running.get(c.queue.name)) and r.consumer is c]
         for run in runs:
             run.stop()
-            if self.fetch_cancel_safe and run.loop_task:
+            if self.transport.fetch_cancel_safe and run.loop_task:
                 run.loop_task.cancel()
         loops = [r.loop_task for r in runs if r.loop_task]
         if loops:
             await asyncio.wait(loops, timeout=self.fetch_timeout + 1)
         for run in runs:
             if run.buffer:  # fetched, never started
-                await self.release(run.consumer.queue, list(run.buffer))
+                await self._bounded(run.consumer.queue, 'release prefetched messages',
+                                    self.transport.release(run.consumer.queue, list(run.buffer)), deadline)
                 run.buffer.clear()
         workers = [t for r in runs for t in r.tasks[1:]]
         if workers:
-            await asyncio.wait(workers, timeout=grace)
+            await asyncio.wait(workers, timeout=max(deadline - loop.time(), 0))
         leftovers = [t for r in runs for t in r.tasks if not t.done()]
         leftovers += [r.loop_task for r in runs if r.loop_task and not r.loop_task.done()]
         for task in leftovers:
-            task.cancel()
+            task.cancel()  # a cancelled worker releases its message
         if leftovers:
-            await asyncio.gather(*leftovers, return_exceptions=True)
+            _, pending = await asyncio.wait(leftovers, timeout=max(deadline - loop.time(), 0.1))
+            if pending:
+                self.log.error('Stopping consumers: %d handler(s) could not release their message in time; '
+                               'the backend gives those back', len(pending))
         for run in runs:
             del self._running[run.consumer.queue.name]
+            await self._bounded(run.consumer.queue, 'stop consuming', self.transport.stop_consuming(run.consumer.queue),
+                                deadline)
+
+    async def _bounded(self, queue: Queue[Any], action: str, operation: Awaitable[None], deadline: float) -> None:
+        """Run a stop step until the stop deadline (at least 0.1 s); log instead of raising."""
+        try:
+            await asyncio.wait_for(operation, max(deadline - asyncio.get_running_loop().time(), 0.1))
+        except Exception as exc:
+            self.log.error('Queue %s: could not %s on stop (%s: %s); %s', queue.name, action,
+                           type(exc).__name__, exc or 'out of time',
+                           self.transport.unsettled_fate)
 
     async def _consume(self, run: _Running) -> None:
         consumer = run.consumer
         queue = consumer.queue
         run.tasks = [asyncio.create_task(run.watchdog())]
         run.tasks += [asyncio.create_task(self._work(run)) for _ in range(consumer.concurrency)]
-        failures = 0
+        retrier = Retrier(self.log, f'Fetching from queue {queue.name}')
         while not run.stopping.is_set():
             in_hand = run.busy + len(run.buffer)
             if in_hand > run.low_water:  # fetch in large batches, while half the work is still in hand
@@ -318,21 +246,15 @@ class AbstractQueueBroker(ABC):
                 continue
             free = run.capacity - in_hand
             try:
-                deliveries = await self.fetch(queue, free, self.fetch_timeout)
+                deliveries = await self.transport.fetch(queue, free, self.fetch_timeout)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                failures += 1
-                delay = backoff(failures, 0.1, 10.0)
-                self.log.warning('Fetching from queue %s failed (%s: %s); retry %d in %.1fs',
-                                 queue.name, type(exc).__name__, exc, failures, delay)
-                await asyncio.sleep(delay)
+                await retrier.failed(exc)
                 continue
-            if failures:
-                self.log.info('Fetching from queue %s works again', queue.name)
-                failures = 0
+            retrier.succeeded()
             if run.stopping.is_set():
-                await self.release(queue, deliveries)
+                await self.transport.release(queue, deliveries)
                 break
             if deliveries:
                 run.buffer.extend(deliveries)
@@ -341,16 +263,13 @@ class AbstractQueueBroker(ABC):
     async def _work(self, run: _Running) -> None:
         """A worker: handles buffered deliveries one at a time until the consumer stops. This is the
         hot path, kept inline: per message, no coroutine but the handler's and the ack's."""
-        task = asyncio.current_task()
-        assert task is not None
-        consumer, buffer = run.consumer, run.buffer
-        queue = consumer.queue
-        streak = 0  # messages handled since this worker last let other tasks run
+        task = cast(asyncio.Task[None], asyncio.current_task())
+        consumer, buffer, queue = run.consumer, run.buffer, run.consumer.queue
+        streak = 0  # messages handled since this worker last let other tasks run (or about: waits do too)
         while True:
             if not buffer:
                 if run.stopping.is_set():
                     return
-                streak = 0
                 await run.wait_for_work()
                 continue
             delivery = buffer.popleft()
@@ -365,6 +284,7 @@ class AbstractQueueBroker(ABC):
                     continue
                 failure: Exception | None = None
                 run.deadlines[task] = time.monotonic() + consumer.timeout  # the loop's clock
+                held = current_var.set(delivery)  # read into a Message only if the handler asks or sends
                 try:
                     await consumer(payload, delivery.context)
                 except asyncio.CancelledError:
@@ -374,6 +294,7 @@ class AbstractQueueBroker(ABC):
                 except Exception as exc:
                     failure = exc
                 finally:
+                    current_var.reset(held)
                     del run.deadlines[task]
                     if task in run.expired:  # the watchdog's cancel is consumed here, not by the next await
                         run.expired.discard(task)
@@ -382,11 +303,11 @@ class AbstractQueueBroker(ABC):
                     await self._failed(consumer, delivery, failure)
                 elif consumer.autoack:
                     try:
-                        await self.ack(queue, delivery)
+                        await self.transport.ack(queue, delivery)
                     except Exception as exc:
-                        await self._settle_failed(queue, delivery, 'ack', exc, partial(self.ack, queue, delivery))
+                        await self._ack_failed(queue, delivery, exc)
             except asyncio.CancelledError:
-                await self.release(queue, [delivery])
+                await self.transport.release(queue, [delivery])
                 raise
             except Exception as exc:  # a bug, not a backend failure: still, the message is not left in hand
                 await self._give_back(queue, delivery, 'handle', exc, trace=True)
@@ -399,9 +320,13 @@ class AbstractQueueBroker(ABC):
                 streak = 0
                 await asyncio.sleep(0)
 
-    def _decode(self, consumer: Consumer, delivery: Delivery) -> tuple[Any, Any]:
+    async def _ack_failed(self, queue: Queue[Any], delivery: Delivery[Any], exc: Exception) -> None:
+        await self._settle_failed(queue, delivery, 'ack', exc, partial(self.transport.ack, queue, delivery))
+
+    def _decode(self, consumer: Consumer, delivery: Delivery[Any]) -> tuple[Any, Any]:
         try:
-            return consumer.decode(check_size(f'queue {consumer.queue.name!r}', delivery.data, self.max_message_size))
+            body = check_size(f'queue {consumer.queue.name!r}', delivery.envelope.body, self.max_message_size)
+            return consumer.decode(body)
         except InvalidPayload:
             raise
         except MemoryError:
@@ -409,18 +334,19 @@ class AbstractQueueBroker(ABC):
         except Exception as exc:  # a custom decode: whatever it raises, the message cannot be handled
             raise InvalidPayload(f'queue {consumer.queue.name!r}', [f'{type(exc).__name__}: {exc}']) from None
 
-    async def _reject(self, queue: Queue[Any], delivery: Delivery, exc: InvalidPayload) -> None:
+    async def _reject(self, queue: Queue[Any], delivery: Delivery[Any], exc: InvalidPayload) -> None:
         self.log.warning('Dead-lettered a message of queue %s: %s', queue.name, exc)
-        await self._settle_message(queue, delivery, 'dead-letter', partial(self.dead_letter, queue, delivery, str(exc)))
+        await self._settle_message(queue, delivery, 'dead-letter',
+                                   partial(self.transport.dead_letter, queue, delivery, str(exc)))
 
-    async def _settle_message(self, queue: Queue[Any], delivery: Delivery, action: str,
+    async def _settle_message(self, queue: Queue[Any], delivery: Delivery[Any], action: str,
                               operation: Callable[[], Awaitable[None]]) -> None:
         try:
             await operation()
         except Exception as exc:
             await self._settle_failed(queue, delivery, action, exc, operation)
 
-    async def _settle_failed(self, queue: Queue[Any], delivery: Delivery, action: str, exc: Exception,
+    async def _settle_failed(self, queue: Queue[Any], delivery: Delivery[Any], action: str, exc: Exception,
                              operation: Callable[[], Awaitable[None]]) -> None:
         """A settle operation failed: try it again with backoff, then give the message back to the
         queue, so no message stays in hand while the consumer lives."""
@@ -438,22 +364,22 @@ class AbstractQueueBroker(ABC):
                 return
         await self._give_back(queue, delivery, f'{action} ({SETTLE_TRIES} tries)', exc)
 
-    async def _give_back(self, queue: Queue[Any], delivery: Delivery, action: str, exc: Exception,
+    async def _give_back(self, queue: Queue[Any], delivery: Delivery[Any], action: str, exc: Exception,
                          trace: bool = False) -> None:
         """Release a message that could not be settled; say truthfully what becomes of it."""
         trace_of = exc if trace else None
         try:
-            await self.release(queue, [delivery])
+            await self.transport.release(queue, [delivery])
         except Exception as failure:
             self.log.error('Queue %s: could not %s a message (%s: %s) nor return it to the queue (%s: %s); %s',
                            queue.name, action, type(exc).__name__, exc, type(failure).__name__, failure,
-                           self.unsettled_fate, exc_info=trace_of)
+                           self.transport.unsettled_fate, exc_info=trace_of)
         else:
             self.log.error('Queue %s: could not %s a message (%s: %s); returned it to the queue, '
                            'it will be delivered again', queue.name, action, type(exc).__name__, exc,
                            exc_info=trace_of)
 
-    async def _failed(self, consumer: Consumer, delivery: Delivery, exc: Exception) -> None:
+    async def _failed(self, consumer: Consumer, delivery: Delivery[Any], exc: Exception) -> None:
         queue = consumer.queue
         if isinstance(exc, TimeoutError):
             reason = f'timeout: {consumer.key} took more than {consumer.timeout}s'
@@ -463,12 +389,13 @@ class AbstractQueueBroker(ABC):
             delay = backoff(delivery.attempt, consumer.retry_delay)
             self.log.warning('Queue %s: %s failed on attempt %d (%s); retry in %.2fs',
                              queue.name, consumer.key, delivery.attempt, reason, delay)
-            await self._settle_message(queue, delivery, 'retry', partial(self.retry, queue, delivery, delay, reason))
+            await self._settle_message(queue, delivery, 'retry',
+                                       partial(self.transport.retry, queue, delivery, delay, reason))
         else:
             self.log.error('Queue %s: %s failed on attempt %d (%s); dead-lettered',
                            queue.name, consumer.key, delivery.attempt, reason)
             await self._settle_message(queue, delivery, 'dead-letter',
-                                       partial(self.dead_letter, queue, delivery, reason))
+                                       partial(self.transport.dead_letter, queue, delivery, reason))
 
 
 class BoundExchange:
@@ -483,12 +410,13 @@ class BoundExchange:
     def __repr__(self) -> str:
         return f'<BoundExchange {self.exchange.name} on {self.broker!r}>'
 
-    async def send(self, message: Any, *, topic: str = '', **unknown: Never) -> int:
+    async def send(self, message: Any, *, topic: str = '', headers: Mapping[str, str] | None = None,
+                   **unknown: Never) -> int:
         """Publish to every queue bound to the exchange (matching ``topic`` on a topic exchange)."""
         if unknown:
             raise UsageError(f'exchange {self.exchange.name!r}: unknown send option(s) '
                             f'{", ".join(map(repr, unknown))}')
-        return await self.broker.publish(self.exchange.name, message, topic)
+        return await self.broker.publish(self.exchange.name, message, topic, headers=headers)
 
 
 class BoundQueue(Generic[T]):
@@ -503,58 +431,66 @@ class BoundQueue(Generic[T]):
     def __repr__(self) -> str:
         return f'<BoundQueue {self.queue.name} on {self.broker!r}>'
 
-    async def send(self, message: T, *, delay: float | None = None, properties: Mapping[str, Any] | None = None,
-                   exchange: str | None = None, topic: str | None = None, **unknown: Never) -> None:
+    async def send(self, message: T, *, delay: float | None = None, headers: Mapping[str, str] | None = None,
+                   properties: Mapping[str, Any] | None = None, exchange: str | None = None,
+                   topic: str | None = None, **unknown: Never) -> None:
         """Validate and enqueue one message: a model instance or, 1.x style, a dict of fields.
 
-        ``delay`` (s) holds it back that long, on every backend. ``properties``, ``exchange`` and
-        ``topic`` are the 1.x AMQP keywords (message properties; publish through that exchange with
-        the topic, else the queue name, as routing key); a backend that cannot honour a keyword
-        raises TypeError rather than drop it."""
+        ``delay`` (s) holds it back that long, on every backend; ``headers`` are user headers it
+        carries (``message.Message.headers`` on receipt). ``properties``, ``exchange`` and ``topic``
+        are the 1.x AMQP keywords (message properties; publish through that exchange with the
+        topic, else the queue name, as routing key); a transport that does not list a keyword in its
+        ``send_options`` raises TypeError rather than drop it."""
         extra = {key: value for key, value in
                  (('properties', properties), ('exchange', exchange), ('topic', topic)) if value is not None}
         wait = self._check(delay, extra, unknown)
-        await self._put([self.broker.encode(self.queue, message)], wait, extra)
+        envelope = Envelope(self.broker.encode(self.queue, message), new_headers(headers))
+        await self.broker.transport.put(self.queue, (envelope,), delay=wait, **extra)
 
-    async def send_many(self, messages: Iterable[T], *, delay: float | None = None, **unknown: Never) -> None:
-        """Validate every message first, then enqueue them all in one round trip."""
+    async def send_many(self, messages: Iterable[T], *, delay: float | None = None,
+                        headers: Mapping[str, str] | None = None, **unknown: Never) -> None:
+        """Validate every message first, then enqueue them all in one round trip; each gets its own
+        message id, all of them the same user ``headers``."""
         wait = self._check(delay, {}, unknown)
-        encoded = [self.broker.encode(self.queue, message) for message in messages]
-        if encoded:
-            await self._put(encoded, wait, {})
+        encode = self.broker.encode
+        bodies = [encode(self.queue, message) for message in messages]
+        if not bodies:
+            return
+        if headers:
+            check_user_headers(headers)
+        # tuple.__new__: an Envelope without its Python-level __new__, at half the cost per message
+        pairs = zip(bodies, new_headers_many(len(bodies), headers), strict=True)
+        envelopes: list[Envelope] = list(map(tuple.__new__, repeat(Envelope), pairs))
+        await self.broker.transport.put(self.queue, envelopes, delay=wait)
 
     def _check(self, delay: float | None, extra: Mapping[str, Any], unknown: Mapping[str, Any]) -> float:
         """The delay in seconds, after refusing what this broker would otherwise drop or misread."""
         name = self.queue.name
         if unknown:
             raise UsageError(f'queue {name!r}: unknown send option(s) {", ".join(map(repr, unknown))}')
-        refused = [key for key in extra if key not in self.broker.send_options]
-        if refused:
-            raise UsageError(f'queue {name!r}: {type(self.broker).__name__} cannot honour send option(s) '
-                            f'{", ".join(map(repr, refused))}')
+        if extra:
+            transport = self.broker.transport
+            refused = [key for key in extra if key not in transport.send_options]
+            if refused:
+                raise UsageError(f'queue {name!r}: {type(self.broker).__name__} cannot honour send option(s) '
+                                f'{", ".join(map(repr, refused))}')
         if delay is None:
             return 0.0
         if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay < math.inf:
             raise InvalidArgument(f'queue {name!r}: delay must be a number of seconds >= 0, got {delay!r}')
         return float(delay)
 
-    async def _put(self, encoded: list[bytes], delay: float, extra: Mapping[str, Any]) -> None:
-        if extra:
-            await self.broker.put_with(self.queue, encoded, delay, extra)
-        else:
-            await self.broker.put(self.queue, encoded, delay)
-
     async def length(self) -> int:
-        return await self.broker.queue_length(self.queue.name)
+        return await self.broker.transport.length(self.queue.name)
 
     async def declare(self) -> None:
-        await self.broker.declare_queue(self.queue)
+        await self.broker.transport.declare(self.queue)
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        return await self.broker.dead_letters(self.queue.name, limit)
+        return await self.broker.transport.dead_letters(self.queue.name, limit)
 
     async def dead_letter_count(self) -> int:
-        return await self.broker.dead_letter_count(self.queue.name)
+        return await self.broker.transport.dead_letter_count(self.queue.name)
 
     async def requeue_dead_letters(self) -> int:
-        return await self.broker.requeue_dead_letters(self.queue.name)
+        return await self.broker.transport.requeue_dead_letters(self.queue.name)

@@ -1,14 +1,21 @@
-"""The signal bus: pub/sub of declared signals, RPC answers, receivers called concurrently.
+"""The signal bus engine: pub/sub of declared signals, RPC, receivers called concurrently.
 
-A backend implements three methods (``publish``, ``subscribe``, ``close``) and hands every
-message it reads to ``dispatch`` (or awaits ``deliver``, which also waits while the backlog is
-full). Everything else (channel names, validation, RPC, calling receivers) lives here once, so
-every backend behaves the same.
+A backend is a ``BusTransport`` (``transport.py``): it publishes envelopes, delivers the ones it
+reads to ``deliver`` and RPC answers to the bus's reply callback. Everything else (validation,
+headers, RPC request ids and pending calls, answers, calling receivers) lives here once, so every
+backend behaves the same, and the engine never knows which backend it drives.
 
 No message can hurt the reader: whatever a message holds, it is handled or dropped with a
 warning. Each receiver runs at most ``concurrency`` calls at once; the signals waiting for it sit
-in its lane (a deque), and a reading loop that awaits ``deliver`` stops reading while the bus holds
-``max_backlog`` of them, so a flood costs queued messages, never tasks.
+in its lane (a deque), and a transport's reading loop, which awaits ``deliver``, stops reading while
+the bus holds ``max_backlog`` of them, so a flood costs queued messages, never tasks.
+
+RPC answers: the receivers of one bus answer a request together, ``{"Agent.method": value}``, once
+all have run. A receiver that raised, timed out or returned an invalid value is named in the
+answer's ``rpc-error`` header with the reason, so an envelope-wire caller learns it at once: ``call``
+raises ``RemoteError`` when the first answer holds only failures; ``waiter`` yields the successful
+answers and keeps the failures in ``answers.errors``. A 1.x caller (a request without a
+``message-id`` header) gets no answer from a failed receiver, as in 1.x.
 """
 from __future__ import annotations
 
@@ -16,7 +23,6 @@ import asyncio
 import itertools
 import logging
 import uuid
-from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
@@ -25,9 +31,28 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import msgspec
 
 from .dsn import hide_password
-from .errors import CallTimeout, InvalidArgument, InvalidPayload, SignalAttributeError, SignalNotFound, UsageError
+from .errors import (
+    CallTimeout,
+    InvalidArgument,
+    InvalidPayload,
+    MicroAgentError,
+    SignalAttributeError,
+    SignalNotFound,
+    UsageError,
+)
+from .message import (
+    MESSAGE_ID,
+    REPLY_TO,
+    REQUEST_ID,
+    RPC_ERROR,
+    Envelope,
+    Incoming,
+    current_var,
+    new_headers,
+)
 from .payload import check_size, encode_json
 from .signal import RESPONSE_SIGNAL, Signal
+from .transport import BusTransport
 
 if TYPE_CHECKING:
     from .agent import Receiver
@@ -37,26 +62,39 @@ R = TypeVar('R')
 
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 DEFAULT_MAX_BACKLOG = 10_000
-__all__ = ['DEFAULT_MAX_BACKLOG', 'DEFAULT_MAX_MESSAGE_SIZE', 'RESPONSE_SIGNAL', 'AbstractSignalBus', 'BoundSignal',
-           'shown']
+__all__ = ['DEFAULT_MAX_BACKLOG', 'DEFAULT_MAX_MESSAGE_SIZE', 'RESPONSE_SIGNAL', 'AbstractSignalBus', 'Answers',
+           'BoundSignal', 'RemoteError', 'shown']
 _answers_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_errors_decoder = msgspec.json.Decoder(dict[str, str])
+
+
+class RemoteError(MicroAgentError):
+    """An RPC receiver failed: it raised, timed out or returned an invalid answer. Names the signal,
+    the receiver (``Agent.method``) and the reason the receiver's bus gave."""
+
+    def __init__(self, signal: str, receiver: str, reason: str) -> None:
+        self.signal = signal
+        self.receiver = receiver
+        self.reason = reason
+        super().__init__(f'signal {signal!r}: receiver {receiver} failed: {reason}')
 
 
 class _Pending:
-    """Answers to one RPC request, collected until the caller stops waiting."""
+    """Answers to one RPC request, collected until the caller stops waiting: pairs of the
+    successful answers and the failures (receiver -> reason) of one answering bus."""
 
     __slots__ = ('answers', 'signal', 'wakeup')
 
     def __init__(self, signal: Signal[Any, Any]) -> None:
         self.signal = signal
-        self.answers: deque[dict[str, Any]] = deque()
+        self.answers: deque[tuple[dict[str, Any], dict[str, str]]] = deque()
         self.wakeup: asyncio.Future[None] | None = None
 
-    def put(self, answer: dict[str, Any]) -> None:
-        self.answers.append(answer)
+    def put(self, answers: dict[str, Any], errors: dict[str, str]) -> None:
+        self.answers.append((answers, errors))
         _wake(self.wakeup)
 
-    async def next(self, deadline: float) -> dict[str, Any] | None:
+    async def next(self, deadline: float) -> tuple[dict[str, Any], dict[str, str]] | None:
         """The next answer, or None once the loop's clock passes ``deadline``."""
         if not self.answers:
             loop = asyncio.get_running_loop()
@@ -76,13 +114,16 @@ def _wake(future: asyncio.Future[None] | None) -> None:
 
 
 class _Reply:
-    """The answers of this bus's receivers to one RPC request, sent together once all have run."""
+    """The answers of this bus's receivers to one RPC request, sent together once all have run.
+    ``errors`` is None for a 1.x request: its caller gets no word of failures, as in 1.x."""
 
-    __slots__ = ('answers', 'left', 'request_id')
+    __slots__ = ('answers', 'errors', 'left', 'reply_to', 'request_id')
 
-    def __init__(self, request_id: str, left: int) -> None:
+    def __init__(self, request_id: str, reply_to: str, left: int, errors: bool) -> None:
         self.request_id = request_id
+        self.reply_to = reply_to
         self.answers: dict[str, msgspec.Raw] = {}
+        self.errors: dict[str, str] | None = {} if errors else None
         self.left = left
 
 
@@ -93,7 +134,8 @@ class _Lane:
 
     def __init__(self, receiver: Receiver) -> None:
         self.receiver = receiver
-        self.backlog: deque[tuple[Any, str, _Reply | None]] = deque()  # (payload, sender, reply)
+        # (payload, sender, reply, the message, read from its headers on first use)
+        self.backlog: deque[tuple[Any, str, _Reply | None, Incoming]] = deque()
         self.workers = 0
 
 
@@ -104,11 +146,13 @@ def shown(text: str | bytes, limit: int = 200) -> str:
     return repr(text[:limit])
 
 
-class AbstractSignalBus(ABC):
-    """Signal bus: ``bus.user_created`` (1.x) or ``bus[user_created]`` (typed) is a bound signal."""
+class AbstractSignalBus:
+    """The bus engine over a ``BusTransport``: ``bus.user_created`` (1.x) or ``bus[user_created]``
+    (typed) is a bound signal. Backends subclass it only to build their transport in ``__init__``."""
 
-    def __init__(self, dsn: str, prefix: str = 'PUBSUB', log: logging.Logger | None = None,
-                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+    def __init__(self, transport: BusTransport, *, dsn: str = '', prefix: str = 'PUBSUB',
+                 log: logging.Logger | None = None, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        self.transport = transport
         self.dsn = dsn
         self.prefix = prefix
         self.uid = uuid.uuid4().hex
@@ -124,23 +168,14 @@ class AbstractSignalBus(ABC):
         self._room = asyncio.Event()
         self._pending: dict[str, _Pending] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._response_bound = False
+        self._replies_bound = False
 
     def __repr__(self) -> str:
         return f'<{type(self).__name__} {hide_password(self.dsn)} {self.prefix}>'
 
-    # backend interface
-
-    @abstractmethod
-    async def publish(self, channel: str, data: bytes) -> None:
-        """Publish raw bytes on a channel."""
-
-    @abstractmethod
-    async def subscribe(self, pattern: str) -> None:
-        """Start delivering messages of channels matching the glob ``pattern`` to ``dispatch``."""
-
     async def close(self) -> None:
-        """Release connections; the bus may not be used afterwards."""
+        """Release the transport's connections; the bus may not be used afterwards."""
+        await self.transport.close()
 
     # bound signals
 
@@ -165,7 +200,7 @@ class AbstractSignalBus(ABC):
         self.receivers.setdefault(name, []).append(receiver)
         self._lanes[receiver] = _Lane(receiver)
         if first:
-            await self.subscribe(receiver.signal.make_channel_name(self.prefix))
+            await self.transport.subscribe((name,), self.deliver)
 
     async def unbind_receivers(self, receivers: list[Receiver], grace: float) -> None:
         """Stop calling ``receivers`` (dropping what waits for them) and wait up to ``grace`` s
@@ -177,53 +212,51 @@ class AbstractSignalBus(ABC):
             lane = self._lanes.pop(receiver, None)
             if lane is not None:
                 self._taken(len(lane.backlog))
-                for _, _, reply in lane.backlog:
+                for _, _, reply, _ in lane.backlog:
                     if reply is not None:
                         self._spawn(self._answered(receiver.signal, reply))
                 lane.backlog.clear()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace)
 
-    async def deliver(self, channel: str | bytes, data: bytes) -> None:
-        """``dispatch``, then wait while the backlog is full: a reading loop that awaits this
-        reads no faster than the receivers handle. Not while an RPC call of this bus waits: its
-        answer (or the request a receiver here must answer) may be behind, so holding the loop
-        would deadlock; the backlog then grows by queued messages, never by tasks."""
-        self.dispatch(channel, data)
+    async def deliver(self, name: str, sender: str, envelope: Envelope) -> None:
+        """The transport's callback: ``dispatch``, then wait while the backlog is full, so a
+        reading loop reads no faster than the receivers handle. Not while an RPC call of this bus
+        waits: its answer (or the request a receiver here must answer) may be behind, so holding
+        the loop would deadlock; the backlog then grows by queued messages, never by tasks."""
+        self.dispatch(name, sender, envelope)
         while self._backlog >= self.max_backlog and not self._pending:
             self._room.clear()
             await self._room.wait()
 
-    def dispatch(self, channel: str | bytes, data: bytes) -> None:
-        """Handle one message read by the backend; never raises, never blocks the reading loop."""
+    def dispatch(self, name: str, sender: str, envelope: Envelope) -> None:
+        """Queue one signal for its receivers; never raises, never blocks the reading loop."""
         try:
-            self._dispatch(channel, data)
+            self._dispatch(name, sender, envelope)
         except Exception as exc:  # whatever a message holds, the reader goes on
-            self.log.warning('Dropped message on channel %s: %s: %s', shown(channel), type(exc).__name__, exc)
+            self.log.warning('Dropped signal %s from %s: %s: %s', shown(name), shown(sender), type(exc).__name__, exc)
 
-    def _dispatch(self, channel: str | bytes, data: bytes) -> None:
-        if isinstance(channel, bytes):
-            channel = channel.decode()  # invalid UTF-8: the caller logs it, channel shown escaped
-        name, sender, request_id = self._parse_channel(channel)
-        if name is None:
-            return
-        if name == RESPONSE_SIGNAL:
-            if request_id:
-                self._on_answer(request_id, data)
-            return
+    def _dispatch(self, name: str, sender: str, envelope: Envelope) -> None:
         receivers = self.receivers.get(name)
         if not receivers:
             return
         signal = receivers[0].signal
         try:
-            payload = signal.codec.decode(check_size(f'signal {name!r}', data, self.max_message_size))
+            payload = signal.codec.decode(check_size(f'signal {name!r}', envelope.body, self.max_message_size))
         except InvalidPayload as exc:
             self.log.warning('Dropped signal %s from %s: %s', name, shown(sender), exc)
             return
         except Exception as exc:  # what a codec should not let through (RecursionError, UnicodeDecodeError)
             self.log.warning('Dropped signal %s from %s: %s: %s', name, shown(sender), type(exc).__name__, exc)
             return
-        item = (payload, sender, _Reply(request_id, len(receivers)) if request_id else None)
+        headers = envelope.headers
+        reply = None
+        if headers is not None:
+            request_id = headers.get(REQUEST_ID)
+            reply_to = headers.get(REPLY_TO)
+            if request_id and reply_to:
+                reply = _Reply(request_id, reply_to, len(receivers), MESSAGE_ID in headers)
+        item = (payload, sender, reply, Incoming(headers))  # one Message for every receiver, if read
         for receiver in receivers:
             lane = self._lanes[receiver]
             lane.backlog.append(item)
@@ -237,31 +270,31 @@ class AbstractSignalBus(ABC):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _parse_channel(self, channel: str) -> tuple[str | None, str, str]:
-        head = self.prefix + ':'
-        if not channel.startswith(head):
-            return None, '', ''
-        name, _, rest = channel[len(head):].partition(':')
-        sender, _, request_id = rest.partition('#')
-        return name, sender, request_id
-
     def _taken(self, count: int = 1) -> None:
         self._backlog -= count
         if self._backlog < self.max_backlog:
             self._room.set()
 
     async def _work(self, lane: _Lane) -> None:
-        """A worker of one receiver: handle its signals one by one until none is left."""
+        """A worker of one receiver: handle its signals one by one until none is left. The signal
+        is the current message while its receiver runs (and answers), so what it sends inherits
+        the conversation; its headers are read only if something asks."""
         receiver, backlog = lane.receiver, lane.backlog
         try:
             while backlog:
-                payload, sender, reply = backlog.popleft()
+                payload, sender, reply, incoming = backlog.popleft()
                 self._taken()
-                ok, result = await self._call(receiver, payload, sender)
-                if reply is not None:
-                    if ok:  # a failed receiver does not answer; one that returned None answers null, as in 1.x
-                        self._add_answer(receiver, reply, result)
-                    await self._answered(receiver.signal, reply)
+                token = current_var.set(incoming)
+                try:
+                    ok, result = await self._call(receiver, payload, sender)
+                    if reply is not None:
+                        if ok:  # one that returned None answers null, as in 1.x
+                            self._add_answer(receiver, reply, result)
+                        elif reply.errors is not None:
+                            reply.errors[receiver.key] = result
+                        await self._answered(receiver.signal, reply)
+                finally:
+                    current_var.reset(token)
         finally:
             lane.workers -= 1
 
@@ -271,68 +304,119 @@ class AbstractSignalBus(ABC):
             encoded = signal.answer_codec.encode(result) if signal.answer_codec else encode_json(result)
         except (InvalidPayload, TypeError, msgspec.EncodeError) as exc:
             self.log.error('Answer of %s to %s is invalid: %s', receiver.key, signal.name, exc)
+            if reply.errors is not None:
+                reply.errors[receiver.key] = f'invalid answer: {exc}'
             return
         reply.answers[receiver.key] = msgspec.Raw(encoded)
 
     async def _answered(self, signal: Signal[Any, Any], reply: _Reply) -> None:
-        """One receiver is done with the request; the last one publishes ``{"Class.method": value}``."""
+        """One receiver is done with the request; the last one sends ``{"Class.method": value}``
+        (and the failures, to a caller that reads them)."""
         reply.left -= 1
-        if reply.left or not reply.answers:
+        if reply.left or not (reply.answers or reply.errors):
             return
-        channel = f'{self.prefix}:{RESPONSE_SIGNAL}:{self.uid}#{reply.request_id}'
+        headers = new_headers(request_id=reply.request_id)
+        if reply.errors:
+            headers[RPC_ERROR] = encode_json(reply.errors).decode()
         try:
-            await self.publish(channel, encode_json(reply.answers))
+            await self.transport.reply(reply.reply_to, Envelope(encode_json(reply.answers), headers))
         except Exception as exc:
             self.log.warning('Answers to %s not sent: %s: %s', signal.name, type(exc).__name__, exc)
 
     async def _call(self, receiver: Receiver, payload: Any, sender: str) -> tuple[bool, Any]:
+        """``(True, result)``, or ``(False, reason)`` when the receiver failed (logged here)."""
         try:
             return True, await receiver(payload, sender)
         except TimeoutError:
             self.log.error('Receiver %s of %s timed out after %.1fs', receiver.key, receiver.signal.name,
                            receiver.timeout)
-        except Exception:
+            return False, f'timed out after {receiver.timeout}s'
+        except Exception as exc:
             self.log.exception('Receiver %s of %s failed', receiver.key, receiver.signal.name)
-        return False, None
+            return False, f'{type(exc).__name__}: {exc}'
 
     # RPC
 
-    def _on_answer(self, request_id: str, data: bytes) -> None:
-        pending = self._pending.get(request_id)
-        if pending is None:
+    async def _on_reply(self, envelope: Envelope) -> None:
+        """The transport's callback for RPC answers; never raises."""
+        try:
+            self._on_answer(envelope)
+        except Exception as exc:
+            self.log.warning('Dropped an RPC answer: %s: %s', type(exc).__name__, exc)
+
+    def _on_answer(self, envelope: Envelope) -> None:
+        headers = envelope.headers
+        request_id = headers.get(REQUEST_ID) if headers is not None else None
+        pending = self._pending.get(request_id) if request_id else None
+        if pending is None or headers is None:
             return
         try:
-            raw = _answers_decoder.decode(check_size(f'answer of signal {pending.signal.name!r}', data,
-                                                      self.max_message_size))
+            raw = _answers_decoder.decode(check_size(f'answer of signal {pending.signal.name!r}', envelope.body,
+                                                     self.max_message_size))
             codec = pending.signal.answer_codec
             # bytes: msgspec decodes a Raw in place, pydantic takes bytes only
             answers = {key: codec.decode(bytes(value)) if codec else msgspec.json.decode(value)
                        for key, value in raw.items()}
+            failed = headers.get(RPC_ERROR)
+            errors = _errors_decoder.decode(failed) if failed else {}
         except Exception as exc:  # InvalidPayload, or anything a codec lets through (RecursionError)
             self.log.warning('Dropped answer to %s: %s: %s', pending.signal.name, type(exc).__name__, exc)
             return
-        if answers:  # an empty answer names no receiver: nothing to hand the caller
-            pending.put(answers)
+        if answers or errors:  # an empty answer names no receiver: nothing to hand the caller
+            pending.put(answers, errors)
 
-    async def _request(self, signal: Signal[Any, Any], sender: str, data: bytes) -> tuple[str, _Pending]:
+    async def _request(self, signal: Signal[Any, Any], sender: str, data: bytes,
+                       headers: Mapping[str, str] | None) -> tuple[str, _Pending]:
         """Publish an RPC request; its answers collect in the returned ``_Pending`` until the caller
         drops it from ``_pending``. Request ids are unique per bus (its uid and a counter)."""
         request_id = next(self._request_ids)
         pending = self._pending[request_id] = _Pending(signal)
         self._room.set()  # a reading loop held by a full backlog reads on while an answer is awaited
         try:
-            if not self._response_bound:
-                self._response_bound = True
-                await self.subscribe(f'{self.prefix}:{RESPONSE_SIGNAL}:*')
-            await self.publish(f'{signal.make_channel_name(self.prefix, sender)}#{request_id}', data)
+            if not self._replies_bound:
+                self._replies_bound = True
+                try:
+                    await self.transport.receive_replies(self._on_reply)
+                except BaseException:
+                    self._replies_bound = False  # the next call tries again
+                    raise
+            envelope = Envelope(data, new_headers(headers, reply_to=self.transport.reply_to, request_id=request_id))
+            await self.transport.publish(signal.name, sender, envelope)
         except BaseException:
             del self._pending[request_id]
             raise
         return request_id, pending
 
 
+class Answers(Generic[R]):
+    """What ``waiter`` yields: iterate over the successful answers, ``{"Agent.method": value}``,
+    until the timeout; ``errors`` holds a ``RemoteError`` for each receiver that failed so far."""
+
+    __slots__ = ('deadline', 'errors', 'pending')
+
+    def __init__(self, pending: _Pending, deadline: float) -> None:
+        self.pending = pending
+        self.deadline = deadline
+        self.errors: list[RemoteError] = []
+
+    def __aiter__(self) -> Answers[R]:
+        return self
+
+    async def __anext__(self) -> dict[str, R]:
+        while (item := await self.pending.next(self.deadline)) is not None:
+            answers, errors = item
+            name = self.pending.signal.name
+            self.errors.extend(RemoteError(name, key, reason) for key, reason in errors.items())
+            if answers:
+                return answers
+        raise StopAsyncIteration
+
+
 class BoundSignal(Generic[T, R]):
-    """A signal bound to a bus: ``send``, ``call`` and ``waiter``."""
+    """A signal bound to a bus: ``send``, ``call`` and ``waiter``.
+
+    ``headers`` (every method) are user headers the message carries; as a keyword it is taken for
+    them, never for a 1.x payload field of that name."""
 
     __slots__ = ('bus', 'signal')
 
@@ -355,39 +439,41 @@ class BoundSignal(Generic[T, R]):
             data = codec.encode(payload)
         return check_size(f'signal {self.signal.name!r}', data, self.bus.max_message_size)
 
-    async def send(self, sender: str, payload: T | None = None, **kwargs: Any) -> None:
+    async def send(self, sender: str, payload: T | None = None, *, headers: Mapping[str, str] | None = None,
+                   **kwargs: Any) -> None:
         """Publish the signal; the payload is a model instance, or 1.x style keyword fields."""
         data = self._encode(sender, payload, kwargs)
-        await self.bus.publish(self.signal.make_channel_name(self.bus.prefix, sender), data)
+        await self.bus.transport.publish(self.signal.name, sender, Envelope(data, new_headers(headers)))
 
     async def call(self, sender: str, payload: T | None = None, *, timeout: float = 60,
-                   **kwargs: Any) -> dict[str, R]:
-        """Send as RPC and return the first answer, ``{"Agent.method": value}``; ``TimeoutError``
-        when no receiver answers within ``timeout`` seconds."""
+                   headers: Mapping[str, str] | None = None, **kwargs: Any) -> dict[str, R]:
+        """Send as RPC and return the first answer, ``{"Agent.method": value}``. ``CallTimeout``
+        when no receiver answers within ``timeout`` seconds; ``RemoteError`` when the first answer
+        says only that its receivers failed."""
         data = self._encode(sender, payload, kwargs)
         deadline = asyncio.get_running_loop().time() + timeout
-        request_id, pending = await self.bus._request(self.signal, sender, data)
+        request_id, pending = await self.bus._request(self.signal, sender, data, headers)
         try:
-            answer = await pending.next(deadline)
+            item = await pending.next(deadline)
         finally:
             del self.bus._pending[request_id]
-        if answer is None:
+        if item is None:
             raise CallTimeout(f'no answer to signal {self.signal.name!r} within {timeout}s')
-        return answer
+        answers, errors = item
+        if not answers:
+            key, reason = next(iter(errors.items()))
+            raise RemoteError(self.signal.name, key, reason)
+        return answers
 
     @asynccontextmanager
     async def waiter(self, sender: str, payload: T | None = None, *, timeout: float = 60,
-                     **kwargs: Any) -> AsyncIterator[AsyncIterator[dict[str, R]]]:
-        """Send as RPC and iterate over every answer that arrives within ``timeout`` seconds."""
+                     headers: Mapping[str, str] | None = None, **kwargs: Any) -> AsyncIterator[Answers[R]]:
+        """Send as RPC and iterate over every successful answer that arrives within ``timeout``
+        seconds; failed receivers are collected in the iterator's ``errors``."""
         data = self._encode(sender, payload, kwargs)
         deadline = asyncio.get_running_loop().time() + timeout
-        request_id, pending = await self.bus._request(self.signal, sender, data)
+        request_id, pending = await self.bus._request(self.signal, sender, data, headers)
         try:
-            yield _answers(pending, deadline)
+            yield Answers(pending, deadline)
         finally:
             del self.bus._pending[request_id]
-
-
-async def _answers(pending: _Pending, deadline: float) -> AsyncIterator[dict[str, Any]]:
-    while (answer := await pending.next(deadline)) is not None:
-        yield answer

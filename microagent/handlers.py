@@ -4,7 +4,8 @@ Decorators only attach a small spec to the function; the agent class collects th
 defined. A handler is called in one of two conventions, chosen once from its signature:
 
 * typed: the first parameter after ``self`` receives the validated model instance, and keyword
-  parameters named ``sender`` / ``signal`` are filled when present;
+  parameters named ``sender`` / ``signal`` are filled when present, ``message`` with the
+  ``message.Message`` being handled (ids, attempt, headers), read from the headers only then;
 * 1.x: a handler with ``**kwargs`` receives the payload fields as keywords (plus ``signal`` and
   ``sender`` for receivers, the DTO under ``dto_name or 'dto'`` for consumers with a ``dto_class``).
 """
@@ -14,6 +15,8 @@ import asyncio
 import difflib
 import inspect
 import math
+import types
+import typing
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
@@ -23,6 +26,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast
 from croniter import croniter
 
 from .errors import DeclarationError, UsageError
+from .message import Message
 from .payload import Codec, codec_for
 from .queue import Queue
 from .signal import Signal
@@ -49,7 +53,8 @@ class CallStyle:
 
     legacy: bool          # has **kwargs: 1.x keyword call
     positional: bool      # takes a first positional argument (the DTO)
-    keywords: frozenset[str]  # named keyword parameters it accepts (sender, signal, ...)
+    keywords: frozenset[str]  # named keyword parameters it accepts (sender, signal, message, ...)
+    message: bool = False  # names a ``message`` parameter: gets the ``Message`` being handled
 
     @classmethod
     def of(cls, func: Callable[..., Any]) -> CallStyle:
@@ -57,9 +62,26 @@ class CallStyle:
         legacy = any(p.kind is p.VAR_KEYWORD for p in params)
         first = params[0] if params else None
         positional = first is not None and first.kind in (first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD) \
-            and first.name not in ('sender', 'signal')
+            and first.name not in ('sender', 'signal') and not (first.name == 'message' and _is_message(func))
         keywords = frozenset(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
-        return cls(legacy=legacy, positional=positional, keywords=keywords)
+        wants_message = 'message' in keywords and not (positional and first is not None and first.name == 'message')
+        return cls(legacy=legacy, positional=positional, keywords=keywords, message=wants_message)
+
+
+def _is_message(func: Callable[..., Any]) -> bool:
+    """Whether the handler's ``message`` parameter is annotated ``microagent.Message``: a first
+    parameter named ``message`` is the payload (1.x handlers and models named Message use it), unless
+    its annotation says it is the message being handled."""
+    try:
+        hint = typing.get_type_hints(func).get('message')
+    except Exception:  # an annotation that does not resolve here: judge by its text
+        hint = inspect.signature(func).parameters['message'].annotation
+        return isinstance(hint, str) and hint.replace(' ', '') in _MESSAGE_HINTS
+    return hint is Message or (typing.get_origin(hint) in (typing.Union, types.UnionType)
+                               and Message in typing.get_args(hint))
+
+
+_MESSAGE_HINTS = frozenset({'microagent.Message', 'microagent.message.Message', 'Message|None'})
 
 
 def handler_name(func: Callable[..., Any]) -> str:

@@ -19,15 +19,16 @@ engine. Common rules:
 * A bare 1.x body, with no headers, arrives as ``Envelope(body, None)``, or with the headers the
   transport can tell from its wire (``request-id`` and ``reply-to`` of a 1.x RPC channel).
 
-How the existing backends map onto them (the lead rewires them; the 1.x constructors stay):
+How the backends map onto them (the 1.x constructors stay, as thin classes building a transport):
 
-memory (``tools/memory.py``)
+memory (``tools/memory.py``, the smallest example of both protocols)
     Bus: the hub maps signal names to subscribed transports; ``publish`` puts the envelope in each
-    one's inbox (an ``asyncio.Queue``) and one reader task per bus awaits ``deliver``. ``reply_to``
-    is the bus's id in the hub; ``reply`` puts the answer in that bus's inbox.
+    one's inbox (a deque) and a reader task, running while the inbox holds messages, awaits
+    ``deliver``. ``reply_to`` is the transport's address in the hub; ``reply`` puts the answer in
+    that transport's inbox.
     Broker: the hub's deques hold (envelope, attempt, redelivered); ``put(delay=)`` and ``retry`` use
-    ``call_later`` as ``retry`` does today; ``release`` pushes to the front with ``redelivered``.
-    ``declare`` records the exchange binding in the hub; ``publish`` routes by those bindings.
+    ``call_later``; ``release`` pushes to the front with ``redelivered``. ``declare`` records the
+    exchange binding in the hub; ``publish`` routes by those bindings.
 
 redis (``tools/redis.py``)
     Bus: ``publish`` sends ``frame(body, headers)`` (with ``wire='1.x'`` the bare body) on
@@ -72,7 +73,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from .message import Envelope
+from .message import Envelope, Message
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -98,7 +99,8 @@ class Delivery(Generic[TokenT]):
     been partly handled. ``token`` is the transport's own handle; ``context`` holds backend extras a
     handler may ask for by name (``amqp`` on RabbitMQ, as in 1.x)."""
 
-    __slots__ = ('attempt', 'context', 'envelope', 'redelivered', 'token')
+    __slots__ = ('_message', 'attempt', 'context', 'envelope', 'redelivered', 'token')
+    _message: Message | None
 
     def __init__(self, envelope: Envelope, token: TokenT, attempt: int = 1, redelivered: bool = False,
                  context: Mapping[str, object] = NO_CONTEXT) -> None:
@@ -111,6 +113,19 @@ class Delivery(Generic[TokenT]):
     def __repr__(self) -> str:
         again = ', redelivered' if self.redelivered else ''
         return f'<Delivery attempt {self.attempt}{again}: {self.envelope.body[:60]!r}>'
+
+    @property
+    def message(self) -> Message:
+        """The ``Message`` of this delivery, read from its headers on first use (the engine makes
+        the delivery the current message while its handler runs; most handlers never read it)."""
+        try:
+            message: Message | None = self._message
+        except AttributeError:  # not set by __init__: it costs a store per message that few read
+            message = None
+        if message is None:
+            message = self._message = Message.from_headers(self.envelope.headers, attempt=self.attempt,
+                                                           redelivered=self.redelivered)
+        return message
 
 
 @dataclass(frozen=True)
@@ -175,21 +190,29 @@ class BrokerTransport(Protocol[TokenT]):
 
     #: True when cancelling ``fetch`` can never lose a message, so ``stop`` need not wait for it
     fetch_cancel_safe: bool
+    #: send keywords ``put`` honours in ``options`` (AMQP: the 1.x ``properties``, ``exchange``,
+    #: ``topic``); the engine refuses any other with a TypeError naming the queue, before ``put``
+    send_options: frozenset[str]
+    #: what becomes of a message the transport could neither settle nor release, for the engine's log
+    unsettled_fate: str
 
     async def declare(self, queue: Queue[Any]) -> None:
         """Create the queue and bind it to its exchange where the backend needs to; idempotent.
         The binding is kept where every process routing through it sees it (the server, the hub)."""
         ...
 
-    async def put(self, queue: Queue[Any], envelopes: Sequence[Envelope], *, delay: float = 0.0) -> None:
+    async def put(self, queue: Queue[Any], envelopes: Sequence[Envelope], *, delay: float = 0.0,
+                  **options: Any) -> None:
         """Append envelopes to a queue, in order, in as few round trips as possible, as attempt 1;
-        with ``delay`` > 0 none is fetched before ``delay`` seconds."""
+        with ``delay`` > 0 none is fetched before ``delay`` seconds. ``options`` are the backend's
+        own send keywords (names of ``send_options`` only; none for a plain send)."""
         ...
 
-    async def publish(self, exchange: str, routing_key: str, envelope: Envelope) -> None:
-        """Put the envelope on every queue declared bound to ``exchange`` whose binding matches
-        ``routing_key``, all or none. A message no binding matches is dropped, as RabbitMQ does:
-        the engine checks the declarations first and raises ``LookupError``."""
+    async def publish(self, exchange: str, routing_key: str, envelope: Envelope) -> int:
+        """Put the envelope on every queue bound to ``exchange`` (on the server or hub, whoever
+        declared it) whose binding matches ``routing_key``, all or none; return how many queues got
+        it (1 when the server only says "at least one"). None bound: raise ``errors.QueueNotFound``
+        (a ``LookupError``) naming the exchange and the key."""
         ...
 
     async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery[TokenT]]:
@@ -212,6 +235,16 @@ class BrokerTransport(Protocol[TokenT]):
     async def release(self, queue: Queue[Any], deliveries: Sequence[Delivery[TokenT]]) -> None:
         """Return unhandled messages to the head of the queue (on stop), marked ``redelivered``,
         without counting an attempt."""
+        ...
+
+    async def consume(self, queue: Queue[Any], concurrency: int) -> None:
+        """The engine starts consuming ``queue`` with ``concurrency`` handlers, before its first
+        ``fetch`` (a push-based server sets its prefetch here; others need do nothing)."""
+        ...
+
+    async def stop_consuming(self, queue: Queue[Any]) -> None:
+        """The engine stopped consuming ``queue``: every delivery it took is settled or released.
+        Messages the transport prefetched and never handed out go back to the queue now."""
         ...
 
     async def length(self, name: str) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 import aiormq
 import pytest
 
-from microagent.tools.amqp import AMQPBroker, AMQPSignalBus
+from microagent.tools.amqp import AMQPBroker, AMQPBusTransport, AMQPQueueTransport, AMQPSignalBus
 from tests.services import AMQP_HOST, AMQP_PORT, require_service
 
 AMQP_DSN = os.environ.get('MICROAGENT_AMQP_DSN', f'amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/')
@@ -26,10 +26,12 @@ async def delete_declared(opened: Iterable[Any], exchanges: Iterable[str] = ()) 
     queues: set[str] = set()
     names = set(exchanges)
     for item in opened:
-        if isinstance(item, AMQPBroker):
+        if isinstance(item, AMQPBroker | AMQPSignalBus):
+            item = item.transport
+        if isinstance(item, AMQPQueueTransport):
             queues |= item.declared_queues
             names |= item.declared_exchanges
-        elif isinstance(item, AMQPSignalBus):
+        elif isinstance(item, AMQPBusTransport):
             names.add(item.prefix)
     connection = await aiormq.connect(AMQP_DSN)
     try:
@@ -85,6 +87,16 @@ class Servers:
         bus = AMQPSignalBus(AMQP_DSN, prefix=self.prefix, **options)
         self.opened.append(bus)
         return bus
+
+    def queue_transport(self, **options: Any) -> AMQPQueueTransport:
+        transport = AMQPQueueTransport(AMQP_DSN, **options)
+        self.opened.append(transport)
+        return transport
+
+    def bus_transport(self, **options: Any) -> AMQPBusTransport:
+        transport = AMQPBusTransport(AMQP_DSN, prefix=self.prefix, **options)
+        self.opened.append(transport)
+        return transport
 
     async def raw(self) -> aiormq.abc.AbstractChannel:
         """A new channel on a plain aiormq connection of the test's own."""

@@ -143,9 +143,10 @@ async def inject_raw(backend: Backend, broker: AbstractQueueBroker, queue: str, 
         from microagent.tools.memory import MemoryBroker
 
         assert isinstance(broker, MemoryBroker)
+        from microagent.message import Envelope
         from microagent.queue import Queue
 
-        await broker.put(Queue.get(queue), bodies)
+        await broker.transport.put(Queue.get(queue), [Envelope(body) for body in bodies])
 
 
 async def unsettled_after_stop(backend: Backend, queue: str) -> int:

@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from microagent import (
+    InvalidPayload,
     MicroAgent,
     MissConfig,
     Queue,
@@ -347,6 +348,16 @@ async def test_mocks_record_what_an_agent_sends(unique: str) -> None:
     await getattr(agent.broker, queue.name).declare()
     async with agent:
         agent.bus.bind_receiver.assert_awaited()  # type: ignore[attr-defined]
+
+
+async def test_mocks_index_like_attributes_and_publish_still_validates(unique: str) -> None:
+    signal = Signal(f'mockpub_{unique}', Ping)
+    queue = Queue(f'mockpub_{unique}', Ping, exchange=f'mockx_{unique}')
+    bus, broker = BusMock(), BrokerMock()
+    assert bus[signal] is getattr(bus, signal.name) and broker[queue] is getattr(broker, queue.name)
+    assert await broker.publish(f'mockx_{unique}', Ping(n=1)) == 1  # the declared queue counts as bound
+    with pytest.raises(InvalidPayload):
+        await broker.publish(f'mockx_{unique}', {'n': 'one'})
 
 
 def test_bad_handler_timeouts_name_the_handler(unique: str) -> None:

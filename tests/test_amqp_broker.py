@@ -103,7 +103,7 @@ async def test_retry_carries_the_attempt_header_through_a_delay_queue(amqp: Serv
         await broker[queue].send(Job(job_id=1))
         await seen.wait(3)
     assert seen.items == [(None, None), (2, 'RuntimeError: try 1'), (3, 'RuntimeError: try 2')]
-    assert {f'{queue.name}.retry.50', f'{queue.name}.retry.100'} <= broker.declared_queues
+    assert {f'{queue.name}.retry.50', f'{queue.name}.retry.100'} <= broker.transport.declared_queues
     channel = await amqp.raw()
     delay = await channel.queue_declare(f'{queue.name}.retry.100', passive=True)
     assert delay.message_count == 0  # the message went back to the queue when its delay was over

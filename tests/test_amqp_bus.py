@@ -74,11 +74,11 @@ async def test_each_bus_reads_an_exclusive_queue_that_goes_away_with_it(amqp: Se
     async with Agent(bus=bus):
         channel = await amqp.raw()
         with pytest.raises(aiormq.ChannelLockedResource):  # exclusive to the bus's connection
-            await channel.queue_declare(bus.queue_name, passive=True)
+            await channel.queue_declare(bus.transport.queue_name, passive=True)
     await bus.close()
     channel = await amqp.raw()
     with pytest.raises(aiormq.ChannelNotFoundEntity):
-        await channel.queue_declare(bus.queue_name, passive=True)
+        await channel.queue_declare(bus.transport.queue_name, passive=True)
 
 
 async def test_rpc_request_names_the_caller_queue_and_answers_go_only_there(amqp: Servers, unique: str) -> None:
@@ -97,7 +97,7 @@ async def test_rpc_request_names_the_caller_queue_and_answers_go_only_there(amqp
     assert (one, two) == ({'Doubler.double': 2}, {'Doubler.double': 4})
     requests = sorted(await tap.wait(2), key=lambda m: m.routing_key or '')
     assert [m.routing_key for m in requests] == [f'{signal.name}.a', f'{signal.name}.b']  # no answer here
-    assert [m.header.properties.reply_to for m in requests] == [first.queue_name, second.queue_name]
+    assert [m.header.properties.reply_to for m in requests] == [first.transport.queue_name, second.transport.queue_name]
     assert all(m.header.properties.correlation_id for m in requests)
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from microagent import MicroAgent, Queue, consumer
 from microagent.broker import SETTLE_TRIES
+from microagent.message import Envelope
 from microagent.tools.amqp_link import Outgoing
 from tests.amqp_support import Servers
 from tests.helpers import Collector, eventually
@@ -34,7 +35,7 @@ async def test_refused_dead_letter_is_tried_again_then_nacked_back(
             got.add(job.job_id)
 
     broker = amqp.broker()
-    publish = broker._publisher.publish
+    publish = broker.transport._publisher.publish
     dead_publishes = Collector()
 
     async def refusing(messages: list[Outgoing], what: str) -> None:
@@ -44,10 +45,11 @@ async def test_refused_dead_letter_is_tried_again_then_nacked_back(
                 raise ConnectionError('publisher confirm lost')
         await publish(messages, what)
 
-    monkeypatch.setattr(broker._publisher, 'publish', refusing)
+    monkeypatch.setattr(broker.transport._publisher, 'publish', refusing)
     caplog.set_level(logging.INFO, logger='microagent.broker')
     async with Worker(broker=broker):
-        await broker.put(queue, [b'{broken', *(msgspec.json.encode(Job(i)) for i in range(3))])
+        bodies = [b'{broken', *(msgspec.json.encode(Job(i)) for i in range(3))]
+        await broker.transport.put(queue, [Envelope(body) for body in bodies])
         assert sorted(await got.wait(3)) == [0, 1, 2]
         await eventually(lambda: _dead_is(broker, queue, 1))
     assert len(dead_publishes.items) == failures + 1

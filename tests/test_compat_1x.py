@@ -1,6 +1,8 @@
-"""The microagent 1.x reference example runs unchanged, and so does the typed DESIGN.md example."""
+"""The microagent 1.x reference example runs unchanged, and so does the typed DESIGN.md example; a 1.x
+agent and this one talk both ways on one Redis."""
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -11,9 +13,12 @@ from typing import Any
 import msgspec
 import pydantic
 import pytest
+from redis.asyncio import Redis
 
 from microagent import InvalidPayload, MicroAgent, Queue, Signal, consumer, load_stuff, on, periodic, receiver
 from microagent.tools.memory import MemoryBroker, MemorySignalBus
+from microagent.tools.redis import RedisBroker, RedisSignalBus
+from tests.backends import REDIS_TEST_DSN
 from tests.helpers import Collector
 
 
@@ -171,3 +176,47 @@ def test_everything_without_pydantic_installed(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == 'ok [1]'
+
+
+class Order(msgspec.Struct, frozen=True):
+    order_id: int
+
+
+@pytest.mark.redis
+async def test_a_1x_agent_and_this_one_talk_both_ways_on_one_redis(raw: Redis, unique: str) -> None:
+    """The 1.x side is played with the very commands 1.x issues (PUBLISH and PSUBSCRIBE on
+    ``PUBSUB:{name}:{sender}``, RPUSH and BLPOP on the queue's list, ``json.dumps`` bodies); this side
+    uses ``wire='1.x'``, so everything it sends is what 1.x reads."""
+    placed, paid = Signal(f'placed_{unique}', Order), Signal(f'paid_{unique}', Order)
+    invoices, payments = Queue(f'invoices_{unique}', Order), Queue(f'payments_{unique}', Order)
+
+    class Billing(MicroAgent):
+        @receiver(placed)
+        async def on_placed(self, order: Order) -> None:  # 1.x signal in, queue message out
+            await self.broker[invoices].send(order)
+
+        @consumer(payments)
+        async def on_payment(self, order: Order) -> None:  # 1.x queue message in, signal out
+            await self.bus[paid].send('billing', order)
+
+    legacy = raw.pubsub()
+    await legacy.psubscribe(f'PUBSUB:{paid.name}:*')
+    bus, broker = RedisSignalBus(REDIS_TEST_DSN, wire='1.x'), RedisBroker(REDIS_TEST_DSN, wire='1.x')
+    try:
+        async with Billing(bus=bus, broker=broker):
+            await raw.publish(f'PUBSUB:{placed.name}:shop', json.dumps({'order_id': 1}))
+            popped = await raw.blpop([invoices.name], 5)
+            await raw.rpush(payments.name, json.dumps({'order_id': 2}))
+            async with asyncio.timeout(5):
+                signal = await legacy.get_message(ignore_subscribe_messages=True, timeout=5)
+                while signal is None:
+                    signal = await legacy.get_message(ignore_subscribe_messages=True, timeout=5)
+    finally:
+        await legacy.aclose()  # type: ignore[no-untyped-call]
+        await bus.close()
+        await broker.close()
+        for name in (invoices.name, payments.name):
+            await raw.delete(name, *[key async for key in raw.scan_iter(match=f'{name}:*')])
+    assert popped is not None and json.loads(popped[1]) == {'order_id': 1}
+    assert signal['channel'] == f'PUBSUB:{paid.name}:billing'.encode()
+    assert json.loads(signal['data']) == {'order_id': 2}

@@ -158,3 +158,30 @@ async def test_stop_raises_what_a_phase_raised_after_every_phase_ran() -> None:
     with pytest.raises(ConnectionError, match='bus down'):
         await agent.stop(grace=0)
     assert stopped == ['consumers']
+
+
+async def test_stop_does_not_wait_forever_for_a_release_the_server_never_confirms(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    queue = Queue(f'life_hung_{SUFFIX}', Job)
+    started = Collector()
+
+    class Worker(MicroAgent):
+        @consumer(queue, concurrency=1, prefetch=4)
+        async def work(self, job: Job) -> None:
+            started.add(job.n)
+            await asyncio.Event().wait()  # under way when the agent stops
+
+    broker = MemoryBroker()
+    await broker[queue].send_many([Job(n) for n in range(5)])
+
+    async def hung_release(*args: object) -> None:
+        await asyncio.Event().wait()  # the server went away: no release ever completes
+
+    agent = Worker(broker=broker)
+    await agent.start()
+    await started.wait(1)
+    monkeypatch.setattr(broker.transport, 'release', hung_release)
+    async with asyncio.timeout(10):  # a hang guard, not a measure: stop keeps to its own deadline
+        await agent.stop(grace=0.1)
+    assert 'could not release prefetched messages on stop' in caplog.text
+    assert 'could not release their message in time' in caplog.text

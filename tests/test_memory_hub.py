@@ -51,12 +51,12 @@ async def test_two_default_brokers_do_not_share_queues(unique: str) -> None:
     first, second = MemoryBroker(), MemoryBroker('memory://')
 
     await first[queue].send(Ping(n=1))
-    await first.dead_letter(queue, (await first.fetch(queue, 1, 0))[0], 'test')
+    await first.transport.dead_letter(queue, (await first.transport.fetch(queue, 1, 0))[0], 'test')
     await first[queue].send(Ping(n=2))
 
     assert (await first[queue].length(), await first[queue].dead_letter_count()) == (1, 1)
     assert (await second[queue].length(), await second[queue].dead_letter_count()) == (0, 0)
-    assert await second.fetch(queue, 1, 0) == []
+    assert await second.transport.fetch(queue, 1, 0) == []
 
 
 async def test_brokers_on_one_hub_share_queues(unique: str) -> None:
@@ -67,8 +67,8 @@ async def test_brokers_on_one_hub_share_queues(unique: str) -> None:
 
     for sender, taker in (by_object, by_name):
         await sender[queue].send(Ping(n=1))
-        [delivery] = await taker.fetch(queue, 1, 0)
-        assert msgspec.json.decode(delivery.data) == {'n': 1}
+        [delivery] = await taker.transport.fetch(queue, 1, 0)
+        assert msgspec.json.decode(delivery.envelope.body) == {'n': 1}
     assert by_name[0].hub is MemoryHub.named(unique) and by_object[0].hub is hub
 
 

@@ -27,6 +27,7 @@ from microagent.message import (
     frame,
     handling,
     new_headers,
+    new_headers_many,
     new_message_id,
     new_traceparent,
     parse_traceparent,
@@ -52,13 +53,15 @@ def test_fresh_headers_start_a_conversation_and_a_trace() -> None:
     headers = new_headers()
     after = time.time()
     assert HEX32.fullmatch(headers['message-id'])
-    assert headers['correlation-id'] == headers['message-id']
-    assert before <= float(headers['sent-at']) <= after
-    assert headers['attempt'] == '1'
-    match = W3C.fullmatch(headers['traceparent'])
+    assert before - 0.001 <= float(headers['sent-at']) <= after  # to the millisecond, truncated
+    assert headers.keys() == {'message-id', 'sent-at'}  # the rest is derived on receipt: not sent
+    received = Message.from_headers(headers)
+    assert received.correlation_id == received.message_id == headers['message-id'] and received.attempt == 1
+    assert received.traceparent is not None
+    match = W3C.fullmatch(received.traceparent)
     assert match is not None and match[3] == '01'  # a sampled root, so tracers downstream record it
-    assert parse_traceparent(headers['traceparent']) is not None
-    assert not {'tracestate', 'reply-to', 'request-id'} & headers.keys()
+    assert received.trace_id == headers['message-id']
+    assert parse_traceparent(received.traceparent) is not None
 
 
 def test_message_ids_are_unique() -> None:
@@ -101,7 +104,28 @@ def test_headers_sent_while_handling_inherit_correlation_and_trace() -> None:
     assert child[1] != parent[1]  # a new span, child of the handled message's
     assert child[2] == parent[2]  # the caller's sampling decision is kept
     assert current_message() is None
-    assert new_headers()['correlation-id'] != 'conversation'
+    assert 'correlation-id' not in new_headers()  # a new conversation again
+
+
+def test_headers_of_a_batch_are_those_of_as_many_single_sends() -> None:
+    fresh = new_headers_many(3, {'tenant': 'acme'})
+    assert len({headers['message-id'] for headers in fresh}) == 3
+    for headers in fresh:
+        assert headers.keys() == new_headers({'tenant': 'acme'}).keys()
+        received = Message.from_headers(headers)
+        assert received.correlation_id == received.trace_id == headers['message-id']
+        assert dict(received.headers) == {'tenant': 'acme'}
+    handled = _message(correlation_id='conversation', traceparent=PARENT, tracestate='vendor=1')
+    with handling(handled):
+        batch, single = new_headers_many(2), new_headers()
+    parent = parse_traceparent(PARENT)
+    assert parent is not None
+    for headers in batch:
+        assert headers.keys() == single.keys()
+        child = parse_traceparent(headers['traceparent'])
+        assert child is not None and (child[0], child[2]) == (parent[0], parent[2]) and child[1] != parent[1]
+        assert (headers['correlation-id'], headers['tracestate']) == ('conversation', 'vendor=1')
+    assert new_headers_many(0) == []
 
 
 def test_a_handled_message_without_a_valid_trace_starts_one() -> None:
@@ -109,8 +133,8 @@ def test_a_handled_message_without_a_valid_trace_starts_one() -> None:
         with handling(_message(traceparent=traceparent, tracestate='vendor=1')):
             headers = new_headers()
         assert headers['correlation-id'] == 'c1'
-        assert parse_traceparent(headers['traceparent']) is not None
-        assert 'tracestate' not in headers  # state of an invalid trace is not passed on
+        assert 'traceparent' not in headers and 'tracestate' not in headers  # no trace, no state passed on
+        assert Message.from_headers(headers).trace_id == headers['message-id']  # it starts one
 
 
 def test_set_and_reset_current_message() -> None:
@@ -176,7 +200,7 @@ def test_user_headers_travel_under_their_own_names() -> None:
     headers = new_headers({'tenant': 'acme', 'X-Request-Source': 'web', 'empty': ''})
     assert headers['tenant'] == 'acme' and headers['X-Request-Source'] == 'web' and headers['empty'] == ''
     assert new_headers({'n' * 255: 'long name'})['n' * 255] == 'long name'
-    assert STANDARD_HEADERS - {'tracestate', 'reply-to', 'request-id'} <= headers.keys()
+    assert {'message-id', 'sent-at'} <= headers.keys()
 
 
 @pytest.mark.parametrize('name', [*sorted(STANDARD_HEADERS), 'Message-ID', 'TRACEPARENT'])
@@ -217,8 +241,8 @@ def test_message_from_the_headers_it_was_sent_with() -> None:
     assert message.message_id == sent['message-id'] == message.correlation_id
     assert message.sent_at == float(sent['sent-at'])
     assert (message.attempt, message.redelivered) == (3, True)
-    assert message.traceparent == sent['traceparent'] and message.tracestate is None
-    assert message.trace_id == sent['traceparent'][3:35]
+    assert message.traceparent == f"00-{sent['message-id']}-{sent['message-id'][16:]}-01"
+    assert message.trace_id == sent['message-id'] and message.tracestate is None
     assert (message.reply_to, message.request_id) == ('PUBSUB:response', 'r1')
     assert dict(message.headers) == {'tenant': 'acme'}
 

@@ -19,10 +19,11 @@ from typing import Any
 import msgspec
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
 from microagent.tools.redis import RedisBroker, RedisSignalBus
-from microagent.tools.redis_scripts import QueueKeys
+from microagent.tools.redis_scripts import QueueKeys, inflight_key
 from tests.backends import REDIS_TEST_DSN
 from tests.helpers import Collector, eventually
 
@@ -329,8 +330,9 @@ async def _send(dsn: str, queue: Queue[Job], ids: range) -> set[int]:
 
 
 async def _registered(client: Redis, broker: RedisBroker, name: str) -> bool:
-    keys = QueueKeys.of(name, broker.uid)
-    return bool(await client.exists(keys.heartbeat)) and bool(await client.sismember(keys.consumers, broker.uid))
+    uid = broker.transport.uid
+    keys = QueueKeys.of(name, uid)
+    return bool(await client.exists(keys.heartbeat)) and bool(await client.sismember(keys.consumers, uid))
 
 
 Fault = Callable[[Redis, RedisBroker], Awaitable[None]]
@@ -343,7 +345,7 @@ async def _recovers_from(private_redis: tuple[int, Servers], unique: str, fault:
     dsn, admin = await _private_dsn(private_redis, *options)
     queue, seen = Queue(f'fault_{unique}', Job), set[int]()
     broker = RedisBroker(dsn, heartbeat=heartbeat)
-    broker.read_margin = read_margin
+    broker.transport.read_margin = read_margin
     try:
         sent = await _send(dsn, queue, range(1000))
         async with _draining(broker, queue, seen):
@@ -399,8 +401,8 @@ async def test_messages_moved_before_a_pause_are_not_orphaned(
     dsn, admin = await _private_dsn(private_redis)
     queue, seen = Queue(f'paused_{unique}', Job), set[int]()
     broker = RedisBroker(dsn)
-    broker.read_margin = 0.3
-    blocking = broker._blocking
+    broker.transport.read_margin = 0.3
+    blocking = broker.transport._blocking
     move = blocking.execute_command
     paused = asyncio.Event()
 
@@ -437,7 +439,7 @@ async def test_the_heartbeat_survives_out_of_memory_and_still_reclaims(
         async with _draining(broker, Queue(name, Job), seen):
             await eventually(lambda: _registered(admin, broker, name), timeout=10)
             await admin.config_set('maxmemory', 1)  # beats fail with OOM until the heartbeat expires
-            await eventually(lambda: _expired(admin, QueueKeys.of(name, broker.uid).heartbeat), timeout=10)
+            await eventually(lambda: _expired(admin, QueueKeys.of(name, broker.transport.uid).heartbeat), timeout=10)
             await admin.config_set('maxmemory', 0)
             dead = QueueKeys.of(name, 'dead-consumer')  # its heartbeat expired long ago: absent
             await admin.rpush(dead.inflight, *[msgspec.json.encode(Job(i)) for i in range(5)])
@@ -460,12 +462,13 @@ async def test_close_is_bounded_while_the_server_is_unreachable(
     queue = Queue(f'unreachable_{unique}', Job)
     sent = await _send(dsn, queue, range(10))
     broker = RedisBroker(dsn, heartbeat=1.0)
-    broker.close_timeout = 1.0
-    taken = await broker.fetch(queue, 5, 1.0)
+    transport = broker.transport
+    transport.close_timeout = 1.0
+    taken = await transport.fetch(queue, 5, 1.0)
     assert len(taken) == 5
     servers[-1].send_signal(signal.SIGSTOP)
     try:
-        async with asyncio.timeout(broker.close_timeout + broker.read_margin * 2 + 5):
+        async with asyncio.timeout(transport.close_timeout + transport.read_margin * 2 + 5):
             await broker.close()
     finally:
         servers[-1].send_signal(signal.SIGCONT)
@@ -487,7 +490,7 @@ async def test_a_dead_heartbeat_task_is_restarted(
         raw: Redis, unique: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     name, seen = f'restart_{unique}', set[int]()
     broker = RedisBroker(REDIS_TEST_DSN, heartbeat=0.6)
-    beat = broker._beat
+    beat = broker.transport._beat
     crashed = asyncio.Event()
 
     async def crash_once(owned: Any) -> None:
@@ -499,7 +502,7 @@ async def test_a_dead_heartbeat_task_is_restarted(
     try:
         async with _draining(broker, Queue(name, Job), seen):
             await eventually(lambda: _registered(raw, broker, name), timeout=10)
-            monkeypatch.setattr(broker, '_beat', crash_once)
+            monkeypatch.setattr(broker.transport, '_beat', crash_once)
             await crashed.wait()
             dead = QueueKeys.of(name, 'dead-consumer')  # only a running heartbeat reclaims it
             await raw.rpush(dead.inflight, *[msgspec.json.encode(Job(i)) for i in range(5)])
@@ -507,4 +510,52 @@ async def test_a_dead_heartbeat_task_is_restarted(
             await eventually(lambda: _covers(seen, set(range(5))), timeout=10)
         assert [r for r in caplog.records if r.levelno == logging.ERROR and 'heartbeat task ended' in r.getMessage()]
     finally:
+        await _drop(raw, name)
+
+
+async def test_a_failed_settle_keeps_the_message_held_so_a_resync_returns_nothing_in_hand(
+        raw: Redis, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two identical 1.x bodies in hand; retrying one fails. The resync that follows must not take
+    the failed one for an orphan (the engine still holds it and will retry or release it), nor the
+    other: nothing goes back to the queue while both are in hand."""
+    name = f'held_{unique}'
+    queue, body = Queue(name, Job), msgspec.json.encode(Job(1))
+    broker = RedisBroker(REDIS_TEST_DSN)
+    transport = broker.transport
+    try:
+        await raw.rpush(name, body, body)
+        first, _in_hand = await transport.fetch(queue, 2, 1.0)
+        retry = transport._scripts['RETRY']
+
+        async def unreachable(**_: Any) -> None:
+            raise RedisConnectionError('retry lost')
+
+        monkeypatch.setitem(transport._scripts, 'RETRY', unreachable)
+        with pytest.raises(RedisConnectionError):
+            await transport.retry(queue, first, 60, 'failed')
+        monkeypatch.setitem(transport._scripts, 'RETRY', retry)
+        assert await transport.fetch(queue, 1, 0.01) == []  # resyncs first: nothing is an orphan
+        assert await raw.llen(name) == 0 and await raw.llen(inflight_key(name, transport.uid)) == 2
+        await transport.release(queue, [first])  # what the engine does once its tries are spent
+        assert await raw.lrange(name, 0, -1) == [body]
+    finally:
+        await broker.close()
+        await _drop(raw, name)
+
+
+async def test_settling_a_message_no_longer_in_flight_here_is_reported(
+        raw: Redis, unique: str, caplog: pytest.LogCaptureFixture) -> None:
+    name = f'gone_{unique}'
+    queue = Queue(name, Job)
+    broker = RedisBroker(REDIS_TEST_DSN)
+    transport = broker.transport
+    try:
+        await raw.rpush(name, msgspec.json.encode(Job(1)))
+        (taken,) = await transport.fetch(queue, 1, 1.0)
+        await raw.delete(inflight_key(name, transport.uid))  # returned by someone else meanwhile
+        await transport.dead_letter(queue, taken, 'failed')
+        assert await raw.llen(f'{name}:dead') == 0
+        assert "could not dead-letter a message: it is no longer in this consumer's in-flight list" in caplog.text
+    finally:
+        await broker.close()
         await _drop(raw, name)

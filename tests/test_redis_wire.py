@@ -5,7 +5,9 @@ import asyncio
 import hashlib
 import json
 import logging
+import textwrap
 import uuid
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -13,6 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
+from microagent.config import load_module
 from microagent.tools.redis import RedisBroker, RedisSignalBus
 from microagent.tools.redis_scripts import inflight_key
 from tests.backends import REDIS_TEST_DSN
@@ -69,7 +72,7 @@ async def test_signal_published_by_1x_reaches_a_typed_receiver(raw: Redis, uniqu
 
 async def test_signal_sent_here_is_what_a_1x_agent_reads(raw: Redis, unique: str) -> None:
     signal = Signal(f'noted_{unique}', Note)
-    bus = RedisSignalBus(REDIS_TEST_DSN)
+    bus = RedisSignalBus(REDIS_TEST_DSN, wire='1.x')
     pubsub = raw.pubsub()
     try:
         await pubsub.psubscribe(f'PUBSUB:noted_{unique}:*')  # how 1.x binds a signal
@@ -100,7 +103,7 @@ async def test_rpc_request_from_1x_is_answered_on_the_1x_response_channel(raw: R
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
         await bus.close()
-    assert message['channel'] == f'PUBSUB:response:{bus.uid}#{unique}'.encode()
+    assert message['channel'] == f'PUBSUB:response:{bus.transport.uid}#{unique}'.encode()
     assert json.loads(message['data']) == {'Counter.count': 40}
 
 
@@ -117,7 +120,7 @@ async def test_rpc_call_from_here_is_answered_by_a_1x_agent(raw: Redis, unique: 
         request_id = channel.partition('#')[2]
         await raw.publish(f'PUBSUB:response:{uuid.uuid4().hex}#{request_id}', b'{"Legacy.count": 5}')
 
-    bus = RedisSignalBus(REDIS_TEST_DSN)
+    bus = RedisSignalBus(REDIS_TEST_DSN, wire='1.x')
     task = asyncio.create_task(legacy_agent())
     try:
         answer = await bus[signal].call('caller', Query(user_id=3), timeout=5)
@@ -187,7 +190,7 @@ async def test_message_pushed_by_1x_is_consumed(raw: Redis, unique: str) -> None
 
 async def test_message_sent_here_is_what_a_1x_consumer_pops(raw: Redis, unique: str) -> None:
     queue = Queue(f'notes_{unique}', Note)
-    broker = RedisBroker(REDIS_TEST_DSN)
+    broker = RedisBroker(REDIS_TEST_DSN, wire='1.x')
     try:
         await broker[queue].send(Note(user_id=1, text='a'))
         await broker[queue].send_many([Note(user_id=2, text='b'), Note(user_id=3, text='c')])
@@ -232,16 +235,17 @@ async def test_acks_in_any_order_remove_exactly_the_handled_messages(raw: Redis,
     bodies = [b'{"user_id":1,"text":"a"}', b'{"user_id":2,"text":"b"}', b'{"user_id":1,"text":"a"}',
               b'{"user_id":3,"text":"c"}', b'{"user_id":4,"text":"d"}']
     broker = RedisBroker(REDIS_TEST_DSN)
-    inflight = inflight_key(queue.name, broker.uid)
+    transport = broker.transport
+    inflight = inflight_key(queue.name, transport.uid)
     try:
         await raw.rpush(queue.name, *bodies)
-        taken = await broker.fetch(queue, 5, timeout=1)
-        assert [d.data for d in taken] == bodies
+        taken = await transport.fetch(queue, 5, timeout=1)
+        assert [d.envelope.body for d in taken] == bodies
         for index in (1, 0, 4, 2):  # message 3 is still being handled
-            await broker.ack(queue, taken[index])
+            await transport.ack(queue, taken[index])
         await eventually(lambda: _length_is(raw, inflight, 1))
         assert await raw.lrange(inflight, 0, -1) == [bodies[3]]
-        await broker.ack(queue, taken[3])
+        await transport.ack(queue, taken[3])
         await eventually(lambda: _length_is(raw, inflight, 0))
         assert await raw.llen(queue.name) == 0
     finally:
@@ -260,7 +264,7 @@ async def _exists(client: Redis, key: str) -> bool:
 async def test_exchange_routing_pushes_1x_bodies_to_each_bound_queue(raw: Redis, unique: str) -> None:
     android = Queue(f'android_{unique}', Note, exchange=f'push_{unique}', topics=['*.android'])
     ios = Queue(f'ios_{unique}', Note, exchange=f'push_{unique}', topics=['*.ios'])
-    broker = RedisBroker(REDIS_TEST_DSN)
+    broker = RedisBroker(REDIS_TEST_DSN, wire='1.x')
     try:
         await broker[android].declare()  # the binding is stored in Redis, for every publisher
         await broker[ios].declare()
@@ -296,7 +300,7 @@ async def test_password_user_and_db_from_the_dsn_are_used_and_never_shown(
     try:
         await broker[queue].send(Note(user_id=1, text=''))
         assert await raw.llen(queue.name) == 1  # db 9 of the DSN
-        assert await broker.redis.acl_whoami() == user
+        assert await broker.transport.redis.acl_whoami() == user
         info = json.dumps(Service(bus=bus, broker=broker).info())
         for shown in (repr(broker), repr(bus), info):
             assert secret not in shown and '***' in shown
@@ -308,7 +312,7 @@ async def test_password_user_and_db_from_the_dsn_are_used_and_never_shown(
 
     caplog.set_level(logging.INFO)
     down = RedisSignalBus(f'redis://{user}:{secret}@127.0.0.1:1/0')
-    down.subscribe_timeout = 0.3
+    down.transport.subscribe_timeout = 0.3
     signal = Signal(f'down_{unique}', Note)
 
     class Listener(MicroAgent):
@@ -325,3 +329,68 @@ async def test_password_user_and_db_from_the_dsn_are_used_and_never_shown(
 
 async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
     return text in caplog.text
+
+
+# settings
+
+
+async def test_a_marun_entry_chooses_the_1x_wire(
+        raw: Redis, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``wire`` is a key of a BUS or BROKER entry, like any constructor keyword."""
+    module = f'settings_{unique}'
+    entry = {'dsn': REDIS_TEST_DSN, 'wire': '1.x'}
+    (tmp_path / f'{module}.py').write_text(textwrap.dedent(f'''
+        from microagent import MicroAgent
+
+        class Agent(MicroAgent):
+            pass
+
+        BUS = {{'main': {{'backend': 'microagent.tools.redis.RedisSignalBus', **{entry!r}}}}}
+        BROKER = {{'main': {{'backend': 'microagent.tools.redis.RedisBroker', **{entry!r}}}}}
+        AGENT = {{'agent': {{'backend': '{module}.Agent', 'bus': 'main', 'broker': 'main'}}}}
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (agent,) = load_module(module)
+    assert agent.bus is not None and agent.broker is not None
+    bus, broker = agent.bus.build(logging.getLogger()), agent.broker.build(logging.getLogger())
+    signal, queue = Signal(f'noted_{unique}', Note), Queue(f'notes_{unique}', Note)
+    pubsub = raw.pubsub()
+    try:
+        await pubsub.psubscribe(f'PUBSUB:{signal.name}:*')
+        await bus[signal].send('configured', Note(user_id=1, text='a'))
+        await broker[queue].send(Note(user_id=2, text='b'))
+        message = await _next_message(pubsub)
+        assert message['data'] == b'{"user_id":1,"text":"a"}'
+        assert await raw.lrange(queue.name, 0, -1) == [b'{"user_id":2,"text":"b"}']
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await bus.close()
+        await broker.close()
+        await _drop_queue(raw, queue.name)
+
+
+# commands
+
+
+def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them() -> None:
+    """The transports pack commands with hiredis (fast); what goes on the wire must not change."""
+    from redis.asyncio.connection import Connection
+    from redis.exceptions import DataError
+
+    from microagent.tools.redis import _HiredisPacking
+
+    ours, theirs = _HiredisPacking(), Connection()
+    for args in [('RPUSH', 'queue', b'\x1eMA1{"a":"b"}\n{}', b'{"user_id": 1}'),
+                 ('EVALSHA', 'f' * 40, 2, 'k1', 'k2', 0.05, 1e-05, 10_000, -3, 'é', memoryview(b'mv')),
+                 ('CLIENT SETNAME', 'name'), (b'CONFIG GET', b'maxmemory'), ('SET', 'k', '')]:
+        assert b''.join(ours.pack_command(*args)) == b''.join(theirs.pack_command(*args)), args
+    with pytest.raises(DataError):  # what redis-py refuses, refused the same way
+        ours.pack_command('SET', 'k', None)
+
+
+def test_an_unknown_wire_is_refused_not_defaulted() -> None:
+    from microagent.errors import InvalidArgument
+
+    for make in (RedisBroker, RedisSignalBus):
+        with pytest.raises(InvalidArgument, match=r"wire must be 'envelope' or '1\.x', got '2\.x'"):
+            make(REDIS_TEST_DSN, wire='2.x')  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from microagent import MicroAgent
 from microagent.cli import main
 from microagent.dsn import hide_password, scrub
+from microagent.message import Envelope
 from microagent.tools.amqp import AMQPBroker, AMQPSignalBus
 from microagent.tools.amqp_link import Link
 from microagent.tools.redis import RedisBroker, RedisSignalBus
@@ -108,7 +109,7 @@ async def test_repr_and_info_hide_secrets() -> None:
         agent = MicroAgent(bus=bus, broker=broker)
         amqp_agent = MicroAgent(bus=amqp_bus, broker=amqp_broker)
 
-        for item in (bus, broker, amqp_bus, amqp_broker):
+        for item in (bus, broker, amqp_bus, amqp_broker, bus.transport, broker.transport):
             assert_hidden(repr(item))
         assert_hidden(json.dumps(agent.info()))
         assert_hidden(json.dumps(amqp_agent.info()))
@@ -120,12 +121,12 @@ async def test_repr_and_info_hide_secrets() -> None:
 
 async def test_a_failing_redis_connection_logs_no_secret(caplog: pytest.LogCaptureFixture) -> None:
     bus = RedisSignalBus(redis_dsn(closed_port()))
-    bus.subscribe_timeout = 0.2
+    bus.transport.subscribe_timeout = 0.2
     caplog.set_level(logging.INFO)
     try:
-        await bus.subscribe('anything.*')
+        await bus.transport.subscribe(('anything',), bus.deliver)
         with pytest.raises(RedisConnectionError) as raised:
-            await bus.publish('anything.x', b'{}')
+            await bus.transport.publish('anything', 'x', Envelope(b'{}'))
     finally:
         await bus.close()
 

@@ -1,4 +1,5 @@
-"""RabbitMQ backend on aiormq: ``AMQPSignalBus`` (a topic exchange) and ``AMQPBroker`` (durable queues).
+"""RabbitMQ backend on aiormq: ``AMQPQueueTransport`` (durable queues) and ``AMQPBusTransport`` (a
+topic exchange), and the 1.x names ``AMQPBroker`` and ``AMQPSignalBus`` = the engine over them.
 
 Layout on the server, for a queue ``mailer``:
 
@@ -9,64 +10,98 @@ Layout on the server, for a queue ``mailer``:
 * ``mailer.dead``: a fanout exchange and a durable queue holding dead letters, with the reason,
   the attempt count and the time in headers.
 
-The attempt count travels in the ``x-attempt`` header. Signals go to the topic exchange named by the
-bus prefix with routing key ``{name}.{sender}``; each bus reads one exclusive auto-delete queue, and
-RPC answers go straight to the caller's queue (``reply_to``) with the request id as correlation id.
+Headers travel natively: the envelope's headers are the AMQP headers table, ``message-id`` is also
+the ``message_id`` property (and on queues ``correlation-id`` the ``correlation_id`` one), so plain
+AMQP clients see them where they look. This backend's own bookkeeping sits beside them in
+``x-attempt``, ``x-reason`` and ``x-dead-at``, never shown to users as headers. A message from a
+1.x sender has no table: it arrives with no headers, or only the ``message-id`` of its properties.
+
+Signals go to the topic exchange named by the bus prefix with routing key ``{name}.{sender}``; each
+bus reads one exclusive auto-delete queue, and RPC answers go straight to the caller's queue
+(``reply_to``) with the request id as correlation id, as 1.x peers expect.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiormq
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp import commands as spec
-from pamqp.common import FieldTable
 
-from ..broker import AbstractQueueBroker, DeadLetter, Delivery, backoff
-from ..bus import RESPONSE_SIGNAL, AbstractSignalBus, shown
-from ..errors import ConnectionFailed, DeclarationError, InvalidArgument, QueueNotFound, UsageError
+from ..broker import AbstractQueueBroker
+from ..bus import AbstractSignalBus
+from ..errors import ConnectionFailed, DeclarationError, QueueNotFound, UsageError
 from ..exchange import Exchange
+from ..message import CORRELATION_ID, MESSAGE_ID, REPLY_TO, REQUEST_ID, Envelope
 from ..queue import Queue
+from ..retry import Retrier
+from ..signal import RESPONSE_SIGNAL
+from ..transport import DeadLetter, Deliver, DeliverReply, Delivery
 from .amqp_link import LINK_ERRORS, Link, Outgoing, Publisher
 
-if TYPE_CHECKING:
-    from ..agent import Consumer
-
-__all__ = ['AMQPBroker', 'AMQPMeta', 'AMQPSignalBus']
+__all__ = ['AMQPBroker', 'AMQPBusTransport', 'AMQPMeta', 'AMQPQueueTransport', 'AMQPSignalBus']
 
 ATTEMPT_HEADER = 'x-attempt'
 REASON_HEADER = 'x-reason'
 DEAD_AT_HEADER = 'x-dead-at'
-_OWN_HEADERS = (ATTEMPT_HEADER, REASON_HEADER, DEAD_AT_HEADER, 'x-death', 'x-first-death-exchange',
-                'x-first-death-queue', 'x-first-death-reason', 'x-last-death-exchange', 'x-last-death-queue',
-                'x-last-death-reason')
+#: names in a headers table that are this backend's or RabbitMQ's bookkeeping, not the envelope's
+_OWN_HEADERS = frozenset((ATTEMPT_HEADER, REASON_HEADER, DEAD_AT_HEADER, 'x-delay', 'x-death',
+                          'x-first-death-exchange', 'x-first-death-queue', 'x-first-death-reason',
+                          'x-last-death-exchange', 'x-last-death-queue', 'x-last-death-reason'))
 DEAD_SUFFIX = '.dead'
 RETRY_SUFFIX = '.retry.'
 RETRY_QUEUE_IDLE = 60.0  # a delay queue is deleted by RabbitMQ after its delay plus this, unused
 CONTENT_TYPE = 'application/json'
 PERSISTENT = 2
 MAX_REASON = 4096
+#: properties a retry, a dead letter or a requeue carries over (the headers table is rebuilt; an
+#: ``expiration`` would race the delay queue's TTL)
+_CARRIED = ('content_type', 'content_encoding', 'priority', 'correlation_id', 'reply_to', 'message_id',
+            'timestamp', 'message_type', 'user_id', 'app_id', 'cluster_id')
 
 
-def _headers(properties: spec.Basic.Properties) -> dict[str, Any]:
+def _table(properties: spec.Basic.Properties) -> dict[str, Any]:
     return dict(properties.headers or {})
 
 
-def _fresh_headers(properties: spec.Basic.Properties) -> dict[str, Any]:
-    """The user's headers, without the ones this backend and RabbitMQ's dead-lettering add."""
-    return {k: v for k, v in _headers(properties).items() if k not in _OWN_HEADERS}
+def _fresh_table(properties: spec.Basic.Properties) -> dict[str, Any]:
+    """The headers table without the ones this backend and RabbitMQ's dead-lettering add."""
+    return {k: v for k, v in (properties.headers or {}).items() if k not in _OWN_HEADERS}
 
 
-def _properties(headers: FieldTable | None = None) -> spec.Basic.Properties:
-    return spec.Basic.Properties(content_type=CONTENT_TYPE, delivery_mode=PERSISTENT, headers=headers or None)
+def _received_headers(properties: spec.Basic.Properties, message_id: bool = True) -> dict[str, str]:
+    """The envelope's headers in a delivery: the table's text values but the bookkeeping, plus (with
+    ``message_id``) that property as ``message-id`` where the table has none (a 1.x or foreign sender),
+    so a queued 1.x message keeps one id across its retries."""
+    table = properties.headers
+    headers = {k: v for k, v in table.items() if type(v) is str and k not in _OWN_HEADERS} if table else {}
+    if message_id and MESSAGE_ID not in headers and properties.message_id:
+        headers[MESSAGE_ID] = properties.message_id
+    return headers
+
+
+def _properties(headers: Mapping[str, Any] | None = None) -> spec.Basic.Properties:
+    """Persistent JSON with the envelope's headers as the table, its ids also as properties."""
+    if not headers:
+        return spec.Basic.Properties(content_type=CONTENT_TYPE, delivery_mode=PERSISTENT)
+    return spec.Basic.Properties(content_type=CONTENT_TYPE, delivery_mode=PERSISTENT,
+                                 headers=headers if type(headers) is dict else dict(headers),
+                                 message_id=headers.get(MESSAGE_ID), correlation_id=headers.get(CORRELATION_ID))
+
+
+def _carried(properties: spec.Basic.Properties, table: dict[str, Any]) -> spec.Basic.Properties:
+    """The properties of a delivery, for moving it on (retry, dead letter, requeue) with ``table``."""
+    values = {name: getattr(properties, name) for name in _CARRIED}
+    return spec.Basic.Properties(delivery_mode=PERSISTENT, headers=table or None, **values)
 
 
 @dataclass(eq=False)
@@ -97,7 +132,7 @@ class AMQPMeta:
 
     @property
     def headers(self) -> dict[str, Any]:
-        return _headers(self.properties)
+        return _table(self.properties)
 
     async def ack(self) -> None:
         await _settle(self._token, 'ack')
@@ -162,30 +197,36 @@ class _Subscription:
             await channel.close()  # unacked messages go back to the queue
 
 
-class AMQPBroker(AbstractQueueBroker):
+class AMQPQueueTransport:
     """Durable RabbitMQ queues with publisher confirms, prefetch = the consumer's ``concurrency``,
     retries through delay queues and a dead-letter exchange and queue per queue."""
 
+    #: the 1.x send keywords: AMQP ``properties``, and publishing through an ``exchange`` with a ``topic``
     send_options = frozenset(('properties', 'exchange', 'topic'))
-
     #: a cancelled fetch loses nothing: what it buffered stays unacked and returns when the channel closes
     fetch_cancel_safe = True
     unsettled_fate = 'it stays unacked; RabbitMQ delivers it again when its channel closes'
 
     def __init__(self, dsn: str, log: logging.Logger | None = None, *, reconnect_timeout: float = 60.0,
-                 **options: Any) -> None:
-        super().__init__(dsn, log, **options)
+                 name: str = '') -> None:
+        self.uid = uuid.uuid4().hex
+        self.log = log or logging.getLogger('microagent.broker')
         self.reconnect_timeout = reconnect_timeout
-        self._link = Link(dsn, self.log, f'microagent broker {self.uid[:8]}')
+        self._link = Link(dsn, self.log, name or f'microagent broker {self.uid[:8]}')
         self._publisher = Publisher(self._link, reconnect_timeout)
         self._control: AbstractChannel | None = None
         self._control_lock = asyncio.Lock()
         self._subs: dict[str, _Subscription] = {}
+        self._prefetch: dict[str, int] = {}
         self._declared: set[str] = set()
         self._declared_generation = 0
         self._retry_queues: dict[str, float] = {}
-        self.declared_queues: set[str] = set()  # every name declared by this broker, for teardown
+        self.declared_queues: set[str] = set()  # every name declared by this transport, for teardown
         self.declared_exchanges: set[str] = set()
+
+    def rename(self, name: str) -> None:
+        """Name the connection as RabbitMQ shows it (the engine's id, so operators find it)."""
+        self._link.name = name
 
     # channels
 
@@ -203,7 +244,7 @@ class AMQPBroker(AbstractQueueBroker):
 
     # declarations
 
-    async def declare_queue(self, queue: Queue[Any]) -> None:
+    async def declare(self, queue: Queue[Any]) -> None:
         await self._declare(queue, self.reconnect_timeout)
 
     async def _declare(self, queue: Queue[Any], patience: float) -> None:
@@ -257,15 +298,13 @@ class AMQPBroker(AbstractQueueBroker):
 
     # sending
 
-    async def put(self, queue: Queue[Any], messages: list[bytes], delay: float = 0.0) -> None:
-        await self.put_with(queue, messages, delay, {})
-
-    async def put_with(self, queue: Queue[Any], messages: list[bytes], delay: float,
-                       options: Mapping[str, Any]) -> None:
-        """The 1.x keywords: ``properties`` (AMQP basic properties), ``exchange`` and ``topic``
-        (publish through the exchange, the queue's own one by default, with the topic or the queue
-        name as routing key). A delay goes through a TTL queue dead-lettering into the queue."""
-        await self.declare_queue(queue)
+    async def put(self, queue: Queue[Any], envelopes: Sequence[Envelope], *, delay: float = 0.0,
+                  **options: Any) -> None:
+        """Publish to the queue through the default exchange, a delay through a TTL queue that
+        dead-letters into it. The 1.x keywords: ``properties`` (AMQP basic properties), ``exchange``
+        and ``topic`` (publish through the exchange, the queue's own one by default, with the topic
+        or the queue name as routing key)."""
+        await self.declare(queue)
         exchange: str | None = options.get('exchange')
         topic: str | None = options.get('topic')
         if topic is not None and exchange is None:
@@ -274,45 +313,48 @@ class AMQPBroker(AbstractQueueBroker):
                 raise UsageError(f'queue {queue.name!r}: topic {topic!r} needs an exchange; the queue has none')
         if exchange is not None and delay > 0:
             raise UsageError(f'queue {queue.name!r}: a delayed send goes to the queue, not through exchange '
-                            f'{exchange!r}')
-        target, key = ('', await self._retry_queue(queue.name, delay)) if delay > 0 else ('', queue.name)
+                             f'{exchange!r}')
+        given = options.get('properties')
+        outgoing = [Outgoing('', queue.name, body, _user_properties(queue, headers, given) if given
+                             else _properties(headers), mandatory=True) for body, headers in envelopes]
         if exchange is not None:
-            target, key = exchange, topic or queue.name
-        # one Properties each: aiormq writes a fresh message_id into the object it is given
-        outgoing = [Outgoing(target, key, data, _user_properties(queue, options.get('properties')), mandatory=True)
-                    for data in messages]
-        if target:
-            try:
-                await self._publisher.publish(outgoing, f'exchange {target!r}')
-            except aiormq.PublishError:
-                raise QueueNotFound(f'queue {queue.name!r}: exchange {target!r} routed the message to no queue '
-                                  f'(routing key {key!r})') from None
-            except aiormq.ChannelNotFoundEntity:
-                raise QueueNotFound(f'queue {queue.name!r}: no exchange {target!r} on RabbitMQ') from None
-            return
+            await self._through(queue, exchange, topic or queue.name, outgoing)
+        elif delay > 0:
+            retry = await self._retry_queue(queue.name, delay)
+            await self._publisher.publish([_to(out, '', retry) for out in outgoing], f'queue {retry!r}')
+        else:
+            await self._to_queue(queue, outgoing)
+
+    async def _to_queue(self, queue: Queue[Any], outgoing: list[Outgoing]) -> None:
         try:
             await self._publisher.publish(outgoing, f'queue {queue.name!r}')
         except aiormq.PublishError:
             # returned as unroutable: the queue was deleted behind our back; declare it and send again
             self.log.warning('Queue %s was missing on RabbitMQ; declared it again', queue.name)
             self._declared.discard(queue.name)
-            await self.declare_queue(queue)
+            await self.declare(queue)
             await self._publisher.publish(outgoing, f'queue {queue.name!r}')
 
-    async def publish(self, exchange: str, payload: Any, routing_key: str = '') -> int:
-        """RabbitMQ routes by its own bindings. The payload is validated against the queues of the
-        exchange this process declares; an exchange declared here is declared on RabbitMQ first.
-        Returns 1 once RabbitMQ has routed the message to at least one queue (it does not say how
-        many); no bound queue or no exchange at all is a LookupError."""
-        local = [q.name for q in Queue.get_all().values() if q.routes(exchange, routing_key)]
-        data = self.encode_for(local, payload)
+    async def _through(self, queue: Queue[Any], exchange: str, key: str, outgoing: list[Outgoing]) -> None:
+        try:
+            await self._publisher.publish([_to(out, exchange, key) for out in outgoing], f'exchange {exchange!r}')
+        except aiormq.PublishError:
+            raise QueueNotFound(f'queue {queue.name!r}: exchange {exchange!r} routed the message to no queue '
+                                f'(routing key {key!r})') from None
+        except aiormq.ChannelNotFoundEntity:
+            raise QueueNotFound(f'queue {queue.name!r}: no exchange {exchange!r} on RabbitMQ') from None
+
+    async def publish(self, exchange: str, routing_key: str, envelope: Envelope) -> int:
+        """RabbitMQ routes by its own bindings; an exchange declared in this process is declared on
+        RabbitMQ first. Returns 1 once RabbitMQ has routed the message to at least one queue (it does
+        not say how many); no bound queue, or no exchange at all, is a LookupError."""
         declared = Exchange.get_all().get(exchange)
         if declared is not None and declared.name not in self.declared_exchanges:
             async with self._control_lock:
                 await self._declare_exchange(await self._ctl(), declared, '')
+        out = Outgoing(exchange, routing_key, envelope.body, _properties(envelope.headers), mandatory=True)
         try:
-            await self._publisher.publish([Outgoing(exchange, routing_key, data, _properties(), mandatory=True)],
-                                          f'exchange {exchange!r}')
+            await self._publisher.publish([out], f'exchange {exchange!r}')
         except aiormq.PublishError:
             raise QueueNotFound(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}') from None
         except aiormq.ChannelNotFoundEntity:
@@ -321,14 +363,24 @@ class AMQPBroker(AbstractQueueBroker):
 
     # consuming
 
+    async def consume(self, queue: Queue[Any], concurrency: int) -> None:
+        """A consumer running ``concurrency`` handlers will fetch: RabbitMQ hands it that many at once."""
+        self._prefetch[queue.name] = concurrency
+
+    async def stop_consuming(self, queue: Queue[Any]) -> None:
+        """The consumer stopped: what RabbitMQ pushed and it never fetched goes back to the queue now."""
+        self._prefetch.pop(queue.name, None)
+        sub = self._subs.pop(queue.name, None)
+        if sub is not None:
+            await sub.close()
+
     async def _subscribe(self, queue: Queue[Any], count: int, patience: float) -> _Subscription:
         sub = self._subs.setdefault(queue.name, _Subscription())
         if sub.live:
             return sub
         again = sub.channel is not None
         await sub.close()
-        running = self._running.get(queue.name)
-        prefetch = running.consumer.concurrency if running else max(count, 1)
+        prefetch = self._prefetch.get(queue.name) or max(count, 1)
         await self._declare(queue, patience)
         channel = await self._link.channel(patience)
         try:
@@ -344,7 +396,7 @@ class AMQPBroker(AbstractQueueBroker):
             self.log.info('Queue %s: consuming again', queue.name)
         return sub
 
-    async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery]:
+    async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery[_Token]]:
         sub = await self._subscribe(queue, count, timeout)
         if not sub.buffer:
             sub.arrived.clear()
@@ -359,52 +411,58 @@ class AMQPBroker(AbstractQueueBroker):
             return []
         return [self._delivery(queue, channel, message) for message in taken]
 
-    def _delivery(self, queue: Queue[Any], channel: AbstractChannel, message: DeliveredMessage) -> Delivery:
+    def _delivery(self, queue: Queue[Any], channel: AbstractChannel, message: DeliveredMessage) -> Delivery[_Token]:
         properties = message.header.properties
-        deliver = message.delivery
+        redelivered = bool(getattr(message.delivery, 'redelivered', False))
         tag = message.delivery_tag or 0
         token = _Token(channel, tag, properties)
-        try:
-            attempt = max(int(_headers(properties).get(ATTEMPT_HEADER, 1)), 1)
-        except (TypeError, ValueError):
-            attempt = 1
-        meta = AMQPMeta(queue.name, channel, tag, bool(getattr(deliver, 'redelivered', False)),
-                        message.exchange or '', message.routing_key or '', properties, token)
-        delivery = Delivery(data=message.body, attempt=attempt, token=token, context={'amqp': meta})
+        attempt = 1
+        table = properties.headers
+        if table and ATTEMPT_HEADER in table:
+            try:
+                attempt = max(int(table[ATTEMPT_HEADER]), 1)  # type: ignore[arg-type]  # a bad type: TypeError
+            except (TypeError, ValueError):
+                attempt = 1
+        headers = _received_headers(properties)
+        if CORRELATION_ID not in headers and properties.correlation_id:
+            headers[CORRELATION_ID] = properties.correlation_id
+        meta = AMQPMeta(queue.name, channel, tag, redelivered, message.exchange or '', message.routing_key or '',
+                        properties, token)
+        delivery = Delivery(Envelope(message.body, headers or None), token, attempt, redelivered, {'amqp': meta})
         token.drop = partial(self._drop, queue, delivery)
         return delivery
 
-    async def _drop(self, queue: Queue[Any], delivery: Delivery, reason: str) -> None:
+    async def _drop(self, queue: Queue[Any], delivery: Delivery[_Token], reason: str) -> None:
         """Dead-letter on the handler's ``reject``/``nack``; if that fails, the message goes back now."""
         async with self._or_give_back(delivery.token):
             await self.dead_letter(queue, delivery, reason)
 
-    async def ack(self, queue: Queue[Any], delivery: Delivery) -> None:
+    async def ack(self, queue: Queue[Any], delivery: Delivery[_Token]) -> None:
         if not await _settle(delivery.token, 'ack'):
             self.log.info('Queue %s: the channel of a handled message is gone; RabbitMQ will deliver it again',
                           queue.name)
 
-    async def retry(self, queue: Queue[Any], delivery: Delivery, delay: float, reason: str) -> None:
-        token: _Token = delivery.token
+    async def retry(self, queue: Queue[Any], delivery: Delivery[_Token], delay: float, reason: str) -> None:
+        token = delivery.token
         if token.settled:
             return  # settled by the handler (autoack=False): not ours to retry
-        headers = {**_fresh_headers(token.properties), ATTEMPT_HEADER: delivery.attempt + 1,
-                   REASON_HEADER: reason[:MAX_REASON]}
+        table = {**_fresh_table(token.properties), ATTEMPT_HEADER: delivery.attempt + 1,
+                 REASON_HEADER: reason[:MAX_REASON]}
         # a failure leaves the message unacked: the engine tries again, then releases it
         retry = await self._retry_queue(queue.name, delay)
-        await self._publisher.publish([Outgoing('', retry, delivery.data, _properties(headers))],
+        await self._publisher.publish([Outgoing('', retry, delivery.envelope.body, _carried(token.properties, table))],
                                       f'queue {retry!r}')
         await self.ack(queue, delivery)
 
-    async def dead_letter(self, queue: Queue[Any], delivery: Delivery, reason: str) -> None:
-        token: _Token = delivery.token
+    async def dead_letter(self, queue: Queue[Any], delivery: Delivery[_Token], reason: str) -> None:
+        token = delivery.token
         if token.settled:
             return
-        headers = {**_fresh_headers(token.properties), ATTEMPT_HEADER: delivery.attempt,
-                   REASON_HEADER: reason[:MAX_REASON], DEAD_AT_HEADER: time.time()}
+        table = {**_fresh_table(token.properties), ATTEMPT_HEADER: delivery.attempt,
+                 REASON_HEADER: reason[:MAX_REASON], DEAD_AT_HEADER: time.time()}
         dead = queue.name + DEAD_SUFFIX
-        await self.declare_queue(queue)  # a failure leaves the message unacked: the engine tries again
-        await self._publisher.publish([Outgoing(dead, '', delivery.data, _properties(headers))],
+        await self.declare(queue)  # a failure leaves the message unacked: the engine tries again
+        await self._publisher.publish([Outgoing(dead, '', delivery.envelope.body, _carried(token.properties, table))],
                                       f'exchange {dead!r}')
         await self.ack(queue, delivery)
 
@@ -418,18 +476,9 @@ class AMQPBroker(AbstractQueueBroker):
                 await _settle(token, 'nack', requeue=True)
             raise
 
-    async def release(self, queue: Queue[Any], deliveries: list[Delivery]) -> None:
+    async def release(self, queue: Queue[Any], deliveries: Sequence[Delivery[_Token]]) -> None:
         for delivery in deliveries:
             await _settle(delivery.token, 'nack', requeue=True)
-
-    async def stop_consumers(self, consumers: Iterable[Consumer], grace: float) -> None:
-        consumers = list(consumers)
-        await super().stop_consumers(consumers, grace)
-        for consumer in consumers:
-            if consumer.queue.name not in self._running:
-                sub = self._subs.pop(consumer.queue.name, None)
-                if sub is not None:
-                    await sub.close()  # prefetched, not yet handled: back to the queue
 
     # inspecting
 
@@ -442,7 +491,7 @@ class AMQPBroker(AbstractQueueBroker):
                 return 0
         return int(result.message_count or 0)
 
-    async def queue_length(self, name: str) -> int:
+    async def length(self, name: str) -> int:
         return await self._count(name)
 
     async def dead_letter_count(self, name: str) -> int:
@@ -486,8 +535,8 @@ class AMQPBroker(AbstractQueueBroker):
                 if not batch:
                     break
                 await self._publisher.publish(
-                    [Outgoing('', name, m.body, _properties(_fresh_headers(m.header.properties))) for m in batch],
-                    f'queue {name!r}')
+                    [Outgoing('', name, m.body, _carried(m.header.properties, _fresh_table(m.header.properties)))
+                     for m in batch], f'queue {name!r}')
                 await channel.basic_ack(batch[-1].delivery_tag or 0, multiple=True)
                 moved += len(batch)
         finally:
@@ -503,139 +552,161 @@ class AMQPBroker(AbstractQueueBroker):
         await self._link.close()
 
 
+def _to(out: Outgoing, exchange: str, key: str) -> Outgoing:
+    return Outgoing(exchange, key, out.body, out.properties, out.mandatory)
+
+
 _PROPERTY_NAMES = frozenset(('content_type', 'content_encoding', 'headers', 'delivery_mode', 'priority',
                              'correlation_id', 'reply_to', 'expiration', 'message_id', 'timestamp',
                              'message_type', 'user_id', 'app_id', 'cluster_id'))
 
 
-def _user_properties(queue: Queue[Any], given: Mapping[str, Any] | None) -> spec.Basic.Properties:
-    """Our defaults (JSON, persistent) overridden by the 1.x ``properties`` send keyword; aioamqp's
-    ``type`` is pamqp's ``message_type``. An unknown property is a TypeError, not a dropped one."""
-    if not given:
-        return _properties()
+def _user_properties(queue: Queue[Any], headers: Mapping[str, str] | None,
+                     given: Mapping[str, Any]) -> spec.Basic.Properties:
+    """Our defaults (JSON, persistent, the envelope's headers and ids) overridden by the 1.x
+    ``properties`` send keyword, as given: its ``headers`` are the table. aioamqp's ``type`` is
+    pamqp's ``message_type``. An unknown property is a TypeError, not a dropped one."""
     values = {('message_type' if key == 'type' else key): value for key, value in given.items()}
     unknown = sorted(set(values) - _PROPERTY_NAMES)
     if unknown:
         raise UsageError(f'queue {queue.name!r}: unknown AMQP properties {", ".join(map(repr, unknown))}')
-    return spec.Basic.Properties(**{'content_type': CONTENT_TYPE, 'delivery_mode': PERSISTENT, **values})
+    defaults: dict[str, Any] = {'content_type': CONTENT_TYPE, 'delivery_mode': PERSISTENT}
+    if headers:
+        defaults.update(headers=dict(headers), message_id=headers.get(MESSAGE_ID),
+                        correlation_id=headers.get(CORRELATION_ID))
+    return spec.Basic.Properties(**{**defaults, **values})
 
 
 def _dead_letter(name: str, message: DeliveredMessage) -> DeadLetter:
-    headers = _headers(message.header.properties)
-    reason = headers.get(REASON_HEADER, '')
+    properties = message.header.properties
+    table = _table(properties)
+    reason = table.get(REASON_HEADER, '')
     if isinstance(reason, bytes):
         reason = reason.decode('utf-8', 'replace')
     try:
-        attempts = int(headers.get(ATTEMPT_HEADER, 1))
-        died = float(headers.get(DEAD_AT_HEADER, 0.0))
+        attempts = int(table.get(ATTEMPT_HEADER, 1))
+        died = float(table.get(DEAD_AT_HEADER, 0.0))
     except (TypeError, ValueError):
         attempts, died = 1, 0.0
-    return DeadLetter(name, message.body, str(reason), attempts, died)
+    headers = _received_headers(properties)
+    return DeadLetter(name, Envelope(message.body, headers or None), str(reason), attempts, died)
 
 
-class AMQPSignalBus(AbstractSignalBus):
+def _shown(text: str, limit: int = 200) -> str:
+    """A routing key or label from the wire, safe for a log line (no control characters, bounded)."""
+    return text if text.isprintable() and len(text) <= limit else repr(text[:limit])
+
+
+class AMQPBusTransport:
     """Signals over the topic exchange named by the prefix, read through one exclusive queue per bus."""
 
-    max_remembered_requests = 10_000
     #: messages RabbitMQ hands the bus unacknowledged: aiormq runs a task per delivery, and the bus
-    #: acknowledges one only once the backlog has room for it, so this bounds those tasks
+    #: acknowledges one only once the engine's backlog has room for it, so this bounds those tasks
     prefetch = 256
 
     def __init__(self, dsn: str, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
-                 reconnect_timeout: float = 60.0, **options: Any) -> None:
-        super().__init__(dsn, prefix, log, **options)
+                 reconnect_timeout: float = 60.0, name: str = '') -> None:
+        self.uid = uuid.uuid4().hex
+        self.prefix = prefix
+        self.log = log or logging.getLogger('microagent.bus')
         self.reconnect_timeout = reconnect_timeout
-        self._link = Link(dsn, self.log, f'microagent bus {prefix} {self.uid[:8]}')
+        self._link = Link(dsn, self.log, name or f'microagent bus {prefix} {self.uid[:8]}')
         self._publisher = Publisher(self._link, reconnect_timeout, self._declare_exchange)
         self.queue_name = f'{prefix}.bus.{self.uid}'
+        self._names: set[str] = set()
         self._keys: list[str] = []
+        self._deliver: Deliver | None = None
+        self._deliver_reply: DeliverReply | None = None
         self._channel: AbstractChannel | None = None
         self._ready = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
-        self._reply_to: dict[str, str] = {}
+
+    def rename(self, name: str) -> None:
+        """Name the connection as RabbitMQ shows it (the engine's id, so operators find it)."""
+        self._link.name = name
+
+    @property
+    def reply_to(self) -> str:
+        return self.queue_name
 
     async def _declare_exchange(self, channel: AbstractChannel) -> None:
         await channel.exchange_declare(self.prefix, exchange_type='topic', durable=True)
 
     # publishing
 
-    async def publish(self, channel: str, data: bytes) -> None:
-        name, sender, request_id = self._parse_channel(channel)
-        if name is None:
-            raise InvalidArgument(f'channel {channel!r} is not under the prefix {self.prefix!r} of this bus')
-        if name == RESPONSE_SIGNAL:
-            reply_to = self._reply_to.pop(request_id, None)
-            if reply_to is None:
-                self.log.debug('No caller known for the answer to request %s', request_id)
-                return
-            props = spec.Basic.Properties(content_type=CONTENT_TYPE, message_type=RESPONSE_SIGNAL,
-                                          correlation_id=request_id, app_id=sender)
-            out = Outgoing('', reply_to, data, props)
-        else:
+    async def publish(self, name: str, sender: str, envelope: Envelope) -> None:
+        """To the prefix exchange, key ``{name}.{sender}``; a request also names the caller's queue and
+        the request id in ``reply_to`` and ``correlation_id``, where 1.x peers read them."""
+        headers = envelope.headers
+        if headers:
             props = spec.Basic.Properties(content_type=CONTENT_TYPE, message_type=name,
-                                          correlation_id=request_id or None,
-                                          reply_to=self.queue_name if request_id else None)
-            out = Outgoing(self.prefix, f'{name}.{sender}', data, props)
-        await self._publisher.publish([out], f'signal {name!r}')
+                                          headers=headers if type(headers) is dict else dict(headers),
+                                          message_id=headers.get(MESSAGE_ID),
+                                          correlation_id=headers.get(REQUEST_ID), reply_to=headers.get(REPLY_TO))
+        else:
+            props = spec.Basic.Properties(content_type=CONTENT_TYPE, message_type=name)
+        await self._publisher.publish([Outgoing(self.prefix, f'{name}.{sender}', envelope.body, props)],
+                                      f'signal {name!r}')
+
+    async def reply(self, reply_to: str, envelope: Envelope) -> None:
+        """Straight to the caller's queue through the default exchange, as 1.x peers answer."""
+        headers = envelope.headers or {}
+        props = spec.Basic.Properties(content_type=CONTENT_TYPE, message_type=RESPONSE_SIGNAL,
+                                      correlation_id=headers.get(REQUEST_ID), message_id=headers.get(MESSAGE_ID),
+                                      headers=dict(headers) or None)
+        await self._publisher.publish([Outgoing('', reply_to, envelope.body, props)], f'answer to {reply_to!r}')
 
     # receiving
 
-    def _binding_key(self, pattern: str) -> str | None:
-        name, sender, _ = self._parse_channel(pattern)
-        if name is None:
-            raise InvalidArgument(f'pattern {pattern!r} is not under the prefix {self.prefix!r} of this bus')
-        if name == RESPONSE_SIGNAL:
-            return None  # answers come straight to this bus's queue
-        return f'{name}.{"#" if sender == "*" else sender}'
-
-    async def subscribe(self, pattern: str) -> None:
-        key = self._binding_key(pattern)
-        if key is not None and key not in self._keys:
-            self._keys.append(key)
-        if self._watcher is None:
-            self._watcher = asyncio.create_task(self._keep_subscribed(), name=f'amqp-bus:{self.prefix}')
-        try:
-            async with asyncio.timeout(self.reconnect_timeout):
-                await self._ready.wait()
-        except TimeoutError:
-            raise ConnectionFailed(f'{self._link.name}: could not subscribe on RabbitMQ at '
-                                   f'{self._link.safe_dsn} in {self.reconnect_timeout}s') from None
-        channel = self._channel
-        if key is not None and channel is not None:
+    async def subscribe(self, names: Collection[str], deliver: Deliver) -> None:
+        self._deliver = deliver
+        fresh = [name for name in names if name not in self._names]
+        self._names.update(fresh)
+        keys = [f'{name}.#' for name in fresh]
+        self._keys += keys
+        channel = await self._listening()
+        for key in keys:
             try:
                 await channel.queue_bind(self.queue_name, self.prefix, routing_key=key)
             except LINK_ERRORS:
                 if not channel.is_closed:
                     raise  # else: the watcher binds every key again on reconnection
 
+    async def receive_replies(self, deliver: DeliverReply) -> None:
+        self._deliver_reply = deliver
+        await self._listening()
+
+    async def _listening(self) -> AbstractChannel:
+        """The channel consuming the bus queue, once the watcher has set it up."""
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._keep_subscribed(), name=f'amqp-bus:{self.prefix}')
+        try:
+            async with asyncio.timeout(self.reconnect_timeout):
+                while True:
+                    await self._ready.wait()
+                    channel = self._channel
+                    if channel is not None:
+                        return channel
+        except TimeoutError:
+            raise ConnectionFailed(f'{self._link.name}: could not subscribe on RabbitMQ at '
+                                   f'{self._link.safe_dsn} in {self.reconnect_timeout}s') from None
+
     async def _keep_subscribed(self) -> None:
         """Declare the bus queue, bind every key and consume; again after each break, with backoff."""
-        failures, subscribed = 0, False
+        retrier = Retrier(self.log, f'{self._link.name}: subscribing', base=0.2)
+        subscribed = False
         while True:
-            channel: AbstractChannel | None = None
             try:
-                channel = await self._link.channel()
-                await self._declare_exchange(channel)
-                await channel.queue_declare(self.queue_name, exclusive=True, auto_delete=True)
-                for key in list(self._keys):
-                    await channel.queue_bind(self.queue_name, self.prefix, routing_key=key)
-                await channel.basic_qos(prefetch_count=self.prefetch)
-                await channel.basic_consume(self.queue_name, self._on_message)
+                channel = await self._subscribed_channel()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                failures += 1
-                delay = backoff(failures, 0.2, 10.0)
-                self.log.warning('%s: subscribing failed (%s); retry %d in %.1fs',
-                                 self._link.name, self._link.scrub(exc), failures, delay)
-                if channel is not None and not channel.is_closed:
-                    with suppress(Exception):  # the loop must go on whatever closing says
-                        await channel.close()
-                await asyncio.sleep(delay)
+                await retrier.failed(exc)
                 continue
+            retrier.succeeded()
             if subscribed:
                 self.log.info('%s: subscribed again to %d signal(s)', self._link.name, len(self._keys))
-            failures, subscribed = 0, True
+            subscribed = True
             self._channel = channel
             self._ready.set()
             try:
@@ -646,57 +717,79 @@ class AMQPSignalBus(AbstractSignalBus):
             self._ready.clear()
             self._channel = None
 
+    async def _subscribed_channel(self) -> AbstractChannel:
+        channel = await self._link.channel()
+        try:
+            await self._declare_exchange(channel)
+            await channel.queue_declare(self.queue_name, exclusive=True, auto_delete=True)
+            for key in list(self._keys):
+                await channel.queue_bind(self.queue_name, self.prefix, routing_key=key)
+            await channel.basic_qos(prefetch_count=self.prefetch)
+            await channel.basic_consume(self.queue_name, self._on_message)
+        except BaseException:
+            if not channel.is_closed:
+                with suppress(Exception):  # the loop must go on whatever closing says
+                    await channel.close()
+            raise
+        return channel
+
     async def _on_message(self, message: DeliveredMessage) -> None:
         """Hand a delivery to the engine; acknowledge it once the backlog has room (backpressure)."""
         try:
-            channel = self._channel_of(message)
-            if channel is not None:
-                await self.deliver(channel, message.body)
+            if not message.exchange:  # the default exchange: an answer sent straight to this bus's queue
+                answer = self._answer(message)
+                if answer is not None and self._deliver_reply is not None:
+                    await self._deliver_reply(answer)
+            else:
+                signal = self._signal(message)
+                if signal is not None and self._deliver is not None:
+                    await self._deliver(*signal)
         except Exception as exc:  # the engine never raises; this guards the mapping above
             self.log.warning('%s: dropped a message routed %s: %s: %s', self._link.name,
-                             shown(message.routing_key or ''), type(exc).__name__, exc)
+                             _shown(message.routing_key or ''), type(exc).__name__, exc)
         finally:
             with suppress(Exception):  # a closed channel: RabbitMQ forgets it with the exclusive queue
                 await message.channel.basic_ack(message.delivery_tag or 0)
 
-    def _channel_of(self, message: DeliveredMessage) -> str | None:
-        """The 1.x channel of a delivery. The routing key is the truth: a ``message_type`` label
-        naming another signal drops the message (with a warning), it never reroutes it."""
+    def _answer(self, message: DeliveredMessage) -> Envelope | None:
+        """An RPC answer; a 1.x peer names its request only in ``correlation_id``."""
+        props = message.header.properties
+        headers = _received_headers(props)
+        if REQUEST_ID not in headers and props.correlation_id:
+            headers[REQUEST_ID] = props.correlation_id
+        if props.message_type != RESPONSE_SIGNAL or REQUEST_ID not in headers:
+            self._dropped(message.routing_key or '', props.message_type, 'not an RPC answer')
+            return None
+        return Envelope(message.body, headers)
+
+    def _signal(self, message: DeliveredMessage) -> tuple[str, str, Envelope] | None:
+        """(name, sender, envelope) of a signal. The routing key is the truth: a ``message_type``
+        label naming another signal drops the message (with a warning), it never reroutes it."""
         props = message.header.properties
         key, label = message.routing_key or '', props.message_type
-        request_id = props.correlation_id or ''
-        if not message.exchange:  # the default exchange: an answer sent straight to this bus's queue
-            if label != RESPONSE_SIGNAL or '#' in request_id:
-                return self._dropped(key, label, 'not an RPC answer')
-            return f'{self.prefix}:{RESPONSE_SIGNAL}:#{request_id}'
         name = label or self._name_in(key)
         if not key.startswith(name + '.'):
-            return self._dropped(key, label, f'its routing key is not of signal {name!r}')
-        sender = key[len(name) + 1:]
-        if name == RESPONSE_SIGNAL or '#' in sender or '#' in request_id:
-            return self._dropped(key, label, 'not a signal of this bus')
-        channel = f'{self.prefix}:{name}:{sender}'
-        if request_id:
-            channel += f'#{request_id}'
-            if props.reply_to:
-                self._remember(request_id, props.reply_to)
-        return channel
+            self._dropped(key, label, f'its routing key is not of signal {name!r}')
+            return None
+        if name == RESPONSE_SIGNAL:
+            self._dropped(key, label, 'not a signal of this bus')
+            return None
+        # no message-id from the property: the engine tells a 1.x request (no error answers) by its absence
+        headers = _received_headers(props, message_id=False)
+        if props.reply_to and props.correlation_id:  # a request, maybe from a 1.x peer without the headers
+            headers.setdefault(REQUEST_ID, props.correlation_id)
+            headers.setdefault(REPLY_TO, props.reply_to)
+        return name, key[len(name) + 1:], Envelope(message.body, headers or None)
 
     def _name_in(self, key: str) -> str:
-        """The signal of an unlabelled routing key ``{name}.{sender}``: the longest received name
+        """The signal of an unlabelled routing key ``{name}.{sender}``: the longest subscribed name
         it starts with (names may hold dots), else its first word."""
-        names = [name for name in self.receivers if key.startswith(name + '.')]
+        names = [name for name in self._names if key.startswith(name + '.')]
         return max(names, key=len) if names else key.partition('.')[0]
 
-    def _dropped(self, key: str, label: str | None, why: str) -> str | None:
-        self.log.warning('%s: dropped a message routed %s labelled %s: %s', self._link.name, shown(key),
-                         shown(label or ''), why)
-        return None
-
-    def _remember(self, request_id: str, reply_to: str) -> None:
-        if len(self._reply_to) >= self.max_remembered_requests:
-            del self._reply_to[next(iter(self._reply_to))]  # the oldest request: its caller gave up
-        self._reply_to[request_id] = reply_to
+    def _dropped(self, key: str, label: str | None, why: str) -> None:
+        self.log.warning('%s: dropped a message routed %s labelled %s: %s', self._link.name, _shown(key),
+                         _shown(label or ''), why)
 
     async def close(self) -> None:
         if self._watcher is not None:
@@ -706,3 +799,29 @@ class AMQPSignalBus(AbstractSignalBus):
         self._ready.clear()
         await self._publisher.close()
         await self._link.close()
+
+
+class AMQPBroker(AbstractQueueBroker):
+    """The queue broker on RabbitMQ: the engine over an ``AMQPQueueTransport`` (1.x constructor)."""
+
+    transport: AMQPQueueTransport
+
+    def __init__(self, dsn: str, log: logging.Logger | None = None, *, reconnect_timeout: float = 60.0,
+                 **options: Any) -> None:
+        transport = AMQPQueueTransport(dsn, log, reconnect_timeout=reconnect_timeout)
+        super().__init__(transport, dsn=dsn, log=log, **options)
+        self.reconnect_timeout = reconnect_timeout
+        transport.rename(f'microagent broker {self.uid[:8]}')
+
+
+class AMQPSignalBus(AbstractSignalBus):
+    """The signal bus on RabbitMQ: the engine over an ``AMQPBusTransport`` (1.x constructor)."""
+
+    transport: AMQPBusTransport
+
+    def __init__(self, dsn: str, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
+                 reconnect_timeout: float = 60.0, **options: Any) -> None:
+        transport = AMQPBusTransport(dsn, prefix, log, reconnect_timeout=reconnect_timeout)
+        super().__init__(transport, dsn=dsn, prefix=prefix, log=log, **options)
+        self.reconnect_timeout = reconnect_timeout
+        transport.rename(f'microagent bus {prefix} {self.uid[:8]}')

@@ -19,10 +19,10 @@ import aiormq
 from aiormq.abc import AbstractChannel, AbstractConnection
 from pamqp import commands as spec
 
-from ..broker import backoff
 from ..dsn import hide_password
 from ..dsn import scrub as scrub_secrets
 from ..errors import ConnectionFailed, InvalidArgument
+from ..retry import backoff
 
 # Errors that mean "the connection (or the channel with it) went away": worth reconnecting for.
 LINK_ERRORS: tuple[type[BaseException], ...] = (

@@ -8,30 +8,36 @@ group of agents run by ``marun --single-process`` can talk in a single event loo
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
-import re
-import time
+import uuid
 from collections import deque
+from collections.abc import Collection, Sequence
 from typing import Any
 
-from ..broker import AbstractQueueBroker, DeadLetter, Delivery
+from ..broker import DEFAULT_MAX_MESSAGE_SIZE, AbstractQueueBroker
 from ..bus import AbstractSignalBus
 from ..dsn import hide_password
-from ..queue import Queue
+from ..errors import QueueNotFound
+from ..message import Envelope
+from ..queue import Queue, topics_match
+from ..transport import DeadLetter, Deliver, DeliverReply, Delivery
 
 
 class _BusHub:
     def __init__(self) -> None:
-        self.subscriptions: list[tuple[re.Pattern[str], MemorySignalBus]] = []
+        self.subscribers: dict[str, list[MemoryBusTransport]] = {}  # signal name -> transports
+        self.addresses: dict[str, MemoryBusTransport] = {}  # reply_to -> transport
 
 
 class _Message:
-    __slots__ = ('attempt', 'data')
+    """A stored message: the envelope, which delivery is next, whether it came back unsettled."""
 
-    def __init__(self, data: bytes, attempt: int = 1) -> None:
-        self.data = data
+    __slots__ = ('attempt', 'envelope', 'redelivered')
+
+    def __init__(self, envelope: Envelope, attempt: int = 1, redelivered: bool = False) -> None:
+        self.envelope = envelope
         self.attempt = attempt
+        self.redelivered = redelivered
 
 
 class _BrokerHub:
@@ -41,7 +47,7 @@ class _BrokerHub:
         self.dead: dict[str, list[DeadLetter]] = {}
         self.bindings: dict[str, dict[str, tuple[str, ...]]] = {}  # exchange -> queue -> topics
 
-    def push(self, name: str, messages: list[_Message], front: bool = False) -> None:
+    def push(self, name: str, messages: Sequence[_Message], front: bool = False) -> None:
         queue = self.queues.setdefault(name, deque())
         if front:
             queue.extendleft(reversed(messages))
@@ -86,66 +92,128 @@ SCHEME = 'memory://'
 _named_hubs: dict[str, MemoryHub] = {}
 
 
+class MemoryBusTransport:
+    """In-process pub/sub on a hub: the smallest ``BusTransport``. ``publish`` puts the envelope in
+    the inbox of every subscribed transport, whose reader task awaits the engine's callbacks, so
+    delivery is asynchronous and backpressured, like a network bus. The reader runs while the inbox
+    holds messages and ends when it is empty: an idle bus leaves no task behind."""
+
+    def __init__(self, hub: MemoryHub, log: logging.Logger | None = None) -> None:
+        self.hub = hub
+        self._hub = hub.bus
+        self.reply_to = uuid.uuid4().hex
+        self.log = log or logging.getLogger('microagent.bus')
+        self._inbox: deque[tuple[str | None, str, Envelope]] = deque()  # (signal, or None for an answer)
+        self._deliver: Deliver | None = None
+        self._deliver_reply: DeliverReply | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def publish(self, name: str, sender: str, envelope: Envelope) -> None:
+        for transport in self._hub.subscribers.get(name, ()):
+            transport._put((name, sender, envelope))
+
+    async def subscribe(self, names: Collection[str], deliver: Deliver) -> None:
+        self._deliver = deliver
+        for name in names:
+            subscribers = self._hub.subscribers.setdefault(name, [])
+            if self not in subscribers:
+                subscribers.append(self)
+
+    async def receive_replies(self, deliver: DeliverReply) -> None:
+        self._deliver_reply = deliver
+        self._hub.addresses[self.reply_to] = self
+
+    async def reply(self, reply_to: str, envelope: Envelope) -> None:
+        transport = self._hub.addresses.get(reply_to)
+        if transport is not None:  # a caller gone: the answer is dropped, as on a network bus
+            transport._put((None, '', envelope))
+
+    def _put(self, item: tuple[str | None, str, Envelope]) -> None:
+        self._inbox.append(item)
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        inbox = self._inbox
+        try:
+            while inbox:
+                name, sender, envelope = inbox.popleft()
+                try:
+                    if name is None:
+                        if self._deliver_reply is not None:
+                            await self._deliver_reply(envelope)
+                    elif self._deliver is not None:
+                        await self._deliver(name, sender, envelope)
+                except Exception:  # the engine's callbacks do not raise; should one, the reader reads on
+                    self.log.exception('Memory bus: delivering a message failed')
+        finally:
+            self._reader = None
+
+    async def close(self) -> None:
+        for subscribers in self._hub.subscribers.values():
+            if self in subscribers:
+                subscribers.remove(self)
+        self._hub.addresses.pop(self.reply_to, None)
+        self._inbox.clear()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
 class MemorySignalBus(AbstractSignalBus):
     """In-process pub/sub; delivery is asynchronous, like a network bus."""
 
+    transport: MemoryBusTransport
+
     def __init__(self, dsn: str = SCHEME, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
-                 hub: MemoryHub | None = None, **options: Any) -> None:
-        super().__init__(dsn, prefix, log, **options)
+                 hub: MemoryHub | None = None, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self.hub = MemoryHub.of(dsn, hub)
-        self._hub = self.hub.bus
-        self._closed = False
-
-    async def publish(self, channel: str, data: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        for pattern, bus in list(self._hub.subscriptions):
-            if pattern.match(channel):
-                loop.call_soon(bus.dispatch, channel, data)
-
-    async def subscribe(self, pattern: str) -> None:
-        self._hub.subscriptions.append((re.compile(fnmatch.translate(pattern)), self))
-
-    async def close(self) -> None:
-        self._hub.subscriptions = [(p, b) for p, b in self._hub.subscriptions if b is not self]
+        super().__init__(MemoryBusTransport(self.hub, log), dsn=dsn, prefix=prefix, log=log,
+                         max_message_size=max_message_size)
 
 
-class MemoryBroker(AbstractQueueBroker):
-    """In-process queues with acks, retries, dead letters and exchange routing."""
+class MemoryQueueTransport:
+    """In-process queues on a hub: the smallest ``BrokerTransport``. Taken messages live only in
+    their ``Delivery`` (the process is the server: if it dies, everything goes with it)."""
 
     fetch_cancel_safe = True
+    send_options: frozenset[str] = frozenset()
+    unsettled_fate = 'it is lost with this process'
 
-    def __init__(self, dsn: str = SCHEME, log: logging.Logger | None = None, *, hub: MemoryHub | None = None,
-                 **options: Any) -> None:
-        super().__init__(dsn, log, **options)
-        self.hub = MemoryHub.of(dsn, hub)
-        self._hub = self.hub.broker
-        self._retries: dict[asyncio.TimerHandle, tuple[str, _Message]] = {}
-        self._delayed: dict[asyncio.TimerHandle, tuple[str, list[_Message]]] = {}  # sends with a delay
+    def __init__(self, hub: MemoryHub) -> None:
+        self.hub = hub
+        self._hub = hub.broker
+        self._later: dict[asyncio.TimerHandle, tuple[str, list[_Message]]] = {}  # retries and delayed sends
 
-    async def put(self, queue: Queue[Any], messages: list[bytes], delay: float = 0.0) -> None:
-        fresh = [_Message(data) for data in messages]
-        if delay <= 0:
-            self._hub.push(queue.name, fresh)
-            return
-
+    def _push_later(self, name: str, messages: list[_Message], delay: float) -> None:
         def due() -> None:
-            del self._delayed[handle]
-            self._hub.push(queue.name, fresh)
+            del self._later[handle]
+            self._hub.push(name, messages)
         handle = asyncio.get_running_loop().call_later(delay, due)
-        self._delayed[handle] = (queue.name, fresh)
+        self._later[handle] = (name, messages)
 
-    async def declare_queue(self, queue: Queue[Any]) -> None:
+    async def declare(self, queue: Queue[Any]) -> None:
         if queue.exchange:
             self._hub.bindings.setdefault(queue.exchange, {})[queue.name] = queue.topics
 
-    async def bindings(self, exchange: str) -> dict[str, tuple[str, ...]]:
-        return dict(self._hub.bindings.get(exchange, {}))
+    async def put(self, queue: Queue[Any], envelopes: Sequence[Envelope], *, delay: float = 0.0,
+                  **options: Any) -> None:
+        fresh = [_Message(envelope) for envelope in envelopes]
+        if delay > 0:
+            self._push_later(queue.name, fresh, delay)
+        else:
+            self._hub.push(queue.name, fresh)
 
-    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[str]) -> None:
+    async def publish(self, exchange: str, routing_key: str, envelope: Envelope) -> int:
+        bound = self._hub.bindings.get(exchange, {})
+        targets = [name for name, topics in bound.items() if topics_match(topics, routing_key)]
+        if not targets:
+            raise QueueNotFound(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}')
         for name in targets:
-            self._hub.push(name, [_Message(data)])
+            self._hub.push(name, [_Message(envelope)])
+        return len(targets)
 
-    async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery]:
+    async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery[_Message]]:
         messages = self._hub.queues.setdefault(queue.name, deque())
         if not messages:
             waiter = asyncio.get_running_loop().create_future()
@@ -155,28 +223,29 @@ class MemoryBroker(AbstractQueueBroker):
             except TimeoutError:
                 return []
         taken = [messages.popleft() for _ in range(min(count, len(messages)))]
-        return [Delivery(data=m.data, attempt=m.attempt, token=m) for m in taken]
+        return [Delivery(m.envelope, m, m.attempt, m.redelivered) for m in taken]
 
-    async def ack(self, queue: Queue[Any], delivery: Delivery) -> None:
+    async def ack(self, queue: Queue[Any], delivery: Delivery[_Message]) -> None:
         pass  # taken messages live only in their Delivery
 
-    async def retry(self, queue: Queue[Any], delivery: Delivery, delay: float, reason: str) -> None:
-        message = _Message(delivery.data, delivery.attempt + 1)
+    async def retry(self, queue: Queue[Any], delivery: Delivery[_Message], delay: float, reason: str) -> None:
+        self._push_later(queue.name, [_Message(delivery.envelope, delivery.attempt + 1)], delay)
 
-        def again() -> None:
-            del self._retries[handle]
-            self._hub.push(queue.name, [message])
-        handle = asyncio.get_running_loop().call_later(delay, again)
-        self._retries[handle] = (queue.name, message)
+    async def dead_letter(self, queue: Queue[Any], delivery: Delivery[_Message], reason: str) -> None:
+        letter = DeadLetter(queue.name, delivery.envelope, reason, delivery.attempt)
+        self._hub.dead.setdefault(queue.name, []).append(letter)
 
-    async def dead_letter(self, queue: Queue[Any], delivery: Delivery, reason: str) -> None:
-        self._hub.dead.setdefault(queue.name, []).append(
-            DeadLetter(queue.name, delivery.data, reason, delivery.attempt, time.time()))
+    async def release(self, queue: Queue[Any], deliveries: Sequence[Delivery[_Message]]) -> None:
+        again = [_Message(d.envelope, d.attempt, redelivered=True) for d in deliveries]
+        self._hub.push(queue.name, again, front=True)
 
-    async def release(self, queue: Queue[Any], deliveries: list[Delivery]) -> None:
-        self._hub.push(queue.name, [_Message(d.data, d.attempt) for d in deliveries], front=True)
+    async def consume(self, queue: Queue[Any], concurrency: int) -> None:
+        pass  # nothing is pushed: the engine fetches
 
-    async def queue_length(self, name: str) -> int:
+    async def stop_consuming(self, queue: Queue[Any]) -> None:
+        pass  # nothing is prefetched beyond what the engine holds
+
+    async def length(self, name: str) -> int:
         return len(self._hub.queues.get(name, ()))
 
     async def dead_letters(self, name: str, limit: int = 100) -> list[DeadLetter]:
@@ -188,15 +257,22 @@ class MemoryBroker(AbstractQueueBroker):
     async def requeue_dead_letters(self, name: str) -> int:
         letters = self._hub.dead.pop(name, [])
         if letters:
-            self._hub.push(name, [_Message(letter.body) for letter in letters])
+            self._hub.push(name, [_Message(letter.envelope) for letter in letters])
         return len(letters)
 
     async def close(self) -> None:
-        for handle, (name, message) in self._retries.items():  # due retries go back now, not lost
-            handle.cancel()
-            self._hub.push(name, [message])
-        self._retries.clear()
-        for handle, (name, messages) in self._delayed.items():  # delayed sends too: early, not lost
+        for handle, (name, messages) in self._later.items():  # retries and delayed sends: early, not lost
             handle.cancel()
             self._hub.push(name, messages)
-        self._delayed.clear()
+        self._later.clear()
+
+
+class MemoryBroker(AbstractQueueBroker):
+    """In-process queues with acks, retries, dead letters and exchange routing."""
+
+    transport: MemoryQueueTransport
+
+    def __init__(self, dsn: str = SCHEME, log: logging.Logger | None = None, *, hub: MemoryHub | None = None,
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        self.hub = MemoryHub.of(dsn, hub)
+        super().__init__(MemoryQueueTransport(self.hub), dsn=dsn, log=log, max_message_size=max_message_size)

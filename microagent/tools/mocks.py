@@ -4,6 +4,10 @@
     await agent.some_method()
     agent.bus.user_created.send.assert_called()
     agent.broker.mailer.send.assert_awaited_with({'to': 'a@b.c'})
+
+They are the real engines over a private memory hub (so nothing is stubbed beside what a test
+asserts on): ``bus.x`` / ``broker.x`` (and ``bus[x]`` / ``broker[x]``) are mocks recording sends,
+and binding receivers and consumers is recorded, not run.
 """
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ from unittest.mock import AsyncMock
 
 from ..broker import AbstractQueueBroker
 from ..bus import AbstractSignalBus
+from ..message import Envelope
 from ..queue import Queue
+from .memory import MemoryBusTransport, MemoryHub, MemoryQueueTransport
 
 
 class BoundSignalMock:
@@ -37,16 +43,10 @@ class BusMock(AbstractSignalBus):
     """``bus.x`` and ``bus[x]`` are the same ``BoundSignalMock`` with AsyncMock methods."""
 
     def __init__(self) -> None:
-        super().__init__('mock://')
+        super().__init__(MemoryBusTransport(MemoryHub()), dsn='mock://')
         self._bound: dict[str, BoundSignalMock] = {}
-        self.publish = AsyncMock()  # type: ignore[method-assign]
-        self.subscribe = AsyncMock()  # type: ignore[method-assign]
         self.bind_receiver = AsyncMock()  # type: ignore[method-assign]
         self.unbind_receivers = AsyncMock()  # type: ignore[method-assign]
-
-    async def publish(self, channel: str, data: bytes) -> None: ...  # replaced per instance
-
-    async def subscribe(self, pattern: str) -> None: ...  # replaced per instance
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith('_'):
@@ -57,11 +57,22 @@ class BusMock(AbstractSignalBus):
         return self.__getattr__(signal.name)
 
 
+class _MockQueueTransport(MemoryQueueTransport):
+    """As a mock has no server, every queue declared for an exchange counts as bound to it."""
+
+    async def publish(self, exchange: str, routing_key: str, envelope: Envelope) -> int:
+        for queue in Queue.get_all().values():
+            if queue.routes(exchange, routing_key):
+                await self.declare(queue)
+        return await super().publish(exchange, routing_key, envelope)
+
+
 class BrokerMock(AbstractQueueBroker):
-    """``broker.x`` and ``broker[x]`` are the same ``BoundQueueMock`` with AsyncMock methods."""
+    """``broker.x`` and ``broker[x]`` are the same ``BoundQueueMock`` with AsyncMock methods;
+    ``publish`` still validates the payload."""
 
     def __init__(self) -> None:
-        super().__init__('mock://')
+        super().__init__(_MockQueueTransport(MemoryHub()), dsn='mock://')
         self._bound: dict[str, BoundQueueMock] = {}
         self.bind_consumer = AsyncMock()  # type: ignore[method-assign]
         self.stop_consumers = AsyncMock()  # type: ignore[method-assign]
@@ -73,34 +84,3 @@ class BrokerMock(AbstractQueueBroker):
 
     def __getitem__(self, queue: Any) -> Any:
         return self.__getattr__(queue.name)
-
-    async def put(self, queue: Any, messages: list[bytes], delay: float = 0.0) -> None: ...
-
-    async def bindings(self, exchange: str) -> dict[str, tuple[str, ...]]:
-        """A mock has no server: every queue declared for the exchange counts as bound."""
-        return {q.name: q.topics for q in Queue.get_all().values() if q.exchange == exchange}
-
-    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[str]) -> None: ...
-
-    async def fetch(self, queue: Any, count: int, timeout: float) -> list[Any]:
-        return []
-
-    async def ack(self, queue: Any, delivery: Any) -> None: ...
-
-    async def retry(self, queue: Any, delivery: Any, delay: float, reason: str) -> None: ...
-
-    async def dead_letter(self, queue: Any, delivery: Any, reason: str) -> None: ...
-
-    async def release(self, queue: Any, deliveries: list[Any]) -> None: ...
-
-    async def queue_length(self, name: str) -> int:
-        return 0
-
-    async def dead_letters(self, name: str, limit: int = 100) -> list[Any]:
-        return []
-
-    async def dead_letter_count(self, name: str) -> int:
-        return 0
-
-    async def requeue_dead_letters(self, name: str) -> int:
-        return 0

@@ -1,14 +1,26 @@
 """The Redis backend: pub/sub signals and reliable list queues, wire-compatible with microagent 1.x.
 
-Signals: one pattern-subscribed connection per bus; each message read is handed to ``dispatch``,
-which never blocks the reading loop. The loop resubscribes by itself when Redis restarts.
+Two transports (``transport.py``), and the 1.x class names as thin constructors over engine and
+transport: ``RedisSignalBus`` = bus engine + ``RedisBusTransport``, ``RedisBroker`` = broker engine
++ ``RedisQueueTransport``.
 
-Queues: producers RPUSH the JSON body, as 1.x does. A consumer moves messages atomically into its
-own in-flight list and removes each one only once it is settled, so a process killed mid-handling
-loses nothing: its heartbeat key expires and any live consumer of the queue puts the messages back.
-Every fetch also (re)registers the consumer, so an in-flight list always has an owner others may
-reclaim; after a failed fetch, the consumer returns what it does not hold before fetching again.
-Key names and Lua scripts live in ``redis_scripts``.
+The wire. Redis has no message headers, so an envelope travels as the frame of ``message.frame``
+(magic, JSON headers, newline, the 1.x body). With ``wire='1.x'`` a bus or broker sends the bare 1.x
+body instead, which 1.x agents read (headers are then not carried; message ids and attempts still
+work locally). Both formats are read always: a frame starts with 0x1E, which JSON never does.
+
+Signals: one pattern-subscribed connection per bus, on the 1.x channels ``{prefix}:{name}:{sender}``
+(an RPC request appends ``#{request-id}``; answers go to ``{prefix}:response:{bus uid}#{request-id}``).
+The reading loop awaits each delivery (the engine's backpressure) and resubscribes by itself when
+Redis restarts.
+
+Queues: producers RPUSH, as 1.x does. A consumer moves messages atomically into its own in-flight
+list and removes each one only once it is settled, so a process killed mid-handling loses nothing:
+its heartbeat key expires and any live consumer of the queue puts the messages back. Every fetch
+also (re)registers the consumer, so an in-flight list always has an owner others may reclaim; after
+a failed fetch, the consumer returns what it does not hold before fetching again. Messages are
+never rewritten in Redis: a retry, a dead letter or a requeue keeps the stored bytes, so the frame's
+headers and message id survive them. Key names and Lua scripts live in ``redis_scripts``.
 """
 from __future__ import annotations
 
@@ -18,32 +30,69 @@ import logging
 import math
 import time
 import uuid
-from collections import Counter
-from collections.abc import Awaitable, Coroutine
-from typing import Any, TypeVar, cast
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Collection, Coroutine, Iterator, Mapping, Sequence
+from typing import Any, Literal, TypeVar, cast
 
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..broker import DEFAULT_MAX_MESSAGE_SIZE, AbstractQueueBroker, DeadLetter, Delivery, backoff
+from ..broker import DEFAULT_MAX_MESSAGE_SIZE, AbstractQueueBroker
 from ..bus import AbstractSignalBus
-from ..errors import BackendClosed, InvalidArgument
-from ..queue import Queue
+from ..dsn import hide_password
+from ..errors import BackendClosed, InvalidArgument, QueueNotFound
+from ..message import FRAME_MAGIC, REPLY_TO, REQUEST_ID, Envelope, FrameError, frame, unframe
+from ..queue import Queue, topics_match
+from ..retry import backoff
+from ..signal import RESPONSE_SIGNAL
+from ..transport import NO_CONTEXT, DeadLetter, Deliver, DeliverReply, Delivery
 from . import redis_scripts as lua
 from .redis_scripts import QueueKeys
 
-__all__ = ['RedisBroker', 'RedisSignalBus']
+__all__ = ['RedisBroker', 'RedisBusTransport', 'RedisQueueTransport', 'RedisSignalBus', 'Wire']
+
+try:  # redis[hiredis], the extra microagent[redis] installs
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - a plain redis-py
+    _hiredis_pack = None  # type: ignore[assignment]
 
 T = TypeVar('T')
 
 DEFAULT_DSN = 'redis://localhost:6379/0'
 _NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+#: what a Redis bus or broker sends: the framed envelope (default) or the bare 1.x body
+Wire = Literal['envelope', '1.x']
+WIRES: tuple[Wire, ...] = ('envelope', '1.x')
+
+
+def _wire(wire: str) -> bool:
+    """True for the 1.x wire; an unknown name is an error rather than a silent default."""
+    if wire not in WIRES:
+        raise InvalidArgument(f"wire must be 'envelope' or '1.x', got {wire!r}")
+    return wire == '1.x'
+
+
+class _HiredisPacking(Connection):
+    """A TCP connection that packs commands with hiredis' C packer. redis-py's asyncio connection packs
+    in Python, about a microsecond per argument: more than a message's whole envelope costs, on the
+    producer's and the consumer's hot paths (RPUSH of a batch, the fetch and ack scripts)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        command = args[0]
+        if (isinstance(command, str) and ' ' in command) or (isinstance(command, bytes) and b' ' in command):
+            args = (*command.split(), *args[1:])  # 'CLIENT SETNAME': words are arguments, as redis-py does
+        try:
+            return [_hiredis_pack(args)]
+        except TypeError:  # an argument hiredis cannot pack: redis-py packs it, or says why it cannot
+            return super().pack_command(*args)
 
 
 def _client(dsn: str, options: dict[str, Any], reader: bool = False) -> Redis:
@@ -58,52 +107,175 @@ def _client(dsn: str, options: dict[str, Any], reader: bool = False) -> Redis:
         options = {**options, 'retry': Retry(NoBackoff(), 0), 'socket_timeout': None}
     else:  # a pooled connection left stale by a server restart reconnects instead of failing a send
         options = {'retry': Retry(ExponentialBackoff(cap=1.0, base=0.05), 3), **options}
+    if _hiredis_pack is not None and 'encoding' not in options and 'connection_class' not in options:
+        options['connection_class'] = _HiredisPacking  # unix:// and rediss:// keep their own class
     return Redis.from_url(dsn, **options)
 
 
-class RedisSignalBus(AbstractSignalBus):
-    """Signals over Redis pub/sub: ``RedisSignalBus('redis://localhost/7', prefix='MYAPP')``.
+def _shown(text: str | bytes, limit: int = 200) -> str:
+    """A channel from the wire, safe for a log line (no control characters, bounded)."""
+    if isinstance(text, str) and text.isprintable() and len(text) <= limit:
+        return text
+    return repr(text[:limit])
 
-    Extra keyword options go to ``redis.asyncio.Redis.from_url`` (e.g. ``socket_timeout``).
-    """
+
+# frames read lazily
+
+_headers_decoder = msgspec.json.Decoder(dict[str, str])
+_headers_encoder = msgspec.json.Encoder()
+_HEADERS_AT = len(FRAME_MAGIC)
+
+
+class _FrameHeaders(Mapping[str, str]):
+    """The headers of a frame, parsed on first use: a consumer whose handlers never ask for their
+    ``message`` never pays for JSON it does not need. ``_read_frame`` checked the header line's
+    shape; should its JSON still be invalid, the first use raises the ``FrameError``."""
+
+    __slots__ = ('_data', '_end', '_parsed', '_target')
+
+    def __init__(self, data: bytes, end: int, target: str) -> None:
+        self._data = data  # the whole frame; the header line is data[len(FRAME_MAGIC):end]
+        self._end = end
+        self._target = target
+        self._parsed: dict[str, str] | None = None
+
+    def _headers(self) -> dict[str, str]:
+        parsed = self._parsed
+        if parsed is None:
+            try:
+                parsed = self._parsed = _headers_decoder.decode(self._data[_HEADERS_AT:self._end])
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                raise FrameError(self._target, [f'envelope headers are not a JSON object of strings: {exc}']) from None
+        return parsed
+
+    def __getitem__(self, name: str) -> str:
+        return self._headers()[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._headers().get(name, default)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._headers()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers())
+
+    def __len__(self) -> int:
+        return len(self._headers())
+
+    def __eq__(self, other: object) -> bool:
+        return self._headers() == other
+
+    __hash__ = None  # type: ignore[assignment]  # a mapping, as a dict
+
+    def __repr__(self) -> str:
+        return f'<headers {self._data[_HEADERS_AT:min(self._end, 200)]!r}>'
+
+
+_new_envelope = tuple.__new__  # Envelope(...) without its Python-level __new__: the consumer's hot path
+
+
+def _read_frame(data: bytes, target: str) -> Envelope:
+    """The envelope in stored bytes, its headers left unparsed: ``unframe``'s checks but the JSON's
+    (the magic, an end of the header line, a line shaped like a JSON object). Raises ``FrameError``."""
+    if not data or data[0] != 0x1E:
+        return _new_envelope(Envelope, (data, None))
+    end = data.find(b'\n', _HEADERS_AT)
+    if end < 0 or data[end - 1] != 0x7D or data[_HEADERS_AT] != 0x7B or not data.startswith(FRAME_MAGIC):
+        return unframe(data, target)  # raises the FrameError that says what is wrong, or parses all
+    return _new_envelope(Envelope, (data[end + 1:], _FrameHeaders(data, end, target)))
+
+
+# signals
+
+
+class RedisBusTransport:
+    """Signals over Redis pub/sub on the 1.x channels (``BusTransport``).
+
+    ``wire='1.x'`` sends bare 1.x bodies; frames and bare bodies are read always. An RPC request that
+    came bare (from a 1.x agent) is answered bare, whatever the wire, so a 1.x caller can read it."""
 
     #: cap of the delay between reconnection attempts of the subscriber, in seconds
     reconnect_cap: float = 5.0
     #: how long ``subscribe`` waits for Redis to confirm before going on (the loop keeps trying)
     subscribe_timeout: float = 5.0
+    #: how many bare requests are remembered until answered (answers to older ones go framed)
+    bare_requests_kept: int = 10_000
 
-    def __init__(self, dsn: str = DEFAULT_DSN, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
-                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, **redis_options: Any) -> None:
-        super().__init__(dsn, prefix, log, max_message_size=max_message_size)
+    def __init__(self, dsn: str = DEFAULT_DSN, prefix: str = 'PUBSUB', *, log: logging.Logger | None = None,
+                 wire: Wire = 'envelope', **redis_options: Any) -> None:
+        self.dsn = dsn
+        self.prefix = prefix
+        self.uid = uuid.uuid4().hex  # the answers' channel, as 1.x: {prefix}:response:{uid}#{request id}
+        self.legacy = _wire(wire)
+        self.log = log or logging.getLogger('microagent.redis')
         self.redis = _client(dsn, redis_options)
         self._listener = _client(dsn, redis_options, reader=True)
+        self._head = f'{prefix}:'
         self._patterns: list[str] = []
         self._confirm: dict[bytes, list[asyncio.Future[None]]] = {}
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._deliver: Deliver | None = None
+        self._deliver_reply: DeliverReply | None = None
+        self._bare_requests: OrderedDict[str, None] = OrderedDict()
         self._closed = False
 
-    async def publish(self, channel: str, data: bytes) -> None:
-        await self.redis.publish(channel, data)
+    def __repr__(self) -> str:
+        return f'<{type(self).__name__} {hide_password(self.dsn)} {self.prefix}>'
 
-    async def subscribe(self, pattern: str) -> None:
+    @property
+    def reply_to(self) -> str:
+        return f'{self.prefix}:{RESPONSE_SIGNAL}'
+
+    def _data(self, envelope: Envelope) -> bytes:
+        return envelope.body if self.legacy or envelope.headers is None else frame(envelope.body, envelope.headers)
+
+    async def publish(self, name: str, sender: str, envelope: Envelope) -> None:
+        headers = envelope.headers
+        request_id = headers.get(REQUEST_ID) if headers else None
+        channel = f'{self._head}{name}:{sender}#{request_id}' if request_id else f'{self._head}{name}:{sender}'
+        await self.redis.publish(channel, self._data(envelope))
+
+    async def reply(self, reply_to: str, envelope: Envelope) -> None:
+        request_id = envelope.headers.get(REQUEST_ID, '') if envelope.headers else ''
+        bare = request_id in self._bare_requests
+        if bare:
+            del self._bare_requests[request_id]
+        data = envelope.body if bare else self._data(envelope)
+        await self.redis.publish(f'{reply_to}:{self.uid}#{request_id}', data)
+
+    async def subscribe(self, names: Collection[str], deliver: Deliver) -> None:
+        self._deliver = deliver
+        await self._listen([f'{self._head}{name}:*' for name in names])
+
+    async def receive_replies(self, deliver: DeliverReply) -> None:
+        self._deliver_reply = deliver
+        await self._listen([f'{self.reply_to}:*'])
+
+    async def _listen(self, patterns: list[str]) -> None:
+        """Add patterns; return once Redis confirms them all, or ``subscribe_timeout`` passed (then
+        the reading loop goes on trying, and says so)."""
         if self._closed:
             raise BackendClosed(f'{self!r} is closed')
-        self._patterns.append(pattern)
-        confirmed = asyncio.get_running_loop().create_future()
-        self._confirm.setdefault(pattern.encode(), []).append(confirmed)
+        self._patterns.extend(patterns)
+        loop = asyncio.get_running_loop()
+        confirmed = [loop.create_future() for _ in patterns]
+        for pattern, future in zip(patterns, confirmed, strict=True):
+            self._confirm.setdefault(pattern.encode(), []).append(future)
         if self._reader is None:
             self._reader = asyncio.create_task(self._read(), name=f'redis-bus:{self.prefix}')
-        elif self._pubsub is not None:
-            with contextlib.suppress(*_NETWORK_ERRORS):  # the reading loop will subscribe it again
-                await self._pubsub.psubscribe(pattern)
+        elif self._pubsub is not None and patterns:
+            with contextlib.suppress(*_NETWORK_ERRORS):  # the reading loop will subscribe them again
+                await self._pubsub.psubscribe(*patterns)
         try:
-            await asyncio.wait_for(asyncio.shield(confirmed), self.subscribe_timeout)
+            await asyncio.wait_for(asyncio.shield(asyncio.gather(*confirmed)), self.subscribe_timeout)
         except TimeoutError:
-            self.log.warning('%r: no confirmation of subscription %s yet; will keep trying', self, pattern)
+            self.log.warning('%r: no confirmation of subscription %s yet; will keep trying',
+                             self, ', '.join(patterns))
 
     async def _read(self) -> None:
-        """The single reading loop: (re)subscribe every pattern, hand each message to ``dispatch``."""
+        """The single reading loop: (re)subscribe every pattern, hand each message on."""
         failures = 0
         while not self._closed:
             pubsub = self._listener.pubsub()
@@ -113,17 +285,7 @@ class RedisSignalBus(AbstractSignalBus):
                 if failures:
                     self.log.info('%r: subscribed again to %d patterns', self, len(self._patterns))
                     failures = 0
-                while True:
-                    # raw replies: [b'pmessage', pattern, channel, data] or [b'psubscribe', pattern, n]
-                    reply = await pubsub.parse_response(block=True)
-                    if not isinstance(reply, list):
-                        continue
-                    if reply[0] == b'pmessage':
-                        await self.deliver(reply[2], reply[3])  # never raises; waits while the backlog is full
-                    elif reply[0] == b'psubscribe':
-                        for future in self._confirm.pop(reply[1], ()):
-                            if not future.done():
-                                future.set_result(None)
+                await self._read_messages(pubsub)
             except asyncio.CancelledError:
                 raise
             except _NETWORK_ERRORS as exc:
@@ -142,6 +304,69 @@ class RedisSignalBus(AbstractSignalBus):
                 with contextlib.suppress(Exception):  # the loop must go on whatever closing says
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
+    async def _read_messages(self, pubsub: PubSub) -> None:
+        while True:
+            # raw replies: [b'pmessage', pattern, channel, data] or [b'psubscribe', pattern, n]
+            reply = await pubsub.parse_response(block=True)
+            if not isinstance(reply, list):
+                continue
+            if reply[0] == b'pmessage':
+                await self._dispatch(reply[2], reply[3])  # waits while the engine's backlog is full
+            elif reply[0] == b'psubscribe':
+                for future in self._confirm.pop(reply[1], ()):
+                    if not future.done():
+                        future.set_result(None)
+
+    async def _dispatch(self, raw_channel: bytes, data: bytes) -> None:
+        """One message: a signal, a request or an answer, framed or bare. Whatever it holds, it is
+        delivered or dropped with a warning; a delivery that raises is logged, and reading goes on."""
+        try:
+            channel = raw_channel.decode()
+        except UnicodeDecodeError as exc:
+            self.log.warning('Dropped message on channel %s: %s: %s', _shown(raw_channel), type(exc).__name__, exc)
+            return
+        if not channel.startswith(self._head):
+            return
+        name, _, rest = channel[len(self._head):].partition(':')
+        sender, _, request_id = rest.partition('#')
+        try:
+            envelope = unframe(data, f'answer on channel {_shown(channel)}' if name == RESPONSE_SIGNAL
+                               else f'signal {name!r}')
+        except FrameError as exc:
+            self.log.warning('Dropped message on channel %s: %s', _shown(channel), exc)
+            return
+        try:
+            if name == RESPONSE_SIGNAL:
+                if request_id and self._deliver_reply is not None:
+                    await self._deliver_reply(self._addressed(envelope, request_id, None))
+            elif self._deliver is not None:
+                if request_id:
+                    if envelope.headers is None:
+                        self._remember_bare(request_id)
+                    envelope = self._addressed(envelope, request_id, self.reply_to)
+                await self._deliver(name, sender, envelope)
+        except Exception as exc:
+            self.log.warning('Delivery of a message on channel %s failed (%s: %s)', _shown(channel),
+                             type(exc).__name__, exc, exc_info=exc)
+
+    @staticmethod
+    def _addressed(envelope: Envelope, request_id: str, reply_to: str | None) -> Envelope:
+        """The RPC addresses of the 1.x channel, where the headers lack them (a bare body)."""
+        headers = envelope.headers
+        if headers is not None and REQUEST_ID in headers and (reply_to is None or REPLY_TO in headers):
+            return envelope
+        added = dict(headers or {})
+        added.setdefault(REQUEST_ID, request_id)
+        if reply_to is not None:
+            added.setdefault(REPLY_TO, reply_to)
+        return Envelope(envelope.body, added)
+
+    def _remember_bare(self, request_id: str) -> None:
+        bare = self._bare_requests
+        bare[request_id] = None
+        if len(bare) > self.bare_requests_kept:
+            bare.popitem(last=False)
+
     async def close(self) -> None:
         self._closed = True
         if self._reader is not None:
@@ -155,16 +380,22 @@ class RedisSignalBus(AbstractSignalBus):
         await self.redis.aclose()
 
 
+# queues
+
+
 class _Owned:
     """What a consumer took from one queue and has not settled: the in-flight list's expected content."""
 
     def __init__(self, keys: QueueKeys) -> None:
         self.keys = keys
+        self.target = f'queue {keys.queue!r}'  # how a FrameError names the queue
         self.held: Counter[bytes] = Counter()
         self.lock = asyncio.Lock()  # one fetch or resync at a time
         self.dirty = False  # a settle or fetch failed: the in-flight list may hold orphans
         self.beaten = False  # registered once: a later registration means it was taken for dead
         self.rechecks = 0  # resyncs still due after a failed fetch (see ``lost_a_fetch``)
+        self.acks: list[bytes] = []  # acked, not sent yet
+        self.flushing: asyncio.Task[None] | None = None
 
     def lost_a_fetch(self) -> None:
         """A fetch failed: the server may have moved messages that never reached us. Resync twice:
@@ -173,27 +404,65 @@ class _Owned:
         self.dirty = True
         self.rechecks = 2
 
-    def take(self, bodies: list[bytes]) -> None:
-        self.held.update(bodies)
+    def take(self, messages: list[bytes]) -> None:
+        self.held.update(messages)
 
-    def drop(self, bodies: list[bytes]) -> None:
+    def drop(self, messages: list[bytes]) -> None:
         held = self.held
-        for body in bodies:
-            left = held[body] - 1
+        for message in messages:
+            left = held[message] - 1
             if left > 0:
-                held[body] = left
+                held[message] = left
             else:
-                del held[body]
+                del held[message]
 
 
-class RedisBroker(AbstractQueueBroker):
-    """Reliable queues on Redis lists: ``RedisBroker('redis://localhost/7')``.
+class _Malformed(Delivery[bytes]):
+    """A fetched message whose frame is malformed. Reading its envelope raises the ``FrameError`` (an
+    ``InvalidPayload`` naming the queue) inside the engine's decoding, so it is dead-lettered like
+    any undecodable body, with the stored bytes."""
+
+    __slots__ = ('_target',)
+
+    def __init__(self, data: bytes, target: str, attempt: int = 1, redelivered: bool = False) -> None:
+        self.token = data
+        self._target = target
+        self.attempt = attempt
+        self.redelivered = redelivered
+        self.context = NO_CONTEXT
+
+    @property
+    def envelope(self) -> Envelope:  # type: ignore[override]  # read-only: nothing to set
+        return unframe(self.token, self._target)  # raises
+
+    def __repr__(self) -> str:
+        return f'<Delivery attempt {self.attempt} (malformed frame): {self.token[:60]!r}>'
+
+
+def _delivery(data: bytes, target: str, attempt: int = 1, redelivered: bool = False) -> Delivery[bytes]:
+    """The delivery of stored bytes; ``token`` is those bytes. Frames are checked here, their headers
+    parsed only on use (see ``_FrameHeaders``)."""
+    try:
+        return Delivery(_read_frame(data, target), data, attempt, redelivered)
+    except FrameError:
+        return _Malformed(data, target, attempt, redelivered)
+
+
+def _delayed_member(data: bytes) -> bytes:
+    """A unique ``Q:delayed`` member for the message: 32 characters of id, then the message."""
+    return uuid.uuid4().hex.encode() + data
+
+
+class RedisQueueTransport:
+    """Reliable queues on Redis lists (``BrokerTransport``).
 
     ``heartbeat`` is how long (s) a silent consumer is trusted before its in-flight messages go back
-    to the queue. Extra keyword options go to ``redis.asyncio.Redis.from_url``.
-    """
+    to the queue. ``wire='1.x'`` stores bare 1.x bodies, which 1.x consumers pop; frames and bare
+    bodies are consumed always. Attempts are counted per stored message: per message id with frames;
+    bare bodies that are byte for byte identical share one count."""
 
     fetch_cancel_safe = True
+    send_options: frozenset[str] = frozenset()
     unsettled_fate = "it stays in this consumer's in-flight list until the next heartbeat returns it to the queue"
     #: how long a read may take beyond its blocking time before the connection is deemed dead
     read_margin: float = 5.0
@@ -202,13 +471,15 @@ class RedisBroker(AbstractQueueBroker):
     #: acks are sent together, at most this many seconds after the first of them
     ack_delay: float = 0.002
 
-    def __init__(self, dsn: str = DEFAULT_DSN, log: logging.Logger | None = None, *,
-                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, heartbeat: float = 10.0,
-                 **redis_options: Any) -> None:
-        super().__init__(dsn, log, max_message_size=max_message_size)
-        if heartbeat <= 0:
-            raise InvalidArgument(f'heartbeat must be positive, got {heartbeat!r}')
-        self.heartbeat = heartbeat
+    def __init__(self, dsn: str = DEFAULT_DSN, *, log: logging.Logger | None = None, wire: Wire = 'envelope',
+                 heartbeat: float = 10.0, **redis_options: Any) -> None:
+        if isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float) or not 0 < heartbeat < math.inf:
+            raise InvalidArgument(f'heartbeat must be positive (seconds), got {heartbeat!r}')
+        self.dsn = dsn
+        self.legacy = _wire(wire)
+        self.heartbeat = float(heartbeat)
+        self.uid = uuid.uuid4().hex  # this consumer, in key names: Q:inflight:{uid}, Q:consumer:{uid}
+        self.log = log or logging.getLogger('microagent.redis')
         self.redis = _client(dsn, redis_options)
         self._blocking = _client(dsn, redis_options, reader=True)
         self._scripts = {name: self.redis.register_script(getattr(lua, name))
@@ -216,63 +487,86 @@ class RedisBroker(AbstractQueueBroker):
                                       'REQUEUE', 'MOVE_DUE', 'DELAY')}
         self._fetch_script = self._blocking.register_script(lua.FETCH)
         self._owned: dict[str, _Owned] = {}
-        self._acks: dict[str, list[bytes]] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
         self._closing = False
 
+    def __repr__(self) -> str:
+        return f'<{type(self).__name__} {hide_password(self.dsn)}>'
+
     def _script(self, name: str) -> AsyncScript:
         return self._scripts[name]
 
+    def _stored(self, envelopes: Sequence[Envelope]) -> list[bytes]:
+        """What Redis stores for each envelope: its frame (``message.frame``, inlined: this is the
+        producer's hot path), or with the 1.x wire the bare body."""
+        if self.legacy:
+            return [envelope.body for envelope in envelopes]
+        encode = _headers_encoder.encode
+        try:
+            return [body if headers is None else FRAME_MAGIC + encode(headers) + b'\n' + body
+                    for body, headers in envelopes]
+        except TypeError:  # headers in a mapping msgspec does not encode (not a dict): the general way
+            return [frame(body, headers) for body, headers in envelopes]
+
     # producing
 
-    async def put(self, queue: Queue[Any], messages: list[bytes], delay: float = 0.0) -> None:
+    async def declare(self, queue: Queue[Any]) -> None:
+        if queue.exchange:  # the binding lives on the server, for every process that publishes
+            await self.redis.hset(lua.exchange_key(queue.exchange), queue.name, msgspec.json.encode(queue.topics))
+
+    async def put(self, queue: Queue[Any], envelopes: Sequence[Envelope], *, delay: float = 0.0,
+                  **options: Any) -> None:
+        # no ``send_options``: the engine refuses every other keyword, so ``options`` is always empty
+        messages = self._stored(envelopes)
         if delay <= 0:
             await self.redis.rpush(queue.name, *messages)
             return
         # fresh messages: beside the retries in Q:delayed, but with no attempt count written for them
         keys = QueueKeys.of(queue.name, self.uid)
-        members = [uuid.uuid4().hex.encode() + data for data in messages]
-        await self._script('DELAY')(keys=[keys.delayed], args=[delay, *members])
+        await self._script('DELAY')(keys=[keys.delayed], args=[delay, *map(_delayed_member, messages)])
         self._wake_when_due(keys, delay)
 
-    async def declare_queue(self, queue: Queue[Any]) -> None:
-        if queue.exchange:  # the binding lives on the server, for every process that publishes
-            await self.redis.hset(lua.exchange_key(queue.exchange), queue.name, msgspec.json.encode(queue.topics))
-
-    async def bindings(self, exchange: str) -> dict[str, tuple[str, ...]]:
+    async def publish(self, exchange: str, routing_key: str, envelope: Envelope) -> int:
+        """Push to every queue whose binding, stored in Redis by whoever declared it, takes the
+        routing key, all or none; return how many."""
         bound = await self.redis.hgetall(lua.exchange_key(exchange))
-        return {name if isinstance(name, str) else name.decode(): tuple(msgspec.json.decode(topics, type=list[str]))
-                for name, topics in bound.items()}
-
-    async def route(self, exchange: str, routing_key: str, data: bytes, targets: list[str]) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:  # every bound queue, or none
+        targets = [name.decode() if isinstance(name, bytes) else name for name, topics in bound.items()
+                   if topics_match(tuple(msgspec.json.decode(topics, type=list[str])), routing_key)]
+        if not targets:
+            raise QueueNotFound(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}')
+        (data,) = self._stored([envelope])
+        async with self.redis.pipeline(transaction=True) as pipe:
             for name in targets:
                 pipe.rpush(name, data)
             await pipe.execute()
+        return len(targets)
 
-    async def queue_length(self, name: str) -> int:
+    async def length(self, name: str) -> int:
         return int(await self.redis.llen(name))
 
     # consuming
 
-    async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery]:
+    async def consume(self, queue: Queue[Any], concurrency: int) -> None:
+        """Nothing to set up: a Redis consumer pulls, and registers itself on its first fetch."""
+
+    async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery[bytes]]:
         owned = self._owned.get(queue.name) or await self._register(queue.name)
         keys = owned.keys
         async with owned.lock:
             if owned.dirty:  # a failed round trip may have left messages in flight that nobody holds
                 await self._return_orphans(owned)
             try:
-                bodies, attempts, wait = await self._take(keys, count)
-                if not bodies:
+                messages, attempts, wait = await self._take(keys, count)
+                if not messages:
                     block = max(0.01, min(timeout, wait if wait >= 0 else math.inf))
                     async with asyncio.timeout(block + self.read_margin):
                         first = await self._blocking.execute_command(  # type: ignore[no-untyped-call]
                             'BLMOVE', keys.queue, keys.inflight, 'LEFT', 'RIGHT', block)
                     if first is None:
                         return []
-                    bodies, attempts, _ = await self._take(keys, count - 1, first)
+                    messages, attempts, _ = await self._take(keys, count - 1, first)
             except asyncio.CancelledError:
                 # a message may have reached the in-flight list without reaching us: put it back
                 owned.lost_a_fetch()
@@ -281,9 +575,12 @@ class RedisBroker(AbstractQueueBroker):
             except Exception:
                 owned.lost_a_fetch()  # the next fetch returns what the server moved, first
                 raise
-            owned.take(bodies)
-        return [Delivery(data=body, attempt=attempts[i] if attempts else 1)
-                for i, body in enumerate(bodies)]
+            owned.take(messages)
+        target = owned.target
+        if not attempts:
+            return [_delivery(message, target) for message in messages]
+        return [_delivery(message, target, abs(attempt), attempt < 0)
+                for message, attempt in zip(messages, attempts, strict=True)]
 
     async def _take(self, keys: QueueKeys, count: int, first: bytes | None = None,
                     ) -> tuple[list[bytes], list[int], float]:
@@ -294,39 +591,38 @@ class RedisBroker(AbstractQueueBroker):
             reply = await self._fetch_script(
                 keys=[keys.queue, keys.inflight, keys.attempts, keys.delayed, keys.consumers, keys.heartbeat],
                 args=args)
-        bodies, attempts, wait = reply
-        return bodies, attempts, float(wait)
+        messages, attempts, wait = reply
+        return messages, attempts, float(wait)
 
-    async def ack(self, queue: Queue[Any], delivery: Delivery) -> None:
+    async def ack(self, queue: Queue[Any], delivery: Delivery[bytes]) -> None:
         """Acks of ``ack_delay`` seconds go in one round trip, sent in the background: the handler's
         slot is free at once. Until sent, the message stays in our in-flight list (held), so a
         crash redelivers it; a failed send makes it an orphan that the next heartbeat requeues."""
-        batch = self._acks.get(queue.name)
-        if batch is None:
-            batch = self._acks[queue.name] = []
-            self._spawn(self._flush_acks(queue.name))
-        batch.append(delivery.data)
+        owned = self._owned[queue.name]
+        owned.acks.append(delivery.token)
+        if owned.flushing is None:
+            owned.flushing = self._spawn(self._flush_acks(owned))
 
-    async def _flush_acks(self, name: str) -> None:
+    async def _flush_acks(self, owned: _Owned) -> None:
         await asyncio.sleep(self.ack_delay)  # gather the acks of a few milliseconds into one round trip
-        bodies = self._acks.pop(name)
-        owned = self._owned[name]
+        messages, owned.acks, owned.flushing = owned.acks, [], None
         try:
             await self._script('ACK')(keys=[owned.keys.inflight, owned.keys.attempts],
-                                      args=[b''.join(bodies), ','.join(str(len(b)) for b in bodies)])
+                                      args=[b''.join(messages), ','.join([str(len(m)) for m in messages])])
         except Exception as exc:
             owned.dirty = True
             self.log.warning('Queue %s: %d acks failed (%s: %s); those still in flight go back to the '
                              'queue at the next fetch or heartbeat, to be delivered again',
-                             name, len(bodies), type(exc).__name__, exc)
+                             owned.keys.queue, len(messages), type(exc).__name__, exc)
         finally:
-            owned.drop(bodies)
+            owned.drop(messages)
 
-    async def retry(self, queue: Queue[Any], delivery: Delivery, delay: float, reason: str) -> None:
-        keys = self._owned[queue.name].keys
-        await self._settle(queue.name, delivery, self._script('RETRY')(
+    async def retry(self, queue: Queue[Any], delivery: Delivery[bytes], delay: float, reason: str) -> None:
+        owned = self._owned[queue.name]
+        keys = owned.keys
+        await self._settle(owned, delivery, 'retry', self._script('RETRY')(
             keys=[keys.inflight, keys.delayed, keys.attempts],
-            args=[delivery.data, delay, uuid.uuid4().hex, delivery.attempt + 1]))
+            args=[delivery.token, delay, uuid.uuid4().hex, delivery.attempt + 1]))
         self._wake_when_due(keys, delay)
 
     def _wake_when_due(self, keys: QueueKeys, delay: float) -> None:
@@ -338,41 +634,47 @@ class RedisBroker(AbstractQueueBroker):
         handle = asyncio.get_running_loop().call_later(delay, due)
         self._timers.add(handle)
 
-    async def dead_letter(self, queue: Queue[Any], delivery: Delivery, reason: str) -> None:
-        keys = self._owned[queue.name].keys
+    async def dead_letter(self, queue: Queue[Any], delivery: Delivery[bytes], reason: str) -> None:
+        owned = self._owned[queue.name]
+        keys = owned.keys
         header = msgspec.json.encode({'reason': reason, 'attempts': delivery.attempt, 'time': time.time()})
-        await self._settle(queue.name, delivery, self._script('DEAD_LETTER')(
-            keys=[keys.inflight, keys.dead, keys.attempts], args=[delivery.data, header]))
+        await self._settle(owned, delivery, 'dead-letter', self._script('DEAD_LETTER')(
+            keys=[keys.inflight, keys.dead, keys.attempts], args=[delivery.token, header]))
 
-    async def release(self, queue: Queue[Any], deliveries: list[Delivery]) -> None:
+    async def release(self, queue: Queue[Any], deliveries: Sequence[Delivery[bytes]]) -> None:
         if not deliveries:
             return
         owned = self._owned[queue.name]
+        messages = [delivery.token for delivery in deliveries]
         try:
-            await self._script('RELEASE')(keys=[owned.keys.inflight, owned.keys.queue],
-                                          args=[d.data for d in deliveries])
+            await self._script('RELEASE')(keys=[owned.keys.inflight, owned.keys.queue, owned.keys.attempts],
+                                          args=messages)
         except Exception:
-            owned.dirty = True
+            owned.dirty = True  # the next resync returns them
             raise
         finally:
-            for delivery in deliveries:
-                owned.drop([delivery.data])
+            owned.drop(messages)
 
-    async def _settle(self, name: str, delivery: Delivery, operation: Awaitable[Any]) -> None:
-        """Run a settle operation; if it fails, the message becomes an orphan of our in-flight
-        list, which the next heartbeat returns to the queue (so it is delivered again)."""
-        owned = self._owned[name]
+    async def _settle(self, owned: _Owned, delivery: Delivery[bytes], action: str, operation: Awaitable[Any]) -> None:
+        """Run a settle script. If it fails, the message stays held (the engine tries again, then
+        releases it, which drops the hold), and the next resync looks for orphans. A script that
+        finds the message gone from our in-flight list did nothing: say so."""
         try:
-            await operation
+            done = await operation
         except Exception:
             owned.dirty = True
             raise
-        finally:
-            owned.drop([delivery.data])
+        owned.drop([delivery.token])
+        if not done:
+            self.log.warning('Queue %s: could not %s a message: it is no longer in this consumer\'s in-flight '
+                             'list (settled already, or returned to the queue by a resync or as a dead '
+                             'consumer\'s, then it is delivered again)', owned.keys.queue, action)
 
     # ownership: heartbeat, reclaiming dead consumers, orphans
 
     async def _register(self, name: str) -> _Owned:
+        if self._closing:
+            raise BackendClosed(f'{self!r} is closed')
         owned = self._owned.get(name)
         if owned is None:
             owned = self._owned[name] = _Owned(QueueKeys.of(name, self.uid))
@@ -418,7 +720,8 @@ class RedisBroker(AbstractQueueBroker):
         if not consumers:
             return 0
         pairs = [k for c in consumers for k in (lua.heartbeat_key(keys.queue, c), lua.inflight_key(keys.queue, c))]
-        return int(await self._script('RECLAIM')(keys=[keys.consumers, keys.queue, *pairs], args=consumers))
+        return int(await self._script('RECLAIM')(keys=[keys.consumers, keys.queue, keys.attempts, *pairs],
+                                                 args=consumers))
 
     async def _heartbeats(self) -> None:
         """Beat for every queue until closed. Any error (lost server, OOM, a bug) is logged and
@@ -454,14 +757,14 @@ class RedisBroker(AbstractQueueBroker):
         (the caller holds ``owned.lock``, so no fetch is between Redis and ``owned.held``).
         Stays ``dirty`` (tried again later) unless it completes and no recheck is due."""
         owned.dirty = True
+        keys = owned.keys
         async with asyncio.timeout(self.read_margin):
-            listed = cast(list[bytes], await self.redis.lrange(owned.keys.inflight, 0, -1))
+            listed = cast(list[bytes], await self.redis.lrange(keys.inflight, 0, -1))
             orphans = list((Counter(listed) - owned.held).elements())
             if orphans:
-                await self._script('RELEASE')(keys=[owned.keys.inflight, owned.keys.queue], args=orphans)
+                await self._script('RELEASE')(keys=[keys.inflight, keys.queue, keys.attempts], args=orphans)
         if orphans:
-            self.log.warning('Queue %s: %d unsettled messages returned to the queue',
-                             owned.keys.queue, len(orphans))
+            self.log.warning('Queue %s: %d unsettled messages returned to the queue', keys.queue, len(orphans))
         owned.rechecks = max(owned.rechecks - 1, 0)
         owned.dirty = owned.rechecks > 0
 
@@ -471,15 +774,20 @@ class RedisBroker(AbstractQueueBroker):
         entries = cast(list[bytes], await self.redis.lrange(f'{name}:dead', 0, limit - 1))
         letters = []
         for entry in entries:
-            header, _, body = entry.partition(b'\n')
-            meta = msgspec.json.decode(header, type=dict[str, Any])
-            letters.append(DeadLetter(name, body, meta['reason'], meta['attempts'], meta['time']))
+            line, _, message = entry.partition(b'\n')
+            meta = msgspec.json.decode(line, type=dict[str, Any])
+            try:
+                envelope = unframe(message, f'dead letter of queue {name!r}')
+            except FrameError:  # dead-lettered because it is malformed: shown as it was stored
+                envelope = Envelope(message, None)
+            letters.append(DeadLetter(name, envelope, meta['reason'], meta['attempts'], meta['time']))
         return letters
 
     async def dead_letter_count(self, name: str) -> int:
         return int(await self.redis.llen(f'{name}:dead'))
 
     async def requeue_dead_letters(self, name: str) -> int:
+        """Move dead letters back unchanged (a frame keeps its message id), in chunks of 1000."""
         total, chunk = 0, 1000
         while True:
             moved = int(await self._script('REQUEUE')(keys=[f'{name}:dead', name], args=[chunk]))
@@ -508,6 +816,35 @@ class RedisBroker(AbstractQueueBroker):
             self.log.warning('Queue %s: could not move due retries back (%s: %s); the next fetch will',
                              name, type(exc).__name__, exc)
 
+    async def stop_consuming(self, queue: Queue[Any]) -> None:
+        """The engine stopped consuming the queue: send the pending acks, give back what is still in
+        flight here and stop beating for it, for up to ``close_timeout`` s (else the heartbeat
+        expires and a consumer of the queue returns the rest)."""
+        owned = self._owned.get(queue.name)
+        if owned is None:
+            return
+        try:
+            async with asyncio.timeout(self.close_timeout):
+                if self._background:
+                    await asyncio.gather(*self._background, return_exceptions=True)
+                async with owned.lock:
+                    del self._owned[queue.name]
+                    await self._give_back(owned)
+        except TimeoutError:
+            self._owned.pop(queue.name, None)
+            self._abandon([owned], 'stop')
+
+    async def _give_back(self, owned: _Owned) -> None:
+        keys = owned.keys
+        try:
+            await self.redis.delete(keys.heartbeat)
+            await self._reclaim(keys, [self.uid])
+        except Exception as exc:
+            self.log.warning('%r: could not return the in-flight messages of queue %s (%s: %s); '
+                             'a consumer of the queue returns them once this heartbeat expires '
+                             '(%.0fs after the last beat)', self, keys.queue, type(exc).__name__, exc,
+                             self.heartbeat)
+
     async def close(self) -> None:
         """Stop the heartbeat and give back whatever this consumer still holds, for up to
         ``close_timeout`` s; then close the connections whatever the server does."""
@@ -518,7 +855,7 @@ class RedisBroker(AbstractQueueBroker):
             async with asyncio.timeout(self.close_timeout):
                 await self._return_held()
         except TimeoutError:
-            self._abandon()
+            self._abandon(list(self._owned.values()), 'close')
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()  # it must expire, so that others return what is left
         for task in self._background:
@@ -540,21 +877,58 @@ class RedisBroker(AbstractQueueBroker):
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         for owned in self._owned.values():
-            keys = owned.keys
-            try:
-                await self.redis.delete(keys.heartbeat)
-                await self._reclaim(keys, [self.uid])
-            except Exception as exc:
-                self.log.warning('%r: could not return the in-flight messages of queue %s on close (%s: %s); '
-                                 'a consumer of the queue returns them once this heartbeat expires '
-                                 '(%.0fs after the last beat)', self, keys.queue, type(exc).__name__, exc,
-                                 self.heartbeat)
+            await self._give_back(owned)
 
-    def _abandon(self) -> None:
-        """``close`` ran out of time: say what may stay in flight and who will return it."""
-        for owned in self._owned.values():
-            self.log.warning('%r: close gave up after %.1fs; queue %s: %d messages taken here are unsettled '
-                             '(%d acks unsent); whatever stays in flight goes back to the queue when a consumer '
-                             'of it finds this heartbeat expired (%.0fs after the last beat)', self,
-                             self.close_timeout, owned.keys.queue, sum(owned.held.values()),
-                             len(self._acks.get(owned.keys.queue, ())), self.heartbeat)
+    def _abandon(self, owned_queues: list[_Owned], what: str) -> None:
+        """Giving back ran out of time: say what may stay in flight and who will return it."""
+        for owned in owned_queues:
+            self.log.warning('%r: %s gave up after %.1fs; queue %s: %d messages taken here are '
+                             'unsettled (%d acks unsent); whatever stays in flight goes back to the queue when a '
+                             'consumer of it finds this heartbeat expired (%.0fs after the last beat)', self,
+                             what, self.close_timeout, owned.keys.queue, sum(owned.held.values()), len(owned.acks),
+                             self.heartbeat)
+
+
+# the 1.x names: engine + transport
+
+
+class RedisSignalBus(AbstractSignalBus):
+    """Signals over Redis pub/sub: ``RedisSignalBus('redis://localhost/7', prefix='MYAPP')``.
+
+    ``wire='1.x'`` sends bare 1.x bodies, for 1.x agents listening on the same Redis. Extra keyword
+    options go to ``redis.asyncio.Redis.from_url`` (e.g. ``socket_timeout``). The transport is
+    ``bus.transport``."""
+
+    transport: RedisBusTransport
+
+    def __init__(self, dsn: str = DEFAULT_DSN, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
+                 wire: Wire = 'envelope', max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 **redis_options: Any) -> None:
+        transport = RedisBusTransport(dsn, prefix, log=log, wire=wire, **redis_options)
+        super().__init__(transport, dsn=dsn, prefix=prefix, log=log, max_message_size=max_message_size)
+
+    @property
+    def redis(self) -> Redis:
+        """The transport's command client, which code written for the former class reaches for."""
+        return self.transport.redis
+
+
+class RedisBroker(AbstractQueueBroker):
+    """Reliable queues on Redis lists: ``RedisBroker('redis://localhost/7')``.
+
+    ``heartbeat`` is how long (s) a silent consumer is trusted before its in-flight messages go back
+    to the queue; ``wire='1.x'`` stores bare 1.x bodies, for 1.x consumers of the same queues. Extra
+    keyword options go to ``redis.asyncio.Redis.from_url``. The transport is ``broker.transport``."""
+
+    transport: RedisQueueTransport
+
+    def __init__(self, dsn: str = DEFAULT_DSN, log: logging.Logger | None = None, *, wire: Wire = 'envelope',
+                 heartbeat: float = 10.0, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 **redis_options: Any) -> None:
+        transport = RedisQueueTransport(dsn, log=log, wire=wire, heartbeat=heartbeat, **redis_options)
+        super().__init__(transport, dsn=dsn, log=log, max_message_size=max_message_size)
+
+    @property
+    def redis(self) -> Redis:
+        """The transport's command client, which code written for the former class reaches for."""
+        return self.transport.redis

@@ -1,21 +1,26 @@
 """Every Redis key name and Lua script of the Redis broker, in one place.
 
-For a queue ``Q`` (the plain Redis list a 1.x agent RPUSHes to and BLPOPs from):
+For a queue ``Q`` (the plain Redis list a 1.x agent RPUSHes to and BLPOPs from). A "message" below
+is the bytes stored: the envelope frame of ``message.frame`` (which holds the message id), or with
+``wire='1.x'`` (and from 1.x producers) the bare JSON body exactly as 1.x writes it.
 
 ==========================  ======  ==========================================================
-``Q``                       list    waiting messages, the raw JSON body exactly as 1.x writes it
+``Q``                       list    waiting messages
 ``Q:inflight:{consumer}``   list    messages a consumer has taken and not settled yet
 ``Q:consumer:{consumer}``   string  the consumer's heartbeat; expires when the process dies
 ``Q:consumers``             set     consumer ids that may own an in-flight list (each fetch adds its own)
-``Q:delayed``               zset    retries and delayed sends, by due time; member = 32-char id + body
-``Q:attempts``              hash    sha1(body) -> attempt number of a retried message
-``Q:dead``                  list    dead letters: a JSON header line, ``\\n``, the original body
+``Q:delayed``               zset    retries and delayed sends, by due time; member = 32-char id + message
+``Q:attempts``              hash    sha1(message) -> attempt number; negative: put back unsettled
+                                    (released, or reclaimed from a dead consumer), i.e. redelivered
+``Q:dead``                  list    dead letters: a JSON line (reason, attempts, time), ``\\n``, the message
 ==========================  ======  ==========================================================
 
 Exchange bindings live in ``microagent:exchange:{name}`` (a hash: bound queue -> JSON list of its
 topics, empty for every key), written when a queue is declared or consumed and read by ``publish``.
 
-The attempt count lives beside the message, never in it, so what sits in ``Q`` stays the 1.x body.
+The attempt count lives beside the message, never in it, so a message is never rewritten: retries,
+dead letters and requeues keep its headers and id. It is keyed by the stored bytes, unique per
+message with frames; bare 1.x bodies that are identical share one count (and one redelivered mark).
 Scripts use the server clock (``TIME``) for due times so consumers on skewed hosts agree.
 """
 from __future__ import annotations
@@ -77,6 +82,14 @@ local function forget(attempts, body)
 end
 """
 
+_REDELIVERED = """
+local function redelivered(attempts, message)
+  local key = redis.sha1hex(message)
+  local attempt = tonumber(redis.call('HGET', attempts, key) or 1)
+  redis.call('HSET', attempts, key, -math.abs(attempt))
+end
+"""
+
 _MOVE_DUE = """
 local function move_due(queue, delayed, clock)
   local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', clock, 'LIMIT', 0, 1000)
@@ -100,7 +113,8 @@ return move_due(KEYS[1], KEYS[2], now())
 # under OOM that first write fails before anything moves.
 # KEYS: queue, inflight, attempts, delayed, consumers, heartbeat.
 # ARGV: count, consumer id, heartbeat ms, [a body BLMOVE already moved].
-# Returns {bodies, attempts (empty when none was retried), seconds until the next retry is due or -1}.
+# Returns {messages, attempts (empty when none was retried or put back; negative: redelivered),
+# seconds until the next retry is due or -1}.
 FETCH = _NOW + _PUSH + _MOVE_DUE + """
 redis.call('SET', KEYS[6], 1, 'PX', ARGV[3])
 redis.call('SADD', KEYS[5], ARGV[2])
@@ -188,27 +202,34 @@ forget(KEYS[3], ARGV[1])
 return 1
 """
 
-# Put owned messages back at the head of the queue, in their order. KEYS: inflight, queue. ARGV: bodies.
-RELEASE = """
+# Put owned messages back at the head of the queue, in their order, marked redelivered.
+# KEYS: inflight, queue, attempts. ARGV: messages.
+RELEASE = _REDELIVERED + """
 local n = 0
 for i = #ARGV, 1, -1 do
   if redis.call('LREM', KEYS[1], 1, ARGV[i]) > 0 then
     redis.call('LPUSH', KEYS[2], ARGV[i])
+    redelivered(KEYS[3], ARGV[i])
     n = n + 1
   end
 end
 return n
 """
 
-# Return the in-flight messages of consumers whose heartbeat expired.
-# KEYS: consumers set, queue, then (heartbeat, inflight) per candidate. ARGV: candidate ids.
+# Return the in-flight messages of consumers whose heartbeat expired, marked redelivered.
+# KEYS: consumers set, queue, attempts, then (heartbeat, inflight) per candidate. ARGV: candidate ids.
 # Also used for a consumer's own list on close, after deleting its heartbeat.
-RECLAIM = """
+RECLAIM = _REDELIVERED + """
 local n = 0
 for i, id in ipairs(ARGV) do
-  local heartbeat, inflight = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  local heartbeat, inflight = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
   if redis.call('EXISTS', heartbeat) == 0 then
-    while redis.call('LMOVE', inflight, KEYS[2], 'RIGHT', 'LEFT') do n = n + 1 end
+    while true do
+      local message = redis.call('LMOVE', inflight, KEYS[2], 'RIGHT', 'LEFT')
+      if not message then break end
+      redelivered(KEYS[3], message)
+      n = n + 1
+    end
     redis.call('SREM', KEYS[1], id)
   end
 end

@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from microagent import DeclarationError, Exchange, InvalidPayload, MicroAgent, Queue, QueueNotFound, consumer
+from microagent.message import Envelope
 from tests.backends import Backend
 from tests.helpers import Collector, eventually
 
@@ -92,7 +93,7 @@ async def test_invalid_message_on_receive_is_dead_lettered_and_consumer_goes_on(
 
     broker = backend.broker()
     async with Worker(broker=broker):
-        await broker.put(queue, [b'{broken', b'[1, 2]', b'{"job_id": "seven"}'])
+        await broker.transport.put(queue, [Envelope(b'{broken'), Envelope(b'[1, 2]'), Envelope(b'{"job_id": "seven"}')])
         await broker[queue].send(Job(job_id=8))
         assert await got.wait(1) == [Job(8)]
         await eventually(lambda: _count(broker, queue, 3))
@@ -339,7 +340,7 @@ async def test_oversized_message_is_refused_on_send_and_dead_lettered_on_receive
     with pytest.raises(InvalidPayload, match='exceeds 1000'):
         await broker[queue].send(Job(job_id=1, text='x' * 2000))
     async with Worker(broker=broker):
-        await broker.put(queue, [msgspec.json.encode(Job(job_id=2, text='y' * 2000))])
+        await broker.transport.put(queue, [Envelope(msgspec.json.encode(Job(job_id=2, text='y' * 2000)))])
         await broker[queue].send(Job(job_id=3))
         await got.wait(1)
         await eventually(lambda: _count(broker, queue, 1))

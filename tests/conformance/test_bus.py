@@ -9,7 +9,8 @@ import msgspec
 import pydantic
 import pytest
 
-from microagent import InvalidPayload, MicroAgent, Signal, SignalNotFound, receiver
+from microagent import InvalidPayload, MicroAgent, RemoteError, Signal, SignalNotFound, receiver
+from microagent.message import Envelope, new_headers
 from tests.backends import Backend
 from tests.helpers import Collector
 
@@ -110,8 +111,9 @@ async def test_rpc_answer_of_the_wrong_type_is_not_returned(backend: Backend, un
             return 'not a number'
 
     async with Liar(bus=backend.bus()):
-        with pytest.raises(TimeoutError):
-            await backend.bus()[signal].call('caller', Query(user_id=1), timeout=0.5)
+        # not returned: the caller learns at once which receiver answered wrongly (it used to time out)
+        with pytest.raises(RemoteError, match=r'receiver Liar\.count failed: invalid answer: .*Expected `int`'):
+            await backend.bus()[signal].call('caller', Query(user_id=1), timeout=30)
     assert f"answer of signal 'wrong_answer_{unique}'" in caplog.text
 
 
@@ -154,9 +156,8 @@ async def test_invalid_message_on_the_wire_is_logged_not_delivered(
     caplog.set_level(logging.WARNING)
     async with Listener(bus=backend.bus()):
         bus = backend.bus()
-        channel = signal.make_channel_name(bus.prefix, 'rogue')
-        await bus.publish(channel, b'{not json')
-        await bus.publish(channel, b'{"user_id": "x", "email": "a@b.c"}')
+        await bus.transport.publish(signal.name, 'rogue', Envelope(b'{not json', new_headers()))
+        await bus.transport.publish(signal.name, 'rogue', Envelope(b'{"user_id": "x", "email": "a@b.c"}'))
         await bus[signal].send('good', Event(user_id=3, email='a@b.c'))
         await got.wait(1)
     assert got.items == [Event(3, 'a@b.c')]

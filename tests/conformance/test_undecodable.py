@@ -73,16 +73,16 @@ async def test_failing_dead_letter_is_tried_again_then_released_never_lost(
             got.add(job.job_id)
 
     broker = backend.broker()
-    real_dead_letter = broker.dead_letter
+    real_dead_letter = broker.transport.dead_letter
     calls = Collector()
 
-    async def flaky_dead_letter(target: Queue[Any], delivery: Delivery, reason: str) -> None:
+    async def flaky_dead_letter(target: Queue[Any], delivery: Delivery[Any], reason: str) -> None:
         calls.add(reason)
         if len(calls.items) <= failures:
             raise ConnectionError('dead-letter store unreachable')
         await real_dead_letter(target, delivery, reason)
 
-    monkeypatch.setattr(broker, 'dead_letter', flaky_dead_letter)
+    monkeypatch.setattr(broker.transport, 'dead_letter', flaky_dead_letter)
     await broker[queue].declare()
     caplog.set_level(logging.INFO, logger='microagent.broker')
     async with Worker(broker=broker):
