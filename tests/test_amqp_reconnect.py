@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable
 
 import aiormq
 import msgspec
@@ -125,3 +126,31 @@ async def test_an_unreachable_server_is_retried_with_growing_delays(caplog: pyte
     delays = [float(m) for m in re.findall(r'next in ([\d.]+)s', caplog.text)]
     assert 2 <= len(delays) <= 5  # one log line per attempt, no tight loop
     assert delays == sorted(delays) and delays[1] == 2 * delays[0]
+
+
+async def test_a_declaration_interrupted_by_a_broken_connection_is_done_again(
+        amqp: Servers, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server closes the connection while a queue is being declared (the control channel looked
+    open a moment before): the send declares it again on a new connection instead of failing."""
+    queue = Queue(f'redeclared_{unique}', Job)
+    broker = amqp.broker()
+    transport = broker.transport
+    declare_on = transport._declare_on
+    broken: list[bool] = []
+
+    async def break_first(queue: Queue[Job], channel: aiormq.abc.AbstractChannel) -> None:
+        if not broken:
+            broken.append(True)
+            assert await break_connections(broker.uid[:8]) == 1
+            await eventually(_closed(channel))  # the declaration below now meets a closed connection
+        await declare_on(queue, channel)
+
+    monkeypatch.setattr(transport, '_declare_on', break_first)
+    await broker[queue].send(Job(job_id=1))
+    assert broken and await broker[queue].length() == 1
+
+
+def _closed(channel: aiormq.abc.AbstractChannel) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return channel.is_closed
+    return check

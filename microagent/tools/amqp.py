@@ -31,11 +31,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapp
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import aiormq
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp import commands as spec
+from pamqp.common import FieldTable
 
 from ..broker import AbstractQueueBroker
 from ..bus import AbstractSignalBus
@@ -49,6 +50,8 @@ from ..transport import DeadLetter, Deliver, DeliverReply, Delivery
 from .amqp_link import LINK_ERRORS, Link, Outgoing, Publisher
 
 __all__ = ['AMQPBroker', 'AMQPBusTransport', 'AMQPMeta', 'AMQPQueueTransport', 'AMQPSignalBus']
+
+_R = TypeVar('_R')
 
 ATTEMPT_HEADER = 'x-attempt'
 REASON_HEADER = 'x-reason'
@@ -236,6 +239,22 @@ class AMQPQueueTransport:
             self._control = await self._link.channel(self.reconnect_timeout if patience is None else patience)
         return self._control
 
+    async def _on_control(self, work: Callable[[AbstractChannel], Awaitable[_R]], patience: float | None = None) -> _R:
+        """Run ``work`` on the control channel, under its lock. When the connection breaks under it
+        (closed by the server, a restart), run it again on a new connection, within ``patience``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.reconnect_timeout if patience is None else patience)
+        async with self._control_lock:
+            while True:
+                ch = await self._ctl(max(deadline - loop.time(), 0.001))
+                try:
+                    return await work(ch)
+                except LINK_ERRORS as exc:
+                    if not ch.is_closed or loop.time() >= deadline:
+                        raise
+                    self.log.info('%s: the connection broke during a declaration or count (%s); doing it again',
+                                  self._link.name, self._link.scrub(exc))
+
     def _fresh_connection(self) -> None:
         if self._declared_generation != self._link.generation:
             self._declared_generation = self._link.generation
@@ -251,25 +270,27 @@ class AMQPQueueTransport:
         self._fresh_connection()
         if queue.name in self._declared:
             return
-        async with self._control_lock:
-            self._fresh_connection()
-            if queue.name in self._declared:
-                return
-            ch = await self._ctl(patience)
-            name, dead = queue.name, queue.name + DEAD_SUFFIX
-            await ch.queue_declare(name, durable=True)
-            await ch.exchange_declare(dead, exchange_type='fanout', durable=True)
-            await ch.queue_declare(dead, durable=True)
-            await ch.queue_bind(dead, dead)
-            self.declared_queues.update((name, dead))
-            self.declared_exchanges.add(dead)
-            exchange = queue.exchange_declaration
-            if exchange is not None:
-                await self._declare_exchange(ch, exchange, f'queue {name!r}: ')
-                keys = (queue.topics or ('#',)) if exchange.type == 'topic' else ('',)
-                for key in keys:
-                    await ch.queue_bind(name, exchange.name, routing_key=key)
-            self._declared.add(name)
+        await self._on_control(partial(self._declare_on, queue), patience)
+
+    async def _declare_on(self, queue: Queue[Any], ch: AbstractChannel) -> None:
+        """Declare the queue, its dead letters and its exchange binding (the control lock is held)."""
+        self._fresh_connection()
+        if queue.name in self._declared:
+            return
+        name, dead = queue.name, queue.name + DEAD_SUFFIX
+        await ch.queue_declare(name, durable=True)
+        await ch.exchange_declare(dead, exchange_type='fanout', durable=True)
+        await ch.queue_declare(dead, durable=True)
+        await ch.queue_bind(dead, dead)
+        self.declared_queues.update((name, dead))
+        self.declared_exchanges.add(dead)
+        exchange = queue.exchange_declaration
+        if exchange is not None:
+            await self._declare_exchange(ch, exchange, f'queue {name!r}: ')
+            keys = (queue.topics or ('#',)) if exchange.type == 'topic' else ('',)
+            for key in keys:
+                await ch.queue_bind(name, exchange.name, routing_key=key)
+        self._declared.add(name)
 
     async def _declare_exchange(self, ch: AbstractChannel, exchange: Exchange, where: str) -> None:
         """Declare the exchange with its declared type, never one guessed from other queues."""
@@ -287,11 +308,9 @@ class AMQPQueueTransport:
         self._fresh_connection()
         if now - self._retry_queues.get(retry, -RETRY_QUEUE_IDLE) < RETRY_QUEUE_IDLE / 2:
             return retry  # declared recently: its expiry lease is still long enough
-        async with self._control_lock:
-            ch = await self._ctl()
-            await ch.queue_declare(retry, durable=True, arguments={
-                'x-message-ttl': ms, 'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': name,
-                'x-expires': ms + int(RETRY_QUEUE_IDLE * 1000)})
+        arguments: FieldTable = {'x-message-ttl': ms, 'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': name,
+                                 'x-expires': ms + int(RETRY_QUEUE_IDLE * 1000)}
+        await self._on_control(lambda ch: ch.queue_declare(retry, durable=True, arguments=arguments))
         self._retry_queues[retry] = now
         self.declared_queues.add(retry)
         return retry
@@ -350,8 +369,7 @@ class AMQPQueueTransport:
         not say how many); no bound queue, or no exchange at all, is a LookupError."""
         declared = Exchange.get_all().get(exchange)
         if declared is not None and declared.name not in self.declared_exchanges:
-            async with self._control_lock:
-                await self._declare_exchange(await self._ctl(), declared, '')
+            await self._on_control(partial(self._declare_exchange, exchange=declared, where=''))
         out = Outgoing(exchange, routing_key, envelope.body, _properties(envelope.headers), mandatory=True)
         try:
             await self._publisher.publish([out], f'exchange {exchange!r}')
@@ -483,13 +501,13 @@ class AMQPQueueTransport:
     # inspecting
 
     async def _count(self, name: str) -> int:
-        async with self._control_lock:
-            ch = await self._ctl()
+        async def count(ch: AbstractChannel) -> int:
             try:
                 result = await ch.queue_declare(name, passive=True)
             except aiormq.ChannelNotFoundEntity:
                 return 0
-        return int(result.message_count or 0)
+            return int(result.message_count or 0)
+        return await self._on_control(count)
 
     async def length(self, name: str) -> int:
         return await self._count(name)
