@@ -28,7 +28,7 @@ from .queue import Queue
 from .signal import Signal
 from .transport import BrokerTransport, BusTransport, DeadLetter, Deliver, DeliverReply
 
-__all__ = ['ExpectationFailed', 'HandlerProbe', 'Sent', 'SentLog', 'TestGroup']
+__all__ = ['ExpectationFailed', 'GroupFactory', 'HandlerProbe', 'Sent', 'SentLog', 'TestGroup']
 
 A = TypeVar('A', bound=MicroAgent)
 M = TypeVar('M')
@@ -343,3 +343,14 @@ class TestGroup:
                     f'{[letter.reason for letter in letters]}')
         await self._until(enough, timeout, failure)
         return await self.broker.dead_letters(queue.name, max(count, 100))
+
+
+class GroupFactory:
+    """Builds ``TestGroup``s on one backend (``dsn``, None for memory): the ``agent_group`` fixture."""
+
+    def __init__(self, dsn: str | None = None) -> None:
+        self.dsn = dsn
+
+    def __call__(self, *agents: type[MicroAgent], settings: dict[str, Any] | None = None,
+                 prefix: str | None = None) -> TestGroup:
+        return TestGroup(*agents, settings=settings, dsn=self.dsn, prefix=prefix)

@@ -1,7 +1,11 @@
 """The test kit (microagent.testing): isolated groups, probes that wait, a log of what was sent."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -11,6 +15,7 @@ from microagent import MicroAgent, Queue, Signal, consumer, receiver
 from microagent.testing import ExpectationFailed, TestGroup
 from tests.backends import REDIS_TEST_DSN
 
+ROOT = Path(__file__).resolve().parent.parent
 SUFFIX = uuid.uuid4().hex[:8]
 
 
@@ -125,3 +130,22 @@ async def test_the_same_group_runs_on_redis_by_dsn(raw: Redis) -> None:
         await raw.delete(queue.name)
         async for key in raw.scan_iter(match=f'{queue.name}:*'):
             await raw.delete(key)
+
+
+def test_the_readme_example_passes_with_the_pytest_plugin(tmp_path: Path) -> None:
+    """The "Testing your agents" example, run as a user would: its own pytest, the plugin's fixtures."""
+    readme = (ROOT / 'README.md').read_text()
+    section = readme[readme.index('## Testing your agents'):]
+    example = section[section.index('```python\n') + len('```python\n'):section.index('```\n', 10)]
+    (tmp_path / 'test_shop.py').write_text(example)
+    (tmp_path / 'test_dsn.py').write_text(
+        'def test_dsn(microagent_dsn, agent_group):\n'
+        "    assert microagent_dsn == agent_group.dsn == 'memory://'\n")
+    (tmp_path / 'pytest.ini').write_text('[pytest]\nasyncio_mode = auto\n')
+    # -p no:microagent: the installed entry point (if any) gives way to the module named here
+    done = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-p', 'no:microagent',
+                           '-p', 'microagent.pytest_plugin', '--microagent-dsn', 'memory://', str(tmp_path)],
+                          cwd=tmp_path, env={**os.environ, 'PYTHONPATH': str(ROOT)}, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert '3 passed' in done.stdout
