@@ -227,6 +227,9 @@ class TestGroup:
         self.prefix = prefix or ('PUBSUB' if dsn is None else f'TEST{uuid.uuid4().hex[:8]}')
         self.hub = MemoryHub() if dsn is None or dsn == 'memory://' else None
         self.sent = SentLog()
+        #: the real transports of every bus and broker built here (they stay after ``close``):
+        #: what a cleanup of a real server asks for the queues and exchanges they declared
+        self.transports: list[BusTransport | BrokerTransport[Any]] = []
         self.agents: list[MicroAgent] = []
         self.bus, self.broker = self._connect()
         self._probes: dict[Callable[..., Any], list[HandlerProbe[Any]]] = {}
@@ -235,6 +238,7 @@ class TestGroup:
 
     def _connect(self) -> tuple[AbstractSignalBus, AbstractQueueBroker]:
         bus, broker = _backend(self.dsn, self.hub, self.prefix)
+        self.transports += [bus.transport, broker.transport]
         bus.transport = _RecordingBusTransport(bus.transport, self.sent)
         broker.transport = cast('BrokerTransport[Any]', _RecordingBrokerTransport(broker.transport, self.sent))
         return bus, broker

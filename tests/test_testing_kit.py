@@ -149,3 +149,32 @@ def test_the_readme_example_passes_with_the_pytest_plugin(tmp_path: Path) -> Non
                           text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert '3 passed' in done.stdout
+
+
+@pytest.mark.amqp
+async def test_the_same_group_runs_on_rabbitmq_by_dsn() -> None:
+    from tests.amqp_support import AMQP_DSN, delete_declared
+
+    queue = Queue(f'kit_amqp_{uuid.uuid4().hex[:8]}', Order)
+    asked = Signal(f'kit_amqp_ask_{uuid.uuid4().hex[:8]}', Order, returns=int)
+
+    class Strict(MicroAgent):
+        @consumer(queue, max_retries=0)
+        async def check(self, order: Order) -> None:
+            raise ValueError(f'order {order.order_id} refused')
+
+        @receiver(asked)
+        async def ask(self, order: Order) -> int:
+            return order.order_id + 1
+
+    group = TestGroup(Strict, dsn=AMQP_DSN)
+    try:
+        async with group:
+            assert await group.bus[asked].call('test', Order(1), timeout=10) == {'Strict.ask': 2}
+            await group.broker[queue].send(Order(2))
+            (letter,) = await group.wait_dead_letters(queue, timeout=10)
+            assert 'order 2 refused' in letter.reason
+            assert group.sent.answers(asked) == [{'Strict.ask': 2}]
+            assert group.handler(Strict.check).models == [Order(2)]
+    finally:
+        await delete_declared(group.transports)
