@@ -22,13 +22,13 @@ import msgspec
 from .agent import MicroAgent
 from .broker import AbstractQueueBroker
 from .bus import AbstractSignalBus
-from .errors import UsageError
+from .errors import MicroAgentError, UsageError
 from .message import REQUEST_ID, Envelope
 from .queue import Queue
 from .signal import Signal
 from .transport import BrokerTransport, BusTransport, DeadLetter, Deliver, DeliverReply
 
-__all__ = ['ExpectationFailed', 'GroupFactory', 'HandlerProbe', 'Sent', 'SentLog', 'TestGroup']
+__all__ = ['ExpectationFailed', 'GroupFactory', 'HandlerProbe', 'NotInGroup', 'Sent', 'SentLog', 'TestGroup']
 
 A = TypeVar('A', bound=MicroAgent)
 M = TypeVar('M')
@@ -38,6 +38,10 @@ DEFAULT_TIMEOUT = 5.0
 
 class ExpectationFailed(AssertionError):
     """An awaited expectation did not come true in time; the message says what was seen."""
+
+
+class NotInGroup(MicroAgentError, LookupError):
+    """The agent or handler asked for is not (or not only once) in the group; the message lists what is."""
 
 
 @dataclass
@@ -293,7 +297,7 @@ class TestGroup:
         for agent in self.agents:
             if type(agent) is cls:
                 return agent
-        raise KeyError(f'{cls.__name__} is not in this group: {[type(a).__name__ for a in self.agents]}')
+        raise NotInGroup(f'{cls.__name__} is not in this group: {[type(a).__name__ for a in self.agents]}')
 
     @overload
     def handler(self, method: Callable[[Any, M], Awaitable[Any]]) -> HandlerProbe[M]: ...
@@ -306,10 +310,10 @@ class TestGroup:
         probes = self._probes.get(func)
         if not probes:
             known = sorted(p.key for found in self._probes.values() for p in found)
-            raise KeyError(f'{getattr(method, "__qualname__", method)!r} is no receiver or consumer of an agent '
+            raise NotInGroup(f'{getattr(method, "__qualname__", method)!r} is no receiver or consumer of an agent '
                            f'in this group; the handlers are {known}')
         if len(probes) > 1:
-            raise KeyError(f'{probes[0].key} runs in {len(probes)} agents here: ask group[Agent] for one')
+            raise NotInGroup(f'{probes[0].key} runs in {len(probes)} agents here: ask group[Agent] for one')
         return probes[0]
 
     async def _until(self, check: Callable[[], Awaitable[bool]], timeout: float, failure: Callable[[], Awaitable[str]]

@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
-from microagent.testing import ExpectationFailed, TestGroup
+from microagent.testing import ExpectationFailed, NotInGroup, TestGroup
 from tests.backends import REDIS_TEST_DSN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,10 +98,12 @@ async def test_groups_are_isolated_from_each_other() -> None:
         assert await second.broker.queue_length(invoices.name) == 1
 
 
-def test_an_unknown_handler_is_named_with_the_known_ones() -> None:
-    group = TestGroup(Shop)
-    with pytest.raises(KeyError, match=r'Billing\.invoice'):
-        group.handler(Billing.invoice)
+async def test_an_unknown_handler_or_agent_is_named_with_the_known_ones() -> None:
+    async with TestGroup(Shop) as group:
+        with pytest.raises(NotInGroup, match=r"Billing\.invoice'? is no receiver or consumer .*'Shop\.on_order'"):
+            group.handler(Billing.invoice)
+        with pytest.raises(NotInGroup, match=r"Billing is not in this group: \['Shop'\]"):
+            group[Billing]
 
 
 async def test_a_group_stops_its_agents_on_exit() -> None:
