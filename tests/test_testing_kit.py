@@ -1,6 +1,7 @@
 """The test kit (microagent.testing): isolated groups, probes that wait, a log of what was sent."""
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -180,3 +181,24 @@ async def test_the_same_group_runs_on_rabbitmq_by_dsn() -> None:
             assert group.handler(Strict.check).models == [Order(2)]
     finally:
         await delete_declared(group.transports)
+
+
+async def test_a_queue_is_not_empty_while_its_consumer_is_still_handling() -> None:
+    queue = Queue(f'kit_busy_{uuid.uuid4().hex[:8]}', Order)
+    begun, release = asyncio.Event(), asyncio.Event()
+
+    class Slow(MicroAgent):
+        @consumer(queue)
+        async def work(self, order: Order) -> None:
+            begun.set()
+            await release.wait()
+
+    async with TestGroup(Slow) as group:
+        await group.broker[queue].send(Order(1))
+        probe = group.handler(Slow.work)
+        await asyncio.wait_for(begun.wait(), 5)
+        with pytest.raises(ExpectationFailed, match=r'not empty within 0\.2s: 0 waiting, 1 being handled'):
+            await group.wait_queue_empty(queue, timeout=0.2)
+        release.set()
+        await group.wait_queue_empty(queue)
+        assert probe.handled == 1
