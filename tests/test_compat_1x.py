@@ -16,6 +16,7 @@ import pytest
 from redis.asyncio import Redis
 
 from microagent import InvalidPayload, MicroAgent, Queue, Signal, consumer, load_stuff, on, periodic, receiver
+from microagent.testing import TestGroup
 from microagent.tools.memory import MemoryBroker, MemorySignalBus
 from microagent.tools.redis import RedisBroker, RedisSignalBus
 from tests.backends import REDIS_TEST_DSN
@@ -86,8 +87,6 @@ async def test_typed_design_example(unique: str) -> None:
     comments_count = Signal(f'comments_count_{unique}', CountQuery, returns=int)
     mailer = Queue(f'mailer_{unique}', Mail)
     started = Signal(name=f'started_{unique}', providing_args=[])
-    mails = Collector()
-    legacy_calls = Collector()
 
     class UserAgent(MicroAgent):
         @receiver(user_created)
@@ -99,15 +98,13 @@ async def test_typed_design_example(unique: str) -> None:
             return 3 if sender == 'user_agent' else 0
 
         @consumer(mailer, timeout=30)
-        async def send_mail(self, mail: Mail) -> None:
-            mails.add(mail)
+        async def send_mail(self, mail: Mail) -> None: ...
 
         @receiver(started)
-        async def legacy(self, signal: Signal[Any, Any], sender: str, **kwargs: Any) -> None:
-            legacy_calls.add((signal.name, sender, kwargs))
+        async def legacy(self, signal: Signal[Any, Any], sender: str, **kwargs: Any) -> None: ...
 
-    bus = MemorySignalBus(f'memory://{unique}')
-    async with UserAgent(bus=bus, broker=MemoryBroker(f'memory://{unique}')) as agent:
+    async with TestGroup(UserAgent) as group:
+        agent = group[UserAgent]
         await agent.bus[user_created].send('user_agent', UserCreated(user_id=1, email='a@b.c'))
         answers: dict[str, int] = await agent.bus[comments_count].call('user_agent', CountQuery(user_id=1))
         await getattr(agent.bus, started.name).send('user_agent')
@@ -115,9 +112,11 @@ async def test_typed_design_example(unique: str) -> None:
             await agent.broker[mailer].send({'subject': 'no recipient'})  # type: ignore[arg-type]
         with pytest.raises(InvalidPayload, match='email'):
             await getattr(agent.bus, user_created.name).send('user_agent', user_id=1)
-        assert await mails.wait(1) == [Mail(to='a@b.c', subject='Welcome')]
-        assert await legacy_calls.wait(1) == [(started.name, 'user_agent', {})]
+        assert await group.handler(UserAgent.send_mail).wait(1) == [Mail(to='a@b.c', subject='Welcome')]
+        # a 1.x style receiver is called with keywords only: the probe records them
+        assert await group.handler(UserAgent.legacy).wait(1) == [{'signal': started, 'sender': 'user_agent'}]
     assert answers == {'UserAgent.count': 3}
+    assert group.sent.answers(comments_count) == [answers]
 
 
 def test_everything_without_pydantic_installed(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from microagent import InvalidHeader, Message, MicroAgent, Queue, Signal, consumer, periodic, receiver
 from microagent.message import MESSAGE_ID, REPLY_TO, REQUEST_ID, RPC_ERROR, Envelope, current_message, new_headers
+from microagent.testing import TestGroup
 from microagent.tools.memory import MemoryBroker, MemoryHub, MemorySignalBus
 from tests.helpers import Collector
 
@@ -79,9 +80,8 @@ async def test_a_handler_without_message_runs_with_the_message_current_but_unrea
         async def work(self, job: Job) -> None:
             seen.add(current_message())
 
-    broker = MemoryBroker()
-    async with Worker(broker=broker):
-        await broker[queue].send(Job(job_id=1), headers={'tenant': 'acme'})
+    async with TestGroup(Worker) as group:
+        await group.broker[queue].send(Job(job_id=1), headers={'tenant': 'acme'})
         (message,) = await seen.wait(1)
     assert message is not None and message.headers == {'tenant': 'acme'}
     assert current_message() is None  # nothing leaks out of the handler
@@ -89,17 +89,14 @@ async def test_a_handler_without_message_runs_with_the_message_current_but_unrea
 
 async def test_a_payload_parameter_named_message_is_still_the_payload(unique: str) -> None:
     queue = Queue(f'eh_named_{unique}', Job)
-    seen = Collector()
 
     class Worker(MicroAgent):
         @consumer(queue)
-        async def work(self, message: Job) -> None:
-            seen.add(message)
+        async def work(self, message: Job) -> None: ...
 
-    broker = MemoryBroker()
-    async with Worker(broker=broker):
-        await broker[queue].send(Job(job_id=3))
-        assert await seen.wait(1) == [Job(job_id=3)]
+    async with TestGroup(Worker) as group:
+        await group.broker[queue].send(Job(job_id=3))
+        assert await group.handler(Worker.work).wait(1) == [Job(job_id=3)]
 
 
 async def test_a_1x_message_gets_one_id_that_everything_it_causes_shares(unique: str) -> None:
