@@ -9,8 +9,9 @@ import textwrap
 from pathlib import Path
 
 import msgspec
+import pytest
 
-from microagent import MicroAgent, Signal, on, receiver
+from microagent import MicroAgent, ServerInterrupt, Signal, UsageError, on, receiver
 from microagent.tools.memory import MemorySignalBus
 from tests.helpers import Collector
 
@@ -66,6 +67,38 @@ async def test_serve_stops_on_sigint_and_restores_the_previous_handler() -> None
     await asyncio.wait_for(serving, 5)
     assert events.items == ['started', 'pre_stop']
     assert signal.getsignal(signal.SIGINT) is before
+
+
+class WithServer(MicroAgent):
+    """A server that ends as ``settings['end']`` says; ``settings['events']`` records the stop."""
+
+    @on('server')
+    async def server(self) -> None:
+        raise self.settings['end']
+
+    @on('pre_stop')
+    def stopping(self) -> None:
+        self.settings['events'].add('pre_stop')
+
+
+async def test_serve_ends_when_a_server_interrupts_and_raises_a_server_failure_after_stopping() -> None:
+    events = Collector()
+    await asyncio.wait_for(WithServer(settings={'end': ServerInterrupt('done'), 'events': events}).serve(), 5)
+    assert events.items == ['pre_stop']
+    events = Collector()
+    with pytest.raises(RuntimeError, match='server broke'):
+        await asyncio.wait_for(WithServer(settings={'end': RuntimeError('server broke'), 'events': events}).serve(), 5)
+    assert events.items == ['pre_stop']
+
+
+async def test_serve_twice_at_once_is_refused() -> None:
+    agent, events, _ = served()
+    serving = asyncio.create_task(agent.serve())
+    await events.wait(1)
+    with pytest.raises(UsageError, match='already serving'):
+        await agent.serve()
+    await agent.stop()
+    await asyncio.wait_for(serving, 5)
 
 
 SCRIPT = '''
