@@ -381,7 +381,7 @@ class MicroAgent:
 
     def run(self, grace: float = DEFAULT_GRACE) -> None:
         """Serve in a new event loop until SIGINT/SIGTERM or ``stop()``: ``asyncio.run(agent.serve())``."""
-        asyncio.run(self.serve(grace))
+        asyncio.run(MicroAgent.serve(self, grace))  # even when a subclass names a server hook ``serve``
 
     def info(self) -> dict[str, Any]:
         """A JSON-serialisable description of the agent, its channels and their payload schemas."""
