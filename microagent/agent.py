@@ -348,11 +348,16 @@ class MicroAgent:
                         tb: TracebackType | None) -> None:
         await self.stop()
 
-    async def serve(self, grace: float = DEFAULT_GRACE) -> None:
-        """Start, run until SIGINT/SIGTERM or ``stop()`` from elsewhere, then stop gracefully.
+    async def serve(self) -> None:
+        """Start, run until SIGINT/SIGTERM or ``stop(grace)`` from elsewhere, then stop gracefully.
 
-        ``start()`` returns at once without servers; a service needs something to wait on. Signal
-        handlers are installed only while serving and the previous ones are put back after."""
+        ``start()`` returns at once without servers; a service needs something to wait on. No
+        parameters: a 1.x agent whose server hook is named ``serve`` still overrides it soundly."""
+        await MicroAgent._serve(self, DEFAULT_GRACE)
+
+    async def _serve(self, grace: float) -> None:
+        """Serve; a signal stops with ``grace``. Signal handlers are installed only while serving
+        and the previous ones are put back after."""
         if self._serving is not None:
             raise UsageError(f'{self!r} is already serving')
         serving = self._serving = _Serving(grace)
@@ -380,8 +385,9 @@ class MicroAgent:
                 _restore_stop_handlers(loop, installed)
 
     def run(self, grace: float = DEFAULT_GRACE) -> None:
-        """Serve in a new event loop until SIGINT/SIGTERM or ``stop()``: ``asyncio.run(agent.serve())``."""
-        asyncio.run(MicroAgent.serve(self, grace))  # even when a subclass names a server hook ``serve``
+        """Serve in a new event loop until SIGINT/SIGTERM or ``stop()``: ``asyncio.run(agent.serve())``,
+        with ``grace`` for the stop a signal asks for."""
+        asyncio.run(MicroAgent._serve(self, grace))  # even when a subclass names a server hook ``serve``
 
     def info(self) -> dict[str, Any]:
         """A JSON-serialisable description of the agent, its channels and their payload schemas."""

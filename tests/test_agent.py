@@ -232,7 +232,7 @@ async def test_start_blocks_while_servers_run_and_server_interrupt_stops(
 
     class Agent(MicroAgent):
         @on('server')
-        async def run_server(self) -> None:
+        async def serve(self) -> None:
             await asyncio.sleep(0.01)
             raise ServerInterrupt('done serving')
 

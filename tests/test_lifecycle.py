@@ -49,7 +49,7 @@ class Agent(MicroAgent):
         self.settings['ticked'].add(1)
 
     @on('server')
-    async def run_server(self) -> None:
+    async def serve(self) -> None:
         self.settings['events'].append('serving')
         try:
             await asyncio.Event().wait()

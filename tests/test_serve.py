@@ -101,6 +101,25 @@ async def test_serve_twice_at_once_is_refused() -> None:
     await asyncio.wait_for(serving, 5)
 
 
+class OwnServe(MicroAgent):
+    """A 1.x style agent whose server hook is named ``serve``: ``run()`` still serves it."""
+
+    @on('server')
+    async def serve(self) -> None:
+        self.settings['events'].append('server ran')
+        raise ServerInterrupt('done')
+
+    @on('pre_stop')
+    def stopping(self) -> None:
+        self.settings['events'].append('pre_stop')
+
+
+async def test_run_serves_an_agent_whose_server_hook_is_named_serve() -> None:
+    events: list[str] = []
+    await asyncio.wait_for(asyncio.to_thread(OwnServe(settings={'events': events}).run), 10)  # a loop of its own
+    assert events == ['server ran', 'pre_stop']
+
+
 SCRIPT = '''
 import sys
 from microagent import MicroAgent, on

@@ -74,7 +74,7 @@ class ShortServer(Recorder):
     """A server that ends the agent once the agent is up."""
 
     @on('server')
-    async def run_server(self) -> None:
+    async def serve(self) -> None:
         await asyncio.sleep(0.2)
         raise ServerInterrupt('done serving')
 
