@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -11,7 +13,7 @@ from typing import Any, ClassVar, Self
 
 from .broker import AbstractQueueBroker
 from .bus import AbstractSignalBus
-from .errors import DeclarationError, InvalidPayload, MissConfig, ServerInterrupt
+from .errors import DeclarationError, InvalidPayload, MissConfig, ServerInterrupt, UsageError
 from .handlers import (
     DEFAULT_RECEIVER_CONCURRENCY,
     CallStyle,
@@ -148,6 +150,7 @@ class MicroAgent:
     """
 
     _specs: ClassVar[dict[str, list[Any]]] = {}
+    _serving: _Serving | None = None  # set while serve() runs
 
     log: logging.Logger
     bus: AbstractSignalBus
@@ -293,6 +296,10 @@ class MicroAgent:
 
         The hooks are not bounded (as in 1.x); the grace starts after them and is one deadline for
         receivers, consumers and timer runs, which wait for their work at the same time."""
+        serving = self._serving
+        if serving is not None and asyncio.current_task() is not serving.task:
+            await serving.stop_from_elsewhere(grace)  # serve() stops the agent; wait until it has
+            return
         if not self._started:
             return
         self._started = False
@@ -341,8 +348,91 @@ class MicroAgent:
                         tb: TracebackType | None) -> None:
         await self.stop()
 
+    async def serve(self) -> None:
+        """Start, run until SIGINT/SIGTERM or ``stop(grace)`` from elsewhere, then stop gracefully.
+
+        ``start()`` returns at once without servers; a service needs something to wait on. No
+        parameters: a 1.x agent whose server hook is named ``serve`` still overrides it soundly."""
+        await MicroAgent._serve(self, DEFAULT_GRACE)
+
+    async def _serve(self, grace: float) -> None:
+        """Serve; a signal stops with ``grace``. Signal handlers are installed only while serving
+        and the previous ones are put back after."""
+        if self._serving is not None:
+            raise UsageError(f'{self!r} is already serving')
+        serving = self._serving = _Serving(grace)
+        loop = asyncio.get_running_loop()
+        installed = _install_stop_handlers(loop, serving.requested.set)
+        try:
+            await self._start()
+            waiters: list[asyncio.Task[Any]] = [asyncio.create_task(serving.requested.wait(), name='serve:stop')]
+            if self._servers:
+                waiters.append(asyncio.create_task(self.wait_servers(), name='serve:servers'))
+            try:
+                done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+                await asyncio.gather(*waiters, return_exceptions=True)
+            for task in done:
+                task.result()  # a server that failed is raised, after the stop below
+        finally:
+            try:
+                await self.stop(serving.grace)
+            finally:
+                self._serving = None
+                serving.finished.set()
+                _restore_stop_handlers(loop, installed)
+
+    def run(self, grace: float = DEFAULT_GRACE) -> None:
+        """Serve in a new event loop until SIGINT/SIGTERM or ``stop()``: ``asyncio.run(agent.serve())``,
+        with ``grace`` for the stop a signal asks for."""
+        asyncio.run(MicroAgent._serve(self, grace))  # even when a subclass names a server hook ``serve``
+
     def info(self) -> dict[str, Any]:
         """A JSON-serialisable description of the agent, its channels and their payload schemas."""
         from .schema import agent_info
 
         return agent_info(self)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _install_stop_handlers(loop: asyncio.AbstractEventLoop,
+                           callback: Callable[[], None]) -> list[tuple[signal.Signals, Any]]:
+    """Route SIGINT/SIGTERM to ``callback``; returns what to put back (nothing off the main thread)."""
+    installed: list[tuple[signal.Signals, Any]] = []
+    if threading.current_thread() is not threading.main_thread():
+        return installed
+    for signum in _STOP_SIGNALS:
+        previous = signal.getsignal(signum)
+        try:
+            loop.add_signal_handler(signum, callback)
+        except (NotImplementedError, RuntimeError):  # no signal support in this loop
+            continue
+        installed.append((signum, previous))
+    return installed
+
+
+def _restore_stop_handlers(loop: asyncio.AbstractEventLoop,
+                           installed: list[tuple[signal.Signals, Any]]) -> None:
+    for signum, previous in installed:
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, previous)
+
+
+class _Serving:
+    """What ``serve()`` waits on: a stop request (a signal or ``stop()``), and its own stop's end."""
+
+    def __init__(self, grace: float) -> None:
+        self.task = asyncio.current_task()
+        self.grace = grace
+        self.requested = asyncio.Event()
+        self.finished = asyncio.Event()
+
+    async def stop_from_elsewhere(self, grace: float) -> None:
+        if not self.requested.is_set():
+            self.grace = grace  # the first stop request's grace is the one serve() uses
+        self.requested.set()
+        await self.finished.wait()

@@ -7,8 +7,10 @@ generated msgspec type. pydantic is imported only when a pydantic model is actua
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Generic, Literal, TypeVar, cast
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Annotated, Any, Generic, Literal, NamedTuple, TypeVar, cast
 
 import msgspec
 
@@ -34,6 +36,70 @@ def check_size(target: str, data: bytes, limit: int) -> bytes:
     if len(data) > limit:
         raise InvalidPayload(target, [f'message of {len(data)} bytes exceeds {limit}'])
     return data
+
+
+class _FieldCheck(NamedTuple):
+    key: str  # the field's name on the wire
+    required: bool
+    check: Callable[[Any], object]  # raises msgspec.ValidationError for a value that does not fit
+
+
+def _field_checks(model: Any, from_json: bool) -> list[_FieldCheck]:
+    """One check per field of a Struct, dataclass or TypedDict (none for other types, or for one
+    whose annotations cannot be resolved): what lets an invalid payload report every failing field."""
+    try:
+        info = msgspec.inspect.type_info(model)
+        fields = getattr(info, 'fields', None)
+        hints = typing.get_type_hints(model, include_extras=True) if fields else {}
+    except Exception:  # a generic alias, an unresolvable forward reference: the first error will do
+        return []
+    checks = []
+    order = {name: index for index, name in enumerate(hints)}  # declaration order (a TypedDict's info is not)
+    for field in sorted(fields or (), key=lambda field: order.get(field.name, len(order))):
+        field_type = hints.get(field.name, Any)
+        if from_json:
+            check: Callable[[Any], object] = partial(_check_json, msgspec.json.Decoder(field_type))
+        else:
+            check = partial(msgspec.convert, type=field_type)
+        checks.append(_FieldCheck(field.encode_name, field.required, check))
+    return checks
+
+
+def _check_json(decoder: msgspec.json.Decoder[Any], value: Any) -> object:
+    return decoder.decode(_encoder.encode(value))
+
+
+def _field_errors(checks: list[_FieldCheck], payload: Mapping[str, Any]) -> list[str]:
+    """Every failing field of ``payload``, in msgspec's words and paths (``$.field``)."""
+    errors = []
+    for key, required, check in checks:
+        if key not in payload:
+            if required:
+                errors.append(f'Object missing required field `{key}`')
+            continue
+        try:
+            check(payload[key])
+        except msgspec.ValidationError as exc:
+            text = str(exc)
+            if ' - at `$' in text:
+                errors.append(text.replace(' - at `$', f' - at `$.{key}', 1))
+            else:
+                errors.append(f'{text} - at `$.{key}`')
+        except Exception:  # not a field error (a codec quirk): the first error stands
+            continue
+    return errors
+
+
+def _all_errors(first: Exception, checks: list[_FieldCheck], payload: Any) -> list[str]:
+    """msgspec's first error followed by every other failing field (first failure only: the hot path
+    of a valid payload never gets here)."""
+    text = str(first)
+    if not checks or not isinstance(payload, dict):
+        return [text]
+    errors = _field_errors(checks, payload)
+    if text in errors:
+        return errors
+    return [text, *errors]  # an unknown field, a tag, a __post_init__: not a field check's finding
 
 
 class Codec(Generic[T]):
@@ -84,11 +150,14 @@ class MsgspecCodec(Codec[T]):
         info = msgspec.inspect.type_info(model)
         fields = getattr(info, 'fields', ())  # Struct, dataclass, TypedDict
         self.required = tuple(f.encode_name for f in fields if f.required)
+        self._checks: list[_FieldCheck] | None = None  # built on the first invalid payload
 
     def encode(self, payload: Any) -> bytes:
         try:
             data = _encoder.encode(payload)
             self._decoder.decode(data)  # round trip: Struct and dataclass fields are not checked on init
+        except msgspec.ValidationError as exc:
+            raise self._every_failing_field(exc, data) from None
         except (TypeError, msgspec.EncodeError, msgspec.DecodeError) as exc:
             raise self.fail(exc) from None
         return data
@@ -96,10 +165,23 @@ class MsgspecCodec(Codec[T]):
     def decode(self, data: bytes | str) -> T:
         try:
             return self._decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            raise self._every_failing_field(exc, data) from None
         except msgspec.DecodeError as exc:
             raise self.fail(exc) from None
         except Exception as exc:
             raise self.undecodable(exc) from None
+
+    def _every_failing_field(self, exc: msgspec.ValidationError, data: bytes | str) -> InvalidPayload:
+        if self._checks is None:
+            self._checks = _field_checks(self.model, from_json=True)
+        if not self._checks:
+            return self.fail(exc)
+        try:
+            payload = _any_decoder.decode(data)
+        except Exception:  # the typed decoder stopped before a flaw the plain one trips on
+            return self.fail(exc)
+        return InvalidPayload(self.target, _all_errors(exc, self._checks, payload))
 
     def to_kwargs(self, payload: T) -> JsonDict:
         if isinstance(payload, dict):
@@ -172,20 +254,27 @@ class DictCodec(Codec[JsonDict]):
         self.required = tuple(required)
         self.schema = standalone_schema(schema)
         self._checker = checker
+        self._checks: list[_FieldCheck] | None = None  # built on the first invalid payload
 
     def _check(self, payload: Any) -> JsonDict:
         if not isinstance(payload, dict):
             raise self.fail(f'expected a JSON object, got {type(payload).__name__}')
         missing = [key for key in self.required if key not in payload]
-        if missing:
-            raise InvalidPayload(self.target, [f'missing required field `{key}`' for key in missing])
         if self._checker is not None:
             try:
                 msgspec.convert(payload, self._checker)
             except msgspec.ValidationError as exc:
-                raise self.fail(exc) from None
+                if not missing:
+                    if self._checks is None:
+                        self._checks = _field_checks(self._checker, from_json=False)
+                    raise InvalidPayload(self.target, _all_errors(exc, self._checks, payload)) from None
             except Exception as exc:
                 raise self.undecodable(exc) from None
+        if missing:  # every missing key, then every present field of the wrong type
+            if self._checker is not None and self._checks is None:
+                self._checks = _field_checks(self._checker, from_json=False)
+            typed = [error for error in _field_errors(self._checks or [], payload) if ' missing ' not in error]
+            raise InvalidPayload(self.target, [f'missing required field `{key}`' for key in missing] + typed)
         return payload
 
     def encode(self, payload: Any) -> bytes:
