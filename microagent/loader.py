@@ -97,6 +97,7 @@ def declare(data: Mapping[str, Any]) -> tuple[Namespace, Namespace]:
     """Declare every signal and queue of a parsed declaration document."""
     if not isinstance(data, Mapping):
         raise DeclarationError('a declarations document is a JSON object with "signals" and "queues"')
+    _options_1x(data)  # first: a document with a key that cannot apply declares nothing
     for item in data.get('signals', []):
         with _loading('signal', item):
             Signal(name=item['name'], providing_args=item.get('providing_args'), schema=item.get('schema'))
@@ -104,7 +105,6 @@ def declare(data: Mapping[str, Any]) -> tuple[Namespace, Namespace]:
         with _loading('queue', item):
             Queue(name=item['name'], exchange=item.get('exchange'), topics=item.get('topics'),
                   schema=item.get('schema'))
-    _options_1x(data)
     return Namespace(**Signal.get_all()), Namespace(**Queue.get_all())
 
 

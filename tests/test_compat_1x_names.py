@@ -16,6 +16,7 @@ from microagent import (
     DoubleLoadError,
     MicroAgent,
     Signal,
+    SignalNotFound,
     UsageError,
     launcher,
     load_stuff,
@@ -89,10 +90,13 @@ def test_set_jsonlib_rejects_a_module_without_dumps_and_loads() -> None:
         Signal.set_jsonlib(types.ModuleType('empty'))
 
 
-def test_default_prefix_other_than_pubsub_says_where_the_prefix_goes(tmp_path: Path) -> None:
+def test_default_prefix_other_than_pubsub_says_where_the_prefix_goes(tmp_path: Path, unique: str) -> None:
     load_stuff(_write(tmp_path, {'default_prefix': 'PUBSUB'}))
     with pytest.raises(DeclarationError, match=r"default_prefix.*prefix='APP'"):
-        load_stuff(_write(tmp_path, {'default_prefix': 'APP'}))
+        load_stuff(_write(tmp_path, {'default_prefix': 'APP',
+                                     'signals': [{'name': f'pfx_{unique}', 'providing_args': []}]}))
+    with pytest.raises(SignalNotFound):  # the document declared nothing
+        Signal.get(f'pfx_{unique}')
 
 
 def test_kafka_import_fails_naming_the_supported_backends() -> None:
