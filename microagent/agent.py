@@ -44,10 +44,11 @@ class Receiver:
     timeout: float
     style: CallStyle
     concurrency: int = DEFAULT_RECEIVER_CONCURRENCY  # calls running at once; more wait in the bus
-    key: str = field(init=False)  # the answer key of 1.x RPC: ``Class.method``
+    key: str = field(init=False)  # the answer key of 1.x RPC: the handler's ``__qualname__``
 
     def __post_init__(self) -> None:
-        self.key = f'{type(self.agent).__name__}.{self.handler.__name__}'
+        # 1.x keys answers by the function's qualname: an inherited receiver answers as ``Base.method``
+        self.key = self.handler.__qualname__
 
     async def __call__(self, payload: Any, sender: str) -> Any:
         style = self.style

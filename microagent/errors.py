@@ -36,6 +36,11 @@ class DeclarationError(MicroAgentError, ValueError):
     given two consumers in one agent or on one broker."""
 
 
+class DoubleLoadError(DeclarationError, RuntimeError):
+    """A second ``load_stuff``/``configure`` declares a signal or queue already loaded with another
+    contract. 1.x raised it for any second load; here loading the same declarations again is harmless."""
+
+
 class UsageError(MicroAgentError, TypeError):
     """An API got an argument of the wrong kind: a decorator on a sync function or without its
     declaration, a payload and keyword fields together; a ``TypeError``, as before."""

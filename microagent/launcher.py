@@ -25,10 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .agent import DEFAULT_GRACE, MicroAgent
+from .compat1x import init_agent, load_configuration
 from .config import AgentConfig, ConfigError, load_group
+from .errors import ServerInterrupt
 from .logs import FORMATS, LEVELS, current_agent, setup_logging
 
 __all__ = ['ConfigError', 'main', 'run_agents', 'run_group']
+__all__ += ['ServerInterrupt', 'init_agent', 'load_configuration']  # the 1.x names
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 STOP_MARGIN = 5.0   # beyond the grace: pre_stop hooks and closing connections

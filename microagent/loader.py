@@ -8,17 +8,19 @@
 """
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
 import msgspec
 
 from .dsn import hide_password
-from .errors import DeclarationError
+from .errors import DeclarationError, DoubleLoadError
 from .queue import Queue
 from .signal import Signal
 
@@ -27,6 +29,8 @@ MAX_SIZE = 4 * 1024 * 1024
 #: overall deadline of an http(s) download, in seconds, however slowly the server answers
 TIMEOUT = 30.0
 _CHUNK = 64 * 1024
+#: the Redis channel prefix of 1.x, the only ``default_prefix`` a declarations document may give
+DEFAULT_PREFIX = 'PUBSUB'
 
 
 class Namespace(SimpleNamespace):
@@ -93,18 +97,46 @@ def declare(data: Mapping[str, Any]) -> tuple[Namespace, Namespace]:
     """Declare every signal and queue of a parsed declaration document."""
     if not isinstance(data, Mapping):
         raise DeclarationError('a declarations document is a JSON object with "signals" and "queues"')
+    _options_1x(data)  # first: a document with a key that cannot apply declares nothing
     for item in data.get('signals', []):
-        try:
+        with _loading('signal', item):
             Signal(name=item['name'], providing_args=item.get('providing_args'), schema=item.get('schema'))
-        except KeyError:
-            raise DeclarationError(f'signal declaration without a name: {item!r}') from None
     for item in data.get('queues', []):
-        try:
+        with _loading('queue', item):
             Queue(name=item['name'], exchange=item.get('exchange'), topics=item.get('topics'),
                   schema=item.get('schema'))
-        except KeyError:
-            raise DeclarationError(f'queue declaration without a name: {item!r}') from None
     return Namespace(**Signal.get_all()), Namespace(**Queue.get_all())
+
+
+@contextmanager
+def _loading(kind: str, item: Any) -> Iterator[None]:
+    """A declaration without a name, or one that a second load gives another contract
+    (``DoubleLoadError``, as 1.x called a second load), is an error that names it."""
+    known = (Signal if kind == 'signal' else Queue).get_all()
+    try:
+        yield
+    except KeyError:
+        raise DeclarationError(f'{kind} declaration without a name: {item!r}') from None
+    except DeclarationError as exc:
+        if isinstance(item, Mapping) and item.get('name') in known:
+            raise DoubleLoadError(f'loaded again with another contract: {exc}') from None
+        raise
+
+
+def _options_1x(data: Mapping[str, Any]) -> None:
+    """The 1.x document keys: ``jsonlib`` (a JSON module, see ``Signal.set_jsonlib``) and
+    ``default_prefix``, which cannot apply here: a bus takes its ``prefix`` as an argument."""
+    if jsonlib := data.get('jsonlib'):
+        try:
+            module = importlib.import_module(jsonlib)
+        except (ImportError, TypeError, ValueError) as exc:
+            raise DeclarationError(f'declarations key "jsonlib": cannot import {jsonlib!r}: {exc}') from None
+        Signal.set_jsonlib(module)
+    prefix = data.get('default_prefix', DEFAULT_PREFIX)
+    if prefix != DEFAULT_PREFIX:
+        raise DeclarationError(
+            f'declarations key "default_prefix" ({prefix!r}) is not supported: give the prefix to the bus, '
+            f'RedisSignalBus(dsn, prefix={prefix!r}) (or "prefix" in the marun BUS entry)')
 
 
 def load_stuff(source: str, *, max_size: int = MAX_SIZE, timeout: float = TIMEOUT) -> tuple[Namespace, Namespace]:

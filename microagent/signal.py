@@ -1,13 +1,15 @@
 """Signal declarations: a named pub/sub event with a payload model and, for RPC, an answer type."""
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
+from types import ModuleType
 from typing import Any, ClassVar, Generic, overload
 
 from typing_extensions import TypeVar
 
-from .errors import DeclarationError, SignalNotFound
+from .errors import DeclarationError, SignalNotFound, UsageError
 from .payload import Codec, JsonDict, codec_for, dict_codec
 from .registry import Declaration, model_name
 
@@ -26,6 +28,7 @@ class Signal(Declaration, Generic[T, R]):
     """
 
     kind: ClassVar[str] = 'signal'
+    _jsonlib: ClassVar[ModuleType] = json  # recorded by set_jsonlib, as 1.x kept it
     _registry: ClassVar[dict[str, Signal[Any, Any]]] = {}
 
     name: str
@@ -70,6 +73,14 @@ class Signal(Declaration, Generic[T, R]):
     def make_channel_name(self, prefix: str, sender: str = '*') -> str:
         """The 1.x channel name ``{prefix}:{name}:{sender}``."""
         return f'{prefix}:{self.name}:{sender}'
+
+    @classmethod
+    def set_jsonlib(cls, jsonlib: ModuleType) -> None:
+        """1.x let a faster JSON module encode payloads. Here msgspec encodes every payload (the same
+        JSON on the wire), so the module is only checked for ``dumps``/``loads`` and recorded."""
+        if not (callable(getattr(jsonlib, 'dumps', None)) and callable(getattr(jsonlib, 'loads', None))):
+            raise UsageError(f'jsonlib {getattr(jsonlib, "__name__", jsonlib)!r} has no dumps() and loads()')
+        cls._jsonlib = jsonlib
 
     @classmethod
     def get(cls, name: str) -> Signal[Any, Any]:

@@ -94,7 +94,7 @@ async def test_rpc_request_names_the_caller_queue_and_answers_go_only_there(amqp
     async with Doubler(bus=amqp.bus()):
         one, two = await asyncio.gather(first[signal].call('a', Ping(n=1), timeout=5),
                                         second[signal].call('b', Ping(n=2), timeout=5))
-    assert (one, two) == ({'Doubler.double': 2}, {'Doubler.double': 4})
+    assert (one, two) == ({Doubler.double.__qualname__: 2}, {Doubler.double.__qualname__: 4})
     requests = sorted(await tap.wait(2), key=lambda m: m.routing_key or '')
     assert [m.routing_key for m in requests] == [f'{signal.name}.a', f'{signal.name}.b']  # no answer here
     assert [m.header.properties.reply_to for m in requests] == [first.transport.queue_name, second.transport.queue_name]

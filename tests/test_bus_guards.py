@@ -90,7 +90,8 @@ async def _check_survives(messages: list[tuple[bytes | str, bytes]]) -> None:
                     channel = channel.decode('utf-8', 'replace')
                 await _hand_over(bus, channel.replace('{id}', request_id), data)  # never raises
             # the real answer arrives (after any valid answer forged above)
-            assert [reply async for reply in _until(replies, 'Agent.on_ask', 7)][-1] == {'Agent.on_ask': 7}
+            key = Agent.on_ask.__qualname__
+            assert [reply async for reply in _until(replies, key, 7)][-1] == {key: 7}
         await bus[EVENT].send('prober', Event(user_id=99))
         await got.wait(1)
         await asyncio.sleep(0)

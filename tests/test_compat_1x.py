@@ -115,7 +115,7 @@ async def test_typed_design_example(unique: str) -> None:
         assert await group.handler(UserAgent.send_mail).wait(1) == [Mail(to='a@b.c', subject='Welcome')]
         # a 1.x style receiver is called with keywords only: the probe records them
         assert await group.handler(UserAgent.legacy).wait(1) == [{'signal': started, 'sender': 'user_agent'}]
-    assert answers == {'UserAgent.count': 3}
+    assert answers == {UserAgent.count.__qualname__: 3}
     assert group.sent.answers(comments_count) == [answers]
 
 
@@ -157,7 +157,7 @@ def test_everything_without_pydantic_installed(tmp_path: Path) -> None:
         async def main():
             async with Agent(bus=MemorySignalBus(), broker=MemoryBroker()) as agent:
                 await agent.broker[job].send(Job(n=1))
-                assert await agent.bus[ping].call('x', Job(n=2), timeout=2) == {'Agent.answer': 2}
+                assert await agent.bus[ping].call('x', Job(n=2), timeout=2) == {Agent.answer.__qualname__: 2}
                 try:
                     await agent.bus.legacy.send('x', n='two')
                 except InvalidPayload:
@@ -219,3 +219,36 @@ async def test_a_1x_agent_and_this_one_talk_both_ways_on_one_redis(raw: Redis, u
     assert popped is not None and json.loads(popped[1]) == {'order_id': 1}
     assert signal['channel'] == f'PUBSUB:{paid.name}:billing'.encode()
     assert json.loads(signal['data']) == {'order_id': 2}
+
+
+@pytest.mark.redis
+async def test_a_1x_caller_gets_an_inherited_receivers_answer_under_the_1x_key(raw: Redis, unique: str) -> None:
+    """1.x keys each RPC answer by the handler's ``__qualname__`` (``signal.py``: ``Receiver.key``), so
+    a receiver inherited from a base class answers as ``Base.method``, not ``Child.method``. The 1.x
+    caller is played with its commands: PUBLISH ``PUBSUB:{name}:{sender}#{request id}``, then the
+    answer on ``PUBSUB:response:{uid}#{request id}``, a JSON object keyed by receiver."""
+    asked = Signal(f'asked_{unique}', Order, returns=int)
+
+    class Base(MicroAgent):
+        @receiver(asked)
+        async def on_asked(self, order: Order) -> int:
+            return order.order_id * 10
+
+    class Child(Base):
+        pass
+
+    legacy = raw.pubsub()
+    await legacy.psubscribe('PUBSUB:response:*')
+    bus = RedisSignalBus(REDIS_TEST_DSN, wire='1.x')
+    try:
+        async with Child(bus=bus):
+            await raw.publish(f'PUBSUB:{asked.name}:shop#req{unique}', json.dumps({'order_id': 4}))
+            async with asyncio.timeout(5):
+                answer = await legacy.get_message(ignore_subscribe_messages=True, timeout=5)
+                while answer is None or not answer['channel'].endswith(f'#req{unique}'.encode()):
+                    answer = await legacy.get_message(ignore_subscribe_messages=True, timeout=5)
+    finally:
+        await legacy.aclose()  # type: ignore[no-untyped-call]
+        await bus.close()
+    assert json.loads(answer['data']) == {Base.on_asked.__qualname__: 40}
+    assert Base.on_asked.__qualname__.endswith('.Base.on_asked')

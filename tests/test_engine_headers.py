@@ -67,7 +67,7 @@ async def test_only_an_envelope_wire_caller_hears_of_a_failed_receiver(unique: s
         (answer,) = await replies.wait(1)  # the receiver handles r1 first (concurrency 1): it sent nothing
     assert answer.headers is not None and answer.headers[REQUEST_ID] == 'r2' and MESSAGE_ID in answer.headers
     assert answer.body == b'{}'
-    assert msgspec.json.decode(answer.headers[RPC_ERROR]) == {'Broken.count': 'ValueError: bad job 2'}
+    assert msgspec.json.decode(answer.headers[RPC_ERROR]) == {Broken.count.__qualname__: 'ValueError: bad job 2'}
     await caller.close()
 
 
@@ -144,7 +144,7 @@ async def test_a_call_whose_answer_channel_failed_to_open_lets_the_next_call_ope
     async with Counter(bus=MemorySignalBus(hub=hub)):
         with pytest.raises(ConnectionError):
             await caller[signal].call('x', Job(job_id=1), timeout=60)
-        assert await caller[signal].call('x', Job(job_id=2), timeout=60) == {'Counter.count': 2}
+        assert await caller[signal].call('x', Job(job_id=2), timeout=60) == {Counter.count.__qualname__: 2}
 
 
 async def test_a_bad_user_header_is_refused_on_every_send_and_nothing_is_sent(unique: str) -> None:

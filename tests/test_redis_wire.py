@@ -104,7 +104,7 @@ async def test_rpc_request_from_1x_is_answered_on_the_1x_response_channel(raw: R
         await pubsub.aclose()  # type: ignore[no-untyped-call]
         await bus.close()
     assert message['channel'] == f'PUBSUB:response:{bus.transport.uid}#{unique}'.encode()
-    assert json.loads(message['data']) == {'Counter.count': 40}
+    assert json.loads(message['data']) == {Counter.count.__qualname__: 40}
 
 
 async def test_rpc_call_from_here_is_answered_by_a_1x_agent(raw: Redis, unique: str) -> None:

@@ -173,11 +173,11 @@ async def test_the_same_group_runs_on_rabbitmq_by_dsn() -> None:
     group = TestGroup(Strict, dsn=AMQP_DSN)
     try:
         async with group:
-            assert await group.bus[asked].call('test', Order(1), timeout=10) == {'Strict.ask': 2}
+            assert await group.bus[asked].call('test', Order(1), timeout=10) == {Strict.ask.__qualname__: 2}
             await group.broker[queue].send(Order(2))
             (letter,) = await group.wait_dead_letters(queue, timeout=10)
             assert 'order 2 refused' in letter.reason
-            assert group.sent.answers(asked) == [{'Strict.ask': 2}]
+            assert group.sent.answers(asked) == [{Strict.ask.__qualname__: 2}]
             assert group.handler(Strict.check).models == [Order(2)]
     finally:
         await delete_declared(group.transports)

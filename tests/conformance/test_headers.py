@@ -172,13 +172,14 @@ async def test_a_failing_rpc_receiver_answers_at_once_with_its_name(backend: Bac
     async with Broken(bus=backend.bus()):
         with pytest.raises(RemoteError) as caught:
             await backend.bus()[signal].call('caller', Job(job_id=7), timeout=60)
-    assert (caught.value.signal, caught.value.receiver) == (signal.name, 'Broken.count')
+    assert (caught.value.signal, caught.value.receiver) == (signal.name, Broken.count.__qualname__)
     assert caught.value.reason == 'LookupError: no job 7'
-    assert isinstance(caught.value, Exception) and 'Broken.count' in str(caught.value)
+    assert isinstance(caught.value, Exception) and Broken.count.__qualname__ in str(caught.value)
 
     bus = backend.bus()  # the receivers of one bus answer together: the failure comes with the answer
     async with Broken(bus=bus), Working(bus=bus), \
             backend.bus()[signal].waiter('caller', Job(job_id=8), timeout=60) as answers:
         got = await anext(answers)
-    assert got == {'Working.count': 8}
-    assert [(error.receiver, error.reason) for error in answers.errors] == [('Broken.count', 'LookupError: no job 8')]
+    assert got == {Working.count.__qualname__: 8}
+    assert [(error.receiver, error.reason) for error in answers.errors] == [
+        (Broken.count.__qualname__, 'LookupError: no job 8')]
