@@ -27,7 +27,7 @@ from .message import Envelope, check_user_headers, current_var, new_headers, new
 from .payload import check_size, encode_json
 from .queue import Queue
 from .retry import Retrier, backoff
-from .transport import BrokerTransport, DeadLetter, Delivery
+from .transport import BrokerTransport, DeadLetter, Delivery, SelectDeadLetter
 
 if TYPE_CHECKING:
     from .agent import Consumer
@@ -130,8 +130,19 @@ class AbstractQueueBroker:
     async def dead_letter_count(self, name: str) -> int:
         return await self.transport.dead_letter_count(name)
 
-    async def requeue_dead_letters(self, name: str) -> int:
-        return await self.transport.requeue_dead_letters(name)
+    async def requeue_dead_letters(self, name: str, select: SelectDeadLetter | None = None) -> int:
+        """Put dead letters back on their queue as attempt 1: all, or those ``select`` picks."""
+        if select is None:
+            return await self.transport.requeue_dead_letters(name)
+        return await self.transport.remove_dead_letters(name, select, requeue=True)
+
+    async def purge_dead_letters(self, name: str, select: SelectDeadLetter | None = None) -> int:
+        """Delete dead letters for good: all, or those ``select`` picks; return how many."""
+        return await self.transport.remove_dead_letters(name, select or _every, requeue=False)
+
+    async def queue_exists(self, name: str) -> bool:
+        """Whether queue ``name`` is declared or holds anything (by name: for tools)."""
+        return await self.transport.exists(name)
 
     # bound queues
 
@@ -492,5 +503,12 @@ class BoundQueue(Generic[T]):
     async def dead_letter_count(self) -> int:
         return await self.broker.transport.dead_letter_count(self.queue.name)
 
-    async def requeue_dead_letters(self) -> int:
-        return await self.broker.transport.requeue_dead_letters(self.queue.name)
+    async def requeue_dead_letters(self, select: SelectDeadLetter | None = None) -> int:
+        return await self.broker.requeue_dead_letters(self.queue.name, select)
+
+    async def purge_dead_letters(self, select: SelectDeadLetter | None = None) -> int:
+        return await self.broker.purge_dead_letters(self.queue.name, select)
+
+
+def _every(position: int, letter: DeadLetter) -> bool:
+    return True

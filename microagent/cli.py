@@ -2,8 +2,14 @@
 
     microagent run MODULE [MODULE ...] [marun options]      run a group, exactly like ``marun``
     microagent schema TARGET [TARGET ...] [--asyncapi] [-o FILE]
-    microagent dead-letters list QUEUE --broker DSN [--limit N] [--json]
-    microagent dead-letters requeue QUEUE --broker DSN
+    microagent dead-letters list QUEUE --broker DSN [--reason TEXT | --reason-re REGEX] [--limit N] [--json]
+    microagent dead-letters show QUEUE POSITION --broker DSN [--json]
+    microagent dead-letters requeue QUEUE [POSITION ...] --broker DSN [--reason ...] [--dry-run]
+    microagent dead-letters purge QUEUE [POSITION ...|--all] --broker DSN [--reason ...] [--dry-run]
+
+The DSN's scheme picks the backend (``--backend`` names a class of your own). Exit codes of
+``dead-letters``: 0 done, 1 no dead letter matched, 2 usage or configuration error (an unknown
+queue included), 3 the broker is unreachable or failed.
 
 Backends and the schema module are imported only by the subcommand that needs them, so
 ``microagent run`` works without the Redis client installed.
@@ -12,17 +18,68 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import suppress
 
 import msgspec
 
 from .broker import AbstractQueueBroker
 from .config import ConfigError, import_object
 from .dsn import hide_password, scrub
+from .transport import DeadLetter, SelectDeadLetter
 
-DEFAULT_BROKER = 'microagent.tools.redis.RedisBroker'
+DEFAULT_TIMEOUT = 10.0
+#: the backend a DSN scheme selects; ``--backend`` names any other broker class
+SCHEMES = {'redis': 'microagent.tools.redis.RedisBroker', 'rediss': 'microagent.tools.redis.RedisBroker',
+           'unix': 'microagent.tools.redis.RedisBroker',
+           'amqp': 'microagent.tools.amqp.AMQPBroker', 'amqps': 'microagent.tools.amqp.AMQPBroker',
+           'memory': 'microagent.tools.memory.MemoryBroker'}
+#: exit codes of ``microagent dead-letters``, for scripts
+EXIT_OK, EXIT_NONE, EXIT_USAGE, EXIT_BROKER = 0, 1, 2, 3
+ACTIONS = {'list': 'show the oldest dead letters, one line each (#position, 0 the oldest)',
+           'show': 'show one dead letter in full: body, headers, reason, attempts, time',
+           'requeue': 'put dead letters back on their queue as attempt 1 (all, or those picked)',
+           'purge': 'delete dead letters for good (those picked, or --all)'}
+
+
+def _add_dead_letters(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dead = commands.add_parser(
+        'dead-letters', help="list, show, requeue or purge a queue's dead letters",
+        description='Exit codes: 0 done; 1 no dead letter matched (none, or none the position or '
+                    'reason picks); 2 usage or configuration error, unknown queue included; '
+                    '3 the broker is unreachable or failed.')
+    actions = dead.add_subparsers(dest='action', required=True, metavar='ACTION')
+    for name, text in ACTIONS.items():
+        action = actions.add_parser(name, help=text, description=text)
+        action.add_argument('queue', metavar='QUEUE')
+        if name == 'show':
+            action.add_argument('positions', type=int, nargs=1, metavar='POSITION',
+                                help='as list shows it (#0 is the oldest)')
+        elif name != 'list':
+            action.add_argument('positions', type=int, nargs='*', metavar='POSITION',
+                                help='only these letters, as list shows them (#0 is the oldest)')
+        action.add_argument('--broker', required=True, metavar='DSN',
+                            help=f'its scheme picks the backend: {", ".join(SCHEMES)}')
+        action.add_argument('--backend', metavar='PATH',
+                            help='dotted path of a broker class, for a backend no scheme names')
+        action.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT, metavar='SECONDS',
+                            help='give up on the broker after this long (default: %(default)s)')
+        if name != 'show':
+            pick = action.add_mutually_exclusive_group()
+            pick.add_argument('--reason', metavar='TEXT', help='only letters whose reason contains TEXT')
+            pick.add_argument('--reason-re', metavar='REGEX',
+                              help='only letters whose reason matches REGEX (re.search)')
+        if name in ('list', 'show'):
+            action.add_argument('--json', action='store_true', help='one JSON object per letter and line')
+        if name == 'list':
+            action.add_argument('--limit', type=int, default=100, help='at most this many (default: 100)')
+        if name in ('requeue', 'purge'):
+            action.add_argument('--dry-run', action='store_true', help='list what would be done, change nothing')
+        if name == 'purge':
+            action.add_argument('--all', action='store_true', help='purge every dead letter of the queue')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,17 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument('--asyncapi', action='store_true', help='one AsyncAPI 3.0 document of every target')
     schema.add_argument('-o', '--output', metavar='FILE', help='write to FILE instead of stdout')
 
-    dead = commands.add_parser('dead-letters', help="list or requeue a queue's dead letters")
-    actions = dead.add_subparsers(dest='action', required=True, metavar='ACTION')
-    for name, text in (('list', 'show the oldest dead letters'), ('requeue', 'put every dead letter back')):
-        action = actions.add_parser(name, help=text)
-        action.add_argument('queue', metavar='QUEUE')
-        action.add_argument('--broker', required=True, metavar='DSN', help='e.g. redis://localhost:6379/0')
-        action.add_argument('--backend', default=DEFAULT_BROKER, metavar='PATH',
-                            help='dotted path of the broker class (default: %(default)s)')
-        if name == 'list':
-            action.add_argument('--limit', type=int, default=100, help='at most this many (default: 100)')
-            action.add_argument('--json', action='store_true', help='one JSON object per line')
+    _add_dead_letters(commands)
     return parser
 
 
@@ -65,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_dead_letters(args))
     except ConfigError as exc:
         print(f'microagent: error: {exc}', file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
 
 def _schema(targets: list[str], asyncapi: bool, output: str | None) -> int:
@@ -74,33 +121,135 @@ def _schema(targets: list[str], asyncapi: bool, output: str | None) -> int:
     return schema.schema_command(targets, asyncapi, output)
 
 
-async def _dead_letters(args: argparse.Namespace) -> int:
-    factory = import_object(args.backend, '--backend')
+def _broker_class(args: argparse.Namespace) -> type[AbstractQueueBroker]:
+    """The DSN's scheme picks the backend; ``--backend`` names any other class."""
+    path, label = args.backend, '--backend'
+    if path is None:
+        scheme, sep, _ = args.broker.partition('://')
+        label, scheme = '--broker', scheme.lower() if sep else ''
+        if scheme not in SCHEMES:
+            known = ', '.join(f'{name}://' for name in SCHEMES)
+            later = ' (NATS is not available yet)' if scheme == 'nats' else ''
+            raise ConfigError(f'--broker: no backend for the scheme of {hide_password(args.broker)!r}{later}: '
+                              f'use one of {known}, or --backend for a broker class of your own')
+        path = SCHEMES[scheme]
+    factory = import_object(path, label)
     if not (isinstance(factory, type) and issubclass(factory, AbstractQueueBroker)):
-        raise ConfigError(f'--backend: {args.backend!r} is not a queue broker class')
+        raise ConfigError(f'{label}: {path!r} is not a queue broker class')
+    return factory
+
+
+def _picker(args: argparse.Namespace) -> SelectDeadLetter | None:
+    """The letters the positions and reason filter pick (all must hold); None: every letter."""
+    positions = set(getattr(args, 'positions', None) or ())
+    reason: str | None = getattr(args, 'reason', None)
+    regex: str | None = getattr(args, 'reason_re', None)
+    if not positions and reason is None and regex is None:
+        return None
+    try:
+        pattern = re.compile(regex) if regex is not None else None
+    except re.error as exc:
+        raise ConfigError(f'--reason-re: {regex!r} is not a regular expression: {exc}') from None
+    if any(position < 0 for position in positions):
+        raise ConfigError('POSITION: a position is >= 0, as list shows it (#0 is the oldest)')
+
+    def pick(position: int, letter: DeadLetter) -> bool:
+        return ((not positions or position in positions)
+                and (reason is None or reason in letter.reason)
+                and (pattern is None or pattern.search(letter.reason) is not None))
+    return pick
+
+
+async def _dead_letters(args: argparse.Namespace) -> int:
+    factory = _broker_class(args)
+    picker = _picker(args)
+    if args.action == 'purge' and picker is None and not args.all:
+        raise ConfigError('purge: name the POSITIONs, a --reason or --reason-re, or --all for every letter')
+    where = hide_password(args.broker)
     broker = factory(args.broker)
     try:
-        if args.action == 'requeue':
-            count = await broker.requeue_dead_letters(args.queue)
-            print(f'Requeued {count} dead letters on queue {args.queue!r} ({hide_password(args.broker)})')
-            return 0
-        total = await broker.dead_letter_count(args.queue)
-        letters = await broker.dead_letters(args.queue, args.limit)
+        async with asyncio.timeout(args.timeout):
+            return await _act(broker, args, picker, where)
+    except ConfigError:
+        raise
+    except TimeoutError:
+        print(f'microagent: error: broker {where}: no answer within {args.timeout:g}s', file=sys.stderr)
+        return EXIT_BROKER
     except Exception as exc:  # a CLI reports the failure in one line instead of a traceback
-        print(f'microagent: error: broker {hide_password(args.broker)}: {type(exc).__name__}: '
-              f'{scrub(str(exc), args.broker)}',
+        print(f'microagent: error: broker {where}: {type(exc).__name__}: {scrub(str(exc), args.broker)}',
               file=sys.stderr)
-        return 1
+        return EXIT_BROKER
     finally:
-        await broker.close()
-    if args.json:
-        for letter in letters:
-            print(msgspec.json.encode(letter.to_dict()).decode())
-        return 0
-    print(f'{total} dead letters on queue {args.queue!r} ({hide_password(args.broker)})'
-          + (f', the oldest {len(letters)}:' if letters and len(letters) < total else ':' if letters else ''))
-    for letter in letters:
-        when = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(letter.time))
-        print(f'- {when}  attempts: {letter.attempts}  reason: {letter.reason}')
-        print(f'  {letter.body.decode("utf-8", "replace")}')
-    return 0
+        with suppress(Exception):
+            async with asyncio.timeout(args.timeout):
+                await broker.close()
+
+
+async def _act(broker: AbstractQueueBroker, args: argparse.Namespace, picker: SelectDeadLetter | None,
+               where: str) -> int:
+    name = args.queue
+    if not await broker.queue_exists(name):
+        raise ConfigError(f'queue {name!r} is not declared on {where} and has no messages or dead letters')
+    on = f'on queue {name!r} ({where})'
+    if args.action in ('requeue', 'purge') and not args.dry_run:
+        if args.action == 'requeue':
+            count, done = await broker.requeue_dead_letters(name, picker), 'Requeued'
+        else:
+            count, done = await broker.purge_dead_letters(name, picker), 'Purged'
+        print(f'{done} {count} dead letters {on}')
+        return EXIT_OK if count else EXIT_NONE
+    total = await broker.dead_letter_count(name)
+    letters = await broker.dead_letters(name, total) if total else []
+    if args.action == 'show':
+        [position] = args.positions
+        if position >= len(letters):
+            print(f'microagent: no dead letter #{position} {on}: it has {len(letters)}', file=sys.stderr)
+            return EXIT_NONE
+        _show(letters[position], position, on, args.json)
+        return EXIT_OK
+    picked = [(i, letter) for i, letter in enumerate(letters) if picker is None or picker(i, letter)]
+    if args.action == 'list':
+        _list(picked, total, picker is not None, on, args.limit, args.json)
+    else:
+        print(f'Would {args.action} {len(picked)} dead letters {on}' + (':' if picked else ''))
+        for position, letter in picked:
+            _line(position, letter)
+    return EXIT_OK if picked else EXIT_NONE
+
+
+def _list(picked: list[tuple[int, DeadLetter]], total: int, filtered: bool, on: str, limit: int,
+          as_json: bool) -> None:
+    shown = picked[:max(limit, 0)]
+    if as_json:
+        for position, letter in shown:
+            print(msgspec.json.encode({'position': position, **letter.to_dict()}).decode())
+        return
+    head = f'{len(picked)} of {total} dead letters {on} match' if filtered else f'{total} dead letters {on}'
+    print(head + (f', the oldest {len(shown)}:' if shown and len(shown) < len(picked) else ':' if shown else ''))
+    for position, letter in shown:
+        _line(position, letter)
+
+
+def _when(letter: DeadLetter) -> str:
+    return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(letter.time))
+
+
+def _line(position: int, letter: DeadLetter) -> None:
+    print(f'#{position}  {_when(letter)}  attempts: {letter.attempts}  reason: {letter.reason}')
+    print(f'  {letter.body.decode("utf-8", "replace")}')
+
+
+def _show(letter: DeadLetter, position: int, on: str, as_json: bool) -> None:
+    if as_json:
+        print(msgspec.json.encode({'position': position, **letter.to_dict()}).decode())
+        return
+    headers = letter.envelope.headers or {}
+    print(f'Dead letter #{position} {on}')
+    print(f'time:     {_when(letter)} ({letter.time:.3f})')
+    print(f'attempts: {letter.attempts}')
+    print(f'reason:   {letter.reason}')
+    print('headers:' + ('' if headers else '  none'))
+    for key, value in headers.items():
+        print(f'  {key}: {value}')
+    print('body:')
+    print(letter.body.decode('utf-8', 'replace'))

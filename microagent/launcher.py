@@ -80,6 +80,8 @@ def run_group(modules: Sequence[str], *, grace: float = DEFAULT_GRACE, single_pr
     """Check the configuration, then run the group until a signal, a failure or ``stop_after``
     seconds; returns the exit code. Raises ``ConfigError`` before anything starts."""
     agents = load_group(modules)
+    if not single_process:
+        _check_memory_sharing(agents)
     try:
         if single_process:
             return asyncio.run(_single_process(agents, grace, stop_after))
@@ -87,6 +89,23 @@ def run_group(modules: Sequence[str], *, grace: float = DEFAULT_GRACE, single_pr
             '--grace', str(grace), '--log-level', log_level, '--log-format', log_format]))
     except (asyncio.CancelledError, KeyboardInterrupt):
         return EXIT_FAILED
+
+
+def _check_memory_sharing(agents: Sequence[AgentConfig]) -> None:
+    """An in-memory bus or broker lives in one process: agents that share one across processes
+    would never meet (RPC answers never come, nothing is delivered), so refuse before starting."""
+    from .tools.memory import MemoryBroker, MemorySignalBus
+
+    users: dict[str, list[str]] = {}
+    for agent in agents:
+        for backend in (agent.bus, agent.broker):
+            if backend is not None and issubclass(backend.factory, (MemorySignalBus, MemoryBroker)):
+                users.setdefault(backend.label, []).append(agent.name)
+    for label, names in users.items():
+        if len(names) > 1:
+            raise ConfigError(f'{label}: an in-memory backend lives in one process, but agents '
+                              f'{", ".join(map(repr, names))} would each run in their own: run the group '
+                              'with --single-process')
 
 
 # one event loop running agents: an agent process, or the whole group with --single-process

@@ -88,6 +88,8 @@ NO_CONTEXT: Mapping[str, object] = MappingProxyType({})
 Deliver = Callable[[str, str, Envelope], Awaitable[None]]
 #: the bus engine's callback for one RPC answer; its headers hold ``request-id``
 DeliverReply = Callable[[Envelope], Awaitable[None]]
+#: picks dead letters: ``(position, 0 the oldest; the letter) -> take it``
+SelectDeadLetter = Callable[[int, 'DeadLetter'], bool]
 
 
 class Delivery(Generic[TokenT]):
@@ -262,6 +264,16 @@ class BrokerTransport(Protocol[TokenT]):
     async def requeue_dead_letters(self, name: str) -> int:
         """Put every dead letter back on its queue as attempt 1, headers unchanged (the message id
         is kept); return how many."""
+        ...
+
+    async def remove_dead_letters(self, name: str, select: SelectDeadLetter, *, requeue: bool) -> int:
+        """Remove the dead letters ``select`` picks, the others left in place and in order; with
+        ``requeue`` put them back on the queue as ``requeue_dead_letters`` does; return how many."""
+        ...
+
+    async def exists(self, name: str) -> bool:
+        """Whether the queue is declared on the server or holds anything (messages, retries, dead
+        letters): a tool tells a mistyped name from an empty queue."""
         ...
 
     async def close(self) -> None:

@@ -289,3 +289,21 @@ def test_each_module_names_its_own_buses(config_module: Any) -> None:
     assert agent.settings == {'x': 1} and b.events == {'enable_periodic_tasks': False}
     assert agent.log.name == 'agent.b' and agent.bus.log.name == 'agent.b.bus'
     assert b.build().settings is not agent.settings  # every build gets its own copy
+
+
+def test_a_memory_backend_shared_across_processes_is_refused(start: Starter) -> None:
+    """Each process would have its own in-memory bus: the agents would never meet, silently."""
+    run = start('marun', 'tests.launcher_agents.talk')
+
+    assert run.wait() == 2, run.output
+    assert run.output.startswith("marun: error: tests.launcher_agents.talk: BUS['default']: an in-memory "
+                                 "backend lives in one process, but agents 'pinger', 'listener' would each "
+                                 'run in their own: run the group with --single-process')
+    assert not run.file('pinger.started').exists()
+
+
+def test_the_memory_demo_needs_single_process(start: Starter) -> None:
+    run = start('marun', 'examples.settings_memory')
+
+    assert run.wait() == 2, run.output
+    assert 'with --single-process' in run.output

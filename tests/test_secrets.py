@@ -151,6 +151,6 @@ def test_cli_output_hides_secrets(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(['dead-letters', 'list', 'mailer', '--broker', redis_dsn(closed_port())])
 
     out = capsys.readouterr()
-    assert code == 1
+    assert code == 3  # the broker is unreachable
     assert 'microagent: error: broker redis://default:***@127.0.0.1' in out.err
     assert_hidden(out.out + out.err)

@@ -46,7 +46,7 @@ from ..message import CORRELATION_ID, MESSAGE_ID, REPLY_TO, REQUEST_ID, Envelope
 from ..queue import Queue
 from ..retry import Retrier
 from ..signal import RESPONSE_SIGNAL
-from ..transport import DeadLetter, Deliver, DeliverReply, Delivery
+from ..transport import DeadLetter, Deliver, DeliverReply, Delivery, SelectDeadLetter
 from .amqp_link import LINK_ERRORS, Link, Outgoing, Publisher
 
 __all__ = ['AMQPBroker', 'AMQPBusTransport', 'AMQPMeta', 'AMQPQueueTransport', 'AMQPSignalBus']
@@ -561,6 +561,45 @@ class AMQPQueueTransport:
             if not channel.is_closed:
                 await channel.close()
         return moved
+
+    async def remove_dead_letters(self, name: str, select: SelectDeadLetter, *, requeue: bool) -> int:
+        """Get every dead letter (the count when asked), publish the picked ones back when
+        ``requeue``, ack them, and return the others to the dead-letter queue in their order."""
+        total = await self.dead_letter_count(name)
+        channel = await self._link.channel(self.reconnect_timeout)
+        try:
+            taken: list[DeliveredMessage] = []
+            last = got = 0
+            for position in range(total):
+                message = await channel.basic_get(name + DEAD_SUFFIX)
+                if not isinstance(message.delivery, spec.Basic.GetOk):
+                    break
+                last, got = message.delivery_tag or last, got + 1
+                if select(position, _dead_letter(name, message)):
+                    taken.append(message)
+            if requeue and taken:
+                await self._publisher.publish(
+                    [Outgoing('', name, m.body, _carried(m.header.properties, _fresh_table(m.header.properties)))
+                     for m in taken], f'queue {name!r}')
+            for message in taken:
+                await channel.basic_ack(message.delivery_tag or 0)
+            if last and len(taken) < got:  # the others, unacked, go back in their order
+                await channel.basic_nack(last, multiple=True, requeue=True)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return len(taken)
+
+    async def exists(self, name: str) -> bool:
+        """Declared on the server: the queue or its dead-letter queue."""
+        async def declared(ch: AbstractChannel, queue: str) -> bool:
+            try:
+                await ch.queue_declare(queue, passive=True)
+            except aiormq.ChannelNotFoundEntity:
+                return False
+            return True
+        return (await self._on_control(partial(declared, queue=name))
+                or await self._on_control(partial(declared, queue=name + DEAD_SUFFIX)))
 
     async def close(self) -> None:
         for sub in self._subs.values():

@@ -20,7 +20,7 @@ from ..dsn import hide_password
 from ..errors import QueueNotFound
 from ..message import Envelope
 from ..queue import Queue, topics_match
-from ..transport import DeadLetter, Deliver, DeliverReply, Delivery
+from ..transport import DeadLetter, Deliver, DeliverReply, Delivery, SelectDeadLetter
 
 
 class _BusHub:
@@ -259,6 +259,22 @@ class MemoryQueueTransport:
         if letters:
             self._hub.push(name, [_Message(letter.envelope) for letter in letters])
         return len(letters)
+
+    async def remove_dead_letters(self, name: str, select: SelectDeadLetter, *, requeue: bool) -> int:
+        letters = self._hub.dead.get(name, [])
+        picked = [select(i, letter) for i, letter in enumerate(letters)]
+        taken = [letter for letter, pick in zip(letters, picked, strict=True) if pick]
+        if taken:
+            self._hub.dead[name] = [letter for letter, pick in zip(letters, picked, strict=True) if not pick]
+            if requeue:
+                self._hub.push(name, [_Message(letter.envelope) for letter in taken])
+        return len(taken)
+
+    async def exists(self, name: str) -> bool:
+        """Seen on this hub: consumed, sent to, bound to an exchange or dead-lettered."""
+        return (name in self._hub.queues or name in self._hub.dead
+                or any(name in bound for bound in self._hub.bindings.values())
+                or any(queued == name for queued, _ in self._later.values()))
 
     async def close(self) -> None:
         for handle, (name, messages) in self._later.items():  # retries and delayed sends: early, not lost

@@ -52,7 +52,7 @@ from ..message import FRAME_MAGIC, REPLY_TO, REQUEST_ID, Envelope, FrameError, f
 from ..queue import Queue, topics_match
 from ..retry import backoff
 from ..signal import RESPONSE_SIGNAL
-from ..transport import NO_CONTEXT, DeadLetter, Deliver, DeliverReply, Delivery
+from ..transport import NO_CONTEXT, DeadLetter, Deliver, DeliverReply, Delivery, SelectDeadLetter
 from . import redis_scripts as lua
 from .redis_scripts import QueueKeys
 
@@ -484,7 +484,7 @@ class RedisQueueTransport:
         self._blocking = _client(dsn, redis_options, reader=True)
         self._scripts = {name: self.redis.register_script(getattr(lua, name))
                          for name in ('FETCH', 'ACK', 'RETRY', 'DEAD_LETTER', 'RELEASE', 'RECLAIM',
-                                      'REQUEUE', 'MOVE_DUE', 'DELAY')}
+                                      'REQUEUE', 'REMOVE_DEAD', 'MOVE_DUE', 'DELAY')}
         self._fetch_script = self._blocking.register_script(lua.FETCH)
         self._owned: dict[str, _Owned] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -772,16 +772,17 @@ class RedisQueueTransport:
 
     async def dead_letters(self, name: str, limit: int = 100) -> list[DeadLetter]:
         entries = cast(list[bytes], await self.redis.lrange(f'{name}:dead', 0, limit - 1))
-        letters = []
-        for entry in entries:
-            line, _, message = entry.partition(b'\n')
-            meta = msgspec.json.decode(line, type=dict[str, Any])
-            try:
-                envelope = unframe(message, f'dead letter of queue {name!r}')
-            except FrameError:  # dead-lettered because it is malformed: shown as it was stored
-                envelope = Envelope(message, None)
-            letters.append(DeadLetter(name, envelope, meta['reason'], meta['attempts'], meta['time']))
-        return letters
+        return [self._dead_letter(name, entry) for entry in entries]
+
+    @staticmethod
+    def _dead_letter(name: str, entry: bytes) -> DeadLetter:
+        line, _, message = entry.partition(b'\n')
+        meta = msgspec.json.decode(line, type=dict[str, Any])
+        try:
+            envelope = unframe(message, f'dead letter of queue {name!r}')
+        except FrameError:  # dead-lettered because it is malformed: shown as it was stored
+            envelope = Envelope(message, None)
+        return DeadLetter(name, envelope, meta['reason'], meta['attempts'], meta['time'])
 
     async def dead_letter_count(self, name: str) -> int:
         return int(await self.redis.llen(f'{name}:dead'))
@@ -794,6 +795,24 @@ class RedisQueueTransport:
             total += moved
             if moved < chunk:
                 return total
+
+    async def remove_dead_letters(self, name: str, select: SelectDeadLetter, *, requeue: bool) -> int:
+        """Pick from a snapshot, then remove exactly the entries picked (a letter dead-lettered
+        meanwhile is not touched), in chunks of 1000."""
+        entries = cast(list[bytes], await self.redis.lrange(f'{name}:dead', 0, -1))
+        taken = [entry for i, entry in enumerate(entries) if select(i, self._dead_letter(name, entry))]
+        total = 0
+        for start in range(0, len(taken), 1000):
+            total += int(await self._script('REMOVE_DEAD')(keys=[f'{name}:dead', name],
+                                                            args=['1' if requeue else '0',
+                                                                  *taken[start:start + 1000]]))
+        return total
+
+    async def exists(self, name: str) -> bool:
+        """A Redis queue is declared by nothing but its data (or an exchange binding, which is not
+        looked up here): its list, dead letters, retries or consumers."""
+        keys = QueueKeys.of(name, self.uid)
+        return bool(await self.redis.exists(name, keys.dead, keys.delayed, keys.consumers))
 
     # lifecycle
 

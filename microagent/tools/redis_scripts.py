@@ -237,6 +237,22 @@ return n
 """
 
 # Move up to ARGV[1] dead letters back to the queue as fresh messages. KEYS: dead, queue.
+# KEYS: Q:dead, Q; ARGV: '1' to requeue (else '0'), then the exact dead-letter entries to remove.
+# Each entry is removed once (LREM from the oldest): one that another client removed meanwhile is skipped.
+REMOVE_DEAD = """
+local n = 0
+for i = 2, #ARGV do
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+    if ARGV[1] == '1' then
+      local cut = string.find(ARGV[i], '\\n', 1, true)
+      redis.call('RPUSH', KEYS[2], string.sub(ARGV[i], cut + 1))
+    end
+    n = n + 1
+  end
+end
+return n
+"""
+
 REQUEUE = """
 local n = 0
 for _ = 1, tonumber(ARGV[1]) do
