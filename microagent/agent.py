@@ -27,6 +27,7 @@ from .handlers import (
     with_timeout,
 )
 from .message import Incoming, current_message, reset_current_message, set_current_message
+from .payload import undecodable
 from .queue import Queue
 from .signal import Signal
 from .timer import Timer, run_cron, run_periodic
@@ -106,11 +107,8 @@ class Consumer:
             raise
         except (TypeError, ValueError) as exc:
             raise InvalidPayload(f'queue {self.queue.name!r} (dto_class)', [str(exc)]) from None
-        except MemoryError:
-            raise
         except Exception as exc:  # a dto_class constructor may raise anything: the message is still invalid
-            raise InvalidPayload(f'queue {self.queue.name!r} (dto_class)',
-                                 [f'{type(exc).__name__}: {exc}']) from None
+            raise undecodable(f'queue {self.queue.name!r} (dto_class)', exc) from None
 
     def __call__(self, decoded: tuple[Any, Any], context: Mapping[str, Any]) -> Awaitable[Any]:
         """Start the handler call; the broker awaits it under the consumer's ``timeout``."""

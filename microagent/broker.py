@@ -24,7 +24,7 @@ from .dsn import hide_password
 from .errors import DeclarationError, InvalidArgument, InvalidPayload, QueueAttributeError, QueueNotFound, UsageError
 from .exchange import Exchange
 from .message import Envelope, check_user_headers, current_var, new_headers, new_headers_many
-from .payload import check_size, encode_json
+from .payload import check_size, encode_json, undecodable
 from .queue import Queue
 from .retry import Retrier, backoff
 from .transport import BrokerTransport, DeadLetter, Delivery, SelectDeadLetter
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .agent import Consumer
 
 __all__ = ['DEFAULT_MAX_MESSAGE_SIZE', 'AbstractQueueBroker', 'BoundExchange', 'BoundQueue', 'DeadLetter',
-           'Delivery', 'backoff']
+           'Delivery']
 
 T = TypeVar('T')
 
@@ -340,10 +340,8 @@ class AbstractQueueBroker:
             return consumer.decode(body)
         except InvalidPayload:
             raise
-        except MemoryError:
-            raise
         except Exception as exc:  # a custom decode: whatever it raises, the message cannot be handled
-            raise InvalidPayload(f'queue {consumer.queue.name!r}', [f'{type(exc).__name__}: {exc}']) from None
+            raise undecodable(f'queue {consumer.queue.name!r}', exc) from None
 
     async def _reject(self, queue: Queue[Any], delivery: Delivery[Any], exc: InvalidPayload) -> None:
         self.log.warning('Dead-lettered a message of queue %s: %s', queue.name, exc)

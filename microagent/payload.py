@@ -102,6 +102,15 @@ def _all_errors(first: Exception, checks: list[_FieldCheck], payload: Any) -> li
     return [text, *errors]  # an unknown field, a tag, a __post_init__: not a field check's finding
 
 
+def undecodable(target: str, exc: Exception) -> InvalidPayload:
+    """Any other failure of a decoder or validator (invalid UTF-8, nesting too deep, a model's
+    ``__post_init__`` or validator raising, a custom decode): still an invalid payload naming
+    ``target``, never a crash. ``MemoryError`` is raised again: that is the process's trouble."""
+    if isinstance(exc, MemoryError):
+        raise exc
+    return InvalidPayload(target, [f'{type(exc).__name__}: {exc}'])
+
+
 class Codec(Generic[T]):
     """Validates and serialises the payload of one signal, queue or RPC answer."""
 
@@ -129,11 +138,7 @@ class Codec(Generic[T]):
         return InvalidPayload(self.target, [str(error)])
 
     def undecodable(self, exc: Exception) -> InvalidPayload:
-        """Any other failure of a decoder or validator (invalid UTF-8, nesting too deep, a model's
-        ``__post_init__`` or validator raising): still an invalid payload, never a crash."""
-        if isinstance(exc, MemoryError):
-            raise exc
-        return InvalidPayload(self.target, [f'{type(exc).__name__}: {exc}'])
+        return undecodable(self.target, exc)
 
 
 class MsgspecCodec(Codec[T]):
