@@ -24,7 +24,7 @@ from .dsn import hide_password
 from .errors import DeclarationError, InvalidArgument, InvalidPayload, QueueAttributeError, QueueNotFound, UsageError
 from .exchange import Exchange
 from .message import Envelope, check_user_headers, current_var, new_headers, new_headers_many
-from .payload import check_size, encode_json, undecodable
+from .payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json, undecodable
 from .queue import Queue
 from .retry import Retrier, backoff
 from .transport import BrokerTransport, DeadLetter, Delivery, SelectDeadLetter
@@ -37,7 +37,6 @@ __all__ = ['DEFAULT_MAX_MESSAGE_SIZE', 'AbstractQueueBroker', 'BoundExchange', '
 
 T = TypeVar('T')
 
-DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 YIELD_EVERY = 32
 SETTLE_TRIES = 4  # a failed ack, retry or dead-letter is tried this often in all, then the message is released
 

@@ -50,7 +50,7 @@ from .message import (
     current_var,
     new_headers,
 )
-from .payload import check_size, encode_json
+from .payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json
 from .signal import RESPONSE_SIGNAL, Signal
 from .transport import BusTransport
 
@@ -60,7 +60,6 @@ if TYPE_CHECKING:
 T = TypeVar('T')
 R = TypeVar('R')
 
-DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 DEFAULT_MAX_BACKLOG = 10_000
 __all__ = ['DEFAULT_MAX_BACKLOG', 'DEFAULT_MAX_MESSAGE_SIZE', 'RESPONSE_SIGNAL', 'AbstractSignalBus', 'Answers',
            'BoundSignal', 'RemoteError', 'shown']

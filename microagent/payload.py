@@ -21,6 +21,8 @@ T = TypeVar('T')
 JsonDict = dict[str, Any]
 
 JSON_SCHEMA_DIALECT = 'https://json-schema.org/draft/2020-12/schema'
+#: the largest message body a bus or broker sends or accepts, unless told otherwise
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 
 _encoder = msgspec.json.Encoder()
 _any_decoder = msgspec.json.Decoder()
