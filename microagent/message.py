@@ -73,8 +73,8 @@ REQUEST_ID = 'request-id'
 RPC_ERROR = 'rpc-error'
 STANDARD_HEADERS = frozenset({MESSAGE_ID, CORRELATION_ID, SENT_AT, ATTEMPT, TRACEPARENT, TRACESTATE,
                               REPLY_TO, REQUEST_ID, RPC_ERROR})
-#: names transports write beside the envelope's (the AMQP backend's retry bookkeeping, RabbitMQ's delay plugin)
-TRANSPORT_HEADERS = frozenset({'x-attempt', 'x-reason', 'x-dead-at', 'x-delay'})
+#: names transports write beside the envelope's (retry bookkeeping of AMQP and NATS, RabbitMQ's delay plugin)
+TRANSPORT_HEADERS = frozenset({'x-attempt', 'x-reason', 'x-dead-at', 'x-delay', 'x-due', 'x-redelivered'})
 #: prefixes of names brokers write themselves: RabbitMQ's dead-lettering, NATS JetStream
 TRANSPORT_PREFIXES = ('x-death', 'x-first-death', 'x-last-death', 'nats-')
 _RESERVED = STANDARD_HEADERS | TRANSPORT_HEADERS

@@ -114,9 +114,53 @@ async def amqp_backend() -> AsyncIterator[Backend]:
 BACKENDS['amqp'] = amqp_backend
 
 
+@asynccontextmanager
+async def nats_backend() -> AsyncIterator[Backend]:
+    """NATS: a unique subject prefix per test, and every stream the test's brokers declared is
+    deleted afterwards (with its consumers), and the test's exchange bindings."""
+    from microagent.tools.nats import NATSBroker, NATSSignalBus
+    from tests.services import NATS_DSN, require_nats
+
+    require_nats()
+    prefix = f'T{uuid.uuid4().hex[:12]}'
+    backend = Backend('nats', lambda: NATSSignalBus(NATS_DSN, prefix=prefix),
+                      lambda **o: NATSBroker(NATS_DSN, **o))
+    try:
+        yield backend
+    finally:
+        await backend.close()
+        await delete_nats_streams(backend.opened)
+
+
+async def delete_nats_streams(opened: list[Any]) -> None:
+    """Delete the streams the brokers in ``opened`` declared, and their exchange bindings."""
+    import nats
+
+    from microagent.tools.nats import NATSBroker
+    from microagent.tools.nats_broker import BINDINGS_STREAM
+    from tests.services import NATS_DSN
+
+    streams = {s for b in opened if isinstance(b, NATSBroker) for s in b.transport.created_streams}
+    client = await nats.connect(NATS_DSN)
+    try:
+        js = client.jetstream()
+        for stream in streams - {BINDINGS_STREAM}:
+            await js.delete_stream(stream)
+        for broker in opened:
+            if isinstance(broker, NATSBroker):
+                for subject in broker.transport.binding_subjects:
+                    await js.purge_stream(BINDINGS_STREAM, subject=subject)
+    finally:
+        await client.close()
+
+
+BACKENDS['nats'] = nats_backend
+
+
 async def inject_raw(backend: Backend, broker: AbstractQueueBroker, queue: str, bodies: list[bytes]) -> None:
     """Put ``bodies`` on ``queue`` exactly as given, past every check of microagent: as a 1.x
-    agent or a foreign producer would (redis-py RPUSH; aiormq to the default exchange)."""
+    agent or a foreign producer would (redis-py RPUSH; aiormq to the default exchange; a
+    plain JetStream publish)."""
     if backend.name == 'redis':
         from redis.asyncio import Redis
 
@@ -139,6 +183,19 @@ async def inject_raw(backend: Backend, broker: AbstractQueueBroker, queue: str, 
                                             properties=commands.Basic.Properties(delivery_mode=2))
         finally:
             await connection.close()
+    elif backend.name == 'nats':
+        import nats
+
+        from microagent.tools.nats_broker import Layout
+        from tests.services import NATS_DSN
+
+        client = await nats.connect(NATS_DSN)
+        try:
+            js = client.jetstream()
+            for body in bodies:
+                await js.publish(Layout.of(queue).subject, body)
+        finally:
+            await client.close()
     else:
         from microagent.tools.memory import MemoryBroker
 
@@ -152,8 +209,9 @@ async def inject_raw(backend: Backend, broker: AbstractQueueBroker, queue: str, 
 async def unsettled_after_stop(backend: Backend, queue: str) -> int:
     """How many messages of ``queue`` are still taken and not settled, as the server sees it, once
     its consumers stopped. Redis: the consumers' in-flight lists. RabbitMQ: with no consumer left
-    attached, an unacked delivery is back among the ready ones, so the queue must be empty. Memory
-    holds taken messages only in their deliveries: nothing to look at."""
+    attached, an unacked delivery is back among the ready ones, so the queue must be empty. NATS: the
+    consumer's unacknowledged deliveries. Memory holds taken messages only in their deliveries:
+    nothing to look at."""
     if backend.name == 'redis':
         from redis.asyncio import Redis
 
@@ -178,4 +236,25 @@ async def unsettled_after_stop(backend: Backend, queue: str) -> int:
             return int(ok.message_count or 0)
         finally:
             await connection.close()
+    if backend.name == 'nats':
+        return await nats_taken(queue)
     return 0
+
+
+async def nats_taken(queue: str) -> int:
+    """NATS: messages the queue's consumer handed out and nobody acknowledged (nor NAKed)."""
+    import nats
+    from nats.js.errors import NotFoundError
+
+    from microagent.tools.nats_broker import CONSUMER, Layout
+    from tests.services import NATS_DSN
+
+    client = await nats.connect(NATS_DSN)
+    try:
+        try:
+            info = await client.jetstream().consumer_info(Layout.of(queue).stream, CONSUMER)
+        except NotFoundError:
+            return 0
+        return int(info.num_ack_pending)
+    finally:
+        await client.close()

@@ -8,16 +8,18 @@ from redis.asyncio import Redis
 
 from tests.amqp_support import Servers, require_rabbitmq
 from tests.backends import BACKENDS, REDIS_TEST_DSN, Backend
-from tests.services import REDIS_HOST, REDIS_PORT, require_service
+from tests.services import REDIS_HOST, REDIS_PORT, require_nats, require_service
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """A test marked ``redis`` or ``amqp`` skips (or fails in CI) without its server, even when its
+    """A test marked ``redis``, ``amqp`` or ``nats`` skips (or fails in CI) without its server, even when its
     fixtures would only find out by failing to connect."""
     if item.get_closest_marker('redis'):
         require_service('Redis', REDIS_HOST, REDIS_PORT)
     if item.get_closest_marker('amqp'):
         require_rabbitmq()
+    if item.get_closest_marker('nats'):
+        require_nats()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

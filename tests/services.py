@@ -11,6 +11,8 @@ import pytest
 
 REDIS_HOST, REDIS_PORT = '127.0.0.1', 6379
 AMQP_HOST, AMQP_PORT = '127.0.0.1', 5672
+NATS_HOST, NATS_PORT = '127.0.0.1', 4222
+NATS_DSN = f'nats://{NATS_HOST}:{NATS_PORT}'
 
 
 def require_service(name: str, host: str, port: int) -> None:
@@ -22,3 +24,7 @@ def require_service(name: str, host: str, port: int) -> None:
     if os.environ.get('MICROAGENT_REQUIRE_SERVICES'):
         pytest.fail(message + ' and MICROAGENT_REQUIRE_SERVICES is set')
     pytest.skip(message)
+
+
+def require_nats() -> None:
+    require_service('NATS', NATS_HOST, NATS_PORT)
