@@ -170,8 +170,9 @@ class NATSQueueTransport:
     """Durable JetStream work queues with pull consumers, a holding stream for delays and retries,
     and a dead-letter stream per queue (see the module docstring for the layout)."""
 
-    #: a cancelled fetch may leave taken messages in the client until ``ack_wait``: let it finish
-    fetch_cancel_safe = False
+    #: what a cancelled fetch received later waits in the subscription: the next fetch takes it, and
+    #: ``stop_consuming`` gives it back
+    fetch_cancel_safe = True
     send_options: frozenset[str] = frozenset()
     unsettled_fate = 'it stays unacknowledged; JetStream delivers it again after ack_wait'
 
@@ -306,8 +307,10 @@ class NATSQueueTransport:
         if pull is not None:
             try:
                 await pull.unsubscribe()
+                for msg in _left_in(pull):
+                    await msg.nak()
             except nats.errors.Error:
-                pass  # the connection is gone: so is the subscription
+                pass  # the connection is gone: the server delivers them again after ack_wait
 
     async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery[_Token]]:
         pull = await self._pull(queue)
@@ -504,6 +507,18 @@ class NATSQueueTransport:
         self._acks.reset()
         self._declared.clear()
         await self._link.close()
+
+
+def _left_in(pull: JetStreamContext.PullSubscription) -> list[Msg]:
+    """Messages a cancelled fetch received and nobody took (nats-py keeps them in the subscription's
+    queue; it has no public way to hand them back)."""
+    pending: asyncio.Queue[Msg] | None = getattr(getattr(pull, '_sub', None), '_pending_queue', None)
+    left: list[Msg] = []
+    while pending is not None and not pending.empty():
+        msg = pending.get_nowait()
+        if msg.reply and msg.data is not None and not (msg.headers or {}).get('Status'):
+            left.append(msg)
+    return left
 
 
 def _with_id(headers: Mapping[str, str] | None) -> Headers | None:
