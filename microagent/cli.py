@@ -36,6 +36,7 @@ DEFAULT_TIMEOUT = 10.0
 SCHEMES = {'redis': 'microagent.tools.redis.RedisBroker', 'rediss': 'microagent.tools.redis.RedisBroker',
            'unix': 'microagent.tools.redis.RedisBroker',
            'amqp': 'microagent.tools.amqp.AMQPBroker', 'amqps': 'microagent.tools.amqp.AMQPBroker',
+           'nats': 'microagent.tools.nats.NATSBroker',
            'memory': 'microagent.tools.memory.MemoryBroker'}
 #: exit codes of ``microagent dead-letters``, for scripts
 EXIT_OK, EXIT_NONE, EXIT_USAGE, EXIT_BROKER = 0, 1, 2, 3
@@ -129,8 +130,7 @@ def _broker_class(args: argparse.Namespace) -> type[AbstractQueueBroker]:
         label, scheme = '--broker', scheme.lower() if sep else ''
         if scheme not in SCHEMES:
             known = ', '.join(f'{name}://' for name in SCHEMES)
-            later = ' (NATS is not available yet)' if scheme == 'nats' else ''
-            raise ConfigError(f'--broker: no backend for the scheme of {hide_password(args.broker)!r}{later}: '
+            raise ConfigError(f'--broker: no backend for the scheme of {hide_password(args.broker)!r}: '
                               f'use one of {known}, or --backend for a broker class of your own')
         path = SCHEMES[scheme]
     factory = import_object(path, label)

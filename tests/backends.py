@@ -141,9 +141,9 @@ async def delete_nats_streams(opened: list[Any]) -> None:
     from tests.services import NATS_DSN
 
     streams = {s for b in opened if isinstance(b, NATSBroker) for s in b.transport.created_streams}
-    client = await nats.connect(NATS_DSN)
+    nc = await nats.connect(NATS_DSN)
     try:
-        js = client.jetstream()
+        js = nc.jetstream()
         for stream in streams - {BINDINGS_STREAM}:
             await js.delete_stream(stream)
         for broker in opened:
@@ -151,7 +151,7 @@ async def delete_nats_streams(opened: list[Any]) -> None:
                 for subject in broker.transport.binding_subjects:
                     await js.purge_stream(BINDINGS_STREAM, subject=subject)
     finally:
-        await client.close()
+        await nc.close()
 
 
 BACKENDS['nats'] = nats_backend
@@ -189,13 +189,13 @@ async def inject_raw(backend: Backend, broker: AbstractQueueBroker, queue: str, 
         from microagent.tools.nats_broker import Layout
         from tests.services import NATS_DSN
 
-        client = await nats.connect(NATS_DSN)
+        nc = await nats.connect(NATS_DSN)
         try:
-            js = client.jetstream()
+            js = nc.jetstream()
             for body in bodies:
                 await js.publish(Layout.of(queue).subject, body)
         finally:
-            await client.close()
+            await nc.close()
     else:
         from microagent.tools.memory import MemoryBroker
 

@@ -43,11 +43,12 @@ class NATSBusTransport:
     """Signals over core NATS: one subscription per signal name, answers to this bus's inbox."""
 
     def __init__(self, dsn: str, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
-                 name: str = '') -> None:
+                 name: str = '', connect_timeout: float = 5.0) -> None:
         self.uid = uuid.uuid4().hex
         self.prefix = check_subject(prefix, 'bus prefix')
         self.log = log or logging.getLogger('microagent.bus')
-        self._link = Link(dsn, self.log, name or f'microagent bus {prefix} {self.uid[:8]}')
+        self._link = Link(dsn, self.log, name or f'microagent bus {prefix} {self.uid[:8]}',
+                          connect_timeout=connect_timeout)
         self._reply_to = f'_INBOX.{self.uid}'
         self._names: set[str] = set()
         self._subs: list[Subscription] = []
@@ -138,21 +139,23 @@ class NATSSignalBus(AbstractSignalBus):
 
     transport: NATSBusTransport
 
-    def __init__(self, dsn: str, prefix: str = 'PUBSUB', log: logging.Logger | None = None,
-                 **options: Any) -> None:
-        transport = NATSBusTransport(dsn, prefix, log)
+    def __init__(self, dsn: str, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
+                 connect_timeout: float = 5.0, **options: Any) -> None:
+        transport = NATSBusTransport(dsn, prefix, log, connect_timeout=connect_timeout)
         super().__init__(transport, dsn=dsn, prefix=prefix, log=log, **options)
         transport.rename(f'microagent bus {prefix} {self.uid[:8]}')
 
 
 class NATSBroker(AbstractQueueBroker):
     """The queue broker on JetStream: the engine over a ``NATSQueueTransport``. ``ack_wait`` is how
-    long a fetched message may stay unsettled by a silent process before NATS delivers it again."""
+    long a fetched message may stay unsettled by a silent process before NATS delivers it again
+    (a live process tells the server it is still at work, so a long handler keeps its message);
+    ``connect_timeout`` bounds a first connection (after it, the client reconnects for ever)."""
 
     transport: NATSQueueTransport
 
     def __init__(self, dsn: str, log: logging.Logger | None = None, *, ack_wait: float = 30.0,
-                 **options: Any) -> None:
-        transport = NATSQueueTransport(dsn, log, ack_wait=ack_wait)
+                 connect_timeout: float = 5.0, **options: Any) -> None:
+        transport = NATSQueueTransport(dsn, log, ack_wait=ack_wait, connect_timeout=connect_timeout)
         super().__init__(transport, dsn=dsn, log=log, **options)
         transport.rename(f'microagent broker {self.uid[:8]}')

@@ -177,11 +177,12 @@ class NATSQueueTransport:
     unsettled_fate = 'it stays unacknowledged; JetStream delivers it again after ack_wait'
 
     def __init__(self, dsn: str, log: logging.Logger | None = None, *, ack_wait: float = 30.0,
-                 name: str = '') -> None:
+                 name: str = '', connect_timeout: float = 5.0) -> None:
         self.uid = uuid.uuid4().hex
         self.log = log or logging.getLogger('microagent.broker')
         self.ack_wait = ack_wait
-        self._link = Link(dsn, self.log, name or f'microagent broker {self.uid[:8]}')
+        self._link = Link(dsn, self.log, name or f'microagent broker {self.uid[:8]}',
+                          connect_timeout=connect_timeout)
         self._acks = _Acks(self._link)
         self._declared: set[str] = set()
         self._pulls: dict[str, JetStreamContext.PullSubscription] = {}

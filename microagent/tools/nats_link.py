@@ -7,9 +7,10 @@ connection; JetStream consumers are durable on the server, so a pull consumer ju
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 
-import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
@@ -50,6 +51,9 @@ class Link:
         self._client: Client | None = None
         self._js: JetStreamContext | None = None
         self._lock = asyncio.Lock()
+        self._failures = 0  # errors since the connection was last up
+        self._last_error = ''
+        self._closing = False
 
     def scrub(self, error: BaseException | str) -> str:
         return scrub(str(error), self.dsn)
@@ -71,23 +75,39 @@ class Link:
         return self._js
 
     async def _connect(self) -> Client:
+        """Connect within ``connect_timeout`` (nats-py would retry a first connection forever, as it
+        reconnects); once connected, the client reconnects by itself for as long as it takes."""
+        client = Client()
+        self._failures = 0
         try:
-            return await nats.connect(
-                self.dsn, name=self.name, connect_timeout=self.connect_timeout, allow_reconnect=True,
-                max_reconnect_attempts=-1, reconnect_time_wait=self.reconnect_wait,
-                error_cb=self._on_error, disconnected_cb=self._on_disconnected,
-                reconnected_cb=self._on_reconnected)
+            async with asyncio.timeout(self.connect_timeout):
+                await client.connect(
+                    self.dsn, name=self.name, connect_timeout=self.connect_timeout, allow_reconnect=True,
+                    max_reconnect_attempts=-1, reconnect_time_wait=self.reconnect_wait,
+                    error_cb=self._on_error, disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected)
         except Exception as exc:
-            raise ConnectionFailed(f'{self.name}: cannot connect to NATS at {self.safe_dsn}: '
-                                   f'{type(exc).__name__}: {self.scrub(exc)}') from None
+            with contextlib.suppress(Exception):
+                await client.close()
+            why = f'{type(exc).__name__}: {self.scrub(exc)}' if str(exc) else type(exc).__name__
+            raise ConnectionFailed(f'{self.name}: cannot connect to NATS at {self.safe_dsn}: {why}'
+                                   f'{self._last_error}') from None
+        return client
 
     async def _on_error(self, exc: Exception) -> None:
-        self.log.warning('%s: NATS error: %s: %s', self.name, type(exc).__name__, self.scrub(exc))
+        """The first error of an outage is a warning; the client's retries after it are debug lines."""
+        self._failures += 1
+        self._last_error = f' ({type(exc).__name__}: {self.scrub(exc)})'
+        level = logging.WARNING if self._failures == 1 else logging.DEBUG
+        self.log.log(level, '%s: NATS error: %s: %s', self.name, type(exc).__name__, self.scrub(exc))
 
     async def _on_disconnected(self) -> None:
+        if self._closing:
+            return  # our own close
         self.log.warning('%s: disconnected from NATS at %s; reconnecting', self.name, self.safe_dsn)
 
     async def _on_reconnected(self) -> None:
+        self._failures = 0
         self.log.info('%s: reconnected to NATS at %s', self.name, self.safe_dsn)
 
     async def ping(self, timeout: float = 5.0) -> None:
@@ -96,7 +116,7 @@ class Link:
         if not client.is_connected:
             raise ConnectionFailed(f'{self.name}: not connected to NATS at {self.safe_dsn}')
         try:
-            await client.flush(timeout)
+            await client.flush(max(math.ceil(timeout), 1))  # nats-py takes whole seconds
         except Exception as exc:
             raise ConnectionFailed(f'{self.name}: NATS at {self.safe_dsn} did not answer: '
                                    f'{type(exc).__name__}: {self.scrub(exc)}') from None
@@ -104,4 +124,8 @@ class Link:
     async def close(self) -> None:
         client, self._client, self._js = self._client, None, None
         if client is not None and not client.is_closed:
-            await client.close()
+            self._closing = True
+            try:
+                await client.close()
+            finally:
+                self._closing = False
