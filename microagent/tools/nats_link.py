@@ -82,8 +82,10 @@ class Link:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 await client.connect(
-                    self.dsn, name=self.name, connect_timeout=self.connect_timeout, allow_reconnect=True,
-                    max_reconnect_attempts=-1, reconnect_time_wait=self.reconnect_wait,
+                    self.dsn, name=self.name, connect_timeout=max(math.ceil(self.connect_timeout), 1),
+                    allow_reconnect=True, max_reconnect_attempts=-1,
+                    # nats-py annotates int, but sleeps this many seconds: a fraction works
+                    reconnect_time_wait=self.reconnect_wait,  # type: ignore[arg-type]
                     error_cb=self._on_error, disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected)
         except Exception as exc:
