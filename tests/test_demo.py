@@ -96,8 +96,43 @@ def _answers(port: int) -> bool:
 
 
 def test_the_demo_on_redis(start: Starter, private_redis: str) -> None:
-    # stopped once every event is shown (a loaded machine starts four processes slowly), not after a fixed time
-    demo = start('python', '--redis', private_redis, '--duration', '60', module='examples')
+    _demo_on_servers(start, '--redis', private_redis)
+
+
+@pytest.fixture
+def private_nats(tmp_path: Path) -> Iterator[str]:
+    """A nats-server of this test's own, for the same reason as ``private_redis``."""
+    from tests.nats_support import NATS_SERVER
+
+    if not os.access(NATS_SERVER, os.X_OK):
+        message = 'NATS: nats-server is not installed, the demo needs a private server'
+        if os.environ.get('MICROAGENT_REQUIRE_SERVICES'):
+            pytest.fail(message)
+        pytest.skip(message)
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([NATS_SERVER, '-a', '127.0.0.1', '-p', str(port), '-js', '-sd', str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not _answers(port):
+            assert server.poll() is None and time.monotonic() < deadline, 'the private nats-server did not start'
+            time.sleep(0.05)
+        yield f'nats://127.0.0.1:{port}'
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def test_the_demo_on_nats(start: Starter, private_nats: str) -> None:
+    _demo_on_servers(start, '--nats', private_nats)
+
+
+def _demo_on_servers(start: Starter, flag: str, dsn: str) -> None:
+    """The demo with one process per agent, stopped once every event is shown (a loaded machine
+    starts four processes slowly), not after a fixed time."""
+    demo = start('python', flag, dsn, '--duration', '60', module='examples')
     demo.wait_for('every agent to start', lambda: len(_pids(demo.output)) == 4)
     pids = _pids(demo.output)
     events = [event.format(**pids) for event in EVENTS if 'SUMMARY' not in event]
