@@ -1,11 +1,12 @@
-"""``python -m benchmarks``: every backend's table, Redis then RabbitMQ (their defaults)."""
+"""``python -m benchmarks``: every backend's table, Redis, RabbitMQ, then NATS (their defaults)."""
 from __future__ import annotations
 
 import asyncio
 import sys
 
-from . import bench_amqp, bench_redis
+from . import bench_amqp, bench_nats, bench_redis
 
 asyncio.run(bench_redis.main())
 sys.argv = sys.argv[:1]
 bench_amqp.main()
+bench_nats.main()

@@ -31,6 +31,7 @@ from .nats_link import Link, check_subject
 __all__ = ['NATSBroker', 'NATSBusTransport', 'NATSQueueTransport', 'NATSSignalBus']
 
 _NOT_IN_SUBJECT = re.compile(r'[\s*>]')
+SUBJECT_CACHE = 4096  # (signal, sender) subjects a bus remembers; senders are few (agents)
 
 
 def sender_subject(sender: str) -> str:
@@ -51,6 +52,8 @@ class NATSBusTransport:
                           connect_timeout=connect_timeout)
         self._reply_to = f'_INBOX.{self.uid}'
         self._names: set[str] = set()
+        self._nested: dict[str, list[str]] = {}  # name -> the longer subscribed names under it
+        self._subjects: dict[tuple[str, str], str] = {}  # (name, sender) -> subject, checked once
         self._subs: list[Subscription] = []
         self._deliver: Deliver | None = None
         self._deliver_reply: DeliverReply | None = None
@@ -66,7 +69,11 @@ class NATSBusTransport:
     async def publish(self, name: str, sender: str, envelope: Envelope) -> None:
         """Core publish on ``{prefix}.{name}.{sender}``; a request names the caller's inbox as the
         NATS reply subject, where a plain NATS responder answers."""
-        subject = check_subject(f'{self.prefix}.{name}', f'signal {name!r}') + '.' + sender_subject(sender)
+        subject = self._subjects.get((name, sender))
+        if subject is None:
+            subject = check_subject(f'{self.prefix}.{name}', f'signal {name!r}') + '.' + sender_subject(sender)
+            if len(self._subjects) < SUBJECT_CACHE:
+                self._subjects[name, sender] = subject
         headers = envelope.headers
         client = await self._link.client()
         if headers:
@@ -84,6 +91,7 @@ class NATSBusTransport:
             subject = check_subject(f'{self.prefix}.{name}', f'signal {name!r}') + '.>'
             self._subs.append(await client.subscribe(subject, cb=partial(self._on_signal, name)))
             self._names.add(name)
+        self._nested = {name: [n for n in self._names if n.startswith(name + '.')] for name in self._names}
         await self._link.ping()  # the server has the subscriptions once it answered
 
     async def receive_replies(self, deliver: DeliverReply) -> None:
@@ -100,10 +108,8 @@ class NATSBusTransport:
 
     async def _on_signal(self, name: str, msg: Msg) -> None:
         """Deliver a signal, once: when names nest (``a`` and ``a.b``), the longest one owns it."""
-        head = f'{self.prefix}.'
-        rest = msg.subject[len(head):]
-        owner = max((n for n in self._names if rest.startswith(n + '.')), key=len, default=name)
-        if owner != name or self._deliver is None:
+        rest = msg.subject[len(self.prefix) + 1:]
+        if self._deliver is None or any(rest.startswith(n + '.') for n in self._nested.get(name, ())):
             return
         headers: dict[str, str] | None = msg.headers
         if msg.reply and (headers is None or REPLY_TO not in headers):

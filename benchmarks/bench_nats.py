@@ -1,0 +1,317 @@
+"""microagent's NATS backend against raw nats-py doing the same work on the same server, in one run.
+
+    python -m benchmarks.bench_nats [--messages 1000] [--calls 200] [--rounds 5] [--dsn nats://...]
+
+Queues: both sides publish JSON to a JetStream work-queue stream and wait for each acknowledgement
+(a batch: all sent, then every acknowledgement awaited), and drain a durable pull consumer in
+batches of 32, acking each message after decoding it into the same msgspec model. Signals: core
+NATS publish to a subscriber. RPC: a NATS request to one responder, answered on the reply subject.
+A ratio above 1 means faster than raw; below 1 is the price of microagent's validation, delivery
+bookkeeping and handler calling. microagent also sends every message's headers (ids, time, trace)
+as NATS headers, which the raw side does not: the indented row under the signal one measures what
+those headers cost raw nats-py and the server alone.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from functools import partial
+from importlib.metadata import version
+from typing import Any
+
+import msgspec
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
+
+from microagent import MicroAgent, Queue, Signal, consumer, receiver
+from microagent.message import new_headers
+from microagent.tools.nats import NATSBroker, NATSSignalBus
+
+from .harness import Row, median, percentile, print_table
+
+BATCH = 32
+SEND_TARGET, SIGNAL_TARGET, DRAIN_TARGET = 0.85, 0.85, 0.5
+
+
+class Job(msgspec.Struct, frozen=True):
+    job_id: int
+    text: str = 'benchmark'
+
+
+_decode_job = msgspec.json.Decoder(Job).decode
+_encode = msgspec.json.encode
+
+
+class Counter:
+    """Counts handled messages; ``done`` is set at ``target``."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.count = 0
+        self.done = asyncio.Event()
+
+    def hit(self) -> None:
+        self.count += 1
+        if self.count >= self.target:
+            self.done.set()
+
+    def restart(self) -> None:
+        self.count = 0
+        self.done.clear()
+
+
+async def timed(action: Callable[[], Awaitable[Any]]) -> float:
+    start = time.perf_counter()
+    await action()
+    return time.perf_counter() - start
+
+
+Run = Callable[[], Awaitable[float]]  # one untimed setup + one timed run; returns the seconds timed
+
+
+class Bench:
+    def __init__(self, dsn: str, messages: int, calls: int, rounds: int) -> None:
+        self.dsn = dsn
+        self.n = messages
+        self.calls = calls
+        self.rounds = rounds
+        self.tag = uuid.uuid4().hex[:8]
+        self.streams: list[str] = []
+        self.rows: list[Row] = []
+        self._raw: Client | None = None
+
+    @property
+    def raw(self) -> Client:
+        assert self._raw is not None
+        return self._raw
+
+    def queue(self, label: str) -> Queue[Job]:
+        return Queue(f'bench_{label}_{self.tag}', Job)
+
+    async def raw_stream(self, label: str) -> str:
+        """A work-queue stream for the raw side, with a durable pull consumer; its subject."""
+        name, subject = f'BENCHRAW-{label}-{self.tag}', f'benchraw.{label}.{self.tag}'
+        js = self.raw.jetstream()
+        await js.add_stream(name=name, subjects=[subject], retention=RetentionPolicy.WORK_QUEUE)
+        await js.add_consumer(name, ConsumerConfig(durable_name='raw', ack_policy=AckPolicy.EXPLICIT))
+        self.streams.append(name)
+        return subject
+
+    async def compare(self, label: str, ours: Run, raw: Run, *extra: tuple[str, Run],
+                      target: float | None = None) -> None:
+        """Alternate the sides ``rounds`` times, so a load that drifts during the run (a shared
+        machine) weighs on all alike; the rates are over all rounds. An ``extra`` side (label, run)
+        is another raw variant, shown as its own row against the plain raw one."""
+        sides = [ours, raw, *(run for _, run in extra)]
+        times = [0.0] * len(sides)
+        for _ in range(self.rounds):
+            for index, side in enumerate(sides):
+                times[index] += await side()
+        total = self.n * self.rounds
+        self.rows.append(Row(label, total / times[0], total / times[1], 'msg/s', target=target))
+        for (name, _), spent in zip(extra, times[2:], strict=True):
+            self.rows.append(Row(name, total / spent, total / times[1], 'msg/s', note='raw vs raw: the wire cost'))
+
+    # broker
+
+    async def sequential_send(self, broker: NATSBroker) -> None:
+        bound = broker[self.queue('seq')]
+        await bound.declare()
+        subject = await self.raw_stream('seq')
+        js = self.raw.jetstream()
+
+        async def ours() -> None:
+            for i in range(self.n):
+                await bound.send(Job(job_id=i))
+
+        async def raw() -> None:
+            for i in range(self.n):
+                await js.publish(subject, _encode(Job(job_id=i)))
+
+        await self.compare('sequential send (JetStream ack)', lambda: timed(ours), lambda: timed(raw),
+                           target=SEND_TARGET)
+
+    async def batched_send(self, broker: NATSBroker) -> None:
+        bound = broker[self.queue('batch')]
+        await bound.declare()
+        subject = await self.raw_stream('batch')
+        js = self.raw.jetstream()
+        jobs = [Job(job_id=i) for i in range(self.n)]
+
+        async def raw() -> None:
+            await asyncio.gather(*(js.publish(subject, _encode(job)) for job in jobs))
+
+        await self.compare('batched send (send_many)', lambda: timed(lambda: bound.send_many(jobs)),
+                           lambda: timed(raw), target=SEND_TARGET)
+
+    async def drain(self, broker: NATSBroker) -> None:
+        ours_q = self.queue('drain')
+        subject = await self.raw_stream('drain')
+        js = self.raw.jetstream()
+        jobs = [Job(job_id=i) for i in range(self.n)]
+        ours_done = Counter(self.n)
+
+        class Worker(MicroAgent):
+            @consumer(ours_q, concurrency=BATCH)
+            async def work(self, job: Job) -> None:
+                ours_done.hit()
+
+        async def ours() -> float:
+            await broker[ours_q].send_many(jobs)
+            ours_done.restart()
+            agent = Worker(broker=broker)
+            start = time.perf_counter()
+            await agent._start()
+            await ours_done.done.wait()
+            elapsed = time.perf_counter() - start
+            await agent.stop()
+            return elapsed
+
+        pull = await js.pull_subscribe_bind('raw', f'BENCHRAW-drain-{self.tag}')
+
+        async def raw() -> float:
+            await asyncio.gather(*(js.publish(subject, _encode(job)) for job in jobs))
+            start = time.perf_counter()
+            left = self.n
+            while left:
+                for msg in await pull.fetch(batch=min(BATCH, left), timeout=5):
+                    _decode_job(msg.data)
+                    await msg.ack()
+                    left -= 1
+            return time.perf_counter() - start
+
+        await self.compare(f'drain {self.n} with acks (pull batches of {BATCH})', ours, raw, target=DRAIN_TARGET)
+
+    # bus
+
+    async def signals(self, sender: NATSSignalBus, listener: NATSSignalBus) -> None:
+        signal = Signal(f'bench_signal_{self.tag}', Job)
+        counter = Counter(self.n)
+
+        class Listener(MicroAgent):
+            @receiver(signal)
+            async def on_job(self, job: Job) -> None:
+                counter.hit()
+
+        async def ours() -> None:
+            counter.restart()
+            for i in range(self.n):
+                await sender[signal].send('bench', Job(job_id=i))
+            await counter.done.wait()
+
+        subject = f'benchraw.signal.{self.tag}'
+        listening = await nats.connect(self.dsn)
+
+        async def on_message(msg: Msg) -> None:
+            _decode_job(msg.data)
+            counter.hit()
+
+        await listening.subscribe(f'{subject}.>', cb=on_message)
+        await listening.flush()
+
+        async def raw() -> None:
+            counter.restart()
+            for i in range(self.n):
+                await self.raw.publish(f'{subject}.bench', _encode(Job(job_id=i)))
+            await counter.done.wait()
+
+        async def raw_headers() -> None:
+            counter.restart()
+            for i in range(self.n):
+                await self.raw.publish(f'{subject}.bench', _encode(Job(job_id=i)), headers=dict(new_headers()))
+            await counter.done.wait()
+
+        try:
+            async with Listener(bus=listener):
+                await listener.transport.ping()
+                await self.compare('signal publish-to-receive (core)', lambda: timed(ours), lambda: timed(raw),
+                                   ('  raw with our headers (NATS headers)', lambda: timed(raw_headers)),
+                                   target=SIGNAL_TARGET)
+        finally:
+            await listening.close()
+
+    async def rpc(self, caller: NATSSignalBus, answerer: NATSSignalBus) -> None:
+        signal = Signal(f'bench_rpc_{self.tag}', Job, returns=int)
+
+        class Answerer(MicroAgent):
+            @receiver(signal)
+            async def answer(self, job: Job) -> int:
+                return job.job_id
+
+        async def ours_call(i: int) -> None:
+            await caller[signal].call('bench', Job(job_id=i), timeout=10)
+
+        subject = f'benchraw.rpc.{self.tag}'
+        server = await nats.connect(self.dsn)
+
+        async def serve(msg: Msg) -> None:
+            await msg.respond(_encode({'Raw.answer': _decode_job(msg.data).job_id}))
+
+        await server.subscribe(subject, cb=serve)
+        await server.flush()
+
+        async def raw_call(i: int) -> None:
+            answer = await self.raw.request(subject, _encode(Job(job_id=i)), timeout=10)
+            msgspec.json.decode(answer.data, type=dict[str, int])
+
+        ours: list[float] = []
+        raw: list[float] = []
+        try:
+            async with Answerer(bus=answerer):
+                for _ in range(self.rounds):
+                    for i in range(self.calls):
+                        ours.append(await timed(partial(ours_call, i)))
+                    for i in range(self.calls):
+                        raw.append(await timed(partial(raw_call, i)))
+        finally:
+            await server.close()
+        micro = 1e6
+        self.rows += [Row('RPC round trip p50 (raw: nc.request)', median(ours) * micro, median(raw) * micro, 'us',
+                          lower_is_better=True),
+                      Row('RPC round trip p99', percentile(ours, 0.99) * micro, percentile(raw, 0.99) * micro, 'us',
+                          lower_is_better=True)]
+
+    async def run(self) -> None:
+        self._raw = await nats.connect(self.dsn)
+        broker = NATSBroker(self.dsn)
+        buses = [NATSSignalBus(self.dsn, prefix=f'bench_{self.tag}') for _ in range(2)]
+        try:
+            await self.sequential_send(broker)
+            await self.batched_send(broker)
+            await self.drain(broker)
+            await self.signals(*buses)
+            await self.rpc(*buses)
+        finally:
+            created = broker.transport.created_streams
+            await broker.close()
+            for bus in buses:
+                await bus.close()
+            js = self.raw.jetstream()
+            for name in [*self.streams, *created]:
+                await js.delete_stream(name)
+            await self.raw.close()
+
+    def print(self) -> None:
+        print_table(f'microagent on NATS vs raw nats-py {version("nats-py")}: {self.n} messages and '
+                    f'{self.calls} calls per round, {self.rounds} alternating rounds', self.rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--dsn', default='nats://127.0.0.1:4222')
+    parser.add_argument('--messages', type=int, default=1000)
+    parser.add_argument('--calls', type=int, default=200)
+    parser.add_argument('--rounds', type=int, default=5)
+    args = parser.parse_args()
+    bench = Bench(args.dsn, args.messages, args.calls, args.rounds)
+    asyncio.run(bench.run())
+    bench.print()
+
+
+if __name__ == '__main__':
+    main()
