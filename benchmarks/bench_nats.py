@@ -133,7 +133,15 @@ class Bench:
             for i in range(self.n):
                 await js.publish(subject, _encode(Job(job_id=i)))
 
+        async def raw_headers() -> None:
+            """The raw side with the headers microagent sends, ``Nats-Msg-Id`` (deduplication) included."""
+            for i in range(self.n):
+                headers = dict(new_headers())
+                headers['Nats-Msg-Id'] = headers['message-id']
+                await js.publish(subject, _encode(Job(job_id=i)), headers=headers)
+
         await self.compare('sequential send (JetStream ack)', lambda: timed(ours), lambda: timed(raw),
+                           ('  raw with our headers and Nats-Msg-Id', lambda: timed(raw_headers)),
                            target=SEND_TARGET)
 
     async def batched_send(self, broker: NATSBroker) -> None:

@@ -138,7 +138,7 @@ class _Acks:
                 futures.append(future)
                 await client.publish(subject, body, reply=reply, headers=headers)
             async with asyncio.timeout(API_TIMEOUT):
-                answers = await asyncio.gather(*futures)
+                answers = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
         except TimeoutError:
             raise ConnectionFailed(f'{self._link.name}: JetStream did not acknowledge {what} in '
                                    f'{API_TIMEOUT}s') from None
