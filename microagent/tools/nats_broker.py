@@ -27,6 +27,7 @@ leave it counted among the taken ones), so a released message goes to the tail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -333,6 +334,7 @@ class NATSQueueTransport:
         """Move due delayed messages and retries into the queue; NAK the others until they are due."""
         layout = Layout.of(queue.name)
         while True:
+            later: JetStreamContext.PullSubscription | None = None
             try:
                 js = await self._link.jetstream()
                 later = await js.pull_subscribe_bind(CONSUMER, layout.later_stream)
@@ -348,6 +350,10 @@ class NATSQueueTransport:
                 self.log.warning('Queue %s: moving delayed messages failed (%s: %s); trying again',
                                  queue.name, type(exc).__name__, self._link.scrub(exc))
                 await asyncio.sleep(1.0)
+            finally:
+                if later is not None:
+                    with contextlib.suppress(Exception):  # a dead connection took it along
+                        await later.unsubscribe()
 
     async def _move_due(self, layout: Layout, msgs: list[Msg]) -> None:
         now = time.time()
