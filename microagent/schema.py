@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 from .dsn import hide_password
 from .errors import InvalidArgument, UsageError
 from .handlers import ConsumerSpec, CronSpec, PeriodicSpec, ReceiverSpec
+from .queue import Queue
 from .registry import model_name
+from .sends import send_names
+from .signal import Signal
 
 if TYPE_CHECKING:
     from .agent import MicroAgent
-    from .queue import Queue
-    from .signal import Signal
 
 JsonDict = dict[str, Any]
 
@@ -126,6 +127,12 @@ def agent_info(agent: type[MicroAgent] | MicroAgent) -> JsonDict:
         elif isinstance(spec, CronSpec):
             crons.append({'name': attr, 'spec': spec.spec, 'timeout': spec.timeout,
                           'tz': str(spec.tz) if spec.tz else None})
+    for item in cls.sends:
+        if isinstance(item, Signal):
+            signals.setdefault(item.name, item)
+        elif isinstance(item, Queue):
+            queues.setdefault(item.name, item)
+    sent = send_names(cls.sends)
     return {
         'name': cls.__name__,
         'bus': _connection(agent, 'bus'),
@@ -136,6 +143,7 @@ def agent_info(agent: type[MicroAgent] | MicroAgent) -> JsonDict:
         'consumers': sorted(consumers, key=lambda item: (item['queue'], item['handler'])),
         'signals': {name: signal_info(signals[name]) for name in sorted(signals)},
         'queues': {name: queue_info(queues[name]) for name in sorted(queues)},
+        'sends': {'signals': sent['signal'], 'queues': sent['queue'], 'exchanges': sent['exchange']},
     }
 
 
