@@ -12,7 +12,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .dsn import hide_password
@@ -346,10 +346,11 @@ def _operation(action: str, channel_id: str, key: str, summary: str, extension: 
 
 
 def asyncapi(*agents: type[MicroAgent] | MicroAgent, title: str = 'microagent', version: str = '1.0.0',
-             description: str | None = None) -> JsonDict:
+             description: str | None = None, servers: Mapping[str, str] | None = None) -> JsonDict:
     """An AsyncAPI 3.0 document of ``agents`` (classes or instances): a channel per signal, queue and
     exchange they use, a ``receive`` operation per receiver and consumer (with the RPC reply), the
-    messages and their payload schemas under ``components``."""
+    messages and their payload schemas under ``components``; a ``send`` operation per declared send;
+    ``servers`` (name -> DSN) and the buses and brokers of instances as servers, passwords hidden."""
     doc = _AsyncAPI()
     classes = list(dict.fromkeys(agent_class(agent) for agent in agents))
     if not classes:
@@ -378,8 +379,66 @@ def asyncapi(*agents: type[MicroAgent] | MicroAgent, title: str = 'microagent', 
                     extension.update(dto_class=info['dto_class'], dto_name=info['dto_name'])
                 doc.operation(handler, _operation('receive', channel_id, key,
                                                   f'{handler} consumes queue {spec.queue.name}', extension))
+        _send_operations(doc, cls)
     names = ', '.join(cls.__name__ for cls in classes)
-    return doc.document(title, version, description or f'Signals and queues of the agents {names}.')
+    document = doc.document(title, version, description or f'Signals and queues of the agents {names}.')
+    found = {**_instance_servers(agents), **(servers or {})}
+    if found:
+        document['servers'] = {name: server_object(dsn) for name, dsn in sorted(found.items())}
+    return document
+
+
+def _send_operations(doc: _AsyncAPI, cls: type[MicroAgent]) -> None:
+    """A ``send`` operation per declared send: signals (with the RPC reply), queues, exchanges."""
+    for item in cls.sends:
+        name = f'{cls.__name__}.sends.{item.name}'
+        if isinstance(item, Signal):
+            channel_id, key = doc.signal(item)
+            operation = _operation('send', channel_id, key, f'{cls.__name__} sends signal {item.name}',
+                                   {'agent': cls.__name__, 'rpc': item.answer_codec is not None})
+            if item.answer_codec is not None:
+                answer = doc.answer(item)
+                operation['reply'] = {'channel': {'$ref': f'#/channels/{RESPONSE_CHANNEL}'},
+                                      'messages': [{'$ref': f'#/channels/{RESPONSE_CHANNEL}/messages/{answer}'}]}
+            doc.operation(name, operation)
+        elif isinstance(item, Queue):
+            channel_id, key = doc.queue(item)
+            doc.operation(name, _operation('send', channel_id, key, f'{cls.__name__} sends to queue {item.name}',
+                                           {'agent': cls.__name__}))
+        else:
+            bound = [queue for queue in Queue.get_all().values() if queue.exchange == item.name]
+            keys = list(dict.fromkeys(doc.queue(queue)[1] for queue in sorted(bound, key=lambda q: q.name)))
+            channel_id = f'exchange.{item.name}'
+            doc.channel(channel_id, {'address': item.name, 'title': item.name,
+                                     'description': f'Exchange `{item.name}` ({item.type}).',
+                                     'x-microagent': {'kind': 'exchange', 'name': item.name, 'routes': {}}}, [])
+            operation = {'action': 'send', 'channel': {'$ref': f'#/channels/{channel_id}'},
+                         'messages': [{'$ref': f'#/channels/{channel_id}/messages/{key}'} for key in keys],
+                         'summary': f'{cls.__name__} publishes to exchange {item.name}',
+                         'x-microagent': {'agent': cls.__name__}}
+            doc.operation(name, operation)
+
+
+def _instance_servers(agents: Iterable[Any]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for agent in agents:
+        for role in ('bus', 'broker'):
+            conn = None if isinstance(agent, type) else getattr(agent, role, None)
+            if conn is not None and conn.dsn:
+                found[f'{agent_class(agent).__name__}.{role}'] = conn.dsn
+    return found
+
+
+def server_object(dsn: str) -> JsonDict:
+    """An AsyncAPI server from a DSN, credentials hidden (``redis://:***@host:6379/0``)."""
+    shown = hide_password(dsn)
+    scheme, _, rest = shown.partition('://')
+    host, slash, path = rest.partition('/')
+    server: JsonDict = {'host': host or 'localhost', 'protocol': scheme or 'unknown',
+                        'description': f'DSN {shown}'}
+    if slash and path:
+        server['pathname'] = '/' + path
+    return server
 
 
 _asyncapi = asyncapi  # schema_command's ``asyncapi`` flag shadows the name
