@@ -226,7 +226,9 @@ def test_export_writes_every_declaration_and_the_demo_asyncapi(tmp_path: Path) -
                      'signals/comments_count.json', 'signals/user_created.json', 'signals/user_deleted.json']
     demo = json.loads((tmp_path / 'asyncapi.json').read_text())
     assert set(demo['operations']) == {'CommentAgent.count', 'MailerAgent.send_mail', 'MailerAgent.welcome',
-                                       'PushAgent.android', 'PushAgent.ios'}
+                                       'PushAgent.android', 'PushAgent.ios', 'UserAgent.sends.user_created',
+                                       'UserAgent.sends.comments_count', 'MailerAgent.sends.mailer',
+                                       'MailerAgent.sends.push'}
     (tmp_path / 'queues' / 'mailer.json').write_text('{}\n')
     (tmp_path / 'signals' / 'gone.json').write_text('{}\n')
     assert export.differences(tmp_path) == ['queues/mailer.json', 'signals/gone.json']
