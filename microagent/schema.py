@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import importlib
 import json
-import os
 import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -20,7 +19,7 @@ from .errors import InvalidArgument, UsageError
 from .handlers import ConsumerSpec, CronSpec, PeriodicSpec, ReceiverSpec
 from .queue import Queue
 from .registry import model_name
-from .sends import send_names
+from .sends import Sendable, send_names
 from .signal import Signal
 
 if TYPE_CHECKING:
@@ -346,15 +345,22 @@ def _operation(action: str, channel_id: str, key: str, summary: str, extension: 
 
 
 def asyncapi(*agents: type[MicroAgent] | MicroAgent, title: str = 'microagent', version: str = '1.0.0',
-             description: str | None = None, servers: Mapping[str, str] | None = None) -> JsonDict:
+             description: str | None = None, servers: Mapping[str, str] | None = None,
+             declarations: Iterable[Sendable] = ()) -> JsonDict:
     """An AsyncAPI 3.0 document of ``agents`` (classes or instances): a channel per signal, queue and
     exchange they use, a ``receive`` operation per receiver and consumer (with the RPC reply), the
     messages and their payload schemas under ``components``; a ``send`` operation per declared send;
     ``servers`` (name -> DSN) and the buses and brokers of instances as servers, passwords hidden."""
     doc = _AsyncAPI()
     classes = list(dict.fromkeys(agent_class(agent) for agent in agents))
-    if not classes:
+    declarations = list(declarations)
+    if not classes and not declarations:
         raise InvalidArgument('asyncapi() needs at least one agent')
+    for item in declarations:  # channels only: no agent of these documents uses them
+        if isinstance(item, Signal):
+            doc.signal(item)
+        elif isinstance(item, Queue):
+            doc.queue(item)
     for cls in classes:
         for attr, spec in _specs(cls):
             handler = f'{cls.__name__}.{attr}'
@@ -472,24 +478,37 @@ def load_agent(target: str) -> type[MicroAgent] | MicroAgent:
     return value  # type: ignore[no-any-return]
 
 
+def _declaration_info(item: Sendable) -> JsonDict:
+    if isinstance(item, Signal):
+        return {'kind': 'signal', **signal_info(item)}
+    if isinstance(item, Queue):
+        return {'kind': 'queue', **queue_info(item)}
+    return {'kind': 'exchange', 'name': item.name, 'type': item.type}
+
+
 def schema_command(targets: list[str], asyncapi: bool, output: str | None) -> int:
-    """``microagent schema module:Agent [...] [--asyncapi] [-o FILE]``: print (or write) the
-    ``info()`` of each agent (a list when several), or one AsyncAPI document of them all."""
+    """``microagent schema TARGET [...] [--asyncapi] [-o FILE]``: a TARGET is a marun settings module
+    (the fleet), ``module:Agent``, ``module:declaration`` or a module of declarations. Prints (or
+    writes) the ``info()`` of each agent and declaration (a list when several), or ONE AsyncAPI
+    document of them all."""
+    from .fleet import load_fleet
+
     if not targets:
-        print('microagent schema: give at least one path.to.module:AgentClass', file=sys.stderr)
+        print('microagent schema: give at least one settings module, module:Agent or module:declaration',
+              file=sys.stderr)
         return 2
-    if os.getcwd() not in sys.path and '' not in sys.path:
-        sys.path.insert(0, os.getcwd())  # `microagent schema myapp.agents:Agent` from the project directory
     try:
-        agents = [load_agent(target) for target in targets]
+        fleet = load_fleet(targets)
     except ValueError as exc:
         print(f'microagent schema: {exc}', file=sys.stderr)
         return 2
     document: Any
     if asyncapi:
-        document = _asyncapi(*agents, title=', '.join(agent_class(a).__name__ for a in agents))
+        names = [agent.cls.__name__ for agent in fleet.agents] or [item.name for item in fleet.declarations]
+        document = _asyncapi(*(agent.cls for agent in fleet.agents), title=', '.join(names),
+                             servers=fleet.servers(), declarations=fleet.declarations)
     else:
-        infos = [agent_info(agent) for agent in agents]
+        infos = [agent_info(agent.cls) for agent in fleet.agents] + [_declaration_info(d) for d in fleet.declarations]
         document = infos[0] if len(infos) == 1 else infos
     text = dumps(document)
     if output is None:

@@ -180,10 +180,10 @@ def test_schema_command_writes_asyncapi(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(('target', 'error'), [
-    ('tests.schema_agents', 'expected path.to.module:AgentClass'),
+    ('tests.helpers', 'neither a settings module (AGENT, BUS, BROKER) nor a module of'),
     ('tests.no_such_module:Agent', "cannot import 'tests.no_such_module'"),
     ('tests.schema_agents:Missing', "has no attribute 'Missing'"),
-    ('tests.schema_agents:Order', 'neither a MicroAgent class nor an instance'),
+    ('tests.schema_agents:Order', 'neither an agent class nor a Signal, Queue or Exchange'),
 ])
 def test_schema_command_names_a_bad_target(target: str, error: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert schema_command([target], asyncapi=False, output=None) == 2

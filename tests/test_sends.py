@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 import pytest
@@ -20,6 +20,7 @@ from microagent import (
     periodic,
     receiver,
 )
+from microagent.sends import Sendable
 from microagent.tools.memory import MemoryBroker, MemorySignalBus
 from tests.helpers import Collector, eventually
 
@@ -38,7 +39,7 @@ fanned = Queue('sends_fanned', Ping, exchange=fanout)
 
 
 class Declared(MicroAgent):
-    sends = (pong, jobs, fanout)
+    sends: ClassVar[tuple[Sendable, ...]] = (pong, jobs, fanout)  # annotated: a subclass extends it
 
     @receiver(ping)
     async def on_ping(self, payload: Ping) -> None:
@@ -86,7 +87,8 @@ def backends(unique: str) -> tuple[MemorySignalBus, MemoryBroker]:
 
 def test_sends_are_merged_with_the_bases_in_order() -> None:
     assert Declared.sends == (pong, jobs, fanout)
-    assert Extended.sends == (pong, jobs, fanout, other_jobs)
+    merged: tuple[Any, ...] = Extended.sends  # the class attribute holds the bases' sends too
+    assert merged == (pong, jobs, fanout, other_jobs)
     assert Silent.sends == ()
 
 
@@ -97,13 +99,13 @@ def test_anything_but_declarations_is_refused_naming_the_agent(value: Any) -> No
 
 
 def test_info_lists_the_sends_and_their_schemas() -> None:
-    info = Extended.info(Extended(bus=MemorySignalBus('memory://x')))  # type: ignore[arg-type]
+    info = Extended.info(Extended(bus=MemorySignalBus('memory://x')))
     assert info['sends'] == {'signals': ['sends_pong'], 'queues': ['sends_jobs', 'sends_other_jobs'],
                              'exchanges': ['sends_fanout']}
     assert set(info['signals']) == {'sends_ping', 'sends_pong'}
     assert info['signals']['sends_pong']['payload']['title'] == 'Ping'
     assert set(info['queues']) == {'sends_jobs', 'sends_other_jobs'}
-    assert Silent.info(Silent(broker=MemoryBroker('memory://x')))['sends'] == {  # type: ignore[arg-type]
+    assert Silent.info(Silent(broker=MemoryBroker('memory://x')))['sends'] == {
         'signals': [], 'queues': [], 'exchanges': []}
 
 
