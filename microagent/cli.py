@@ -3,6 +3,7 @@
     microagent run MODULE [MODULE ...] [marun options]      run a group, exactly like ``marun``
     microagent schema TARGET [TARGET ...] [--asyncapi] [-o FILE]
     microagent check SETTINGS [SETTINGS ...] [--format text|json] [--strict]
+    microagent docs SETTINGS [SETTINGS ...] [-o DIR]                 DIR/index.html, self-contained
     microagent dead-letters list QUEUE --broker DSN [--reason TEXT | --reason-re REGEX] [--limit N] [--json]
     microagent dead-letters show QUEUE POSITION --broker DSN [--json]
     microagent dead-letters requeue QUEUE [POSITION ...] --broker DSN [--reason ...] [--dry-run]
@@ -103,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument('--format', choices=('text', 'json'), default='text', help='default: %(default)s')
     check.add_argument('--strict', action='store_true', help='warnings fail too')
 
+    docs = commands.add_parser('docs', help='write a self-contained HTML page of a fleet: diagram and schemas')
+    docs.add_argument('targets', nargs='+', metavar='SETTINGS', help='marun settings module (or module:Agent)')
+    docs.add_argument('-o', '--output', default='site', metavar='DIR', help='default: %(default)s/')
+
     _add_dead_letters(commands)
     return parser
 
@@ -121,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .check import check_command
 
         return check_command(args.targets, args.format, args.strict)
+    if args.command == 'docs':
+        from .docs import docs_command
+
+        return docs_command(args.targets, args.output)
     try:
         return asyncio.run(_dead_letters(args))
     except ConfigError as exc:
