@@ -11,15 +11,15 @@ import sys
 import typing
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from .fleet import Fleet, FleetAgent, load_fleet
 from .handlers import ReceiverSpec
 from .queue import Queue
-from .schema import dumps
 from .signal import Signal
 
 Level = Literal['error', 'warning']
+CONFLICT = 'is already declared with another contract'
 
 
 @dataclass(frozen=True)
@@ -57,22 +57,6 @@ def _received(fleet: Fleet) -> dict[tuple[str, str], list[str]]:
     return receivers
 
 
-def _contracts(fleet: Fleet) -> list[Problem]:
-    """One name, two payload (or answer) schemas: the declarations of two agents disagree."""
-    seen: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for agent in fleet.agents:
-        items: list[Any] = [*agent.cls.sends, *agent.receives(), *(spec.queue for spec in agent.consumes())]
-        for item in items:
-            if isinstance(item, Signal):
-                answer = item.answer_codec.schema if item.answer_codec else None
-                seen['signal', item.name].add(dumps([item.codec.schema, answer]))
-            elif isinstance(item, Queue):
-                seen['queue', item.name].add(dumps(item.codec.schema))
-    return [Problem('error', 'two-contracts', kind, name, f'{kind} {name!r} is declared with {len(found)} '
-                    'different contracts across the fleet')
-            for (kind, name), found in sorted(seen.items()) if len(found) > 1]
-
-
 def _handler_problems(agent: FleetAgent) -> list[Problem]:
     """Typed receivers: the payload annotation is the signal's model; an answer needs ``returns``."""
     problems: list[Problem] = []
@@ -102,7 +86,7 @@ def _handler_problems(agent: FleetAgent) -> list[Problem]:
 def check_fleet(fleet: Fleet) -> list[Problem]:
     """Every problem of the fleet, errors first, each group sorted by name."""
     senders, receivers = _sent(fleet), _received(fleet)
-    problems = _contracts(fleet)
+    problems: list[Problem] = []
     for (kind, name), agents in sorted(receivers.items()):
         if kind != 'exchange' and (kind, name) not in senders:
             verb = 'receives signal' if kind == 'signal' else 'consumes queue'
@@ -123,9 +107,13 @@ def check_command(targets: list[str], output_format: str, strict: bool) -> int:
     try:
         fleet = load_fleet(targets)
     except ValueError as exc:
-        print(f'microagent check: {exc}', file=sys.stderr)
-        return 2
-    problems = check_fleet(fleet)
+        if CONFLICT not in str(exc):
+            print(f'microagent check: {exc}', file=sys.stderr)
+            return 2
+        # one process holds one declaration per name: two contracts fail the fleet's import itself
+        fleet, problems = Fleet(', '.join(targets)), [Problem('error', 'two-contracts', '', '', str(exc))]
+    else:
+        problems = check_fleet(fleet)
     errors = sum(problem.level == 'error' for problem in problems)
     warnings = len(problems) - errors
     if output_format == 'json':

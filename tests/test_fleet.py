@@ -82,3 +82,11 @@ def test_check_warnings_fail_only_when_strict(capsys: pytest.CaptureFixture[str]
     assert run(capsys, 'check', 'tests.fleet_planted:Sender', '--strict')[0] == 1
     code, _, err = run(capsys, 'check', 'no_such_settings')
     assert code == 2 and "'no_such_settings'" in err
+
+
+def test_check_names_one_name_with_two_contracts(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, 'check', 'tests.fleet_conflict', '--format', 'json')
+    report = json.loads(out)
+    assert code == 1 and report['errors'] == 1
+    [problem] = report['problems']
+    assert problem['code'] == 'two-contracts' and "signal 'planted_orphan'" in problem['message']
