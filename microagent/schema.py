@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .dsn import hide_password
 from .errors import InvalidArgument, UsageError
+from .exchange import Exchange
 from .handlers import ConsumerSpec, CronSpec, PeriodicSpec, ReceiverSpec
 from .queue import Queue
 from .registry import model_name
@@ -391,7 +392,24 @@ def asyncapi(*agents: type[MicroAgent] | MicroAgent, title: str = 'microagent', 
     found = {**_instance_servers(agents), **(servers or {})}
     if found:
         document['servers'] = {name: server_object(dsn) for name, dsn in sorted(found.items())}
+    if any(server['protocol'].startswith('amqp') for server in document.get('servers', {}).values()):
+        _amqp_bindings(document['channels'])
     return document
+
+
+def _amqp_bindings(channels: JsonDict) -> None:
+    """AMQP channel bindings: a queue channel is a queue, an exchange channel routes by key."""
+    for channel in channels.values():
+        ext = channel['x-microagent']
+        if ext['kind'] == 'queue':
+            binding: JsonDict = {'is': 'queue', 'queue': {'name': ext['name'], 'durable': True}}
+        elif ext['kind'] == 'exchange':
+            exchange = Exchange.get_all().get(ext['name'])
+            binding = {'is': 'routingKey', 'exchange': {'name': ext['name'], 'durable': True,
+                                                        'type': exchange.type if exchange else 'topic'}}
+        else:
+            continue
+        channel['bindings'] = {'amqp': {**binding, 'bindingVersion': '0.3.0'}}
 
 
 def _send_operations(doc: _AsyncAPI, cls: type[MicroAgent]) -> None:
