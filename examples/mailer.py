@@ -2,11 +2,12 @@
 through the ``push`` exchange. Its SMTP server is busy the first time, so the broker retries."""
 from __future__ import annotations
 
-from microagent import MicroAgent, consumer, on, receiver
+from microagent import Exchange, MicroAgent, consumer, on, receiver
 from schemas import Mail, Push, UserCreated, mailer, user_created
 
 
 class MailerAgent(MicroAgent):
+    sends = (mailer, Exchange.get('push'))  # the push exchange routes to push_android and push_ios
     busy_once: set[str]
     mailed: int
 

@@ -9,6 +9,7 @@ NAMES = ('ada', 'grace', 'alan', 'edsger', 'barbara', 'donald', 'margaret', 'ken
 
 
 class UserAgent(MicroAgent):
+    sends = (user_created, comments_count)
     signed_up: int
 
     @on('pre_start')

@@ -22,6 +22,7 @@ from .handlers import consumer, cron, on, periodic, receiver
 from .loader import configure, load_queues, load_signals, load_stuff
 from .message import InvalidHeader, Message
 from .queue import Queue
+from .sends import UndeclaredSend
 from .signal import Signal
 
 __version__ = '2.0.0.dev0'
@@ -54,6 +55,7 @@ __all__ = [
     'ServerInterrupt',
     'Signal',
     'SignalNotFound',
+    'UndeclaredSend',
     'UsageError',
     'configure',
     'consumer',

@@ -29,6 +29,7 @@ from .handlers import (
 from .message import Incoming, current_message, reset_current_message, set_current_message
 from .payload import undecodable
 from .queue import Queue
+from .sends import Sendable, SendKind, UndeclaredSend, declared_sends, kind_of, reset_sender, set_sender
 from .signal import Signal
 from .timer import Timer, run_cron, run_periodic
 
@@ -130,16 +131,40 @@ class Consumer:
         return self.handler(value, **extra) if style.positional else self.handler(**extra)
 
 
-def _in_a_conversation(func: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+def _in_a_conversation(agent: MicroAgent, func: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
     """A periodic or cron run is a conversation of its own: the messages one run sends share a
-    correlation id and a trace (a fresh message is current while it runs, read only if it sends)."""
+    correlation id and a trace (a fresh message is current while it runs, read only if it sends).
+    The agent is the sender of what it sends (checked against its ``sends``)."""
     async def run() -> Any:
         token = set_current_message(Incoming(None))
+        sender = set_sender(agent)
         try:
             return await func()
         finally:
+            reset_sender(sender)
             reset_current_message(token)
     return run
+
+
+async def _serve_as(agent: MicroAgent, server: Callable[[], Any]) -> Any:
+    """Run a server hook with ``agent`` as the sender of what it sends (the task's own context)."""
+    set_sender(agent)
+    return await call_maybe_async(server)
+
+
+def _merged_sends(cls: type[MicroAgent]) -> tuple[tuple[Sendable, ...], frozenset[tuple[SendKind, str]] | None]:
+    """The ``sends`` of the class and its bases, in declaration order; None: no class declares any."""
+    items: dict[int, Sendable] = {}
+    declared = False
+    for klass in reversed(cls.__mro__):
+        if 'sends' in vars(klass) and klass is not MicroAgent:
+            declared = True
+            for item in declared_sends(cls.__qualname__, vars(klass)['sends']):
+                items.setdefault(id(item), item)
+    merged = tuple(items.values())
+    if not declared:
+        return merged, None
+    return merged, frozenset((kind, item.name) for item in merged if (kind := kind_of(item)) is not None)
 
 
 class MicroAgent:
@@ -149,6 +174,11 @@ class MicroAgent:
     """
 
     _specs: ClassVar[dict[str, list[Any]]] = {}
+    #: the signals, queues and exchanges the agent sends (and calls); subclasses extend it
+    sends: ClassVar[tuple[Sendable, ...]] = ()
+    #: True: sending something not in ``sends`` raises ``UndeclaredSend`` instead of warning once
+    strict_sends: ClassVar[bool] = False
+    _declared_sends: ClassVar[frozenset[tuple[SendKind, str]] | None] = None
     _serving: _Serving | None = None  # set while serve() runs
 
     log: logging.Logger
@@ -175,6 +205,7 @@ class MicroAgent:
                         raise DeclarationError(f'{cls.__qualname__}: queue {spec.queue.name!r} is consumed by both '
                                                f'{other} and {attr}; a queue has one consumer per agent')
         cls._specs = specs
+        cls.sends, cls._declared_sends = _merged_sends(cls)
 
     def __init__(self, bus: AbstractSignalBus | None = None, broker: AbstractQueueBroker | None = None,
                  log: logging.Logger | None = None, settings: dict[str, Any] | None = None) -> None:
@@ -203,6 +234,20 @@ class MicroAgent:
         self._bound_receivers: list[Receiver] = []  # bound, or being bound: what stop() undoes
         self._bound_consumers: list[Consumer] = []
         self._started = False
+        self._warned_sends: set[tuple[SendKind, str]] = set()
+
+    def _check_send(self, kind: SendKind, name: str) -> None:
+        """What ``sends.check_send`` asks: an undeclared send warns once per name, or raises if strict."""
+        declared = self._declared_sends
+        if declared is None or (kind, name) in declared:
+            return
+        cls = type(self).__name__
+        where = f'{cls} sends {kind} {name!r}, which is not in {cls}.sends'
+        if self.strict_sends:
+            raise UndeclaredSend(f'{where} (strict_sends is set)')
+        if (kind, name) not in self._warned_sends:
+            self._warned_sends.add((kind, name))
+            self.log.warning('%s: declare it so info(), AsyncAPI and `microagent check` know of it', where)
 
     def _bind_spec(self, attr: str, method: Any, spec: Any) -> None:
         if isinstance(spec, ReceiverSpec):
@@ -220,8 +265,15 @@ class MicroAgent:
         return f'<MicroAgent {type(self).__name__}>'
 
     async def _run_hooks(self, label: str) -> None:
-        for hook in self.hooks.get(label, []):
-            await call_maybe_async(hook)
+        hooks = self.hooks.get(label)
+        if not hooks:
+            return
+        sender = set_sender(self)
+        try:
+            for hook in hooks:
+                await call_maybe_async(hook)
+        finally:
+            reset_sender(sender)
 
     async def start(self, enable_periodic_tasks: bool = True, enable_receiving_signals: bool = True,
                     enable_consuming_messages: bool = True, enable_servers_running: bool = True) -> None:
@@ -244,7 +296,7 @@ class MicroAgent:
             if enable_periodic_tasks:
                 self._start_timers()
             if enable_servers_running:
-                self._servers = [asyncio.create_task(call_maybe_async(server), name=f'server:{server.__name__}')
+                self._servers = [asyncio.create_task(_serve_as(self, server), name=f'server:{server.__name__}')
                                  for server in self.hooks.get('server', [])]
             self._started = True
             await self._run_hooks('post_start')
@@ -266,13 +318,13 @@ class MicroAgent:
 
     def _start_timers(self) -> None:
         for attr, pspec in self.periodic_tasks:
-            timer = Timer(f'{type(self).__name__}.{attr}', _in_a_conversation(getattr(self, attr)), pspec.timeout,
-                          self.log)
+            run = _in_a_conversation(self, getattr(self, attr))
+            timer = Timer(f'{type(self).__name__}.{attr}', run, pspec.timeout, self.log)
             self._timers.append(timer)
             self._background.append(asyncio.create_task(run_periodic(timer, pspec.period, pspec.start_after)))
         for attr, cspec in self.cron_tasks:
-            timer = Timer(f'{type(self).__name__}.{attr}', _in_a_conversation(getattr(self, attr)), cspec.timeout,
-                          self.log)
+            run = _in_a_conversation(self, getattr(self, attr))
+            timer = Timer(f'{type(self).__name__}.{attr}', run, cspec.timeout, self.log)
             self._timers.append(timer)
             self._background.append(asyncio.create_task(run_cron(timer, cspec.spec, cspec.tz)))
 

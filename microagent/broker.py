@@ -27,6 +27,7 @@ from .message import Envelope, check_user_headers, current_var, new_headers, new
 from .payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json, undecodable
 from .queue import Queue
 from .retry import Retrier, backoff
+from .sends import check_send, set_sender
 from .transport import BrokerTransport, DeadLetter, Delivery, SelectDeadLetter
 
 if TYPE_CHECKING:
@@ -167,6 +168,7 @@ class AbstractQueueBroker:
         matching ``routing_key`` on a topic exchange) gets the message, validated against the model
         of each such queue this process declares. Returns how many queues (at least 1 where the
         server does not say); ``QueueNotFound`` when none is bound."""
+        check_send('exchange', exchange)
         local = [queue for queue in Queue.get_all().values() if queue.routes(exchange, routing_key)]
         envelope = Envelope(self.encode_for(exchange, local, payload), new_headers(headers))
         return await self.transport.publish(exchange, routing_key, envelope)
@@ -275,6 +277,7 @@ class AbstractQueueBroker:
         hot path, kept inline: per message, no coroutine but the handler's and the ack's."""
         task = cast(asyncio.Task[None], asyncio.current_task())
         consumer, buffer, queue = run.consumer, run.buffer, run.consumer.queue
+        set_sender(consumer.agent)  # this task's own context: what the consumer sends is checked as its
         streak = 0  # messages handled since this worker last let other tasks run (or about: waits do too)
         while True:
             if not buffer:
@@ -452,6 +455,7 @@ class BoundQueue(Generic[T]):
         extra = {key: value for key, value in
                  (('properties', properties), ('exchange', exchange), ('topic', topic)) if value is not None}
         wait = self._check(delay, extra, unknown)
+        check_send('queue', self.queue.name)
         envelope = Envelope(self.broker.encode(self.queue, message), new_headers(headers))
         await self.broker.transport.put(self.queue, (envelope,), delay=wait, **extra)
 
@@ -460,6 +464,7 @@ class BoundQueue(Generic[T]):
         """Validate every message first, then enqueue them all in one round trip; each gets its own
         message id, all of them the same user ``headers``."""
         wait = self._check(delay, {}, unknown)
+        check_send('queue', self.queue.name)
         encode = self.broker.encode
         bodies = [encode(self.queue, message) for message in messages]
         if not bodies:

@@ -51,6 +51,7 @@ from .message import (
     new_headers,
 )
 from .payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json
+from .sends import check_send, set_sender
 from .signal import RESPONSE_SIGNAL, Signal
 from .transport import BusTransport
 
@@ -279,6 +280,7 @@ class AbstractSignalBus:
         is the current message while its receiver runs (and answers), so what it sends inherits
         the conversation; its headers are read only if something asks."""
         receiver, backlog = lane.receiver, lane.backlog
+        set_sender(receiver.agent)  # this task's own context: what the receiver sends is checked as its
         try:
             while backlog:
                 payload, sender, reply, incoming = backlog.popleft()
@@ -441,6 +443,7 @@ class BoundSignal(Generic[T, R]):
     async def send(self, sender: str, payload: T | None = None, *, headers: Mapping[str, str] | None = None,
                    **kwargs: Any) -> None:
         """Publish the signal; the payload is a model instance, or 1.x style keyword fields."""
+        check_send('signal', self.signal.name)
         data = self._encode(sender, payload, kwargs)
         await self.bus.transport.publish(self.signal.name, sender, Envelope(data, new_headers(headers)))
 
@@ -449,6 +452,7 @@ class BoundSignal(Generic[T, R]):
         """Send as RPC and return the first answer, ``{"Agent.method": value}``. ``CallTimeout``
         when no receiver answers within ``timeout`` seconds; ``RemoteError`` when the first answer
         says only that its receivers failed."""
+        check_send('signal', self.signal.name)
         data = self._encode(sender, payload, kwargs)
         deadline = asyncio.get_running_loop().time() + timeout
         request_id, pending = await self.bus._request(self.signal, sender, data, headers)
@@ -469,6 +473,7 @@ class BoundSignal(Generic[T, R]):
                      headers: Mapping[str, str] | None = None, **kwargs: Any) -> AsyncIterator[Answers[R]]:
         """Send as RPC and iterate over every successful answer that arrives within ``timeout``
         seconds; failed receivers are collected in the iterator's ``errors``."""
+        check_send('signal', self.signal.name)
         data = self._encode(sender, payload, kwargs)
         deadline = asyncio.get_running_loop().time() + timeout
         request_id, pending = await self.bus._request(self.signal, sender, data, headers)

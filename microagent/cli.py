@@ -2,6 +2,8 @@
 
     microagent run MODULE [MODULE ...] [marun options]      run a group, exactly like ``marun``
     microagent schema TARGET [TARGET ...] [--asyncapi] [-o FILE]
+    microagent check SETTINGS [SETTINGS ...] [--format text|json] [--strict]
+    microagent docs SETTINGS [SETTINGS ...] [-o DIR]                 DIR/index.html, self-contained
     microagent dead-letters list QUEUE --broker DSN [--reason TEXT | --reason-re REGEX] [--limit N] [--json]
     microagent dead-letters show QUEUE POSITION --broker DSN [--json]
     microagent dead-letters requeue QUEUE [POSITION ...] --broker DSN [--reason ...] [--dry-run]
@@ -91,9 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
                         add_help=False)
 
     schema = commands.add_parser('schema', help="print agents' info() with payload schemas, or AsyncAPI")
-    schema.add_argument('targets', nargs='+', metavar='TARGET', help='module:Agent')
+    schema.add_argument('targets', nargs='+', metavar='TARGET',
+                        help='marun settings module, module:Agent, module:declaration or a module of declarations')
     schema.add_argument('--asyncapi', action='store_true', help='one AsyncAPI 3.0 document of every target')
     schema.add_argument('-o', '--output', metavar='FILE', help='write to FILE instead of stdout')
+
+    check = commands.add_parser('check', help="check a fleet's topology: what is received but never sent, ...",
+                                description='Exit 0: no error (warnings allowed unless --strict); 1: problems; '
+                                            '2: a target cannot be loaded.')
+    check.add_argument('targets', nargs='+', metavar='SETTINGS', help='marun settings module (or module:Agent)')
+    check.add_argument('--format', choices=('text', 'json'), default='text', help='default: %(default)s')
+    check.add_argument('--strict', action='store_true', help='warnings fail too')
+
+    docs = commands.add_parser('docs', help='write a self-contained HTML page of a fleet: diagram and schemas')
+    docs.add_argument('targets', nargs='+', metavar='SETTINGS', help='marun settings module (or module:Agent)')
+    docs.add_argument('-o', '--output', default='site', metavar='DIR', help='default: %(default)s/')
 
     _add_dead_letters(commands)
     return parser
@@ -109,6 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == 'schema':
         return _schema(args.targets, args.asyncapi, args.output)
+    if args.command == 'check':
+        from .check import check_command
+
+        return check_command(args.targets, args.format, args.strict)
+    if args.command == 'docs':
+        from .docs import docs_command
+
+        return docs_command(args.targets, args.output)
     try:
         return asyncio.run(_dead_letters(args))
     except ConfigError as exc:

@@ -9,21 +9,22 @@ from __future__ import annotations
 import copy
 import importlib
 import json
-import os
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .dsn import hide_password
 from .errors import InvalidArgument, UsageError
+from .exchange import Exchange
 from .handlers import ConsumerSpec, CronSpec, PeriodicSpec, ReceiverSpec
+from .queue import Queue
 from .registry import model_name
+from .sends import Sendable, send_names
+from .signal import Signal
 
 if TYPE_CHECKING:
     from .agent import MicroAgent
-    from .queue import Queue
-    from .signal import Signal
 
 JsonDict = dict[str, Any]
 
@@ -126,6 +127,12 @@ def agent_info(agent: type[MicroAgent] | MicroAgent) -> JsonDict:
         elif isinstance(spec, CronSpec):
             crons.append({'name': attr, 'spec': spec.spec, 'timeout': spec.timeout,
                           'tz': str(spec.tz) if spec.tz else None})
+    for item in cls.sends:
+        if isinstance(item, Signal):
+            signals.setdefault(item.name, item)
+        elif isinstance(item, Queue):
+            queues.setdefault(item.name, item)
+    sent = send_names(cls.sends)
     return {
         'name': cls.__name__,
         'bus': _connection(agent, 'bus'),
@@ -136,6 +143,7 @@ def agent_info(agent: type[MicroAgent] | MicroAgent) -> JsonDict:
         'consumers': sorted(consumers, key=lambda item: (item['queue'], item['handler'])),
         'signals': {name: signal_info(signals[name]) for name in sorted(signals)},
         'queues': {name: queue_info(queues[name]) for name in sorted(queues)},
+        'sends': {'signals': sent['signal'], 'queues': sent['queue'], 'exchanges': sent['exchange']},
     }
 
 
@@ -338,14 +346,22 @@ def _operation(action: str, channel_id: str, key: str, summary: str, extension: 
 
 
 def asyncapi(*agents: type[MicroAgent] | MicroAgent, title: str = 'microagent', version: str = '1.0.0',
-             description: str | None = None) -> JsonDict:
+             description: str | None = None, servers: Mapping[str, str] | None = None,
+             declarations: Iterable[Sendable] = ()) -> JsonDict:
     """An AsyncAPI 3.0 document of ``agents`` (classes or instances): a channel per signal, queue and
     exchange they use, a ``receive`` operation per receiver and consumer (with the RPC reply), the
-    messages and their payload schemas under ``components``."""
+    messages and their payload schemas under ``components``; a ``send`` operation per declared send;
+    ``servers`` (name -> DSN) and the buses and brokers of instances as servers, passwords hidden."""
     doc = _AsyncAPI()
     classes = list(dict.fromkeys(agent_class(agent) for agent in agents))
-    if not classes:
+    declarations = list(declarations)
+    if not classes and not declarations:
         raise InvalidArgument('asyncapi() needs at least one agent')
+    for item in declarations:  # channels only: no agent of these documents uses them
+        if isinstance(item, Signal):
+            doc.signal(item)
+        elif isinstance(item, Queue):
+            doc.queue(item)
     for cls in classes:
         for attr, spec in _specs(cls):
             handler = f'{cls.__name__}.{attr}'
@@ -370,8 +386,83 @@ def asyncapi(*agents: type[MicroAgent] | MicroAgent, title: str = 'microagent', 
                     extension.update(dto_class=info['dto_class'], dto_name=info['dto_name'])
                 doc.operation(handler, _operation('receive', channel_id, key,
                                                   f'{handler} consumes queue {spec.queue.name}', extension))
+        _send_operations(doc, cls)
     names = ', '.join(cls.__name__ for cls in classes)
-    return doc.document(title, version, description or f'Signals and queues of the agents {names}.')
+    document = doc.document(title, version, description or f'Signals and queues of the agents {names}.')
+    found = {**_instance_servers(agents), **(servers or {})}
+    if found:
+        document['servers'] = {name: server_object(dsn) for name, dsn in sorted(found.items())}
+    if any(server['protocol'].startswith('amqp') for server in document.get('servers', {}).values()):
+        _amqp_bindings(document['channels'])
+    return document
+
+
+def _amqp_bindings(channels: JsonDict) -> None:
+    """AMQP channel bindings: a queue channel is a queue, an exchange channel routes by key."""
+    for channel in channels.values():
+        ext = channel['x-microagent']
+        if ext['kind'] == 'queue':
+            binding: JsonDict = {'is': 'queue', 'queue': {'name': ext['name'], 'durable': True}}
+        elif ext['kind'] == 'exchange':
+            exchange = Exchange.get_all().get(ext['name'])
+            binding = {'is': 'routingKey', 'exchange': {'name': ext['name'], 'durable': True,
+                                                        'type': exchange.type if exchange else 'topic'}}
+        else:
+            continue
+        channel['bindings'] = {'amqp': {**binding, 'bindingVersion': '0.3.0'}}
+
+
+def _send_operations(doc: _AsyncAPI, cls: type[MicroAgent]) -> None:
+    """A ``send`` operation per declared send: signals (with the RPC reply), queues, exchanges."""
+    for item in cls.sends:
+        name = f'{cls.__name__}.sends.{item.name}'
+        if isinstance(item, Signal):
+            channel_id, key = doc.signal(item)
+            operation = _operation('send', channel_id, key, f'{cls.__name__} sends signal {item.name}',
+                                   {'agent': cls.__name__, 'rpc': item.answer_codec is not None})
+            if item.answer_codec is not None:
+                answer = doc.answer(item)
+                operation['reply'] = {'channel': {'$ref': f'#/channels/{RESPONSE_CHANNEL}'},
+                                      'messages': [{'$ref': f'#/channels/{RESPONSE_CHANNEL}/messages/{answer}'}]}
+            doc.operation(name, operation)
+        elif isinstance(item, Queue):
+            channel_id, key = doc.queue(item)
+            doc.operation(name, _operation('send', channel_id, key, f'{cls.__name__} sends to queue {item.name}',
+                                           {'agent': cls.__name__}))
+        else:
+            bound = [queue for queue in Queue.get_all().values() if queue.exchange == item.name]
+            keys = list(dict.fromkeys(doc.queue(queue)[1] for queue in sorted(bound, key=lambda q: q.name)))
+            channel_id = f'exchange.{item.name}'
+            doc.channel(channel_id, {'address': item.name, 'title': item.name,
+                                     'description': f'Exchange `{item.name}` ({item.type}).',
+                                     'x-microagent': {'kind': 'exchange', 'name': item.name, 'routes': {}}}, [])
+            operation = {'action': 'send', 'channel': {'$ref': f'#/channels/{channel_id}'},
+                         'messages': [{'$ref': f'#/channels/{channel_id}/messages/{key}'} for key in keys],
+                         'summary': f'{cls.__name__} publishes to exchange {item.name}',
+                         'x-microagent': {'agent': cls.__name__}}
+            doc.operation(name, operation)
+
+
+def _instance_servers(agents: Iterable[Any]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for agent in agents:
+        for role in ('bus', 'broker'):
+            conn = None if isinstance(agent, type) else getattr(agent, role, None)
+            if conn is not None and conn.dsn:
+                found[f'{agent_class(agent).__name__}.{role}'] = conn.dsn
+    return found
+
+
+def server_object(dsn: str) -> JsonDict:
+    """An AsyncAPI server from a DSN, credentials hidden (``redis://:***@host:6379/0``)."""
+    shown = hide_password(dsn)
+    scheme, _, rest = shown.partition('://')
+    host, slash, path = rest.partition('/')
+    server: JsonDict = {'host': host or 'localhost', 'protocol': scheme or 'unknown',
+                        'description': f'DSN {shown}'}
+    if slash and path:
+        server['pathname'] = '/' + path
+    return server
 
 
 _asyncapi = asyncapi  # schema_command's ``asyncapi`` flag shadows the name
@@ -405,24 +496,37 @@ def load_agent(target: str) -> type[MicroAgent] | MicroAgent:
     return value  # type: ignore[no-any-return]
 
 
+def _declaration_info(item: Sendable) -> JsonDict:
+    if isinstance(item, Signal):
+        return {'kind': 'signal', **signal_info(item)}
+    if isinstance(item, Queue):
+        return {'kind': 'queue', **queue_info(item)}
+    return {'kind': 'exchange', 'name': item.name, 'type': item.type}
+
+
 def schema_command(targets: list[str], asyncapi: bool, output: str | None) -> int:
-    """``microagent schema module:Agent [...] [--asyncapi] [-o FILE]``: print (or write) the
-    ``info()`` of each agent (a list when several), or one AsyncAPI document of them all."""
+    """``microagent schema TARGET [...] [--asyncapi] [-o FILE]``: a TARGET is a marun settings module
+    (the fleet), ``module:Agent``, ``module:declaration`` or a module of declarations. Prints (or
+    writes) the ``info()`` of each agent and declaration (a list when several), or ONE AsyncAPI
+    document of them all."""
+    from .fleet import load_fleet
+
     if not targets:
-        print('microagent schema: give at least one path.to.module:AgentClass', file=sys.stderr)
+        print('microagent schema: give at least one settings module, module:Agent or module:declaration',
+              file=sys.stderr)
         return 2
-    if os.getcwd() not in sys.path and '' not in sys.path:
-        sys.path.insert(0, os.getcwd())  # `microagent schema myapp.agents:Agent` from the project directory
     try:
-        agents = [load_agent(target) for target in targets]
+        fleet = load_fleet(targets)
     except ValueError as exc:
         print(f'microagent schema: {exc}', file=sys.stderr)
         return 2
     document: Any
     if asyncapi:
-        document = _asyncapi(*agents, title=', '.join(agent_class(a).__name__ for a in agents))
+        names = [agent.cls.__name__ for agent in fleet.agents] or [item.name for item in fleet.declarations]
+        document = _asyncapi(*(agent.cls for agent in fleet.agents), title=', '.join(names),
+                             servers=fleet.servers(), declarations=fleet.declarations)
     else:
-        infos = [agent_info(agent) for agent in agents]
+        infos = [agent_info(agent.cls) for agent in fleet.agents] + [_declaration_info(d) for d in fleet.declarations]
         document = infos[0] if len(infos) == 1 else infos
     text = dumps(document)
     if output is None:

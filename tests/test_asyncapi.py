@@ -173,6 +173,33 @@ def test_same_input_same_output_classes_or_instances() -> None:
     first = dumps(asyncapi(ReferenceAgent, PushAgent))
     assert dumps(asyncapi(ReferenceAgent, PushAgent, ReferenceAgent)) == first
     agent = ReferenceAgent(bus=BusMock(), broker=BrokerMock())
-    assert dumps(asyncapi(agent, PushAgent)) == first
+    with_servers = asyncapi(agent, PushAgent)
+    with_servers.pop('servers', None)  # an instance adds its bus and broker as servers, nothing else
+    assert dumps(with_servers) == first
+
+
+def test_servers_come_from_dsns_with_the_password_hidden() -> None:
+    doc = asyncapi(PushAgent, servers={'main': 'redis://user:s3cret@cache.example:6380/2'})
+    assert doc['servers'] == {'main': {'host': 'user:***@cache.example:6380', 'protocol': 'redis',
+                                       'pathname': '/2', 'description': 'DSN redis://user:***@cache.example:6380/2'}}
+    assert 's3cret' not in dumps(doc)
+
+
+def test_declared_sends_are_send_operations(validate: Validate) -> None:
+    from examples.mailer import MailerAgent
+    from examples.users import UserAgent
+
+    doc = asyncapi(UserAgent, MailerAgent, servers={'bus': 'redis://:pw@localhost:6379/0'})
+    sends = {key: op for key, op in doc['operations'].items() if op['action'] == 'send'}
+    assert set(sends) == {'UserAgent.sends.user_created', 'UserAgent.sends.comments_count',
+                          'MailerAgent.sends.mailer', 'MailerAgent.sends.push'}
+    assert 'reply' in sends['UserAgent.sends.comments_count']
+    assert sends['MailerAgent.sends.push']['channel'] == {'$ref': '#/channels/exchange.push'}
+    assert len(sends['MailerAgent.sends.push']['messages']) == 1  # both bound queues carry Push
+    amqp = asyncapi(UserAgent, MailerAgent, servers={'mq': 'amqp://guest:secret@localhost:5672/'})
+    assert amqp['channels']['queue.mailer']['bindings']['amqp']['queue']['name'] == 'mailer'
+    assert amqp['channels']['exchange.push']['bindings']['amqp']['exchange']['type'] == 'topic'
+    assert 'bindings' not in doc['channels']['queue.mailer']  # a redis fleet gets no AMQP bindings
+    assert [result['valid'] for result in validate(doc, amqp)] == [True, True]
     with pytest.raises(ValueError, match='at least one agent'):
         asyncapi()

@@ -180,10 +180,10 @@ def test_schema_command_writes_asyncapi(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(('target', 'error'), [
-    ('tests.schema_agents', 'expected path.to.module:AgentClass'),
+    ('tests.helpers', 'neither a settings module (AGENT, BUS, BROKER) nor a module of'),
     ('tests.no_such_module:Agent', "cannot import 'tests.no_such_module'"),
     ('tests.schema_agents:Missing', "has no attribute 'Missing'"),
-    ('tests.schema_agents:Order', 'neither a MicroAgent class nor an instance'),
+    ('tests.schema_agents:Order', 'neither an agent class nor a Signal, Queue or Exchange'),
 ])
 def test_schema_command_names_a_bad_target(target: str, error: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert schema_command([target], asyncapi=False, output=None) == 2
@@ -226,7 +226,9 @@ def test_export_writes_every_declaration_and_the_demo_asyncapi(tmp_path: Path) -
                      'signals/comments_count.json', 'signals/user_created.json', 'signals/user_deleted.json']
     demo = json.loads((tmp_path / 'asyncapi.json').read_text())
     assert set(demo['operations']) == {'CommentAgent.count', 'MailerAgent.send_mail', 'MailerAgent.welcome',
-                                       'PushAgent.android', 'PushAgent.ios'}
+                                       'PushAgent.android', 'PushAgent.ios', 'UserAgent.sends.user_created',
+                                       'UserAgent.sends.comments_count', 'MailerAgent.sends.mailer',
+                                       'MailerAgent.sends.push'}
     (tmp_path / 'queues' / 'mailer.json').write_text('{}\n')
     (tmp_path / 'signals' / 'gone.json').write_text('{}\n')
     assert export.differences(tmp_path) == ['queues/mailer.json', 'signals/gone.json']
