@@ -21,6 +21,7 @@ from .exchange import Exchange
 from .handlers import consumer, cron, on, periodic, receiver
 from .loader import configure, load_queues, load_signals, load_stuff
 from .message import InvalidHeader, Message
+from .middleware import Handling, Middleware, Next, Outcome, Sending
 from .queue import Queue
 from .sends import UndeclaredSend
 from .signal import Signal
@@ -41,17 +42,22 @@ __all__ = [
     'DeclarationError',
     'DoubleLoadError',
     'Exchange',
+    'Handling',
     'InvalidArgument',
     'InvalidHeader',
     'InvalidPayload',
     'Message',
     'MicroAgent',
     'MicroAgentError',
+    'Middleware',
     'MissConfig',
+    'Next',
+    'Outcome',
     'Queue',
     'QueueNotFound',
     'Receiver',
     'RemoteError',
+    'Sending',
     'ServerInterrupt',
     'Signal',
     'SignalNotFound',

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -27,6 +27,7 @@ from .handlers import (
     with_timeout,
 )
 from .message import Incoming, current_message, reset_current_message, set_current_message
+from .middleware import MiddlewareLike, added
 from .payload import undecodable
 from .queue import Queue
 from .sends import Sendable, SendKind, UndeclaredSend, declared_sends, kind_of, reset_sender, set_sender
@@ -208,9 +209,12 @@ class MicroAgent:
         cls.sends, cls._declared_sends = _merged_sends(cls)
 
     def __init__(self, bus: AbstractSignalBus | None = None, broker: AbstractQueueBroker | None = None,
-                 log: logging.Logger | None = None, settings: dict[str, Any] | None = None) -> None:
+                 log: logging.Logger | None = None, settings: dict[str, Any] | None = None, *,
+                 middlewares: Sequence[MiddlewareLike] = ()) -> None:
         self.log = log or logging.getLogger(f'microagent.{type(self).__name__}')
         self.settings = settings if settings is not None else {}
+        #: wrap this agent's handlers (``use``); they wrap its sends too, through its bus and broker
+        self.middlewares: tuple[MiddlewareLike, ...] = ()
         self.receivers: list[Receiver] = []
         self.consumers: list[Consumer] = []
         self.periodic_tasks: list[tuple[str, PeriodicSpec]] = []
@@ -235,6 +239,17 @@ class MicroAgent:
         self._bound_consumers: list[Consumer] = []
         self._started = False
         self._warned_sends: set[tuple[SendKind, str]] = set()
+        if middlewares:
+            self.use(*middlewares)
+
+    def use(self, *middlewares: MiddlewareLike) -> Self:
+        """Wrap this agent's receivers, consumers, periodic and cron runs in ``middlewares`` (after
+        those it has), and what it sends: they are added to its bus and broker, once each."""
+        self.middlewares = added(self.middlewares, middlewares)
+        for engine in (getattr(self, 'bus', None), getattr(self, 'broker', None)):
+            if engine is not None:
+                engine.use(*middlewares)
+        return self
 
     def _check_send(self, kind: SendKind, name: str) -> None:
         """What ``sends.check_send`` asks: an undeclared send warns once per name, or raises if strict."""
@@ -319,12 +334,12 @@ class MicroAgent:
     def _start_timers(self) -> None:
         for attr, pspec in self.periodic_tasks:
             run = _in_a_conversation(self, getattr(self, attr))
-            timer = Timer(f'{type(self).__name__}.{attr}', run, pspec.timeout, self.log)
+            timer = Timer(f'{type(self).__name__}.{attr}', run, pspec.timeout, self.log, kind='periodic', agent=self)
             self._timers.append(timer)
             self._background.append(asyncio.create_task(run_periodic(timer, pspec.period, pspec.start_after)))
         for attr, cspec in self.cron_tasks:
             run = _in_a_conversation(self, getattr(self, attr))
-            timer = Timer(f'{type(self).__name__}.{attr}', run, cspec.timeout, self.log)
+            timer = Timer(f'{type(self).__name__}.{attr}', run, cspec.timeout, self.log, kind='cron', agent=self)
             self._timers.append(timer)
             self._background.append(asyncio.create_task(run_cron(timer, cspec.spec, cspec.tz)))
 

@@ -18,12 +18,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
 from itertools import repeat
-from typing import TYPE_CHECKING, Any, Generic, Never, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Never, Self, TypeVar, cast
 
 from .dsn import hide_password
 from .errors import DeclarationError, InvalidArgument, InvalidPayload, QueueAttributeError, QueueNotFound, UsageError
 from .exchange import Exchange
 from .message import Envelope, check_user_headers, current_var, new_headers, new_headers_many
+from .middleware import Handling, MiddlewareLike, Outcome, Sending, SendingKind, added, backend_name, wrap
 from .payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json, undecodable
 from .queue import Queue
 from .retry import Retrier, backoff
@@ -111,6 +112,9 @@ class AbstractQueueBroker:
         self.uid = uuid.uuid4().hex
         self.log = log or logging.getLogger('microagent.broker')
         self.max_message_size = max_message_size
+        self.backend = backend_name(transport)
+        #: wrap every send through this broker (``use``); an agent adds its own
+        self.middlewares: tuple[MiddlewareLike, ...] = ()
         self._running: dict[str, _Running] = {}
 
     def __repr__(self) -> str:
@@ -119,6 +123,20 @@ class AbstractQueueBroker:
     async def close(self) -> None:
         """Release the transport's connections; the broker may not be used afterwards."""
         await self.transport.close()
+
+    def use(self, *middlewares: MiddlewareLike) -> Self:
+        """Wrap every send through this broker in ``middlewares`` too (after those it has)."""
+        self.middlewares = added(self.middlewares, middlewares)
+        return self
+
+    async def _put(self, kind: SendingKind, queue: Queue[Any], envelopes: list[Envelope], delay: float,
+                  **options: Any) -> None:
+        """``transport.put``, through the send middlewares."""
+        if not self.middlewares:
+            return await self.transport.put(queue, envelopes, delay=delay, **options)
+        sending = Sending(kind, queue.name, self.backend, [cast(dict[str, str], e.headers) for e in envelopes])
+        await wrap(self.middlewares, 'send', sending,
+                   partial(self.transport.put, queue, envelopes, delay=delay, **options))()
 
     async def queue_length(self, name: str) -> int:
         """How many messages wait in the queue ``name`` (by name: for tools that declare nothing)."""
@@ -171,7 +189,12 @@ class AbstractQueueBroker:
         check_send('exchange', exchange)
         local = [queue for queue in Queue.get_all().values() if queue.routes(exchange, routing_key)]
         envelope = Envelope(self.encode_for(exchange, local, payload), new_headers(headers))
-        return await self.transport.publish(exchange, routing_key, envelope)
+        if not self.middlewares:
+            return await self.transport.publish(exchange, routing_key, envelope)
+        sending = Sending('exchange', exchange, self.backend, [cast(dict[str, str], envelope.headers)])
+        count: int = await wrap(self.middlewares, 'send', sending,
+                                partial(self.transport.publish, exchange, routing_key, envelope))()
+        return count
 
     def encode_for(self, exchange: str, queues: Iterable[Queue[Any]], payload: Any) -> bytes:
         """The payload validated against every given queue; plain JSON if there is none."""
@@ -293,13 +316,18 @@ class AbstractQueueBroker:
                 try:
                     payload = self._decode(consumer, delivery)
                 except InvalidPayload as exc:
+                    if consumer.agent.middlewares:
+                        await self._report_invalid(run, delivery, exc)
                     await self._reject(queue, delivery, exc)
                     continue
                 failure: Exception | None = None
                 run.deadlines[task] = time.monotonic() + consumer.timeout  # the loop's clock
                 held = current_var.set(delivery)  # read into a Message only if the handler asks or sends
                 try:
-                    await consumer(payload, delivery.context)
+                    if consumer.agent.middlewares:
+                        await self._handle_through(run, task, delivery, payload)
+                    else:
+                        await consumer(payload, delivery.context)
                 except asyncio.CancelledError:
                     if task not in run.expired:
                         raise
@@ -332,6 +360,56 @@ class AbstractQueueBroker:
             if streak == YIELD_EVERY:  # handlers that never wait would starve the fetch loop's I/O
                 streak = 0
                 await asyncio.sleep(0)
+
+    @staticmethod
+    def _handling(run: _Running, delivery: Delivery[Any], backend: str) -> Handling:
+        consumer = run.consumer
+        return Handling('consumer', type(consumer.agent).__name__, consumer.key, consumer.queue.name, backend,
+                        delivery, delivery.attempt, consumer.max_retries)
+
+    async def _handle_through(self, run: _Running, task: asyncio.Task[None], delivery: Delivery[Any],
+                              payload: Any) -> None:
+        """The handler behind the agent's middlewares; they see the outcome the engine chose (a
+        timeout reaches them as ``TimeoutError``, and from them the worker)."""
+        consumer = run.consumer
+        handling = self._handling(run, delivery, self.backend)
+
+        async def handle() -> Any:
+            try:
+                return await consumer(payload, delivery.context)
+            except asyncio.CancelledError:
+                if task not in run.expired:
+                    raise
+                timeout = TimeoutError(f'{consumer.key} took more than {consumer.timeout}s')
+                self._note_failure(handling, consumer, delivery, timeout, timed_out=True)
+                raise timeout from None
+            except Exception as exc:
+                self._note_failure(handling, consumer, delivery, exc)
+                raise
+
+        await wrap(consumer.agent.middlewares, 'handle', handling, handle)()
+
+    @staticmethod
+    def _note_failure(handling: Handling, consumer: Consumer, delivery: Delivery[Any], exc: Exception,
+                      timed_out: bool = False) -> None:
+        delay = _retry_delay(consumer, delivery)
+        handling.failed(exc, Outcome.DEAD_LETTERED if delay is None else Outcome.RETRIED, timed_out=timed_out,
+                        retry_delay=delay)
+
+    async def _report_invalid(self, run: _Running, delivery: Delivery[Any], exc: InvalidPayload) -> None:
+        """Show the middlewares a message that fails validation: it is dead-lettered unhandled."""
+        handling = self._handling(run, delivery, self.backend)
+
+        async def invalid() -> None:
+            handling.failed(exc, Outcome.DEAD_LETTERED)
+            raise exc
+
+        try:
+            await wrap(run.consumer.agent.middlewares, 'handle', handling, invalid)()
+        except InvalidPayload:
+            pass
+        except Exception:
+            self.log.exception('Queue %s: a middleware failed on an invalid message', run.consumer.queue.name)
 
     async def _ack_failed(self, queue: Queue[Any], delivery: Delivery[Any], exc: Exception) -> None:
         await self._settle_failed(queue, delivery, 'ack', exc, partial(self.transport.ack, queue, delivery))
@@ -396,8 +474,8 @@ class AbstractQueueBroker:
             reason = f'timeout: {consumer.key} took more than {consumer.timeout}s'
         else:
             reason = f'{type(exc).__name__}: {exc}'
-        if delivery.attempt <= consumer.max_retries:
-            delay = backoff(delivery.attempt, consumer.retry_delay)
+        delay = _retry_delay(consumer, delivery)
+        if delay is not None:
             self.log.warning('Queue %s: %s failed on attempt %d (%s); retry in %.2fs',
                              queue.name, consumer.key, delivery.attempt, reason, delay)
             await self._settle_message(queue, delivery, 'retry',
@@ -457,7 +535,7 @@ class BoundQueue(Generic[T]):
         wait = self._check(delay, extra, unknown)
         check_send('queue', self.queue.name)
         envelope = Envelope(self.broker.encode(self.queue, message), new_headers(headers))
-        await self.broker.transport.put(self.queue, (envelope,), delay=wait, **extra)
+        await self.broker._put('queue', self.queue, [envelope], wait, **extra)
 
     async def send_many(self, messages: Iterable[T], *, delay: float | None = None,
                         headers: Mapping[str, str] | None = None, **unknown: Never) -> None:
@@ -474,7 +552,7 @@ class BoundQueue(Generic[T]):
         # tuple.__new__: an Envelope without its Python-level __new__, at half the cost per message
         pairs = zip(bodies, new_headers_many(len(bodies), headers), strict=True)
         envelopes: list[Envelope] = list(map(tuple.__new__, repeat(Envelope), pairs))
-        await self.broker.transport.put(self.queue, envelopes, delay=wait)
+        await self.broker._put('queue', self.queue, envelopes, wait)
 
     def _check(self, delay: float | None, extra: Mapping[str, Any], unknown: Mapping[str, Any]) -> float:
         """The delay in seconds, after refusing what this broker would otherwise drop or misread."""
@@ -514,3 +592,10 @@ class BoundQueue(Generic[T]):
 
 def _every(position: int, letter: DeadLetter) -> bool:
     return True
+
+
+def _retry_delay(consumer: Consumer, delivery: Delivery[Any]) -> float | None:
+    """Seconds until the failed message's next attempt; None when it is dead-lettered instead."""
+    if delivery.attempt <= consumer.max_retries:
+        return backoff(delivery.attempt, consumer.retry_delay)
+    return None

@@ -26,7 +26,8 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from functools import partial
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast
 
 import msgspec
 
@@ -50,6 +51,7 @@ from .message import (
     current_var,
     new_headers,
 )
+from .middleware import Handling, MiddlewareLike, Outcome, Sending, SendingKind, added, backend_name, wrap
 from .payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json
 from .sends import check_send, set_sender
 from .signal import RESPONSE_SIGNAL, Signal
@@ -160,6 +162,9 @@ class AbstractSignalBus:
         self._request_ids = (f'{self.uid[:16]}{n:016x}' for n in itertools.count())
         self.log = log or logging.getLogger('microagent.bus')
         self.max_message_size = max_message_size
+        self.backend = backend_name(transport)
+        #: wrap every send through this bus (``use``); an agent adds its own
+        self.middlewares: tuple[MiddlewareLike, ...] = ()
         #: signals waiting for their receivers beyond which ``deliver`` holds the reading loop
         self.max_backlog = DEFAULT_MAX_BACKLOG
         self.receivers: dict[str, list[Receiver]] = {}
@@ -176,6 +181,18 @@ class AbstractSignalBus:
     async def close(self) -> None:
         """Release the transport's connections; the bus may not be used afterwards."""
         await self.transport.close()
+
+    def use(self, *middlewares: MiddlewareLike) -> Self:
+        """Wrap every send through this bus in ``middlewares`` too (after those it has)."""
+        self.middlewares = added(self.middlewares, middlewares)
+        return self
+
+    async def _publish(self, kind: SendingKind, name: str, sender: str, envelope: Envelope) -> None:
+        """``transport.publish``, through the send middlewares."""
+        if not self.middlewares:
+            return await self.transport.publish(name, sender, envelope)
+        sending = Sending(kind, name, self.backend, [cast(dict[str, str], envelope.headers)], sender)
+        await wrap(self.middlewares, 'send', sending, partial(self.transport.publish, name, sender, envelope))()
 
     # bound signals
 
@@ -287,7 +304,7 @@ class AbstractSignalBus:
                 self._taken()
                 token = current_var.set(incoming)
                 try:
-                    ok, result = await self._call(receiver, payload, sender)
+                    ok, result = await self._call(receiver, payload, sender, incoming)
                     if reply is not None:
                         if ok:  # one that returned None answers null, as in 1.x
                             self._add_answer(receiver, reply, result)
@@ -319,14 +336,21 @@ class AbstractSignalBus:
         headers = new_headers(request_id=reply.request_id)
         if reply.errors:
             headers[RPC_ERROR] = encode_json(reply.errors).decode()
+        envelope = Envelope(encode_json(reply.answers), headers)
         try:
-            await self.transport.reply(reply.reply_to, Envelope(encode_json(reply.answers), headers))
+            if self.middlewares:
+                sending = Sending('answer', signal.name, self.backend, [headers])
+                await wrap(self.middlewares, 'send', sending, partial(self.transport.reply, reply.reply_to, envelope))()
+            else:
+                await self.transport.reply(reply.reply_to, envelope)
         except Exception as exc:
             self.log.warning('Answers to %s not sent: %s: %s', signal.name, type(exc).__name__, exc)
 
-    async def _call(self, receiver: Receiver, payload: Any, sender: str) -> tuple[bool, Any]:
+    async def _call(self, receiver: Receiver, payload: Any, sender: str, incoming: Incoming) -> tuple[bool, Any]:
         """``(True, result)``, or ``(False, reason)`` when the receiver failed (logged here)."""
         try:
+            if receiver.agent.middlewares:
+                return True, await self._call_through(receiver, payload, sender, incoming)
             return True, await receiver(payload, sender)
         except TimeoutError:
             self.log.error('Receiver %s of %s timed out after %.1fs', receiver.key, receiver.signal.name,
@@ -335,6 +359,24 @@ class AbstractSignalBus:
         except Exception as exc:
             self.log.exception('Receiver %s of %s failed', receiver.key, receiver.signal.name)
             return False, f'{type(exc).__name__}: {exc}'
+
+    async def _call_through(self, receiver: Receiver, payload: Any, sender: str, incoming: Incoming) -> Any:
+        """The receiver behind its agent's middlewares, which see how it ended."""
+        agent = type(receiver.agent).__name__
+        handling = Handling('receiver', agent, f'{agent}.{receiver.handler.__name__}', receiver.signal.name,
+                            self.backend, incoming)
+
+        async def call() -> Any:
+            try:
+                return await receiver(payload, sender)
+            except TimeoutError as exc:
+                handling.failed(exc, Outcome.FAILED, timed_out=True)
+                raise
+            except Exception as exc:
+                handling.failed(exc, Outcome.FAILED)
+                raise
+
+        return await wrap(receiver.agent.middlewares, 'handle', handling, call)()
 
     # RPC
 
@@ -382,7 +424,7 @@ class AbstractSignalBus:
                     self._replies_bound = False  # the next call tries again
                     raise
             envelope = Envelope(data, new_headers(headers, reply_to=self.transport.reply_to, request_id=request_id))
-            await self.transport.publish(signal.name, sender, envelope)
+            await self._publish('call', signal.name, sender, envelope)
         except BaseException:
             del self._pending[request_id]
             raise
@@ -445,7 +487,7 @@ class BoundSignal(Generic[T, R]):
         """Publish the signal; the payload is a model instance, or 1.x style keyword fields."""
         check_send('signal', self.signal.name)
         data = self._encode(sender, payload, kwargs)
-        await self.bus.transport.publish(self.signal.name, sender, Envelope(data, new_headers(headers)))
+        await self.bus._publish('signal', self.signal.name, sender, Envelope(data, new_headers(headers)))
 
     async def call(self, sender: str, payload: T | None = None, *, timeout: float = 60,
                    headers: Mapping[str, str] | None = None, **kwargs: Any) -> dict[str, R]:

@@ -7,9 +7,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, tzinfo
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from croniter import croniter
+
+from .middleware import Handling, MiddlewareLike, Outcome, wrap
 
 #: longest single sleep of a cron schedule, so that a jump of the wall clock is noticed soon
 MAX_CRON_SLEEP = 5.0
@@ -17,21 +19,52 @@ MAX_CRON_SLEEP = 5.0
 CLOCK_TOLERANCE = 1.0
 
 
+class _Owner(Protocol):
+    @property
+    def middlewares(self) -> tuple[MiddlewareLike, ...]: ...
+
+
 class Timer:
     """Runs one scheduled handler until cancelled."""
 
     def __init__(self, name: str, func: Callable[[], Awaitable[Any]], timeout: float,
-                 log: logging.Logger) -> None:
+                 log: logging.Logger, *, kind: Literal['periodic', 'cron'] = 'periodic',
+                 agent: _Owner | None = None) -> None:
         self.name = name
         self.func = func
         self.timeout = timeout
         self.log = log
+        self.kind: Literal['periodic', 'cron'] = kind
+        self.agent = agent  # whose middlewares wrap each run
         self._runs: set[asyncio.Task[None]] = set()
+
+    async def _run_bounded(self) -> None:
+        async with asyncio.timeout(self.timeout):
+            await self.func()
+
+    async def _run_through(self, middlewares: tuple[MiddlewareLike, ...]) -> None:
+        """A run behind the agent's middlewares; the timeout is inside, so they see it end."""
+        handling = Handling(self.kind, type(self.agent).__name__, self.name, self.name, '')
+
+        async def run() -> None:
+            try:
+                await self._run_bounded()
+            except TimeoutError as exc:
+                handling.failed(exc, Outcome.FAILED, timed_out=True)
+                raise
+            except Exception as exc:
+                handling.failed(exc, Outcome.FAILED)
+                raise
+
+        await wrap(middlewares, 'handle', handling, run)()
 
     async def run_once(self) -> None:
         try:
-            async with asyncio.timeout(self.timeout):
-                await self.func()
+            middlewares = self.agent.middlewares if self.agent is not None else ()
+            if middlewares:
+                await self._run_through(middlewares)
+            else:
+                await self._run_bounded()
         except TimeoutError:
             self.log.error('Task %s timed out after %.1fs', self.name, self.timeout)
         except Exception:

@@ -1,0 +1,158 @@
+"""Middlewares: code that wraps every handling and every send, so that tracing, metrics, auditing
+or tenancy are written once, beside the engine instead of inside it.
+
+A middleware is an object with two coroutine methods, each given what is about to happen and
+``call_next``, the rest of the chain; it awaits ``call_next()`` (or not) and returns its result::
+
+    class Timing(Middleware):
+        async def handle(self, handling: Handling, call_next: Next) -> Any:
+            started = time.perf_counter()
+            try:
+                return await call_next()
+            finally:
+                print(handling.handler, handling.outcome, time.perf_counter() - started)
+
+An agent's middlewares (``MicroAgent(..., middlewares=[...])`` or ``agent.use(...)``) wrap its
+handlers: receivers, consumers, periodic and cron tasks. A bus's or broker's (``bus.use(...)``;
+an agent adds its own to its bus and broker) wrap what is sent through it: signals, RPC calls and
+answers, queue messages, exchange publishes. The first middleware given is the outermost.
+
+When ``call_next()`` raises, the engine has already decided what becomes of the message and says so
+in ``handling.outcome`` (``retried`` or ``dead_lettered`` for a consumer, ``failed`` for the others;
+``timed_out`` when the handler overran its timeout). A message that fails validation reaches the
+middlewares too, as a handling whose ``call_next()`` raises ``InvalidPayload`` without calling the
+handler. With no middleware configured the engine takes its usual path: nothing is allocated.
+"""
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
+from typing import Any, Literal, Protocol
+
+from .errors import InvalidArgument
+from .message import Lazy, Message
+
+__all__ = [
+    'Handling',
+    'HandlingKind',
+    'Middleware',
+    'MiddlewareLike',
+    'Next',
+    'Outcome',
+    'Sending',
+    'SendingKind',
+    'added',
+    'backend_name',
+    'wrap',
+]
+
+#: the rest of the chain: the next middleware, at the end the handler or the transport's send
+Next = Callable[[], Awaitable[Any]]
+HandlingKind = Literal['receiver', 'consumer', 'periodic', 'cron']
+SendingKind = Literal['signal', 'call', 'answer', 'queue', 'exchange']
+
+
+class Outcome(enum.StrEnum):
+    OK = 'ok'
+    FAILED = 'failed'  # a receiver, periodic or cron run raised: nothing runs it again
+    RETRIED = 'retried'  # a consumer raised: the message is delivered again after ``retry_delay``
+    DEAD_LETTERED = 'dead_lettered'  # a consumer raised for the last time, or the message was invalid
+
+
+class Handling:
+    """One run of a handler, as a middleware sees it: which, for what, and how it ended."""
+
+    __slots__ = ('_lazy', 'agent', 'attempt', 'backend', 'error', 'handler', 'kind', 'max_retries', 'name',
+                 'outcome', 'retry_delay', 'timed_out')
+
+    def __init__(self, kind: HandlingKind, agent: str, handler: str, name: str, backend: str,
+                 lazy: Lazy | None = None, attempt: int = 1, max_retries: int = 0) -> None:
+        self.kind: HandlingKind = kind
+        self.agent = agent  #: the agent class's name
+        self.handler = handler  #: ``Agent.method``
+        self.name = name  #: the signal or queue, or the task's ``Agent.method`` for periodic and cron
+        self.backend = backend  #: 'memory', 'redis', 'amqp', 'nats' ('' for periodic and cron runs)
+        self._lazy = lazy
+        self.attempt = attempt  #: delivery count of a queue message, from 1
+        self.max_retries = max_retries
+        self.outcome = Outcome.OK
+        self.error: BaseException | None = None
+        self.timed_out = False
+        self.retry_delay: float | None = None  #: seconds until the next attempt, when ``RETRIED``
+
+    def __repr__(self) -> str:
+        return f'<Handling {self.kind} {self.handler} of {self.name}: {self.outcome}>'
+
+    @property
+    def message(self) -> Message | None:
+        """The message handled (headers, ids, ``sent_at``), read on first use; None for a timer run."""
+        return self._lazy.message if self._lazy is not None else None
+
+    def failed(self, error: BaseException, outcome: Outcome, *, timed_out: bool = False,
+               retry_delay: float | None = None) -> None:
+        """The engine records the end of a failed run before the error reaches the middlewares."""
+        self.error = error
+        self.outcome = outcome
+        self.timed_out = timed_out
+        self.retry_delay = retry_delay
+
+
+class Sending:
+    """One send, as a middleware sees it. ``headers`` holds each message's headers (one dict per
+    message; several for ``send_many``), built and checked: a middleware may read them and set any,
+    the standard ones included (a tracer writes its ``traceparent``)."""
+
+    __slots__ = ('backend', 'headers', 'kind', 'name', 'sender')
+
+    def __init__(self, kind: SendingKind, name: str, backend: str, headers: Sequence[dict[str, str]],
+                 sender: str | None = None) -> None:
+        self.kind: SendingKind = kind
+        self.name = name  #: the signal, queue or exchange
+        self.backend = backend
+        self.headers = headers
+        self.sender = sender  #: a signal's sender
+
+    def __repr__(self) -> str:
+        return f'<Sending {self.kind} {self.name}: {len(self.headers)} message(s)>'
+
+
+class MiddlewareLike(Protocol):
+    async def handle(self, handling: Handling, call_next: Next) -> Any: ...
+
+    async def send(self, sending: Sending, call_next: Next) -> Any: ...
+
+
+class Middleware:
+    """A middleware that passes everything on: subclass it and override ``handle``, ``send`` or both."""
+
+    async def handle(self, handling: Handling, call_next: Next) -> Any:
+        return await call_next()
+
+    async def send(self, sending: Sending, call_next: Next) -> Any:
+        return await call_next()
+
+
+def wrap(middlewares: Sequence[MiddlewareLike], method: Literal['handle', 'send'],
+         context: Handling | Sending, call: Next) -> Next:
+    """``call`` behind the middlewares' ``method``, the first middleware outermost."""
+    for middleware in reversed(middlewares):
+        call = partial(getattr(middleware, method), context, call)
+    return call
+
+
+def added(current: tuple[MiddlewareLike, ...], new: Iterable[MiddlewareLike]) -> tuple[MiddlewareLike, ...]:
+    """``current`` followed by the ``new`` middlewares it does not hold yet (by identity), checked."""
+    result = list(current)
+    for middleware in new:
+        if not (callable(getattr(middleware, 'handle', None)) and callable(getattr(middleware, 'send', None))):
+            raise InvalidArgument(f'{middleware!r} is not a middleware: it needs async handle() and send() '
+                                  f'methods (subclass microagent.Middleware)')
+        if not any(middleware is known for known in result):
+            result.append(middleware)
+    return tuple(result)
+
+
+def backend_name(transport: object) -> str:
+    """'memory', 'redis', 'amqp', 'nats': the backend module a transport comes from."""
+    return type(transport).__module__.rpartition('.')[2].partition('_')[0]
