@@ -151,12 +151,13 @@ class TracingMiddleware(Middleware):
             headers.pop(TRACESTATE, None)  # the engine's, from the handled message: the span's own replaces it
             self.propagator.inject(headers, injected)
         try:
-            with trace.use_span(span, end_on_exit=True):  # records an error and sets the status
-                return await call_next()
+            return await call_next()
         except Exception as exc:
             if span.is_recording():
-                span.set_attribute('error.type', _error_type(exc))
+                _error(span, exc)
             raise
+        finally:
+            span.end()
 
     @staticmethod
     def _send_parent(sending: Sending) -> tuple[otel_context.Context | None, list[Link] | None]:
@@ -207,6 +208,10 @@ def _failed(span: trace.Span, handling: Handling, exc: Exception) -> None:
     span.set_attribute('microagent.outcome', 'timed_out' if handling.timed_out else handling.outcome.value)
     if handling.retry_delay is not None:
         span.set_attribute('microagent.retry_delay', handling.retry_delay)
+    _error(span, exc)
+
+
+def _error(span: trace.Span, exc: Exception) -> None:
     span.set_attribute('error.type', _error_type(exc))
     span.record_exception(exc)
     span.set_status(StatusCode.ERROR, f'{type(exc).__name__}: {exc}')
