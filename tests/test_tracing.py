@@ -60,7 +60,7 @@ def one(spans: Sequence[ReadableSpan], name: str) -> ReadableSpan:
 
 def is_child(child: ReadableSpan, parent: ReadableSpan) -> bool:
     assert child.parent is not None and child.context is not None and parent.context is not None
-    return child.parent.span_id == parent.context.span_id and child.context.trace_id == parent.context.trace_id
+    return bool(child.parent.span_id == parent.context.span_id and child.context.trace_id == parent.context.trace_id)
 
 
 def traceparent_of(span: ReadableSpan) -> str:
@@ -170,9 +170,10 @@ async def test_a_failing_consumer_is_retried_then_dead_lettered_under_one_produc
     first, last = named(spans, f'process {queue.name}')
     assert is_child(first, send) and is_child(last, send)
     assert first.attributes is not None and last.attributes is not None
-    assert (first.attributes['microagent.message.attempt'], first.attributes['microagent.outcome']) == (1, 'retried')
+    attempt, outcome = 'microagent.message.attempt', 'microagent.outcome'
+    assert (first.attributes[attempt], first.attributes[outcome]) == (1, 'retried')
     assert first.attributes['microagent.retry_delay'] == pytest.approx(0.01)
-    assert (last.attributes['microagent.message.attempt'], last.attributes['microagent.outcome']) == (2, 'dead_lettered')
+    assert (last.attributes[attempt], last.attributes[outcome]) == (2, 'dead_lettered')
     assert first.attributes['messaging.message.id'] == last.attributes['messaging.message.id']
     for span in (first, last):
         assert span.status.status_code is StatusCode.ERROR
