@@ -339,3 +339,23 @@ async def test_a_global_provider_set_after_the_middleware_is_used(
     await broker[queue].send(Job(job_id=2))
     assert [span.name for span in exporter.get_finished_spans()] == [f'send {queue.name}']
     assert tracing._tracer is not None
+
+
+async def test_an_invalid_message_is_a_dead_lettered_error_span(
+        provider: TracerProvider, exporter: InMemorySpanExporter, engines: tuple[MemorySignalBus, MemoryBroker],
+        unique: str) -> None:
+    queue = Queue(f'trace_invalid_{unique}', Job)
+
+    class Worker(MicroAgent):
+        @consumer(queue)
+        async def work(self, job: Job) -> None:
+            raise AssertionError('an invalid message reaches no handler')
+
+    _, broker = engines
+    async with Worker(broker=broker, middlewares=[TracingMiddleware(provider)]):
+        await broker.transport.put(queue, [Envelope(b'{"job_id": "one"}', {'message-id': 'm1'})])
+        spans = await wait_spans(exporter, 1)
+    work = one(spans, f'process {queue.name}')
+    assert work.attributes is not None and work.attributes['microagent.outcome'] == 'dead_lettered'
+    assert work.attributes['error.type'] == 'microagent.errors.InvalidPayload'
+    assert work.status.status_code is StatusCode.ERROR
