@@ -33,6 +33,7 @@ OPERATION_NAMES = {'signal': 'publish', 'call': 'call', 'answer': 'reply', 'queu
 #: ``messaging.system`` of each backend: the names the conventions know, ours for the others
 SYSTEMS = {'amqp': 'rabbitmq', 'redis': 'redis', 'nats': 'nats', 'memory': 'memory'}
 _UNSET = object()
+_W3C = TraceContextTextMapPropagator()  # what the engine's own traceparent header holds
 
 #: the span of the receiver that last handled an RPC request in this task, by request id: the
 #: engine sends the answer after the receiver's handling ended, in the same task
@@ -89,10 +90,12 @@ class TracingMiddleware(Middleware):
                                      SpanKind.INTERNAL, {'microagent.agent': handling.agent,
                                                          'microagent.handler': handling.handler,
                                                          'microagent.kind': handling.kind})
+            span_context = trace.set_span_in_context(span)
         else:
-            span = tracer.start_span(f'process {handling.name}', self._parent_of(message), SpanKind.CONSUMER,
+            parent = self._parent_of(message)  # with what else the propagator carries (baggage)
+            span = tracer.start_span(f'process {handling.name}', parent, SpanKind.CONSUMER,
                                      self._consumer_attributes(handling, message))
-        span_context = trace.set_span_in_context(span)
+            span_context = trace.set_span_in_context(span, parent)
         if message is not None and message.request_id and message.reply_to:
             _answering.set((message.request_id, span_context))  # kept past this handling, for the answer
         token = otel_context.attach(span_context)
@@ -110,13 +113,15 @@ class TracingMiddleware(Middleware):
             span.end()
 
     def _parent_of(self, message: Message) -> otel_context.Context:
-        """The context the message carries; an empty one (a new trace) without a valid traceparent."""
-        if message.traceparent is None:
+        """The context the message carries (another propagator's headers are user headers); an empty
+        one (a new trace) without a valid one."""
+        if message.traceparent is None and not message.headers:
             return otel_context.Context()
         carrier = dict(message.headers) if message.headers else {}
-        carrier[TRACEPARENT] = message.traceparent
-        if message.tracestate:
-            carrier[TRACESTATE] = message.tracestate
+        if message.traceparent is not None:
+            carrier[TRACEPARENT] = message.traceparent
+            if message.tracestate:
+                carrier[TRACESTATE] = message.tracestate
         return self.propagator.extract(carrier, otel_context.Context())
 
     @staticmethod
@@ -170,7 +175,7 @@ class TracingMiddleware(Middleware):
                 request = current_message()
                 links = None
                 if request is not None and request.traceparent:
-                    called = trace.get_current_span(TraceContextTextMapPropagator().extract(
+                    called = trace.get_current_span(_W3C.extract(
                         {TRACEPARENT: request.traceparent})).get_span_context()
                     links = [Link(called)] if called.is_valid else None
                 return answering[1], links
@@ -178,8 +183,7 @@ class TracingMiddleware(Middleware):
             return None, None
         handled = current_message()
         if handled is not None and handled.traceparent:
-            return TraceContextTextMapPropagator().extract({TRACEPARENT: handled.traceparent,
-                                                            TRACESTATE: handled.tracestate or ''}), None
+            return _W3C.extract({TRACEPARENT: handled.traceparent, TRACESTATE: handled.tracestate or ''}), None
         return otel_context.Context(), None
 
     @staticmethod

@@ -359,3 +359,33 @@ async def test_an_invalid_message_is_a_dead_lettered_error_span(
     assert work.attributes is not None and work.attributes['microagent.outcome'] == 'dead_lettered'
     assert work.attributes['error.type'] == 'microagent.errors.InvalidPayload'
     assert work.status.status_code is StatusCode.ERROR
+
+
+async def test_another_propagator_carries_its_own_headers(
+        provider: TracerProvider, exporter: InMemorySpanExporter, engines: tuple[MemorySignalBus, MemoryBroker],
+        unique: str) -> None:
+    from opentelemetry import baggage
+    from opentelemetry import context as otel_context
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.propagators.composite import CompositePropagator
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    queue = Queue(f'trace_baggage_{unique}', Job)
+    seen = Collector()
+
+    class Worker(MicroAgent):
+        @consumer(queue)
+        async def work(self, job: Job, message: Message) -> None:
+            seen.add((baggage.get_baggage('tenant'), dict(message.headers)))
+
+    propagator = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+    tracing = TracingMiddleware(provider, propagator)
+    _, broker = engines
+    async with Worker(broker=broker, middlewares=[tracing]):
+        token = otel_context.attach(baggage.set_baggage('tenant', 'acme'))
+        try:
+            await broker[queue].send(Job(job_id=1))
+        finally:
+            otel_context.detach(token)
+        [(tenant, headers)] = await seen.wait(1)
+    assert tenant == 'acme' and headers == {'baggage': 'tenant=acme'}
