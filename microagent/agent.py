@@ -30,6 +30,7 @@ from .message import Incoming, current_message, reset_current_message, set_curre
 from .middleware import MiddlewareLike, added
 from .payload import undecodable
 from .queue import Queue
+from .readiness import PING_TIMEOUT
 from .sends import Sendable, SendKind, UndeclaredSend, declared_sends, kind_of, reset_sender, set_sender
 from .signal import Signal
 from .timer import Timer, run_cron, run_periodic
@@ -454,6 +455,18 @@ class MicroAgent:
         """Serve in a new event loop until SIGINT/SIGTERM or ``stop()``: ``asyncio.run(agent.serve())``,
         with ``grace`` for the stop a signal asks for."""
         asyncio.run(MicroAgent._serve(self, grace))  # even when a subclass names a server hook ``serve``
+
+    async def readiness(self, timeout: float = PING_TIMEOUT) -> list[str]:
+        """Why this agent is not ready, empty when it is: it is not started (or is stopping), its
+        bus or broker does not answer a ping, or a consumer does not fetch (``/ready`` of ``--http``)."""
+        if not self._started:
+            return [f'{self!r} is not started']
+        engines: dict[int, AbstractSignalBus | AbstractQueueBroker] = {}
+        for engine in (getattr(self, 'bus', None), getattr(self, 'broker', None)):
+            if engine is not None:
+                engines.setdefault(id(engine), engine)
+        found = await asyncio.gather(*(engine.readiness(timeout) for engine in engines.values()))
+        return [problem for problems in found for problem in problems]
 
     def info(self) -> dict[str, Any]:
         """A JSON-serialisable description of the agent, its channels and their payload schemas."""
