@@ -72,10 +72,12 @@ class PrometheusMiddleware(Middleware):
         self.time_in_queue = Histogram(f'{namespace}_time_in_queue_seconds',
                                        'Time from sending a message to the start of its handling',
                                        HANDLER_LABELS, registry=registry, buckets=QUEUE_BUCKETS)
+        # the modes matter under marun --http, where agent processes share prometheus-client's
+        # multiprocess mode: in-flight runs add up over live processes, a depth is the last sample
         self.in_flight = Gauge(f'{namespace}_handlers_in_flight', 'Handler runs under way', HANDLER_LABELS,
-                               registry=registry)
+                               registry=registry, multiprocess_mode='livesum')
         self.queue_depth = Gauge(f'{namespace}_queue_depth', 'Messages waiting in a queue, as last sampled',
-                                 ('queue',), registry=registry)
+                                 ('queue',), registry=registry, multiprocess_mode='mostrecent')
         self._series: dict[tuple[str, str, str, str], _Series] = {}
 
     def _of(self, handling: Handling) -> _Series:
