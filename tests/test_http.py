@@ -248,3 +248,41 @@ def test_middleware_mistakes_name_their_entry(settings: Any, sections: dict[str,
     with pytest.raises(ConfigError) as caught:
         load_group([module])
     assert str(caught.value).startswith(f'{module}: {message}'), str(caught.value)
+
+
+# ping on the network backends
+
+@pytest.mark.redis
+async def test_redis_ping_and_readiness(unique: str) -> None:
+    from microagent.tools.redis import RedisBroker, RedisSignalBus
+    from tests.backends import REDIS_TEST_DSN
+
+    bus, broker = RedisSignalBus(REDIS_TEST_DSN), RedisBroker(REDIS_TEST_DSN)
+    await bus.ping()
+    assert await broker.readiness() == []
+    await bus.close()
+    assert await bus.readiness() == [f'{bus!r}: ping failed: BackendClosed: {bus.transport!r} is closed']
+    await broker.close()
+    away = RedisBroker(f'redis://127.0.0.1:{free_port()}/0')  # nobody listens there
+    [reason] = await away.readiness()
+    assert reason.startswith(f'{away!r}: ping failed: ConnectionError')
+    await away.close()
+
+
+@pytest.mark.amqp
+async def test_amqp_ping_and_readiness() -> None:
+    from microagent.tools.amqp import AMQPBroker, AMQPSignalBus
+    from tests.amqp_support import AMQP_DSN
+
+    bus, broker = AMQPSignalBus(AMQP_DSN), AMQPBroker(AMQP_DSN)
+    try:
+        await bus.ping()
+        await broker.ping()
+        assert await bus.readiness() == [] and await broker.readiness() == []
+    finally:
+        await bus.close()
+        await broker.close()
+    away = AMQPBroker(f'amqp://guest:secret@127.0.0.1:{free_port()}/')
+    [reason] = await away.readiness()
+    assert reason.startswith(f'{away!r}: no answer to ping within 2s') and 'secret' not in reason
+    await away.close()
