@@ -27,7 +27,7 @@ from .handlers import (
     with_timeout,
 )
 from .message import Incoming, current_message, reset_current_message, set_current_message
-from .middleware import MiddlewareLike, added
+from .middleware import MiddlewareLike, Site, added
 from .payload import undecodable
 from .queue import Queue
 from .readiness import PING_TIMEOUT
@@ -49,6 +49,7 @@ class Receiver:
     style: CallStyle
     concurrency: int = DEFAULT_RECEIVER_CONCURRENCY  # calls running at once; more wait in the bus
     key: str = field(init=False)  # the answer key of 1.x RPC: the handler's ``__qualname__``
+    site: Site | None = field(default=None, init=False, repr=False)  # for middlewares, made on first use
 
     def __post_init__(self) -> None:
         # 1.x keys answers by the function's qualname: an inherited receiver answers as ``Base.method``

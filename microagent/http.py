@@ -68,11 +68,13 @@ class Endpoints:
     and the docs page are built on first request and kept (the code does not change while it runs)."""
 
     def __init__(self, readiness: Readiness, asyncapi: Callable[[], Mapping[str, Any]],
-                 docs: Callable[[], str], registry: CollectorRegistry | None = None) -> None:
+                 docs: Callable[[], str], registry: CollectorRegistry | None = None,
+                 metrics: Callable[[], Awaitable[bytes]] | None = None) -> None:
         self.readiness = readiness
         self._asyncapi = asyncapi
         self._docs = docs
         self.registry = registry  #: None: prometheus-client's default registry
+        self._metrics = metrics  #: the exposition, when it is not this process's registry's
         self._cache: dict[str, Page] = {}
         self.routes: dict[str, Callable[[], Awaitable[Page]]] = {
             '/health': self.health, '/ready': self.ready, '/metrics': self.metrics,
@@ -93,6 +95,8 @@ class Endpoints:
             from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
         except ImportError:
             return Page.text('/metrics needs prometheus-client: pip install "microagent[prometheus]"', 404)
+        if self._metrics is not None:
+            return Page(200, CONTENT_TYPE_LATEST, await self._metrics())
         return Page(200, CONTENT_TYPE_LATEST, generate_latest(self.registry or REGISTRY))
 
     async def asyncapi(self) -> Page:
@@ -108,8 +112,8 @@ class Endpoints:
         return page
 
 
-def fleet_endpoints(modules: Sequence[str], readiness: Readiness,
-                    registry: CollectorRegistry | None = None) -> Endpoints:
+def fleet_endpoints(modules: Sequence[str], readiness: Readiness, registry: CollectorRegistry | None = None,
+                    metrics: Callable[[], Awaitable[bytes]] | None = None) -> Endpoints:
     """The endpoints of a marun group: the contract of its settings modules as a fleet."""
     from .docs import render_docs
     from .fleet import load_fleet
@@ -127,7 +131,7 @@ def fleet_endpoints(modules: Sequence[str], readiness: Readiness,
         return asyncapi(*(agent.cls for agent in found.agents), title=', '.join(modules),
                         servers=found.servers(), declarations=found.declarations)
 
-    return Endpoints(readiness, document, lambda: render_docs(loaded()), registry)
+    return Endpoints(readiness, document, lambda: render_docs(loaded()), registry, metrics)
 
 
 def agent_endpoints(agents: Mapping[str, MicroAgent]) -> Endpoints:

@@ -35,16 +35,7 @@ from .config import AgentConfig, ConfigError, load_group
 from .errors import InvalidArgument, ServerInterrupt
 from .http import HttpServer, fleet_endpoints, parse_address, start_http
 from .logs import FORMATS, LEVELS, current_agent, setup_logging
-from .probes import (
-    AgentProcess,
-    LocalAgents,
-    answer_readiness,
-    child_env,
-    group_readiness,
-    metrics_dir,
-    multiprocess_registry,
-    process_exited,
-)
+from .probes import AgentProcess, LocalAgents, answer_questions, group_metrics, group_readiness
 
 __all__ = ['ConfigError', 'main', 'run_agents', 'run_group']
 __all__ += ['ServerInterrupt', 'init_agent', 'load_configuration']  # the 1.x names
@@ -314,7 +305,7 @@ async def _run_agent_process(config: AgentConfig, grace: float, watch_fd: int | 
 
         loop.add_reader(watch_fd, check_supervisor)
     local = LocalAgents([config.name])
-    answering = loop.create_task(answer_readiness(ready_fd, local)) if ready_fd is not None else None
+    answering = loop.create_task(answer_questions(ready_fd, local)) if ready_fd is not None else None
     try:
         return await run_agents([config], stopping, grace, ended=EXIT_OK, local=local)
     finally:
@@ -336,22 +327,19 @@ async def _supervise(modules: Sequence[str], configs: Sequence[AgentConfig], gra
                      stop_after: float | None, child_args: list[str], http: str | None = None) -> int:
     async with contextlib.AsyncExitStack() as stack:
         probes: dict[str, AgentProcess] = {}
-        metrics: str | None = None
         if http is not None:  # one port for the group: see microagent.probes
             probes = {config.name: AgentProcess(config.name) for config in configs}
             for probe in probes.values():
                 stack.callback(probe.close)
-            metrics = stack.enter_context(metrics_dir(os.environ))
             endpoints = fleet_endpoints(modules, lambda: group_readiness(probes.values()),
-                                        multiprocess_registry(metrics) if metrics else None)
+                                        metrics=lambda: group_metrics(probes.values()))
             stack.push_async_callback((await _listen(http, endpoints)).close)
-        return await _run_processes(modules, configs, grace, stop_after, child_args, probes, metrics)
+        return await _run_processes(modules, configs, grace, stop_after, child_args, probes)
     raise AssertionError('unreachable')  # pragma: no cover - mypy: an exit stack may swallow
 
 
 async def _run_processes(modules: Sequence[str], configs: Sequence[AgentConfig], grace: float,
-                         stop_after: float | None, child_args: list[str], probes: dict[str, AgentProcess],
-                         metrics: str | None) -> int:
+                         stop_after: float | None, child_args: list[str], probes: dict[str, AgentProcess]) -> int:
     stopping, force = asyncio.Event(), asyncio.Event()
     _stop_on_signals(stopping, stop_after, 'killing the agents', force.set)
     # Agents hold the read end of this pipe; it reaches EOF when marun is gone, however it died.
@@ -365,8 +353,7 @@ async def _run_processes(modules: Sequence[str], configs: Sequence[AgentConfig],
                 procs[config.name] = await asyncio.create_subprocess_exec(
                     sys.executable, '-m', 'microagent.launcher', *modules, *child_args,
                     '--agent-process', config.name, '--watch-fd', str(read_fd), *extra,
-                    pass_fds=(read_fd, *([probe.theirs.fileno()] if probe else [])),
-                    env=child_env(metrics) if probes else None)
+                    pass_fds=(read_fd, *([probe.theirs.fileno()] if probe else [])))
                 if probe is not None:
                     probe.started()
                 log.info('Started agent %s (pid %d)', config.name, procs[config.name].pid)
@@ -378,7 +365,6 @@ async def _run_processes(modules: Sequence[str], configs: Sequence[AgentConfig],
             if proc.returncode is None:
                 with suppress(ProcessLookupError):
                     proc.kill()
-            process_exited(metrics, proc.pid)
         os.close(write_fd)
 
 

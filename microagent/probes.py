@@ -3,44 +3,40 @@
 One port serves the whole group, so a Kubernetes probe (or a scrape) needs one address: the
 supervisor listens, and
 
-* ``/ready`` asks every agent process over a socket pair made for it (a line ``N`` out, a line
+* ``/ready`` asks every agent process over a socket pair made for it (a line ``N ready`` out, a line
   ``N {"agent": [reasons]}`` back; an answer to an older question is skipped), with a deadline: a
   process that died or hangs is a reason too. ``/ready`` is 200 only when every agent is ready.
-* ``/metrics`` is prometheus-client's multiprocess mode: the supervisor gives its agent processes a
-  ``PROMETHEUS_MULTIPROC_DIR`` (its own temporary one unless the environment names one), their
-  metrics live in files there, and the supervisor's ``MultiProcessCollector`` adds them up.
-  Counters and histograms are summed over processes; metrics of custom collectors in agent
-  processes are not seen (only those of prometheus-client's metric classes).
+* ``/metrics`` asks every agent process the same way for its registry's text, parses it with
+  prometheus-client's parser and serves all of it as one exposition, each sample labelled
+  ``marun_agent`` with the agent's name (two processes never collide; ``sum by`` adds them up).
+  An agent process that does not answer in time is left out of that scrape.
 
 With ``--single-process`` (and ``agent.serve_http``) the one process answers everything itself.
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
-import shutil
 import socket
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .readiness import PING_TIMEOUT
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
 
     from .agent import MicroAgent
 
-__all__ = ['AgentProcess', 'LocalAgents', 'answer_readiness', 'metrics_dir', 'multiprocess_registry']
+__all__ = ['AgentProcess', 'LocalAgents', 'answer_questions', 'group_metrics', 'group_readiness']
 
 log = logging.getLogger('microagent.launcher')
 
-MULTIPROC_ENV = 'PROMETHEUS_MULTIPROC_DIR'
+GROUP_LABEL = 'marun_agent'
 #: how long the supervisor waits for an agent process's answer: its pings, and a margin
 ANSWER_TIMEOUT = PING_TIMEOUT + 1.0
+MAX_ANSWER = 64 * 1024 * 1024  # bytes of one answer line: a registry's text, however large
 
 
 class LocalAgents:
@@ -62,13 +58,14 @@ class LocalAgents:
         return dict(zip(names, found, strict=True))
 
 
-async def answer_readiness(fd: int, agents: LocalAgents) -> None:
+async def answer_questions(fd: int, agents: LocalAgents) -> None:
     """In an agent process: answer each question from the supervisor until it closes the socket."""
     reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=fd))
     try:
         while question := (await reader.readline()).strip():
-            answer = json.dumps(await agents.readiness())
-            writer.write(question + b' ' + answer.encode() + b'\n')
+            number, _, what = question.partition(b' ')
+            answer: Any = await agents.readiness() if what == b'ready' else local_metrics()
+            writer.write(number + b' ' + json.dumps(answer).encode() + b'\n')
             await writer.drain()
     except ConnectionError:
         pass
@@ -91,30 +88,37 @@ class AgentProcess:
         self.theirs.close()
 
     async def readiness(self) -> dict[str, list[str]]:
-        async with self._lock:
-            try:
-                async with asyncio.timeout(ANSWER_TIMEOUT):
-                    return await self._ask()
-            except TimeoutError:
-                return {self.name: [f'the agent process did not answer within {ANSWER_TIMEOUT:g}s']}
-            except (ConnectionError, EOFError, ValueError) as exc:
-                return {self.name: [f'the agent process does not answer ({type(exc).__name__}: {exc})']}
+        try:
+            found: dict[str, list[str]] = await self._ask(b'ready')
+            return found
+        except TimeoutError:
+            return {self.name: [f'the agent process did not answer within {ANSWER_TIMEOUT:g}s']}
+        except (ConnectionError, EOFError, ValueError) as exc:
+            return {self.name: [f'the agent process does not answer ({type(exc).__name__}: {exc})']}
 
-    async def _ask(self) -> dict[str, list[str]]:
-        if self._streams is None:
-            self._streams = await asyncio.open_connection(sock=self.ours)
-        reader, writer = self._streams
-        self._asked += 1
-        writer.write(b'%d\n' % self._asked)
-        await writer.drain()
-        while True:
-            line = await reader.readline()
-            if not line:
-                raise EOFError('it exited')
-            number, _, answer = line.partition(b' ')
-            if int(number) == self._asked:  # older ones answer questions that timed out
-                found: dict[str, list[str]] = json.loads(answer)
-                return found
+    async def metrics(self) -> str:
+        try:
+            text: str = await self._ask(b'metrics')
+            return text
+        except (TimeoutError, ConnectionError, EOFError, ValueError) as exc:
+            log.warning('Agent %s: no metrics in this scrape (%s)', self.name, type(exc).__name__)
+            return ''
+
+    async def _ask(self, what: bytes) -> Any:
+        async with self._lock, asyncio.timeout(ANSWER_TIMEOUT):
+            if self._streams is None:
+                self._streams = await asyncio.open_connection(sock=self.ours, limit=MAX_ANSWER)
+            reader, writer = self._streams
+            self._asked += 1
+            writer.write(b'%d %s\n' % (self._asked, what))
+            await writer.drain()
+            while True:
+                line = await reader.readline()
+                if not line:
+                    raise EOFError('it exited')
+                number, _, answer = line.partition(b' ')
+                if int(number) == self._asked:  # older ones answer questions that timed out
+                    return json.loads(answer)
 
     def close(self) -> None:
         if self._streams is not None:
@@ -128,44 +132,44 @@ async def group_readiness(processes: Iterable[AgentProcess]) -> dict[str, list[s
     return {name: problems for answer in found for name, problems in answer.items()}
 
 
-@contextlib.contextmanager
-def metrics_dir(environ: Mapping[str, str]) -> Iterator[str | None]:
-    """The multiprocess directory for the agent processes (None without prometheus-client): the
-    environment's, or a temporary one removed at the end."""
+def local_metrics() -> str:
+    """This process's metrics as Prometheus text ('' without prometheus-client)."""
     try:
-        import prometheus_client  # noqa: F401
+        from prometheus_client import REGISTRY, generate_latest
     except ImportError:
-        yield None
-        return
-    given = environ.get(MULTIPROC_ENV)
-    if given:
-        yield given
-        return
-    path = tempfile.mkdtemp(prefix='marun-metrics-')
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+        return ''
+    return generate_latest(REGISTRY).decode()
 
 
-def multiprocess_registry(path: str) -> CollectorRegistry:
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.multiprocess import MultiProcessCollector
+async def group_metrics(processes: Iterable[AgentProcess]) -> bytes:
+    """The agent processes' metrics as one exposition, each sample labelled ``marun_agent``."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
 
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]  # unannotated upstream
-    return registry
+    processes = list(processes)
+    texts = await asyncio.gather(*(process.metrics() for process in processes))
+    merged: dict[str, Metric] = {}
+    for process, text in zip(processes, texts, strict=True):
+        for family in text_string_to_metric_families(text):
+            into = merged.setdefault(family.name, _empty_like(family))
+            into.samples += [sample._replace(labels={**sample.labels, GROUP_LABEL: process.name})
+                             for sample in family.samples]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(merged.values())))
+    return generate_latest(registry)
 
 
-def process_exited(path: str | None, pid: int) -> None:
-    """Forget the live gauges of an agent process that exited (its counters stay counted)."""
-    if path is None:
-        return
-    from prometheus_client.multiprocess import mark_process_dead
+def _empty_like(family: Metric) -> Metric:
+    from prometheus_client.core import Metric
 
-    with contextlib.suppress(OSError):
-        mark_process_dead(pid, path)  # type: ignore[no-untyped-call]  # unannotated upstream
+    return Metric(family.name, family.documentation, family.type, family.unit)
 
 
-def child_env(path: str | None) -> dict[str, str]:
-    return {**os.environ, MULTIPROC_ENV: path} if path else dict(os.environ)
+class _Families:
+    """Families parsed from the agent processes, handed to prometheus-client's exposition."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)

@@ -96,9 +96,10 @@ def test_metrics_of_a_known_workload_across_agent_processes(start: Starter, uniq
         families = {family.name: family for family in text_string_to_metric_families(body.decode())}
         sent = families['microagent_messages_sent'].samples  # counted in the producer's process
         assert [(s.labels, s.value) for s in sent if s.name.endswith('_total')] == [
-            ({'kind': 'queue', 'name': f'http_jobs_{unique}'}, 3)]
+            ({'kind': 'queue', 'name': f'http_jobs_{unique}', 'marun_agent': 'producer'}, 3)]
         durations = families['microagent_handler_duration_seconds'].samples
-        assert [s.value for s in durations if s.name.endswith('_count')] == [5]
+        assert [(s.labels['marun_agent'], s.value) for s in durations if s.name.endswith('_count')] == [('worker', 5)]
+        assert {s.labels['marun_agent'] for s in families['process_cpu_seconds'].samples} == {'producer', 'worker'}
         assert json.loads(poll(run, port, '/ready', 200)) == {'status': 'ready', 'agents': ['producer', 'worker']}
 
         status, body = get(port, '/asyncapi.json')
