@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from microagent import Middleware, MicroAgent, Queue, consumer
+from microagent import MicroAgent, Middleware, Queue, consumer
 from microagent.config import ConfigError, load_group
 from microagent.errors import InvalidArgument
 from microagent.http import Endpoints, HttpServer, agent_endpoints, parse_address, start_http
@@ -160,7 +160,7 @@ async def test_serve_http_serves_while_the_agent_runs(unique: str) -> None:
 
     try:
         await eventually(ready, timeout=10)
-        status, _, body = await get(address, '/ready')
+        _, _, body = await get(address, '/ready')
         assert json.loads(body) == {'status': 'ready', 'agents': ['Unit']}
     finally:
         await agent.stop(1)
