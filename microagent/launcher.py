@@ -334,8 +334,8 @@ async def _supervise(modules: Sequence[str], configs: Sequence[AgentConfig], gra
             endpoints = fleet_endpoints(modules, lambda: group_readiness(probes.values()),
                                         metrics=lambda: group_metrics(probes.values()))
             stack.push_async_callback((await _listen(http, endpoints)).close)
-        return await _run_processes(modules, configs, grace, stop_after, child_args, probes)
-    raise AssertionError('unreachable')  # pragma: no cover - mypy: an exit stack may swallow
+        code = await _run_processes(modules, configs, grace, stop_after, child_args, probes)
+    return code
 
 
 async def _run_processes(modules: Sequence[str], configs: Sequence[AgentConfig], grace: float,

@@ -22,6 +22,7 @@ import socket
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from .errors import ConnectionFailed
 from .readiness import PING_TIMEOUT
 
 if TYPE_CHECKING:
@@ -93,14 +94,14 @@ class AgentProcess:
             return found
         except TimeoutError:
             return {self.name: [f'the agent process did not answer within {ANSWER_TIMEOUT:g}s']}
-        except (ConnectionError, EOFError, ValueError) as exc:
+        except (ConnectionError, ValueError) as exc:
             return {self.name: [f'the agent process does not answer ({type(exc).__name__}: {exc})']}
 
     async def metrics(self) -> str:
         try:
             text: str = await self._ask(b'metrics')
             return text
-        except (TimeoutError, ConnectionError, EOFError, ValueError) as exc:
+        except (TimeoutError, ConnectionError, ValueError) as exc:
             log.warning('Agent %s: no metrics in this scrape (%s)', self.name, type(exc).__name__)
             return ''
 
@@ -115,7 +116,7 @@ class AgentProcess:
             while True:
                 line = await reader.readline()
                 if not line:
-                    raise EOFError('it exited')
+                    raise ConnectionFailed('it exited')
                 number, _, answer = line.partition(b' ')
                 if int(number) == self._asked:  # older ones answer questions that timed out
                     return json.loads(answer)
