@@ -68,7 +68,7 @@ def from_asyncapi(document: JsonDict) -> list[Declaration]:
 
     def standalone(schema: Any) -> JsonDict:
         body = _rewrite(schema)
-        return {**body, '$defs': defs} if defs and isinstance(body, dict) else body  # type: ignore[return-value]
+        return {**body, '$defs': defs} if defs and isinstance(body, dict) else _as_dict(body)
 
     def message(ref: Any) -> JsonDict:
         key = str(ref.get('$ref', '') if isinstance(ref, dict) else '').rpartition('/')[2]
@@ -140,3 +140,7 @@ def _rewrite(node: Any) -> Any:
     if isinstance(node, list):
         return [_rewrite(item) for item in node]
     return node
+
+
+def _as_dict(node: Any) -> JsonDict:
+    return node if isinstance(node, dict) else {} if node is True else {'not': {}}
