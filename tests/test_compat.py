@@ -51,9 +51,18 @@ class Color2(enum.Enum):
     GREEN = 'green'
 
 
-Inner = struct('x', name='Inner')
-InnerRequiredY = struct('x', 'y', name='Inner')
-InnerDefaultY = struct('x', ('y', int, 0), name='Inner')
+class Inner(msgspec.Struct):
+    x: int
+
+
+class InnerRequiredY(msgspec.Struct):  # another name: a title is documentation, not contract
+    x: int
+    y: int
+
+
+class InnerDefaultY(msgspec.Struct):
+    x: int
+    y: int = 0
 
 
 @dataclass(frozen=True)
