@@ -323,6 +323,7 @@ class _Walk:
                         right.remove(j)
                         break
 
+        pair(lambda a, b: _json(a) == _json(b))
         pair(lambda a, b: self.kind(a) == self.kind(b) and a.get('title') == b.get('title'))
         pair(lambda a, b: self.kind(a) == self.kind(b))
         pair(lambda a, b: {self.kind(a), self.kind(b)} == {'integer', 'number'})
