@@ -52,9 +52,6 @@ class TracingMiddleware(Middleware):
         if tracer_provider is None:
             trace.get_tracer_provider()  # loads one named by OTEL_PYTHON_TRACER_PROVIDER, if any
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> TracingMiddleware:
-        return self  # one middleware per process, shared (marun deep-copies agent options)
-
     def _resolve(self) -> trace.Tracer | None:
         """The tracer, once there is a provider that may record; None (cheaply) until then. The
         global provider is set once per process, so the first real one found is kept."""

@@ -12,8 +12,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from microagent.tracing import TracingMiddleware
-
 _DIR = os.environ.get('LAUNCHER_TEST_DIR', '.')
 _ID = os.environ.get('TRACE_TEST_ID', 'default')
 _exporter = InMemorySpanExporter()
@@ -41,9 +39,9 @@ else:
     BROKER = {'default': {'backend': 'microagent.tools.redis.RedisBroker', 'dsn': _DSN}}
 
 _AGENTS = 'tests.launcher_agents.traced_agents'
-_TRACING = [TracingMiddleware()]  # the global provider above; one middleware shared by the agents
+MIDDLEWARES = ['microagent.tracing.TracingMiddleware']  # the global provider above
 AGENT = {
-    name: {'backend': f'{_AGENTS}.{cls}', 'bus': 'default', 'broker': 'default', 'middlewares': _TRACING,
+    name: {'backend': f'{_AGENTS}.{cls}', 'bus': 'default', 'broker': 'default',
            'settings': {'dir': _DIR, 'name': name}}
     for name, cls in (('ticker', 'Ticker'), ('relay', 'Relay'), ('worker', 'Worker'))
 }
