@@ -10,6 +10,11 @@ Layout on the server, for a queue ``mailer``:
 * ``mailer.dead``: a fanout exchange and a durable queue holding dead letters, with the reason,
   the attempt count and the time in headers.
 
+Queues are classic by default; ``queue_type='quorum'`` (on the broker, or per ``Queue``) declares
+all three as replicated quorum queues, and RabbitMQ itself dead-letters into ``mailer.dead`` what
+comes back unacknowledged more than ``delivery_limit`` times (see ``amqp_queue_args``). The DSN may
+name several hosts of a cluster (``amqp://u:p@h1,h2,h3/vhost``, see ``amqp_hosts``).
+
 Headers travel natively: the envelope's headers are the AMQP headers table, ``message-id`` is also
 the ``message_id`` property (and on queues ``correlation-id`` the ``correlation_id`` one), so plain
 AMQP clients see them where they look. This backend's own bookkeeping sits beside them in
@@ -30,6 +35,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -43,11 +49,12 @@ from ..bus import AbstractSignalBus
 from ..errors import ConnectionFailed, DeclarationError, QueueNotFound, UsageError
 from ..exchange import Exchange
 from ..message import CORRELATION_ID, MESSAGE_ID, REPLY_TO, REQUEST_ID, Envelope
-from ..queue import Queue
+from ..queue import Queue, QueueType, check_delivery_limit, check_queue_type
 from ..retry import Retrier
 from ..signal import RESPONSE_SIGNAL
 from ..transport import DeadLetter, Deliver, DeliverReply, Delivery, SelectDeadLetter
 from .amqp_link import LINK_ERRORS, Link, Outgoing, Publisher
+from .amqp_queue_args import DEFAULT_DELIVERY_LIMIT, QueueArguments, declaration_error, server_version
 
 __all__ = ['AMQPBroker', 'AMQPBusTransport', 'AMQPMeta', 'AMQPQueueTransport', 'AMQPSignalBus']
 
@@ -57,7 +64,7 @@ ATTEMPT_HEADER = 'x-attempt'
 REASON_HEADER = 'x-reason'
 DEAD_AT_HEADER = 'x-dead-at'
 #: names in a headers table that are this backend's or RabbitMQ's bookkeeping, not the envelope's
-_OWN_HEADERS = frozenset((ATTEMPT_HEADER, REASON_HEADER, DEAD_AT_HEADER, 'x-delay', 'x-death',
+_OWN_HEADERS = frozenset((ATTEMPT_HEADER, REASON_HEADER, DEAD_AT_HEADER, 'x-delay', 'x-death', 'x-delivery-count',
                           'x-first-death-exchange', 'x-first-death-queue', 'x-first-death-reason',
                           'x-last-death-exchange', 'x-last-death-queue', 'x-last-death-reason'))
 DEAD_SUFFIX = '.dead'
@@ -210,11 +217,15 @@ class AMQPQueueTransport:
     fetch_cancel_safe = True
     unsettled_fate = 'it stays unacked; RabbitMQ delivers it again when its channel closes'
 
-    def __init__(self, dsn: str, log: logging.Logger | None = None, *, reconnect_timeout: float = 60.0,
-                 name: str = '') -> None:
+    def __init__(self, dsn: str | Sequence[str], log: logging.Logger | None = None, *,
+                 reconnect_timeout: float = 60.0, name: str = '', queue_type: QueueType = 'classic',
+                 delivery_limit: int | None = DEFAULT_DELIVERY_LIMIT) -> None:
         self.uid = uuid.uuid4().hex
         self.log = log or logging.getLogger('microagent.broker')
         self.reconnect_timeout = reconnect_timeout
+        self.queue_type: QueueType = check_queue_type(queue_type, 'AMQP broker') or 'classic'
+        self.delivery_limit = check_delivery_limit(delivery_limit, 'AMQP broker')
+        self._arguments: dict[str, QueueArguments] = {}
         self._link = Link(dsn, self.log, name or f'microagent broker {self.uid[:8]}')
         self._publisher = Publisher(self._link, reconnect_timeout)
         self._control: AbstractChannel | None = None
@@ -230,6 +241,11 @@ class AMQPQueueTransport:
     def rename(self, name: str) -> None:
         """Name the connection as RabbitMQ shows it (the engine's id, so operators find it)."""
         self._link.name = name
+
+    @property
+    def dsn(self) -> str:
+        """The DSN, several hosts joined in one string."""
+        return self._link.dsn
 
     # channels
 
@@ -272,16 +288,27 @@ class AMQPQueueTransport:
             return
         await self._on_control(partial(self._declare_on, queue), patience)
 
+    def arguments(self, queue: Queue[Any], version: tuple[int, ...] = (0,)) -> QueueArguments:
+        """How ``queue`` is declared: its own type and limit, else this broker's defaults."""
+        queue_type = queue.queue_type or self.queue_type
+        limit = queue.delivery_limit if queue.delivery_limit is not None else self.delivery_limit
+        if queue_type == 'classic' and queue.delivery_limit is not None:
+            raise DeclarationError(f'queue {queue.name!r}: delivery_limit needs a quorum queue (queue_type=\'quorum\')')
+        return QueueArguments(queue_type, limit, version)
+
     async def _declare_on(self, queue: Queue[Any], ch: AbstractChannel) -> None:
         """Declare the queue, its dead letters and its exchange binding (the control lock is held)."""
         self._fresh_connection()
         if queue.name in self._declared:
             return
         name, dead = queue.name, queue.name + DEAD_SUFFIX
-        await ch.queue_declare(name, durable=True)
+        args = self.arguments(queue, server_version(ch.connection.server_properties))
+        # the dead letters first: a quorum queue dead-letters into them by itself
         await ch.exchange_declare(dead, exchange_type='fanout', durable=True)
-        await ch.queue_declare(dead, durable=True)
+        await self._queue_declare(ch, dead, args, args.dead())
         await ch.queue_bind(dead, dead)
+        await self._queue_declare(ch, name, args, args.main(dead))
+        self._arguments[name] = args
         self.declared_queues.update((name, dead))
         self.declared_exchanges.add(dead)
         exchange = queue.exchange_declaration
@@ -292,6 +319,14 @@ class AMQPQueueTransport:
                 await ch.queue_bind(name, exchange.name, routing_key=key)
         self._declared.add(name)
 
+    @staticmethod
+    async def _queue_declare(ch: AbstractChannel, name: str, wanted: QueueArguments,
+                             arguments: FieldTable | None) -> None:
+        try:
+            await ch.queue_declare(name, durable=True, arguments=arguments)
+        except aiormq.ChannelPreconditionFailed as exc:
+            raise declaration_error(name, wanted, exc) from None
+
     async def _declare_exchange(self, ch: AbstractChannel, exchange: Exchange, where: str) -> None:
         """Declare the exchange with its declared type, never one guessed from other queues."""
         try:
@@ -301,16 +336,17 @@ class AMQPQueueTransport:
                                    f'options than a durable {exchange.type} exchange: {exc}') from None
         self.declared_exchanges.add(exchange.name)
 
-    async def _retry_queue(self, name: str, delay: float) -> str:
+    async def _retry_queue(self, queue: Queue[Any], delay: float) -> str:
+        name = queue.name
         ms = max(int(delay * 1000), 1)
         retry = f'{name}{RETRY_SUFFIX}{ms}'
         now = time.monotonic()
         self._fresh_connection()
         if now - self._retry_queues.get(retry, -RETRY_QUEUE_IDLE) < RETRY_QUEUE_IDLE / 2:
             return retry  # declared recently: its expiry lease is still long enough
-        arguments: FieldTable = {'x-message-ttl': ms, 'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': name,
-                                 'x-expires': ms + int(RETRY_QUEUE_IDLE * 1000)}
-        await self._on_control(lambda ch: ch.queue_declare(retry, durable=True, arguments=arguments))
+        args = self._arguments.get(name) or self.arguments(queue)
+        arguments = args.retry(name, ms, ms + int(RETRY_QUEUE_IDLE * 1000))
+        await self._on_control(lambda ch: self._queue_declare(ch, retry, args, arguments))
         self._retry_queues[retry] = now
         self.declared_queues.add(retry)
         return retry
@@ -339,7 +375,7 @@ class AMQPQueueTransport:
         if exchange is not None:
             await self._through(queue, exchange, topic or queue.name, outgoing)
         elif delay > 0:
-            retry = await self._retry_queue(queue.name, delay)
+            retry = await self._retry_queue(queue, delay)
             await self._publisher.publish([_to(out, '', retry) for out in outgoing], f'queue {retry!r}')
         else:
             await self._to_queue(queue, outgoing)
@@ -467,7 +503,7 @@ class AMQPQueueTransport:
         table = {**_fresh_table(token.properties), ATTEMPT_HEADER: delivery.attempt + 1,
                  REASON_HEADER: reason[:MAX_REASON]}
         # a failure leaves the message unacked: the engine tries again, then releases it
-        retry = await self._retry_queue(queue.name, delay)
+        retry = await self._retry_queue(queue, delay)
         await self._publisher.publish([Outgoing('', retry, delivery.envelope.body, _carried(token.properties, table))],
                                       f'queue {retry!r}')
         await self.ack(queue, delivery)
@@ -645,8 +681,26 @@ def _dead_letter(name: str, message: DeliveredMessage) -> DeadLetter:
         died = float(table.get(DEAD_AT_HEADER, 0.0))
     except (TypeError, ValueError):
         attempts, died = 1, 0.0
+    if DEAD_AT_HEADER not in table:  # dead-lettered by RabbitMQ itself (a quorum queue's delivery limit)
+        reason, died = _server_death(table) or (reason, died)
     headers = _received_headers(properties)
     return DeadLetter(name, Envelope(message.body, headers or None), str(reason), attempts, died)
+
+
+def _server_death(table: Mapping[str, Any]) -> tuple[str, float] | None:
+    """(reason, time) of RabbitMQ's own dead-lettering, from its ``x-death`` header."""
+    deaths = table.get('x-death')
+    if not isinstance(deaths, list) or not deaths or not isinstance(deaths[0], dict):
+        return None
+    death = deaths[0]
+    why = death.get('reason')
+    why = why.decode('utf-8', 'replace') if isinstance(why, bytes) else str(why or '')
+    when = death.get('time')
+    died = when.timestamp() if isinstance(when, datetime) else 0.0
+    if why == 'delivery_limit':
+        return ('returned unacknowledged more often than the delivery limit of the quorum queue (a consumer '
+                'crashed or lost its connection while holding it)', died)
+    return (f'dead-lettered by RabbitMQ: {why}', died)
 
 
 def _shown(text: str, limit: int = 200) -> str:
@@ -661,7 +715,7 @@ class AMQPBusTransport:
     #: acknowledges one only once the engine's backlog has room for it, so this bounds those tasks
     prefetch = 256
 
-    def __init__(self, dsn: str, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
+    def __init__(self, dsn: str | Sequence[str], prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
                  reconnect_timeout: float = 60.0, name: str = '') -> None:
         self.uid = uuid.uuid4().hex
         self.prefix = prefix
@@ -681,6 +735,11 @@ class AMQPBusTransport:
     def rename(self, name: str) -> None:
         """Name the connection as RabbitMQ shows it (the engine's id, so operators find it)."""
         self._link.name = name
+
+    @property
+    def dsn(self) -> str:
+        """The DSN, several hosts joined in one string."""
+        return self._link.dsn
 
     @property
     def reply_to(self) -> str:
@@ -863,10 +922,15 @@ class AMQPBroker(AbstractQueueBroker):
 
     transport: AMQPQueueTransport
 
-    def __init__(self, dsn: str, log: logging.Logger | None = None, *, reconnect_timeout: float = 60.0,
-                 **options: Any) -> None:
-        transport = AMQPQueueTransport(dsn, log, reconnect_timeout=reconnect_timeout)
-        super().__init__(transport, dsn=dsn, log=log, **options)
+    def __init__(self, dsn: str | Sequence[str], log: logging.Logger | None = None, *,
+                 reconnect_timeout: float = 60.0, queue_type: QueueType = 'classic',
+                 delivery_limit: int | None = DEFAULT_DELIVERY_LIMIT, **options: Any) -> None:
+        """``dsn``: one server, or a cluster's nodes (``amqp://u:p@h1,h2:5673/vhost`` or a list);
+        ``queue_type``: of the queues whose declaration does not say; ``delivery_limit``: of those
+        that are quorum (see ``Queue``)."""
+        transport = AMQPQueueTransport(dsn, log, reconnect_timeout=reconnect_timeout, queue_type=queue_type,
+                                       delivery_limit=delivery_limit)
+        super().__init__(transport, dsn=transport.dsn, log=log, **options)
         self.reconnect_timeout = reconnect_timeout
         transport.rename(f'microagent broker {self.uid[:8]}')
 
@@ -876,9 +940,9 @@ class AMQPSignalBus(AbstractSignalBus):
 
     transport: AMQPBusTransport
 
-    def __init__(self, dsn: str, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
+    def __init__(self, dsn: str | Sequence[str], prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
                  reconnect_timeout: float = 60.0, **options: Any) -> None:
         transport = AMQPBusTransport(dsn, prefix, log, reconnect_timeout=reconnect_timeout)
-        super().__init__(transport, dsn=dsn, prefix=prefix, log=log, **options)
+        super().__init__(transport, dsn=transport.dsn, prefix=prefix, log=log, **options)
         self.reconnect_timeout = reconnect_timeout
         transport.rename(f'microagent bus {prefix} {self.uid[:8]}')
