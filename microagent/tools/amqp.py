@@ -73,6 +73,8 @@ RETRY_QUEUE_IDLE = 60.0  # a delay queue is deleted by RabbitMQ after its delay 
 CONTENT_TYPE = 'application/json'
 PERSISTENT = 2
 MAX_REASON = 4096
+RETURN_WAIT = 5.0  # how long stopping a quorum queue's consumer waits for the queue to take back its messages
+RETURN_POLL = 0.01
 #: properties a retry, a dead letter or a requeue carries over (the headers table is rebuilt; an
 #: ``expiration`` would race the delay queue's TTL)
 _CARRIED = ('content_type', 'content_encoding', 'priority', 'correlation_id', 'reply_to', 'message_id',
@@ -183,6 +185,7 @@ class _Subscription:
         self.channel: AbstractChannel | None = None
         self.buffer: deque[DeliveredMessage] = deque()
         self.arrived = asyncio.Event()
+        self.delivered = False  # whether RabbitMQ ever handed this subscription a message
 
     @property
     def live(self) -> bool:
@@ -191,6 +194,7 @@ class _Subscription:
     async def on_message(self, channel: AbstractChannel, message: DeliveredMessage) -> None:
         if channel is self.channel:
             self.buffer.append(message)
+            self.delivered = True
             self.arrived.set()
 
     def on_close(self, channel: AbstractChannel, closing: asyncio.Future[Any]) -> None:
@@ -422,11 +426,40 @@ class AMQPQueueTransport:
         self._prefetch[queue.name] = concurrency
 
     async def stop_consuming(self, queue: Queue[Any]) -> None:
-        """The consumer stopped: what RabbitMQ pushed and it never fetched goes back to the queue now."""
+        """The consumer stopped: what RabbitMQ pushed and it never fetched goes back to the queue now.
+
+        A quorum queue takes back a closed channel's unacknowledged messages (and the nacks before
+        it) through its Raft log, after the close is confirmed: its counts show them only once that
+        is applied, which is when the queue drops the channel's consumer. So with a quorum queue,
+        this returns once the queue's consumer count has dropped (bounded by ``RETURN_WAIT``)."""
         self._prefetch.pop(queue.name, None)
         sub = self._subs.pop(queue.name, None)
-        if sub is not None:
+        if sub is None:
+            return
+        args = self._arguments.get(queue.name)
+        if args is None or not args.quorum or not sub.live or not sub.delivered:
             await sub.close()
+            return
+        before = await self._consumers(queue.name)
+        await sub.close()
+        await self._returned(queue.name, before)
+
+    async def _consumers(self, name: str) -> int:
+        async def count(ch: AbstractChannel) -> int:
+            return int((await ch.queue_declare(name, passive=True)).consumer_count or 0)
+        return await self._on_control(count)
+
+    async def _returned(self, name: str, before: int) -> None:
+        """Wait until the quorum queue counts fewer consumers than ``before`` (ours is gone)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RETURN_WAIT
+        while await self._consumers(name) >= before:
+            if loop.time() >= deadline:
+                self.log.info('Queue %s: the quorum queue still counts %d consumer(s) after %.0fs; '
+                              'not waiting any longer for it to take back the unacknowledged messages',
+                              name, before, RETURN_WAIT)
+                return
+            await asyncio.sleep(RETURN_POLL)
 
     async def _subscribe(self, queue: Queue[Any], count: int, patience: float) -> _Subscription:
         sub = self._subs.setdefault(queue.name, _Subscription())
