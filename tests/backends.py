@@ -10,8 +10,8 @@ from functools import partial
 from typing import Any
 
 from microagent.broker import AbstractQueueBroker
-from microagent.queue import QueueType
 from microagent.bus import AbstractSignalBus
+from microagent.queue import QueueType
 from microagent.tools.memory import MemoryBroker, MemorySignalBus
 
 

@@ -54,7 +54,7 @@ from ..retry import Retrier
 from ..signal import RESPONSE_SIGNAL
 from ..transport import DeadLetter, Deliver, DeliverReply, Delivery, SelectDeadLetter
 from .amqp_link import LINK_ERRORS, Link, Outgoing, Publisher
-from .amqp_queue_args import DEFAULT_DELIVERY_LIMIT, QueueArguments, declaration_error, server_version
+from .amqp_queue_args import DEFAULT_DELIVERY_LIMIT, QueueArguments, declaration_error, existing_type, server_version
 
 __all__ = ['AMQPBroker', 'AMQPBusTransport', 'AMQPMeta', 'AMQPQueueTransport', 'AMQPSignalBus']
 
@@ -307,11 +307,10 @@ class AMQPQueueTransport:
             return
         name, dead = queue.name, queue.name + DEAD_SUFFIX
         args = self.arguments(queue, server_version(ch.connection.server_properties))
-        # the dead letters first: a quorum queue dead-letters into them by itself
+        await self._queue_declare(ch, name, args, args.main(dead))
         await ch.exchange_declare(dead, exchange_type='fanout', durable=True)
         await self._queue_declare(ch, dead, args, args.dead())
         await ch.queue_bind(dead, dead)
-        await self._queue_declare(ch, name, args, args.main(dead))
         self._arguments[name] = args
         self.declared_queues.update((name, dead))
         self.declared_exchanges.add(dead)
@@ -323,13 +322,26 @@ class AMQPQueueTransport:
                 await ch.queue_bind(name, exchange.name, routing_key=key)
         self._declared.add(name)
 
-    @staticmethod
-    async def _queue_declare(ch: AbstractChannel, name: str, wanted: QueueArguments,
+    async def _queue_declare(self, ch: AbstractChannel, name: str, wanted: QueueArguments,
                              arguments: FieldTable | None) -> None:
         try:
             await ch.queue_declare(name, durable=True, arguments=arguments)
         except aiormq.ChannelPreconditionFailed as exc:
-            raise declaration_error(name, wanted, exc) from None
+            raise declaration_error(name, wanted, exc, await self._existing_type(name)) from None
+
+    async def _existing_type(self, name: str) -> str | None:
+        """The type of an existing queue that refused a declaration: RabbitMQ names the first
+        argument that differs, often not the type. An argument-less declaration tells: a classic
+        queue without arguments takes it (a no-op), any other names its type or another argument."""
+        channel = await self._link.channel(self.reconnect_timeout)
+        try:
+            await channel.queue_declare(name, durable=True)
+        except aiormq.ChannelPreconditionFailed as exc:
+            return existing_type(exc)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return 'classic'
 
     async def _declare_exchange(self, ch: AbstractChannel, exchange: Exchange, where: str) -> None:
         """Declare the exchange with its declared type, never one guessed from other queues."""
@@ -587,6 +599,7 @@ class AMQPQueueTransport:
     async def dead_letters(self, name: str, limit: int = 100) -> list[DeadLetter]:
         if limit <= 0:
             return []
+        before = await self.dead_letter_count(name)
         channel = await self._link.channel(self.reconnect_timeout)
         letters: list[DeadLetter] = []
         try:
@@ -605,7 +618,17 @@ class AMQPQueueTransport:
         finally:
             if not channel.is_closed:
                 await channel.close()
+        if letters:
+            await self._back(name + DEAD_SUFFIX, before)
         return letters
+
+    async def _back(self, name: str, count: int) -> None:
+        """Wait until ``name`` counts ``count`` messages again, after returning what was taken: a
+        quorum queue applies returns through its Raft log, after the nack (bounded by RETURN_WAIT)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RETURN_WAIT
+        while await self._count(name) < count and loop.time() < deadline:  # noqa: ASYNC110 - server state
+            await asyncio.sleep(RETURN_POLL)
 
     async def requeue_dead_letters(self, name: str) -> int:
         total = await self.dead_letter_count(name)
@@ -657,6 +680,8 @@ class AMQPQueueTransport:
         finally:
             if not channel.is_closed:
                 await channel.close()
+        if len(taken) < got:
+            await self._back(name + DEAD_SUFFIX, total - len(taken))
         return len(taken)
 
     async def exists(self, name: str) -> bool:

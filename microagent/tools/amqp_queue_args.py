@@ -92,16 +92,28 @@ class QueueArguments:
 _CURRENT = re.compile(r"current is the value '([^']*)'")
 
 
-def declaration_error(name: str, wanted: QueueArguments, exc: aiormq.ChannelPreconditionFailed) -> DeclarationError:
-    """A clear error for a queue that exists with other arguments (RabbitMQ cannot change a
-    queue's type or arguments in place: a new queue, or a policy, is the way)."""
+def existing_type(exc: aiormq.ChannelPreconditionFailed) -> str | None:
+    """The type an existing queue has, when RabbitMQ's refusal is about ``x-queue-type``."""
     text = str(exc)
-    if "'x-queue-type'" in text:
-        found = _CURRENT.search(text)
-        existing = found[1] if found else 'classic'
+    if "'x-queue-type'" not in text:
+        return None
+    found = _CURRENT.search(text)
+    return found[1] if found else 'classic'  # "current is none": a classic queue
+
+
+def declaration_error(name: str, wanted: QueueArguments, exc: aiormq.ChannelPreconditionFailed,
+                      existing: str | None = None) -> DeclarationError:
+    """A clear error for a queue that exists with other arguments (RabbitMQ cannot change a
+    queue's type or arguments in place: a new queue, or a policy, is the way). ``existing``: the
+    type it was found to have, if known."""
+    text = str(exc)
+    existing = existing_type(exc) or existing
+    if existing is not None and existing != wanted.queue_type:
         return DeclarationError(
             f'queue {name!r} exists on RabbitMQ as a {existing} queue, declared here as {wanted.queue_type}: '
             f'RabbitMQ cannot change the type of a queue; drain it and delete it, or use another name '
             f'({text})')
-    return DeclarationError(f'queue {name!r} exists on RabbitMQ with other arguments than a '
-                            f'{wanted.queue_type} queue with delivery limit {wanted.delivery_limit} ({text})')
+    limit = f' with delivery limit {wanted.delivery_limit}' if wanted.quorum else ''
+    return DeclarationError(f'queue {name!r} exists on RabbitMQ with other arguments than a {wanted.queue_type} '
+                            f'queue{limit} (another type, another delivery limit?): RabbitMQ cannot change them in '
+                            f'place; drain it and delete it, or use another name ({text})')
