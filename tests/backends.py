@@ -6,10 +6,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from microagent.broker import AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
+from microagent.queue import QueueType
 from microagent.tools.memory import MemoryBroker, MemorySignalBus
 
 
@@ -21,6 +23,11 @@ class Backend:
     make_bus: Callable[[], AbstractSignalBus]
     make_broker: Callable[..., AbstractQueueBroker]
     opened: list[Any] = field(default_factory=list)
+
+    @property
+    def engine(self) -> str:
+        """The server behind the backend: ``amqp-quorum`` is RabbitMQ (``amqp``) with quorum queues."""
+        return self.name.partition('-')[0]
 
     def bus(self) -> AbstractSignalBus:
         bus = self.make_bus()
@@ -94,16 +101,18 @@ BACKENDS['redis'] = redis_backend
 
 
 @asynccontextmanager
-async def amqp_backend() -> AsyncIterator[Backend]:
+async def amqp_backend(queue_type: QueueType = 'classic') -> AsyncIterator[Backend]:
     """RabbitMQ; a unique exchange (bus prefix) per test, and every queue and exchange the test's
-    brokers declared is deleted afterwards."""
+    brokers declared is deleted afterwards. ``queue_type='quorum'``: the brokers declare quorum
+    queues (the ``amqp-quorum`` backend)."""
     from microagent.tools.amqp import AMQPBroker, AMQPSignalBus
     from tests.amqp_support import AMQP_DSN, delete_declared, require_rabbitmq
 
     require_rabbitmq()
     prefix = f'T{uuid.uuid4().hex[:12]}'
-    backend = Backend('amqp', lambda: AMQPSignalBus(AMQP_DSN, prefix=prefix),
-                      lambda **o: AMQPBroker(AMQP_DSN, **o))
+    name = 'amqp' if queue_type == 'classic' else f'amqp-{queue_type}'
+    backend = Backend(name, lambda: AMQPSignalBus(AMQP_DSN, prefix=prefix),
+                      lambda **o: AMQPBroker(AMQP_DSN, **{'queue_type': queue_type, **o}))
     try:
         yield backend
     finally:
@@ -112,6 +121,7 @@ async def amqp_backend() -> AsyncIterator[Backend]:
 
 
 BACKENDS['amqp'] = amqp_backend
+BACKENDS['amqp-quorum'] = partial(amqp_backend, 'quorum')
 
 
 @asynccontextmanager
@@ -161,7 +171,7 @@ async def inject_raw(backend: Backend, broker: AbstractQueueBroker, queue: str, 
     """Put ``bodies`` on ``queue`` exactly as given, past every check of microagent: as a 1.x
     agent or a foreign producer would (redis-py RPUSH; aiormq to the default exchange; a
     plain JetStream publish)."""
-    if backend.name == 'redis':
+    if backend.engine == 'redis':
         from redis.asyncio import Redis
 
         client = Redis.from_url(REDIS_TEST_DSN)
@@ -169,7 +179,7 @@ async def inject_raw(backend: Backend, broker: AbstractQueueBroker, queue: str, 
             await client.rpush(queue, *bodies)
         finally:
             await client.aclose()
-    elif backend.name == 'amqp':
+    elif backend.engine == 'amqp':
         import aiormq
         from pamqp import commands
 
@@ -183,7 +193,7 @@ async def inject_raw(backend: Backend, broker: AbstractQueueBroker, queue: str, 
                                             properties=commands.Basic.Properties(delivery_mode=2))
         finally:
             await connection.close()
-    elif backend.name == 'nats':
+    elif backend.engine == 'nats':
         import nats
 
         from microagent.tools.nats_broker import Layout
@@ -212,7 +222,7 @@ async def unsettled_after_stop(backend: Backend, queue: str) -> int:
     attached, an unacked delivery is back among the ready ones, so the queue must be empty. NATS: the
     consumer's unacknowledged deliveries. Memory holds taken messages only in their deliveries:
     nothing to look at."""
-    if backend.name == 'redis':
+    if backend.engine == 'redis':
         from redis.asyncio import Redis
 
         client = Redis.from_url(REDIS_TEST_DSN)
@@ -223,7 +233,7 @@ async def unsettled_after_stop(backend: Backend, queue: str) -> int:
             return total
         finally:
             await client.aclose()
-    if backend.name == 'amqp':
+    if backend.engine == 'amqp':
         import aiormq
 
         from tests.amqp_support import AMQP_DSN
@@ -236,7 +246,7 @@ async def unsettled_after_stop(backend: Backend, queue: str) -> int:
             return int(ok.message_count or 0)
         finally:
             await connection.close()
-    if backend.name == 'nats':
+    if backend.engine == 'nats':
         return await nats_taken(queue)
     return 0
 
