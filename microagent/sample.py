@@ -101,7 +101,7 @@ class _Sampler:
 
     # values
 
-    def value(self, node: Any, refs: int = 0, n: int = 0) -> Any:
+    def value(self, node: Any, refs: int = 0, n: int = 0, name: str = '') -> Any:
         schema, refs = self.expand(node, refs)
         shallow = refs > MAX_REF_DEPTH
         given = self.given(schema, shallow, n)
@@ -111,7 +111,7 @@ class _Sampler:
             if key in schema:
                 rest = {k: v for k, v in schema.items() if k not in (key, *_ANNOTATIONS)}
                 option = self.choose([self.expand(o, refs) for o in schema[key]], shallow)
-                return self.value(_merge(rest, option[0]) if rest else option[0], option[1], n)
+                return self.value(_merge(rest, option[0]) if rest else option[0], option[1], n, name)
         kind = schema.get('type')
         if isinstance(kind, list):
             kinds = [k for k in kind if k != 'null'] or ['null']
@@ -122,6 +122,8 @@ class _Sampler:
                     'string' if {'pattern', 'format', 'minLength', 'maxLength'} & schema.keys() else
                     'number' if {'minimum', 'maximum', 'exclusiveMinimum', 'exclusiveMaximum'} & schema.keys() else
                     'any')
+        if kind == 'string':
+            return self._string(schema, refs, n, name)
         method = getattr(self, f'_{kind}', None)
         if method is None:
             raise SampleError(f'unknown JSON Schema type {kind!r}')
@@ -213,7 +215,7 @@ class _Sampler:
             want = k * step
         return want
 
-    def _string(self, schema: dict[str, Any], refs: int, n: int) -> str:
+    def _string(self, schema: dict[str, Any], refs: int, n: int, name: str = '') -> str:
         low, high = int(schema.get('minLength', 0)), schema.get('maxLength')
         fmt = schema.get('format')
         if schema.get('contentEncoding') == 'base64':
@@ -221,6 +223,10 @@ class _Sampler:
         text = _formatted(fmt, n, self.rng) if isinstance(fmt, str) else None
         if text is not None:
             return text
+        hinted = _hint(name) if fmt is None and 'pattern' not in schema else None
+        text = _formatted(hinted, n, self.rng) if hinted else None
+        if text is not None and len(text) >= low and (high is None or len(text) <= high):
+            return text  # any string fits: one that reads like the field's name says
         pattern = schema.get('pattern')
         if isinstance(pattern, str):
             rng = self.rng or random.Random(n)
@@ -275,10 +281,10 @@ class _Sampler:
         out: dict[str, Any] = {}
         for key, sub in properties.items():
             if key in required or (not shallow and (self.rng is None or self.rng.random() < 0.5)):
-                out[key] = self.value(sub, refs, n)
+                out[key] = self.value(sub, refs, n, key)
         for key in required:
             if key not in out:
-                out[key] = self.value(properties.get(key, {}), refs, n)
+                out[key] = self.value(properties.get(key, {}), refs, n, key)
         extra = schema.get('additionalProperties', {} if not properties else False)
         if extra is False or (extra is None):
             return out
@@ -301,6 +307,23 @@ class _Sampler:
                 continue
             out[key] = self.value(extra, refs, k)
         return out
+
+
+def _hint(name: str) -> str | None:
+    """The format a plain string field's name suggests (``email``, ``created_at``): a readable
+    example, and one a msgspec ``datetime`` (whose schema is a bare string) accepts."""
+    name = name.lower()
+    if 'email' in name:
+        return 'email'
+    if name.endswith(('_at', '_time', 'timestamp')) or name in ('time', 'datetime', 'created', 'updated'):
+        return 'date-time'
+    if name.endswith('_date') or name == 'date':
+        return 'date'
+    if name.endswith(('url', 'uri', 'link', 'href')):
+        return 'uri'
+    if name.endswith('uuid'):
+        return 'uuid'
+    return None
 
 
 _NONE = object()  # ``given`` found nothing (None is a value)
