@@ -1,171 +1,195 @@
-"""Typed example payloads for declarations, and the contract check of an agent's inbound side.
+"""``await check_contract(AgentA, AgentB)``: does each agent handle an example of everything it
+declares it receives? It runs the agents on a private memory backend (``TestGroup``), sends an example of every
+signal it receives and every queue it consumes, and raises ``ContractFailed`` naming each handler
+that did not handle its example, and why (its exception, a refused RPC answer, a timeout).
 
-``example(user_created)`` is a ``UserCreated`` the codec accepts, built from the declaration's JSON
-Schema (``microagent.sample``) and decoded by the declaration's own codec, so it is exactly what a
-receiver would get; ``examples(decl, n, seed)`` gives varied ones for fuzzing. A msgspec schema
-says less than its model (a ``datetime`` that may be naive is just a string, so is a ``time``; map
-keys are strings): when the codec refuses the sample, msgspec's error names the field and the value
-there is replaced by the first candidate that fits.
-
-``await check_contract(Agent)`` runs the agent on a private memory backend (``TestGroup``), sends
-an example of every signal it receives and every queue it consumes, and raises
-``ContractFailed`` naming each handler that did not handle its example, and why. The examples
-carry a header, so a handler's own traffic (a receiver that queues work for the agent's consumer)
-is told apart; a consumer's example counts as handled once an attempt succeeds (a retry is part of
-the contract), as failed once its retries are spent.
+Each example carries a header, so a handler's own traffic (a receiver that queues work for the
+agent's consumer) is told apart from it. A consumer's example counts as handled once an attempt
+succeeds (its retries are part of the contract) and as failed once they are spent.
 """
 from __future__ import annotations
 
 import asyncio
 import functools
-import re
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, overload
-
-import msgspec
+from typing import Any
 
 from .agent import MicroAgent
-from .errors import InvalidPayload, UsageError
+from .errors import InvalidPayload
 from .message import current_message
-from .payload import Codec, MsgspecCodec, codec_for, encode_json
+from .payload import Codec
 from .queue import Queue
-from .registry import model_name
-from .sample import SampleError, sample_json
+from .sample_payload import examples
 from .signal import Signal
 
-__all__ = ['ContractCase', 'ContractFailed', 'ContractReport', 'check_contract', 'example', 'examples']
-
-T = TypeVar('T')
-R = TypeVar('R')
+__all__ = ['CASE_HEADER', 'ContractCase', 'ContractFailed', 'ContractReport', 'check_contract']
 
 CASE_HEADER = 'microagent-contract-case'
 DEFAULT_CONTRACT_TIMEOUT = 10.0
-_REPAIRS = 40  # fields one example may need replaced
-#: values tried, in order, for a string the model refused (what a plain schema string may really be)
-_STRINGS = ('2024-01-01T12:00:00Z', '2024-01-01T12:00:00', '12:00:00', '12:00:00Z', '2024-01-01', '1', '1.5',
-            'PT1S', '12345678-9abc-4def-8123-456789abcdef', 'dHJ1ZQ==', 'true')
-_AT = re.compile(r' - at `(\$[^`]*)`$')
-_AT_KEY = re.compile(r' - at `key` in `(\$[^`]*)`$')
-_STEP = re.compile(r'\.([^.\[]+)|\[(\d+|\.\.\.)\]')  # `[...]`: a value of a map
+SENDER = 'contract-check'
 
 
-def _codec(declaration: Any, answer: bool) -> Codec[Any]:
-    if isinstance(declaration, Signal):
-        if not answer:
-            return declaration.codec
-        if declaration.answer_codec is None:
-            raise UsageError(f'signal {declaration.name!r} is no RPC signal: it has no answer type')
-        return declaration.answer_codec
-    if answer:
-        raise UsageError(f'only an RPC signal has an answer type, not {declaration!r}')
-    if isinstance(declaration, Queue):
-        return declaration.codec
-    return codec_for(declaration, f'model {model_name(declaration)}')
+@dataclass
+class ContractCase:
+    """One example sent to one agent: which handlers may take it and how it ended."""
+
+    agent: str
+    kind: str  # 'signal' or 'queue'
+    name: str
+    handlers: tuple[str, ...]  # the receiver, or the consumers of the queue ("Agent.method")
+    example: Any
+    error: str | None = None  # why the last attempt failed; None once one succeeded
+    attempts: int = 0
+    done: bool = False
+    answer_codec: Codec[Any] | None = field(default=None, repr=False)
+    max_retries: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.done and self.error is None
+
+    def describe(self) -> str:
+        status = 'handled' if self.ok else f'FAILED: {self.error}'
+        return f'{" / ".join(self.handlers)} ({self.kind} {self.name}): {status}; example {self.example!r}'
 
 
-@overload
-def example(declaration: Signal[Any, R], *, answer: Literal[True], seed: int | None = None) -> R: ...
-@overload
-def example(declaration: Signal[T, Any], *, answer: Literal[False] = False, seed: int | None = None) -> T: ...
-@overload
-def example(declaration: Queue[T], *, seed: int | None = None) -> T: ...
-@overload
-def example(declaration: type[T], *, seed: int | None = None) -> T: ...
+@dataclass
+class ContractReport:
+    """Every case of a check, in the order sent."""
+
+    cases: list[ContractCase]
+
+    @property
+    def failures(self) -> list[ContractCase]:
+        return [case for case in self.cases if not case.ok]
+
+    def __str__(self) -> str:
+        failed = self.failures
+        head = (f'{len(failed)} of {len(self.cases)} inbound examples were not handled' if failed
+                else f'all {len(self.cases)} inbound examples were handled')
+        return '\n'.join([head, *(f'  {case.describe()}' for case in (failed or self.cases))])
 
 
-def example(declaration: Any, *, answer: bool = False, seed: int | None = None) -> Any:
-    """A valid payload of a signal or queue (``answer=True``: an RPC signal's answer), or of a model
-    type; the same one every time without ``seed``."""
-    return _example(_codec(declaration, answer), seed)
+class ContractFailed(AssertionError):
+    """An agent did not handle an example of what it declares it receives; ``report`` says which."""
+
+    def __init__(self, report: ContractReport) -> None:
+        super().__init__(str(report))
+        self.report = report
 
 
-@overload
-def examples(declaration: Signal[Any, R], n: int = 10, seed: int = 0, *, answer: Literal[True]) -> list[R]: ...
-@overload
-def examples(declaration: Signal[T, Any], n: int = 10, seed: int = 0, *,
-             answer: Literal[False] = False) -> list[T]: ...
-@overload
-def examples(declaration: Queue[T], n: int = 10, seed: int = 0) -> list[T]: ...
-@overload
-def examples(declaration: type[T], n: int = 10, seed: int = 0) -> list[T]: ...
-
-
-def examples(declaration: Any, n: int = 10, seed: int = 0, *, answer: bool = False) -> list[Any]:
-    """``n`` varied valid payloads (random choices, repeatable by ``seed``): for fuzzing a handler."""
-    codec = _codec(declaration, answer)
-    return [_example(codec, seed * 1_000_003 + i) for i in range(n)]
-
-
-def _example(codec: Codec[Any], seed: int | None) -> Any:
-    value = sample_json(codec.schema, seed=seed)
-    for _ in range(_REPAIRS):
+def _watch(handler: Callable[..., Awaitable[Any]], key: str, cases: dict[str, ContractCase],
+           changed: asyncio.Event) -> Callable[..., Awaitable[Any]]:
+    """``handler``, recording how each call on a contract example of this handler ends."""
+    @functools.wraps(handler)
+    async def watched(*args: Any, **kwargs: Any) -> Any:
+        message = current_message()
+        case = cases.get(message.headers.get(CASE_HEADER, '')) if message is not None else None
+        if case is None or key not in case.handlers or case.done:
+            return await handler(*args, **kwargs)
+        case.attempts += 1
         try:
-            return codec.decode(encode_json(value))
-        except InvalidPayload as exc:
-            if not isinstance(codec, MsgspecCodec):
-                raise SampleError(f'{codec.target}: the example {value!r} is refused: {exc}') from None
-            value = _repaired(codec, value, exc)
-    raise SampleError(f'{codec.target}: no valid example after replacing {_REPAIRS} fields: {value!r}')
+            result = await handler(*args, **kwargs)
+        except BaseException as exc:
+            case.error = (f'{key} raised {type(exc).__name__}: {exc}' if isinstance(exc, Exception)
+                          else f'{key} was cancelled ({type(exc).__name__}: its timeout?)')
+            attempt = message.attempt if message is not None else 1
+            case.done = case.kind == 'signal' or attempt > case.max_retries
+            changed.set()
+            raise
+        case.error = None
+        if case.answer_codec is not None:
+            try:
+                case.answer_codec.encode(result)
+            except InvalidPayload as exc:
+                case.error = f'{key} answered {result!r}, which the answer type refuses: {exc}'
+        case.done = True
+        changed.set()
+        return result
+    return watched
 
 
-def _repaired(codec: MsgspecCodec[Any], value: Any, refused: InvalidPayload) -> Any:
-    """``value`` with the field (or the map keys) msgspec names replaced by the first candidate
-    that gets the decoding further."""
-    error = _refusal(codec, value)
-    key_error = _AT_KEY.search(error or '')
-    where = key_error or _AT.search(error or '')
-    if error is None or where is None:
-        raise SampleError(f'{codec.target}: the example {value!r} is refused: {refused}') from None
-    steps: list[str | int | None] = [name or (None if index == '...' else int(index))
-                                     for name, index in _STEP.findall(where.group(1))]
-    for candidate in (_KEY_FAMILIES if key_error else _STRINGS):
-        trial = msgspec.json.decode(encode_json(value))  # a copy to patch
-        if key_error:
-            for target in _at(trial, steps):
-                renamed = dict(zip(candidate(len(target)), target.values(), strict=False))
-                target.clear()
-                target.update(renamed)
-        elif steps:
-            last = steps[-1]
-            for target in _at(trial, steps[:-1]):
-                for key in (target if last is None else [last]):
-                    target[key] = candidate
-        else:
-            trial = candidate
-        after = _refusal(codec, trial)
-        if after is None or _place(after) != _place(error):  # this field fits now
-            return trial
-    raise SampleError(f'{codec.target}: the example {value!r} is refused: {refused}') from None
+async def _check_group(classes: tuple[type[MicroAgent], ...], settings: dict[str, Any] | None, n: int,
+                       seed: int | None, timeout: float) -> list[ContractCase]:
+    from .testing import TestGroup
+
+    cases: dict[str, ContractCase] = {}
+    changed = asyncio.Event()
+    sends: list[tuple[str, Signal[Any, Any] | Queue[Any], Any]] = []
+    async with TestGroup(*classes, settings=settings) as group:
+        def add(agent: MicroAgent, kind: str, declaration: Signal[Any, Any] | Queue[Any], handlers: tuple[str, ...],
+                answer: Codec[Any] | None, retries: int) -> None:
+            values = examples(declaration, n, seed) if seed is not None else [
+                _canonical(declaration, i) for i in range(n)]
+            for value in values:
+                case_id = uuid.uuid4().hex
+                cases[case_id] = ContractCase(type(agent).__name__, kind, declaration.name, handlers, value,
+                                              answer_codec=answer, max_retries=retries)
+                sends.append((case_id, declaration, value))
+
+        for agent in group.agents:
+            for receiver in agent.receivers:
+                receiver.handler = _watch(receiver.handler, receiver.key, cases, changed)
+                add(agent, 'signal', receiver.signal, (receiver.key,), receiver.signal.answer_codec, 0)
+            by_queue: dict[str, list[Any]] = {}
+            for consumer in agent.consumers:
+                consumer.handler = _watch(consumer.handler, consumer.key, cases, changed)
+                by_queue.setdefault(consumer.queue.name, []).append(consumer)
+            for consumers in by_queue.values():
+                add(agent, 'queue', consumers[0].queue, tuple(c.key for c in consumers), None,
+                    max(c.max_retries for c in consumers))
+        for case_id, declaration, value in sends:
+            headers = {CASE_HEADER: case_id}
+            if isinstance(declaration, Signal):
+                await group.bus[declaration].send(SENDER, value, headers=headers)
+            else:
+                await group.broker[declaration].send(value, headers=headers)
+        await _wait(cases, changed, timeout)
+        for case in cases.values():
+            if not case.done:
+                await _explain(group.broker, case, timeout)
+    return list(cases.values())
 
 
-def _refusal(codec: MsgspecCodec[Any], value: Any) -> str | None:
-    """msgspec's own error for ``value`` (with its path), None when it decodes."""
+def _canonical(declaration: Signal[Any, Any] | Queue[Any], i: int) -> Any:
+    """The deterministic example first; then seeded ones (``n`` > 1 without a seed)."""
+    from .sample_payload import example
+
+    return example(declaration) if i == 0 else example(declaration, seed=i)
+
+
+async def _wait(cases: dict[str, ContractCase], changed: asyncio.Event, timeout: float) -> None:
     try:
-        msgspec.json.decode(encode_json(value), type=codec.model)
-    except msgspec.ValidationError as exc:
-        return str(exc)
-    return None
+        async with asyncio.timeout(timeout):
+            while not all(case.done for case in cases.values()):
+                changed.clear()
+                await changed.wait()
+    except TimeoutError:
+        pass  # the cases still open say so
 
 
-def _place(error: str) -> str:
-    """Where a msgspec error points (the path, and whether at a map key)."""
-    found = _AT_KEY.search(error) or _AT.search(error)
-    return found.group(0) if found else error
+async def _explain(broker: Any, case: ContractCase, timeout: float) -> None:
+    """Why a case did not end: still failing, dead-lettered unseen (refused), or never delivered."""
+    if case.attempts:
+        case.error = f'still failing after {case.attempts} attempts within {timeout}s; last: {case.error}'
+        return
+    reasons = []
+    if case.kind == 'queue':
+        reasons = [letter.reason for letter in await broker.dead_letters(case.name)]
+    case.error = (f'not handled within {timeout}s' + (f'; dead letters of {case.name}: {reasons}' if reasons else
+                                                       ' (never delivered to the handler)'))
 
 
-def _at(value: Any, steps: list[str | int | None]) -> list[Any]:
-    """The values at ``steps`` (None: every value of a map)."""
-    found = [value]
-    for step in steps:
-        found = [v for item in found for v in (item.values() if step is None else [item[step]])]
-    return found
-
-
-_KEY_FAMILIES: tuple[Callable[[int], list[str]], ...] = (
-    lambda n: [str(i + 1) for i in range(n)],
-    lambda n: [f'{i}.5' for i in range(n)],
-    lambda n: [f'12345678-9abc-4def-8123-{i:012x}' for i in range(n)],
-    lambda n: [f'2024-01-{i % 28 + 1:02d}' for i in range(n)],
-    lambda n: ['true', 'false'][:n],
-)
+async def check_contract(*agents: type[MicroAgent], settings: dict[str, Any] | None = None, n: int = 1,
+                         seed: int | None = None, timeout: float = DEFAULT_CONTRACT_TIMEOUT,
+                         raise_on_failure: bool = True) -> ContractReport:
+    """Run the agents together on a private memory backend (give those an agent sends to, as in
+    the fleet: a queue bound to an exchange exists once its consumer runs), send ``n`` examples of
+    every signal and queue each receives, and wait until each is handled; ``ContractFailed`` names
+    what was not (or, ``raise_on_failure=False``, the report says it). ``seed``: random examples."""
+    report = ContractReport(await _check_group(agents, settings, n, seed, timeout))
+    if raise_on_failure and report.failures:
+        raise ContractFailed(report)
+    return report
