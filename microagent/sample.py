@@ -179,7 +179,10 @@ class _Sampler:
         else:
             start = lo if lo is not None else (hi - 1000 if hi is not None else -1000)
             value = self.rng.randint(start, hi if hi is not None else start + 2000)
-        value = min(max(value, lo if lo is not None else value), hi if hi is not None else value)
+        if lo is not None:
+            value = max(value, lo)
+        if hi is not None:
+            value = min(value, hi)
         step = schema.get('multipleOf')
         if isinstance(step, int | float) and step > 0:
             multiple = math.ceil(value / step) * step
@@ -240,7 +243,7 @@ class _Sampler:
         else:
             base = ''.join(self.rng.choice('abcdefghijklmnopqrstuvwxyz ') for _ in range(self.rng.randint(1, 12)))
         if high is not None and len(base) > int(high):
-            base = (base[-int(high):] if n else base[:int(high)])
+            base = base[len(base) - int(high):] if n else base[:int(high)]
         if len(base) < low:
             base = (base * (low // max(len(base), 1) + 1))[:low] if base else 'x' * low
         return base
@@ -268,7 +271,9 @@ class _Sampler:
             k += 1
             if unique and item in seen:
                 if k - n > 50 + want:
-                    raise SampleError(f'cannot find {want} distinct items for {schema}')
+                    if len(out) >= low:
+                        break  # fewer than hoped, as many as needed
+                    raise SampleError(f'cannot find {low} distinct items for {schema}')
                 continue
             seen.append(item)
             out.append(item)
