@@ -434,7 +434,8 @@ class NATSQueueTransport:
             return None
 
     async def length(self, name: str) -> int:
-        """Stored in the queue's stream and not taken by a consumer."""
+        """Stored in the queue's stream and not taken by a consumer. The server drops an acked
+        message from the stream a moment after the ack, so this may count it for that moment."""
         layout = Layout.of(name)
         stored = await self._info_messages(layout.stream)
         if not stored:
