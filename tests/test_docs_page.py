@@ -19,7 +19,6 @@ from microagent import MicroAgent, Queue, Signal, receiver
 from microagent.cli import main
 from microagent.docs import render_docs
 from microagent.fleet import Fleet, FleetAgent, load_fleet
-
 from schemas import user_created
 
 ARTIFACTS = Path(__file__).resolve().parent / 'artifacts'
