@@ -242,8 +242,7 @@ async def test_stop_waits_for_handlers_in_flight_and_leaves_the_rest_queued(back
     release.set()
     await stopping
     assert finished.items == [0]
-    # JetStream removes an acked message from a work-queue stream a moment after the ack: awaited
-    await eventually(lambda: _length(broker, queue, 4))
+    assert await broker[queue].length() == 4
 
 
 async def test_exchange_routes_by_topic(backend: Backend, unique: str) -> None:
