@@ -28,7 +28,8 @@ from .queue import Queue
 from .signal import Signal
 from .transport import BrokerTransport, BusTransport, DeadLetter, Deliver, DeliverReply
 
-__all__ = ['ExpectationFailed', 'GroupFactory', 'HandlerProbe', 'NotInGroup', 'Sent', 'SentLog', 'TestGroup']
+__all__ = ['ContractCase', 'ContractFailed', 'ContractReport', 'ExpectationFailed', 'GroupFactory', 'HandlerProbe',
+           'NotInGroup', 'Sent', 'SentLog', 'TestGroup', 'check_contract', 'example', 'examples']
 
 A = TypeVar('A', bound=MicroAgent)
 M = TypeVar('M')
@@ -362,3 +363,8 @@ class GroupFactory:
     def __call__(self, *agents: type[MicroAgent], settings: dict[str, Any] | None = None,
                  prefix: str | None = None) -> TestGroup:
         return TestGroup(*agents, settings=settings, dsn=self.dsn, prefix=prefix)
+
+
+# examples of payloads and the contract check live in their own modules; the kit offers them
+from .contract import ContractCase, ContractFailed, ContractReport, check_contract  # noqa: E402
+from .sample_payload import example, examples  # noqa: E402
