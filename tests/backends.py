@@ -93,6 +93,55 @@ async def redis_backend() -> AsyncIterator[Backend]:
 BACKENDS['redis'] = redis_backend
 
 
+def cluster_dsn() -> str:
+    from tests.redis_cluster_support import current
+
+    return current().dsn
+
+
+@asynccontextmanager
+async def redis_cluster_backend() -> AsyncIterator[Backend]:
+    """The session's Redis Cluster (the ``backend`` fixture starts it); a unique signal prefix per
+    test, and every key of the queues the test declared is deleted afterwards, on every master."""
+    from microagent.exchange import Exchange
+    from microagent.queue import Queue
+    from microagent.tools.redis import RedisBroker, RedisSignalBus
+    from microagent.tools.redis_scripts import base_of, exchange_key
+
+    dsn = cluster_dsn()
+    prefix = f'T{uuid.uuid4().hex[:12]}'
+    before = set(Queue.get_all())
+    exchanges_before = set(Exchange.get_all())
+    backend = Backend('redis-cluster', lambda: RedisSignalBus(dsn, prefix=prefix),
+                      lambda **o: RedisBroker(dsn, **o))
+    try:
+        yield backend
+    finally:
+        await backend.close()
+        client = cluster_client()
+        try:
+            for name in set(Queue.get_all()) - before:
+                await client.delete(name)
+                async for key in client.scan_iter(match=f'{base_of(name, True)}:*', count=1000):
+                    await client.delete(key)
+            for name in set(Exchange.get_all()) - exchanges_before:
+                await client.delete(exchange_key(name))
+        finally:
+            await client.aclose()
+
+
+def cluster_client() -> Any:
+    """A plain redis-py cluster client on the session's cluster (the 1.x agent, or a checker)."""
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    from tests.redis_cluster_support import current
+
+    return RedisCluster(startup_nodes=[ClusterNode('127.0.0.1', port) for port in current().ports[:3]])
+
+
+BACKENDS['redis-cluster'] = redis_cluster_backend
+
+
 @asynccontextmanager
 async def amqp_backend() -> AsyncIterator[Backend]:
     """RabbitMQ; a unique exchange (bus prefix) per test, and every queue and exchange the test's
@@ -169,6 +218,12 @@ async def inject_raw(backend: Backend, broker: AbstractQueueBroker, queue: str, 
             await client.rpush(queue, *bodies)
         finally:
             await client.aclose()
+    elif backend.name == 'redis-cluster':
+        cluster = cluster_client()
+        try:
+            await cluster.rpush(queue, *bodies)
+        finally:
+            await cluster.aclose()
     elif backend.name == 'amqp':
         import aiormq
         from pamqp import commands
@@ -223,6 +278,17 @@ async def unsettled_after_stop(backend: Backend, queue: str) -> int:
             return total
         finally:
             await client.aclose()
+    if backend.name == 'redis-cluster':
+        from microagent.tools.redis_scripts import base_of
+
+        cluster = cluster_client()
+        try:
+            total = 0
+            async for key in cluster.scan_iter(match=f'{base_of(queue, True)}:inflight:*', count=1000):
+                total += int(await cluster.llen(key))
+            return total
+        finally:
+            await cluster.aclose()
     if backend.name == 'amqp':
         import aiormq
 

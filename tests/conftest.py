@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio import Redis
 
-from tests.amqp_support import Servers, require_rabbitmq
 from tests import redis_cluster_support
+from tests.amqp_support import Servers, require_rabbitmq
 from tests.backends import BACKENDS, REDIS_TEST_DSN, Backend
 from tests.services import REDIS_HOST, REDIS_PORT, require_nats, require_service
 

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ def require_cluster_binaries() -> None:
 
 def _port_taken(port: int) -> bool:
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as redis-server: TIME_WAIT is no owner
         try:
             probe.bind(('127.0.0.1', port))
         except OSError:
@@ -160,7 +162,8 @@ def start_cluster() -> Cluster:
         subprocess.run(['redis-cli', '--cluster', 'create', *(f'127.0.0.1:{p}' for p in ports),
                         '--cluster-replicas', '1', '--cluster-yes'],
                        check=True, capture_output=True, timeout=60)
-        asyncio.run(cluster.wait_healthy())
+        with ThreadPoolExecutor(1) as thread:  # the fixture may be set up while a test's loop runs
+            thread.submit(asyncio.run, cluster.wait_healthy()).result()
     except BaseException:
         cluster.stop_all()
         shutil.rmtree(cluster.directory, ignore_errors=True)
