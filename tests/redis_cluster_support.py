@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
 BASE_PORT = 7101
 NODES = 6
@@ -135,6 +136,33 @@ class Cluster:
             finally:
                 await client.aclose()
         raise RuntimeError(f'no live node knows the master of {key!r}')
+
+    async def masters(self) -> dict[int, list[tuple[int, int]]]:
+        """Every master's port and its slot ranges, as a live node says now."""
+        for port in self.ports:
+            if self.processes[port].poll() is not None:
+                continue
+            client = self.client(port)
+            try:
+                table: dict[int, list[tuple[int, int]]] = {}
+                for start, end, master, *_ in await client.execute_command('CLUSTER', 'SLOTS'):  # type: ignore[no-untyped-call]
+                    table.setdefault(int(master[1]), []).append((int(start), int(end)))
+                return table
+            except Exception:
+                continue
+            finally:
+                await client.aclose()
+        raise RuntimeError('no live node answers CLUSTER SLOTS')
+
+    async def name_on(self, master: int, prefix: str) -> str:
+        """A key name starting with ``prefix`` whose slot ``master`` serves."""
+        ranges = (await self.masters())[master]
+        for i in range(10_000):
+            name = f'{prefix}_{i}'
+            slot = key_slot(name.encode())
+            if any(start <= slot <= end for start, end in ranges):
+                return name
+        raise RuntimeError(f'no name for master {master}')
 
     async def replica_of(self, master: int) -> int:
         client = self.client(master)

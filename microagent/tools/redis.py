@@ -37,13 +37,13 @@ from typing import Any, Literal, TypeVar, cast
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MovedError
+from redis.exceptions import MovedError, SlotNotCoveredError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..broker import DEFAULT_MAX_MESSAGE_SIZE, AbstractQueueBroker
@@ -472,6 +472,14 @@ def _delayed_member(data: bytes) -> bytes:
     return uuid.uuid4().hex.encode() + data
 
 
+def _master_of(cluster: RedisCluster, key: str) -> ClusterNode | None:
+    """The master of ``key``'s slot in the client's slot map; None before it has one."""
+    try:
+        return cluster.get_node_from_key(key)
+    except SlotNotCoveredError:
+        return None
+
+
 class RedisQueueTransport:
     """Reliable queues on Redis lists (``BrokerTransport``).
 
@@ -600,10 +608,10 @@ class RedisQueueTransport:
         counts the writes of its own connection, which a cluster client's pool does not keep)."""
         if not isinstance(self.redis, RedisCluster):
             return self.redis
-        node = self.redis.get_node_from_key(key)
+        node = _master_of(self.redis, key)
         if node is None:  # no slot map yet (nothing sent), or the slot is not covered now
             await self.redis.initialize()
-            node = self.redis.get_node_from_key(key)
+            node = _master_of(self.redis, key)
             if node is None:
                 raise NotReplicated(f'no master serves the slot of {key!r} now; the message was not sent')
         client = self._node_clients.get(node.name)
@@ -819,7 +827,7 @@ class RedisQueueTransport:
         release acked by the old master and never replicated puts a settled message back in our
         in-flight list. Resync: whatever no handler holds goes back to the queue."""
         assert isinstance(self.redis, RedisCluster)
-        node = self.redis.get_node_from_key(owned.keys.queue)
+        node = _master_of(self.redis, owned.keys.queue)
         if node is None:
             return
         master = node.name

@@ -122,6 +122,7 @@ class ClusterListener:
         self._cluster = cluster
         self._turn = 0
         self._client: Redis | None = None
+        self.listening: tuple[str, int] | None = None  #: the node of the current connection
 
     @property
     def node(self) -> tuple[str, int]:
@@ -135,7 +136,7 @@ class ClusterListener:
 
     def pubsub(self) -> PubSub:
         if self._client is None:
-            host, port = self.node
+            host, port = self.listening = self.node
             self._client = Redis(host=host, port=port, **self._options)
         return self._client.pubsub()
 
