@@ -21,6 +21,10 @@ also (re)registers the consumer, so an in-flight list always has an owner others
 a failed fetch, the consumer returns what it does not hold before fetching again. Messages are
 never rewritten in Redis: a retry, a dead letter or a requeue keeps the stored bytes, so the frame's
 headers and message id survive them. Key names and Lua scripts live in ``redis_scripts``.
+
+Redis Cluster (``redis+cluster://host:port,host:port/``, see ``redis_cluster``): the same scripts,
+each queue's keys in the slot of its list; commands ride out a failover; ``wait_replicas`` bounds
+what asynchronous replication can lose.
 """
 from __future__ import annotations
 
