@@ -417,7 +417,7 @@ def test_wait_replicas_must_be_a_count(value: Any) -> None:
 async def test_a_queue_name_no_hash_tag_can_follow_is_refused_on_a_cluster(redis_cluster: Cluster) -> None:
     broker = RedisBroker(redis_cluster.dsn)
     try:
-        with pytest.raises(InvalidArgument, match='Redis Cluster'):
-            await broker[Queue('odd}name', Job)].send(Job(1))
+        with pytest.raises(InvalidArgument, match='Redis Cluster'):  # declared names cannot hold braces, but
+            broker.transport._keys('odd}name')                       # a transport may be driven directly
     finally:
         await broker.close()
