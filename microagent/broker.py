@@ -24,9 +24,10 @@ from .dsn import hide_password
 from .errors import DeclarationError, InvalidArgument, InvalidPayload, QueueAttributeError, QueueNotFound, UsageError
 from .exchange import Exchange
 from .message import Envelope, check_user_headers, current_var, new_headers, new_headers_many
-from .middleware import Handling, MiddlewareLike, Outcome, Sending, SendingKind, added, backend_name, wrap
+from .middleware import Handling, MiddlewareLike, Outcome, Sending, SendingKind, Site, added, backend_name, wrap
 from .payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json, undecodable
 from .queue import Queue
+from .readiness import PING_TIMEOUT, pinged
 from .retry import Retrier, backoff
 from .sends import check_send, set_sender
 from .transport import BrokerTransport, DeadLetter, Delivery, SelectDeadLetter
@@ -61,6 +62,8 @@ class _Running:
         self.busy = 0
         self.deadlines: dict[asyncio.Task[Any], float] = {}
         self.expired: set[asyncio.Task[Any]] = set()
+        self.retrier: Retrier | None = None  # the fetch loop's: its failures say it cannot fetch now
+        self.site: Site | None = None  # for middlewares, made on first use
 
     def wake_one(self) -> None:
         """Wake one idle worker; it wakes the next if work remains. One wake pending at a time, so
@@ -123,6 +126,22 @@ class AbstractQueueBroker:
     async def close(self) -> None:
         """Release the transport's connections; the broker may not be used afterwards."""
         await self.transport.close()
+
+    async def ping(self) -> None:
+        """One round trip to the server (``transport.ping``); raises when it is unreachable."""
+        await self.transport.ping()
+
+    async def readiness(self, timeout: float = PING_TIMEOUT) -> list[str]:
+        """Why this broker is not ready, empty when it is: its server does not answer ``ping``
+        within ``timeout`` seconds, or a consumer's fetch loop ended or is failing."""
+        problems = await pinged(repr(self), self.ping, timeout)
+        for name, run in self._running.items():
+            if run.loop_task is None or run.loop_task.done():
+                problems.append(f'{self!r}: the consumer of queue {name!r} is not running')
+            elif run.retrier is not None and run.retrier.failures:
+                problems.append(f'{self!r}: fetching from queue {name!r} failed {run.retrier.failures} '
+                                'time(s) in a row')
+        return problems
 
     def use(self, *middlewares: MiddlewareLike) -> Self:
         """Wrap every send through this broker in ``middlewares`` too (after those it has)."""
@@ -272,7 +291,7 @@ class AbstractQueueBroker:
         queue = consumer.queue
         run.tasks = [asyncio.create_task(run.watchdog())]
         run.tasks += [asyncio.create_task(self._work(run)) for _ in range(consumer.concurrency)]
-        retrier = Retrier(self.log, f'Fetching from queue {queue.name}')
+        retrier = run.retrier = Retrier(self.log, f'Fetching from queue {queue.name}')
         while not run.stopping.is_set():
             in_hand = run.busy + len(run.buffer)
             if in_hand > run.low_water:  # fetch in large batches, while half the work is still in hand
@@ -361,18 +380,20 @@ class AbstractQueueBroker:
                 streak = 0
                 await asyncio.sleep(0)
 
-    @staticmethod
-    def _handling(run: _Running, delivery: Delivery[Any], backend: str) -> Handling:
-        consumer = run.consumer
-        return Handling('consumer', type(consumer.agent).__name__, consumer.key, consumer.queue.name, backend,
-                        delivery, delivery.attempt, consumer.max_retries)
+    def _handling(self, run: _Running, delivery: Delivery[Any]) -> Handling:
+        if run.site is None:
+            consumer = run.consumer
+            run.site = Site('consumer', type(consumer.agent).__name__, consumer.key, consumer.queue.name,
+                            self.backend, consumer.max_retries)
+        return Handling(run.site, delivery, delivery.attempt)
 
-    async def _handle_through(self, run: _Running, task: asyncio.Task[None], delivery: Delivery[Any],
-                              payload: Any) -> None:
+    def _handle_through(self, run: _Running, task: asyncio.Task[None], delivery: Delivery[Any],
+                        payload: Any) -> Awaitable[Any]:
         """The handler behind the agent's middlewares; they see the outcome the engine chose (a
-        timeout reaches them as ``TimeoutError``, and from them the worker)."""
+        timeout reaches them as ``TimeoutError``, and from them the worker). Not a coroutine itself:
+        the worker awaits the chain directly, one frame less per message."""
         consumer = run.consumer
-        handling = self._handling(run, delivery, self.backend)
+        handling = self._handling(run, delivery)
 
         async def handle() -> Any:
             try:
@@ -387,7 +408,7 @@ class AbstractQueueBroker:
                 self._note_failure(handling, consumer, delivery, exc)
                 raise
 
-        await wrap(consumer.agent.middlewares, 'handle', handling, handle)()
+        return wrap(consumer.agent.middlewares, 'handle', handling, handle)()
 
     @staticmethod
     def _note_failure(handling: Handling, consumer: Consumer, delivery: Delivery[Any], exc: Exception,
@@ -398,7 +419,7 @@ class AbstractQueueBroker:
 
     async def _report_invalid(self, run: _Running, delivery: Delivery[Any], exc: InvalidPayload) -> None:
         """Show the middlewares a message that fails validation: it is dead-lettered unhandled."""
-        handling = self._handling(run, delivery, self.backend)
+        handling = self._handling(run, delivery)
 
         async def invalid() -> None:
             handling.failed(exc, Outcome.DEAD_LETTERED)

@@ -24,7 +24,7 @@ import itertools
 import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast
@@ -51,8 +51,9 @@ from .message import (
     current_var,
     new_headers,
 )
-from .middleware import Handling, MiddlewareLike, Outcome, Sending, SendingKind, added, backend_name, wrap
+from .middleware import Handling, MiddlewareLike, Outcome, Sending, SendingKind, Site, added, backend_name, wrap
 from .payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json
+from .readiness import PING_TIMEOUT, pinged
 from .sends import check_send, set_sender
 from .signal import RESPONSE_SIGNAL, Signal
 from .transport import BusTransport
@@ -181,6 +182,15 @@ class AbstractSignalBus:
     async def close(self) -> None:
         """Release the transport's connections; the bus may not be used afterwards."""
         await self.transport.close()
+
+    async def ping(self) -> None:
+        """One round trip to the server (``transport.ping``); raises when it is unreachable."""
+        await self.transport.ping()
+
+    async def readiness(self, timeout: float = PING_TIMEOUT) -> list[str]:
+        """Why this bus is not ready, empty when it is: its server does not answer ``ping`` (or
+        its subscriptions are down) within ``timeout`` seconds."""
+        return await pinged(repr(self), self.ping, timeout)
 
     def use(self, *middlewares: MiddlewareLike) -> Self:
         """Wrap every send through this bus in ``middlewares`` too (after those it has)."""
@@ -360,11 +370,13 @@ class AbstractSignalBus:
             self.log.exception('Receiver %s of %s failed', receiver.key, receiver.signal.name)
             return False, f'{type(exc).__name__}: {exc}'
 
-    async def _call_through(self, receiver: Receiver, payload: Any, sender: str, incoming: Incoming) -> Any:
+    def _call_through(self, receiver: Receiver, payload: Any, sender: str, incoming: Incoming) -> Awaitable[Any]:
         """The receiver behind its agent's middlewares, which see how it ended."""
-        agent = type(receiver.agent).__name__
-        handling = Handling('receiver', agent, f'{agent}.{receiver.handler.__name__}', receiver.signal.name,
-                            self.backend, incoming)
+        if receiver.site is None:
+            agent = type(receiver.agent).__name__
+            receiver.site = Site('receiver', agent, f'{agent}.{receiver.handler.__name__}', receiver.signal.name,
+                                 self.backend)
+        handling = Handling(receiver.site, incoming)
 
         async def call() -> Any:
             try:
@@ -376,7 +388,7 @@ class AbstractSignalBus:
                 handling.failed(exc, Outcome.FAILED)
                 raise
 
-        return await wrap(receiver.agent.middlewares, 'handle', handling, call)()
+        return wrap(receiver.agent.middlewares, 'handle', handling, call)()
 
     # RPC
 

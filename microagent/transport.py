@@ -116,6 +116,11 @@ class Delivery(Generic[TokenT]):
         again = ', redelivered' if self.redelivered else ''
         return f'<Delivery attempt {self.attempt}{again}: {self.envelope.body[:60]!r}>'
 
+    def header(self, name: str) -> str | None:
+        """One header as received, without reading the whole message."""
+        headers = self.envelope.headers
+        return headers.get(name) if headers else None
+
     @property
     def message(self) -> Message:
         """The ``Message`` of this delivery, read from its headers on first use (the engine makes
@@ -179,6 +184,12 @@ class BusTransport(Protocol):
     async def reply(self, reply_to: str, envelope: Envelope) -> None:
         """Send an RPC answer (a body ``{"Agent.method": value}``, headers with the request's
         ``request-id``) to the ``reply-to`` address of a request, which may be another bus's."""
+        ...
+
+    async def ping(self) -> None:
+        """One cheap round trip to the server (a readiness probe); raises (``ConnectionError``,
+        ``OSError`` or the client's error) when it does not answer or the subscriptions are not
+        live at the moment. The engine bounds it with a timeout."""
         ...
 
     async def close(self) -> None:
@@ -274,6 +285,11 @@ class BrokerTransport(Protocol[TokenT]):
     async def exists(self, name: str) -> bool:
         """Whether the queue is declared on the server or holds anything (messages, retries, dead
         letters): a tool tells a mistyped name from an empty queue."""
+        ...
+
+    async def ping(self) -> None:
+        """One cheap round trip to the server (a readiness probe); raises when it does not answer.
+        The engine bounds it with a timeout."""
         ...
 
     async def close(self) -> None:
