@@ -202,14 +202,14 @@ def _backend(dsn: str | None, hub: Any, prefix: str) -> tuple[AbstractSignalBus,
     if dsn is None or dsn.startswith('memory://'):
         from .tools.memory import MemoryBroker, MemorySignalBus
         return MemorySignalBus(prefix=prefix, hub=hub), MemoryBroker(hub=hub)
-    if dsn.startswith(('redis://', 'rediss://', 'unix://')):
+    if dsn.startswith(('redis://', 'rediss://', 'unix://', 'redis+cluster://', 'rediss+cluster://')):
         from .tools.redis import RedisBroker, RedisSignalBus
         return RedisSignalBus(dsn, prefix=prefix), RedisBroker(dsn)
     if dsn.startswith(('amqp://', 'amqps://')):
         from .tools.amqp import AMQPBroker, AMQPSignalBus
         return AMQPSignalBus(dsn, prefix=prefix), AMQPBroker(dsn)
     raise UsageError(f'TestGroup: no backend for DSN {dsn.split("://")[0]!r}://; '
-                     'use memory://, redis://, rediss://, amqp:// or amqps://')
+                     'use memory://, redis://, rediss://, redis+cluster://, amqp:// or amqps://')
 
 
 class TestGroup:

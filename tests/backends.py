@@ -100,6 +100,55 @@ async def redis_backend() -> AsyncIterator[Backend]:
 BACKENDS['redis'] = redis_backend
 
 
+def cluster_dsn() -> str:
+    from tests.redis_cluster_support import current
+
+    return current().dsn
+
+
+@asynccontextmanager
+async def redis_cluster_backend() -> AsyncIterator[Backend]:
+    """The session's Redis Cluster (the ``backend`` fixture starts it); a unique signal prefix per
+    test, and every key of the queues the test declared is deleted afterwards, on every master."""
+    from microagent.exchange import Exchange
+    from microagent.queue import Queue
+    from microagent.tools.redis import RedisBroker, RedisSignalBus
+    from microagent.tools.redis_scripts import base_of, exchange_key
+
+    dsn = cluster_dsn()
+    prefix = f'T{uuid.uuid4().hex[:12]}'
+    before = set(Queue.get_all())
+    exchanges_before = set(Exchange.get_all())
+    backend = Backend('redis-cluster', lambda: RedisSignalBus(dsn, prefix=prefix),
+                      lambda **o: RedisBroker(dsn, **o))
+    try:
+        yield backend
+    finally:
+        await backend.close()
+        client = cluster_client()
+        try:
+            for name in set(Queue.get_all()) - before:
+                await client.delete(name)
+                async for key in client.scan_iter(match=f'{base_of(name, True)}:*', count=1000):
+                    await client.delete(key)
+            for name in set(Exchange.get_all()) - exchanges_before:
+                await client.delete(exchange_key(name))
+        finally:
+            await client.aclose()
+
+
+def cluster_client() -> Any:
+    """A plain redis-py cluster client on the session's cluster (the 1.x agent, or a checker)."""
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    from tests.redis_cluster_support import current
+
+    return RedisCluster(startup_nodes=[ClusterNode('127.0.0.1', port) for port in current().ports[:3]])
+
+
+BACKENDS['redis-cluster'] = redis_cluster_backend
+
+
 @asynccontextmanager
 async def amqp_backend(queue_type: QueueType = 'classic') -> AsyncIterator[Backend]:
     """RabbitMQ; a unique exchange (bus prefix) per test, and every queue and exchange the test's
@@ -171,7 +220,7 @@ async def inject_raw(backend: Backend, broker: AbstractQueueBroker, queue: str, 
     """Put ``bodies`` on ``queue`` exactly as given, past every check of microagent: as a 1.x
     agent or a foreign producer would (redis-py RPUSH; aiormq to the default exchange; a
     plain JetStream publish)."""
-    if backend.engine == 'redis':
+    if backend.name == 'redis':
         from redis.asyncio import Redis
 
         client = Redis.from_url(REDIS_TEST_DSN)
@@ -179,6 +228,12 @@ async def inject_raw(backend: Backend, broker: AbstractQueueBroker, queue: str, 
             await client.rpush(queue, *bodies)
         finally:
             await client.aclose()
+    elif backend.name == 'redis-cluster':
+        cluster = cluster_client()
+        try:
+            await cluster.rpush(queue, *bodies)
+        finally:
+            await cluster.aclose()
     elif backend.engine == 'amqp':
         import aiormq
         from pamqp import commands
@@ -222,7 +277,7 @@ async def unsettled_after_stop(backend: Backend, queue: str) -> int:
     attached, an unacked delivery is back among the ready ones, so the queue must be empty. NATS: the
     consumer's unacknowledged deliveries. Memory holds taken messages only in their deliveries:
     nothing to look at."""
-    if backend.engine == 'redis':
+    if backend.name == 'redis':
         from redis.asyncio import Redis
 
         client = Redis.from_url(REDIS_TEST_DSN)
@@ -233,6 +288,17 @@ async def unsettled_after_stop(backend: Backend, queue: str) -> int:
             return total
         finally:
             await client.aclose()
+    if backend.name == 'redis-cluster':
+        from microagent.tools.redis_scripts import base_of
+
+        cluster = cluster_client()
+        try:
+            total = 0
+            async for key in cluster.scan_iter(match=f'{base_of(queue, True)}:inflight:*', count=1000):
+                total += int(await cluster.llen(key))
+            return total
+        finally:
+            await cluster.aclose()
     if backend.engine == 'amqp':
         import aiormq
 
