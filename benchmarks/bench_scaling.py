@@ -6,8 +6,10 @@ once), ``cpu`` burns a fixed amount of CPU (about 1 ms). Timing starts when ever
 connected and ends when the last message is handled. On a machine with N cores expect at most
 about N x for the CPU-bound row.
 
-``python -m benchmarks.bench_scaling [--messages N] [--targets redis,amqp,amqp-quorum]``. A new
-backend (Redis Cluster, say) is one entry in ``TARGETS``.
+``python -m benchmarks.bench_scaling [--messages N] [--targets redis,redis-cluster,amqp,amqp-quorum]``.
+``redis-cluster`` uses ``MICROAGENT_BENCH_REDIS_CLUSTER`` (a ``redis+cluster://`` DSN) or else starts
+the test suite's loopback cluster (3 masters, 3 replicas, ports 7101-7106) for the run. A new backend
+is one entry in ``TARGETS``.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import multiprocessing
 import os
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
@@ -30,6 +34,7 @@ from microagent.broker import AbstractQueueBroker
 
 REDIS_DSN = os.environ.get('MICROAGENT_BENCH_REDIS', 'redis://127.0.0.1:6379/8')
 AMQP_DSN = os.environ.get('MICROAGENT_BENCH_AMQP', 'amqp://guest:guest@127.0.0.1:5672/')
+CLUSTER_DSN = os.environ.get('MICROAGENT_BENCH_REDIS_CLUSTER', '')
 PROCESSES = (1, 2, 4)
 CONCURRENCY = 32  # handlers per process
 CPU_LOOPS = 20_000  # about 1 ms of Python on this machine
@@ -52,6 +57,7 @@ class Target:
 
 TARGETS: dict[str, Target] = {
     'redis': Target('microagent.tools.redis.RedisBroker', REDIS_DSN),
+    'redis-cluster': Target('microagent.tools.redis.RedisBroker', CLUSTER_DSN),
     'amqp': Target('microagent.tools.amqp.AMQPBroker', AMQP_DSN),
     'amqp-quorum': Target('microagent.tools.amqp.AMQPBroker', AMQP_DSN, {'queue_type': 'quorum'}),
 }
@@ -109,6 +115,11 @@ async def _cleanup(name: str, target: Target, broker: AbstractQueueBroker) -> No
 
     if isinstance(broker, RedisBroker):
         from redis.asyncio import Redis
+
+        from microagent.tools.redis_cluster import is_cluster
+
+        if is_cluster(target.dsn):  # the loopback cluster goes with the run; a given one keeps the keys
+            return
 
         client = Redis.from_url(target.dsn)
         await client.delete(name)
@@ -169,14 +180,29 @@ def main(argv: list[str] | None = None) -> None:
     print(f'Scaling: consumer processes on one queue, {args.messages} messages (io) and '
           f'{args.messages // 5} (cpu), {CONCURRENCY} handlers per process, {os.cpu_count()} CPU(s), '
           f'load average {os.getloadavg()[0]:.1f}')
-    print(f'{"backend":<12} {"handler":<8} ' + ' '.join(f'{f"{n} proc":>10} {"x":>5}' for n in PROCESSES))
-    for target_name in args.targets.split(','):
-        target = TARGETS[target_name]
-        for workload in ('io', 'cpu'):
-            count = args.messages if workload == 'io' else max(args.messages // 5, 1)
-            rates = [measure(target, workload, n, count) for n in PROCESSES]
-            cells = ' '.join(f'{r:>10,.0f} {r / rates[0]:>5.2f}' for r in rates)
-            print(f'{target_name:<12} {workload:<8} {cells}', flush=True)
+    print(f'{"backend":<13} {"handler":<8} ' + ' '.join(f'{f"{n} proc":>10} {"x":>5}' for n in PROCESSES))
+    with ExitStack() as stack:
+        for target_name in args.targets.split(','):
+            target = TARGETS[target_name]
+            if target_name == 'redis-cluster' and not target.dsn:
+                target = Target(target.broker, stack.enter_context(_loopback_cluster()))
+            for workload in ('io', 'cpu'):
+                count = args.messages if workload == 'io' else max(args.messages // 5, 1)
+                rates = [measure(target, workload, n, count) for n in PROCESSES]
+                cells = ' '.join(f'{r:>10,.0f} {r / rates[0]:>5.2f}' for r in rates)
+                print(f'{target_name:<13} {workload:<8} {cells}', flush=True)
+
+
+@contextmanager
+def _loopback_cluster() -> Iterator[str]:
+    """The test suite's Redis Cluster on loopback ports, for this run only: its DSN."""
+    from tests.redis_cluster_support import start_cluster, stop_cluster
+
+    cluster = start_cluster()
+    try:
+        yield cluster.dsn
+    finally:
+        stop_cluster(cluster)
 
 
 if __name__ == '__main__':
