@@ -483,8 +483,8 @@ class AbstractQueueBroker:
         delay = _retry_delay(consumer, delivery)
         attempt, retries = delivery.attempt, consumer.max_retries
         if delay is not None:
-            self.log.warning('Queue %s: %s failed on attempt %d (%s); retry %d of %d in %.1f s',
-                             queue.name, consumer.key, attempt, reason, attempt, retries, delay,
+            self.log.warning('Queue %s: %s failed on attempt %d (%s); retry %d of %d in %s s',
+                             queue.name, consumer.key, attempt, reason, attempt, retries, _seconds(delay),
                              extra=failure_fields(delivery.message, consumer.key, 'retried', attempt, retries, delay))
             await self._settle_message(queue, delivery, 'retry',
                                        partial(self.transport.retry, queue, delivery, delay, reason))
@@ -601,6 +601,11 @@ class BoundQueue(Generic[T]):
 
 def _every(position: int, letter: DeadLetter) -> bool:
     return True
+
+
+def _seconds(delay: float) -> str:
+    """``4.0``, ``0.25``, ``0.01``: a retry delay as a person reads it."""
+    return f'{delay:.1f}' if delay >= 1 else f'{delay:.2g}'
 
 
 def _retry_delay(consumer: Consumer, delivery: Delivery[Any]) -> float | None:

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import msgspec
 
-from .message import Message, current_message
+from .message import Conversation, Message, current_var
 
 FORMATS = ('text', 'json')
 LEVELS = ('DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL')
@@ -70,13 +70,14 @@ def _add_context(record: logging.LogRecord) -> None:
         current = current_handler.get()
         record.handler = current[1] if current is not None else None
     if not hasattr(record, 'message_id'):
-        message = current_message()
-        if message is None:
+        current = current_var.get()
+        if current is None:
             record.message_id = record.correlation_id = record.trace_id = None
-        else:
-            record.message_id = message.message_id
-            record.correlation_id = message.correlation_id
-            record.trace_id = message.trace_id
+            return
+        message = current if isinstance(current, Message) else current.message
+        record.message_id = None if isinstance(current, Conversation) else message.message_id
+        record.correlation_id = message.correlation_id
+        record.trace_id = message.trace_id
 
 
 def agent_logger(name: str, part: str = '') -> logging.Logger:
@@ -111,8 +112,8 @@ class AgentFilter(logging.Filter):
 
 class TextFormatter(logging.Formatter):
     """``2024-05-01 12:00:00.123 INFO    users[4242] message``; other loggers than the agent's own
-    are named after the pid, so library lines stay recognisable, then the short id of the message
-    being handled, if any: ``users[4242] agent.users.broker #1a2b3c4d: message``."""
+    are named after the pid, so library lines stay recognisable, then the short id of the
+    conversation being handled, if any: ``users[4242] agent.users.broker #1a2b3c4d: message``."""
 
     def __init__(self) -> None:
         super().__init__(datefmt='%Y-%m-%d %H:%M:%S')
@@ -129,10 +130,10 @@ class TextFormatter(logging.Formatter):
 
 
 def _short_context(record: logging.LogRecord) -> str:
-    """`` #1a2b3c4d``: the last 8 hex digits of the message id (its per-process counter, what tells
-    one sender's messages apart): enough to follow a message through a text log."""
-    message_id: str | None = getattr(record, 'message_id', None)
-    return f' #{message_id[-8:]}' if message_id else ''
+    """`` #1a2b3c4d``: the last 8 hex digits of the conversation's (correlation) id, its
+    per-process counter: every line of one conversation, in every agent, shows the same."""
+    correlation_id: str | None = getattr(record, 'correlation_id', None)
+    return f' #{correlation_id[-8:]}' if correlation_id else ''
 
 
 class JsonFormatter(logging.Formatter):
