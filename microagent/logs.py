@@ -67,8 +67,8 @@ def failure_fields(message: Message | None, handler: str | None, outcome: str, a
 def _add_context(record: logging.LogRecord) -> None:
     """Fill in the handler and message ids from the context, unless the call gave them."""
     if not hasattr(record, 'handler'):
-        current = current_handler.get()
-        record.handler = current[1] if current is not None else None
+        handler = current_handler.get()
+        record.handler = handler[1] if handler is not None else None
     if not hasattr(record, 'message_id'):
         current = current_var.get()
         if current is None:
