@@ -87,7 +87,7 @@ class _Sent(Middleware):
 def publish_command(args: argparse.Namespace) -> int:
     """Run ``microagent publish``; every failure is one line on stderr and an exit code (the
     clients' own reconnection warnings are not shown: the exit code and its line say it)."""
-    setup_logging('ERROR', 'text', 'microagent')
+    setup_logging('CRITICAL', 'text', 'microagent')
     try:
         _check_options(args)
         headers = _headers(args.header)
