@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Callable, Mapping
 from contextlib import suppress
@@ -29,7 +30,6 @@ from .config import ConfigError, import_object
 from .dsn import hide_password, scrub
 from .errors import CallTimeout, InvalidArgument, MicroAgentError, UsageError
 from .exchange import Exchange
-from .logs import setup_logging
 from .message import MESSAGE_ID, check_user_headers
 from .middleware import Middleware, Next, Sending
 from .payload import encode_json
@@ -87,7 +87,16 @@ class _Sent(Middleware):
 def publish_command(args: argparse.Namespace) -> int:
     """Run ``microagent publish``; every failure is one line on stderr and an exit code (the
     clients' own reconnection warnings are not shown: the exit code and its line say it)."""
-    setup_logging('CRITICAL', 'text', 'microagent')
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)  # and back after: tests call the command in their own process
+    try:
+        return _publish(args)
+    finally:
+        root.setLevel(level)
+
+
+def _publish(args: argparse.Namespace) -> int:
     try:
         _check_options(args)
         headers = _headers(args.header)
