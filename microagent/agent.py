@@ -27,7 +27,7 @@ from .handlers import (
     with_timeout,
 )
 from .message import Conversation, current_message, reset_current_message, set_current_message
-from .middleware import MiddlewareLike, added
+from .middleware import MiddlewareLike, Site, added
 from .payload import undecodable
 from .queue import Queue
 from .sends import Sendable, SendKind, UndeclaredSend, declared_sends, kind_of, reset_sender, set_sender
@@ -48,6 +48,7 @@ class Receiver:
     style: CallStyle
     concurrency: int = DEFAULT_RECEIVER_CONCURRENCY  # calls running at once; more wait in the bus
     key: str = field(init=False)  # the answer key of 1.x RPC: the handler's ``__qualname__``
+    site: Site | None = field(default=None, init=False, repr=False)  # for middlewares, made on first use
 
     def __post_init__(self) -> None:
         # 1.x keys answers by the function's qualname: an inherited receiver answers as ``Base.method``

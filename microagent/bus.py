@@ -24,7 +24,7 @@ import itertools
 import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast
@@ -53,7 +53,7 @@ from .message import (
     current_var,
     new_headers,
 )
-from .middleware import Handling, MiddlewareLike, Outcome, Sending, SendingKind, added, backend_name, wrap
+from .middleware import Handling, MiddlewareLike, Outcome, Sending, SendingKind, Site, added, backend_name, wrap
 from .payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json
 from .sends import check_send, set_sender
 from .signal import RESPONSE_SIGNAL, Signal
@@ -369,11 +369,13 @@ class AbstractSignalBus:
                                extra=_FAILED)
             return False, f'{type(exc).__name__}: {exc}'
 
-    async def _call_through(self, receiver: Receiver, payload: Any, sender: str, incoming: Incoming) -> Any:
+    def _call_through(self, receiver: Receiver, payload: Any, sender: str, incoming: Incoming) -> Awaitable[Any]:
         """The receiver behind its agent's middlewares, which see how it ended."""
-        agent = type(receiver.agent).__name__
-        handling = Handling('receiver', agent, f'{agent}.{receiver.handler.__name__}', receiver.signal.name,
-                            self.backend, incoming)
+        if receiver.site is None:
+            agent = type(receiver.agent).__name__
+            receiver.site = Site('receiver', agent, f'{agent}.{receiver.handler.__name__}', receiver.signal.name,
+                                 self.backend)
+        handling = Handling(receiver.site, incoming)
 
         async def call() -> Any:
             try:
@@ -385,7 +387,7 @@ class AbstractSignalBus:
                 handling.failed(exc, Outcome.FAILED)
                 raise
 
-        return await wrap(receiver.agent.middlewares, 'handle', handling, call)()
+        return wrap(receiver.agent.middlewares, 'handle', handling, call)()
 
     # RPC
 

@@ -59,7 +59,7 @@ __all__ = [
     'STANDARD_HEADERS', 'TRACEPARENT', 'TRACESTATE', 'Conversation', 'Envelope', 'FrameError', 'Incoming',
     'InvalidHeader', 'Lazy', 'Message', 'check_user_headers', 'current_message', 'current_var', 'frame', 'handling',
     'is_reserved', 'new_headers', 'new_headers_many', 'new_message_id', 'new_traceparent', 'parse_traceparent',
-    'reset_current_message', 'set_current_message', 'unframe',
+    'reset_current_message', 'sent_at_of', 'set_current_message', 'unframe',
 ]
 
 MESSAGE_ID = 'message-id'
@@ -254,11 +254,17 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _sent_at(value: str | None) -> float:
+    sent_at = sent_at_of(value)
+    return time.time() if sent_at is None else sent_at
+
+
+def sent_at_of(value: str | None) -> float | None:
+    """A ``sent_at`` header's time, or None when it is missing or not a finite number."""
     try:
         sent_at = float(value) if value is not None else math.nan
     except ValueError:
-        sent_at = math.nan
-    return sent_at if math.isfinite(sent_at) else time.time()
+        return None
+    return sent_at if math.isfinite(sent_at) else None
 
 
 def _attempt(value: str | None) -> int:
@@ -281,6 +287,9 @@ class Incoming:
         self.attempt = attempt
         self.redelivered = redelivered
         self._message: Message | None = None
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name) if self.headers else None
 
     @property
     def message(self) -> Message:
@@ -307,6 +316,9 @@ class Lazy(Protocol):
 
     @property
     def message(self) -> Message: ...
+
+    def header(self, name: str) -> str | None:
+        """One header as received, without reading the whole message."""
 
 
 _current: ContextVar[Message | Lazy | None] = ContextVar('microagent_message', default=None)

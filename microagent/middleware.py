@@ -28,10 +28,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from .errors import InvalidArgument
-from .message import Lazy, Message
+from .message import SENT_AT, Lazy, Message, sent_at_of
 
 __all__ = [
     'Handling',
@@ -42,6 +42,7 @@ __all__ = [
     'Outcome',
     'Sending',
     'SendingKind',
+    'Site',
     'added',
     'backend_name',
     'wrap',
@@ -60,42 +61,112 @@ class Outcome(enum.StrEnum):
     DEAD_LETTERED = 'dead_lettered'  # a consumer raised for the last time, or the message was invalid
 
 
-class Handling:
-    """One run of a handler, as a middleware sees it: which, for what, and how it ended."""
+class Site:
+    """What stays the same over every run of one handler: built once, shared by each of its handlings."""
 
-    __slots__ = ('_lazy', 'agent', 'attempt', 'backend', 'error', 'handler', 'kind', 'max_retries', 'name',
-                 'outcome', 'retry_delay', 'timed_out')
+    __slots__ = ('agent', 'backend', 'handler', 'kind', 'max_retries', 'name')
 
     def __init__(self, kind: HandlingKind, agent: str, handler: str, name: str, backend: str,
-                 lazy: Lazy | None = None, attempt: int = 1, max_retries: int = 0) -> None:
+                 max_retries: int = 0) -> None:
         self.kind: HandlingKind = kind
-        self.agent = agent  #: the agent class's name
-        self.handler = handler  #: ``Agent.method``
-        self.name = name  #: the signal or queue, or the task's ``Agent.method`` for periodic and cron
-        self.backend = backend  #: 'memory', 'redis', 'amqp', 'nats' ('' for periodic and cron runs)
+        self.agent = agent
+        self.handler = handler
+        self.name = name
+        self.backend = backend
+        self.max_retries = max_retries
+
+
+class Handling:
+    """One run of a handler, as a middleware sees it: which, for what, and how it ended.
+
+    Built per message, so it holds little: the handler's ``Site``, the message (read on first use),
+    the attempt, and the failure once the engine has recorded one."""
+
+    __slots__ = ('_failure', '_lazy', 'attempt', 'site')
+
+    def __init__(self, site: Site, lazy: Lazy | None = None, attempt: int = 1) -> None:
+        self.site = site
         self._lazy = lazy
         self.attempt = attempt  #: delivery count of a queue message, from 1
-        self.max_retries = max_retries
-        self.outcome = Outcome.OK
-        self.error: BaseException | None = None
-        self.timed_out = False
-        self.retry_delay: float | None = None  #: seconds until the next attempt, when ``RETRIED``
+        self._failure: _Failure | None = None
 
     def __repr__(self) -> str:
         return f'<Handling {self.kind} {self.handler} of {self.name}: {self.outcome}>'
+
+    @property
+    def kind(self) -> HandlingKind:
+        return self.site.kind
+
+    @property
+    def agent(self) -> str:
+        """The agent class's name."""
+        return self.site.agent
+
+    @property
+    def handler(self) -> str:
+        """``Agent.method``."""
+        return self.site.handler
+
+    @property
+    def name(self) -> str:
+        """The signal or queue, or the task's ``Agent.method`` for periodic and cron."""
+        return self.site.name
+
+    @property
+    def backend(self) -> str:
+        """'memory', 'redis', 'amqp', 'nats' ('' for periodic and cron runs)."""
+        return self.site.backend
+
+    @property
+    def max_retries(self) -> int:
+        return self.site.max_retries
 
     @property
     def message(self) -> Message | None:
         """The message handled (headers, ids, ``sent_at``), read on first use; None for a timer run."""
         return self._lazy.message if self._lazy is not None else None
 
+    def header(self, name: str) -> str | None:
+        """One header of the message handled, as received (cheaper than ``message`` for one value)."""
+        return self._lazy.header(name) if self._lazy is not None else None
+
+    @property
+    def sent_at(self) -> float | None:
+        """When the message was sent, by the sender's clock; None for a timer run or a 1.x body."""
+        return sent_at_of(self.header(SENT_AT))
+
+    @property
+    def outcome(self) -> Outcome:
+        return _OK if self._failure is None else self._failure.outcome
+
+    @property
+    def error(self) -> BaseException | None:
+        return None if self._failure is None else self._failure.error
+
+    @property
+    def timed_out(self) -> bool:
+        """The handler overran its timeout (the error is then a ``TimeoutError``)."""
+        return self._failure is not None and self._failure.timed_out
+
+    @property
+    def retry_delay(self) -> float | None:
+        """Seconds until the next attempt, when ``RETRIED``."""
+        return None if self._failure is None else self._failure.retry_delay
+
     def failed(self, error: BaseException, outcome: Outcome, *, timed_out: bool = False,
                retry_delay: float | None = None) -> None:
         """The engine records the end of a failed run before the error reaches the middlewares."""
-        self.error = error
-        self.outcome = outcome
-        self.timed_out = timed_out
-        self.retry_delay = retry_delay
+        self._failure = _Failure(error, outcome, timed_out, retry_delay)
+
+
+class _Failure(NamedTuple):
+    error: BaseException
+    outcome: Outcome
+    timed_out: bool
+    retry_delay: float | None
+
+
+_OK = Outcome.OK  # read per message: a module constant, not an enum lookup
 
 
 class Sending:

@@ -12,7 +12,7 @@ from typing import Any, Literal, Protocol
 from croniter import croniter
 
 from .logs import current_handler, set_handler
-from .middleware import Handling, MiddlewareLike, Outcome, wrap
+from .middleware import Handling, MiddlewareLike, Outcome, Site, wrap
 
 #: longest single sleep of a cron schedule, so that a jump of the wall clock is noticed soon
 MAX_CRON_SLEEP = 5.0
@@ -39,6 +39,7 @@ class Timer:
         self.kind: Literal['periodic', 'cron'] = kind
         self.agent = agent  # whose middlewares wrap each run
         self._runs: set[asyncio.Task[None]] = set()
+        self._site: Site | None = None  # for middlewares, made on first use
 
     async def _run_bounded(self) -> None:
         async with asyncio.timeout(self.timeout):
@@ -46,7 +47,9 @@ class Timer:
 
     async def _run_through(self, middlewares: tuple[MiddlewareLike, ...]) -> None:
         """A run behind the agent's middlewares; the timeout is inside, so they see it end."""
-        handling = Handling(self.kind, type(self.agent).__name__, self.name, self.name, '')
+        if self._site is None:
+            self._site = Site(self.kind, type(self.agent).__name__, self.name, self.name, '')
+        handling = Handling(self._site)
 
         async def run() -> None:
             try:

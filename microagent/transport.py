@@ -116,6 +116,11 @@ class Delivery(Generic[TokenT]):
         again = ', redelivered' if self.redelivered else ''
         return f'<Delivery attempt {self.attempt}{again}: {self.envelope.body[:60]!r}>'
 
+    def header(self, name: str) -> str | None:
+        """One header as received, without reading the whole message."""
+        headers = self.envelope.headers
+        return headers.get(name) if headers else None
+
     @property
     def message(self) -> Message:
         """The ``Message`` of this delivery, read from its headers on first use (the engine makes

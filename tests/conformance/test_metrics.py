@@ -70,7 +70,7 @@ async def test_counters_of_a_known_workload(backend: Backend, unique: str) -> No
     assert value('messages_dead_lettered_total') == 2
     assert value('handler_timeouts_total') == 0
     assert value('handler_duration_seconds_count') == 5
-    assert value('time_in_queue_seconds_count') == 5
+    assert value('time_in_queue_seconds_count') == 4  # the raw body says nothing of when it was sent
     assert value('handlers_in_flight') == 0
     assert value('messages_sent_total', (('kind', 'queue'), ('name', queue.name))) == 3
     assert value('messages_sent_total', (('kind', 'signal'), ('name', signal.name))) == 1
