@@ -430,7 +430,7 @@ class AbstractQueueBroker:
 
     async def _reject(self, queue: Queue[Any], delivery: Delivery[Any], exc: InvalidPayload) -> None:
         self.log.warning('Queue %s: an invalid message is dead-lettered: %s', queue.name, exc,
-                         extra=failure_fields(delivery.message, None, 'dead_lettered', delivery.attempt))
+                         extra=failure_fields(delivery, None, 'dead_lettered', delivery.attempt))
         await self._settle_message(queue, delivery, 'dead-letter',
                                    partial(self.transport.dead_letter, queue, delivery, str(exc)))
 
@@ -445,7 +445,7 @@ class AbstractQueueBroker:
                              operation: Callable[[], Awaitable[None]]) -> None:
         """A settle operation failed: try it again with backoff, then give the message back to the
         queue, so no message stays in hand while the consumer lives."""
-        ids = message_fields(delivery.message)
+        ids = message_fields(delivery)
         for tries in range(1, SETTLE_TRIES):
             delay = backoff(tries, 0.05, 1.0)
             self.log.warning('Queue %s: could not %s a message (%s: %s); trying again in %.2fs',
@@ -465,7 +465,7 @@ class AbstractQueueBroker:
                          trace: bool = False) -> None:
         """Release a message that could not be settled; say truthfully what becomes of it."""
         trace_of = exc if trace else None
-        ids = message_fields(delivery.message)
+        ids = message_fields(delivery)
         try:
             await self.transport.release(queue, [delivery])
         except Exception as failure:
@@ -488,13 +488,13 @@ class AbstractQueueBroker:
         if delay is not None:
             self.log.warning('Queue %s: %s failed on attempt %d (%s); retry %d of %d in %s s',
                              queue.name, consumer.key, attempt, reason, attempt, retries, _seconds(delay),
-                             extra=failure_fields(delivery.message, consumer.key, 'retried', attempt, retries, delay))
+                             extra=failure_fields(delivery, consumer.key, 'retried', attempt, retries, delay))
             await self._settle_message(queue, delivery, 'retry',
                                        partial(self.transport.retry, queue, delivery, delay, reason))
         else:
             self.log.error('Queue %s: %s failed on attempt %d, after %d retries; dead-lettered: %s',
                            queue.name, consumer.key, attempt, retries, reason,
-                           extra=failure_fields(delivery.message, consumer.key, 'dead_lettered', attempt, retries))
+                           extra=failure_fields(delivery, consumer.key, 'dead_lettered', attempt, retries))
             await self._settle_message(queue, delivery, 'dead-letter',
                                        partial(self.transport.dead_letter, queue, delivery, reason))
 

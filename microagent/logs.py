@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import msgspec
 
-from .message import Conversation, Message, current_var
+from .message import Conversation, Lazy, Message, current_var
 
 FORMATS = ('text', 'json')
 LEVELS = ('DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL')
@@ -43,16 +43,20 @@ def set_handler(agent: object, key: str) -> Token[tuple[str, str] | None]:
     return current_handler.set((type(agent).__name__, key))
 
 
-def message_fields(message: Message | None, handler: str | None = None) -> dict[str, Any]:
-    """The ``extra`` of a record about ``message`` logged outside its handling (a failure line)."""
+def message_fields(message: Message | Lazy | None, handler: str | None = None) -> dict[str, Any]:
+    """The ``extra`` of a record about ``message`` (or a delivery) logged outside its handling (a
+    failure line); no ids when its headers cannot be read (a malformed frame): logging never raises."""
     fields: dict[str, Any] = {'handler': handler} if handler is not None else {}
-    if message is not None:
-        fields.update(message_id=message.message_id, correlation_id=message.correlation_id,
-                      trace_id=message.trace_id)
+    try:
+        read = message if message is None or isinstance(message, Message) else message.message
+    except Exception:
+        read = None
+    if read is not None:
+        fields.update(message_id=read.message_id, correlation_id=read.correlation_id, trace_id=read.trace_id)
     return fields
 
 
-def failure_fields(message: Message | None, handler: str | None, outcome: str, attempt: int | None = None,
+def failure_fields(message: Message | Lazy | None, handler: str | None, outcome: str, attempt: int | None = None,
                    max_retries: int | None = None, retry_in: float | None = None) -> dict[str, Any]:
     """The ``extra`` of a failure line: the message's ids and what becomes of it."""
     fields = message_fields(message, handler)
@@ -74,7 +78,11 @@ def _add_context(record: logging.LogRecord) -> None:
         if current is None:
             record.message_id = record.correlation_id = record.trace_id = None
             return
-        message = current if isinstance(current, Message) else current.message
+        try:
+            message = current if isinstance(current, Message) else current.message
+        except Exception:  # headers that cannot be read: the line goes out without ids
+            record.message_id = record.correlation_id = record.trace_id = None
+            return
         record.message_id = None if isinstance(current, Conversation) else message.message_id
         record.correlation_id = message.correlation_id
         record.trace_id = message.trace_id
