@@ -30,6 +30,7 @@ from .message import Conversation, current_message, reset_current_message, set_c
 from .middleware import MiddlewareLike, Site, added
 from .payload import undecodable
 from .queue import Queue
+from .readiness import PING_TIMEOUT
 from .sends import Sendable, SendKind, UndeclaredSend, declared_sends, kind_of, reset_sender, set_sender
 from .signal import Signal
 from .timer import Timer, run_cron, run_periodic
@@ -422,11 +423,21 @@ class MicroAgent:
         parameters: a 1.x agent whose server hook is named ``serve`` still overrides it soundly."""
         await MicroAgent._serve(self, DEFAULT_GRACE)
 
-    async def _serve(self, grace: float) -> None:
+    async def serve_http(self, address: str, grace: float = DEFAULT_GRACE) -> None:
+        """``serve()``, with ``/health``, ``/ready``, ``/metrics``, ``/asyncapi.json`` and ``/docs``
+        on ``address`` (HOST:PORT; ``microagent.http``) from before the start until after the stop."""
+        await MicroAgent._serve(self, grace, address)
+
+    async def _serve(self, grace: float, http: str | None = None) -> None:
         """Serve; a signal stops with ``grace``. Signal handlers are installed only while serving
         and the previous ones are put back after."""
         if self._serving is not None:
             raise UsageError(f'{self!r} is already serving')
+        probes = None
+        if http is not None:  # first: a port in use fails before anything is connected
+            from .http import agent_endpoints, start_http
+
+            probes = await start_http(http, agent_endpoints({type(self).__name__: self}))
         serving = self._serving = _Serving(grace)
         loop = asyncio.get_running_loop()
         installed = _install_stop_handlers(loop, serving.requested.set)
@@ -450,11 +461,25 @@ class MicroAgent:
                 self._serving = None
                 serving.finished.set()
                 _restore_stop_handlers(loop, installed)
+                if probes is not None:
+                    await probes.close()
 
-    def run(self, grace: float = DEFAULT_GRACE) -> None:
+    def run(self, grace: float = DEFAULT_GRACE, *, http: str | None = None) -> None:
         """Serve in a new event loop until SIGINT/SIGTERM or ``stop()``: ``asyncio.run(agent.serve())``,
-        with ``grace`` for the stop a signal asks for."""
-        asyncio.run(MicroAgent._serve(self, grace))  # even when a subclass names a server hook ``serve``
+        with ``grace`` for the stop a signal asks for and the HTTP endpoints on ``http`` (HOST:PORT)."""
+        asyncio.run(MicroAgent._serve(self, grace, http))  # even when a subclass names a server hook ``serve``
+
+    async def readiness(self, timeout: float = PING_TIMEOUT) -> list[str]:
+        """Why this agent is not ready, empty when it is: it is not started (or is stopping), its
+        bus or broker does not answer a ping, or a consumer does not fetch (``/ready`` of ``--http``)."""
+        if not self._started:
+            return [f'{self!r} is not started']
+        engines: dict[int, AbstractSignalBus | AbstractQueueBroker] = {}
+        for engine in (getattr(self, 'bus', None), getattr(self, 'broker', None)):
+            if engine is not None:
+                engines.setdefault(id(engine), engine)
+        found = await asyncio.gather(*(engine.readiness(timeout) for engine in engines.values()))
+        return [problem for problems in found for problem in problems]
 
     def info(self) -> dict[str, Any]:
         """A JSON-serialisable description of the agent, its channels and their payload schemas."""

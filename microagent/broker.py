@@ -28,6 +28,7 @@ from .message import Envelope, check_user_headers, current_var, new_headers, new
 from .middleware import Handling, MiddlewareLike, Outcome, Sending, SendingKind, Site, added, backend_name, wrap
 from .payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json, undecodable
 from .queue import Queue
+from .readiness import PING_TIMEOUT, pinged
 from .retry import Retrier, backoff
 from .sends import check_send, set_sender
 from .transport import BrokerTransport, DeadLetter, Delivery, SelectDeadLetter
@@ -62,6 +63,7 @@ class _Running:
         self.busy = 0
         self.deadlines: dict[asyncio.Task[Any], float] = {}
         self.expired: set[asyncio.Task[Any]] = set()
+        self.retrier: Retrier | None = None  # the fetch loop's: its failures say it cannot fetch now
         self.site: Site | None = None  # for middlewares, made on first use
 
     def wake_one(self) -> None:
@@ -125,6 +127,22 @@ class AbstractQueueBroker:
     async def close(self) -> None:
         """Release the transport's connections; the broker may not be used afterwards."""
         await self.transport.close()
+
+    async def ping(self) -> None:
+        """One round trip to the server (``transport.ping``); raises when it is unreachable."""
+        await self.transport.ping()
+
+    async def readiness(self, timeout: float = PING_TIMEOUT) -> list[str]:
+        """Why this broker is not ready, empty when it is: its server does not answer ``ping``
+        within ``timeout`` seconds, or a consumer's fetch loop ended or is failing."""
+        problems = await pinged(repr(self), self.ping, timeout)
+        for name, run in self._running.items():
+            if run.loop_task is None or run.loop_task.done():
+                problems.append(f'{self!r}: the consumer of queue {name!r} is not running')
+            elif run.retrier is not None and run.retrier.failures:
+                problems.append(f'{self!r}: fetching from queue {name!r} failed {run.retrier.failures} '
+                                'time(s) in a row')
+        return problems
 
     def use(self, *middlewares: MiddlewareLike) -> Self:
         """Wrap every send through this broker in ``middlewares`` too (after those it has)."""
@@ -274,7 +292,7 @@ class AbstractQueueBroker:
         queue = consumer.queue
         run.tasks = [asyncio.create_task(run.watchdog())]
         run.tasks += [asyncio.create_task(self._work(run)) for _ in range(consumer.concurrency)]
-        retrier = Retrier(self.log, f'Fetching from queue {queue.name}')
+        retrier = run.retrier = Retrier(self.log, f'Fetching from queue {queue.name}')
         while not run.stopping.is_set():
             in_hand = run.busy + len(run.buffer)
             if in_hand > run.low_water:  # fetch in large batches, while half the work is still in hand

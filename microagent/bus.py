@@ -55,6 +55,7 @@ from .message import (
 )
 from .middleware import Handling, MiddlewareLike, Outcome, Sending, SendingKind, Site, added, backend_name, wrap
 from .payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json
+from .readiness import PING_TIMEOUT, pinged
 from .sends import check_send, set_sender
 from .signal import RESPONSE_SIGNAL, Signal
 from .transport import BusTransport
@@ -184,6 +185,15 @@ class AbstractSignalBus:
     async def close(self) -> None:
         """Release the transport's connections; the bus may not be used afterwards."""
         await self.transport.close()
+
+    async def ping(self) -> None:
+        """One round trip to the server (``transport.ping``); raises when it is unreachable."""
+        await self.transport.ping()
+
+    async def readiness(self, timeout: float = PING_TIMEOUT) -> list[str]:
+        """Why this bus is not ready, empty when it is: its server does not answer ``ping`` (or
+        its subscriptions are down) within ``timeout`` seconds."""
+        return await pinged(repr(self), self.ping, timeout)
 
     def use(self, *middlewares: MiddlewareLike) -> Self:
         """Wrap every send through this bus in ``middlewares`` too (after those it has)."""

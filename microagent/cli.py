@@ -2,6 +2,7 @@
 
     microagent run MODULE [MODULE ...] [marun options]      run a group, exactly like ``marun``
     microagent schema TARGET [TARGET ...] [--asyncapi] [-o FILE]
+    microagent schema diff OLD NEW [--require backward|forward|full] [--format text|json]
     microagent check SETTINGS [SETTINGS ...] [--format text|json] [--strict]
     microagent docs SETTINGS [SETTINGS ...] [-o DIR]                 DIR/index.html, self-contained
     microagent dead-letters list QUEUE --broker DSN [--reason TEXT | --reason-re REGEX] [--limit N] [--json]
@@ -94,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser('run', help='run a group of agents (same as marun; see microagent run --help)',
                         add_help=False)
 
-    schema = commands.add_parser('schema', help="print agents' info() with payload schemas, or AsyncAPI")
+    schema = commands.add_parser('schema', help="print agents' info() with payload schemas, or AsyncAPI",
+                                 epilog='microagent schema diff OLD NEW: are two exports compatible? '
+                                        '(see microagent schema diff --help)')
     schema.add_argument('targets', nargs='+', metavar='TARGET',
                         help='marun settings module, module:Agent, module:declaration or a module of declarations')
     schema.add_argument('--asyncapi', action='store_true', help='one AsyncAPI 3.0 document of every target')
@@ -125,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .launcher import main as marun
 
         return marun(argv[1:], prog='microagent run')
+    if argv[:2] == ['schema', 'diff']:
+        from .schema_diff import diff_main
+
+        return diff_main(argv[2:])
     args = build_parser().parse_args(argv)
     if args.command == 'schema':
         return _schema(args.targets, args.asyncapi, args.output)

@@ -8,8 +8,15 @@ A configuration module defines up to three dicts::
                        'settings': {...}, 'events': {'enable_periodic_tasks': False}}}
 
 ``backend`` is a dotted path, the other keys of a bus or broker are its keyword arguments. An agent
-names a bus and a broker of its own module. Every mistake is reported with the entry it is in, so a
-bad deployment fails at once instead of in one of its processes.
+names a bus and a broker of its own module. ``MIDDLEWARES`` (a list) wraps every agent of the module,
+and an agent's ``'middlewares'`` (a list too) wrap it after those; an entry is a dotted path, or a
+pair of the path and its keyword arguments::
+
+    MIDDLEWARES = ['microagent.metrics.PrometheusMiddleware', ('myapp.audit.Audit', {'level': 'info'})]
+
+A process builds one middleware per distinct entry and gives it to each of its agents that names
+it (a Prometheus middleware registers its metrics once per process). Every mistake is reported with
+the entry it is in, so a bad deployment fails at once instead of in one of its processes.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from .bus import AbstractSignalBus
 from .errors import MicroAgentError
 from .handlers import ConsumerSpec, HookSpec, ReceiverSpec
 from .logs import agent_logger
+from .middleware import MiddlewareLike
 
 START_FLAGS = ('enable_periodic_tasks', 'enable_receiving_signals', 'enable_consuming_messages',
                'enable_servers_running')
@@ -55,6 +63,27 @@ class BackendConfig:
 
 
 @dataclass(frozen=True)
+class MiddlewareConfig:
+    """A middleware entry: the class (or factory) and its keyword arguments."""
+
+    label: str
+    path: str
+    factory: Any
+    options: Mapping[str, Any]
+
+    def build(self) -> MiddlewareLike:
+        """This process's middleware of this entry: one per path and options, shared by agents."""
+        key = (self.path, repr(sorted(self.options.items())))
+        built = _MIDDLEWARES.get(key)
+        if built is None:
+            built = _MIDDLEWARES[key] = self.factory(**copy.deepcopy(dict(self.options)))
+        return built
+
+
+_MIDDLEWARES: dict[tuple[str, str], MiddlewareLike] = {}
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """One agent of the group, ready to be built in the process that runs it."""
 
@@ -65,6 +94,7 @@ class AgentConfig:
     broker: BackendConfig | None = None
     events: Mapping[str, bool] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+    middlewares: tuple[MiddlewareConfig, ...] = ()
 
     @property
     def has_servers(self) -> bool:
@@ -78,26 +108,30 @@ class AgentConfig:
         broker = self.broker.build(agent_logger(self.name, 'broker')) if self.broker else None
         options = dict(copy.deepcopy(self.options))
         options.setdefault('log', agent_logger(self.name))
-        return self.factory(bus=bus, broker=broker, **options)
+        agent = self.factory(bus=bus, broker=broker, **options)
+        if self.middlewares:
+            agent.use(*(middleware.build() for middleware in self.middlewares))
+        return agent
 
 
-def import_object(path: Any, label: str) -> Any:
+def import_object(path: Any, label: str, what: str = 'backend') -> Any:
     """``package.module.Name`` -> the object, or a ``ConfigError`` that says what is wrong."""
     if not isinstance(path, str) or '.' not in path.strip('.'):
-        raise ConfigError(f"{label}: 'backend' must be a dotted path such as 'package.module.Class', "
+        named = "'backend'" if what == 'backend' else f'a {what}'
+        raise ConfigError(f"{label}: {named} must be a dotted path such as 'package.module.Class', "
                           f'got {path!r}')
     module_name, _, attr = path.rpartition('.')
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f'{label}: cannot import backend {path!r}: {exc}') from None
+        raise ConfigError(f'{label}: cannot import {what} {path!r}: {exc}') from None
     except Exception as exc:
-        raise ConfigError(f'{label}: importing module {module_name!r} of backend {path!r} failed: '
+        raise ConfigError(f'{label}: importing module {module_name!r} of {what} {path!r} failed: '
                           f'{type(exc).__name__}: {exc}') from exc
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise ConfigError(f'{label}: cannot import backend {path!r}: module {module_name!r} has no '
+        raise ConfigError(f'{label}: cannot import {what} {path!r}: module {module_name!r} has no '
                           f'{attr!r}') from None
 
 
@@ -131,6 +165,31 @@ def _backends(module: str, section: str, value: Any, base: type[Any]) -> dict[st
     return found
 
 
+def _middlewares(label: str, value: Any) -> tuple[MiddlewareConfig, ...]:
+    """Check a MIDDLEWARES list (or an agent's ``middlewares``): dotted paths or (path, options) pairs."""
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f'{label}: a list of middlewares (dotted paths or (path, options) pairs) is '
+                          f'expected, got {type(value).__name__}')
+    found = []
+    for index, entry in enumerate(value):
+        where = f'{label}[{index}]'
+        path, options = entry, {}
+        if isinstance(entry, list | tuple):
+            if len(entry) != 2 or not isinstance(entry[1], Mapping):
+                raise ConfigError(f'{where}: a middleware entry is a dotted path or a (path, options dict) '
+                                  f'pair, got {entry!r}')
+            path, options = entry[0], dict(entry[1])
+        factory = import_object(path, where, 'middleware')
+        if not callable(factory):
+            raise ConfigError(f'{where}: {path!r} is not a class or a function')
+        if isinstance(factory, type) and not all(callable(getattr(factory, m, None)) for m in ('handle', 'send')):
+            raise ConfigError(f'{where}: {path!r} is not a middleware: it needs async handle() and send() '
+                              'methods (subclass microagent.Middleware)')
+        _check_call(where, factory, options)
+        found.append(MiddlewareConfig(where, path, factory, options))
+    return tuple(found)
+
+
 def _pick(label: str, key: str, wanted: Any, defined: Mapping[str, BackendConfig],
           section: str) -> BackendConfig | None:
     if wanted is None:
@@ -142,13 +201,15 @@ def _pick(label: str, key: str, wanted: Any, defined: Mapping[str, BackendConfig
 
 
 def _agent(module: str, name: str, label: str, options: dict[str, Any], factory: type[Any],
-           buses: Mapping[str, BackendConfig], brokers: Mapping[str, BackendConfig]) -> AgentConfig:
+           buses: Mapping[str, BackendConfig], brokers: Mapping[str, BackendConfig],
+           middlewares: tuple[MiddlewareConfig, ...] = ()) -> AgentConfig:
     if not isinstance(name, str) or not AGENT_NAME.fullmatch(name):
         raise ConfigError(f'{label}: an agent name is made of letters, digits, _ and -')
     if not (isinstance(factory, type) and issubclass(factory, MicroAgent)):
         raise ConfigError(f'{label}: backend {factory!r} is not a MicroAgent subclass')
     bus = _pick(label, 'bus', options.pop('bus', None), buses, 'BUS')
     broker = _pick(label, 'broker', options.pop('broker', None), brokers, 'BROKER')
+    middlewares += _middlewares(f"{label}['middlewares']", options.pop('middlewares', ()))
     events = options.pop('events', None) or {}
     if not isinstance(events, Mapping) or any(key not in START_FLAGS or not isinstance(flag, bool)
                                               for key, flag in events.items()):
@@ -162,7 +223,7 @@ def _agent(module: str, name: str, label: str, options: dict[str, Any], factory:
         raise ConfigError(f"{label}: {factory.__qualname__} receives signals but names no 'bus'")
     if broker is None and any(isinstance(spec, ConsumerSpec) for spec in specs):
         raise ConfigError(f"{label}: {factory.__qualname__} consumes queues but names no 'broker'")
-    return AgentConfig(name, label, factory, bus, broker, dict(events), options)
+    return AgentConfig(name, label, factory, bus, broker, dict(events), options, middlewares)
 
 
 def load_module(module: str) -> list[AgentConfig]:
@@ -178,7 +239,8 @@ def load_module(module: str) -> list[AgentConfig]:
         raise ConfigError(f'{module}: defines none of {", ".join(SECTIONS)}')
     buses = _backends(module, 'BUS', getattr(mod, 'BUS', {}), AbstractSignalBus)
     brokers = _backends(module, 'BROKER', getattr(mod, 'BROKER', {}), AbstractQueueBroker)
-    return [_agent(module, name, label, options, factory, buses, brokers)
+    middlewares = _middlewares(f'{module}: MIDDLEWARES', getattr(mod, 'MIDDLEWARES', ()))
+    return [_agent(module, name, label, options, factory, buses, brokers, middlewares)
             for name, label, options, factory in _entries(module, 'AGENT', getattr(mod, 'AGENT', {}))]
 
 

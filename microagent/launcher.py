@@ -1,18 +1,23 @@
 """``marun``: run a group of agents, one process each, and supervise them as one.
 
     marun pkg.settings [pkg.other_settings ...] [--grace 10] [--single-process]
-          [--log-level INFO] [--log-format text|json]
+          [--log-level INFO] [--log-format text|json] [--http HOST:PORT]
 
 When an agent process exits or crashes, the others are stopped and ``marun`` exits with 1.
 SIGINT or SIGTERM stops every agent gracefully (``pre_stop`` hooks, no new work, in-flight handlers
 get ``--grace`` seconds) and ``marun`` exits with 0; a second signal kills what is left. Each agent
 process watches a pipe from ``marun`` and stops by itself when ``marun`` is gone, even after a
 ``kill -9``. A bad configuration exits with 2 before any process starts.
+
+``--http HOST:PORT`` serves ``/health``, ``/ready``, ``/metrics``, ``/asyncapi.json`` and ``/docs``
+for the whole group on one port (``microagent.http``); how the supervisor answers for agent
+processes is in ``microagent.probes``.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
@@ -27,8 +32,10 @@ from typing import Any
 from .agent import DEFAULT_GRACE, MicroAgent
 from .compat1x import init_agent, load_configuration
 from .config import AgentConfig, ConfigError, load_group
-from .errors import ServerInterrupt
+from .errors import InvalidArgument, ServerInterrupt
+from .http import HttpServer, fleet_endpoints, parse_address, start_http
 from .logs import FORMATS, LEVELS, current_agent, setup_logging
+from .probes import AgentProcess, LocalAgents, answer_questions, group_metrics, group_readiness
 
 __all__ = ['ConfigError', 'main', 'run_agents', 'run_group']
 __all__ += ['ServerInterrupt', 'init_agent', 'load_configuration']  # the 1.x names
@@ -51,8 +58,11 @@ def build_parser(prog: str = 'marun') -> argparse.ArgumentParser:
                         help='run every agent in this process, in one event loop (memory backend, tests)')
     parser.add_argument('--log-level', default='INFO', type=str.upper, choices=LEVELS)
     parser.add_argument('--log-format', default='text', choices=FORMATS)
+    parser.add_argument('--http', metavar='HOST:PORT',
+                        help='serve /health, /ready, /metrics, /asyncapi.json and /docs of the group here')
     parser.add_argument('--agent-process', metavar='NAME', help=argparse.SUPPRESS)
     parser.add_argument('--watch-fd', type=int, help=argparse.SUPPRESS)
+    parser.add_argument('--ready-fd', type=int, help=argparse.SUPPRESS)
     return parser
 
 
@@ -62,31 +72,38 @@ def main(argv: Sequence[str] | None = None, prog: str = 'marun') -> int:
     args = parser.parse_args(argv)
     if args.grace < 0:
         parser.error('--grace must be >= 0')
+    if args.http is not None:
+        try:
+            parse_address(args.http)
+        except InvalidArgument as exc:
+            parser.error(f'--http: {exc}')
     if os.getcwd() not in sys.path and '' not in sys.path:
         sys.path.insert(0, os.getcwd())  # `marun myapp.settings` from the project directory
     setup_logging(args.log_level, args.log_format, args.agent_process or prog.split()[0])
     try:
         if args.agent_process:
-            return _agent_process(args.agent_process, args.modules, args.grace, args.watch_fd)
+            return _agent_process(args.agent_process, args.modules, args.grace, args.watch_fd, args.ready_fd)
         return run_group(args.modules, grace=args.grace, single_process=args.single_process,
-                         log_level=args.log_level, log_format=args.log_format)
+                         log_level=args.log_level, log_format=args.log_format, http=args.http)
     except ConfigError as exc:
         print(f'{prog}: error: {exc}', file=sys.stderr)
         return EXIT_CONFIG
 
 
 def run_group(modules: Sequence[str], *, grace: float = DEFAULT_GRACE, single_process: bool = False,
-              stop_after: float | None = None, log_level: str = 'INFO', log_format: str = 'text') -> int:
+              stop_after: float | None = None, log_level: str = 'INFO', log_format: str = 'text',
+              http: str | None = None) -> int:
     """Check the configuration, then run the group until a signal, a failure or ``stop_after``
-    seconds; returns the exit code. Raises ``ConfigError`` before anything starts."""
+    seconds; returns the exit code. Raises ``ConfigError`` before anything starts (and when the
+    ``http`` address cannot be listened on)."""
     agents = load_group(modules)
     if not single_process:
         _check_memory_sharing(agents)
     try:
         if single_process:
-            return asyncio.run(_single_process(agents, grace, stop_after))
+            return asyncio.run(_single_process(modules, agents, grace, stop_after, http))
         return asyncio.run(_supervise(modules, agents, grace, stop_after, [
-            '--grace', str(grace), '--log-level', log_level, '--log-format', log_format]))
+            '--grace', str(grace), '--log-level', log_level, '--log-format', log_format], http))
     except (asyncio.CancelledError, KeyboardInterrupt):
         return EXIT_FAILED
 
@@ -125,10 +142,11 @@ def _announce(config: AgentConfig, agent: MicroAgent) -> None:
 
 
 async def run_agents(configs: Sequence[AgentConfig], stopping: asyncio.Event, grace: float,
-                     ended: int = EXIT_FAILED) -> int:
+                     ended: int = EXIT_FAILED, local: LocalAgents | None = None) -> int:
     """Build and start the agents, run them until ``stopping`` is set or one of them fails or ends
     (its servers returned), then stop them all gracefully. Returns the exit code: ``ended`` when an
-    agent ended by itself (an agent process exits 0 then: its supervisor stops the group)."""
+    agent ended by itself (an agent process exits 0 then: its supervisor stops the group). Each
+    agent built is added to ``local``, which answers for their readiness."""
     loop = asyncio.get_running_loop()
     running: list[_Running] = []
     code = EXIT_OK
@@ -141,6 +159,8 @@ async def run_agents(configs: Sequence[AgentConfig], stopping: asyncio.Event, gr
             except Exception:
                 log.exception('Agent %s could not be created', config.name)
                 return EXIT_FAILED
+            if local is not None:
+                local.add(config.name, agent)
             agent.hooks.setdefault('post_start', []).append(functools.partial(_announce, config, agent))
             task = loop.create_task(agent.start(**config.events), name=f'agent:{config.name}', context=context)
             running.append(_Running(config, agent, context, task))
@@ -208,13 +228,27 @@ def _stop_on_signals(stopping: asyncio.Event, stop_after: float | None, again: s
         loop.call_later(stop_after, _time_is_up, stopping, stop_after)
 
 
-async def _single_process(configs: Sequence[AgentConfig], grace: float, stop_after: float | None) -> int:
+async def _listen(http: str, endpoints: Any) -> HttpServer:
+    try:
+        return await start_http(http, endpoints)
+    except OSError as exc:
+        raise ConfigError(f'--http {http}: cannot listen there: {exc}') from None
+
+
+async def _single_process(modules: Sequence[str], configs: Sequence[AgentConfig], grace: float,
+                          stop_after: float | None, http: str | None = None) -> int:
     stopping = asyncio.Event()
     main_task = asyncio.current_task()
     assert main_task is not None
-    _stop_on_signals(stopping, stop_after, 'stopping now', main_task.cancel)
-    log.info('Running %d agents in one process: %s', len(configs), ', '.join(c.name for c in configs))
-    return await run_agents(configs, stopping, grace)
+    local = LocalAgents(config.name for config in configs)
+    server = await _listen(http, fleet_endpoints(modules, local.readiness)) if http else None
+    try:
+        _stop_on_signals(stopping, stop_after, 'stopping now', main_task.cancel)
+        log.info('Running %d agents in one process: %s', len(configs), ', '.join(c.name for c in configs))
+        return await run_agents(configs, stopping, grace, local=local)
+    finally:
+        if server is not None:
+            await server.close()
 
 
 def _time_is_up(stopping: asyncio.Event, seconds: float) -> None:
@@ -230,7 +264,8 @@ def _on_early_term(signum: int, frame: Any) -> None:
     _early_stop = True
 
 
-def _agent_process(name: str, modules: Sequence[str], grace: float, watch_fd: int | None) -> int:
+def _agent_process(name: str, modules: Sequence[str], grace: float, watch_fd: int | None,
+                   ready_fd: int | None = None) -> int:
     # Ctrl-C reaches every process of the terminal's group: the supervisor alone decides, then
     # stops its agents with SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -238,10 +273,11 @@ def _agent_process(name: str, modules: Sequence[str], grace: float, watch_fd: in
     config = next((agent for agent in load_group(modules) if agent.name == name), None)
     if config is None:
         raise ConfigError(f'no agent named {name!r} in {", ".join(modules)}')
-    return asyncio.run(_run_agent_process(config, grace, watch_fd))
+    return asyncio.run(_run_agent_process(config, grace, watch_fd, ready_fd))
 
 
-async def _run_agent_process(config: AgentConfig, grace: float, watch_fd: int | None) -> int:
+async def _run_agent_process(config: AgentConfig, grace: float, watch_fd: int | None,
+                             ready_fd: int | None = None) -> int:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
 
@@ -268,7 +304,14 @@ async def _run_agent_process(config: AgentConfig, grace: float, watch_fd: int | 
             request_stop('the supervisor is gone')
 
         loop.add_reader(watch_fd, check_supervisor)
-    return await run_agents([config], stopping, grace, ended=EXIT_OK)
+    local = LocalAgents([config.name])
+    answering = loop.create_task(answer_questions(ready_fd, local)) if ready_fd is not None else None
+    try:
+        return await run_agents([config], stopping, grace, ended=EXIT_OK, local=local)
+    finally:
+        if answering is not None:
+            answering.cancel()
+            await asyncio.gather(answering, return_exceptions=True)
 
 
 # the supervisor
@@ -281,7 +324,22 @@ def _describe(returncode: int) -> str:
 
 
 async def _supervise(modules: Sequence[str], configs: Sequence[AgentConfig], grace: float,
-                     stop_after: float | None, child_args: list[str]) -> int:
+                     stop_after: float | None, child_args: list[str], http: str | None = None) -> int:
+    async with contextlib.AsyncExitStack() as stack:
+        probes: dict[str, AgentProcess] = {}
+        if http is not None:  # one port for the group: see microagent.probes
+            probes = {config.name: AgentProcess(config.name) for config in configs}
+            for probe in probes.values():
+                stack.callback(probe.close)
+            endpoints = fleet_endpoints(modules, lambda: group_readiness(probes.values()),
+                                        metrics=lambda: group_metrics(probes.values()))
+            stack.push_async_callback((await _listen(http, endpoints)).close)
+        code = await _run_processes(modules, configs, grace, stop_after, child_args, probes)
+    return code
+
+
+async def _run_processes(modules: Sequence[str], configs: Sequence[AgentConfig], grace: float,
+                         stop_after: float | None, child_args: list[str], probes: dict[str, AgentProcess]) -> int:
     stopping, force = asyncio.Event(), asyncio.Event()
     _stop_on_signals(stopping, stop_after, 'killing the agents', force.set)
     # Agents hold the read end of this pipe; it reaches EOF when marun is gone, however it died.
@@ -290,9 +348,14 @@ async def _supervise(modules: Sequence[str], configs: Sequence[AgentConfig], gra
     try:
         try:
             for config in configs:
+                probe = probes.get(config.name)
+                extra = ['--ready-fd', str(probe.theirs.fileno())] if probe else []
                 procs[config.name] = await asyncio.create_subprocess_exec(
                     sys.executable, '-m', 'microagent.launcher', *modules, *child_args,
-                    '--agent-process', config.name, '--watch-fd', str(read_fd), pass_fds=(read_fd,))
+                    '--agent-process', config.name, '--watch-fd', str(read_fd), *extra,
+                    pass_fds=(read_fd, *([probe.theirs.fileno()] if probe else [])))
+                if probe is not None:
+                    probe.started()
                 log.info('Started agent %s (pid %d)', config.name, procs[config.name].pid)
         finally:
             os.close(read_fd)

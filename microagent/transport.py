@@ -186,6 +186,12 @@ class BusTransport(Protocol):
         ``request-id``) to the ``reply-to`` address of a request, which may be another bus's."""
         ...
 
+    async def ping(self) -> None:
+        """One cheap round trip to the server (a readiness probe); raises (``ConnectionError``,
+        ``OSError`` or the client's error) when it does not answer or the subscriptions are not
+        live at the moment. The engine bounds it with a timeout."""
+        ...
+
     async def close(self) -> None:
         """Stop delivering and release connections; the transport may not be used afterwards."""
         ...
@@ -279,6 +285,11 @@ class BrokerTransport(Protocol[TokenT]):
     async def exists(self, name: str) -> bool:
         """Whether the queue is declared on the server or holds anything (messages, retries, dead
         letters): a tool tells a mistyped name from an empty queue."""
+        ...
+
+    async def ping(self) -> None:
+        """One cheap round trip to the server (a readiness probe); raises when it does not answer.
+        The engine bounds it with a timeout."""
         ...
 
     async def close(self) -> None:

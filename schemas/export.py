@@ -1,7 +1,9 @@
-"""Regenerate ``schemas/json/`` from the code: ``python -m schemas.export`` (``--check`` only compares).
+"""Regenerate ``schemas/json/`` from the code: ``python -m schemas.export`` (``make schemas``).
 
-Other teams and non-Python services read these files, so they are checked in and a test fails when
-they drift from the declarations:
+Other teams and non-Python services read these files, so they are checked in, and the drift check
+(``--check``, and a test) compares them with the code through ``microagent.compat``: a change of the
+code that old readers and writers survive (BACKWARD by default) is reported and passes, a breaking
+one fails naming the field.
 
 * ``signals/<name>.json``, ``queues/<name>.json``: the JSON Schema (draft 2020-12) of each payload;
 * ``signals/<name>.answer.json``: the answer of an RPC signal;
@@ -15,7 +17,11 @@ from pathlib import Path
 
 import schemas
 from microagent import Queue, Signal
+from microagent.compat import Declaration, Level, diff
+from microagent.errors import InvalidArgument
+from microagent.exports import from_files
 from microagent.schema import asyncapi, dumps, load_agent
+from microagent.schema_diff import LEVELS, render
 
 JSON_DIR = Path(__file__).resolve().parent / 'json'
 DEMO_AGENTS = (
@@ -25,6 +31,7 @@ DEMO_AGENTS = (
     'examples.push:PushAgent',
 )
 COMMAND = 'python -m schemas.export'
+REGENERATE = f'`make schemas` (or `{COMMAND}`)'
 
 
 def exported() -> dict[str, str]:
@@ -56,6 +63,34 @@ def differences(root: Path = JSON_DIR) -> list[str]:
     return sorted(path for path in expected.keys() | actual.keys() if expected.get(path) != actual.get(path))
 
 
+def check(root: Path = JSON_DIR, require: Level = Level.BACKWARD) -> tuple[bool, str]:
+    """The drift check: (passes, what to tell). Checked-in files that match pass silently; a change of
+    the code that meets ``require`` passes with its report and a reminder to regenerate; anything
+    else fails, naming the declaration and field."""
+    stale = differences(root)
+    if not stale:
+        return True, ''
+    report = diff(_declarations(on_disk(root)), _declarations(exported()))
+    lines = [f'schemas/json/{path} differs from the code' for path in stale]
+    if report.changed:
+        lines.append(render(report, require).rstrip())
+    ok = report.meets(require)
+    if ok:
+        lines.append(f'the code is {require.value}-compatible with schemas/json: run {REGENERATE} to update it')
+    else:
+        lines.append(f'the code breaks {require.value} compatibility with schemas/json: readers or writers '
+                     f'still on the checked-in contract fail. Revert the change, or make it compatible '
+                     f'(a default, an optional field), then run {REGENERATE}')
+    return ok, '\n'.join(lines)
+
+
+def _declarations(files: dict[str, str]) -> list[Declaration]:
+    try:
+        return from_files(files, 'schemas/json')
+    except InvalidArgument:  # nothing exported yet: every declaration is new
+        return []
+
+
 def write(root: Path = JSON_DIR) -> list[str]:
     """Write the exported files and remove those no longer exported; the paths that changed."""
     changed = differences(root)
@@ -72,16 +107,18 @@ def write(root: Path = JSON_DIR) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=COMMAND, description='Regenerate schemas/json/ from the code.')
-    parser.add_argument('--check', action='store_true', help='only report files that differ; exit 1 if any')
+    parser.add_argument('--check', action='store_true',
+                        help='only compare: exit 1 if the code breaks the checked-in contract')
+    parser.add_argument('--require', choices=tuple(LEVELS), default='backward',
+                        help='the compatibility --check asks of the code (default: %(default)s)')
+    parser.add_argument('--dir', type=Path, default=JSON_DIR, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.check:
-        stale = differences()
-        for path in stale:
-            print(f'schemas/json/{path} differs from the code', file=sys.stderr)
-        if stale:
-            print(f'run `{COMMAND}` to regenerate', file=sys.stderr)
-        return 1 if stale else 0
-    for path in write():
+        ok, text = check(args.dir, LEVELS[args.require])
+        if text:
+            print(text, file=sys.stderr)
+        return 0 if ok else 1
+    for path in write(args.dir):
         print(f'wrote schemas/json/{path}')
     return 0
 

@@ -378,6 +378,9 @@ class _LoopbackBus:
     async def reply(self, reply_to: str, envelope: Envelope) -> None:
         raise NotImplementedError
 
+    async def ping(self) -> None:
+        pass
+
     async def close(self) -> None:
         self.deliver = None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
@@ -212,8 +213,11 @@ def test_a_class_defined_anywhere_works_without_bus(unique: str) -> None:
 # schemas/json
 
 def test_checked_in_schemas_json_matches_the_code() -> None:
-    stale = export.differences()
-    assert not stale, f'schemas/json is out of date ({", ".join(stale)}): run `{export.COMMAND}`'
+    """The drift check: a compatible change of the code passes with a reminder, a breaking one fails."""
+    ok, text = export.check()
+    assert ok, text
+    if text:
+        warnings.warn(text, stacklevel=1)
 
 
 def test_export_writes_every_declaration_and_the_demo_asyncapi(tmp_path: Path) -> None:

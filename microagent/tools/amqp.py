@@ -66,6 +66,7 @@ RETRY_QUEUE_IDLE = 60.0  # a delay queue is deleted by RabbitMQ after its delay 
 CONTENT_TYPE = 'application/json'
 PERSISTENT = 2
 MAX_REASON = 4096
+PING_PATIENCE = 2.0  # seconds a readiness ping may spend connecting
 #: properties a retry, a dead letter or a requeue carries over (the headers table is rebuilt; an
 #: ``expiration`` would race the delay queue's TTL)
 _CARRIED = ('content_type', 'content_encoding', 'priority', 'correlation_id', 'reply_to', 'message_id',
@@ -601,12 +602,21 @@ class AMQPQueueTransport:
         return (await self._on_control(partial(declared, queue=name))
                 or await self._on_control(partial(declared, queue=name + DEAD_SUFFIX)))
 
+    async def ping(self) -> None:
+        """A passive declaration of ``amq.direct`` (which every RabbitMQ has) on the control channel:
+        one round trip, connecting first if needed (within ``PING_PATIENCE``)."""
+        await self._on_control(_passive_declare, patience=PING_PATIENCE)
+
     async def close(self) -> None:
         for sub in self._subs.values():
             await sub.close()
         self._subs.clear()
         await self._publisher.close()
         await self._link.close()
+
+
+async def _passive_declare(channel: AbstractChannel) -> None:
+    await channel.exchange_declare('amq.direct', passive=True)
 
 
 def _to(out: Outgoing, exchange: str, key: str) -> Outgoing:
@@ -847,6 +857,15 @@ class AMQPBusTransport:
     def _dropped(self, key: str, label: str | None, why: str) -> None:
         self.log.warning('%s: dropped a message routed %s labelled %s: %s', self._link.name, _shown(key),
                          _shown(label or ''), why)
+
+    async def ping(self) -> None:
+        """A passive declaration of ``amq.direct`` on the publishing channel; and, once something is
+        subscribed, the bus queue must be consumed now (not resubscribing)."""
+        channel = await self._publisher.channel(PING_PATIENCE)
+        await _passive_declare(channel)
+        if self._watcher is not None and self._channel is None:
+            raise ConnectionFailed(f'{self._link.name}: not subscribed (reconnecting to RabbitMQ at '
+                                   f'{self._link.safe_dsn})')
 
     async def close(self) -> None:
         if self._watcher is not None:

@@ -149,6 +149,9 @@ class MemoryBusTransport:
         finally:
             self._reader = None
 
+    async def ping(self) -> None:
+        """No server to reach: the hub is this process."""
+
     async def close(self) -> None:
         for subscribers in self._hub.subscribers.values():
             if self in subscribers:
@@ -275,6 +278,9 @@ class MemoryQueueTransport:
         return (name in self._hub.queues or name in self._hub.dead
                 or any(name in bound for bound in self._hub.bindings.values())
                 or any(queued == name for queued, _ in self._later.values()))
+
+    async def ping(self) -> None:
+        """No server to reach: the hub is this process."""
 
     async def close(self) -> None:
         for handle, (name, messages) in self._later.items():  # retries and delayed sends: early, not lost

@@ -309,8 +309,13 @@ class NATSQueueTransport:
         if pull is not None:
             try:
                 await pull.unsubscribe()
-                for msg in _left_in(pull):
-                    await msg.nak()
+                left = _left_in(pull)
+                if left:  # stored again at the tail, like released deliveries, so ``length`` counts them
+                    await self._acks.publish([(Layout.of(queue.name).subject, msg.data,
+                                               {**_stored(msg.headers), REDELIVERED_HEADER: '1'}) for msg in left],
+                                             f'queue {queue.name!r}')
+                    for msg in left:
+                        await msg.ack()
             except nats.errors.Error:
                 pass  # the connection is gone: the server delivers them again after ack_wait
 
@@ -434,17 +439,17 @@ class NATSQueueTransport:
             return None
 
     async def length(self, name: str) -> int:
-        """Stored in the queue's stream and not taken by a consumer."""
+        """Stored in the queue's stream and not yet delivered to a consumer: the consumer's own
+        count, since the server drops an acked message from the stream a moment after the ack."""
         layout = Layout.of(name)
         stored = await self._info_messages(layout.stream)
         if not stored:
             return 0
         js = await self._link.jetstream()
         try:
-            taken = int((await js.consumer_info(layout.stream, CONSUMER)).num_ack_pending)
+            return int((await js.consumer_info(layout.stream, CONSUMER)).num_pending)
         except NotFoundError:
-            taken = 0
-        return max(stored - taken, 0)
+            return stored
 
     async def dead_letter_count(self, name: str) -> int:
         return await self._info_messages(Layout.of(name).dead_stream) or 0

@@ -47,7 +47,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..broker import DEFAULT_MAX_MESSAGE_SIZE, AbstractQueueBroker
 from ..bus import AbstractSignalBus
 from ..dsn import hide_password
-from ..errors import BackendClosed, InvalidArgument, QueueNotFound
+from ..errors import BackendClosed, ConnectionFailed, InvalidArgument, QueueNotFound
 from ..message import FRAME_MAGIC, REPLY_TO, REQUEST_ID, Envelope, FrameError, frame, unframe
 from ..queue import Queue, topics_match
 from ..retry import backoff
@@ -219,6 +219,7 @@ class RedisBusTransport:
         self._deliver: Deliver | None = None
         self._deliver_reply: DeliverReply | None = None
         self._bare_requests: OrderedDict[str, None] = OrderedDict()
+        self._subscribed = False  # the reading loop holds a live subscription to every pattern
         self._closed = False
 
     def __repr__(self) -> str:
@@ -282,6 +283,7 @@ class RedisBusTransport:
             try:
                 self._pubsub = pubsub
                 await pubsub.psubscribe(*self._patterns)
+                self._subscribed = True
                 if failures:
                     self.log.info('%r: subscribed again to %d patterns', self, len(self._patterns))
                     failures = 0
@@ -301,6 +303,7 @@ class RedisBusTransport:
                 await asyncio.sleep(delay)
             finally:
                 self._pubsub = None
+                self._subscribed = False
                 with contextlib.suppress(Exception):  # the loop must go on whatever closing says
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
@@ -366,6 +369,15 @@ class RedisBusTransport:
         bare[request_id] = None
         if len(bare) > self.bare_requests_kept:
             bare.popitem(last=False)
+
+    async def ping(self) -> None:
+        """PING on the command connection; and, once something is subscribed, the subscriber must
+        be subscribed now (not reconnecting), or signals would be missed."""
+        if self._closed:
+            raise BackendClosed(f'{self!r} is closed')
+        await self.redis.ping()
+        if self._patterns and not self._subscribed:
+            raise ConnectionFailed(f'{self!r}: the subscriber is not subscribed (reconnecting to Redis)')
 
     async def close(self) -> None:
         self._closed = True
@@ -834,6 +846,10 @@ class RedisQueueTransport:
         except Exception as exc:
             self.log.warning('Queue %s: could not move due retries back (%s: %s); the next fetch will',
                              name, type(exc).__name__, exc)
+
+    async def ping(self) -> None:
+        """PING on the command connection (the engine knows whether its fetches work)."""
+        await self.redis.ping()
 
     async def stop_consuming(self, queue: Queue[Any]) -> None:
         """The engine stopped consuming the queue: send the pending acks, give back what is still in
