@@ -39,7 +39,8 @@ from .transport import DeadLetter, SelectDeadLetter
 DEFAULT_TIMEOUT = 10.0
 #: the backend a DSN scheme selects; ``--backend`` names any other broker class
 SCHEMES = {'redis': 'microagent.tools.redis.RedisBroker', 'rediss': 'microagent.tools.redis.RedisBroker',
-           'unix': 'microagent.tools.redis.RedisBroker',
+           'unix': 'microagent.tools.redis.RedisBroker', 'redis+cluster': 'microagent.tools.redis.RedisBroker',
+           'rediss+cluster': 'microagent.tools.redis.RedisBroker',
            'amqp': 'microagent.tools.amqp.AMQPBroker', 'amqps': 'microagent.tools.amqp.AMQPBroker',
            'nats': 'microagent.tools.nats.NATSBroker',
            'memory': 'microagent.tools.memory.MemoryBroker'}

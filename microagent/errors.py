@@ -86,6 +86,11 @@ class ConnectionFailed(MicroAgentError, ConnectionError):
     closed for good."""
 
 
+class NotReplicated(ConnectionFailed):
+    """A send asked for ``wait_replicas`` copies and fewer replicas confirmed in time. The message is
+    on the master: it is delivered, unless the master fails before a replica gets it."""
+
+
 class BackendClosed(MicroAgentError, RuntimeError):
     """A bus or broker was used after ``close()``."""
 

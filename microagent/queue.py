@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any, ClassVar, Generic, TypeVar, overload
+from typing import Any, ClassVar, Generic, Literal, TypeVar, overload
 
 from .errors import DeclarationError, QueueNotFound
 from .exchange import Exchange
@@ -12,6 +12,27 @@ from .payload import Codec, JsonDict, codec_for, dict_codec
 from .registry import Declaration, model_name
 
 T = TypeVar('T')
+
+#: RabbitMQ's queue types (``x-queue-type``): classic (one node) or quorum (replicated, Raft)
+QueueType = Literal['classic', 'quorum']
+QUEUE_TYPES: tuple[QueueType, ...] = ('classic', 'quorum')
+
+
+def check_queue_type(value: str | None, where: str) -> QueueType | None:
+    """``value`` if it is a queue type (or None), else a DeclarationError naming ``where``."""
+    if value is None:
+        return None
+    for known in QUEUE_TYPES:
+        if value == known:
+            return known
+    raise DeclarationError(f'{where}: queue_type is {value!r}; expected one of {", ".join(map(repr, QUEUE_TYPES))}')
+
+
+def check_delivery_limit(value: int | None, where: str) -> int | None:
+    """``value`` if it is a delivery limit (an int >= 0, or None), else a DeclarationError."""
+    if value is not None and (type(value) is not int or value < 0):
+        raise DeclarationError(f'{where}: delivery_limit is {value!r}; expected an int >= 0 or None')
+    return value
 
 
 class Queue(Declaration, Generic[T]):
@@ -22,6 +43,12 @@ class Queue(Declaration, Generic[T]):
     one word, ``#`` zero or more; a queue without topics on a topic exchange gets every message).
     A name declares the exchange too: topic with ``topics``, else fanout; an ``Exchange`` may be
     given instead. One exchange name with two types is a DeclarationError.
+
+    ``queue_type`` and ``delivery_limit`` are RabbitMQ's (other backends ignore them): ``'quorum'``
+    makes a replicated quorum queue, ``'classic'`` a classic one; None takes the broker's default.
+    ``delivery_limit`` bounds how often a quorum queue hands out a message that comes back
+    unacknowledged (a consumer that crashed or lost its connection, or stopped with it prefetched)
+    before RabbitMQ dead-letters it; None takes the broker's default.
     """
 
     kind: ClassVar[str] = 'queue'
@@ -33,18 +60,25 @@ class Queue(Declaration, Generic[T]):
     exchange_declaration: Exchange | None
     topics: tuple[str, ...]
     codec: Codec[T]
+    queue_type: QueueType | None
+    delivery_limit: int | None
 
     @overload
     def __init__(self: Queue[T], name: str, model: type[T], *, exchange: str | Exchange | None = None,
-                 topics: Sequence[str] | None = None) -> None: ...
+                 topics: Sequence[str] | None = None, queue_type: QueueType | None = None,
+                 delivery_limit: int | None = None) -> None: ...
 
     @overload
     def __init__(self: Queue[JsonDict], name: str, model: None = None, *, exchange: str | Exchange | None = None,
-                 topics: Sequence[str] | None = None, schema: JsonDict | None = None) -> None: ...
+                 topics: Sequence[str] | None = None, schema: JsonDict | None = None,
+                 queue_type: QueueType | None = None, delivery_limit: int | None = None) -> None: ...
 
     def __init__(self, name: str, model: Any = None, *, exchange: str | Exchange | None = None,
-                 topics: Sequence[str] | None = None, schema: JsonDict | None = None) -> None:
+                 topics: Sequence[str] | None = None, schema: JsonDict | None = None,
+                 queue_type: QueueType | None = None, delivery_limit: int | None = None) -> None:
         self.name = name
+        self.queue_type = check_queue_type(queue_type, f'queue {name!r}')
+        self.delivery_limit = check_delivery_limit(delivery_limit, f'queue {name!r}')
         self.model = model
         self.topics = tuple(topics or ())
         if self.topics and not exchange:
@@ -57,7 +91,7 @@ class Queue(Declaration, Generic[T]):
 
     def contract(self) -> tuple[Any, ...]:
         return (model_name(self.model), self.exchange, self.topics,
-                None if self.model is not None else self.codec.schema)
+                None if self.model is not None else self.codec.schema, self.queue_type, self.delivery_limit)
 
     def routes(self, exchange: str, routing_key: str) -> bool:
         """Whether a message published to ``exchange`` with ``routing_key`` reaches this queue."""

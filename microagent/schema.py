@@ -458,7 +458,8 @@ def server_object(dsn: str) -> JsonDict:
     shown = hide_password(dsn)
     scheme, _, rest = shown.partition('://')
     host, slash, path = rest.partition('/')
-    server: JsonDict = {'host': host or 'localhost', 'protocol': scheme or 'unknown',
+    protocol = scheme.removesuffix('+cluster')  # a Redis Cluster speaks redis (or rediss)
+    server: JsonDict = {'host': host or 'localhost', 'protocol': protocol or 'unknown',
                         'description': f'DSN {shown}'}
     if slash and path:
         server['pathname'] = '/' + path

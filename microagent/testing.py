@@ -28,7 +28,8 @@ from .queue import Queue
 from .signal import Signal
 from .transport import BrokerTransport, BusTransport, DeadLetter, Deliver, DeliverReply
 
-__all__ = ['ExpectationFailed', 'GroupFactory', 'HandlerProbe', 'NotInGroup', 'Sent', 'SentLog', 'TestGroup']
+__all__ = ['ContractCase', 'ContractFailed', 'ContractReport', 'ExpectationFailed', 'GroupFactory', 'HandlerProbe',
+           'NotInGroup', 'Sent', 'SentLog', 'TestGroup', 'check_contract', 'example', 'examples']
 
 A = TypeVar('A', bound=MicroAgent)
 M = TypeVar('M')
@@ -201,14 +202,14 @@ def _backend(dsn: str | None, hub: Any, prefix: str) -> tuple[AbstractSignalBus,
     if dsn is None or dsn.startswith('memory://'):
         from .tools.memory import MemoryBroker, MemorySignalBus
         return MemorySignalBus(prefix=prefix, hub=hub), MemoryBroker(hub=hub)
-    if dsn.startswith(('redis://', 'rediss://', 'unix://')):
+    if dsn.startswith(('redis://', 'rediss://', 'unix://', 'redis+cluster://', 'rediss+cluster://')):
         from .tools.redis import RedisBroker, RedisSignalBus
         return RedisSignalBus(dsn, prefix=prefix), RedisBroker(dsn)
     if dsn.startswith(('amqp://', 'amqps://')):
         from .tools.amqp import AMQPBroker, AMQPSignalBus
         return AMQPSignalBus(dsn, prefix=prefix), AMQPBroker(dsn)
     raise UsageError(f'TestGroup: no backend for DSN {dsn.split("://")[0]!r}://; '
-                     'use memory://, redis://, rediss://, amqp:// or amqps://')
+                     'use memory://, redis://, rediss://, redis+cluster://, amqp:// or amqps://')
 
 
 class TestGroup:
@@ -362,3 +363,8 @@ class GroupFactory:
     def __call__(self, *agents: type[MicroAgent], settings: dict[str, Any] | None = None,
                  prefix: str | None = None) -> TestGroup:
         return TestGroup(*agents, settings=settings, dsn=self.dsn, prefix=prefix)
+
+
+# examples of payloads and the contract check live in their own modules; the kit offers them
+from .contract import ContractCase, ContractFailed, ContractReport, check_contract  # noqa: E402
+from .sample_payload import example, examples  # noqa: E402

@@ -59,6 +59,21 @@ async def break_connections(token: str) -> int:
     return len(pids)
 
 
+async def queue_types() -> dict[str, str]:
+    """Every queue of the default vhost by name, with its type (classic, quorum) as RabbitMQ has it."""
+    _need_rabbitmqctl()
+    listing = await _rabbitmqctl('-q', 'list_queues', '--no-table-headers', 'name', 'type')
+    return dict(line.split('\t', 1) for line in listing.splitlines() if '\t' in line)
+
+
+def _need_rabbitmqctl() -> None:
+    if shutil.which('rabbitmqctl') is None:
+        message = 'rabbitmqctl is not installed: cannot inspect the server'
+        if os.environ.get('MICROAGENT_REQUIRE_SERVICES'):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 async def _rabbitmqctl(*args: str) -> str:
     process = await asyncio.create_subprocess_exec('rabbitmqctl', *args, stdout=asyncio.subprocess.PIPE,
                                                    stderr=asyncio.subprocess.PIPE)

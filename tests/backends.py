@@ -6,10 +6,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from microagent.broker import AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
+from microagent.queue import QueueType
 from microagent.tools.memory import MemoryBroker, MemorySignalBus
 
 
@@ -21,6 +23,11 @@ class Backend:
     make_bus: Callable[[], AbstractSignalBus]
     make_broker: Callable[..., AbstractQueueBroker]
     opened: list[Any] = field(default_factory=list)
+
+    @property
+    def engine(self) -> str:
+        """The server behind the backend: ``amqp-quorum`` is RabbitMQ (``amqp``) with quorum queues."""
+        return self.name.partition('-')[0]
 
     def bus(self) -> AbstractSignalBus:
         bus = self.make_bus()
@@ -93,17 +100,68 @@ async def redis_backend() -> AsyncIterator[Backend]:
 BACKENDS['redis'] = redis_backend
 
 
+def cluster_dsn() -> str:
+    from tests.redis_cluster_support import current
+
+    return current().dsn
+
+
 @asynccontextmanager
-async def amqp_backend() -> AsyncIterator[Backend]:
+async def redis_cluster_backend() -> AsyncIterator[Backend]:
+    """The session's Redis Cluster (the ``backend`` fixture starts it); a unique signal prefix per
+    test, and every key of the queues the test declared is deleted afterwards, on every master."""
+    from microagent.exchange import Exchange
+    from microagent.queue import Queue
+    from microagent.tools.redis import RedisBroker, RedisSignalBus
+    from microagent.tools.redis_scripts import base_of, exchange_key
+
+    dsn = cluster_dsn()
+    prefix = f'T{uuid.uuid4().hex[:12]}'
+    before = set(Queue.get_all())
+    exchanges_before = set(Exchange.get_all())
+    backend = Backend('redis-cluster', lambda: RedisSignalBus(dsn, prefix=prefix),
+                      lambda **o: RedisBroker(dsn, **o))
+    try:
+        yield backend
+    finally:
+        await backend.close()
+        client = cluster_client()
+        try:
+            for name in set(Queue.get_all()) - before:
+                await client.delete(name)
+                async for key in client.scan_iter(match=f'{base_of(name, True)}:*', count=1000):
+                    await client.delete(key)
+            for name in set(Exchange.get_all()) - exchanges_before:
+                await client.delete(exchange_key(name))
+        finally:
+            await client.aclose()
+
+
+def cluster_client() -> Any:
+    """A plain redis-py cluster client on the session's cluster (the 1.x agent, or a checker)."""
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    from tests.redis_cluster_support import current
+
+    return RedisCluster(startup_nodes=[ClusterNode('127.0.0.1', port) for port in current().ports[:3]])
+
+
+BACKENDS['redis-cluster'] = redis_cluster_backend
+
+
+@asynccontextmanager
+async def amqp_backend(queue_type: QueueType = 'classic') -> AsyncIterator[Backend]:
     """RabbitMQ; a unique exchange (bus prefix) per test, and every queue and exchange the test's
-    brokers declared is deleted afterwards."""
+    brokers declared is deleted afterwards. ``queue_type='quorum'``: the brokers declare quorum
+    queues (the ``amqp-quorum`` backend)."""
     from microagent.tools.amqp import AMQPBroker, AMQPSignalBus
     from tests.amqp_support import AMQP_DSN, delete_declared, require_rabbitmq
 
     require_rabbitmq()
     prefix = f'T{uuid.uuid4().hex[:12]}'
-    backend = Backend('amqp', lambda: AMQPSignalBus(AMQP_DSN, prefix=prefix),
-                      lambda **o: AMQPBroker(AMQP_DSN, **o))
+    name = 'amqp' if queue_type == 'classic' else f'amqp-{queue_type}'
+    backend = Backend(name, lambda: AMQPSignalBus(AMQP_DSN, prefix=prefix),
+                      lambda **o: AMQPBroker(AMQP_DSN, **{'queue_type': queue_type, **o}))
     try:
         yield backend
     finally:
@@ -112,6 +170,7 @@ async def amqp_backend() -> AsyncIterator[Backend]:
 
 
 BACKENDS['amqp'] = amqp_backend
+BACKENDS['amqp-quorum'] = partial(amqp_backend, 'quorum')
 
 
 @asynccontextmanager
@@ -169,7 +228,13 @@ async def inject_raw(backend: Backend, broker: AbstractQueueBroker, queue: str, 
             await client.rpush(queue, *bodies)
         finally:
             await client.aclose()
-    elif backend.name == 'amqp':
+    elif backend.name == 'redis-cluster':
+        cluster = cluster_client()
+        try:
+            await cluster.rpush(queue, *bodies)
+        finally:
+            await cluster.aclose()
+    elif backend.engine == 'amqp':
         import aiormq
         from pamqp import commands
 
@@ -183,7 +248,7 @@ async def inject_raw(backend: Backend, broker: AbstractQueueBroker, queue: str, 
                                             properties=commands.Basic.Properties(delivery_mode=2))
         finally:
             await connection.close()
-    elif backend.name == 'nats':
+    elif backend.engine == 'nats':
         import nats
 
         from microagent.tools.nats_broker import Layout
@@ -223,7 +288,18 @@ async def unsettled_after_stop(backend: Backend, queue: str) -> int:
             return total
         finally:
             await client.aclose()
-    if backend.name == 'amqp':
+    if backend.name == 'redis-cluster':
+        from microagent.tools.redis_scripts import base_of
+
+        cluster = cluster_client()
+        try:
+            total = 0
+            async for key in cluster.scan_iter(match=f'{base_of(queue, True)}:inflight:*', count=1000):
+                total += int(await cluster.llen(key))
+            return total
+        finally:
+            await cluster.aclose()
+    if backend.engine == 'amqp':
         import aiormq
 
         from tests.amqp_support import AMQP_DSN
@@ -236,7 +312,7 @@ async def unsettled_after_stop(backend: Backend, queue: str) -> int:
             return int(ok.message_count or 0)
         finally:
             await connection.close()
-    if backend.name == 'nats':
+    if backend.engine == 'nats':
         return await nats_taken(queue)
     return 0
 

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from redis.asyncio import Redis
 
+from tests import redis_cluster_support
 from tests.amqp_support import Servers, require_rabbitmq
 from tests.backends import BACKENDS, REDIS_TEST_DSN, Backend
 from tests.services import REDIS_HOST, REDIS_PORT, require_nats, require_service
@@ -31,9 +32,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items.reverse()
 
 
+@pytest.fixture(scope='session')
+def redis_cluster() -> Iterator[redis_cluster_support.Cluster]:
+    """A Redis Cluster (3 masters, 3 replicas) on loopback ports 7101-7106, for the whole session."""
+    redis_cluster_support.require_cluster_binaries()
+    cluster = redis_cluster_support.start_cluster()
+    redis_cluster_support.CURRENT.append(cluster)
+    try:
+        yield cluster
+    finally:
+        redis_cluster_support.CURRENT.clear()
+        redis_cluster_support.stop_cluster(cluster)
+
+
 @pytest.fixture(params=sorted(BACKENDS))
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     """Every backend in turn: the conformance suite is written once and runs on each."""
+    if request.param == 'redis-cluster':
+        request.getfixturevalue('redis_cluster')
     async with BACKENDS[request.param]() as opened:
         yield opened
 

@@ -275,7 +275,8 @@ def test_the_dsn_scheme_picks_the_backend(capsys: pytest.CaptureFixture[str]) ->
     assert main(['dead-letters', 'list', 'q', '--broker', 'kafka://user:secret@host:9092']) == 2
     err = capsys.readouterr().err
     assert "--broker: no backend for the scheme of 'kafka://user:***@host:9092': use one of redis://, " \
-           'rediss://, unix://, amqp://, amqps://, nats://, memory://, or --backend' in err
+           'rediss://, unix://, redis+cluster://, rediss+cluster://, amqp://, amqps://, nats://, memory://, ' \
+           'or --backend' in err
 
 
 def test_an_unreachable_amqp_broker_is_exit_3(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,10 +15,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from microagent import MicroAgent, Signal, receiver
+from microagent import MicroAgent, Queue, Signal, receiver
 from microagent.cli import main
 from microagent.docs import render_docs
 from microagent.fleet import Fleet, FleetAgent, load_fleet
+from schemas import user_created
 
 ARTIFACTS = Path(__file__).resolve().parent / 'artifacts'
 CHROMEDRIVER = '/usr/bin/chromedriver'
@@ -69,6 +70,9 @@ def test_the_demo_page_shows_every_agent_and_a_clicked_schema(browser: Any, tmp_
     schema = json.loads(browser.find_element(By.CSS_SELECTOR, '#detail .schema').text)
     assert schema['payload']['title'] == 'UserCreated' and 'email' in schema['payload']['properties']
     assert 'sent by users; received by mailer' in browser.find_element(By.CSS_SELECTOR, '#detail .who').text
+    shown_example = json.loads(browser.find_element(By.CSS_SELECTOR, '#detail .example').text)
+    assert user_created.codec.decode(json.dumps(shown_example)).user_id == shown_example['user_id']  # a valid message
+    assert shown_example['email'] == 'user@example.com'
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / 'docs-demo.png'))
     assert [entry for entry in browser.get_log('browser') if entry['level'] == 'SEVERE'] == []
@@ -103,6 +107,18 @@ def test_a_30_agent_fleet_renders(browser: Any, tmp_path: Path) -> None:
     assert 'sent by ring-07; received by ring-08' in browser.find_element(By.CSS_SELECTOR, '#detail .who').text
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / 'docs-30-agents.png'))
+
+
+def test_every_channel_of_the_demo_page_has_a_valid_example_message() -> None:
+    page = render_docs(load_fleet(['examples.settings_memory']))
+    data = json.loads(page.split('<script type="application/json" id="schemas">')[1].split('</script>')[0])
+    channels = [cid for cid in data if not cid.startswith('exchange:')]
+    assert len(channels) == 5  # the 2 signals and 3 queues the demo sends or receives
+    for cid in channels:
+        kind, name = cid.split(':')
+        declaration = Signal.get(name) if kind == 'signal' else Queue.get(name)
+        assert data[cid]['example'] is not None, cid
+        declaration.codec.decode(json.dumps(data[cid]['example']))  # raises when invalid
 
 
 def test_docs_names_a_bad_target(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

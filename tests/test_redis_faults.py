@@ -407,7 +407,7 @@ async def test_messages_moved_before_a_pause_are_not_orphaned(
     paused = asyncio.Event()
 
     async def pause_after_a_move(*args: Any, **options: Any) -> Any:
-        reply = await move(*args, **options)  # type: ignore[no-untyped-call]
+        reply = await move(*args, **options)
         if args[0] == 'BLMOVE' and reply is not None and not paused.is_set():
             paused.set()
             await admin.execute_command('CLIENT', 'PAUSE', 1500, 'ALL')  # type: ignore[no-untyped-call]

@@ -10,6 +10,11 @@ Layout on the server, for a queue ``mailer``:
 * ``mailer.dead``: a fanout exchange and a durable queue holding dead letters, with the reason,
   the attempt count and the time in headers.
 
+Queues are classic by default; ``queue_type='quorum'`` (on the broker, or per ``Queue``) declares
+all three as replicated quorum queues, and RabbitMQ itself dead-letters into ``mailer.dead`` what
+comes back unacknowledged more than ``delivery_limit`` times (see ``amqp_queue_args``). The DSN may
+name several hosts of a cluster (``amqp://u:p@h1,h2,h3/vhost``, see ``amqp_hosts``).
+
 Headers travel natively: the envelope's headers are the AMQP headers table, ``message-id`` is also
 the ``message_id`` property (and on queues ``correlation-id`` the ``correlation_id`` one), so plain
 AMQP clients see them where they look. This backend's own bookkeeping sits beside them in
@@ -30,6 +35,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -43,11 +49,12 @@ from ..bus import AbstractSignalBus
 from ..errors import ConnectionFailed, DeclarationError, QueueNotFound, UsageError
 from ..exchange import Exchange
 from ..message import CORRELATION_ID, MESSAGE_ID, REPLY_TO, REQUEST_ID, Envelope
-from ..queue import Queue
+from ..queue import Queue, QueueType, check_delivery_limit, check_queue_type
 from ..retry import Retrier
 from ..signal import RESPONSE_SIGNAL
 from ..transport import DeadLetter, Deliver, DeliverReply, Delivery, SelectDeadLetter
 from .amqp_link import LINK_ERRORS, Link, Outgoing, Publisher
+from .amqp_queue_args import DEFAULT_DELIVERY_LIMIT, QueueArguments, declaration_error, existing_type, server_version
 
 __all__ = ['AMQPBroker', 'AMQPBusTransport', 'AMQPMeta', 'AMQPQueueTransport', 'AMQPSignalBus']
 
@@ -57,7 +64,7 @@ ATTEMPT_HEADER = 'x-attempt'
 REASON_HEADER = 'x-reason'
 DEAD_AT_HEADER = 'x-dead-at'
 #: names in a headers table that are this backend's or RabbitMQ's bookkeeping, not the envelope's
-_OWN_HEADERS = frozenset((ATTEMPT_HEADER, REASON_HEADER, DEAD_AT_HEADER, 'x-delay', 'x-death',
+_OWN_HEADERS = frozenset((ATTEMPT_HEADER, REASON_HEADER, DEAD_AT_HEADER, 'x-delay', 'x-death', 'x-delivery-count',
                           'x-first-death-exchange', 'x-first-death-queue', 'x-first-death-reason',
                           'x-last-death-exchange', 'x-last-death-queue', 'x-last-death-reason'))
 DEAD_SUFFIX = '.dead'
@@ -66,6 +73,8 @@ RETRY_QUEUE_IDLE = 60.0  # a delay queue is deleted by RabbitMQ after its delay 
 CONTENT_TYPE = 'application/json'
 PERSISTENT = 2
 MAX_REASON = 4096
+RETURN_WAIT = 5.0  # how long stopping a quorum queue's consumer waits for the queue to take back its messages
+RETURN_POLL = 0.01
 PING_PATIENCE = 2.0  # seconds a readiness ping may spend connecting
 #: properties a retry, a dead letter or a requeue carries over (the headers table is rebuilt; an
 #: ``expiration`` would race the delay queue's TTL)
@@ -177,6 +186,7 @@ class _Subscription:
         self.channel: AbstractChannel | None = None
         self.buffer: deque[DeliveredMessage] = deque()
         self.arrived = asyncio.Event()
+        self.delivered = False  # whether RabbitMQ ever handed this subscription a message
 
     @property
     def live(self) -> bool:
@@ -185,6 +195,7 @@ class _Subscription:
     async def on_message(self, channel: AbstractChannel, message: DeliveredMessage) -> None:
         if channel is self.channel:
             self.buffer.append(message)
+            self.delivered = True
             self.arrived.set()
 
     def on_close(self, channel: AbstractChannel, closing: asyncio.Future[Any]) -> None:
@@ -211,11 +222,15 @@ class AMQPQueueTransport:
     fetch_cancel_safe = True
     unsettled_fate = 'it stays unacked; RabbitMQ delivers it again when its channel closes'
 
-    def __init__(self, dsn: str, log: logging.Logger | None = None, *, reconnect_timeout: float = 60.0,
-                 name: str = '') -> None:
+    def __init__(self, dsn: str | Sequence[str], log: logging.Logger | None = None, *,
+                 reconnect_timeout: float = 60.0, name: str = '', queue_type: QueueType = 'classic',
+                 delivery_limit: int | None = DEFAULT_DELIVERY_LIMIT) -> None:
         self.uid = uuid.uuid4().hex
         self.log = log or logging.getLogger('microagent.broker')
         self.reconnect_timeout = reconnect_timeout
+        self.queue_type: QueueType = check_queue_type(queue_type, 'AMQP broker') or 'classic'
+        self.delivery_limit = check_delivery_limit(delivery_limit, 'AMQP broker')
+        self._arguments: dict[str, QueueArguments] = {}
         self._link = Link(dsn, self.log, name or f'microagent broker {self.uid[:8]}')
         self._publisher = Publisher(self._link, reconnect_timeout)
         self._control: AbstractChannel | None = None
@@ -231,6 +246,11 @@ class AMQPQueueTransport:
     def rename(self, name: str) -> None:
         """Name the connection as RabbitMQ shows it (the engine's id, so operators find it)."""
         self._link.name = name
+
+    @property
+    def dsn(self) -> str:
+        """The DSN, several hosts joined in one string."""
+        return self._link.dsn
 
     # channels
 
@@ -273,16 +293,26 @@ class AMQPQueueTransport:
             return
         await self._on_control(partial(self._declare_on, queue), patience)
 
+    def arguments(self, queue: Queue[Any], version: tuple[int, ...] = (0,)) -> QueueArguments:
+        """How ``queue`` is declared: its own type and limit, else this broker's defaults."""
+        queue_type = queue.queue_type or self.queue_type
+        limit = queue.delivery_limit if queue.delivery_limit is not None else self.delivery_limit
+        if queue_type == 'classic' and queue.delivery_limit is not None:
+            raise DeclarationError(f'queue {queue.name!r}: delivery_limit needs a quorum queue (queue_type=\'quorum\')')
+        return QueueArguments(queue_type, limit, version)
+
     async def _declare_on(self, queue: Queue[Any], ch: AbstractChannel) -> None:
         """Declare the queue, its dead letters and its exchange binding (the control lock is held)."""
         self._fresh_connection()
         if queue.name in self._declared:
             return
         name, dead = queue.name, queue.name + DEAD_SUFFIX
-        await ch.queue_declare(name, durable=True)
+        args = self.arguments(queue, server_version(ch.connection.server_properties))
+        await self._queue_declare(ch, name, args, args.main(dead))
         await ch.exchange_declare(dead, exchange_type='fanout', durable=True)
-        await ch.queue_declare(dead, durable=True)
+        await self._queue_declare(ch, dead, args, args.dead())
         await ch.queue_bind(dead, dead)
+        self._arguments[name] = args
         self.declared_queues.update((name, dead))
         self.declared_exchanges.add(dead)
         exchange = queue.exchange_declaration
@@ -293,6 +323,27 @@ class AMQPQueueTransport:
                 await ch.queue_bind(name, exchange.name, routing_key=key)
         self._declared.add(name)
 
+    async def _queue_declare(self, ch: AbstractChannel, name: str, wanted: QueueArguments,
+                             arguments: FieldTable | None) -> None:
+        try:
+            await ch.queue_declare(name, durable=True, arguments=arguments)
+        except aiormq.ChannelPreconditionFailed as exc:
+            raise declaration_error(name, wanted, exc, await self._existing_type(name)) from None
+
+    async def _existing_type(self, name: str) -> str | None:
+        """The type of an existing queue that refused a declaration: RabbitMQ names the first
+        argument that differs, often not the type. An argument-less declaration tells: a classic
+        queue without arguments takes it (a no-op), any other names its type or another argument."""
+        channel = await self._link.channel(self.reconnect_timeout)
+        try:
+            await channel.queue_declare(name, durable=True)
+        except aiormq.ChannelPreconditionFailed as exc:
+            return existing_type(exc)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return 'classic'
+
     async def _declare_exchange(self, ch: AbstractChannel, exchange: Exchange, where: str) -> None:
         """Declare the exchange with its declared type, never one guessed from other queues."""
         try:
@@ -302,16 +353,17 @@ class AMQPQueueTransport:
                                    f'options than a durable {exchange.type} exchange: {exc}') from None
         self.declared_exchanges.add(exchange.name)
 
-    async def _retry_queue(self, name: str, delay: float) -> str:
+    async def _retry_queue(self, queue: Queue[Any], delay: float) -> str:
+        name = queue.name
         ms = max(int(delay * 1000), 1)
         retry = f'{name}{RETRY_SUFFIX}{ms}'
         now = time.monotonic()
         self._fresh_connection()
         if now - self._retry_queues.get(retry, -RETRY_QUEUE_IDLE) < RETRY_QUEUE_IDLE / 2:
             return retry  # declared recently: its expiry lease is still long enough
-        arguments: FieldTable = {'x-message-ttl': ms, 'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': name,
-                                 'x-expires': ms + int(RETRY_QUEUE_IDLE * 1000)}
-        await self._on_control(lambda ch: ch.queue_declare(retry, durable=True, arguments=arguments))
+        args = self._arguments.get(name) or self.arguments(queue)
+        arguments = args.retry(name, ms, ms + int(RETRY_QUEUE_IDLE * 1000))
+        await self._on_control(lambda ch: self._queue_declare(ch, retry, args, arguments))
         self._retry_queues[retry] = now
         self.declared_queues.add(retry)
         return retry
@@ -340,7 +392,7 @@ class AMQPQueueTransport:
         if exchange is not None:
             await self._through(queue, exchange, topic or queue.name, outgoing)
         elif delay > 0:
-            retry = await self._retry_queue(queue.name, delay)
+            retry = await self._retry_queue(queue, delay)
             await self._publisher.publish([_to(out, '', retry) for out in outgoing], f'queue {retry!r}')
         else:
             await self._to_queue(queue, outgoing)
@@ -387,11 +439,40 @@ class AMQPQueueTransport:
         self._prefetch[queue.name] = concurrency
 
     async def stop_consuming(self, queue: Queue[Any]) -> None:
-        """The consumer stopped: what RabbitMQ pushed and it never fetched goes back to the queue now."""
+        """The consumer stopped: what RabbitMQ pushed and it never fetched goes back to the queue now.
+
+        A quorum queue takes back a closed channel's unacknowledged messages (and the nacks before
+        it) through its Raft log, after the close is confirmed: its counts show them only once that
+        is applied, which is when the queue drops the channel's consumer. So with a quorum queue,
+        this returns once the queue's consumer count has dropped (bounded by ``RETURN_WAIT``)."""
         self._prefetch.pop(queue.name, None)
         sub = self._subs.pop(queue.name, None)
-        if sub is not None:
+        if sub is None:
+            return
+        args = self._arguments.get(queue.name)
+        if args is None or not args.quorum or not sub.live or not sub.delivered:
             await sub.close()
+            return
+        before = await self._consumers(queue.name)
+        await sub.close()
+        await self._returned(queue.name, before)
+
+    async def _consumers(self, name: str) -> int:
+        async def count(ch: AbstractChannel) -> int:
+            return int((await ch.queue_declare(name, passive=True)).consumer_count or 0)
+        return await self._on_control(count)
+
+    async def _returned(self, name: str, before: int) -> None:
+        """Wait until the quorum queue counts fewer consumers than ``before`` (ours is gone)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RETURN_WAIT
+        while await self._consumers(name) >= before:
+            if loop.time() >= deadline:
+                self.log.info('Queue %s: the quorum queue still counts %d consumer(s) after %.0fs; '
+                              'not waiting any longer for it to take back the unacknowledged messages',
+                              name, before, RETURN_WAIT)
+                return
+            await asyncio.sleep(RETURN_POLL)
 
     async def _subscribe(self, queue: Queue[Any], count: int, patience: float) -> _Subscription:
         sub = self._subs.setdefault(queue.name, _Subscription())
@@ -468,7 +549,7 @@ class AMQPQueueTransport:
         table = {**_fresh_table(token.properties), ATTEMPT_HEADER: delivery.attempt + 1,
                  REASON_HEADER: reason[:MAX_REASON]}
         # a failure leaves the message unacked: the engine tries again, then releases it
-        retry = await self._retry_queue(queue.name, delay)
+        retry = await self._retry_queue(queue, delay)
         await self._publisher.publish([Outgoing('', retry, delivery.envelope.body, _carried(token.properties, table))],
                                       f'queue {retry!r}')
         await self.ack(queue, delivery)
@@ -519,6 +600,7 @@ class AMQPQueueTransport:
     async def dead_letters(self, name: str, limit: int = 100) -> list[DeadLetter]:
         if limit <= 0:
             return []
+        before = await self.dead_letter_count(name)
         channel = await self._link.channel(self.reconnect_timeout)
         letters: list[DeadLetter] = []
         try:
@@ -537,7 +619,17 @@ class AMQPQueueTransport:
         finally:
             if not channel.is_closed:
                 await channel.close()
+        if letters:
+            await self._back(name + DEAD_SUFFIX, before)
         return letters
+
+    async def _back(self, name: str, count: int) -> None:
+        """Wait until ``name`` counts ``count`` messages again, after returning what was taken: a
+        quorum queue applies returns through its Raft log, after the nack (bounded by RETURN_WAIT)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RETURN_WAIT
+        while await self._count(name) < count and loop.time() < deadline:  # noqa: ASYNC110 - server state
+            await asyncio.sleep(RETURN_POLL)
 
     async def requeue_dead_letters(self, name: str) -> int:
         total = await self.dead_letter_count(name)
@@ -589,6 +681,8 @@ class AMQPQueueTransport:
         finally:
             if not channel.is_closed:
                 await channel.close()
+        if len(taken) < got:
+            await self._back(name + DEAD_SUFFIX, total - len(taken))
         return len(taken)
 
     async def exists(self, name: str) -> bool:
@@ -655,8 +749,26 @@ def _dead_letter(name: str, message: DeliveredMessage) -> DeadLetter:
         died = float(table.get(DEAD_AT_HEADER, 0.0))
     except (TypeError, ValueError):
         attempts, died = 1, 0.0
+    if DEAD_AT_HEADER not in table:  # dead-lettered by RabbitMQ itself (a quorum queue's delivery limit)
+        reason, died = _server_death(table) or (reason, died)
     headers = _received_headers(properties)
     return DeadLetter(name, Envelope(message.body, headers or None), str(reason), attempts, died)
+
+
+def _server_death(table: Mapping[str, Any]) -> tuple[str, float] | None:
+    """(reason, time) of RabbitMQ's own dead-lettering, from its ``x-death`` header."""
+    deaths = table.get('x-death')
+    if not isinstance(deaths, list) or not deaths or not isinstance(deaths[0], dict):
+        return None
+    death = deaths[0]
+    why = death.get('reason')
+    why = why.decode('utf-8', 'replace') if isinstance(why, bytes) else str(why or '')
+    when = death.get('time')
+    died = when.timestamp() if isinstance(when, datetime) else 0.0
+    if why == 'delivery_limit':
+        return ('returned unacknowledged more often than the delivery limit of the quorum queue (a consumer '
+                'crashed or lost its connection while holding it)', died)
+    return (f'dead-lettered by RabbitMQ: {why}', died)
 
 
 def _shown(text: str, limit: int = 200) -> str:
@@ -671,7 +783,7 @@ class AMQPBusTransport:
     #: acknowledges one only once the engine's backlog has room for it, so this bounds those tasks
     prefetch = 256
 
-    def __init__(self, dsn: str, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
+    def __init__(self, dsn: str | Sequence[str], prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
                  reconnect_timeout: float = 60.0, name: str = '') -> None:
         self.uid = uuid.uuid4().hex
         self.prefix = prefix
@@ -691,6 +803,11 @@ class AMQPBusTransport:
     def rename(self, name: str) -> None:
         """Name the connection as RabbitMQ shows it (the engine's id, so operators find it)."""
         self._link.name = name
+
+    @property
+    def dsn(self) -> str:
+        """The DSN, several hosts joined in one string."""
+        return self._link.dsn
 
     @property
     def reply_to(self) -> str:
@@ -882,10 +999,15 @@ class AMQPBroker(AbstractQueueBroker):
 
     transport: AMQPQueueTransport
 
-    def __init__(self, dsn: str, log: logging.Logger | None = None, *, reconnect_timeout: float = 60.0,
-                 **options: Any) -> None:
-        transport = AMQPQueueTransport(dsn, log, reconnect_timeout=reconnect_timeout)
-        super().__init__(transport, dsn=dsn, log=log, **options)
+    def __init__(self, dsn: str | Sequence[str], log: logging.Logger | None = None, *,
+                 reconnect_timeout: float = 60.0, queue_type: QueueType = 'classic',
+                 delivery_limit: int | None = DEFAULT_DELIVERY_LIMIT, **options: Any) -> None:
+        """``dsn``: one server, or a cluster's nodes (``amqp://u:p@h1,h2:5673/vhost`` or a list);
+        ``queue_type``: of the queues whose declaration does not say; ``delivery_limit``: of those
+        that are quorum (see ``Queue``)."""
+        transport = AMQPQueueTransport(dsn, log, reconnect_timeout=reconnect_timeout, queue_type=queue_type,
+                                       delivery_limit=delivery_limit)
+        super().__init__(transport, dsn=transport.dsn, log=log, **options)
         self.reconnect_timeout = reconnect_timeout
         transport.rename(f'microagent broker {self.uid[:8]}')
 
@@ -895,9 +1017,9 @@ class AMQPSignalBus(AbstractSignalBus):
 
     transport: AMQPBusTransport
 
-    def __init__(self, dsn: str, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
+    def __init__(self, dsn: str | Sequence[str], prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
                  reconnect_timeout: float = 60.0, **options: Any) -> None:
         transport = AMQPBusTransport(dsn, prefix, log, reconnect_timeout=reconnect_timeout)
-        super().__init__(transport, dsn=dsn, prefix=prefix, log=log, **options)
+        super().__init__(transport, dsn=transport.dsn, prefix=prefix, log=log, **options)
         self.reconnect_timeout = reconnect_timeout
         transport.rename(f'microagent bus {prefix} {self.uid[:8]}')

@@ -3,17 +3,18 @@ and a publisher (confirms on) that sends again what a break left unconfirmed.
 
 Attempts to connect are spaced by an exponential backoff kept across callers and each failed attempt
 logs one line, so a server that is down never causes a tight loop, however many consumers wait.
+With several hosts (a cluster, see ``amqp_hosts``) a failed attempt or a lost connection moves on to
+the next host at once; the backoff starts once every host has failed in a row.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiormq
 from aiormq.abc import AbstractChannel, AbstractConnection
@@ -21,8 +22,9 @@ from pamqp import commands as spec
 
 from ..dsn import hide_password
 from ..dsn import scrub as scrub_secrets
-from ..errors import ConnectionFailed, InvalidArgument
+from ..errors import ConnectionFailed
 from ..retry import backoff
+from .amqp_hosts import join_hosts, split_hosts
 
 # Errors that mean "the connection (or the channel with it) went away": worth reconnecting for.
 LINK_ERRORS: tuple[type[BaseException], ...] = (
@@ -30,10 +32,8 @@ LINK_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def check_dsn(dsn: str) -> None:
-    scheme = urlsplit(dsn).scheme
-    if scheme not in ('amqp', 'amqps'):
-        raise InvalidArgument(f'An AMQP DSN starts with amqp:// or amqps://, got {hide_password(dsn)!r}')
+def check_dsn(dsn: str | Sequence[str]) -> None:
+    split_hosts(dsn)
 
 
 class Link:
@@ -42,10 +42,11 @@ class Link:
     base_delay = 0.2
     max_delay = 10.0
 
-    def __init__(self, dsn: str, log: logging.Logger, name: str) -> None:
-        check_dsn(dsn)
-        self.dsn = dsn
-        self.safe_dsn = hide_password(dsn)
+    def __init__(self, dsn: str | Sequence[str], log: logging.Logger, name: str) -> None:
+        self.dsns = split_hosts(dsn)
+        self.dsn = join_hosts(self.dsns)
+        self.safe_dsn = hide_password(self.dsn)
+        self.host = 0  # index in dsns of the host connected to, or to try next
         self.log = log
         self.name = name
         self.generation = 0  # bumped on every new connection: declarations are redone per connection
@@ -65,7 +66,14 @@ class Link:
     def scrub(self, error: BaseException | str) -> str:
         """An error as text, without the DSN's secrets (userinfo and query parameters)."""
         text = f'{type(error).__name__}: {error}' if isinstance(error, BaseException) else error
-        return scrub_secrets(text, self.dsn)
+        for dsn in self.dsns:
+            text = scrub_secrets(text, dsn)
+        return text
+
+    @property
+    def safe_host(self) -> str:
+        """The DSN of the host connected to (or tried next), without its password."""
+        return hide_password(self.dsns[self.host])
 
     async def connect(self, patience: float | None = None) -> AbstractConnection:
         """The open connection; reconnects with backoff for up to ``patience`` s (None: forever),
@@ -103,7 +111,8 @@ class Link:
                 wait = self._retry_at - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                conn = aiormq.Connection(self.dsn, client_properties={'connection_name': self.name})
+                tried = self.safe_host
+                conn = aiormq.Connection(self.dsns[self.host], client_properties={'connection_name': self.name})
                 try:
                     await conn.connect()
                 except BaseException as exc:
@@ -112,14 +121,18 @@ class Link:
                     if not isinstance(exc, Exception):
                         raise
                     self._failures += 1
-                    delay = backoff(self._failures, self.base_delay, self.max_delay)
+                    self.host = (self.host + 1) % len(self.dsns)
+                    rounds, rest = divmod(self._failures, len(self.dsns))
+                    # the next host at once; after a whole round of failures, back off
+                    delay = backoff(rounds, self.base_delay, self.max_delay) if not rest else 0.0
                     self._retry_at = loop.time() + delay
                     self._error = self.scrub(exc)
-                    self.log.warning('%s: connecting to RabbitMQ at %s failed (%s); attempt %d, next in %.1fs',
-                                     self.name, self.safe_dsn, self._error, self._failures, delay)
+                    self.log.warning('%s: connecting to RabbitMQ at %s failed (%s); attempt %d, next in %.1fs%s',
+                                     self.name, tried, self._error, self._failures, delay,
+                                     f' at {self.safe_host}' if len(self.dsns) > 1 else '')
                     continue
                 if self.generation:
-                    self.log.info('%s: connected to RabbitMQ at %s again', self.name, self.safe_dsn)
+                    self.log.info('%s: connected to RabbitMQ at %s again', self.name, tried)
                 self._failures, self._retry_at, self._error = 0, 0.0, ''
                 self.generation += 1
                 self._conn = conn
@@ -130,8 +143,12 @@ class Link:
         reason = None if closing.cancelled() else closing.exception()
         if self._closed or conn is not self._conn:
             return
-        self.log.warning('%s: lost the connection to RabbitMQ at %s (%s); reconnecting on next use',
-                         self.name, self.safe_dsn, self.scrub(reason) if reason else 'closed')
+        lost = self.safe_host
+        if len(self.dsns) > 1:  # that node may be going down: fail over to the next one
+            self.host = (self.host + 1) % len(self.dsns)
+        self.log.warning('%s: lost the connection to RabbitMQ at %s (%s); reconnecting on next use%s',
+                         self.name, lost, self.scrub(reason) if reason else 'closed',
+                         f', to {self.safe_host}' if len(self.dsns) > 1 else '')
 
     async def close(self) -> None:
         self._closed = True

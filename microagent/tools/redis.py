@@ -21,6 +21,10 @@ also (re)registers the consumer, so an in-flight list always has an owner others
 a failed fetch, the consumer returns what it does not hold before fetching again. Messages are
 never rewritten in Redis: a retry, a dead letter or a requeue keeps the stored bytes, so the frame's
 headers and message id survive them. Key names and Lua scripts live in ``redis_scripts``.
+
+Redis Cluster (``redis+cluster://host:port,host:port/``, see ``redis_cluster``): the same scripts,
+each queue's keys in the slot of its list; commands ride out a failover; ``wait_replicas`` bounds
+what asynchronous replication can lose.
 """
 from __future__ import annotations
 
@@ -37,23 +41,26 @@ from typing import Any, Literal, TypeVar, cast
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MovedError, SlotNotCoveredError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..broker import DEFAULT_MAX_MESSAGE_SIZE, AbstractQueueBroker
 from ..bus import AbstractSignalBus
 from ..dsn import hide_password
-from ..errors import BackendClosed, ConnectionFailed, InvalidArgument, QueueNotFound
+from ..errors import BackendClosed, ConnectionFailed, InvalidArgument, NotReplicated, QueueNotFound
 from ..message import FRAME_MAGIC, REPLY_TO, REQUEST_ID, Envelope, FrameError, frame, unframe
 from ..queue import Queue, topics_match
 from ..retry import backoff
 from ..signal import RESPONSE_SIGNAL
 from ..transport import NO_CONTEXT, DeadLetter, Deliver, DeliverReply, Delivery, SelectDeadLetter
 from . import redis_scripts as lua
+from .redis_cluster import FAILOVER_ERRORS, ClusterListener, cluster_client, connect_options, is_cluster
 from .redis_scripts import QueueKeys
 
 __all__ = ['RedisBroker', 'RedisBusTransport', 'RedisQueueTransport', 'RedisSignalBus', 'Wire']
@@ -66,6 +73,8 @@ except ImportError:  # pragma: no cover - a plain redis-py
 T = TypeVar('T')
 
 DEFAULT_DSN = 'redis://localhost:6379/0'
+#: how long (s) commands on a Redis Cluster retry while a master fails over, by default
+FAILOVER_TIMEOUT = 20.0
 _NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 #: what a Redis bus or broker sends: the framed envelope (default) or the bare 1.x body
@@ -95,14 +104,22 @@ class _HiredisPacking(Connection):
             return super().pack_command(*args)
 
 
-def _client(dsn: str, options: dict[str, Any], reader: bool = False) -> Redis:
+#: the command client: one server's, or a cluster's (``redis+cluster://``, see ``redis_cluster``)
+Client = Redis | RedisCluster
+
+
+def _client(dsn: str, options: dict[str, Any], reader: bool = False,
+            failover_timeout: float = FAILOVER_TIMEOUT) -> Client:
     """A client from the DSN (``rediss://``, user, password and db are honoured by redis-py).
 
     Commands retry a few times on a connection error (redis-py's ``from_url`` default is none).
     A ``reader`` (blocking reads of the subscriber and consumers) has no redis-py retries, so our
     loop logs and backs off, and no socket timeout: redis-py's default 5 s would kill an idle
     reader, and on Python 3.11 its ``wait_for`` around sends can swallow a cancellation. Its
-    calls are bounded by ``asyncio.timeout`` instead, and TCP keepalive finds dead peers."""
+    calls are bounded by ``asyncio.timeout`` instead, and TCP keepalive finds dead peers.
+    A cluster DSN gives a cluster client, whose commands ride out a failover (not the reader's)."""
+    if is_cluster(dsn):
+        return cluster_client(dsn, options, reader=reader, failover_timeout=failover_timeout)
     if reader:
         options = {**options, 'retry': Retry(NoBackoff(), 0), 'socket_timeout': None}
     else:  # a pooled connection left stale by a server restart reconnects instead of failing a send
@@ -203,14 +220,17 @@ class RedisBusTransport:
     bare_requests_kept: int = 10_000
 
     def __init__(self, dsn: str = DEFAULT_DSN, prefix: str = 'PUBSUB', *, log: logging.Logger | None = None,
-                 wire: Wire = 'envelope', **redis_options: Any) -> None:
+                 wire: Wire = 'envelope', failover_timeout: float = FAILOVER_TIMEOUT, **redis_options: Any) -> None:
         self.dsn = dsn
         self.prefix = prefix
         self.uid = uuid.uuid4().hex  # the answers' channel, as 1.x: {prefix}:response:{uid}#{request id}
         self.legacy = _wire(wire)
         self.log = log or logging.getLogger('microagent.redis')
-        self.redis = _client(dsn, redis_options)
-        self._listener = _client(dsn, redis_options, reader=True)
+        self.redis = _client(dsn, redis_options, failover_timeout=failover_timeout)
+        # a cluster's PUBLISH reaches every node: the subscriber listens on one, and moves on when lost
+        self._listener: Redis | ClusterListener = (
+            ClusterListener(dsn, redis_options, self.redis) if isinstance(self.redis, RedisCluster)
+            else cast(Redis, _client(dsn, redis_options, reader=True)))
         self._head = f'{prefix}:'
         self._patterns: list[str] = []
         self._confirm: dict[bytes, list[asyncio.Future[None]]] = {}
@@ -295,6 +315,8 @@ class RedisBusTransport:
                 delay = backoff(failures, 0.1, self.reconnect_cap)
                 self.log.warning('%r: subscriber lost Redis (%s: %s); reconnect %d in %.1fs',
                                  self, type(exc).__name__, exc, failures, delay)
+                if isinstance(self._listener, ClusterListener):
+                    await self._listener.failed()  # the next attempt goes to another node
                 await asyncio.sleep(delay)
             except Exception:  # a bug or a reply we cannot parse: the bus must keep receiving
                 failures += 1
@@ -406,6 +428,7 @@ class _Owned:
         self.dirty = False  # a settle or fetch failed: the in-flight list may hold orphans
         self.beaten = False  # registered once: a later registration means it was taken for dead
         self.rechecks = 0  # resyncs still due after a failed fetch (see ``lost_a_fetch``)
+        self.master: str | None = None  # on a cluster, the node that held the queue's slot at the last beat
         self.acks: list[bytes] = []  # acked, not sent yet
         self.flushing: asyncio.Task[None] | None = None
 
@@ -465,6 +488,14 @@ def _delayed_member(data: bytes) -> bytes:
     return uuid.uuid4().hex.encode() + data
 
 
+def _master_of(cluster: RedisCluster, key: str) -> ClusterNode | None:
+    """The master of ``key``'s slot in the client's slot map; None before it has one."""
+    try:
+        return cluster.get_node_from_key(key)
+    except SlotNotCoveredError:
+        return None
+
+
 class RedisQueueTransport:
     """Reliable queues on Redis lists (``BrokerTransport``).
 
@@ -484,19 +515,30 @@ class RedisQueueTransport:
     ack_delay: float = 0.002
 
     def __init__(self, dsn: str = DEFAULT_DSN, *, log: logging.Logger | None = None, wire: Wire = 'envelope',
-                 heartbeat: float = 10.0, **redis_options: Any) -> None:
+                 heartbeat: float = 10.0, wait_replicas: int = 0, wait_timeout: float = 1.0,
+                 failover_timeout: float = FAILOVER_TIMEOUT, **redis_options: Any) -> None:
         if isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float) or not 0 < heartbeat < math.inf:
             raise InvalidArgument(f'heartbeat must be positive (seconds), got {heartbeat!r}')
+        if isinstance(wait_replicas, bool) or not isinstance(wait_replicas, int) or wait_replicas < 0:
+            raise InvalidArgument(f'wait_replicas must be a count of replicas (0: do not wait), got {wait_replicas!r}')
+        if not 0 < wait_timeout < math.inf:
+            raise InvalidArgument(f'wait_timeout must be positive (seconds), got {wait_timeout!r}')
         self.dsn = dsn
         self.legacy = _wire(wire)
         self.heartbeat = float(heartbeat)
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = float(wait_timeout)
+        self.failover_timeout = float(failover_timeout)
         self.uid = uuid.uuid4().hex  # this consumer, in key names: Q:inflight:{uid}, Q:consumer:{uid}
         self.log = log or logging.getLogger('microagent.redis')
-        self.redis = _client(dsn, redis_options)
+        self.redis = _client(dsn, redis_options, failover_timeout=failover_timeout)
+        self.cluster = isinstance(self.redis, RedisCluster)
+        self._redis_options = redis_options
+        self._node_clients: dict[str, Redis] = {}  # wait_replicas on a cluster: a plain client per master
         self._blocking = _client(dsn, redis_options, reader=True)
         self._scripts = {name: self.redis.register_script(getattr(lua, name))
                          for name in ('FETCH', 'ACK', 'RETRY', 'DEAD_LETTER', 'RELEASE', 'RECLAIM',
-                                      'REQUEUE', 'REMOVE_DEAD', 'MOVE_DUE', 'DELAY')}
+                                      'REQUEUE', 'REMOVE_DEAD', 'MOVE_DUE', 'DELAY', 'BEAT')}
         self._fetch_script = self._blocking.register_script(lua.FETCH)
         self._owned: dict[str, _Owned] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -509,6 +551,9 @@ class RedisQueueTransport:
 
     def _script(self, name: str) -> AsyncScript:
         return self._scripts[name]
+
+    def _keys(self, name: str) -> QueueKeys:
+        return QueueKeys.of(name, self.uid, self.cluster)
 
     def _stored(self, envelopes: Sequence[Envelope]) -> list[bytes]:
         """What Redis stores for each envelope: its frame (``message.frame``, inlined: this is the
@@ -532,13 +577,73 @@ class RedisQueueTransport:
                   **options: Any) -> None:
         # no ``send_options``: the engine refuses every other keyword, so ``options`` is always empty
         messages = self._stored(envelopes)
+        keys = self._keys(queue.name)
         if delay <= 0:
-            await self.redis.rpush(queue.name, *messages)
+            if self.wait_replicas:
+                await self._replicated(queue.name, 'RPUSH', queue.name, *messages)
+            else:
+                await self.redis.rpush(queue.name, *messages)
             return
         # fresh messages: beside the retries in Q:delayed, but with no attempt count written for them
-        keys = QueueKeys.of(queue.name, self.uid)
-        await self._script('DELAY')(keys=[keys.delayed], args=[delay, *map(_delayed_member, messages)])
+        members = list(map(_delayed_member, messages))
+        if self.wait_replicas:
+            await self._replicated(queue.name, 'EVAL', lua.DELAY, 1, keys.delayed, delay, *members)
+        else:
+            await self._script('DELAY')(keys=[keys.delayed], args=[delay, *members])
         self._wake_when_due(keys, delay)
+
+    async def _replicated(self, key: str, *command: Any) -> Any:
+        """Run ``command`` on the master of ``key``, then ``WAIT`` on the same connection until
+        ``wait_replicas`` replicas have it (``NotReplicated`` if fewer did in ``wait_timeout``).
+        On a cluster, a stale slot map (a failover, a resharding) is refreshed and the command sent
+        again, for up to ``failover_timeout`` s: a command that may have run is then run twice (at
+        least once, as every retried send)."""
+        deadline = time.monotonic() + self.failover_timeout
+        failures = 0
+        while True:
+            client = await self._master_client(key)
+            try:
+                async with client.pipeline(transaction=False) as pipe:
+                    pipe.execute_command(*command)
+                    pipe.execute_command('WAIT', self.wait_replicas, int(self.wait_timeout * 1000))
+                    result, acked = await pipe.execute()
+                break
+            except (*FAILOVER_ERRORS, MovedError) as exc:
+                if client is self.redis or time.monotonic() > deadline:
+                    raise
+                failures += 1
+                await self._refresh_slots(key, exc)
+                await asyncio.sleep(backoff(failures, 0.05, 0.5))
+        if int(acked) < self.wait_replicas:
+            raise NotReplicated(f'{self.wait_replicas} replicas asked, {acked} confirmed within '
+                                f'{self.wait_timeout}s; the message is on the master and is lost if it fails now')
+        return result
+
+    async def _master_client(self, key: str) -> Client:
+        """One server's client; on a cluster a plain client to the master of ``key``'s slot (WAIT
+        counts the writes of its own connection, which a cluster client's pool does not keep)."""
+        if not isinstance(self.redis, RedisCluster):
+            return self.redis
+        node = _master_of(self.redis, key)
+        if node is None:  # no slot map yet (nothing sent), or the slot is not covered now
+            await self.redis.initialize()
+            node = _master_of(self.redis, key)
+            if node is None:
+                raise NotReplicated(f'no master serves the slot of {key!r} now; the message was not sent')
+        client = self._node_clients.get(node.name)
+        if client is None:
+            _, options = connect_options(self.dsn)
+            client = self._node_clients[node.name] = Redis(
+                host=node.host, port=int(node.port), **{**options, **self._redis_options})
+        return client
+
+    async def _refresh_slots(self, key: str, exc: Exception) -> None:
+        """After a MOVED or a lost master, a keyed command through the cluster client updates its
+        slot map (and rides out the failover)."""
+        self.log.info('Queue %s: the master of its slot changed (%s: %s); sending again', key, type(exc).__name__, exc)
+        assert isinstance(self.redis, RedisCluster)
+        with contextlib.suppress(*FAILOVER_ERRORS):
+            await self.redis.exists(key)
 
     async def publish(self, exchange: str, routing_key: str, envelope: Envelope) -> int:
         """Push to every queue whose binding, stored in Redis by whoever declared it, takes the
@@ -549,10 +654,15 @@ class RedisQueueTransport:
         if not targets:
             raise QueueNotFound(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}')
         (data,) = self._stored([envelope])
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for name in targets:
-                pipe.rpush(name, data)
-            await pipe.execute()
+        if self.wait_replicas:  # each queue on its master, each copy confirmed
+            await asyncio.gather(*(self._replicated(name, 'RPUSH', name, data) for name in targets))
+        elif self.cluster:  # queues in several slots: no transaction spans them
+            await asyncio.gather(*(self.redis.rpush(name, data) for name in targets))
+        else:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for name in targets:
+                    pipe.rpush(name, data)
+                await pipe.execute()
         return len(targets)
 
     async def length(self, name: str) -> int:
@@ -574,7 +684,7 @@ class RedisQueueTransport:
                 if not messages:
                     block = max(0.01, min(timeout, wait if wait >= 0 else math.inf))
                     async with asyncio.timeout(block + self.read_margin):
-                        first = await self._blocking.execute_command(  # type: ignore[no-untyped-call]
+                        first = await self._blocking.execute_command(
                             'BLMOVE', keys.queue, keys.inflight, 'LEFT', 'RIGHT', block)
                     if first is None:
                         return []
@@ -689,7 +799,7 @@ class RedisQueueTransport:
             raise BackendClosed(f'{self!r} is closed')
         owned = self._owned.get(name)
         if owned is None:
-            owned = self._owned[name] = _Owned(QueueKeys.of(name, self.uid))
+            owned = self._owned[name] = _Owned(self._keys(name))
             if self._heartbeat_task is None:  # first, so that it beats even if this beat fails
                 self._start_heartbeat()
             await self._beat(owned)
@@ -711,10 +821,10 @@ class RedisQueueTransport:
 
     async def _beat(self, owned: _Owned) -> None:
         keys = owned.keys
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.heartbeat, 1, px=int(self.heartbeat * 1000))
-            pipe.sadd(keys.consumers, self.uid)
-            _, added = await pipe.execute()
+        added = await self._script('BEAT')(keys=[keys.heartbeat, keys.consumers],
+                                           args=[int(self.heartbeat * 1000), self.uid])
+        if isinstance(self.redis, RedisCluster):
+            self._check_master(owned)
         if added and owned.beaten:
             self.log.warning('Queue %s: this consumer was taken for dead (no heartbeat for %.0fs) and is '
                              'registered again; what it had in flight went back to the queue and may be '
@@ -728,10 +838,25 @@ class RedisQueueTransport:
         if owned.dirty:
             await self._resync(owned)
 
+    def _check_master(self, owned: _Owned) -> None:
+        """A new master of the queue's slot (a failover) may lack our last writes: an ack, a retry, a
+        release acked by the old master and never replicated puts a settled message back in our
+        in-flight list. Resync: whatever no handler holds goes back to the queue."""
+        assert isinstance(self.redis, RedisCluster)
+        node = _master_of(self.redis, owned.keys.queue)
+        if node is None:
+            return
+        master = node.name
+        if owned.master is not None and master != owned.master:
+            self.log.warning('Queue %s: its slot moved from %s to %s (a failover?); checking what is in flight',
+                             owned.keys.queue, owned.master, master)
+            owned.lost_a_fetch()
+        owned.master = master
+
     async def _reclaim(self, keys: QueueKeys, consumers: list[str]) -> int:
         if not consumers:
             return 0
-        pairs = [k for c in consumers for k in (lua.heartbeat_key(keys.queue, c), lua.inflight_key(keys.queue, c))]
+        pairs = [k for c in consumers for k in (keys.heartbeat_of(c), keys.inflight_of(c))]
         return int(await self._script('RECLAIM')(keys=[keys.consumers, keys.queue, keys.attempts, *pairs],
                                                  args=consumers))
 
@@ -783,7 +908,7 @@ class RedisQueueTransport:
     # dead letters
 
     async def dead_letters(self, name: str, limit: int = 100) -> list[DeadLetter]:
-        entries = cast(list[bytes], await self.redis.lrange(f'{name}:dead', 0, limit - 1))
+        entries = cast(list[bytes], await self.redis.lrange(self._keys(name).dead, 0, limit - 1))
         return [self._dead_letter(name, entry) for entry in entries]
 
     @staticmethod
@@ -797,13 +922,13 @@ class RedisQueueTransport:
         return DeadLetter(name, envelope, meta['reason'], meta['attempts'], meta['time'])
 
     async def dead_letter_count(self, name: str) -> int:
-        return int(await self.redis.llen(f'{name}:dead'))
+        return int(await self.redis.llen(self._keys(name).dead))
 
     async def requeue_dead_letters(self, name: str) -> int:
         """Move dead letters back unchanged (a frame keeps its message id), in chunks of 1000."""
         total, chunk = 0, 1000
         while True:
-            moved = int(await self._script('REQUEUE')(keys=[f'{name}:dead', name], args=[chunk]))
+            moved = int(await self._script('REQUEUE')(keys=[self._keys(name).dead, name], args=[chunk]))
             total += moved
             if moved < chunk:
                 return total
@@ -811,11 +936,11 @@ class RedisQueueTransport:
     async def remove_dead_letters(self, name: str, select: SelectDeadLetter, *, requeue: bool) -> int:
         """Pick from a snapshot, then remove exactly the entries picked (a letter dead-lettered
         meanwhile is not touched), in chunks of 1000."""
-        entries = cast(list[bytes], await self.redis.lrange(f'{name}:dead', 0, -1))
+        entries = cast(list[bytes], await self.redis.lrange(self._keys(name).dead, 0, -1))
         taken = [entry for i, entry in enumerate(entries) if select(i, self._dead_letter(name, entry))]
         total = 0
         for start in range(0, len(taken), 1000):
-            total += int(await self._script('REMOVE_DEAD')(keys=[f'{name}:dead', name],
+            total += int(await self._script('REMOVE_DEAD')(keys=[self._keys(name).dead, name],
                                                             args=['1' if requeue else '0',
                                                                   *taken[start:start + 1000]]))
         return total
@@ -823,7 +948,7 @@ class RedisQueueTransport:
     async def exists(self, name: str) -> bool:
         """A Redis queue is declared by nothing but its data (or an exchange binding, which is not
         looked up here): its list, dead letters, retries or consumers."""
-        keys = QueueKeys.of(name, self.uid)
+        keys = self._keys(name)
         return bool(await self.redis.exists(name, keys.dead, keys.delayed, keys.consumers))
 
     # lifecycle
@@ -898,7 +1023,7 @@ class RedisQueueTransport:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         self._owned.clear()
-        for client in (self._blocking, self.redis):
+        for client in (self._blocking, self.redis, *self._node_clients.values()):
             try:
                 async with asyncio.timeout(self.read_margin):
                     await client.aclose()
@@ -928,42 +1053,53 @@ class RedisQueueTransport:
 
 
 class RedisSignalBus(AbstractSignalBus):
-    """Signals over Redis pub/sub: ``RedisSignalBus('redis://localhost/7', prefix='MYAPP')``.
+    """Signals over Redis pub/sub: ``RedisSignalBus('redis://localhost/7', prefix='MYAPP')``, or on
+    a Redis Cluster ``RedisSignalBus('redis+cluster://host1:7000,host2:7000/')``.
 
     ``wire='1.x'`` sends bare 1.x bodies, for 1.x agents listening on the same Redis. Extra keyword
-    options go to ``redis.asyncio.Redis.from_url`` (e.g. ``socket_timeout``). The transport is
-    ``bus.transport``."""
+    options go to ``redis.asyncio.Redis.from_url`` (e.g. ``socket_timeout``), or to ``RedisCluster``;
+    on a cluster, sends retry for up to ``failover_timeout`` s while a master fails over. The
+    transport is ``bus.transport``."""
 
     transport: RedisBusTransport
 
     def __init__(self, dsn: str = DEFAULT_DSN, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
                  wire: Wire = 'envelope', max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-                 **redis_options: Any) -> None:
-        transport = RedisBusTransport(dsn, prefix, log=log, wire=wire, **redis_options)
+                 failover_timeout: float = FAILOVER_TIMEOUT, **redis_options: Any) -> None:
+        transport = RedisBusTransport(dsn, prefix, log=log, wire=wire, failover_timeout=failover_timeout,
+                                      **redis_options)
         super().__init__(transport, dsn=dsn, prefix=prefix, log=log, max_message_size=max_message_size)
 
     @property
-    def redis(self) -> Redis:
+    def redis(self) -> Client:
         """The transport's command client, which code written for the former class reaches for."""
         return self.transport.redis
 
 
 class RedisBroker(AbstractQueueBroker):
-    """Reliable queues on Redis lists: ``RedisBroker('redis://localhost/7')``.
+    """Reliable queues on Redis lists: ``RedisBroker('redis://localhost/7')``, or on a Redis Cluster
+    ``RedisBroker('redis+cluster://host1:7000,host2:7000/')`` (keys of a queue in its list's slot).
 
     ``heartbeat`` is how long (s) a silent consumer is trusted before its in-flight messages go back
-    to the queue; ``wire='1.x'`` stores bare 1.x bodies, for 1.x consumers of the same queues. Extra
-    keyword options go to ``redis.asyncio.Redis.from_url``. The transport is ``broker.transport``."""
+    to the queue; ``wire='1.x'`` stores bare 1.x bodies, for 1.x consumers of the same queues.
+    Replication is asynchronous: a master that fails loses the writes it acked and had not passed
+    on yet. ``wait_replicas=1`` makes a send return only once a replica has the message
+    (``WAIT``; ``NotReplicated`` after ``wait_timeout`` s). On a cluster, commands retry for up to
+    ``failover_timeout`` s while a master fails over. Extra keyword options go to
+    ``redis.asyncio.Redis.from_url`` (or ``RedisCluster``). The transport is ``broker.transport``."""
 
     transport: RedisQueueTransport
 
     def __init__(self, dsn: str = DEFAULT_DSN, log: logging.Logger | None = None, *, wire: Wire = 'envelope',
                  heartbeat: float = 10.0, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 wait_replicas: int = 0, wait_timeout: float = 1.0, failover_timeout: float = FAILOVER_TIMEOUT,
                  **redis_options: Any) -> None:
-        transport = RedisQueueTransport(dsn, log=log, wire=wire, heartbeat=heartbeat, **redis_options)
+        transport = RedisQueueTransport(dsn, log=log, wire=wire, heartbeat=heartbeat, wait_replicas=wait_replicas,
+                                        wait_timeout=wait_timeout, failover_timeout=failover_timeout,
+                                        **redis_options)
         super().__init__(transport, dsn=dsn, log=log, max_message_size=max_message_size)
 
     @property
-    def redis(self) -> Redis:
+    def redis(self) -> Client:
         """The transport's command client, which code written for the former class reaches for."""
         return self.transport.redis

@@ -15,6 +15,13 @@ is the bytes stored: the envelope frame of ``message.frame`` (which holds the me
 ``Q:dead``                  list    dead letters: a JSON line (reason, attempts, time), ``\\n``, the message
 ==========================  ======  ==========================================================
 
+On a Redis Cluster every key a script touches must live in one slot: the other keys of ``Q`` are
+then ``{Q}:inflight:{consumer}``, ``{Q}:dead`` and so on (``base_of``): the hash tag ``{Q}`` puts them
+in the slot of the list ``Q`` itself, which keeps its 1.x name. A queue name that already holds a hash
+tag (``jobs{eu}``) is used as it is, its tag decides the slot; a name whose slot no tag can follow
+(a ``}`` without a tag before it, say ``a}b``) is refused on a cluster. One server keeps the plain
+names above, so that a deployment's keys (dead letters first) do not move when it upgrades.
+
 Exchange bindings live in ``microagent:exchange:{name}`` (a hash: bound queue -> JSON list of its
 topics, empty for every key), written when a queue is declared or consumed and read by ``publish``.
 
@@ -27,7 +34,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import InvalidArgument
+
 DELAYED_ID_LENGTH = 32
+
+
+def hash_tag(key: str) -> str | None:
+    """The part of ``key`` Redis Cluster hashes when it is not the whole key (the first ``{...}``
+    with something inside), as Redis defines it; None when the whole key is hashed."""
+    start = key.find('{')
+    if start < 0:
+        return None
+    end = key.find('}', start + 1)
+    return key[start + 1:end] if end > start + 1 else None
+
+
+def base_of(queue: str, cluster: bool = False) -> str:
+    """What the other keys of ``queue`` start with: the name itself on one server; on a cluster a
+    prefix in the slot of the list ``queue`` (``{queue}``, or the name if it has a hash tag)."""
+    if not cluster or hash_tag(queue) is not None:
+        return queue
+    if not queue or '}' in queue:
+        raise InvalidArgument(f'queue name {queue!r} cannot be used on a Redis Cluster: no hash tag puts its other '
+                              "keys in the slot of its list (a '}' with no '{' before it); rename it, or give it "
+                              "a tag of its own such as 'name{tag}'")
+    return '{' + queue + '}'
 
 
 @dataclass(frozen=True)
@@ -41,24 +72,32 @@ class QueueKeys:
     delayed: str
     attempts: str
     dead: str
+    base: str
 
     @classmethod
-    def of(cls, queue: str, consumer: str) -> QueueKeys:
-        return cls(queue=queue, inflight=inflight_key(queue, consumer), heartbeat=heartbeat_key(queue, consumer),
-                   consumers=f'{queue}:consumers', delayed=f'{queue}:delayed', attempts=f'{queue}:attempts',
-                   dead=f'{queue}:dead')
+    def of(cls, queue: str, consumer: str, cluster: bool = False) -> QueueKeys:
+        base = base_of(queue, cluster)
+        return cls(queue=queue, inflight=f'{base}:inflight:{consumer}', heartbeat=f'{base}:consumer:{consumer}',
+                   consumers=f'{base}:consumers', delayed=f'{base}:delayed', attempts=f'{base}:attempts',
+                   dead=f'{base}:dead', base=base)
+
+    def inflight_of(self, consumer: str) -> str:
+        return f'{self.base}:inflight:{consumer}'
+
+    def heartbeat_of(self, consumer: str) -> str:
+        return f'{self.base}:consumer:{consumer}'
 
 
 def exchange_key(exchange: str) -> str:
     return f'microagent:exchange:{exchange}'
 
 
-def inflight_key(queue: str, consumer: str) -> str:
-    return f'{queue}:inflight:{consumer}'
+def inflight_key(queue: str, consumer: str, cluster: bool = False) -> str:
+    return f'{base_of(queue, cluster)}:inflight:{consumer}'
 
 
-def heartbeat_key(queue: str, consumer: str) -> str:
-    return f'{queue}:consumer:{consumer}'
+def heartbeat_key(queue: str, consumer: str, cluster: bool = False) -> str:
+    return f'{base_of(queue, cluster)}:consumer:{consumer}'
 
 
 _NOW = """
@@ -105,6 +144,13 @@ end
 # Move due retries back to the queue (wakes a blocked consumer). KEYS: queue, delayed.
 MOVE_DUE = _NOW + _PUSH + _MOVE_DUE + """
 return move_due(KEYS[1], KEYS[2], now())
+"""
+
+# Beat: renew the heartbeat, register the consumer; 1 if it was not registered (taken for dead).
+# KEYS: heartbeat, consumers. ARGV: heartbeat ms, consumer id.
+BEAT = """
+redis.call('SET', KEYS[1], 1, 'PX', ARGV[1])
+return redis.call('SADD', KEYS[2], ARGV[2])
 """
 
 # Take up to ARGV[1] messages into the in-flight list in one round trip. First (re)register the

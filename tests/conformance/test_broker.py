@@ -406,7 +406,7 @@ async def test_send_refuses_unknown_or_unhonoured_keywords(backend: Backend, uni
         await bound.send_many([Job(job_id=1)], delay_s=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=f"queue 'kw_{unique}': delay must be a number of seconds >= 0, got -1"):
         await bound.send(Job(job_id=1), delay=-1)
-    if backend.name != 'amqp':
+    if backend.engine != 'amqp':
         for keyword in ({'properties': {'priority': 1}}, {'exchange': 'nope'}, {'topic': 'a.b'}):
             with pytest.raises(TypeError, match=f"queue 'kw_{unique}': .* cannot honour send option"):
                 await bound.send(Job(job_id=1), **keyword)
