@@ -42,6 +42,8 @@ DEFAULT_SENDER = 'microagent-cli'
 #: the bus a DSN scheme selects (the broker's are ``cli.SCHEMES``); memory:// is no use across processes
 BUS_SCHEMES = {'redis': 'microagent.tools.redis.RedisSignalBus', 'rediss': 'microagent.tools.redis.RedisSignalBus',
                'unix': 'microagent.tools.redis.RedisSignalBus',
+               'redis+cluster': 'microagent.tools.redis.RedisSignalBus',
+               'rediss+cluster': 'microagent.tools.redis.RedisSignalBus',
                'amqp': 'microagent.tools.amqp.AMQPSignalBus', 'amqps': 'microagent.tools.amqp.AMQPSignalBus',
                'nats': 'microagent.tools.nats.NATSSignalBus'}
 
