@@ -26,7 +26,7 @@ from .handlers import (
     specs_of,
     with_timeout,
 )
-from .message import Incoming, current_message, reset_current_message, set_current_message
+from .message import Conversation, current_message, reset_current_message, set_current_message
 from .middleware import MiddlewareLike, Site, added
 from .payload import undecodable
 from .queue import Queue
@@ -139,7 +139,7 @@ def _in_a_conversation(agent: MicroAgent, func: Callable[[], Awaitable[Any]]) ->
     correlation id and a trace (a fresh message is current while it runs, read only if it sends).
     The agent is the sender of what it sends (checked against its ``sends``)."""
     async def run() -> Any:
-        token = set_current_message(Incoming(None))
+        token = set_current_message(Conversation())
         sender = set_sender(agent)
         try:
             return await func()

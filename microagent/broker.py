@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Generic, Never, Self, TypeVar, cast
 from .dsn import hide_password
 from .errors import DeclarationError, InvalidArgument, InvalidPayload, QueueAttributeError, QueueNotFound, UsageError
 from .exchange import Exchange
+from .logs import failure_fields, message_fields, set_handler
 from .message import Envelope, check_user_headers, current_var, new_headers, new_headers_many
 from .middleware import Handling, MiddlewareLike, Outcome, Sending, SendingKind, Site, added, backend_name, wrap
 from .payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json, undecodable
@@ -320,6 +321,7 @@ class AbstractQueueBroker:
         task = cast(asyncio.Task[None], asyncio.current_task())
         consumer, buffer, queue = run.consumer, run.buffer, run.consumer.queue
         set_sender(consumer.agent)  # this task's own context: what the consumer sends is checked as its
+        set_handler(consumer.agent, consumer.key)  # and what it logs names the handler
         streak = 0  # messages handled since this worker last let other tasks run (or about: waits do too)
         while True:
             if not buffer:
@@ -445,7 +447,8 @@ class AbstractQueueBroker:
             raise undecodable(f'queue {consumer.queue.name!r}', exc) from None
 
     async def _reject(self, queue: Queue[Any], delivery: Delivery[Any], exc: InvalidPayload) -> None:
-        self.log.warning('Dead-lettered a message of queue %s: %s', queue.name, exc)
+        self.log.warning('Queue %s: an invalid message is dead-lettered: %s', queue.name, exc,
+                         extra=failure_fields(delivery, None, 'dead_lettered', delivery.attempt))
         await self._settle_message(queue, delivery, 'dead-letter',
                                    partial(self.transport.dead_letter, queue, delivery, str(exc)))
 
@@ -460,17 +463,19 @@ class AbstractQueueBroker:
                              operation: Callable[[], Awaitable[None]]) -> None:
         """A settle operation failed: try it again with backoff, then give the message back to the
         queue, so no message stays in hand while the consumer lives."""
+        ids = message_fields(delivery)
         for tries in range(1, SETTLE_TRIES):
             delay = backoff(tries, 0.05, 1.0)
             self.log.warning('Queue %s: could not %s a message (%s: %s); trying again in %.2fs',
-                             queue.name, action, type(exc).__name__, exc, delay)
+                             queue.name, action, type(exc).__name__, exc, delay, extra=ids)
             await asyncio.sleep(delay)
             try:
                 await operation()
             except Exception as again:
                 exc = again
             else:
-                self.log.info('Queue %s: %s of the message succeeded on try %d', queue.name, action, tries + 1)
+                self.log.info('Queue %s: %s of the message succeeded on try %d', queue.name, action, tries + 1,
+                              extra=ids)
                 return
         await self._give_back(queue, delivery, f'{action} ({SETTLE_TRIES} tries)', exc)
 
@@ -478,16 +483,17 @@ class AbstractQueueBroker:
                          trace: bool = False) -> None:
         """Release a message that could not be settled; say truthfully what becomes of it."""
         trace_of = exc if trace else None
+        ids = message_fields(delivery)
         try:
             await self.transport.release(queue, [delivery])
         except Exception as failure:
             self.log.error('Queue %s: could not %s a message (%s: %s) nor return it to the queue (%s: %s); %s',
                            queue.name, action, type(exc).__name__, exc, type(failure).__name__, failure,
-                           self.transport.unsettled_fate, exc_info=trace_of)
+                           self.transport.unsettled_fate, exc_info=trace_of, extra=ids)
         else:
             self.log.error('Queue %s: could not %s a message (%s: %s); returned it to the queue, '
                            'it will be delivered again', queue.name, action, type(exc).__name__, exc,
-                           exc_info=trace_of)
+                           exc_info=trace_of, extra=ids)
 
     async def _failed(self, consumer: Consumer, delivery: Delivery[Any], exc: Exception) -> None:
         queue = consumer.queue
@@ -496,14 +502,17 @@ class AbstractQueueBroker:
         else:
             reason = f'{type(exc).__name__}: {exc}'
         delay = _retry_delay(consumer, delivery)
+        attempt, retries = delivery.attempt, consumer.max_retries
         if delay is not None:
-            self.log.warning('Queue %s: %s failed on attempt %d (%s); retry in %.2fs',
-                             queue.name, consumer.key, delivery.attempt, reason, delay)
+            self.log.warning('Queue %s: %s failed on attempt %d (%s); retry %d of %d in %s s',
+                             queue.name, consumer.key, attempt, reason, attempt, retries, _seconds(delay),
+                             extra=failure_fields(delivery, consumer.key, 'retried', attempt, retries, delay))
             await self._settle_message(queue, delivery, 'retry',
                                        partial(self.transport.retry, queue, delivery, delay, reason))
         else:
-            self.log.error('Queue %s: %s failed on attempt %d (%s); dead-lettered',
-                           queue.name, consumer.key, delivery.attempt, reason)
+            self.log.error('Queue %s: %s failed on attempt %d, after %d retries; dead-lettered: %s',
+                           queue.name, consumer.key, attempt, retries, reason,
+                           extra=failure_fields(delivery, consumer.key, 'dead_lettered', attempt, retries))
             await self._settle_message(queue, delivery, 'dead-letter',
                                        partial(self.transport.dead_letter, queue, delivery, reason))
 
@@ -613,6 +622,11 @@ class BoundQueue(Generic[T]):
 
 def _every(position: int, letter: DeadLetter) -> bool:
     return True
+
+
+def _seconds(delay: float) -> str:
+    """``4.0``, ``0.25``, ``0.01``: a retry delay as a person reads it."""
+    return f'{delay:.1f}' if delay >= 1 else f'{delay:.2g}'
 
 
 def _retry_delay(consumer: Consumer, delivery: Delivery[Any]) -> float | None:

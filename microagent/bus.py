@@ -41,6 +41,7 @@ from .errors import (
     SignalNotFound,
     UsageError,
 )
+from .logs import message_fields, set_handler
 from .message import (
     MESSAGE_ID,
     REPLY_TO,
@@ -48,6 +49,7 @@ from .message import (
     RPC_ERROR,
     Envelope,
     Incoming,
+    Message,
     current_var,
     new_headers,
 )
@@ -65,6 +67,7 @@ T = TypeVar('T')
 R = TypeVar('R')
 
 DEFAULT_MAX_BACKLOG = 10_000
+_FAILED = {'outcome': 'failed'}  # the extra of a receiver's failure line (the ids come from the context)
 __all__ = ['DEFAULT_MAX_BACKLOG', 'DEFAULT_MAX_MESSAGE_SIZE', 'RESPONSE_SIGNAL', 'AbstractSignalBus', 'Answers',
            'BoundSignal', 'RemoteError', 'shown']
 _answers_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -271,10 +274,11 @@ class AbstractSignalBus:
         try:
             payload = signal.codec.decode(check_size(f'signal {name!r}', envelope.body, self.max_message_size))
         except InvalidPayload as exc:
-            self.log.warning('Dropped signal %s from %s: %s', name, shown(sender), exc)
+            self.log.warning('Dropped signal %s from %s: %s', name, shown(sender), exc, extra=_dropped(envelope))
             return
         except Exception as exc:  # what a codec should not let through (RecursionError, UnicodeDecodeError)
-            self.log.warning('Dropped signal %s from %s: %s: %s', name, shown(sender), type(exc).__name__, exc)
+            self.log.warning('Dropped signal %s from %s: %s: %s', name, shown(sender), type(exc).__name__, exc,
+                             extra=_dropped(envelope))
             return
         headers = envelope.headers
         reply = None
@@ -308,13 +312,14 @@ class AbstractSignalBus:
         the conversation; its headers are read only if something asks."""
         receiver, backlog = lane.receiver, lane.backlog
         set_sender(receiver.agent)  # this task's own context: what the receiver sends is checked as its
+        set_handler(receiver.agent, f'{type(receiver.agent).__name__}.{receiver.handler.__name__}')  # and logs
         try:
             while backlog:
                 payload, sender, reply, incoming = backlog.popleft()
                 self._taken()
                 token = current_var.set(incoming)
                 try:
-                    ok, result = await self._call(receiver, payload, sender, incoming)
+                    ok, result = await self._call(receiver, payload, sender, incoming, reply is not None)
                     if reply is not None:
                         if ok:  # one that returned None answers null, as in 1.x
                             self._add_answer(receiver, reply, result)
@@ -356,18 +361,22 @@ class AbstractSignalBus:
         except Exception as exc:
             self.log.warning('Answers to %s not sent: %s: %s', signal.name, type(exc).__name__, exc)
 
-    async def _call(self, receiver: Receiver, payload: Any, sender: str, incoming: Incoming) -> tuple[bool, Any]:
-        """``(True, result)``, or ``(False, reason)`` when the receiver failed (logged here)."""
+    async def _call(self, receiver: Receiver, payload: Any, sender: str, incoming: Incoming,
+                    rpc: bool = False) -> tuple[bool, Any]:
+        """``(True, result)``, or ``(False, reason)`` when the receiver failed (logged here, with
+        what follows: a signal is handled once; an RPC caller gets the reason)."""
+        after = 'not retried, the caller gets the error' if rpc else 'not retried (a signal is handled once)'
         try:
             if receiver.agent.middlewares:
                 return True, await self._call_through(receiver, payload, sender, incoming)
             return True, await receiver(payload, sender)
         except TimeoutError:
-            self.log.error('Receiver %s of %s timed out after %.1fs', receiver.key, receiver.signal.name,
-                           receiver.timeout)
+            self.log.error('Receiver %s of %s timed out after %.1fs; %s', receiver.key, receiver.signal.name,
+                           receiver.timeout, after, extra=_FAILED)
             return False, f'timed out after {receiver.timeout}s'
         except Exception as exc:
-            self.log.exception('Receiver %s of %s failed', receiver.key, receiver.signal.name)
+            self.log.exception('Receiver %s of %s failed; %s', receiver.key, receiver.signal.name, after,
+                               extra=_FAILED)
             return False, f'{type(exc).__name__}: {exc}'
 
     def _call_through(self, receiver: Receiver, payload: Any, sender: str, incoming: Incoming) -> Awaitable[Any]:
@@ -465,6 +474,14 @@ class Answers(Generic[R]):
             if answers:
                 return answers
         raise StopAsyncIteration
+
+
+def _dropped(envelope: Envelope) -> dict[str, Any]:
+    """The extra of a line on a signal dropped before any receiver saw it: its ids, if it has any."""
+    headers = envelope.headers
+    fields = message_fields(Message.from_headers(headers)) if headers and MESSAGE_ID in headers else {}
+    fields['outcome'] = 'dropped'
+    return fields
 
 
 class BoundSignal(Generic[T, R]):

@@ -9,10 +9,12 @@
     microagent dead-letters show QUEUE POSITION --broker DSN [--json]
     microagent dead-letters requeue QUEUE [POSITION ...] --broker DSN [--reason ...] [--dry-run]
     microagent dead-letters purge QUEUE [POSITION ...|--all] --broker DSN [--reason ...] [--dry-run]
+    microagent publish NAME PAYLOAD_JSON --bus DSN [--call] | --broker DSN [--delay S] [--module TARGET ...]
 
 The DSN's scheme picks the backend (``--backend`` names a class of your own). Exit codes of
 ``dead-letters``: 0 done, 1 no dead letter matched, 2 usage or configuration error (an unknown
-queue included), 3 the broker is unreachable or failed.
+queue included), 3 the broker is unreachable or failed. ``publish`` (see ``publish.py``): 0 sent,
+1 no answer to ``--call`` within the timeout, 2 usage or validation error, 3 the server is unreachable.
 
 Backends and the schema module are imported only by the subcommand that needs them, so
 ``microagent run`` works without the Redis client installed.
@@ -114,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     docs.add_argument('-o', '--output', default='site', metavar='DIR', help='default: %(default)s/')
 
     _add_dead_letters(commands)
+    from .publish import add_parser
+
+    add_parser(commands)
     return parser
 
 
@@ -139,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .docs import docs_command
 
         return docs_command(args.targets, args.output)
+    if args.command == 'publish':
+        from .publish import publish_command
+
+        return publish_command(args)
     try:
         return asyncio.run(_dead_letters(args))
     except ConfigError as exc:

@@ -2,23 +2,90 @@
 
 Every record gets an ``agent`` attribute. It comes from the logger (each agent, its bus and its broker
 log under ``agent.<name>``), else from the task that runs the agent (single-process mode), else from
-the process (an agent process, or ``marun`` for the supervisor).
+the handler being run (its agent class), else from the process (an agent process, or ``marun`` for
+the supervisor).
+
+A record logged while a message is handled (by the engine, or by user code inside the handler, or a
+task it started) also gets ``handler``, ``message_id``, ``correlation_id`` and ``trace_id``: the
+engine keeps the handler in a context variable, set once per worker task, and the message in
+``message.current_var``; both are read only when a record is emitted, so a disabled level costs
+nothing. A failure line adds what happens next: ``outcome`` (``retried``, ``dead_lettered`` or
+``failed``), ``attempt``, ``max_retries`` and ``retry_in`` (seconds), as ``failure_fields`` builds them.
 """
 from __future__ import annotations
 
 import logging
 import sys
 import time
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any, TextIO
 
 import msgspec
+
+from .message import Conversation, Lazy, Message, current_var
 
 FORMATS = ('text', 'json')
 LEVELS = ('DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL')
 
 current_agent: ContextVar[str | None] = ContextVar('microagent_agent', default=None)
+#: ``(agent class name, handler key)`` of the handler a worker task runs
+current_handler: ContextVar[tuple[str, str] | None] = ContextVar('microagent_handler', default=None)
 _process_label = 'marun'
+
+#: the ids a record carries while a message is handled, in the order the JSON line gives them
+CONTEXT_FIELDS = ('handler', 'message_id', 'correlation_id', 'trace_id')
+#: what a failure line adds: what happens to the message next
+FAILURE_FIELDS = ('outcome', 'attempt', 'max_retries', 'retry_in')
+
+
+def set_handler(agent: object, key: str) -> Token[tuple[str, str] | None]:
+    """Name the handler this task runs (the engine does, once per worker task) for its log records."""
+    return current_handler.set((type(agent).__name__, key))
+
+
+def message_fields(message: Message | Lazy | None, handler: str | None = None) -> dict[str, Any]:
+    """The ``extra`` of a record about ``message`` (or a delivery) logged outside its handling (a
+    failure line); no ids when its headers cannot be read (a malformed frame): logging never raises."""
+    fields: dict[str, Any] = {'handler': handler} if handler is not None else {}
+    try:
+        read = message if message is None or isinstance(message, Message) else message.message
+    except Exception:
+        read = None
+    if read is not None:
+        fields.update(message_id=read.message_id, correlation_id=read.correlation_id, trace_id=read.trace_id)
+    return fields
+
+
+def failure_fields(message: Message | Lazy | None, handler: str | None, outcome: str, attempt: int | None = None,
+                   max_retries: int | None = None, retry_in: float | None = None) -> dict[str, Any]:
+    """The ``extra`` of a failure line: the message's ids and what becomes of it."""
+    fields = message_fields(message, handler)
+    fields['outcome'] = outcome
+    if attempt is not None:
+        fields.update(attempt=attempt, max_retries=max_retries)
+    if retry_in is not None:
+        fields['retry_in'] = round(retry_in, 3)
+    return fields
+
+
+def _add_context(record: logging.LogRecord) -> None:
+    """Fill in the handler and message ids from the context, unless the call gave them."""
+    if not hasattr(record, 'handler'):
+        handler = current_handler.get()
+        record.handler = handler[1] if handler is not None else None
+    if not hasattr(record, 'message_id'):
+        current = current_var.get()
+        if current is None:
+            record.message_id = record.correlation_id = record.trace_id = None
+            return
+        try:
+            message = current if isinstance(current, Message) else current.message
+        except Exception:  # headers that cannot be read: the line goes out without ids
+            record.message_id = record.correlation_id = record.trace_id = None
+            return
+        record.message_id = None if isinstance(current, Conversation) else message.message_id
+        record.correlation_id = message.correlation_id
+        record.trace_id = message.trace_id
 
 
 def agent_logger(name: str, part: str = '') -> logging.Logger:
@@ -29,7 +96,11 @@ def agent_logger(name: str, part: str = '') -> logging.Logger:
 def _agent_of(record: logging.LogRecord) -> str:
     if record.name.startswith('agent.'):
         return record.name.split('.')[1]
-    return current_agent.get() or _process_label
+    name = current_agent.get()
+    if name is None:
+        handler = current_handler.get()
+        name = handler[0] if handler is not None else _process_label
+    return name
 
 
 def _agent(record: logging.LogRecord) -> str:
@@ -37,35 +108,48 @@ def _agent(record: logging.LogRecord) -> str:
 
 
 class AgentFilter(logging.Filter):
-    """Adds ``agent`` to every record."""
+    """Adds ``agent``, and the handler and message ids (None outside a handling), to every record.
+    It runs where the record is logged, so it sees that task's context (a formatter may not)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, 'agent'):
             record.agent = _agent_of(record)
+        _add_context(record)
         return True
 
 
 class TextFormatter(logging.Formatter):
     """``2024-05-01 12:00:00.123 INFO    users[4242] message``; other loggers than the agent's own
-    are named after the pid, so library lines stay recognisable."""
+    are named after the pid, so library lines stay recognisable, then the short id of the
+    conversation being handled, if any: ``users[4242] agent.users.broker #1a2b3c4d: message``."""
 
     def __init__(self) -> None:
         super().__init__(datefmt='%Y-%m-%d %H:%M:%S')
 
     def format(self, record: logging.LogRecord) -> str:
         agent = _agent(record)
+        _add_context(record)
         origin = '' if record.name == f'agent.{agent}' else f' {record.name}'
         line = (f'{self.formatTime(record, self.datefmt)}.{int(record.msecs):03d} {record.levelname:<7} '
-                f'{agent}[{record.process}]{origin}: {record.getMessage()}')
+                f'{agent}[{record.process}]{origin}{_short_context(record)}: {record.getMessage()}')
         if record.exc_info:
             line += '\n' + self.formatException(record.exc_info)
         return line
 
 
+def _short_context(record: logging.LogRecord) -> str:
+    """`` #1a2b3c4d``: the last 8 hex digits of the conversation's (correlation) id, its
+    per-process counter: every line of one conversation, in every agent, shows the same."""
+    correlation_id: str | None = getattr(record, 'correlation_id', None)
+    return f' #{correlation_id[-8:]}' if correlation_id else ''
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, traceback included as a field, for log collectors."""
+    """One JSON object per line, traceback included as a field, for log collectors; the handler,
+    message ids and failure fields when the record has them."""
 
     def format(self, record: logging.LogRecord) -> str:
+        _add_context(record)
         data: dict[str, Any] = {
             'time': time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(record.created))
                     + f'.{int(record.msecs):03d}' + time.strftime('%z', time.localtime(record.created)),
@@ -75,6 +159,10 @@ class JsonFormatter(logging.Formatter):
             'logger': record.name,
             'message': record.getMessage(),
         }
+        for name in CONTEXT_FIELDS + FAILURE_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                data[name] = value
         if record.exc_info:
             data['exc'] = self.formatException(record.exc_info)
         return msgspec.json.encode(data).decode()

@@ -56,8 +56,8 @@ from .errors import InvalidPayload, MicroAgentError
 
 __all__ = [
     'ATTEMPT', 'CORRELATION_ID', 'FRAME_MAGIC', 'MESSAGE_ID', 'REPLY_TO', 'REQUEST_ID', 'RPC_ERROR', 'SENT_AT',
-    'STANDARD_HEADERS', 'TRACEPARENT', 'TRACESTATE', 'Envelope', 'FrameError', 'Incoming', 'InvalidHeader',
-    'Lazy', 'Message', 'check_user_headers', 'current_message', 'current_var', 'frame', 'handling',
+    'STANDARD_HEADERS', 'TRACEPARENT', 'TRACESTATE', 'Conversation', 'Envelope', 'FrameError', 'Incoming',
+    'InvalidHeader', 'Lazy', 'Message', 'check_user_headers', 'current_message', 'current_var', 'frame', 'handling',
     'is_reserved', 'new_headers', 'new_headers_many', 'new_message_id', 'new_traceparent', 'parse_traceparent',
     'reset_current_message', 'sent_at_of', 'set_current_message', 'unframe',
 ]
@@ -298,6 +298,16 @@ class Incoming:
             message = self._message = Message.from_headers(self.headers, attempt=self.attempt,
                                                            redelivered=self.redelivered)
         return message
+
+
+class Conversation(Incoming):
+    """What is current while a periodic or cron run goes: no message, but a conversation (and,
+    read on first use, its id) that the messages the run sends share; logs show no message id."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(None)
 
 
 class Lazy(Protocol):

@@ -11,12 +11,14 @@ from typing import Any, Literal, Protocol
 
 from croniter import croniter
 
+from .logs import current_handler, set_handler
 from .middleware import Handling, MiddlewareLike, Outcome, Site, wrap
 
 #: longest single sleep of a cron schedule, so that a jump of the wall clock is noticed soon
 MAX_CRON_SLEEP = 5.0
 #: wall-clock drift (seconds, per sleep) below which the clock is not considered moved
 CLOCK_TOLERANCE = 1.0
+_FAILED = {'outcome': 'failed'}  # the extra of a run's failure line
 
 
 class _Owner(Protocol):
@@ -62,6 +64,7 @@ class Timer:
         await wrap(middlewares, 'handle', handling, run)()
 
     async def run_once(self) -> None:
+        named = set_handler(self.agent, self.name) if self.agent is not None else None
         try:
             middlewares = self.agent.middlewares if self.agent is not None else ()
             if middlewares:
@@ -69,9 +72,13 @@ class Timer:
             else:
                 await self._run_bounded()
         except TimeoutError:
-            self.log.error('Task %s timed out after %.1fs', self.name, self.timeout)
+            self.log.error('Task %s timed out after %.1fs; it runs again when next due', self.name, self.timeout,
+                           extra=_FAILED)
         except Exception:
-            self.log.exception('Task %s failed', self.name)
+            self.log.exception('Task %s failed; it runs again when next due', self.name, extra=_FAILED)
+        finally:
+            if named is not None:
+                current_handler.reset(named)
 
     def fire(self) -> None:
         task = asyncio.create_task(self.run_once())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -36,6 +37,11 @@ def start(tmp_path: Path) -> Iterator[Starter]:
         yield run
 
 
+def _untagged(output: str) -> str:
+    """The output without the conversation tags (`` #1a2b3c4d``) of the text log format."""
+    return re.sub(r' #[0-9a-f]{8}:', ':', output)
+
+
 def _pids(output: str) -> dict[str, str]:
     """The pid each agent logged its start under."""
     pids = {}
@@ -50,7 +56,7 @@ def test_the_demo_on_the_memory_backend(start: Starter) -> None:
     demo = start('python', '--duration', '5.5', module='examples')  # 5.5 s always holds a 5 s cron tick
 
     assert demo.wait() == 0, demo.output
-    output = demo.output
+    output, tagged = _untagged(demo.output), demo.output
     pids = _pids(output)
     assert set(pids) == {'users', 'comments', 'mailer', 'push'} and len(set(pids.values())) == 1
     for event in EVENTS:
@@ -60,6 +66,12 @@ def test_the_demo_on_the_memory_backend(start: Starter) -> None:
     assert 'PUSHED to android, user 1: Hi Ada!' in output and 'PUSHED to iOS, user 2: Hi Grace!' in output
     assert 'Ran for 5.5s: stopping the group' in output
     assert 'ERROR' not in output and 'Traceback' not in output
+    # one conversation, one tag on each of its lines: sent, received, answered, queued, retried, pushed
+    tag = re.search(r'#([0-9a-f]{8}): SENT signal user_created: user 1 ', tagged)
+    assert tag is not None, tagged
+    for event in ('RECEIVED user_created: user 1 ', 'ANSWERED comments_count for user 1 ', 'QUEUED a welcome',
+                  'Queue mailer: MailerAgent.send_mail failed on attempt 1', 'PUSHED to android, user 1:'):
+        assert f'#{tag[1]}: {event}' in tagged, event
 
 
 @pytest.fixture
@@ -136,10 +148,10 @@ def _demo_on_servers(start: Starter, flag: str, dsn: str) -> None:
     demo.wait_for('every agent to start', lambda: len(_pids(demo.output)) == 4)
     pids = _pids(demo.output)
     events = [event.format(**pids) for event in EVENTS if 'SUMMARY' not in event]
-    demo.wait_for('every event of the demo', lambda: all(event in demo.output for event in events))
+    demo.wait_for('every event of the demo', lambda: all(event in _untagged(demo.output) for event in events))
     demo.signal(signal.SIGINT)
     assert demo.wait() == 0, demo.output
-    output = demo.output
+    output = _untagged(demo.output)
     assert set(pids) == {'users', 'comments', 'mailer', 'push'} and len(set(pids.values())) == 4
     for event in EVENTS:
         assert event.format(**pids) in output, event

@@ -1,0 +1,185 @@
+"""``microagent publish``: a validated message sent by hand over a real server, and received by an
+agent of the test; RPC answered; a bad payload, option or server told apart by the exit code."""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from microagent import Message, MicroAgent, consumer, receiver
+from microagent.cli import main
+from microagent.loader import load_stuff
+from tests.backends import BACKENDS, REDIS_TEST_DSN, Backend
+from tests.launcher_agents.support import ROOT, command
+from tests.services import NATS_DSN
+
+MODULE = 'tests.publish_declarations'
+
+
+def _dsn(backend: Backend) -> str:
+    if backend.name == 'redis':
+        return REDIS_TEST_DSN
+    if backend.name == 'amqp':
+        from tests.amqp_support import AMQP_DSN
+
+        return AMQP_DSN
+    return NATS_DSN
+
+
+@pytest.fixture(params=['redis', 'amqp', 'nats'])
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    async with BACKENDS[request.param]() as opened:
+        yield opened
+
+
+@pytest.fixture
+def declarations(tmp_path: Path, unique: str) -> str:
+    """A declarations document of this test's own names, declared here as the command will."""
+    job = {'type': 'object', 'properties': {'job_id': {'type': 'integer'}}, 'required': ['job_id']}
+    document = {
+        'signals': [{'name': f'pub_event_{unique}', 'providing_args': {'user_id': 'integer'}},
+                    {'name': f'pub_count_{unique}', 'providing_args': {'user_id': 'integer'}}],
+        'queues': [{'name': f'pub_jobs_{unique}', 'schema': job},
+                   {'name': f'pub_push_{unique}', 'exchange': f'pub_ex_{unique}', 'topics': ['*.push']}],
+    }
+    path = tmp_path / 'declarations.json'
+    path.write_text(json.dumps(document))
+    load_stuff(f'file://{path}')
+    return f'file://{path}'
+
+
+async def publish(*args: str) -> tuple[int, str, str]:
+    """The command as a user runs it, in a process of its own, while the test's agents run."""
+    process = await asyncio.create_subprocess_exec(*command('microagent'), 'publish', *args, cwd=ROOT,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_a_queue_message_is_validated_sent_and_consumed(server: Backend, declarations: str,
+                                                              unique: str) -> None:
+    from microagent import Queue
+
+    jobs = Queue.get(f'pub_jobs_{unique}')
+    got: asyncio.Queue[tuple[dict[str, Any], Message]] = asyncio.Queue()
+
+    class Worker(MicroAgent):
+        @consumer(jobs)
+        async def work(self, message: Message, **fields: Any) -> None:
+            got.put_nowait(({k: v for k, v in fields.items() if k != 'amqp'}, message))
+
+    async with Worker(broker=server.broker()):
+        code, out, err = await publish(jobs.name, '{"job_id": 42}', '--broker', _dsn(server), '--module', declarations,
+                                       '--header', 'tenant=acme')
+        assert (code, err) == (0, '')
+        fields, message = await asyncio.wait_for(got.get(), 10)
+    assert fields == {'job_id': 42} and message.headers == {'tenant': 'acme'}
+    assert out == f"Sent queue {jobs.name!r} to {_dsn(server).replace('guest:guest', 'guest:***')} " \
+                  f'(message id {message.message_id})\n'
+
+
+async def test_a_signal_is_received_and_a_call_answered(server: Backend, declarations: str, unique: str) -> None:
+    from microagent import Signal
+
+    event, count = Signal.get(f'pub_event_{unique}'), Signal.get(f'pub_count_{unique}')
+    got: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+
+    class Listener(MicroAgent):
+        @receiver(event)
+        async def on_event(self, sender: str, user_id: int, **rest: Any) -> None:
+            got.put_nowait((sender, user_id))
+
+        @receiver(count)
+        async def counted(self, user_id: int, **rest: Any) -> int:
+            return user_id * 10
+
+    bus = server.bus()
+    prefix = bus.transport.prefix  # type: ignore[attr-defined]  # each backend's bus has one
+    async with Listener(bus=bus):
+        where = ('--bus', _dsn(server), '--prefix', prefix, '--module', declarations)
+        code, out, err = await publish(event.name, '{"user_id": 7}', *where, '--sender', 'ops')
+        assert (code, err) == (0, '') and out.startswith(f'Sent signal {event.name!r} to ')
+        assert await asyncio.wait_for(got.get(), 10) == ('ops', 7)
+
+        code, out, err = await publish(count.name, '{"user_id": 4}', *where, '--call', '--timeout', '10')
+    assert code == 0, err
+    assert list(json.loads(out).values()) == [40] and next(iter(json.loads(out))).endswith('Listener.counted')
+    assert err.startswith(f'Sent signal {count.name!r} to ')  # stdout holds the answers alone
+
+
+@pytest.mark.redis
+async def test_an_exchange_publish_reaches_its_bound_queue(declarations: str, unique: str) -> None:
+    from microagent import Queue
+
+    push = Queue.get(f'pub_push_{unique}')
+    got: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    class Pusher(MicroAgent):
+        @consumer(push)
+        async def deliver(self, **fields: Any) -> None:
+            got.put_nowait(fields)
+
+    async with BACKENDS['redis']() as backend, Pusher(broker=backend.broker()):
+        code, out, err = await publish(f'pub_ex_{unique}', '{"text": "hi"}', '--broker', REDIS_TEST_DSN,
+                                       '--exchange', '--topic', 'ios.push', '--module', declarations)
+        assert code == 0, err
+        assert await asyncio.wait_for(got.get(), 10) == {'text': 'hi'}
+    assert "with routing key 'ios.push': 1 queue(s)" in out
+
+
+@pytest.mark.redis
+async def test_a_call_nobody_answers_is_exit_1(declarations: str, unique: str) -> None:
+    code, out, err = await publish(f'pub_count_{unique}', '{"user_id": 1}', '--bus', REDIS_TEST_DSN,
+                                   '--prefix', f'nobody_{unique}', '--module', declarations, '--call',
+                                   '--timeout', '0.3')
+    assert (code, out) == (1, '')
+    assert err == f"microagent publish: error: no answer to signal 'pub_count_{unique}' within 0.3s\n"
+
+
+# what is refused before anything is sent (in this process: no server needed)
+
+@pytest.mark.parametrize(('payload', 'expected'), [
+    ('{"order_id": "x"}', "Invalid payload for queue 'publish_orders': Expected `int`, got `str` - at `$.order_id`"),
+    ('{"note": "no id"}', 'missing required field `order_id`'),
+    ('{"order_id": 1', 'PAYLOAD is not JSON'),
+])
+def test_a_bad_payload_is_exit_2_naming_the_field(payload: str, expected: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(['publish', 'publish_orders', payload, '--broker', 'redis://127.0.0.1:1/0', '--module', MODULE]) == 2
+    out, err = capsys.readouterr()
+    assert out == '' and err.startswith('microagent publish: error: ') and expected in err
+
+
+@pytest.mark.parametrize(('args', 'expected'), [
+    (['publish_order_placed', '{"order_id": 1}', '--bus', 'memory://'], 'memory:// lives in one process'),
+    (['publish_orders', '{"order_id": 1}', '--broker', 'redis://h', '--call'], '--call is RPC over a signal bus'),
+    (['publish_order_placed', '{"order_id": 1}', '--bus', 'redis://h', '--delay', '1'], 'go with --broker'),
+    (['publish_orders', '{"order_id": 1}', '--broker', 'redis://h', '--header', 'message-id=1'], "'message-id'"),
+    (['publish_orders', '{"order_id": 1}', '--broker', 'redis://h', '--header', 'novalue'], 'give NAME=VALUE'),
+    (['publish_orders', '{"order_id": 1}', '--broker', 'kafka://h'], 'no backend for the scheme'),
+    (['nowhere', '{}', '--broker', 'redis://h'], "queue 'nowhere' is not declared in tests.publish_declarations"),
+    (['publish_orders', '{}', '--bus', 'redis://h'], "signal 'publish_orders' is not declared"),
+])
+def test_usage_errors_are_exit_2(args: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(['publish', *args, '--module', MODULE]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_a_module_that_cannot_be_imported_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(['publish', 'publish_orders', '{}', '--broker', 'redis://h', '--module', 'tests.nowhere']) == 2
+    assert "'tests.nowhere': cannot import it" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('dsn', ['redis://:secret@127.0.0.1:1/0', 'amqp://guest:secret@127.0.0.1:1/',
+                                 'nats://127.0.0.1:1'])
+@pytest.mark.parametrize('role', ['--bus', '--broker'])
+def test_an_unreachable_server_is_exit_3(dsn: str, role: str, capsys: pytest.CaptureFixture[str]) -> None:
+    name = 'publish_order_placed' if role == '--bus' else 'publish_orders'
+    assert main(['publish', name, '{"order_id": 1}', role, dsn, '--module', MODULE, '--timeout', '0.5']) == 3
+    err = capsys.readouterr().err
+    assert err.startswith('microagent publish: error: ') and 'secret' not in err and '127.0.0.1:1' in err
