@@ -88,7 +88,7 @@ class Cluster:
 
     async def restart(self, port: int) -> None:
         """Start a killed node again and wait until the cluster is whole: 3 masters, each with a
-        connected replica, every node saying ``cluster_state:ok``."""
+        synced replica that acknowledges writes, every node saying ``cluster_state:ok``."""
         if self.processes[port].poll() is None:
             return
         self.start(port)
@@ -111,6 +111,9 @@ class Cluster:
                     return False
                 role = await client.execute_command('ROLE')  # type: ignore[no-untyped-call]
                 if role[0] == b'master':
+                    # its replica has finished syncing and acks: WAIT on a fresh connection says so
+                    if int(await client.execute_command('WAIT', 1, 100)) < 1:  # type: ignore[no-untyped-call]
+                        return False
                     masters += 1
                 elif role[3] == b'connected':
                     replicas += 1
