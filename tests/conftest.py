@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import itertools
+import sys
+import types
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -58,6 +62,22 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
 def unique() -> str:
     """A suffix that keeps declaration names of one test apart from every other test's."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def config_module(monkeypatch: pytest.MonkeyPatch, unique: str) -> Callable[..., str]:
+    """``make(BUS=..., AGENTS=...)``: the name of a new settings module holding those sections,
+    importable for the test's duration."""
+    numbers = itertools.count()
+
+    def make(**sections: Any) -> str:
+        name = f'config_{unique}_{next(numbers)}'
+        module = types.ModuleType(name)
+        for key, value in sections.items():
+            setattr(module, key, value)
+        monkeypatch.setitem(sys.modules, name, module)
+        return name
+    return make
 
 
 @pytest.fixture

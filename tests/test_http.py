@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import socket
 import sys
-import types
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -191,17 +189,8 @@ class NotAMiddleware:
 
 
 @pytest.fixture
-def settings(monkeypatch: pytest.MonkeyPatch, unique: str) -> Any:
-    numbers = itertools.count()
-
-    def make(**sections: Any) -> str:
-        name = f'http_config_{unique}_{next(numbers)}'
-        module = types.ModuleType(name)
-        for key, value in sections.items():
-            setattr(module, key, value)
-        monkeypatch.setitem(sys.modules, name, module)
-        return name
-    return make
+def settings(config_module: Any) -> Any:
+    return config_module
 
 
 RECORDER = 'tests.launcher_agents.agents.Recorder'

@@ -1,12 +1,10 @@
 """marun as a user runs it: real processes, real signals, agents that leave files behind."""
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
 import sys
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -219,18 +217,6 @@ def test_a_bad_configuration_fails_before_anything_starts(start: Starter, module
 
 # configuration checks, in-process
 
-@pytest.fixture
-def config_module(monkeypatch: pytest.MonkeyPatch, unique: str) -> Any:
-    numbers = itertools.count()
-
-    def make(**sections: Any) -> str:
-        name = f'launcher_config_{unique}_{next(numbers)}'
-        module = types.ModuleType(name)
-        for key, value in sections.items():
-            setattr(module, key, value)
-        monkeypatch.setitem(sys.modules, name, module)
-        return name
-    return make
 
 
 RECORDER = 'tests.launcher_agents.agents.Recorder'
