@@ -25,7 +25,7 @@ from .errors import DeclarationError, InvalidArgument, InvalidPayload, QueueAttr
 from .exchange import Exchange
 from .logs import failure_fields, message_fields, set_handler
 from .message import Envelope, check_user_headers, current_var, new_headers, new_headers_many
-from .middleware import Handling, MiddlewareLike, Outcome, Sending, SendingKind, Site, added, backend_name, wrap
+from .middleware import Handling, MiddlewareLike, Outcome, Sending, SendingKind, Site, active, added, backend_name, wrap
 from .payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json, undecodable
 from .queue import Queue
 from .readiness import PING_TIMEOUT, pinged
@@ -152,10 +152,11 @@ class AbstractQueueBroker:
     async def _put(self, kind: SendingKind, queue: Queue[Any], envelopes: list[Envelope], delay: float,
                   **options: Any) -> None:
         """``transport.put``, through the send middlewares."""
-        if not self.middlewares:
+        middlewares = active(self.middlewares)
+        if not middlewares:
             return await self.transport.put(queue, envelopes, delay=delay, **options)
         sending = Sending(kind, queue.name, self.backend, [cast(dict[str, str], e.headers) for e in envelopes])
-        await wrap(self.middlewares, 'send', sending,
+        await wrap(middlewares, 'send', sending,
                    partial(self.transport.put, queue, envelopes, delay=delay, **options))()
 
     async def queue_length(self, name: str) -> int:
@@ -209,10 +210,11 @@ class AbstractQueueBroker:
         check_send('exchange', exchange)
         local = [queue for queue in Queue.get_all().values() if queue.routes(exchange, routing_key)]
         envelope = Envelope(self.encode_for(exchange, local, payload), new_headers(headers))
-        if not self.middlewares:
+        middlewares = active(self.middlewares)
+        if not middlewares:
             return await self.transport.publish(exchange, routing_key, envelope)
         sending = Sending('exchange', exchange, self.backend, [cast(dict[str, str], envelope.headers)])
-        count: int = await wrap(self.middlewares, 'send', sending,
+        count: int = await wrap(middlewares, 'send', sending,
                                 partial(self.transport.publish, exchange, routing_key, envelope))()
         return count
 
@@ -337,16 +339,16 @@ class AbstractQueueBroker:
                 try:
                     payload = self._decode(consumer, delivery)
                 except InvalidPayload as exc:
-                    if consumer.agent.middlewares:
-                        await self._report_invalid(run, delivery, exc)
+                    if middlewares := active(consumer.agent.middlewares):
+                        await self._report_invalid(run, delivery, exc, middlewares)
                     await self._reject(queue, delivery, exc)
                     continue
                 failure: Exception | None = None
                 run.deadlines[task] = time.monotonic() + consumer.timeout  # the loop's clock
                 held = current_var.set(delivery)  # read into a Message only if the handler asks or sends
                 try:
-                    if consumer.agent.middlewares:
-                        await self._handle_through(run, task, delivery, payload)
+                    if middlewares := active(consumer.agent.middlewares):
+                        await self._handle_through(run, task, delivery, payload, middlewares)
                     else:
                         await consumer(payload, delivery.context)
                 except asyncio.CancelledError:
@@ -390,7 +392,7 @@ class AbstractQueueBroker:
         return Handling(run.site, delivery, delivery.attempt)
 
     def _handle_through(self, run: _Running, task: asyncio.Task[None], delivery: Delivery[Any],
-                        payload: Any) -> Awaitable[Any]:
+                        payload: Any, middlewares: tuple[MiddlewareLike, ...]) -> Awaitable[Any]:
         """The handler behind the agent's middlewares; they see the outcome the engine chose (a
         timeout reaches them as ``TimeoutError``, and from them the worker). Not a coroutine itself:
         the worker awaits the chain directly, one frame less per message."""
@@ -410,7 +412,7 @@ class AbstractQueueBroker:
                 self._note_failure(handling, consumer, delivery, exc)
                 raise
 
-        return wrap(consumer.agent.middlewares, 'handle', handling, handle)()
+        return wrap(middlewares, 'handle', handling, handle)()
 
     @staticmethod
     def _note_failure(handling: Handling, consumer: Consumer, delivery: Delivery[Any], exc: Exception,
@@ -419,7 +421,8 @@ class AbstractQueueBroker:
         handling.failed(exc, Outcome.DEAD_LETTERED if delay is None else Outcome.RETRIED, timed_out=timed_out,
                         retry_delay=delay)
 
-    async def _report_invalid(self, run: _Running, delivery: Delivery[Any], exc: InvalidPayload) -> None:
+    async def _report_invalid(self, run: _Running, delivery: Delivery[Any], exc: InvalidPayload,
+                              middlewares: tuple[MiddlewareLike, ...]) -> None:
         """Show the middlewares a message that fails validation: it is dead-lettered unhandled."""
         handling = self._handling(run, delivery)
 
@@ -428,7 +431,7 @@ class AbstractQueueBroker:
             raise exc
 
         try:
-            await wrap(run.consumer.agent.middlewares, 'handle', handling, invalid)()
+            await wrap(middlewares, 'handle', handling, invalid)()
         except InvalidPayload:
             pass
         except Exception:

@@ -53,7 +53,7 @@ from .message import (
     current_var,
     new_headers,
 )
-from .middleware import Handling, MiddlewareLike, Outcome, Sending, SendingKind, Site, added, backend_name, wrap
+from .middleware import Handling, MiddlewareLike, Outcome, Sending, SendingKind, Site, active, added, backend_name, wrap
 from .payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json
 from .readiness import PING_TIMEOUT, pinged
 from .sends import check_send, set_sender
@@ -202,10 +202,11 @@ class AbstractSignalBus:
 
     async def _publish(self, kind: SendingKind, name: str, sender: str, envelope: Envelope) -> None:
         """``transport.publish``, through the send middlewares."""
-        if not self.middlewares:
+        middlewares = active(self.middlewares)
+        if not middlewares:
             return await self.transport.publish(name, sender, envelope)
         sending = Sending(kind, name, self.backend, [cast(dict[str, str], envelope.headers)], sender)
-        await wrap(self.middlewares, 'send', sending, partial(self.transport.publish, name, sender, envelope))()
+        await wrap(middlewares, 'send', sending, partial(self.transport.publish, name, sender, envelope))()
 
     # bound signals
 
@@ -353,9 +354,9 @@ class AbstractSignalBus:
             headers[RPC_ERROR] = encode_json(reply.errors).decode()
         envelope = Envelope(encode_json(reply.answers), headers)
         try:
-            if self.middlewares:
+            if middlewares := active(self.middlewares):
                 sending = Sending('answer', signal.name, self.backend, [headers])
-                await wrap(self.middlewares, 'send', sending, partial(self.transport.reply, reply.reply_to, envelope))()
+                await wrap(middlewares, 'send', sending, partial(self.transport.reply, reply.reply_to, envelope))()
             else:
                 await self.transport.reply(reply.reply_to, envelope)
         except Exception as exc:
@@ -367,8 +368,8 @@ class AbstractSignalBus:
         what follows: a signal is handled once; an RPC caller gets the reason)."""
         after = 'not retried, the caller gets the error' if rpc else 'not retried (a signal is handled once)'
         try:
-            if receiver.agent.middlewares:
-                return True, await self._call_through(receiver, payload, sender, incoming)
+            if middlewares := active(receiver.agent.middlewares):
+                return True, await self._call_through(receiver, payload, sender, incoming, middlewares)
             return True, await receiver(payload, sender)
         except TimeoutError:
             self.log.error('Receiver %s of %s timed out after %.1fs; %s', receiver.key, receiver.signal.name,
@@ -379,7 +380,8 @@ class AbstractSignalBus:
                                extra=_FAILED)
             return False, f'{type(exc).__name__}: {exc}'
 
-    def _call_through(self, receiver: Receiver, payload: Any, sender: str, incoming: Incoming) -> Awaitable[Any]:
+    def _call_through(self, receiver: Receiver, payload: Any, sender: str, incoming: Incoming,
+                      middlewares: tuple[MiddlewareLike, ...]) -> Awaitable[Any]:
         """The receiver behind its agent's middlewares, which see how it ended."""
         if receiver.site is None:
             agent = type(receiver.agent).__name__
@@ -397,7 +399,7 @@ class AbstractSignalBus:
                 handling.failed(exc, Outcome.FAILED)
                 raise
 
-        return wrap(receiver.agent.middlewares, 'handle', handling, call)()
+        return wrap(middlewares, 'handle', handling, call)()
 
     # RPC
 

@@ -43,6 +43,7 @@ __all__ = [
     'Sending',
     'SendingKind',
     'Site',
+    'active',
     'added',
     'backend_name',
     'wrap',
@@ -189,6 +190,9 @@ class Sending:
 
 
 class MiddlewareLike(Protocol):
+    """Optionally also ``enabled``: read per message, false leaves the middleware out of that
+    call (a tracer with nothing recording); without it a middleware is always in."""
+
     async def handle(self, handling: Handling, call_next: Next) -> Any: ...
 
     async def send(self, sending: Sending, call_next: Next) -> Any: ...
@@ -197,11 +201,24 @@ class MiddlewareLike(Protocol):
 class Middleware:
     """A middleware that passes everything on: subclass it and override ``handle``, ``send`` or both."""
 
+    #: read per message; a subclass that is idle for now (nothing to record) says False and costs nothing
+    enabled: bool = True
+
     async def handle(self, handling: Handling, call_next: Next) -> Any:
         return await call_next()
 
     async def send(self, sending: Sending, call_next: Next) -> Any:
         return await call_next()
+
+
+def active(middlewares: tuple[MiddlewareLike, ...]) -> tuple[MiddlewareLike, ...]:
+    """The middlewares that take part in this call: all but those ``enabled`` false now."""
+    if not middlewares:
+        return middlewares
+    for middleware in middlewares:
+        if not getattr(middleware, 'enabled', True):
+            return tuple(m for m in middlewares if getattr(m, 'enabled', True))
+    return middlewares
 
 
 def wrap(middlewares: Sequence[MiddlewareLike], method: Literal['handle', 'send'],

@@ -12,7 +12,7 @@ from typing import Any, Literal, Protocol
 from croniter import croniter
 
 from .logs import current_handler, set_handler
-from .middleware import Handling, MiddlewareLike, Outcome, Site, wrap
+from .middleware import Handling, MiddlewareLike, Outcome, Site, active, wrap
 
 #: longest single sleep of a cron schedule, so that a jump of the wall clock is noticed soon
 MAX_CRON_SLEEP = 5.0
@@ -66,7 +66,7 @@ class Timer:
     async def run_once(self) -> None:
         named = set_handler(self.agent, self.name) if self.agent is not None else None
         try:
-            middlewares = self.agent.middlewares if self.agent is not None else ()
+            middlewares = active(self.agent.middlewares) if self.agent is not None else ()
             if middlewares:
                 await self._run_through(middlewares)
             else:

@@ -8,8 +8,8 @@ sends starts a trace. One trace then spans processes and backends::
     tracing = TracingMiddleware()             # the global tracer provider, the W3C propagator
     agent = MailAgent(bus=bus, broker=broker, middlewares=[tracing])
 
-Without an SDK (the API's no-op provider) it costs next to nothing: it sees that nothing records and
-passes each call on untouched, and the engine still carries the trace in ``traceparent`` as always.
+Without an SDK (the API's no-op provider) it costs next to nothing: ``enabled`` says that nothing
+records, the engine leaves it out of the call, and still carries the trace in ``traceparent`` as always.
 Set the global provider before the first message, or give one: ``TracingMiddleware(provider)``.
 """
 from __future__ import annotations
@@ -51,6 +51,11 @@ class TracingMiddleware(Middleware):
         self._off = isinstance(tracer_provider, NoOpTracerProvider)  # for good: nothing will ever record
         if tracer_provider is None:
             trace.get_tracer_provider()  # loads one named by OTEL_PYTHON_TRACER_PROVIDER, if any
+
+    @property
+    def enabled(self) -> bool:  # type: ignore[override]  # read-only here: it follows the provider
+        """False while nothing records: the engine then leaves this middleware out of the call."""
+        return self._tracer is not None or self._resolve() is not None
 
     def _resolve(self) -> trace.Tracer | None:
         """The tracer, once there is a provider that may record; None (cheaply) until then. The

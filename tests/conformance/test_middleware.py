@@ -225,3 +225,27 @@ async def test_a_periodic_run_is_seen(backend: Backend) -> None:
 def test_something_that_is_no_middleware_is_refused() -> None:
     with pytest.raises(InvalidArgument, match='not a middleware'):
         MicroAgent(middlewares=[object()])  # type: ignore[list-item]
+
+
+async def test_a_middleware_not_enabled_now_is_left_out_of_the_call(backend: Backend, unique: str) -> None:
+    queue = Queue(f'mw_idle_{unique}', Job)
+    first, idle = Recorder('first'), Recorder('idle')
+    idle.enabled = False
+    got = Collector()
+
+    class Worker(MicroAgent):
+        @consumer(queue)
+        async def work(self, job: Job) -> None:
+            got.add(job.job_id)
+
+    broker = backend.broker()
+    async with Worker(broker=broker, middlewares=[first, idle]):
+        await broker[queue].send(Job(job_id=1))
+        await got.wait(1)
+        await first.handled.wait(1)
+        idle.enabled = True  # read per message: from now on it takes part
+        await broker[queue].send(Job(job_id=2))
+        await got.wait(2)
+        await idle.handled.wait(1)
+    assert [item[0] for item in idle.sent.items] == ['queue']  # the second send only
+    assert len(first.handled.items) == 2 and len(idle.handled.items) == 1
