@@ -213,11 +213,11 @@ class Middleware:
 
 def active(middlewares: tuple[MiddlewareLike, ...]) -> tuple[MiddlewareLike, ...]:
     """The middlewares that take part in this call: all but those ``enabled`` false now."""
-    if not middlewares:
-        return middlewares
+    if len(middlewares) == 1:  # the common case, without a loop
+        return middlewares if getattr(middlewares[0], 'enabled', True) else ()
     for middleware in middlewares:
         if not getattr(middleware, 'enabled', True):
-            return tuple(m for m in middlewares if getattr(m, 'enabled', True))
+            return tuple([m for m in middlewares if getattr(m, 'enabled', True)])
     return middlewares
 
 
