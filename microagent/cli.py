@@ -26,8 +26,9 @@ import asyncio
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
+from typing import TypeVar
 
 import msgspec
 
@@ -36,6 +37,7 @@ from .config import ConfigError, import_object
 from .dsn import hide_password, scrub
 from .transport import DeadLetter, SelectDeadLetter
 
+T = TypeVar('T')
 DEFAULT_TIMEOUT = 10.0
 #: the backend a DSN scheme selects; ``--backend`` names any other broker class
 SCHEMES = {'redis': 'microagent.tools.redis.RedisBroker', 'rediss': 'microagent.tools.redis.RedisBroker',
@@ -161,20 +163,22 @@ def _schema(targets: list[str], asyncapi: bool, output: str | None) -> int:
     return schema.schema_command(targets, asyncapi, output)
 
 
-def _broker_class(args: argparse.Namespace) -> type[AbstractQueueBroker]:
-    """The DSN's scheme picks the backend; ``--backend`` names any other class."""
-    path, label = args.backend, '--backend'
+def backend_class(dsn: str, backend: str | None, role: str, schemes: Mapping[str, str], base: type[T],
+                  what: str) -> type[T]:
+    """The DSN's scheme picks the backend (``schemes``); ``--backend`` names any other ``base`` class.
+    ``role`` is the option of the DSN (``--bus``, ``--broker``), ``what`` the kind of class."""
+    path, label = backend, '--backend'
     if path is None:
-        scheme, sep, _ = args.broker.partition('://')
-        label, scheme = '--broker', scheme.lower() if sep else ''
-        if scheme not in SCHEMES:
-            known = ', '.join(f'{name}://' for name in SCHEMES)
-            raise ConfigError(f'--broker: no backend for the scheme of {hide_password(args.broker)!r}: '
-                              f'use one of {known}, or --backend for a broker class of your own')
-        path = SCHEMES[scheme]
+        scheme, sep, _ = dsn.partition('://')
+        label, scheme = f'--{role}', scheme.lower() if sep else ''
+        if scheme not in schemes:
+            known = ', '.join(f'{name}://' for name in schemes)
+            raise ConfigError(f'--{role}: no backend for the scheme of {hide_password(dsn)!r}: '
+                              f'use one of {known}, or --backend for a {role} class of your own')
+        path = schemes[scheme]
     factory = import_object(path, label)
-    if not (isinstance(factory, type) and issubclass(factory, AbstractQueueBroker)):
-        raise ConfigError(f'{label}: {path!r} is not a queue broker class')
+    if not (isinstance(factory, type) and issubclass(factory, base)):
+        raise ConfigError(f'{label}: {path!r} is not a {what} class')
     return factory
 
 
@@ -200,7 +204,7 @@ def _picker(args: argparse.Namespace) -> SelectDeadLetter | None:
 
 
 async def _dead_letters(args: argparse.Namespace) -> int:
-    factory = _broker_class(args)
+    factory = backend_class(args.broker, args.backend, 'broker', SCHEMES, AbstractQueueBroker, 'queue broker')
     picker = _picker(args)
     if args.action == 'purge' and picker is None and not args.all:
         raise ConfigError('purge: name the POSITIONs, a --reason or --reason-re, or --all for every letter')

@@ -26,7 +26,7 @@ import msgspec
 
 from .broker import AbstractQueueBroker
 from .bus import AbstractSignalBus, RemoteError
-from .config import ConfigError, import_object
+from .config import ConfigError
 from .dsn import hide_password, scrub
 from .errors import CallTimeout, InvalidArgument, MicroAgentError, UsageError
 from .exchange import Exchange
@@ -186,26 +186,16 @@ def _declaration(args: argparse.Namespace) -> Signal[Any, Any] | Queue[Any] | Ex
 
 
 def _factory(args: argparse.Namespace) -> Callable[..., AbstractSignalBus | AbstractQueueBroker]:
-    from .cli import SCHEMES
+    from .cli import SCHEMES, backend_class
 
-    dsn: str = args.bus if args.bus is not None else args.broker
-    role, base = ('bus', AbstractSignalBus) if args.bus is not None else ('broker', AbstractQueueBroker)
-    path, label = args.backend, '--backend'
-    if path is None:
-        scheme, sep, _ = dsn.partition('://')
-        scheme, label = scheme.lower() if sep else '', f'--{role}'
-        schemes = BUS_SCHEMES if role == 'bus' else {k: v for k, v in SCHEMES.items() if k != 'memory'}
-        if scheme == 'memory':
-            raise ConfigError(f'--{role}: memory:// lives in one process, nothing outside it would get the message: '
-                              'give the DSN of a server (redis://, amqp://, nats://)')
-        if scheme not in schemes:
-            raise ConfigError(f'--{role}: no backend for the scheme of {hide_password(dsn)!r}: use one of '
-                              f'{", ".join(f"{s}://" for s in schemes)}, or --backend for a class of your own')
-        path = schemes[scheme]
-    factory = import_object(path, label)
-    if not (isinstance(factory, type) and issubclass(factory, base)):
-        raise ConfigError(f'{label}: {path!r} is not a {"signal bus" if role == "bus" else "queue broker"} class')
-    return factory
+    role = 'bus' if args.bus is not None else 'broker'
+    if args.backend is None and (args.bus if args.bus is not None else args.broker).lower().startswith('memory://'):
+        raise ConfigError(f'--{role}: memory:// lives in one process, nothing outside it would get the message: '
+                          'give the DSN of a server (redis://, amqp://, nats://)')
+    if args.bus is not None:
+        return backend_class(args.bus, args.backend, 'bus', BUS_SCHEMES, AbstractSignalBus, 'signal bus')
+    schemes = {scheme: path for scheme, path in SCHEMES.items() if scheme != 'memory'}
+    return backend_class(args.broker, args.backend, 'broker', schemes, AbstractQueueBroker, 'queue broker')
 
 
 async def _send(args: argparse.Namespace, factory: Callable[..., AbstractSignalBus | AbstractQueueBroker],
