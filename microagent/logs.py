@@ -47,10 +47,7 @@ def message_fields(message: Message | Lazy | None, handler: str | None = None) -
     """The ``extra`` of a record about ``message`` (or a delivery) logged outside its handling (a
     failure line); no ids when its headers cannot be read (a malformed frame): logging never raises."""
     fields: dict[str, Any] = {'handler': handler} if handler is not None else {}
-    try:
-        read = message if message is None or isinstance(message, Message) else message.message
-    except Exception:
-        read = None
+    read = _read(message)
     if read is not None:
         fields.update(message_id=read.message_id, correlation_id=read.correlation_id, trace_id=read.trace_id)
     return fields
@@ -75,17 +72,21 @@ def _add_context(record: logging.LogRecord) -> None:
         record.handler = handler[1] if handler is not None else None
     if not hasattr(record, 'message_id'):
         current = current_var.get()
-        if current is None:
-            record.message_id = record.correlation_id = record.trace_id = None
-            return
-        try:
-            message = current if isinstance(current, Message) else current.message
-        except Exception:  # headers that cannot be read: the line goes out without ids
+        message = _read(current)
+        if message is None:
             record.message_id = record.correlation_id = record.trace_id = None
             return
         record.message_id = None if isinstance(current, Conversation) else message.message_id
         record.correlation_id = message.correlation_id
         record.trace_id = message.trace_id
+
+
+def _read(message: Message | Lazy | None) -> Message | None:
+    """The message, read if it is not yet; None when its headers cannot be read (a malformed frame)."""
+    try:
+        return message if message is None or isinstance(message, Message) else message.message
+    except Exception:
+        return None
 
 
 def agent_logger(name: str, part: str = '') -> logging.Logger:
