@@ -33,7 +33,7 @@ from .agent import DEFAULT_GRACE, MicroAgent
 from .compat1x import init_agent, load_configuration
 from .config import AgentConfig, ConfigError, load_group
 from .errors import InvalidArgument, ServerInterrupt
-from .http import HttpServer, fleet_endpoints, parse_address, start_http
+from .http import Endpoints, HttpServer, fleet_endpoints, parse_address, start_http
 from .logs import FORMATS, LEVELS, current_agent, setup_logging
 from .probes import AgentProcess, LocalAgents, answer_questions, group_metrics, group_readiness
 
@@ -228,7 +228,7 @@ def _stop_on_signals(stopping: asyncio.Event, stop_after: float | None, again: s
         loop.call_later(stop_after, _time_is_up, stopping, stop_after)
 
 
-async def _listen(http: str, endpoints: Any) -> HttpServer:
+async def _listen(http: str, endpoints: Endpoints) -> HttpServer:
     try:
         return await start_http(http, endpoints)
     except OSError as exc:
