@@ -18,17 +18,11 @@ from microagent.http import Endpoints, HttpServer, agent_endpoints, parse_addres
 from microagent.metrics import PrometheusMiddleware
 from microagent.tools.memory import MemoryBroker, MemoryHub
 from tests.helpers import eventually
+from tests.nats_support import free_port
 
 
 class Job(msgspec.Struct, frozen=True):
     number: int
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(('127.0.0.1', 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def request(address: str, raw: bytes) -> tuple[int, dict[str, str], bytes]:

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.backends import REDIS_TEST_DSN
 from tests.launcher_agents.support import DEADLINE, Run, Starter, starter
+from tests.nats_support import free_port
 
 pytestmark = pytest.mark.redis
 
@@ -29,13 +30,6 @@ SETTINGS = 'tests.http_agents.settings'
 def start(tmp_path: Path) -> Iterator[Starter]:
     with starter(tmp_path) as run:
         yield run
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(('127.0.0.1', 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
