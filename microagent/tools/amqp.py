@@ -328,7 +328,8 @@ class AMQPQueueTransport:
         try:
             await ch.queue_declare(name, durable=True, arguments=arguments)
         except aiormq.ChannelPreconditionFailed as exc:
-            raise declaration_error(name, wanted, exc, await self._existing_type(name)) from None
+            existing = existing_type(exc) or await self._existing_type(name)
+            raise declaration_error(name, wanted, exc, existing) from None
 
     async def _existing_type(self, name: str) -> str | None:
         """The type of an existing queue that refused a declaration: RabbitMQ names the first

@@ -107,7 +107,6 @@ def declaration_error(name: str, wanted: QueueArguments, exc: aiormq.ChannelPrec
     queue's type or arguments in place: a new queue, or a policy, is the way). ``existing``: the
     type it was found to have, if known."""
     text = str(exc)
-    existing = existing_type(exc) or existing
     if existing is not None and existing != wanted.queue_type:
         return DeclarationError(
             f'queue {name!r} exists on RabbitMQ as a {existing} queue, declared here as {wanted.queue_type}: '
