@@ -80,12 +80,9 @@ class QueueArguments:
 
     def retry(self, queue: str, ttl_ms: int, expires_ms: int) -> FieldTable:
         """A delay queue: holds messages ``ttl_ms``, then dead-letters them back into ``queue``."""
-        args: FieldTable = {'x-message-ttl': ttl_ms, 'x-expires': expires_ms}
+        args: FieldTable = {'x-message-ttl': ttl_ms, 'x-expires': expires_ms, **self._dead_lettering('', queue)}
         if self.quorum:
             args['x-queue-type'] = 'quorum'
-            args.update(self._dead_lettering('', queue))
-        else:
-            args.update({'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': queue})
         return args
 
 
