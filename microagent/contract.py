@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .agent import MicroAgent
+from .broker import AbstractQueueBroker
 from .errors import InvalidPayload
 from .message import current_message
 from .payload import Codec
 from .queue import Queue
-from .sample_payload import examples
+from .sample_payload import example, examples
 from .signal import Signal
 
 __all__ = ['CASE_HEADER', 'ContractCase', 'ContractFailed', 'ContractReport', 'check_contract']
@@ -155,8 +156,6 @@ async def _check_group(classes: tuple[type[MicroAgent], ...], settings: dict[str
 
 def _canonical(declaration: Signal[Any, Any] | Queue[Any], i: int) -> Any:
     """The deterministic example first; then seeded ones (``n`` > 1 without a seed)."""
-    from .sample_payload import example
-
     return example(declaration) if i == 0 else example(declaration, seed=i)
 
 
@@ -170,7 +169,7 @@ async def _wait(cases: dict[str, ContractCase], changed: asyncio.Event, timeout:
         pass  # the cases still open say so
 
 
-async def _explain(broker: Any, case: ContractCase, timeout: float) -> None:
+async def _explain(broker: AbstractQueueBroker, case: ContractCase, timeout: float) -> None:
     """Why a case did not end: still failing, dead-lettered unseen (refused), or never delivered."""
     if case.attempts:
         case.error = f'still failing after {case.attempts} attempts within {timeout}s; last: {case.error}'
