@@ -88,7 +88,7 @@ def _watch(handler: Callable[..., Awaitable[Any]], key: str, cases: dict[str, Co
     async def watched(*args: Any, **kwargs: Any) -> Any:
         message = current_message()
         case = cases.get(message.headers.get(CASE_HEADER, '')) if message is not None else None
-        if case is None or key not in case.handlers or case.done:
+        if message is None or case is None or key not in case.handlers or case.done:
             return await handler(*args, **kwargs)
         case.attempts += 1
         try:
@@ -96,8 +96,7 @@ def _watch(handler: Callable[..., Awaitable[Any]], key: str, cases: dict[str, Co
         except BaseException as exc:
             case.error = (f'{key} raised {type(exc).__name__}: {exc}' if isinstance(exc, Exception)
                           else f'{key} was cancelled ({type(exc).__name__}: its timeout?)')
-            attempt = message.attempt if message is not None else 1
-            case.done = case.kind == 'signal' or attempt > case.max_retries
+            case.done = case.kind == 'signal' or message.attempt > case.max_retries
             changed.set()
             raise
         case.error = None
