@@ -24,7 +24,7 @@ def load(source: str, cwd: Path | None = None) -> list[Declaration]:
         return from_git(source, cwd)
     path = Path(cwd or '.') / source
     if path.is_dir():
-        return from_files(_read_dir(path), source)
+        return from_files(read_dir(path), source)
     if path.is_file():
         return from_document(_parse(path.read_text(encoding='utf-8'), source), source)
     raise InvalidArgument(f'{source!r}: no such file or directory (nor git:REF[:PATH])')
@@ -122,7 +122,8 @@ def _git(args: list[str], source: str, cwd: Path | None) -> str:
     return done.stdout
 
 
-def _read_dir(root: Path) -> dict[str, str]:
+def read_dir(root: Path) -> dict[str, str]:
+    """The JSON files under ``root``: relative POSIX path -> text."""
     return {path.relative_to(root).as_posix(): path.read_text(encoding='utf-8')
             for path in sorted(root.rglob('*.json'))}
 

@@ -19,7 +19,7 @@ import schemas
 from microagent import Queue, Signal
 from microagent.compat import Declaration, Level, diff
 from microagent.errors import InvalidArgument
-from microagent.exports import from_files
+from microagent.exports import from_files, read_dir
 from microagent.schema import asyncapi, dumps, load_agent
 from microagent.schema_diff import LEVELS, render
 
@@ -53,8 +53,7 @@ def exported() -> dict[str, str]:
 
 def on_disk(root: Path = JSON_DIR) -> dict[str, str]:
     """The checked-in files: relative path -> text."""
-    return {path.relative_to(root).as_posix(): path.read_text(encoding='utf-8')
-            for path in sorted(root.rglob('*.json'))}
+    return read_dir(root)
 
 
 def differences(root: Path = JSON_DIR) -> list[str]:
