@@ -55,6 +55,11 @@ class Receiver:
         # 1.x keys answers by the function's qualname: an inherited receiver answers as ``Base.method``
         self.key = self.handler.__qualname__
 
+    @property
+    def name(self) -> str:
+        """``Agent.method`` of the running agent's class, as consumers are named (logs, middlewares)."""
+        return f'{type(self.agent).__name__}.{self.handler.__name__}'
+
     async def __call__(self, payload: Any, sender: str) -> Any:
         style = self.style
         if style.legacy:

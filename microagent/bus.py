@@ -41,7 +41,7 @@ from .errors import (
     SignalNotFound,
     UsageError,
 )
-from .logs import message_fields, set_handler
+from .logs import FAILED, message_fields, set_handler
 from .message import (
     MESSAGE_ID,
     REPLY_TO,
@@ -67,7 +67,6 @@ T = TypeVar('T')
 R = TypeVar('R')
 
 DEFAULT_MAX_BACKLOG = 10_000
-_FAILED = {'outcome': 'failed'}  # the extra of a receiver's failure line (the ids come from the context)
 __all__ = ['DEFAULT_MAX_BACKLOG', 'DEFAULT_MAX_MESSAGE_SIZE', 'RESPONSE_SIGNAL', 'AbstractSignalBus', 'Answers',
            'BoundSignal', 'RemoteError', 'shown']
 _answers_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -313,7 +312,7 @@ class AbstractSignalBus:
         the conversation; its headers are read only if something asks."""
         receiver, backlog = lane.receiver, lane.backlog
         set_sender(receiver.agent)  # this task's own context: what the receiver sends is checked as its
-        set_handler(receiver.agent, f'{type(receiver.agent).__name__}.{receiver.handler.__name__}')  # and logs
+        set_handler(receiver.agent, receiver.name)  # and what it logs names the handler
         try:
             while backlog:
                 payload, sender, reply, incoming = backlog.popleft()
@@ -373,19 +372,18 @@ class AbstractSignalBus:
             return True, await receiver(payload, sender)
         except TimeoutError:
             self.log.error('Receiver %s of %s timed out after %.1fs; %s', receiver.key, receiver.signal.name,
-                           receiver.timeout, after, extra=_FAILED)
+                           receiver.timeout, after, extra=FAILED)
             return False, f'timed out after {receiver.timeout}s'
         except Exception as exc:
             self.log.exception('Receiver %s of %s failed; %s', receiver.key, receiver.signal.name, after,
-                               extra=_FAILED)
+                               extra=FAILED)
             return False, f'{type(exc).__name__}: {exc}'
 
     def _call_through(self, receiver: Receiver, payload: Any, sender: str, incoming: Incoming,
                       middlewares: tuple[MiddlewareLike, ...]) -> Awaitable[Any]:
         """The receiver behind its agent's middlewares, which see how it ended."""
         if receiver.site is None:
-            agent = type(receiver.agent).__name__
-            receiver.site = Site('receiver', agent, f'{agent}.{receiver.handler.__name__}', receiver.signal.name,
+            receiver.site = Site('receiver', type(receiver.agent).__name__, receiver.name, receiver.signal.name,
                                  self.backend)
         handling = Handling(receiver.site, incoming)
 

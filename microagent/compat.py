@@ -135,13 +135,15 @@ class Report:
     def changed(self) -> list[DeclarationDiff]:
         return [d for d in self.declarations if d.status != 'unchanged']
 
+    @property
+    def unchanged(self) -> list[str]:
+        """``kind name`` of each declaration the same in both versions."""
+        return [f'{d.kind} {d.name}' for d in self.declarations if d.status == 'unchanged']
+
     def to_dict(self, required: Level | None = None) -> JsonDict:
-        result: JsonDict = {'level': self.level.value, 'required': required.value if required else None,
-                            'ok': self.meets(required) if required else True,
-                            'declarations': [d.to_dict() for d in self.changed],
-                            'unchanged': [f'{d.kind} {d.name}' for d in self.declarations
-                                          if d.status == 'unchanged']}
-        return result
+        return {'level': self.level.value, 'required': required.value if required else None,
+                'ok': self.meets(required) if required else True,
+                'declarations': [d.to_dict() for d in self.changed], 'unchanged': self.unchanged}
 
 
 def diff(old: Iterable[Declaration], new: Iterable[Declaration]) -> Report:

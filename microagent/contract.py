@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .agent import MicroAgent
+from .broker import AbstractQueueBroker
 from .errors import InvalidPayload
 from .message import current_message
 from .payload import Codec
 from .queue import Queue
-from .sample_payload import examples
+from .sample_payload import example, examples
 from .signal import Signal
 
 __all__ = ['CASE_HEADER', 'ContractCase', 'ContractFailed', 'ContractReport', 'check_contract']
@@ -87,7 +88,7 @@ def _watch(handler: Callable[..., Awaitable[Any]], key: str, cases: dict[str, Co
     async def watched(*args: Any, **kwargs: Any) -> Any:
         message = current_message()
         case = cases.get(message.headers.get(CASE_HEADER, '')) if message is not None else None
-        if case is None or key not in case.handlers or case.done:
+        if message is None or case is None or key not in case.handlers or case.done:
             return await handler(*args, **kwargs)
         case.attempts += 1
         try:
@@ -95,8 +96,7 @@ def _watch(handler: Callable[..., Awaitable[Any]], key: str, cases: dict[str, Co
         except BaseException as exc:
             case.error = (f'{key} raised {type(exc).__name__}: {exc}' if isinstance(exc, Exception)
                           else f'{key} was cancelled ({type(exc).__name__}: its timeout?)')
-            attempt = message.attempt if message is not None else 1
-            case.done = case.kind == 'signal' or attempt > case.max_retries
+            case.done = case.kind == 'signal' or message.attempt > case.max_retries
             changed.set()
             raise
         case.error = None
@@ -155,8 +155,6 @@ async def _check_group(classes: tuple[type[MicroAgent], ...], settings: dict[str
 
 def _canonical(declaration: Signal[Any, Any] | Queue[Any], i: int) -> Any:
     """The deterministic example first; then seeded ones (``n`` > 1 without a seed)."""
-    from .sample_payload import example
-
     return example(declaration) if i == 0 else example(declaration, seed=i)
 
 
@@ -170,7 +168,7 @@ async def _wait(cases: dict[str, ContractCase], changed: asyncio.Event, timeout:
         pass  # the cases still open say so
 
 
-async def _explain(broker: Any, case: ContractCase, timeout: float) -> None:
+async def _explain(broker: AbstractQueueBroker, case: ContractCase, timeout: float) -> None:
     """Why a case did not end: still failing, dead-lettered unseen (refused), or never delivered."""
     if case.attempts:
         case.error = f'still failing after {case.attempts} attempts within {timeout}s; last: {case.error}'

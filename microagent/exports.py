@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .compat import Declaration, JsonDict
+from .compat import Declaration, JsonDict, Kind
 from .errors import InvalidArgument
 
 DEFAULT_GIT_PATH = 'schemas/json'
@@ -24,7 +24,7 @@ def load(source: str, cwd: Path | None = None) -> list[Declaration]:
         return from_git(source, cwd)
     path = Path(cwd or '.') / source
     if path.is_dir():
-        return from_files(_read_dir(path), source)
+        return from_files(read_dir(path), source)
     if path.is_file():
         return from_document(_parse(path.read_text(encoding='utf-8'), source), source)
     raise InvalidArgument(f'{source!r}: no such file or directory (nor git:REF[:PATH])')
@@ -33,7 +33,7 @@ def load(source: str, cwd: Path | None = None) -> list[Declaration]:
 def from_files(files: Mapping[str, str], where: str = 'the export') -> list[Declaration]:
     """Declarations from exported files (relative path -> JSON text); ``asyncapi.json`` alone counts
     when there are no per-declaration files."""
-    found: dict[tuple[str, str], JsonDict] = {}
+    found: dict[tuple[Kind, str], JsonDict] = {}
     answers: dict[str, JsonDict] = {}
     for path in sorted(files):
         kind, _, name = path.partition('/')
@@ -43,14 +43,12 @@ def from_files(files: Mapping[str, str], where: str = 'the export') -> list[Decl
         if kind == 'signals' and name.endswith('.answer.json'):
             answers[name.removesuffix('.answer.json')] = schema
         else:
-            found[kind, name.removesuffix('.json')] = schema
+            found['signal' if kind == 'signals' else 'queue', name.removesuffix('.json')] = schema
     if not found and 'asyncapi.json' in files:
         return from_document(_parse(files['asyncapi.json'], f'{where}: asyncapi.json'), where)
     if not found:
         raise InvalidArgument(f'{where}: no signals/*.json, queues/*.json or asyncapi.json')
-    return [Declaration('signal' if kind == 'signals' else 'queue', name, schema,
-                        answers.get(name) if kind == 'signals' else None)
-            for (kind, name), schema in sorted(found.items())]
+    return _declarations(found, answers)
 
 
 def from_document(document: Any, where: str) -> list[Declaration]:
@@ -76,7 +74,7 @@ def from_asyncapi(document: JsonDict) -> list[Declaration]:
         return value if isinstance(value, dict) else {}
 
     answers: dict[str, JsonDict] = {}
-    found: dict[tuple[str, str], JsonDict] = {}
+    found: dict[tuple[Kind, str], JsonDict] = {}
     for channel in (document.get('channels') or {}).values():
         ext = channel.get('x-microagent') or {}
         refs = list((channel.get('messages') or {}).values())
@@ -87,9 +85,14 @@ def from_asyncapi(document: JsonDict) -> list[Declaration]:
                 payload = body.get('payload') or {}
                 answers[name] = standalone(payload.get('additionalProperties', {}))
         elif ext.get('kind') in ('signal', 'queue') and refs:
-            found[ext['kind'], str(ext['name'])] = standalone(message(refs[0]).get('payload', {}))
-    return [Declaration('signal' if kind == 'signal' else 'queue', name, schema,
-                        answers.get(name) if kind == 'signal' else None)
+            kind: Kind = 'signal' if ext['kind'] == 'signal' else 'queue'
+            found[kind, str(ext['name'])] = standalone(message(refs[0]).get('payload', {}))
+    return _declarations(found, answers)
+
+
+def _declarations(found: Mapping[tuple[Kind, str], JsonDict], answers: Mapping[str, JsonDict]) -> list[Declaration]:
+    """Each signal with its answer (if any), each queue, sorted by kind and name."""
+    return [Declaration(kind, name, schema, answers.get(name) if kind == 'signal' else None)
             for (kind, name), schema in sorted(found.items())]
 
 
@@ -119,7 +122,8 @@ def _git(args: list[str], source: str, cwd: Path | None) -> str:
     return done.stdout
 
 
-def _read_dir(root: Path) -> dict[str, str]:
+def read_dir(root: Path) -> dict[str, str]:
+    """The JSON files under ``root``: relative POSIX path -> text."""
     return {path.relative_to(root).as_posix(): path.read_text(encoding='utf-8')
             for path in sorted(root.rglob('*.json'))}
 

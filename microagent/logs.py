@@ -36,6 +36,8 @@ _process_label = 'marun'
 CONTEXT_FIELDS = ('handler', 'message_id', 'correlation_id', 'trace_id')
 #: what a failure line adds: what happens to the message next
 FAILURE_FIELDS = ('outcome', 'attempt', 'max_retries', 'retry_in')
+#: the ``extra`` of a failure line whose ids come from the context (a receiver's, a timer run's)
+FAILED = {'outcome': 'failed'}
 
 
 def set_handler(agent: object, key: str) -> Token[tuple[str, str] | None]:

@@ -118,6 +118,8 @@ def _renamed(value: Any, steps: list[str | int | None], family: Callable[[int], 
     """A copy of ``value`` whose maps at ``steps`` have their keys renamed after ``family``."""
     trial = msgspec.json.decode(encode_json(value))
     for target in _at(trial, steps):
+        if not isinstance(target, dict):  # ``[...]`` names one map's values; the others may be null
+            continue
         renamed = dict(zip(family(len(target)), target.values(), strict=False))
         target.clear()
         target.update(renamed)
@@ -131,8 +133,11 @@ def _replaced(value: Any, steps: list[str | int | None], text: str) -> Any:
     trial = msgspec.json.decode(encode_json(value))
     last = steps[-1]
     for target in _at(trial, steps[:-1]):
-        for key in (list(target) if last is None else [last]):
-            target[key] = text
+        if isinstance(target, dict):
+            for key in (list(target) if last is None else [last]):
+                target[key] = text
+        elif isinstance(target, list) and isinstance(last, int) and -len(target) <= last < len(target):
+            target[last] = text
     return trial
 
 
@@ -152,11 +157,22 @@ def _place(error: str) -> str:
 
 
 def _at(value: Any, steps: list[str | int | None]) -> list[Any]:
-    """The values at ``steps`` (None: every value of a map)."""
+    """The values at ``steps`` (None: every value of a map). msgspec's ``[...]`` names one value of a
+    map, so the path is followed into every value that has the next step, and no further elsewhere."""
     found = [value]
     for step in steps:
-        found = [v for item in found for v in (item.values() if step is None else [item[step]])]
+        found = [v for item in found for v in _children(item, step)]
     return found
+
+
+def _children(item: Any, step: str | int | None) -> list[Any]:
+    if isinstance(item, dict):
+        if step is None:
+            return list(item.values())
+        return [item[step]] if step in item else []
+    if isinstance(item, list) and isinstance(step, int) and -len(item) <= step < len(item):
+        return [item[step]]
+    return []
 
 
 _KEY_FAMILIES: tuple[Callable[[int], list[str]], ...] = (

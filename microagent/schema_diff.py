@@ -66,9 +66,8 @@ def render(report: Report, required: Level | None = None) -> str:
         for change in item.changes:
             reason = f': {change.reason}' if change.reason else ''
             lines.append(f'  {change.field.ljust(width)}  {change.level.value.ljust(8)}  {change.what}{reason}')
-    unchanged = [f'{d.kind} {d.name}' for d in report.declarations if d.status == 'unchanged']
-    if unchanged:
-        lines.append(f'unchanged: {", ".join(unchanged)}')
+    if report.unchanged:
+        lines.append(f'unchanged: {", ".join(report.unchanged)}')
     if not report.changed:
         lines.append('no change: FULL')
     else:

@@ -11,14 +11,13 @@ from typing import Any, Literal, Protocol
 
 from croniter import croniter
 
-from .logs import current_handler, set_handler
+from .logs import FAILED, current_handler, set_handler
 from .middleware import Handling, MiddlewareLike, Outcome, Site, active, wrap
 
 #: longest single sleep of a cron schedule, so that a jump of the wall clock is noticed soon
 MAX_CRON_SLEEP = 5.0
 #: wall-clock drift (seconds, per sleep) below which the clock is not considered moved
 CLOCK_TOLERANCE = 1.0
-_FAILED = {'outcome': 'failed'}  # the extra of a run's failure line
 
 
 class _Owner(Protocol):
@@ -73,9 +72,9 @@ class Timer:
                 await self._run_bounded()
         except TimeoutError:
             self.log.error('Task %s timed out after %.1fs; it runs again when next due', self.name, self.timeout,
-                           extra=_FAILED)
+                           extra=FAILED)
         except Exception:
-            self.log.exception('Task %s failed; it runs again when next due', self.name, extra=_FAILED)
+            self.log.exception('Task %s failed; it runs again when next due', self.name, extra=FAILED)
         finally:
             if named is not None:
                 current_handler.reset(named)

@@ -19,7 +19,7 @@ import schemas
 from microagent import Queue, Signal
 from microagent.compat import Declaration, Level, diff
 from microagent.errors import InvalidArgument
-from microagent.exports import from_files
+from microagent.exports import from_files, read_dir
 from microagent.schema import asyncapi, dumps, load_agent
 from microagent.schema_diff import LEVELS, render
 
@@ -53,13 +53,15 @@ def exported() -> dict[str, str]:
 
 def on_disk(root: Path = JSON_DIR) -> dict[str, str]:
     """The checked-in files: relative path -> text."""
-    return {path.relative_to(root).as_posix(): path.read_text(encoding='utf-8')
-            for path in sorted(root.rglob('*.json'))}
+    return read_dir(root)
 
 
 def differences(root: Path = JSON_DIR) -> list[str]:
     """The relative paths whose checked-in text is missing, stale or no longer exported."""
-    expected, actual = exported(), on_disk(root)
+    return _stale(exported(), on_disk(root))
+
+
+def _stale(expected: dict[str, str], actual: dict[str, str]) -> list[str]:
     return sorted(path for path in expected.keys() | actual.keys() if expected.get(path) != actual.get(path))
 
 
@@ -67,10 +69,11 @@ def check(root: Path = JSON_DIR, require: Level = Level.BACKWARD) -> tuple[bool,
     """The drift check: (passes, what to tell). Checked-in files that match pass silently; a change of
     the code that meets ``require`` passes with its report and a reminder to regenerate; anything
     else fails, naming the declaration and field."""
-    stale = differences(root)
+    expected, actual = exported(), on_disk(root)
+    stale = _stale(expected, actual)
     if not stale:
         return True, ''
-    report = diff(_declarations(on_disk(root)), _declarations(exported()))
+    report = diff(_declarations(actual), _declarations(expected))
     lines = [f'schemas/json/{path} differs from the code' for path in stale]
     if report.changed:
         lines.append(render(report, require).rstrip())
@@ -93,8 +96,8 @@ def _declarations(files: dict[str, str]) -> list[Declaration]:
 
 def write(root: Path = JSON_DIR) -> list[str]:
     """Write the exported files and remove those no longer exported; the paths that changed."""
-    changed = differences(root)
     expected = exported()
+    changed = _stale(expected, on_disk(root))
     for path in changed:
         target = root / path
         if path in expected:

@@ -47,11 +47,7 @@ async def delete_declared(opened: Iterable[Any], exchanges: Iterable[str] = ()) 
 async def break_connections(token: str) -> int:
     """Close, on the server side, every connection whose client name contains ``token`` (as
     ``rabbitmqctl close_connection`` would on a broker restart); return how many."""
-    if shutil.which('rabbitmqctl') is None:
-        message = 'rabbitmqctl is not installed: cannot break connections'
-        if os.environ.get('MICROAGENT_REQUIRE_SERVICES'):
-            pytest.fail(message)
-        pytest.skip(message)
+    _need_rabbitmqctl('break connections')
     listing = await _rabbitmqctl('-q', 'list_connections', '--no-table-headers', 'pid', 'client_properties')
     pids = [line.split('\t', 1)[0] for line in listing.splitlines() if token in line]
     for pid in pids:
@@ -61,14 +57,14 @@ async def break_connections(token: str) -> int:
 
 async def queue_types() -> dict[str, str]:
     """Every queue of the default vhost by name, with its type (classic, quorum) as RabbitMQ has it."""
-    _need_rabbitmqctl()
+    _need_rabbitmqctl('inspect the server')
     listing = await _rabbitmqctl('-q', 'list_queues', '--no-table-headers', 'name', 'type')
     return dict(line.split('\t', 1) for line in listing.splitlines() if '\t' in line)
 
 
-def _need_rabbitmqctl() -> None:
+def _need_rabbitmqctl(purpose: str) -> None:
     if shutil.which('rabbitmqctl') is None:
-        message = 'rabbitmqctl is not installed: cannot inspect the server'
+        message = f'rabbitmqctl is not installed: cannot {purpose}'
         if os.environ.get('MICROAGENT_REQUIRE_SERVICES'):
             pytest.fail(message)
         pytest.skip(message)

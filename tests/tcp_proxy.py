@@ -14,7 +14,6 @@ class Proxy:
         self.target = (target_host, target_port)
         self.port = 0
         self.accepted = 0  # connections taken so far
-        self.accepted_event = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -31,7 +30,6 @@ class Proxy:
             writer.close()
             return
         self.accepted += 1
-        self.accepted_event.set()
         self._writers |= {writer, up_writer}
         for source, sink in ((reader, up_writer), (up_reader, writer)):
             task = asyncio.create_task(self._pipe(source, sink))

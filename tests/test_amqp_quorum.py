@@ -25,11 +25,6 @@ class Job(msgspec.Struct, frozen=True):
     job_id: int
 
 
-async def _queue_type(amqp: Servers, name: str) -> str:
-    """The type RabbitMQ holds ``name`` as."""
-    return (await queue_types())[name]
-
-
 async def test_a_quorum_broker_declares_the_queue_its_dead_letters_and_delay_queues_quorum(
         amqp: Servers, unique: str) -> None:
     queue = Queue(f'qq_{unique}', Job)
@@ -38,8 +33,9 @@ async def test_a_quorum_broker_declares_the_queue_its_dead_letters_and_delay_que
     await eventually(lambda: _length(broker, queue, 1))
     retry_queues = [name for name in broker.transport.declared_queues if '.retry.' in name]
     assert len(retry_queues) == 1
+    types = await queue_types()
     for name in (queue.name, f'{queue.name}.dead', *retry_queues):
-        assert await _queue_type(amqp, name) == 'quorum', name
+        assert types[name] == 'quorum', name
 
 
 async def test_the_queue_option_overrides_the_broker_default(amqp: Servers, unique: str) -> None:
@@ -47,8 +43,9 @@ async def test_the_queue_option_overrides_the_broker_default(amqp: Servers, uniq
     classic = Queue(f'classic_own_{unique}', Job, queue_type='classic')
     await amqp.broker()[quorum].declare()
     await amqp.broker(queue_type='quorum')[classic].declare()
-    assert await _queue_type(amqp, quorum.name) == 'quorum'
-    assert await _queue_type(amqp, classic.name) == 'classic'
+    types = await queue_types()
+    assert types[quorum.name] == 'quorum'
+    assert types[classic.name] == 'classic'
 
 
 async def test_handler_failures_retry_then_dead_letter_on_a_quorum_queue(amqp: Servers, unique: str) -> None:
@@ -160,7 +157,7 @@ async def test_a_delivery_limit_needs_a_quorum_queue(amqp: Servers, unique: str)
     with pytest.raises(DeclarationError, match=f"queue '{queue.name}': delivery_limit needs a quorum queue"):
         await amqp.broker()[queue].declare()
     await amqp.broker(queue_type='quorum')[queue].declare()
-    assert await _queue_type(amqp, queue.name) == 'quorum'
+    assert (await queue_types())[queue.name] == 'quorum'
 
 
 async def _take_and_crash(amqp: Servers, name: str) -> str | None:

@@ -282,3 +282,17 @@ def test_example_gives_an_instance_where_the_schema_says_less_than_the_model(mod
     assert isinstance(example(model_type), model_type)
     assert example(model_type) == example(model_type)
     assert all(isinstance(item, model_type) for item in examples(model_type, 3, seed))
+
+
+@pytest.mark.parametrize(('field_type', 'seed'), [
+    (dict[str, list[dict[int, str]]], 3),  # maps whose lists differ in length
+    (dict[str, list[datetime.datetime]], 2),
+    (dict[str, dict[int, str] | None], 1),  # one map value null, another a map to repair
+])
+def test_a_repair_inside_one_value_of_a_map_leaves_its_siblings_alone(field_type: Any, seed: int) -> None:
+    """msgspec's ``[...]`` names one value of a map: the repair follows the path into the values
+    that have it (found by the property test above)."""
+    from microagent.testing import examples
+
+    model_type = msgspec.defstruct('Nested', [('f0', field_type)])
+    assert all(isinstance(item, model_type) for item in examples(model_type, 3, seed))

@@ -328,7 +328,8 @@ class AMQPQueueTransport:
         try:
             await ch.queue_declare(name, durable=True, arguments=arguments)
         except aiormq.ChannelPreconditionFailed as exc:
-            raise declaration_error(name, wanted, exc, await self._existing_type(name)) from None
+            existing = existing_type(exc) or await self._existing_type(name)
+            raise declaration_error(name, wanted, exc, existing) from None
 
     async def _existing_type(self, name: str) -> str | None:
         """The type of an existing queue that refused a declaration: RabbitMQ names the first
@@ -455,24 +456,19 @@ class AMQPQueueTransport:
             return
         before = await self._consumers(queue.name)
         await sub.close()
-        await self._returned(queue.name, before)
+
+        async def dropped() -> bool:  # ours is gone
+            return await self._consumers(queue.name) < before
+
+        if not await _until(dropped):
+            self.log.info('Queue %s: the quorum queue still counts %d consumer(s) after %.0fs; '
+                          'not waiting any longer for it to take back the unacknowledged messages',
+                          queue.name, before, RETURN_WAIT)
 
     async def _consumers(self, name: str) -> int:
         async def count(ch: AbstractChannel) -> int:
             return int((await ch.queue_declare(name, passive=True)).consumer_count or 0)
         return await self._on_control(count)
-
-    async def _returned(self, name: str, before: int) -> None:
-        """Wait until the quorum queue counts fewer consumers than ``before`` (ours is gone)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + RETURN_WAIT
-        while await self._consumers(name) >= before:
-            if loop.time() >= deadline:
-                self.log.info('Queue %s: the quorum queue still counts %d consumer(s) after %.0fs; '
-                              'not waiting any longer for it to take back the unacknowledged messages',
-                              name, before, RETURN_WAIT)
-                return
-            await asyncio.sleep(RETURN_POLL)
 
     async def _subscribe(self, queue: Queue[Any], count: int, patience: float) -> _Subscription:
         sub = self._subs.setdefault(queue.name, _Subscription())
@@ -626,10 +622,10 @@ class AMQPQueueTransport:
     async def _back(self, name: str, count: int) -> None:
         """Wait until ``name`` counts ``count`` messages again, after returning what was taken: a
         quorum queue applies returns through its Raft log, after the nack (bounded by RETURN_WAIT)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + RETURN_WAIT
-        while await self._count(name) < count and loop.time() < deadline:  # noqa: ASYNC110 - server state
-            await asyncio.sleep(RETURN_POLL)
+        async def back() -> bool:
+            return await self._count(name) >= count
+
+        await _until(back)
 
     async def requeue_dead_letters(self, name: str) -> int:
         total = await self.dead_letter_count(name)
@@ -707,6 +703,17 @@ class AMQPQueueTransport:
         self._subs.clear()
         await self._publisher.close()
         await self._link.close()
+
+
+async def _until(done: Callable[[], Awaitable[bool]]) -> bool:
+    """Poll the server until ``done`` (for at most RETURN_WAIT): whether it came true."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RETURN_WAIT
+    while not await done():
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(RETURN_POLL)
+    return True
 
 
 async def _passive_declare(channel: AbstractChannel) -> None:

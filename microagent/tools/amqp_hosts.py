@@ -23,12 +23,9 @@ def split_hosts(dsn: str | Sequence[str]) -> list[str]:
         if not dsn:
             raise InvalidArgument('An AMQP DSN list names at least one server')
         return [one for item in dsn for one in split_hosts(item)]
-    scheme, sep, rest = dsn.partition('://')
-    if scheme not in DEFAULT_PORTS or not sep:
+    scheme, userinfo, hosts, tail = _parts(dsn)
+    if scheme not in DEFAULT_PORTS or '://' not in dsn:
         raise InvalidArgument(f'An AMQP DSN starts with amqp:// or amqps://, got {hide_password(dsn)!r}')
-    cut = min((i for i in (rest.find(c) for c in '/?#') if i >= 0), default=len(rest))
-    authority, tail = rest[:cut], rest[cut:]
-    userinfo, at, hosts = authority.rpartition('@')
     if ',' not in hosts:
         _check(dsn)
         return [dsn]
@@ -39,7 +36,7 @@ def split_hosts(dsn: str | Sequence[str]) -> list[str]:
             raise InvalidArgument(f'An empty host in AMQP DSN {hide_password(dsn)!r}')
         if not _has_port(host):
             host = f'{host}:{DEFAULT_PORTS[scheme]}'
-        one = f'{scheme}://{userinfo}{at}{host}{tail}'
+        one = f'{scheme}://{userinfo}{host}{tail}'
         _check(one)
         out.append(one)
     return out
@@ -49,18 +46,17 @@ def join_hosts(dsns: Sequence[str]) -> str:
     """The one-string form of several single-host DSNs (for ``repr`` and ``info()``)."""
     if len(dsns) == 1:
         return dsns[0]
-    first = dsns[0]
-    scheme, _, rest = first.partition('://')
-    cut = min((i for i in (rest.find(c) for c in '/?#') if i >= 0), default=len(rest))
-    userinfo, at, _host = rest[:cut].rpartition('@')
-    hosts = ','.join(_authority_host(one) for one in dsns)
-    return f'{scheme}://{userinfo}{at}{hosts}{rest[cut:]}'
+    scheme, userinfo, _, tail = _parts(dsns[0])
+    hosts = ','.join(_parts(one)[2] for one in dsns)
+    return f'{scheme}://{userinfo}{hosts}{tail}'
 
 
-def _authority_host(dsn: str) -> str:
-    rest = dsn.partition('://')[2]
+def _parts(dsn: str) -> tuple[str, str, str, str]:
+    """``scheme://userinfo@hosts/vhost?query`` as (scheme, ``userinfo@`` or '', hosts, the rest)."""
+    scheme, _, rest = dsn.partition('://')
     cut = min((i for i in (rest.find(c) for c in '/?#') if i >= 0), default=len(rest))
-    return rest[:cut].rpartition('@')[2]
+    userinfo, at, hosts = rest[:cut].rpartition('@')
+    return scheme, userinfo + at, hosts, rest[cut:]
 
 
 def _has_port(host: str) -> bool:

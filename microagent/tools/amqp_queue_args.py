@@ -80,12 +80,9 @@ class QueueArguments:
 
     def retry(self, queue: str, ttl_ms: int, expires_ms: int) -> FieldTable:
         """A delay queue: holds messages ``ttl_ms``, then dead-letters them back into ``queue``."""
-        args: FieldTable = {'x-message-ttl': ttl_ms, 'x-expires': expires_ms}
+        args: FieldTable = {'x-message-ttl': ttl_ms, 'x-expires': expires_ms, **self._dead_lettering('', queue)}
         if self.quorum:
             args['x-queue-type'] = 'quorum'
-            args.update(self._dead_lettering('', queue))
-        else:
-            args.update({'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': queue})
         return args
 
 
@@ -107,7 +104,6 @@ def declaration_error(name: str, wanted: QueueArguments, exc: aiormq.ChannelPrec
     queue's type or arguments in place: a new queue, or a policy, is the way). ``existing``: the
     type it was found to have, if known."""
     text = str(exc)
-    existing = existing_type(exc) or existing
     if existing is not None and existing != wanted.queue_type:
         return DeclarationError(
             f'queue {name!r} exists on RabbitMQ as a {existing} queue, declared here as {wanted.queue_type}: '

@@ -309,13 +309,8 @@ class NATSQueueTransport:
         if pull is not None:
             try:
                 await pull.unsubscribe()
-                left = _left_in(pull)
-                if left:  # stored again at the tail, like released deliveries, so ``length`` counts them
-                    await self._acks.publish([(Layout.of(queue.name).subject, msg.data,
-                                               {**_stored(msg.headers), REDELIVERED_HEADER: '1'}) for msg in left],
-                                             f'queue {queue.name!r}')
-                    for msg in left:
-                        await msg.ack()
+                # released like deliveries: stored again at the tail, so ``length`` counts them
+                await self.release(queue, [self._delivery(msg) for msg in _left_in(pull)])
             except nats.errors.Error:
                 pass  # the connection is gone: the server delivers them again after ack_wait
 
