@@ -112,14 +112,11 @@ async def _cleanup(name: str, target: Target, broker: AbstractQueueBroker) -> No
     """Delete what one run declared (the queue and its companions)."""
     from microagent.tools.amqp import AMQPBroker
     from microagent.tools.redis import RedisBroker
+    from microagent.tools.redis_cluster import is_cluster
 
-    if isinstance(broker, RedisBroker):
+    # the loopback cluster goes with the run; a given one keeps the keys
+    if isinstance(broker, RedisBroker) and not is_cluster(target.dsn):
         from redis.asyncio import Redis
-
-        from microagent.tools.redis_cluster import is_cluster
-
-        if is_cluster(target.dsn):  # the loopback cluster goes with the run; a given one keeps the keys
-            return
 
         client = Redis.from_url(target.dsn)
         await client.delete(name)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -63,78 +63,62 @@ REDIS_TEST_DSN = 'redis://127.0.0.1:6379/9'
 
 
 @asynccontextmanager
-async def redis_backend() -> AsyncIterator[Backend]:
-    """Redis db 9; a unique signal prefix per test, and every key of the queues the test declared
-    is deleted afterwards (other runs may share the db, so no FLUSHDB)."""
-    from redis.asyncio import Redis
-
+async def redis_backend(cluster: bool = False) -> AsyncIterator[Backend]:
+    """Redis db 9, or with ``cluster`` the session's Redis Cluster (the ``backend`` fixture starts
+    it); a unique signal prefix per test, and every key of the queues the test declared is deleted
+    afterwards, on every master of a cluster (other runs may share the db, so no FLUSHDB)."""
+    from microagent.exchange import Exchange
     from microagent.queue import Queue
     from microagent.tools.redis import RedisBroker, RedisSignalBus
+    from microagent.tools.redis_scripts import exchange_key
     from tests.services import REDIS_HOST, REDIS_PORT, require_service
 
-    require_service('Redis', REDIS_HOST, REDIS_PORT)
+    if cluster:
+        dsn = cluster_dsn()
+    else:
+        require_service('Redis', REDIS_HOST, REDIS_PORT)
+        dsn = REDIS_TEST_DSN
     prefix = f'T{uuid.uuid4().hex[:12]}'
-    from microagent.exchange import Exchange
-    from microagent.tools.redis_scripts import exchange_key
-
     before = set(Queue.get_all())
     exchanges_before = set(Exchange.get_all())
-    backend = Backend('redis', lambda: RedisSignalBus(REDIS_TEST_DSN, prefix=prefix),
-                      lambda **o: RedisBroker(REDIS_TEST_DSN, **o))
+    backend = Backend('redis-cluster' if cluster else 'redis', lambda: RedisSignalBus(dsn, prefix=prefix),
+                      lambda **o: RedisBroker(dsn, **o))
     try:
         yield backend
     finally:
         await backend.close()
-        client = Redis.from_url(REDIS_TEST_DSN)
+        client = redis_admin(cluster)
         try:
-            for name in set(Queue.get_all()) - before:
-                await client.delete(name)
-                async for key in client.scan_iter(match=f'{name}:*', count=1000):
-                    await client.delete(key)
+            await drop_queues(client, set(Queue.get_all()) - before, cluster)
             for name in set(Exchange.get_all()) - exchanges_before:
                 await client.delete(exchange_key(name))
         finally:
             await client.aclose()
 
 
-BACKENDS['redis'] = redis_backend
+def redis_admin(cluster: bool) -> Any:
+    """A plain redis-py client on the server of a Redis backend: db 9, or the session's cluster."""
+    if cluster:
+        return cluster_client()
+    from redis.asyncio import Redis
+
+    return Redis.from_url(REDIS_TEST_DSN)
+
+
+async def drop_queues(client: Any, names: Iterable[str], cluster: bool) -> None:
+    """Delete every key of each queue: its list and the keys named after it (``redis_scripts``)."""
+    from microagent.tools.redis_scripts import base_of
+
+    for name in names:
+        await client.delete(name)
+        async for key in client.scan_iter(match=f'{base_of(name, cluster)}:*', count=1000):
+            await client.delete(key)
 
 
 def cluster_dsn() -> str:
     from tests.redis_cluster_support import current
 
     return current().dsn
-
-
-@asynccontextmanager
-async def redis_cluster_backend() -> AsyncIterator[Backend]:
-    """The session's Redis Cluster (the ``backend`` fixture starts it); a unique signal prefix per
-    test, and every key of the queues the test declared is deleted afterwards, on every master."""
-    from microagent.exchange import Exchange
-    from microagent.queue import Queue
-    from microagent.tools.redis import RedisBroker, RedisSignalBus
-    from microagent.tools.redis_scripts import base_of, exchange_key
-
-    dsn = cluster_dsn()
-    prefix = f'T{uuid.uuid4().hex[:12]}'
-    before = set(Queue.get_all())
-    exchanges_before = set(Exchange.get_all())
-    backend = Backend('redis-cluster', lambda: RedisSignalBus(dsn, prefix=prefix),
-                      lambda **o: RedisBroker(dsn, **o))
-    try:
-        yield backend
-    finally:
-        await backend.close()
-        client = cluster_client()
-        try:
-            for name in set(Queue.get_all()) - before:
-                await client.delete(name)
-                async for key in client.scan_iter(match=f'{base_of(name, True)}:*', count=1000):
-                    await client.delete(key)
-            for name in set(Exchange.get_all()) - exchanges_before:
-                await client.delete(exchange_key(name))
-        finally:
-            await client.aclose()
 
 
 def cluster_client() -> Any:
@@ -146,7 +130,8 @@ def cluster_client() -> Any:
     return RedisCluster(startup_nodes=[ClusterNode('127.0.0.1', port) for port in current().ports[:3]])
 
 
-BACKENDS['redis-cluster'] = redis_cluster_backend
+BACKENDS['redis'] = redis_backend
+BACKENDS['redis-cluster'] = partial(redis_backend, cluster=True)
 
 
 @asynccontextmanager
@@ -220,20 +205,12 @@ async def inject_raw(backend: Backend, broker: AbstractQueueBroker, queue: str, 
     """Put ``bodies`` on ``queue`` exactly as given, past every check of microagent: as a 1.x
     agent or a foreign producer would (redis-py RPUSH; aiormq to the default exchange; a
     plain JetStream publish)."""
-    if backend.name == 'redis':
-        from redis.asyncio import Redis
-
-        client = Redis.from_url(REDIS_TEST_DSN)
+    if backend.engine == 'redis':
+        client = redis_admin(backend.name == 'redis-cluster')
         try:
             await client.rpush(queue, *bodies)
         finally:
             await client.aclose()
-    elif backend.name == 'redis-cluster':
-        cluster = cluster_client()
-        try:
-            await cluster.rpush(queue, *bodies)
-        finally:
-            await cluster.aclose()
     elif backend.engine == 'amqp':
         import aiormq
         from pamqp import commands
@@ -277,28 +254,18 @@ async def unsettled_after_stop(backend: Backend, queue: str) -> int:
     attached, an unacked delivery is back among the ready ones, so the queue must be empty. NATS: the
     consumer's unacknowledged deliveries. Memory holds taken messages only in their deliveries:
     nothing to look at."""
-    if backend.name == 'redis':
-        from redis.asyncio import Redis
+    if backend.engine == 'redis':
+        from microagent.tools.redis_scripts import base_of
 
-        client = Redis.from_url(REDIS_TEST_DSN)
+        cluster = backend.name == 'redis-cluster'
+        client = redis_admin(cluster)
         try:
             total = 0
-            async for key in client.scan_iter(match=f'{queue}:inflight:*', count=1000):
+            async for key in client.scan_iter(match=f'{base_of(queue, cluster)}:inflight:*', count=1000):
                 total += int(await client.llen(key))
             return total
         finally:
             await client.aclose()
-    if backend.name == 'redis-cluster':
-        from microagent.tools.redis_scripts import base_of
-
-        cluster = cluster_client()
-        try:
-            total = 0
-            async for key in cluster.scan_iter(match=f'{base_of(queue, True)}:inflight:*', count=1000):
-                total += int(await cluster.llen(key))
-            return total
-        finally:
-            await cluster.aclose()
     if backend.engine == 'amqp':
         import aiormq
 

@@ -125,20 +125,11 @@ class Cluster:
 
     async def master_of(self, key: str) -> int:
         """The port of the master serving ``key``'s slot, as the cluster says now."""
-        for port in self.ports:
-            if self.processes[port].poll() is not None:
-                continue
-            client = self.client(port)
-            try:
-                slot = int(await client.execute_command('CLUSTER', 'KEYSLOT', key))  # type: ignore[no-untyped-call]
-                for start, end, master, *_ in await client.execute_command('CLUSTER', 'SLOTS'):  # type: ignore[no-untyped-call]
-                    if start <= slot <= end:
-                        return int(master[1])
-            except Exception:
-                continue
-            finally:
-                await client.aclose()
-        raise RuntimeError(f'no live node knows the master of {key!r}')
+        slot = key_slot(key.encode())
+        for master, ranges in (await self.masters()).items():
+            if any(start <= slot <= end for start, end in ranges):
+                return master
+        raise RuntimeError(f'no master serves the slot of {key!r} now')
 
     async def masters(self) -> dict[int, list[tuple[int, int]]]:
         """Every master's port and its slot ranges, as a live node says now."""

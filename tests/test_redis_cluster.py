@@ -20,7 +20,7 @@ from microagent.errors import InvalidArgument
 from microagent.tools.redis import RedisBroker, RedisSignalBus
 from microagent.tools.redis_cluster import ClusterListener, connect_options, is_cluster
 from microagent.tools.redis_scripts import QueueKeys, base_of, hash_tag
-from tests.backends import cluster_client
+from tests.backends import cluster_client, drop_queues
 from tests.helpers import Collector, eventually
 from tests.redis_cluster_support import Cluster
 
@@ -75,10 +75,7 @@ async def cluster(redis_cluster: Cluster) -> AsyncIterator[Cluster]:
 async def _drop(*names: str) -> None:
     client = cluster_client()
     try:
-        for name in names:
-            await client.delete(name)
-            async for key in client.scan_iter(match=f'{base_of(name, True)}:*', count=1000):
-                await client.delete(key)
+        await drop_queues(client, names, cluster=True)
     finally:
         await client.aclose()
 

@@ -577,7 +577,6 @@ class RedisQueueTransport:
                   **options: Any) -> None:
         # no ``send_options``: the engine refuses every other keyword, so ``options`` is always empty
         messages = self._stored(envelopes)
-        keys = self._keys(queue.name)
         if delay <= 0:
             if self.wait_replicas:
                 await self._replicated(queue.name, 'RPUSH', queue.name, *messages)
@@ -585,6 +584,7 @@ class RedisQueueTransport:
                 await self.redis.rpush(queue.name, *messages)
             return
         # fresh messages: beside the retries in Q:delayed, but with no attempt count written for them
+        keys = self._keys(queue.name)
         members = list(map(_delayed_member, messages))
         if self.wait_replicas:
             await self._replicated(queue.name, 'EVAL', lua.DELAY, 1, keys.delayed, delay, *members)
