@@ -359,7 +359,10 @@ async def test_async_replication_loses_exactly_the_unreplicated_sends(cluster: C
     victim = sorted(await cluster.masters())[1]
     replica = await cluster.replica_of(victim)
     queue = Queue(await cluster.name_on(victim, f'bound_{unique}'), Job)
-    durable = RedisBroker(cluster.dsn, wait_replicas=1, wait_timeout=0.3)
+    # the replica's confirmation comes at once when it is there: a long timeout only bounds a slow
+    # machine; the send into the cut-off window waits the short one, since no confirmation can come
+    durable = RedisBroker(cluster.dsn, wait_replicas=1, wait_timeout=5)
+    hasty = RedisBroker(cluster.dsn, wait_replicas=1, wait_timeout=0.3)
     plain = RedisBroker(cluster.dsn)
     try:
         await plain.transport.redis.initialize()  # the slot map, read before a node stops answering
@@ -376,7 +379,7 @@ async def test_async_replication_loses_exactly_the_unreplicated_sends(cluster: C
         for i in range(50, 70):  # acked by the master, unreplicated
             await plain[queue].send(Job(i))
         with pytest.raises(NotReplicated):  # a durable send does not return in that window
-            await durable[queue].send(Job(70))
+            await hasty[queue].send(Job(70))
         cluster.kill(victim)
         cluster.kill(replica, signal.SIGCONT)
         await eventually(lambda: _failed_over(cluster, queue.name, replica), timeout=30)
@@ -387,6 +390,7 @@ async def test_async_replication_loses_exactly_the_unreplicated_sends(cluster: C
         assert got == {*range(50), 71, 72}  # lost: 50..69 (unreplicated) and the unconfirmed 70
     finally:
         await durable.close()
+        await hasty.close()
         await plain.close()
         await _drop(queue.name)
 
