@@ -26,8 +26,8 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp import commands as spec
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
+from microagent.backends.amqp import AMQPBroker, AMQPSignalBus
 from microagent.message import MESSAGE_ID, new_headers
-from microagent.tools.amqp import AMQPBroker, AMQPSignalBus
 
 from .harness import Row, median, percentile, print_table
 

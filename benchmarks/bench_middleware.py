@@ -20,11 +20,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 
 from microagent import MicroAgent, Middleware, Queue, consumer
+from microagent.backends.memory import MemoryBroker
 from microagent.message import Incoming, new_headers
-from microagent.metrics import PrometheusMiddleware
 from microagent.middleware import Handling, MiddlewareLike, Sending, Site
-from microagent.tools.memory import MemoryBroker
-from microagent.tracing import TracingMiddleware
+from microagent.ops.metrics import PrometheusMiddleware
+from microagent.ops.tracing import TracingMiddleware
 
 from .harness import median
 

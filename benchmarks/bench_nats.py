@@ -29,8 +29,8 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
+from microagent.backends.nats import NATSBroker, NATSSignalBus
 from microagent.message import new_headers
-from microagent.tools.nats import NATSBroker, NATSSignalBus
 
 from .harness import Row, median, percentile, print_table
 

@@ -20,9 +20,9 @@ import pydantic
 from redis.asyncio import Redis
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
+from microagent.backends.redis import RedisBroker, RedisSignalBus
 from microagent.message import frame, new_headers, unframe
 from microagent.payload import codec_for
-from microagent.tools.redis import RedisBroker, RedisSignalBus
 
 from .harness import Row, median, percentile, print_table, rate
 
@@ -232,7 +232,7 @@ async def bench_signal(client: Redis, count: int = 3000) -> Row:
     await sending.close()
     reader.cancel()
     await asyncio.gather(reader, return_exceptions=True)
-    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    await pubsub.aclose()
     return Row('signal send -> receive, sequential (PUBLISH)', ours_rate, raw_rate, 'msg/s', 0.85)
 
 
@@ -295,8 +295,8 @@ async def bench_rpc(client: Redis, count: int = 1000) -> list[Row]:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    await requests.aclose()  # type: ignore[no-untyped-call]
-    await answers.aclose()  # type: ignore[no-untyped-call]
+    await requests.aclose()
+    await answers.aclose()
     micro = 1e6
     return [Row('RPC round trip p50 (raw: pub/sub ping-pong)', median(ours) * micro, median(raw) * micro,
                 'us', 1 / 1.3, lower_is_better=True),

@@ -56,10 +56,10 @@ class Target:
 
 
 TARGETS: dict[str, Target] = {
-    'redis': Target('microagent.tools.redis.RedisBroker', REDIS_DSN),
-    'redis-cluster': Target('microagent.tools.redis.RedisBroker', CLUSTER_DSN),
-    'amqp': Target('microagent.tools.amqp.AMQPBroker', AMQP_DSN),
-    'amqp-quorum': Target('microagent.tools.amqp.AMQPBroker', AMQP_DSN, {'queue_type': 'quorum'}),
+    'redis': Target('microagent.backends.redis.RedisBroker', REDIS_DSN),
+    'redis-cluster': Target('microagent.backends.redis.RedisBroker', CLUSTER_DSN),
+    'amqp': Target('microagent.backends.amqp.AMQPBroker', AMQP_DSN),
+    'amqp-quorum': Target('microagent.backends.amqp.AMQPBroker', AMQP_DSN, {'queue_type': 'quorum'}),
 }
 
 
@@ -110,9 +110,9 @@ async def _prefill(target: Target, queue: Queue[Job], count: int) -> AbstractQue
 
 async def _cleanup(name: str, target: Target, broker: AbstractQueueBroker) -> None:
     """Delete what one run declared (the queue and its companions)."""
-    from microagent.tools.amqp import AMQPBroker
-    from microagent.tools.redis import RedisBroker
-    from microagent.tools.redis_cluster import is_cluster
+    from microagent.backends.amqp import AMQPBroker
+    from microagent.backends.redis import RedisBroker
+    from microagent.backends.redis.cluster import is_cluster
 
     # the loopback cluster goes with the run; a given one keeps the keys
     if isinstance(broker, RedisBroker) and not is_cluster(target.dsn):

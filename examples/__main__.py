@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from microagent.launcher import run_group
+from microagent.cli.marun import run_group
 from microagent.logs import FORMATS, LEVELS, setup_logging
 
 INTRO = """\

@@ -1,8 +1,8 @@
 """microagent: typed, DTO-first agents for event-driven Python microservices."""
-from .agent import Consumer, MicroAgent, Receiver
-from .broker import AbstractQueueBroker, BoundExchange, BoundQueue, DeadLetter
-from .bus import AbstractSignalBus, BoundSignal, RemoteError
-from .errors import (
+from microagent.agent import Consumer, MicroAgent, Receiver
+from microagent.broker import AbstractQueueBroker, BoundExchange, BoundQueue, DeadLetter
+from microagent.bus import AbstractSignalBus, BoundSignal, RemoteError
+from microagent.errors import (
     BackendClosed,
     CallTimeout,
     ConnectionFailed,
@@ -18,14 +18,14 @@ from .errors import (
     SignalNotFound,
     UsageError,
 )
-from .exchange import Exchange
-from .handlers import consumer, cron, on, periodic, receiver
-from .loader import configure, load_queues, load_signals, load_stuff
-from .message import InvalidHeader, Message
-from .middleware import Handling, Middleware, Next, Outcome, Sending
-from .queue import Queue
-from .sends import UndeclaredSend
-from .signal import Signal
+from microagent.exchange import Exchange
+from microagent.handlers import consumer, cron, on, periodic, receiver
+from microagent.loader import configure, load_queues, load_signals, load_stuff
+from microagent.message import InvalidHeader, Message
+from microagent.middleware import Handling, Middleware, Next, Outcome, Sending
+from microagent.queue import Queue
+from microagent.sends import UndeclaredSend
+from microagent.signal import Signal
 
 __version__ = '2.0.0.dev0'
 

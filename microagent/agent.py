@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
-from .broker import AbstractQueueBroker
-from .bus import AbstractSignalBus
-from .errors import DeclarationError, InvalidPayload, MissConfig, ServerInterrupt, UsageError
-from .handlers import (
+from microagent.broker import AbstractQueueBroker
+from microagent.bus import AbstractSignalBus
+from microagent.errors import DeclarationError, InvalidPayload, MissConfig, ServerInterrupt, UsageError
+from microagent.handlers import (
     DEFAULT_RECEIVER_CONCURRENCY,
     CallStyle,
     ConsumerSpec,
@@ -26,14 +26,14 @@ from .handlers import (
     specs_of,
     with_timeout,
 )
-from .message import Conversation, current_message, reset_current_message, set_current_message
-from .middleware import MiddlewareLike, Site, added
-from .payload import undecodable
-from .queue import Queue
-from .readiness import PING_TIMEOUT
-from .sends import Sendable, SendKind, UndeclaredSend, declared_sends, kind_of, reset_sender, set_sender
-from .signal import Signal
-from .timer import Timer, run_cron, run_periodic
+from microagent.message import Conversation, current_message, reset_current_message, set_current_message
+from microagent.middleware import MiddlewareLike, Site, added
+from microagent.payload import undecodable
+from microagent.queue import Queue
+from microagent.readiness import PING_TIMEOUT
+from microagent.sends import Sendable, SendKind, UndeclaredSend, declared_sends, kind_of, reset_sender, set_sender
+from microagent.signal import Signal
+from microagent.timer import Timer, run_cron, run_periodic
 
 DEFAULT_GRACE = 10.0
 
@@ -430,7 +430,7 @@ class MicroAgent:
 
     async def serve_http(self, address: str, grace: float = DEFAULT_GRACE) -> None:
         """``serve()``, with ``/health``, ``/ready``, ``/metrics``, ``/asyncapi.json`` and ``/docs``
-        on ``address`` (HOST:PORT; ``microagent.http``) from before the start until after the stop."""
+        on ``address`` (HOST:PORT; ``microagent.ops.http``) from before the start until after the stop."""
         await MicroAgent._serve(self, grace, address)
 
     async def _serve(self, grace: float, http: str | None = None) -> None:
@@ -440,7 +440,7 @@ class MicroAgent:
             raise UsageError(f'{self!r} is already serving')
         probes = None
         if http is not None:  # first: a port in use fails before anything is connected
-            from .http import agent_endpoints, start_http
+            from microagent.ops.http import agent_endpoints, start_http
 
             probes = await start_http(http, agent_endpoints({type(self).__name__: self}))
         serving = self._serving = _Serving(grace)
@@ -488,7 +488,7 @@ class MicroAgent:
 
     def info(self) -> dict[str, Any]:
         """A JSON-serialisable description of the agent, its channels and their payload schemas."""
-        from .schema import agent_info
+        from microagent.contract.schema import agent_info
 
         return agent_info(self)
 

@@ -20,21 +20,39 @@ from functools import partial
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, Generic, Never, Self, TypeVar, cast
 
-from .dsn import hide_password
-from .errors import DeclarationError, InvalidArgument, InvalidPayload, QueueAttributeError, QueueNotFound, UsageError
-from .exchange import Exchange
-from .logs import failure_fields, message_fields, set_handler
-from .message import Envelope, check_user_headers, current_var, new_headers, new_headers_many
-from .middleware import Handling, MiddlewareLike, Outcome, Sending, SendingKind, Site, active, added, backend_name, wrap
-from .payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json, undecodable
-from .queue import Queue
-from .readiness import PING_TIMEOUT, pinged
-from .retry import Retrier, backoff
-from .sends import check_send, set_sender
-from .transport import BrokerTransport, DeadLetter, Delivery, SelectDeadLetter
+from microagent.dsn import hide_password
+from microagent.errors import (
+    DeclarationError,
+    InvalidArgument,
+    InvalidPayload,
+    QueueAttributeError,
+    QueueNotFound,
+    UsageError,
+)
+from microagent.exchange import Exchange
+from microagent.logs import failure_fields, message_fields, set_handler
+from microagent.message import Envelope, check_user_headers, current_var, new_headers, new_headers_many
+from microagent.middleware import (
+    Handling,
+    MiddlewareLike,
+    Outcome,
+    Sending,
+    SendingKind,
+    Site,
+    active,
+    added,
+    backend_name,
+    wrap,
+)
+from microagent.payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json, undecodable
+from microagent.queue import Queue
+from microagent.readiness import PING_TIMEOUT, pinged
+from microagent.retry import Retrier, backoff
+from microagent.sends import check_send, set_sender
+from microagent.transport import BrokerTransport, DeadLetter, Delivery, SelectDeadLetter
 
 if TYPE_CHECKING:
-    from .agent import Consumer
+    from microagent.agent import Consumer
 
 __all__ = ['DEFAULT_MAX_MESSAGE_SIZE', 'AbstractQueueBroker', 'BoundExchange', 'BoundQueue', 'DeadLetter',
            'Delivery']

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast
 
 import msgspec
 
-from .dsn import hide_password
-from .errors import (
+from microagent.dsn import hide_password
+from microagent.errors import (
     CallTimeout,
     InvalidArgument,
     InvalidPayload,
@@ -41,8 +41,8 @@ from .errors import (
     SignalNotFound,
     UsageError,
 )
-from .logs import FAILED, message_fields, set_handler
-from .message import (
+from microagent.logs import FAILED, message_fields, set_handler
+from microagent.message import (
     MESSAGE_ID,
     REPLY_TO,
     REQUEST_ID,
@@ -53,15 +53,26 @@ from .message import (
     current_var,
     new_headers,
 )
-from .middleware import Handling, MiddlewareLike, Outcome, Sending, SendingKind, Site, active, added, backend_name, wrap
-from .payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json
-from .readiness import PING_TIMEOUT, pinged
-from .sends import check_send, set_sender
-from .signal import RESPONSE_SIGNAL, Signal
-from .transport import BusTransport
+from microagent.middleware import (
+    Handling,
+    MiddlewareLike,
+    Outcome,
+    Sending,
+    SendingKind,
+    Site,
+    active,
+    added,
+    backend_name,
+    wrap,
+)
+from microagent.payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json
+from microagent.readiness import PING_TIMEOUT, pinged
+from microagent.sends import check_send, set_sender
+from microagent.signal import RESPONSE_SIGNAL, Signal
+from microagent.transport import BusTransport
 
 if TYPE_CHECKING:
-    from .agent import Receiver
+    from microagent.agent import Receiver
 
 T = TypeVar('T')
 R = TypeVar('R')

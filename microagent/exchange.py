@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal, get_args
 
-from .errors import DeclarationError, QueueNotFound
-from .registry import Declaration
+from microagent.declaration import Declaration
+from microagent.errors import DeclarationError, QueueNotFound
 
 ExchangeType = Literal['fanout', 'topic']
 EXCHANGE_TYPES: tuple[str, ...] = get_args(ExchangeType)

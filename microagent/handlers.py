@@ -25,11 +25,11 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast
 
 from croniter import croniter
 
-from .errors import DeclarationError, UsageError
-from .message import Message
-from .payload import Codec, codec_for
-from .queue import Queue
-from .signal import Signal
+from microagent.errors import DeclarationError, UsageError
+from microagent.message import Message
+from microagent.payload import Codec, codec_for
+from microagent.queue import Queue
+from microagent.signal import Signal
 
 T = TypeVar('T')
 R = TypeVar('R')

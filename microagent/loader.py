@@ -19,10 +19,10 @@ from typing import Any
 
 import msgspec
 
-from .dsn import hide_password
-from .errors import DeclarationError, DoubleLoadError
-from .queue import Queue
-from .signal import Signal
+from microagent.dsn import hide_password
+from microagent.errors import DeclarationError, DoubleLoadError
+from microagent.queue import Queue
+from microagent.signal import Signal
 
 #: largest declarations document read over http(s), in bytes
 MAX_SIZE = 4 * 1024 * 1024

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import msgspec
 
-from .message import Conversation, Lazy, Message, current_var
+from microagent.message import Conversation, Lazy, Message, current_var
 
 FORMATS = ('text', 'json')
 LEVELS = ('DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL')

@@ -52,7 +52,7 @@ from typing import NamedTuple, Protocol
 
 import msgspec
 
-from .errors import InvalidPayload, MicroAgentError
+from microagent.errors import InvalidPayload, MicroAgentError
 
 __all__ = [
     'ATTEMPT', 'CORRELATION_ID', 'FRAME_MAGIC', 'MESSAGE_ID', 'REPLY_TO', 'REQUEST_ID', 'RPC_ERROR', 'SENT_AT',

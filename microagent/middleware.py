@@ -30,8 +30,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Literal, NamedTuple, Protocol
 
-from .errors import InvalidArgument
-from .message import SENT_AT, Lazy, Message, sent_at_of
+from microagent.errors import InvalidArgument
+from microagent.message import SENT_AT, Lazy, Message, sent_at_of
 
 __all__ = [
     'Handling',

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Generic, Literal, NamedTuple, TypeVar, cast
 
 import msgspec
 
-from .errors import DeclarationError, InvalidPayload, UsageError
+from microagent.errors import DeclarationError, InvalidPayload, UsageError
 
 T = TypeVar('T')
 

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, ClassVar, Generic, Literal, TypeVar, overload
 
-from .errors import DeclarationError, QueueNotFound
-from .exchange import Exchange
-from .payload import Codec, JsonDict, codec_for, dict_codec
-from .registry import Declaration, model_name
+from microagent.declaration import Declaration, model_name
+from microagent.errors import DeclarationError, QueueNotFound
+from microagent.exchange import Exchange
+from microagent.payload import Codec, JsonDict, codec_for, dict_codec
 
 T = TypeVar('T')
 

@@ -14,13 +14,13 @@ from collections.abc import Iterable
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-from .errors import DeclarationError, MicroAgentError
-from .exchange import Exchange
-from .queue import Queue
-from .signal import Signal
+from microagent.errors import DeclarationError, MicroAgentError
+from microagent.exchange import Exchange
+from microagent.queue import Queue
+from microagent.signal import Signal
 
 if TYPE_CHECKING:
-    from .agent import MicroAgent
+    from microagent.agent import MicroAgent
 
 SendKind = Literal['signal', 'queue', 'exchange']
 #: what ``sends`` may hold

@@ -9,9 +9,9 @@ from typing import Any, ClassVar, Generic, overload
 
 from typing_extensions import TypeVar
 
-from .errors import DeclarationError, SignalNotFound, UsageError
-from .payload import Codec, JsonDict, codec_for, dict_codec
-from .registry import Declaration, model_name
+from microagent.declaration import Declaration, model_name
+from microagent.errors import DeclarationError, SignalNotFound, UsageError
+from microagent.payload import Codec, JsonDict, codec_for, dict_codec
 
 T = TypeVar('T', default=Any)  # a default lets 1.x code annotate a bare ``Signal``
 R = TypeVar('R', default=Any)

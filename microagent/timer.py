@@ -11,8 +11,8 @@ from typing import Any, Literal, Protocol
 
 from croniter import croniter
 
-from .logs import FAILED, current_handler, set_handler
-from .middleware import Handling, MiddlewareLike, Outcome, Site, active, wrap
+from microagent.logs import FAILED, current_handler, set_handler
+from microagent.middleware import Handling, MiddlewareLike, Outcome, Site, active, wrap
 
 #: longest single sleep of a cron schedule, so that a jump of the wall clock is noticed soon
 MAX_CRON_SLEEP = 5.0

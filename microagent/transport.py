@@ -73,10 +73,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from .message import Envelope, Message
+from microagent.message import Envelope, Message
 
 if TYPE_CHECKING:
-    from .queue import Queue
+    from microagent.queue import Queue
 
 __all__ = ['BrokerTransport', 'BusTransport', 'DeadLetter', 'Deliver', 'DeliverReply', 'Delivery']
 

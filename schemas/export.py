@@ -1,7 +1,7 @@
 """Regenerate ``schemas/json/`` from the code: ``python -m schemas.export`` (``make schemas``).
 
 Other teams and non-Python services read these files, so they are checked in, and the drift check
-(``--check``, and a test) compares them with the code through ``microagent.compat``: a change of the
+(``--check``, and a test) compares them with the code through ``microagent.contract.compatibility``: a change of the
 code that old readers and writers survive (BACKWARD by default) is reported and passes, a breaking
 one fails naming the field.
 
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import schemas
 from microagent import Queue, Signal
-from microagent.compat import Declaration, Level, diff
+from microagent.cli.schema_diff import LEVELS, render
+from microagent.contract.compatibility import Declaration, Level, diff
+from microagent.contract.exports import from_files, read_dir
+from microagent.contract.schema import asyncapi, dumps, load_agent
 from microagent.errors import InvalidArgument
-from microagent.exports import from_files, read_dir
-from microagent.schema import asyncapi, dumps, load_agent
-from microagent.schema_diff import LEVELS, render
 
 JSON_DIR = Path(__file__).resolve().parent / 'json'
 DEMO_AGENTS = (

@@ -11,7 +11,7 @@ from typing import Any
 import aiormq
 import pytest
 
-from microagent.tools.amqp import AMQPBroker, AMQPBusTransport, AMQPQueueTransport, AMQPSignalBus
+from microagent.backends.amqp import AMQPBroker, AMQPBusTransport, AMQPQueueTransport, AMQPSignalBus
 from tests.services import AMQP_HOST, AMQP_PORT, require_service
 
 AMQP_DSN = os.environ.get('MICROAGENT_AMQP_DSN', f'amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/')

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from microagent.backends.memory import MemoryBroker, MemorySignalBus
 from microagent.broker import AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
 from microagent.queue import QueueType
-from microagent.tools.memory import MemoryBroker, MemorySignalBus
 
 
 @dataclass
@@ -67,10 +67,10 @@ async def redis_backend(cluster: bool = False) -> AsyncIterator[Backend]:
     """Redis db 9, or with ``cluster`` the session's Redis Cluster (the ``backend`` fixture starts
     it); a unique signal prefix per test, and every key of the queues the test declared is deleted
     afterwards, on every master of a cluster (other runs may share the db, so no FLUSHDB)."""
+    from microagent.backends.redis import RedisBroker, RedisSignalBus
+    from microagent.backends.redis.scripts import exchange_key
     from microagent.exchange import Exchange
     from microagent.queue import Queue
-    from microagent.tools.redis import RedisBroker, RedisSignalBus
-    from microagent.tools.redis_scripts import exchange_key
     from tests.services import REDIS_HOST, REDIS_PORT, require_service
 
     if cluster:
@@ -107,7 +107,7 @@ def redis_admin(cluster: bool) -> Any:
 
 async def drop_queues(client: Any, names: Iterable[str], cluster: bool) -> None:
     """Delete every key of each queue: its list and the keys named after it (``redis_scripts``)."""
-    from microagent.tools.redis_scripts import base_of
+    from microagent.backends.redis.scripts import base_of
 
     for name in names:
         await client.delete(name)
@@ -139,7 +139,7 @@ async def amqp_backend(queue_type: QueueType = 'classic') -> AsyncIterator[Backe
     """RabbitMQ; a unique exchange (bus prefix) per test, and every queue and exchange the test's
     brokers declared is deleted afterwards. ``queue_type='quorum'``: the brokers declare quorum
     queues (the ``amqp-quorum`` backend)."""
-    from microagent.tools.amqp import AMQPBroker, AMQPSignalBus
+    from microagent.backends.amqp import AMQPBroker, AMQPSignalBus
     from tests.amqp_support import AMQP_DSN, delete_declared, require_rabbitmq
 
     require_rabbitmq()
@@ -162,7 +162,7 @@ BACKENDS['amqp-quorum'] = partial(amqp_backend, 'quorum')
 async def nats_backend() -> AsyncIterator[Backend]:
     """NATS: a unique subject prefix per test, and every stream the test's brokers declared is
     deleted afterwards (with its consumers), and the test's exchange bindings."""
-    from microagent.tools.nats import NATSBroker, NATSSignalBus
+    from microagent.backends.nats import NATSBroker, NATSSignalBus
     from tests.services import NATS_DSN, require_nats
 
     require_nats()
@@ -180,8 +180,8 @@ async def delete_nats_streams(opened: list[Any]) -> None:
     """Delete the streams the brokers in ``opened`` declared, and their exchange bindings."""
     import nats
 
-    from microagent.tools.nats import NATSBroker
-    from microagent.tools.nats_broker import BINDINGS_STREAM
+    from microagent.backends.nats import NATSBroker
+    from microagent.backends.nats.queue import BINDINGS_STREAM
     from tests.services import NATS_DSN
 
     streams = {s for b in opened if isinstance(b, NATSBroker) for s in b.transport.created_streams}
@@ -228,7 +228,7 @@ async def inject_raw(backend: Backend, broker: AbstractQueueBroker, queue: str, 
     elif backend.engine == 'nats':
         import nats
 
-        from microagent.tools.nats_broker import Layout
+        from microagent.backends.nats.queue import Layout
         from tests.services import NATS_DSN
 
         nc = await nats.connect(NATS_DSN)
@@ -239,7 +239,7 @@ async def inject_raw(backend: Backend, broker: AbstractQueueBroker, queue: str, 
         finally:
             await nc.close()
     else:
-        from microagent.tools.memory import MemoryBroker
+        from microagent.backends.memory import MemoryBroker
 
         assert isinstance(broker, MemoryBroker)
         from microagent.message import Envelope
@@ -255,7 +255,7 @@ async def unsettled_after_stop(backend: Backend, queue: str) -> int:
     consumer's unacknowledged deliveries. Memory holds taken messages only in their deliveries:
     nothing to look at."""
     if backend.engine == 'redis':
-        from microagent.tools.redis_scripts import base_of
+        from microagent.backends.redis.scripts import base_of
 
         cluster = backend.name == 'redis-cluster'
         client = redis_admin(cluster)
@@ -289,7 +289,7 @@ async def nats_taken(queue: str) -> int:
     import nats
     from nats.js.errors import NotFoundError
 
-    from microagent.tools.nats_broker import CONSUMER, Layout
+    from microagent.backends.nats.queue import CONSUMER, Layout
     from tests.services import NATS_DSN
 
     client = await nats.connect(NATS_DSN)

@@ -22,9 +22,9 @@ from microagent import (
     periodic,
     receiver,
 )
+from microagent.backends.memory import MemoryBroker, MemorySignalBus
+from microagent.testing.mocks import BrokerMock, BusMock
 from microagent.timer import next_cron_time
-from microagent.tools.memory import MemoryBroker, MemorySignalBus
-from microagent.tools.mocks import BrokerMock, BusMock
 from tests.helpers import Collector
 
 

@@ -12,7 +12,7 @@ import pytest
 from pamqp import commands as spec
 
 from microagent import DeclarationError, Exchange, MicroAgent, Queue, consumer
-from microagent.tools.amqp import AMQPBroker, AMQPMeta
+from microagent.backends.amqp import AMQPBroker, AMQPMeta
 from tests.amqp_support import Servers
 from tests.helpers import Collector, eventually
 

@@ -9,8 +9,8 @@ import msgspec
 import pytest
 
 from microagent import MicroAgent, Queue, consumer
+from microagent.backends.amqp import AMQPBroker
 from microagent.queue import QueueType
-from microagent.tools.amqp import AMQPBroker
 from tests.amqp_support import delete_declared
 from tests.helpers import Collector, eventually
 from tests.services import AMQP_HOST, AMQP_PORT

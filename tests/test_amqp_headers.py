@@ -12,8 +12,8 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
+from microagent.backends.amqp import AMQPQueueTransport
 from microagent.message import Envelope, Message, new_headers
-from microagent.tools.amqp import AMQPQueueTransport
 from microagent.transport import Delivery
 from tests.amqp_support import Servers
 from tests.helpers import Collector, eventually

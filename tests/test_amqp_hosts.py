@@ -5,9 +5,9 @@ import re
 
 import pytest
 
+from microagent.backends.amqp import AMQPBroker, AMQPSignalBus
+from microagent.backends.amqp.hosts import join_hosts, split_hosts
 from microagent.errors import InvalidArgument
-from microagent.tools.amqp import AMQPBroker, AMQPSignalBus
-from microagent.tools.amqp_hosts import join_hosts, split_hosts
 
 
 def test_one_host_is_taken_as_written() -> None:

@@ -12,9 +12,9 @@ import msgspec
 import pytest
 
 from microagent import MicroAgent, Queue, consumer
-from microagent.cli import main
+from microagent.backends.amqp import AMQPBroker
+from microagent.cli.main import main
 from microagent.errors import DeclarationError
-from microagent.tools.amqp import AMQPBroker
 from tests.amqp_support import AMQP_DSN, Servers, delete_declared, queue_types
 from tests.helpers import Collector, eventually
 
@@ -102,7 +102,7 @@ def test_the_dead_letters_command_lists_and_requeues_delivery_limit_dead_letters
         unique: str, capsys: pytest.CaptureFixture[str]) -> None:
     queue = Queue(f'qq_cli_{unique}', Job, queue_type='quorum', delivery_limit=0)
     broker = AMQPBroker(AMQP_DSN)
-    args = ['--broker', AMQP_DSN, '--backend', 'microagent.tools.amqp.AMQPBroker']
+    args = ['--broker', AMQP_DSN, '--backend', 'microagent.backends.amqp.AMQPBroker']
 
     async def dead_letter_one() -> None:
         servers = Servers()

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
-from microagent.tools.amqp import AMQPBroker
+from microagent.backends.amqp import AMQPBroker
 from tests.amqp_support import Servers, break_connections
 from tests.helpers import Collector, eventually
 

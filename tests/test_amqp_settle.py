@@ -9,9 +9,9 @@ import msgspec
 import pytest
 
 from microagent import MicroAgent, Queue, consumer
+from microagent.backends.amqp.link import Outgoing
 from microagent.broker import SETTLE_TRIES
 from microagent.message import Envelope
-from microagent.tools.amqp_link import Outgoing
 from tests.amqp_support import Servers
 from tests.helpers import Collector, eventually
 

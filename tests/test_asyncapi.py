@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from microagent.schema import asyncapi, dumps
+from microagent.contract.schema import asyncapi, dumps
 from schemas.export import JSON_DIR
 from tests.schema_agents import PushAgent, ReferenceAgent
 from tests.test_schema import refs, resolve
@@ -168,7 +168,7 @@ def test_payload_schemas_are_components_with_defs_hoisted(document: dict[str, An
 
 
 def test_same_input_same_output_classes_or_instances() -> None:
-    from microagent.tools.mocks import BrokerMock, BusMock
+    from microagent.testing.mocks import BrokerMock, BusMock
 
     first = dumps(asyncapi(ReferenceAgent, PushAgent))
     assert dumps(asyncapi(ReferenceAgent, PushAgent, ReferenceAgent)) == first

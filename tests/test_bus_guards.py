@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from microagent import DeclarationError, MicroAgent, Signal, receiver
+from microagent.backends.memory import MemorySignalBus
 from microagent.bus import AbstractSignalBus
 from microagent.message import REPLY_TO, REQUEST_ID, Envelope
-from microagent.tools.memory import MemorySignalBus
 from tests.backends import BACKENDS
 from tests.helpers import Collector, eventually
 

@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-import microagent.schema
+import microagent.contract.schema
 from microagent import MicroAgent, Queue, consumer
+from microagent.backends.memory import MemoryBroker
 from microagent.broker import AbstractQueueBroker
-from microagent.cli import main
-from microagent.tools.memory import MemoryBroker
+from microagent.cli.main import main
 from tests.launcher_agents.support import Starter, starter
 from tests.services import REDIS_HOST, REDIS_PORT, require_service
 
-MEMORY = 'microagent.tools.memory.MemoryBroker'
+MEMORY = 'microagent.backends.memory.MemoryBroker'
 REDIS_DSN = f'redis://{REDIS_HOST}:{REDIS_PORT}/5'
 
 
@@ -57,7 +57,7 @@ def test_schema_delegates_to_the_schema_module(monkeypatch: pytest.MonkeyPatch) 
         calls.append((targets, asyncapi, output))
         return 3
 
-    monkeypatch.setattr(microagent.schema, 'schema_command', schema_command)
+    monkeypatch.setattr(microagent.contract.schema, 'schema_command', schema_command)
 
     assert main(['schema', 'app.users:UserAgent', 'app.mail:MailAgent', '--asyncapi', '-o', 'api.json']) == 3
     assert main(['schema', 'app.users:UserAgent']) == 3
@@ -112,7 +112,7 @@ def test_dead_letters_with_a_bad_backend(capsys: pytest.CaptureFixture[str]) -> 
     assert main(['dead-letters', 'list', 'mailer', '--broker', 'memory://', '--backend', 'nowhere.Broker']) == 2
     assert "--backend: cannot import backend 'nowhere.Broker'" in capsys.readouterr().err
     assert main(['dead-letters', 'list', 'mailer', '--broker', 'memory://', '--backend',
-                 'microagent.tools.memory.MemorySignalBus']) == 2
+                 'microagent.backends.memory.MemorySignalBus']) == 2
     assert 'is not a queue broker class' in capsys.readouterr().err
 
 
@@ -126,7 +126,7 @@ def test_dead_letters_when_the_broker_is_unreachable(capsys: pytest.CaptureFixtu
 @pytest.mark.redis
 def test_dead_letters_on_redis(unique: str, start: Starter) -> None:
     require_service('Redis', REDIS_HOST, REDIS_PORT)
-    from microagent.tools.redis import RedisBroker
+    from microagent.backends.redis import RedisBroker
 
     queue = Queue(f'cli_dead_{unique}')
 
@@ -290,7 +290,7 @@ def test_an_unreachable_amqp_broker_is_exit_3(capsys: pytest.CaptureFixture[str]
 @pytest.mark.amqp
 def test_dead_letters_on_rabbitmq(unique: str, start: Starter) -> None:
     """The issue's case: an amqp:// DSN is served by the AMQP backend, not the Redis client."""
-    from microagent.tools.amqp import AMQPBroker
+    from microagent.backends.amqp import AMQPBroker
     from tests.amqp_support import AMQP_DSN, delete_declared, require_rabbitmq
 
     require_rabbitmq()

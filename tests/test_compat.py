@@ -1,4 +1,4 @@
-"""microagent.compat: every kind of change, planted breaking and compatible, checked twice: the level
+"""microagent.contract.compatibility: every kind of change, planted breaking and compatible, checked twice: the level
 the diff gives, and what msgspec really does when a reader of one version decodes the other's
 message (a BACKWARD change: new readers decode old messages; FORWARD: old readers decode new ones).
 """
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from microagent.compat import Change, Declaration, Level, compare, declaration_changes, diff
+from microagent.contract.compatibility import Change, Declaration, Level, compare, declaration_changes, diff
 from microagent.payload import standalone_schema
 
 JsonDict = dict[str, Any]

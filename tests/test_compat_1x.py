@@ -16,9 +16,9 @@ import pytest
 from redis.asyncio import Redis
 
 from microagent import InvalidPayload, MicroAgent, Queue, Signal, consumer, load_stuff, on, periodic, receiver
+from microagent.backends.memory import MemoryBroker, MemorySignalBus
+from microagent.backends.redis import RedisBroker, RedisSignalBus
 from microagent.testing import TestGroup
-from microagent.tools.memory import MemoryBroker, MemorySignalBus
-from microagent.tools.redis import RedisBroker, RedisSignalBus
 from tests.backends import REDIS_TEST_DSN
 from tests.helpers import Collector
 
@@ -134,8 +134,8 @@ def test_everything_without_pydantic_installed(tmp_path: Path) -> None:
         import msgspec
         import microagent
         from microagent import MicroAgent, Queue, Signal, consumer, receiver, InvalidPayload
-        from microagent.tools.memory import MemoryBroker, MemorySignalBus
-        from microagent.tools.mocks import BusMock
+        from microagent.backends.memory import MemoryBroker, MemorySignalBus
+        from microagent.testing.mocks import BusMock
 
         class Job(msgspec.Struct):
             n: int
@@ -211,7 +211,7 @@ async def test_a_1x_agent_and_this_one_talk_both_ways_on_one_redis(raw: Redis, u
                 while signal is None:
                     signal = await legacy.get_message(ignore_subscribe_messages=True, timeout=5)
     finally:
-        await legacy.aclose()  # type: ignore[no-untyped-call]
+        await legacy.aclose()
         await bus.close()
         await broker.close()
         for name in (invoices.name, payments.name):
@@ -248,7 +248,7 @@ async def test_a_1x_caller_gets_an_inherited_receivers_answer_under_the_1x_key(r
                 while answer is None or not answer['channel'].endswith(f'#req{unique}'.encode()):
                     answer = await legacy.get_message(ignore_subscribe_messages=True, timeout=5)
     finally:
-        await legacy.aclose()  # type: ignore[no-untyped-call]
+        await legacy.aclose()
         await bus.close()
     assert json.loads(answer['data']) == {Base.on_asked.__qualname__: 40}
     assert Base.on_asked.__qualname__.endswith('.Base.on_asked')

@@ -17,9 +17,9 @@ from examples.mailer import MailerAgent
 from examples.push import PushAgent
 from examples.users import UserAgent
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
+from microagent.contract.fleet import load_fleet
+from microagent.contract.samples import SampleError
 from microagent.errors import UsageError
-from microagent.fleet import load_fleet
-from microagent.sample import SampleError
 from microagent.testing import ContractFailed, check_contract, example, examples
 
 SUFFIX = uuid.uuid4().hex[:8]

@@ -16,9 +16,9 @@ import msgspec
 import pytest
 
 from microagent import MicroAgent, Queue, Signal, receiver
-from microagent.cli import main
-from microagent.docs import render_docs
-from microagent.fleet import Fleet, FleetAgent, load_fleet
+from microagent.cli.main import main
+from microagent.contract.docs_page import render_docs
+from microagent.contract.fleet import Fleet, FleetAgent, load_fleet
 from schemas import user_created
 
 ARTIFACTS = Path(__file__).resolve().parent / 'artifacts'

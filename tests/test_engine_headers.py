@@ -8,9 +8,9 @@ import msgspec
 import pytest
 
 from microagent import InvalidHeader, Message, MicroAgent, Queue, Signal, consumer, periodic, receiver
+from microagent.backends.memory import MemoryBroker, MemoryHub, MemorySignalBus
 from microagent.message import MESSAGE_ID, REPLY_TO, REQUEST_ID, RPC_ERROR, Envelope, current_message, new_headers
 from microagent.testing import TestGroup
-from microagent.tools.memory import MemoryBroker, MemoryHub, MemorySignalBus
 from tests.helpers import Collector
 
 

@@ -30,8 +30,8 @@ from microagent import (
     periodic,
     receiver,
 )
-from microagent.schema import agent_class, load_agent
-from microagent.tools.memory import MemoryBroker, MemorySignalBus
+from microagent.backends.memory import MemoryBroker, MemorySignalBus
+from microagent.contract.schema import agent_class, load_agent
 
 PACKAGE = Path(microagent.__file__).parent
 
@@ -117,8 +117,8 @@ async def test_a_second_consumer_of_one_queue_on_one_broker_is_a_declaration_err
 async def test_backend_argument_and_closed_errors() -> None:
     pytest.importorskip('redis')
     pytest.importorskip('aiormq')
-    from microagent.tools.amqp_link import check_dsn
-    from microagent.tools.redis import RedisBroker, RedisSignalBus
+    from microagent.backends.amqp.link import check_dsn
+    from microagent.backends.redis import RedisBroker, RedisSignalBus
 
     with pytest.raises(InvalidArgument, match='heartbeat must be positive'):
         RedisBroker('redis://127.0.0.1:1/0', heartbeat=0)

@@ -12,11 +12,11 @@ import msgspec
 import pytest
 
 from microagent import MicroAgent, Middleware, Queue, consumer
-from microagent.config import ConfigError, load_group
+from microagent.backends.memory import MemoryBroker, MemoryHub
+from microagent.cli.config import ConfigError, load_group
 from microagent.errors import InvalidArgument
-from microagent.http import Endpoints, HttpServer, agent_endpoints, parse_address, start_http
-from microagent.metrics import PrometheusMiddleware
-from microagent.tools.memory import MemoryBroker, MemoryHub
+from microagent.ops.http import Endpoints, HttpServer, agent_endpoints, parse_address, start_http
+from microagent.ops.metrics import PrometheusMiddleware
 from tests.helpers import eventually
 from tests.nats_support import free_port
 
@@ -202,7 +202,7 @@ def test_middlewares_wrap_every_agent_then_its_own(settings: Any) -> None:
 
 
 def test_prometheus_middleware_from_settings_is_built_once_per_process(settings: Any) -> None:
-    module = settings(MIDDLEWARES=['microagent.metrics.PrometheusMiddleware'],
+    module = settings(MIDDLEWARES=['microagent.ops.metrics.PrometheusMiddleware'],
                       AGENT={'a': {'backend': RECORDER}, 'b': {'backend': RECORDER}})
     a, b = (config.build() for config in load_group([module]))
     assert isinstance(a.middlewares[0], PrometheusMiddleware) and a.middlewares == b.middlewares
@@ -237,7 +237,7 @@ def test_middleware_mistakes_name_their_entry(settings: Any, sections: dict[str,
 
 @pytest.mark.redis
 async def test_redis_ping_and_readiness(unique: str) -> None:
-    from microagent.tools.redis import RedisBroker, RedisSignalBus
+    from microagent.backends.redis import RedisBroker, RedisSignalBus
     from tests.backends import REDIS_TEST_DSN
 
     bus, broker = RedisSignalBus(REDIS_TEST_DSN), RedisBroker(REDIS_TEST_DSN)
@@ -254,7 +254,7 @@ async def test_redis_ping_and_readiness(unique: str) -> None:
 
 @pytest.mark.amqp
 async def test_amqp_ping_and_readiness() -> None:
-    from microagent.tools.amqp import AMQPBroker, AMQPSignalBus
+    from microagent.backends.amqp import AMQPBroker, AMQPSignalBus
     from tests.amqp_support import AMQP_DSN
 
     bus, broker = AMQPSignalBus(AMQP_DSN), AMQPBroker(AMQP_DSN)

@@ -9,8 +9,8 @@ import msgspec
 import pytest
 
 from microagent import Consumer, MicroAgent, Queue, Receiver, Signal, consumer, on, periodic, receiver
+from microagent.backends.memory import MemoryBroker, MemorySignalBus
 from microagent.timer import Timer
-from microagent.tools.memory import MemoryBroker, MemorySignalBus
 from tests.helpers import Collector
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import msgspec
 
 from microagent import MicroAgent, Queue, Signal, receiver
-from microagent.tools.memory import MemoryBroker, MemoryHub, MemorySignalBus
+from microagent.backends.memory import MemoryBroker, MemoryHub, MemorySignalBus
 from tests.helpers import Collector
 
 

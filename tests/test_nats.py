@@ -13,11 +13,11 @@ import nats
 import pytest
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
+from microagent.backends.nats import NATSBroker, NATSSignalBus
+from microagent.backends.nats.queue import Layout
 from microagent.errors import ConnectionFailed, UsageError
 from microagent.message import Envelope, Message
 from microagent.queue import topics_match
-from microagent.tools.nats import NATSBroker, NATSSignalBus
-from microagent.tools.nats_broker import Layout
 from tests.backends import delete_nats_streams
 from tests.helpers import Collector, eventually
 from tests.launcher_agents.support import Starter, starter

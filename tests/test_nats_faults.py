@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
+from microagent.backends.nats import NATSBroker, NATSSignalBus
 from microagent.message import Message
-from microagent.tools.nats import NATSBroker, NATSSignalBus
 from tests.helpers import Collector, eventually
 from tests.nats_support import PrivateNATS, private_nats
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.nats
 SLOW_CONSUMER = '''
 import asyncio, sys
 from microagent import MicroAgent, Queue, consumer
-from microagent.tools.nats import NATSBroker
+from microagent.backends.nats import NATSBroker
 
 queue = Queue(sys.argv[2])
 

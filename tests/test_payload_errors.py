@@ -9,8 +9,8 @@ import pydantic
 import pytest
 
 from microagent import InvalidPayload, Queue, Signal
+from microagent.backends.memory import MemoryBroker, MemorySignalBus
 from microagent.payload import codec_for, dict_codec
-from microagent.tools.memory import MemoryBroker, MemorySignalBus
 
 
 class Address(msgspec.Struct):

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from microagent import Message, MicroAgent, consumer, receiver
-from microagent.cli import main
+from microagent.cli.main import main
 from microagent.loader import load_stuff
 from tests.backends import BACKENDS, REDIS_TEST_DSN, Backend
 from tests.launcher_agents.support import ROOT, command

@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from microagent import MicroAgent, Signal, receiver
-from microagent.tools.redis import RedisSignalBus
+from microagent.backends.redis import RedisSignalBus
 from tests.backends import REDIS_TEST_DSN
 from tests.helpers import Collector, eventually
 
@@ -96,7 +96,7 @@ async def test_malformed_answers_are_dropped_and_the_call_and_the_next_ones_work
     finally:
         agent.cancel()
         await asyncio.gather(agent, return_exceptions=True)
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
     assert (first, second) == ({'Legacy.n': Answer(n=2)}, {'Legacy.n': Answer(n=4)})
     assert caplog.text.count(f'Dropped answer to {signal.name}') == 2 * len(bad)
 

@@ -16,10 +16,10 @@ import pytest
 from redis.asyncio import Redis
 
 from microagent import MicroAgent, NotReplicated, Queue, Signal, consumer, receiver
+from microagent.backends.redis import RedisBroker, RedisSignalBus
+from microagent.backends.redis.cluster import ClusterListener, connect_options, is_cluster
+from microagent.backends.redis.scripts import QueueKeys, base_of, hash_tag
 from microagent.errors import InvalidArgument
-from microagent.tools.redis import RedisBroker, RedisSignalBus
-from microagent.tools.redis_cluster import ClusterListener, connect_options, is_cluster
-from microagent.tools.redis_scripts import QueueKeys, base_of, hash_tag
 from tests.backends import cluster_client, drop_queues
 from tests.helpers import Collector, eventually
 from tests.redis_cluster_support import Cluster
@@ -146,7 +146,7 @@ _WORKER = textwrap.dedent('''
     import msgspec
     from redis.asyncio.cluster import ClusterNode, RedisCluster
     from microagent import MicroAgent, Queue, consumer
-    from microagent.tools.redis import RedisBroker
+    from microagent.backends.redis import RedisBroker
 
     class Job(msgspec.Struct, frozen=True):
         job_id: int

@@ -11,8 +11,8 @@ import pytest
 from redis.asyncio import Redis
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
+from microagent.backends.redis import RedisBroker, RedisSignalBus
 from microagent.message import FRAME_MAGIC, Message
-from microagent.tools.redis import RedisBroker, RedisSignalBus
 from tests.backends import REDIS_TEST_DSN
 from tests.helpers import Collector, eventually
 
@@ -216,7 +216,7 @@ async def test_a_receiver_reads_frames_and_bare_1x_bodies(raw: Redis, unique: st
             got = sorted(await seen.wait(3))
         wire = [await _next_data(pubsub) for _ in range(2)]
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
         for bus in (framed, legacy, listening):
             await bus.close()
     assert got == [(1, 'new', {'tenant': 'acme'}), (2, 'old', {}), (3, 'raw', {})]

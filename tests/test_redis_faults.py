@@ -22,8 +22,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
-from microagent.tools.redis import RedisBroker, RedisSignalBus
-from microagent.tools.redis_scripts import QueueKeys, inflight_key
+from microagent.backends.redis import RedisBroker, RedisSignalBus
+from microagent.backends.redis.scripts import QueueKeys, inflight_key
 from tests.backends import REDIS_TEST_DSN
 from tests.helpers import Collector, eventually
 
@@ -46,7 +46,7 @@ _WORKER = textwrap.dedent('''
     import msgspec
     from redis.asyncio import Redis
     from microagent import MicroAgent, Queue, consumer
-    from microagent.tools.redis import RedisBroker
+    from microagent.backends.redis import RedisBroker
 
     class Job(msgspec.Struct, frozen=True):
         job_id: int

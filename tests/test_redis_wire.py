@@ -15,9 +15,9 @@ import pytest
 from redis.asyncio import Redis
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
-from microagent.config import load_module
-from microagent.tools.redis import RedisBroker, RedisSignalBus
-from microagent.tools.redis_scripts import inflight_key
+from microagent.backends.redis import RedisBroker, RedisSignalBus
+from microagent.backends.redis.scripts import inflight_key
+from microagent.cli.config import load_module
 from tests.backends import REDIS_TEST_DSN
 from tests.helpers import Collector, eventually
 from tests.services import REDIS_HOST, REDIS_PORT
@@ -79,7 +79,7 @@ async def test_signal_sent_here_is_what_a_1x_agent_reads(raw: Redis, unique: str
         await bus[signal].send('new_agent', Note(user_id=2, text='é'))
         message = await _next_message(pubsub)
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
         await bus.close()
     assert message['channel'] == f'PUBSUB:noted_{unique}:new_agent'.encode()
     assert json.loads(message['data']) == {'user_id': 2, 'text': 'é'}
@@ -101,7 +101,7 @@ async def test_rpc_request_from_1x_is_answered_on_the_1x_response_channel(raw: R
             await raw.publish(f'PUBSUB:count_{unique}:legacy#{unique}', b'{"user_id": 4}')
             message = await _next_message(pubsub)
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
         await bus.close()
     assert message['channel'] == f'PUBSUB:response:{bus.transport.uid}#{unique}'.encode()
     assert json.loads(message['data']) == {Counter.count.__qualname__: 40}
@@ -126,7 +126,7 @@ async def test_rpc_call_from_here_is_answered_by_a_1x_agent(raw: Redis, unique: 
         answer = await bus[signal].call('caller', Query(user_id=3), timeout=5)
         await task
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
         await bus.close()
     assert answer == {'Legacy.count': 5}
     ((channel, body),) = requests
@@ -345,8 +345,8 @@ async def test_a_marun_entry_chooses_the_1x_wire(
         class Agent(MicroAgent):
             pass
 
-        BUS = {{'main': {{'backend': 'microagent.tools.redis.RedisSignalBus', **{entry!r}}}}}
-        BROKER = {{'main': {{'backend': 'microagent.tools.redis.RedisBroker', **{entry!r}}}}}
+        BUS = {{'main': {{'backend': 'microagent.backends.redis.RedisSignalBus', **{entry!r}}}}}
+        BROKER = {{'main': {{'backend': 'microagent.backends.redis.RedisBroker', **{entry!r}}}}}
         AGENT = {{'agent': {{'backend': '{module}.Agent', 'bus': 'main', 'broker': 'main'}}}}
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -363,7 +363,7 @@ async def test_a_marun_entry_chooses_the_1x_wire(
         assert message['data'] == b'{"user_id":1,"text":"a"}'
         assert await raw.lrange(queue.name, 0, -1) == [b'{"user_id":2,"text":"b"}']
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
         await bus.close()
         await broker.close()
         await _drop_queue(raw, queue.name)
@@ -377,7 +377,7 @@ def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them() -> None:
     from redis.asyncio.connection import Connection
     from redis.exceptions import DataError
 
-    from microagent.tools.redis import _HiredisPacking
+    from microagent.backends.redis import _HiredisPacking
 
     ours, theirs = _HiredisPacking(), Connection()
     for args in [('RPUSH', 'queue', b'\x1eMA1{"a":"b"}\n{}', b'{"user_id": 1}'),

@@ -1,4 +1,4 @@
-"""``microagent.sample``: every example it builds is accepted by the model the schema came from.
+"""``microagent.contract.samples``: every example it builds is accepted by the model the schema came from.
 
 The property tests build random models (msgspec Structs and dataclasses with nested models,
 optionals, enums, literals, constraints, containers), export their schema as the codecs do, and
@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from microagent.contract.regex_sample import regex_sample
+from microagent.contract.samples import MAX_REF_DEPTH, SampleError, sample_json
 from microagent.payload import codec_for, encode_json
-from microagent.regex_sample import regex_sample
-from microagent.sample import MAX_REF_DEPTH, SampleError, sample_json
 
 _names = itertools.count()
 PATTERNS = (r'^[a-z]{3}-\d+$', r'^[A-Z][a-z]*$', r'^\d{4}-\d{2}$', r'^(foo|bar)_[0-9]+$', r'^[^@\s]+@[^@\s]+\.org$',

@@ -14,10 +14,10 @@ import pydantic
 import pytest
 
 from microagent import MicroAgent, Signal, receiver
+from microagent.backends.memory import MemoryBroker, MemorySignalBus
+from microagent.contract.schema import agent_info, asyncapi, schema_command
 from microagent.payload import JSON_SCHEMA_DIALECT
-from microagent.schema import agent_info, asyncapi, schema_command
-from microagent.tools.memory import MemoryBroker, MemorySignalBus
-from microagent.tools.mocks import BrokerMock, BusMock
+from microagent.testing.mocks import BrokerMock, BusMock
 from schemas import export, user_created
 from tests.schema_agents import Category, Order, PushAgent, ReferenceAgent
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from microagent.cli import main
-from microagent.compat import Level
-from microagent.schema import schema_command
+from microagent.cli.main import main
+from microagent.contract.compatibility import Level
+from microagent.contract.schema import schema_command
 from schemas import export
 
 Edit = Callable[[dict[str, Any]], None]

@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from microagent import MicroAgent
-from microagent.cli import main
+from microagent.backends.amqp import AMQPBroker, AMQPSignalBus
+from microagent.backends.amqp.link import Link
+from microagent.backends.redis import RedisBroker, RedisSignalBus
+from microagent.cli.main import main
 from microagent.dsn import hide_password, scrub
 from microagent.message import Envelope
-from microagent.tools.amqp import AMQPBroker, AMQPSignalBus
-from microagent.tools.amqp_link import Link
-from microagent.tools.redis import RedisBroker, RedisSignalBus
 
 USER_SECRET, QUERY_SECRET = 'S3cretInUserinfo', 'S3cretInQuery'
 SECRETS = (USER_SECRET, QUERY_SECRET)

@@ -20,8 +20,8 @@ from microagent import (
     periodic,
     receiver,
 )
+from microagent.backends.memory import MemoryBroker, MemorySignalBus
 from microagent.sends import Sendable
-from microagent.tools.memory import MemoryBroker, MemorySignalBus
 from tests.helpers import Collector, eventually
 
 

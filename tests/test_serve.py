@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from microagent import MicroAgent, ServerInterrupt, Signal, UsageError, on, receiver
-from microagent.tools.memory import MemorySignalBus
+from microagent.backends.memory import MemorySignalBus
 from tests.helpers import Collector
 
 ROOT = Path(__file__).resolve().parent.parent

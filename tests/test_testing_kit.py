@@ -147,7 +147,7 @@ def test_the_readme_example_passes_with_the_pytest_plugin(tmp_path: Path) -> Non
     (tmp_path / 'pytest.ini').write_text('[pytest]\nasyncio_mode = auto\n')
     # -p no:microagent: the installed entry point (if any) gives way to the module named here
     done = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-p', 'no:microagent',
-                           '-p', 'microagent.pytest_plugin', '--microagent-dsn', 'memory://', str(tmp_path)],
+                           '-p', 'microagent.testing.pytest_plugin', '--microagent-dsn', 'memory://', str(tmp_path)],
                           cwd=tmp_path, env={**os.environ, 'PYTHONPATH': str(ROOT)}, capture_output=True,
                           text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -18,9 +18,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode
 
 from microagent import Message, MicroAgent, Middleware, Next, Queue, Sending, Signal, consumer, periodic, receiver
+from microagent.backends.memory import MemoryBroker, MemorySignalBus
 from microagent.message import Envelope, parse_traceparent
-from microagent.tools.memory import MemoryBroker, MemorySignalBus
-from microagent.tracing import TracingMiddleware
+from microagent.ops.tracing import TracingMiddleware
 from tests.helpers import Collector
 
 

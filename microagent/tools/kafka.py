@@ -4,7 +4,7 @@ Importing this module raises ``KafkaNotSupported``, an ``ImportError`` that name
 """
 from __future__ import annotations
 
-from ..errors import MicroAgentError
+from microagent.errors import MicroAgentError
 
 #: the modules of ``microagent.tools`` that do provide a bus and a broker
 SUPPORTED_BACKENDS = ('memory', 'redis', 'amqp')

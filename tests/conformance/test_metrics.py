@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from microagent import AbstractQueueBroker, MicroAgent, Queue, Signal, consumer, receiver
-from microagent.metrics import PrometheusMiddleware
+from microagent.ops.metrics import PrometheusMiddleware
 from tests.backends import Backend, inject_raw
 from tests.helpers import eventually
 

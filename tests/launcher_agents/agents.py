@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 
 from microagent import MicroAgent, ServerInterrupt, Signal, on, periodic, receiver
-from microagent.tools.memory import MemorySignalBus
+from microagent.backends.memory import MemorySignalBus
 
 
 class Ping(msgspec.Struct, frozen=True):

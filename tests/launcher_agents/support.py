@@ -19,7 +19,7 @@ def command(name: str) -> list[str]:
     script = Path(sys.executable).parent / name
     if script.exists():
         return [str(script)]
-    module = {'marun': 'microagent.launcher', 'microagent': 'microagent.cli'}[name]
+    module = {'marun': 'microagent.cli.marun', 'microagent': 'microagent.cli.main'}[name]
     return [sys.executable, '-c', f'import sys; from {module} import main; sys.exit(main())']
 
 
@@ -89,7 +89,7 @@ def alive(pid: int) -> bool:
 def kill_agent_process(pid: int) -> None:
     """Kill a leftover agent process of a failed test; a pid reused by anything else is left alone."""
     try:
-        if b'microagent.launcher' in Path(f'/proc/{pid}/cmdline').read_bytes():
+        if b'microagent.cli.marun' in Path(f'/proc/{pid}/cmdline').read_bytes():
             os.kill(pid, signal.SIGKILL)
     except (OSError, ProcessLookupError):
         pass

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import assert_type
 
 from microagent import MicroAgent
-from microagent.tools.memory import MemoryBroker, MemoryHub, MemorySignalBus
+from microagent.backends.memory import MemoryBroker, MemoryHub, MemorySignalBus
 
 
 class Sub(MicroAgent):

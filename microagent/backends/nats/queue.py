@@ -1,0 +1,557 @@
+"""JetStream work queues: ``NATSQueueTransport``, the ``BrokerTransport`` of the NATS backend.
+
+Layout on the server, for a queue ``mail.out`` (``t`` = ``subject_token(name)``, here ``mail_Dout``):
+
+* stream ``MQ-t`` on subject ``mq.t``, work-queue retention, file storage: the queue. One durable
+  pull consumer ``microagent`` shared by every process consuming it (so they share the work), with
+  explicit acks and ``ack_wait`` (a message a process took and never settled, because it was
+  killed, comes back after that long, marked ``redelivered``);
+* stream ``MQ-t-later`` on ``mq.t.later``: delayed sends and retries, each with its due time in
+  ``x-due``. A consumer of the queue moves due messages to ``mq.t`` and NAKs the others with the
+  time left as delay, so the server holds them, not a timer of ours; the attempt count travels in
+  ``x-attempt``, so a release or a crash never counts as an attempt;
+* stream ``MQ-t-dead`` on ``mq.t.dead`` (limits retention): dead letters with ``x-reason``,
+  ``x-attempt`` and ``x-dead-at``, read by sequence, deleted one by one when requeued or purged;
+* stream ``MQ-bindings`` (one per server, one message per subject ``mq.bindings.{exchange}.{t}``):
+  exchange bindings. ``publish`` reads them and routes with ``queue.topics_match``, the matching
+  the memory and Redis backends use (``#`` matches zero words too, which NATS ``>`` never does),
+  then publishes to each matched queue.
+
+A first ``put`` publishes with ``Nats-Msg-Id`` = ``message-id``, so a send repeated after a lost
+acknowledgement is stored once. Moves (retries, releases, requeued dead letters) carry no
+``Nats-Msg-Id``: within the server's duplicate window a message that comes back with its id must
+not be dropped as a duplicate of itself. A release publishes the message again with
+``x-redelivered`` and acks the taken copy (JetStream cannot put it back at the head; a NAK would
+leave it counted among the taken ones), so a released message goes to the tail.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import APIError, NotFoundError
+
+from microagent.backends.nats.link import API_TIMEOUT, Link, subject_token
+from microagent.errors import ConnectionFailed, QueueNotFound
+from microagent.message import MESSAGE_ID, Envelope
+from microagent.queue import Queue, topics_match
+from microagent.transport import DeadLetter, Delivery, SelectDeadLetter
+
+__all__ = ['NATSQueueTransport']
+
+ATTEMPT_HEADER = 'x-attempt'
+REASON_HEADER = 'x-reason'
+DEAD_AT_HEADER = 'x-dead-at'
+DUE_HEADER = 'x-due'
+REDELIVERED_HEADER = 'x-redelivered'
+MSG_ID_HEADER = 'Nats-Msg-Id'
+_OWN_HEADERS = frozenset((ATTEMPT_HEADER, REASON_HEADER, DEAD_AT_HEADER, DUE_HEADER, REDELIVERED_HEADER))
+MAX_REASON = 4096
+CONSUMER = 'microagent'
+BINDINGS_STREAM = 'MQ-bindings'
+BINDINGS_SUBJECT = 'mq.bindings'
+MOVE_BATCH = 100
+_STREAM_EXISTS = 10058  # "stream name already in use"
+_CONSUMER_EXISTS = (10013, 10148)  # "consumer name already in use", "consumer already exists"
+
+Headers = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The streams and subjects of one queue."""
+
+    stream: str
+    subject: str
+    later_stream: str
+    later_subject: str
+    dead_stream: str
+    dead_subject: str
+
+    @classmethod
+    def of(cls, name: str) -> Layout:
+        token = subject_token(name)
+        return cls(f'MQ-{token}', f'mq.{token}', f'MQ-{token}-later', f'mq.{token}.later',
+                   f'MQ-{token}-dead', f'mq.{token}.dead')
+
+
+def envelope_headers(headers: Mapping[str, str] | None) -> Headers:
+    """The envelope's headers in a stored message: without this backend's and the server's own."""
+    if not headers:
+        return {}
+    return {k: v for k, v in headers.items() if k not in _OWN_HEADERS and not k.lower().startswith('nats-')}
+
+
+def _attempt(headers: Mapping[str, str] | None) -> int:
+    try:
+        return max(int((headers or {}).get(ATTEMPT_HEADER, 1)), 1)
+    except ValueError:
+        return 1
+
+
+@dataclass(eq=False)
+class _Token:
+    """A fetched message until it is settled, once."""
+
+    msg: Msg
+    settled: bool = False
+
+
+class _Acks:
+    """Pipelined JetStream publishes: every message is sent with its own reply subject on one inbox
+    subscription, then every acknowledgement is awaited, so a batch costs one round trip, in order."""
+
+    def __init__(self, link: Link) -> None:
+        self._link = link
+        self._inbox = f'_INBOX.{uuid.uuid4().hex}'
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._sub: Subscription | None = None
+        self._numbers = itertools.count()
+
+    async def _on_ack(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject, None)
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+    async def publish(self, items: Sequence[tuple[str, bytes, Headers | None]], what: str) -> None:
+        client = await self._link.client()
+        if self._sub is None:
+            self._sub = await client.subscribe(f'{self._inbox}.*', cb=self._on_ack)
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Msg]] = []
+        try:
+            for subject, body, headers in items:
+                reply = f'{self._inbox}.{next(self._numbers)}'
+                future = self._waiting[reply] = loop.create_future()
+                futures.append(future)
+                await client.publish(subject, body, reply=reply, headers=headers)
+            async with asyncio.timeout(API_TIMEOUT):
+                answers = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
+        except TimeoutError:
+            raise ConnectionFailed(f'{self._link.name}: JetStream did not acknowledge {what} in '
+                                   f'{API_TIMEOUT}s') from None
+        finally:
+            for future in futures:
+                future.cancel()
+            self._waiting = {k: f for k, f in self._waiting.items() if not f.done()}
+        for answer in answers:
+            _check_ack(answer, what)
+
+    def reset(self) -> None:
+        self._sub = None
+        for future in self._waiting.values():
+            future.cancel()
+        self._waiting.clear()
+
+
+def _check_ack(answer: Msg, what: str) -> None:
+    if not answer.data:  # a status message: no stream listens on the subject
+        status = (answer.headers or {}).get('Status', '')
+        raise QueueNotFound(f'{what}: no JetStream stream stores it (status {status or "empty"})')
+    reply = json.loads(answer.data)
+    error = reply.get('error') if isinstance(reply, dict) else None
+    if error:
+        raise ConnectionFailed(f'{what}: JetStream refused the message: {error.get("description", error)}')
+
+
+class NATSQueueTransport:
+    """Durable JetStream work queues with pull consumers, a holding stream for delays and retries,
+    and a dead-letter stream per queue (see the module docstring for the layout)."""
+
+    #: what a cancelled fetch received later waits in the subscription: the next fetch takes it, and
+    #: ``stop_consuming`` gives it back
+    fetch_cancel_safe = True
+    send_options: frozenset[str] = frozenset()
+    unsettled_fate = 'it stays unacknowledged; JetStream delivers it again after ack_wait'
+
+    def __init__(self, dsn: str, log: logging.Logger | None = None, *, ack_wait: float = 30.0,
+                 name: str = '', connect_timeout: float = 5.0) -> None:
+        self.uid = uuid.uuid4().hex
+        self.log = log or logging.getLogger('microagent.broker')
+        self.ack_wait = ack_wait
+        self._link = Link(dsn, self.log, name or f'microagent broker {self.uid[:8]}',
+                          connect_timeout=connect_timeout)
+        self._acks = _Acks(self._link)
+        self._declared: set[str] = set()
+        self._pulls: dict[str, JetStreamContext.PullSubscription] = {}
+        self._movers: dict[str, asyncio.Task[None]] = {}
+        self._taken: set[_Token] = set()
+        self._keeper: asyncio.Task[None] | None = None
+        self.created_streams: set[str] = set()  # every stream this transport declared, for teardown
+        self.binding_subjects: set[str] = set()  # and every binding it stored
+
+    def rename(self, name: str) -> None:
+        """Name the connection as the server shows it (the engine's id, so operators find it)."""
+        self._link.name = name
+
+    # declarations
+
+    async def _stream(self, js: JetStreamContext, name: str, subject: str, retention: RetentionPolicy,
+                      per_subject: int = -1) -> None:
+        config = StreamConfig(name=name, subjects=[subject], retention=retention, storage=StorageType.FILE,
+                              max_msgs_per_subject=per_subject)
+        try:
+            await js.add_stream(config)
+        except APIError as exc:
+            if exc.err_code != _STREAM_EXISTS:
+                raise
+        self.created_streams.add(name)
+
+    async def _consumer(self, js: JetStreamContext, stream: str) -> None:
+        config = ConsumerConfig(durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait,
+                                max_deliver=-1, max_ack_pending=-1)
+        try:
+            await js.add_consumer(stream, config)
+        except APIError as exc:  # another process made it, maybe with another ack_wait: use it
+            if exc.err_code not in _CONSUMER_EXISTS:
+                raise
+
+    async def declare(self, queue: Queue[Any]) -> None:
+        if queue.name in self._declared:
+            return
+        js = await self._link.jetstream()
+        layout = Layout.of(queue.name)
+        await self._stream(js, layout.stream, layout.subject, RetentionPolicy.WORK_QUEUE)
+        await self._stream(js, layout.later_stream, layout.later_subject, RetentionPolicy.WORK_QUEUE)
+        await self._stream(js, layout.dead_stream, layout.dead_subject, RetentionPolicy.LIMITS)
+        exchange = queue.exchange_declaration
+        if exchange is not None:
+            await self._stream(js, BINDINGS_STREAM, f'{BINDINGS_SUBJECT}.>', RetentionPolicy.LIMITS, per_subject=1)
+            topics = list(queue.topics) if exchange.type == 'topic' else []
+            binding = json.dumps({'queue': queue.name, 'type': exchange.type, 'topics': topics}).encode()
+            subject = self._binding_subject(exchange.name, queue.name)
+            await self._acks.publish([(subject, binding, None)],
+                                     f'binding of queue {queue.name!r} to exchange {exchange.name!r}')
+            self.binding_subjects.add(subject)
+        self._declared.add(queue.name)
+
+    @staticmethod
+    def _binding_subject(exchange: str, queue: str = '*') -> str:
+        tail = queue if queue == '*' else subject_token(queue)
+        return f'{BINDINGS_SUBJECT}.{subject_token(exchange)}.{tail}'
+
+    # sending
+
+    async def put(self, queue: Queue[Any], envelopes: Sequence[Envelope], *, delay: float = 0.0,
+                  **options: Any) -> None:
+        await self.declare(queue)
+        layout = Layout.of(queue.name)
+        if delay > 0:
+            due = {DUE_HEADER: repr(time.time() + delay)}
+            items = [(layout.later_subject, body, _with_id({**(headers or {}), **due})) for body, headers in envelopes]
+        else:
+            items = [(layout.subject, body, _with_id(headers)) for body, headers in envelopes]
+        await self._acks.publish(items, f'queue {queue.name!r}')
+
+    async def publish(self, exchange: str, routing_key: str, envelope: Envelope) -> int:
+        """Route by the bindings on the server; publish to each matched queue. Not atomic across
+        queues, but a repeated publish (the same ``message-id``) is stored once per queue."""
+        targets = [name for name, topics in await self._bindings(exchange) if topics_match(topics, routing_key)]
+        if not targets:
+            raise QueueNotFound(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}')
+        headers = _with_id(envelope.headers)
+        await self._acks.publish([(Layout.of(name).subject, envelope.body, headers) for name in targets],
+                                 f'exchange {exchange!r}')
+        return len(targets)
+
+    async def _bindings(self, exchange: str) -> list[tuple[str, tuple[str, ...]]]:
+        js = await self._link.jetstream()
+        try:
+            info = await js.stream_info(BINDINGS_STREAM, subjects_filter=self._binding_subject(exchange))
+        except NotFoundError:
+            return []
+        bound: list[tuple[str, tuple[str, ...]]] = []
+        for subject in info.state.subjects or {}:
+            stored = await js.get_msg(BINDINGS_STREAM, subject=subject)
+            binding = json.loads(stored.data or b'{}')
+            bound.append((str(binding['queue']), tuple(binding['topics'])))
+        return bound
+
+    # consuming
+
+    async def _pull(self, queue: Queue[Any]) -> JetStreamContext.PullSubscription:
+        pull = self._pulls.get(queue.name)
+        if pull is None:
+            await self.declare(queue)
+            js = await self._link.jetstream()
+            layout = Layout.of(queue.name)
+            await self._consumer(js, layout.stream)
+            await self._consumer(js, layout.later_stream)
+            pull = self._pulls[queue.name] = await js.pull_subscribe_bind(CONSUMER, layout.stream)
+        if queue.name not in self._movers:
+            self._movers[queue.name] = asyncio.create_task(self._move(queue), name=f'nats-mover:{queue.name}')
+        if self._keeper is None:
+            self._keeper = asyncio.create_task(self._keep_taken(), name='nats-in-progress')
+        return pull
+
+    async def consume(self, queue: Queue[Any], concurrency: int) -> None:
+        await self._pull(queue)
+
+    async def stop_consuming(self, queue: Queue[Any]) -> None:
+        mover = self._movers.pop(queue.name, None)
+        if mover is not None:
+            mover.cancel()
+            await asyncio.gather(mover, return_exceptions=True)
+        pull = self._pulls.pop(queue.name, None)
+        if pull is not None:
+            try:
+                await pull.unsubscribe()
+                # released like deliveries: stored again at the tail, so ``length`` counts them
+                await self.release(queue, [self._delivery(msg) for msg in _left_in(pull)])
+            except nats.errors.Error:
+                pass  # the connection is gone: the server delivers them again after ack_wait
+
+    async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery[_Token]]:
+        pull = await self._pull(queue)
+        try:
+            msgs = await pull.fetch(batch=max(count, 1), timeout=max(timeout, 0.01))
+        except nats.errors.TimeoutError:
+            return []
+        return [self._delivery(msg) for msg in msgs]
+
+    def _delivery(self, msg: Msg) -> Delivery[_Token]:
+        headers = msg.headers
+        token = _Token(msg)
+        self._taken.add(token)
+        redelivered = msg.metadata.num_delivered > 1 or bool(headers and REDELIVERED_HEADER in headers)
+        return Delivery(Envelope(msg.data, envelope_headers(headers) or None), token, _attempt(headers),
+                        redelivered)
+
+    async def _move(self, queue: Queue[Any]) -> None:
+        """Move due delayed messages and retries into the queue; NAK the others until they are due."""
+        layout = Layout.of(queue.name)
+        while True:
+            later: JetStreamContext.PullSubscription | None = None
+            try:
+                js = await self._link.jetstream()
+                later = await js.pull_subscribe_bind(CONSUMER, layout.later_stream)
+                while True:
+                    try:
+                        msgs = await later.fetch(batch=MOVE_BATCH, timeout=5.0)
+                    except nats.errors.TimeoutError:
+                        continue
+                    await self._move_due(layout, msgs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.warning('Queue %s: moving delayed messages failed (%s: %s); trying again',
+                                 queue.name, type(exc).__name__, self._link.scrub(exc))
+                await asyncio.sleep(1.0)
+            finally:
+                if later is not None:
+                    with contextlib.suppress(Exception):  # a dead connection took it along
+                        await later.unsubscribe()
+
+    async def _move_due(self, layout: Layout, msgs: list[Msg]) -> None:
+        now = time.time()
+        due: list[Msg] = []
+        for msg in msgs:
+            try:
+                at = float((msg.headers or {}).get(DUE_HEADER, 0.0))
+            except ValueError:
+                at = 0.0
+            if at > now:
+                await msg.nak(delay=at - now)
+            else:
+                due.append(msg)
+        if due:
+            items = [(layout.subject, m.data, _stored(m.headers) or None) for m in due]
+            await self._acks.publish(items, f'stream {layout.stream!r}')
+            for msg in due:
+                await msg.ack()
+
+    async def _keep_taken(self) -> None:
+        """Tell the server that taken messages are still being handled, so a long handler keeps its
+        message; only a process that stopped (killed, cut off) lets ``ack_wait`` run out."""
+        while True:
+            await asyncio.sleep(max(self.ack_wait / 3, 0.05))
+            for token in list(self._taken):
+                if not token.settled:
+                    try:
+                        await token.msg.in_progress()
+                    except Exception:  # the connection is gone: the server redelivers after ack_wait
+                        break
+
+    # settling
+
+    async def _settle(self, token: _Token) -> None:
+        if not token.settled:
+            token.settled = True
+            self._taken.discard(token)
+            await token.msg.ack()
+
+    async def ack(self, queue: Queue[Any], delivery: Delivery[_Token]) -> None:
+        await self._settle(delivery.token)
+
+    async def _resend(self, queue: Queue[Any], delivery: Delivery[_Token], subject: str, extra: Headers) -> None:
+        """Store the message again (``extra`` over its headers), then ack the taken copy; a failure
+        leaves it taken, for the engine to try again or release."""
+        if delivery.token.settled:
+            return
+        headers = {**_stored(delivery.token.msg.headers), **extra}
+        await self._acks.publish([(subject, delivery.envelope.body, headers)], f'queue {queue.name!r}')
+        await self._settle(delivery.token)
+
+    async def retry(self, queue: Queue[Any], delivery: Delivery[_Token], delay: float, reason: str) -> None:
+        layout = Layout.of(queue.name)
+        extra = {ATTEMPT_HEADER: str(delivery.attempt + 1)}
+        if delay > 0:
+            await self._resend(queue, delivery, layout.later_subject, {**extra, DUE_HEADER: repr(time.time() + delay)})
+        else:
+            await self._resend(queue, delivery, layout.subject, extra)
+
+    async def dead_letter(self, queue: Queue[Any], delivery: Delivery[_Token], reason: str) -> None:
+        await self.declare(queue)
+        extra = {ATTEMPT_HEADER: str(delivery.attempt), REASON_HEADER: _one_line(reason[:MAX_REASON]),
+                 DEAD_AT_HEADER: repr(time.time())}
+        await self._resend(queue, delivery, Layout.of(queue.name).dead_subject, extra)
+
+    async def release(self, queue: Queue[Any], deliveries: Sequence[Delivery[_Token]]) -> None:
+        layout = Layout.of(queue.name)
+        for delivery in deliveries:
+            await self._resend(queue, delivery, layout.subject, {REDELIVERED_HEADER: '1'})
+
+    # inspecting
+
+    async def _info_messages(self, stream: str) -> int | None:
+        js = await self._link.jetstream()
+        try:
+            return int((await js.stream_info(stream)).state.messages)
+        except NotFoundError:
+            return None
+
+    async def length(self, name: str) -> int:
+        """Stored in the queue's stream and not yet delivered to a consumer: the consumer's own
+        count, since the server drops an acked message from the stream a moment after the ack."""
+        layout = Layout.of(name)
+        stored = await self._info_messages(layout.stream)
+        if not stored:
+            return 0
+        js = await self._link.jetstream()
+        try:
+            return int((await js.consumer_info(layout.stream, CONSUMER)).num_pending)
+        except NotFoundError:
+            return stored
+
+    async def dead_letter_count(self, name: str) -> int:
+        return await self._info_messages(Layout.of(name).dead_stream) or 0
+
+    async def _letters(self, name: str, limit: int | None = None) -> list[tuple[int, DeadLetter]]:
+        """(sequence, letter) of the oldest ``limit`` dead letters (all when None)."""
+        layout = Layout.of(name)
+        js = await self._link.jetstream()
+        letters: list[tuple[int, DeadLetter]] = []
+        seq = 1
+        while limit is None or len(letters) < limit:
+            try:
+                stored = await js.get_msg(layout.dead_stream, seq=seq, subject=layout.dead_subject, next=True)
+            except NotFoundError:
+                break
+            letters.append((stored.seq or seq, _dead_letter(name, stored.data or b'', stored.headers)))
+            seq = (stored.seq or seq) + 1
+        return letters
+
+    async def dead_letters(self, name: str, limit: int = 100) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        return [letter for _, letter in await self._letters(name, limit)]
+
+    async def requeue_dead_letters(self, name: str) -> int:
+        return await self.remove_dead_letters(name, lambda position, letter: True, requeue=True)
+
+    async def remove_dead_letters(self, name: str, select: SelectDeadLetter, *, requeue: bool) -> int:
+        """Requeue (when asked) the picked letters as attempt 1 with their headers, then delete them."""
+        layout = Layout.of(name)
+        picked = [(seq, letter) for position, (seq, letter) in enumerate(await self._letters(name))
+                  if select(position, letter)]
+        if requeue and picked:
+            items = [(layout.subject, letter.body, dict(letter.envelope.headers or {}) or None)
+                     for _, letter in picked]
+            await self._acks.publish(items, f'queue {name!r}')
+        js = await self._link.jetstream()
+        for seq, _ in picked:
+            await js.delete_msg(layout.dead_stream, seq)
+        return len(picked)
+
+    async def exists(self, name: str) -> bool:
+        """Declared on the server: the queue's stream or its dead letters."""
+        layout = Layout.of(name)
+        return (await self._info_messages(layout.stream) is not None
+                or await self._info_messages(layout.dead_stream) is not None)
+
+    async def ping(self) -> None:
+        """One round trip to the server; raises when it is unreachable."""
+        await self._link.ping()
+
+    async def close(self) -> None:
+        tasks = [*self._movers.values(), *([self._keeper] if self._keeper else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._movers.clear()
+        self._keeper = None
+        for token in list(self._taken):  # taken and not settled: back to the queue now
+            token.settled = True
+            try:
+                await token.msg.nak()
+            except Exception:
+                break  # the connection is gone: the server redelivers after ack_wait
+        self._taken.clear()
+        self._pulls.clear()
+        self._acks.reset()
+        self._declared.clear()
+        await self._link.close()
+
+
+def _left_in(pull: JetStreamContext.PullSubscription) -> list[Msg]:
+    """Messages a cancelled fetch received and nobody took (nats-py keeps them in the subscription's
+    queue; it has no public way to hand them back)."""
+    pending: asyncio.Queue[Msg] | None = getattr(getattr(pull, '_sub', None), '_pending_queue', None)
+    left: list[Msg] = []
+    while pending is not None and not pending.empty():
+        msg = pending.get_nowait()
+        if msg.reply and msg.data is not None and not (msg.headers or {}).get('Status'):
+            left.append(msg)
+    return left
+
+
+def _with_id(headers: Mapping[str, str] | None) -> Headers | None:
+    """The headers of a first send: with ``Nats-Msg-Id`` = ``message-id``, for deduplication."""
+    if not headers:
+        return None
+    message_id = headers.get(MESSAGE_ID)
+    return {**headers, MSG_ID_HEADER: message_id} if message_id else dict(headers)
+
+
+def _stored(headers: Mapping[str, str] | None) -> Headers:
+    """A taken message's headers, for storing it again: the attempt kept, no ``Nats-`` ones."""
+    return {k: v for k, v in (headers or {}).items() if not k.lower().startswith('nats-')
+            and k not in (REASON_HEADER, DEAD_AT_HEADER, DUE_HEADER, REDELIVERED_HEADER)}
+
+
+def _one_line(text: str) -> str:
+    """A header value: NATS headers are lines, so line breaks become spaces."""
+    return ' '.join(text.splitlines())
+
+
+def _dead_letter(name: str, body: bytes, headers: Mapping[str, str] | None) -> DeadLetter:
+    table = headers or {}
+    try:
+        died = float(table.get(DEAD_AT_HEADER, 0.0))
+    except ValueError:
+        died = 0.0
+    return DeadLetter(name, Envelope(body, envelope_headers(headers) or None), table.get(REASON_HEADER, ''),
+                      _attempt(headers), died)

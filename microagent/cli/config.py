@@ -1,0 +1,258 @@
+"""The configuration of a group of agents (the 1.x ``marun`` format), checked before anything runs.
+
+A configuration module defines up to three dicts::
+
+    BUS = {'default': {'backend': 'microagent.backends.redis.RedisSignalBus', 'dsn': 'redis://localhost'}}
+    BROKER = {'default': {'backend': 'microagent.backends.redis.RedisBroker', 'dsn': 'redis://localhost'}}
+    AGENT = {'users': {'backend': 'users.agent.UserAgent', 'bus': 'default', 'broker': 'default',
+                       'settings': {...}, 'events': {'enable_periodic_tasks': False}}}
+
+``backend`` is a dotted path, the other keys of a bus or broker are its keyword arguments. An agent
+names a bus and a broker of its own module. ``MIDDLEWARES`` (a list) wraps every agent of the module,
+and an agent's ``'middlewares'`` (a list too) wrap it after those; an entry is a dotted path, or a
+pair of the path and its keyword arguments::
+
+    MIDDLEWARES = ['microagent.ops.metrics.PrometheusMiddleware', ('myapp.audit.Audit', {'level': 'info'})]
+
+A process builds one middleware per distinct entry and gives it to each of its agents that names
+it (a Prometheus middleware registers its metrics once per process). Every mistake is reported with
+the entry it is in, so a bad deployment fails at once instead of in one of its processes.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+import logging
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from microagent.agent import MicroAgent
+from microagent.broker import AbstractQueueBroker
+from microagent.bus import AbstractSignalBus
+from microagent.errors import MicroAgentError
+from microagent.handlers import ConsumerSpec, HookSpec, ReceiverSpec
+from microagent.logs import agent_logger
+from microagent.middleware import MiddlewareLike
+
+START_FLAGS = ('enable_periodic_tasks', 'enable_receiving_signals', 'enable_consuming_messages',
+               'enable_servers_running')
+SECTIONS = ('AGENT', 'BUS', 'BROKER')
+AGENT_NAME = re.compile(r'[A-Za-z0-9_-]+')
+
+
+class ConfigError(MicroAgentError, ValueError):
+    """The group configuration is wrong; the message names the module and the entry."""
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """A bus or broker entry: the class and its keyword arguments."""
+
+    label: str
+    factory: type[Any]
+    options: Mapping[str, Any]
+
+    def build(self, log: logging.Logger) -> Any:
+        options = dict(copy.deepcopy(self.options))
+        if 'log' not in options and 'log' in inspect.signature(self.factory).parameters:
+            options['log'] = log
+        return self.factory(**options)
+
+
+@dataclass(frozen=True)
+class MiddlewareConfig:
+    """A middleware entry: the class (or factory) and its keyword arguments."""
+
+    label: str
+    path: str
+    factory: Any
+    options: Mapping[str, Any]
+
+    def build(self) -> MiddlewareLike:
+        """This process's middleware of this entry: one per path and options, shared by agents."""
+        key = (self.path, repr(sorted(self.options.items())))
+        built = _MIDDLEWARES.get(key)
+        if built is None:
+            built = _MIDDLEWARES[key] = self.factory(**copy.deepcopy(dict(self.options)))
+        return built
+
+
+_MIDDLEWARES: dict[tuple[str, str], MiddlewareLike] = {}
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """One agent of the group, ready to be built in the process that runs it."""
+
+    name: str
+    label: str
+    factory: type[MicroAgent]
+    bus: BackendConfig | None = None
+    broker: BackendConfig | None = None
+    events: Mapping[str, bool] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    middlewares: tuple[MiddlewareConfig, ...] = ()
+
+    @property
+    def has_servers(self) -> bool:
+        return self.events.get('enable_servers_running', True) and any(
+            isinstance(spec, HookSpec) and spec.label == 'server'
+            for found in self.factory._specs.values() for spec in found)
+
+    def build(self) -> MicroAgent:
+        """A new agent with its own bus and broker, logging as ``agent.<name>``."""
+        bus = self.bus.build(agent_logger(self.name, 'bus')) if self.bus else None
+        broker = self.broker.build(agent_logger(self.name, 'broker')) if self.broker else None
+        options = dict(copy.deepcopy(self.options))
+        options.setdefault('log', agent_logger(self.name))
+        agent = self.factory(bus=bus, broker=broker, **options)
+        if self.middlewares:
+            agent.use(*(middleware.build() for middleware in self.middlewares))
+        return agent
+
+
+def import_object(path: Any, label: str, what: str = 'backend') -> Any:
+    """``package.module.Name`` -> the object, or a ``ConfigError`` that says what is wrong."""
+    if not isinstance(path, str) or '.' not in path.strip('.'):
+        named = "'backend'" if what == 'backend' else f'a {what}'
+        raise ConfigError(f"{label}: {named} must be a dotted path such as 'package.module.Class', "
+                          f'got {path!r}')
+    module_name, _, attr = path.rpartition('.')
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f'{label}: cannot import {what} {path!r}: {exc}') from None
+    except Exception as exc:
+        raise ConfigError(f'{label}: importing module {module_name!r} of {what} {path!r} failed: '
+                          f'{type(exc).__name__}: {exc}') from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f'{label}: cannot import {what} {path!r}: module {module_name!r} has no '
+                          f'{attr!r}') from None
+
+
+def _check_call(label: str, factory: type[Any], options: Mapping[str, Any]) -> None:
+    try:
+        inspect.signature(factory).bind(**options)
+    except TypeError as exc:
+        raise ConfigError(f'{label}: wrong arguments for {factory.__qualname__}: {exc}') from None
+
+
+def _entries(module: str, section: str, value: Any) -> Iterator[tuple[str, str, dict[str, Any], type[Any]]]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f'{module}: {section} must be a dict of entries, got {type(value).__name__}')
+    for name, entry in value.items():
+        label = f'{module}: {section}[{name!r}]'
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f'{label}: an entry is a dict with a \'backend\', got {type(entry).__name__}')
+        if 'backend' not in entry:
+            raise ConfigError(f"{label}: missing 'backend' (the dotted path of its class)")
+        options = {key: item for key, item in entry.items() if key != 'backend'}
+        yield name, label, options, import_object(entry['backend'], label)
+
+
+def _backends(module: str, section: str, value: Any, base: type[Any]) -> dict[str, BackendConfig]:
+    found: dict[str, BackendConfig] = {}
+    for name, label, options, factory in _entries(module, section, value):
+        if not (isinstance(factory, type) and issubclass(factory, base)):
+            raise ConfigError(f'{label}: backend {factory!r} is not a subclass of {base.__name__}')
+        _check_call(label, factory, options)
+        found[name] = BackendConfig(label, factory, options)
+    return found
+
+
+def _middlewares(label: str, value: Any) -> tuple[MiddlewareConfig, ...]:
+    """Check a MIDDLEWARES list (or an agent's ``middlewares``): dotted paths or (path, options) pairs."""
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f'{label}: a list of middlewares (dotted paths or (path, options) pairs) is '
+                          f'expected, got {type(value).__name__}')
+    found = []
+    for index, entry in enumerate(value):
+        where = f'{label}[{index}]'
+        path, options = entry, {}
+        if isinstance(entry, list | tuple):
+            if len(entry) != 2 or not isinstance(entry[1], Mapping):
+                raise ConfigError(f'{where}: a middleware entry is a dotted path or a (path, options dict) '
+                                  f'pair, got {entry!r}')
+            path, options = entry[0], dict(entry[1])
+        factory = import_object(path, where, 'middleware')
+        if not callable(factory):
+            raise ConfigError(f'{where}: {path!r} is not a class or a function')
+        if isinstance(factory, type) and not all(callable(getattr(factory, m, None)) for m in ('handle', 'send')):
+            raise ConfigError(f'{where}: {path!r} is not a middleware: it needs async handle() and send() '
+                              'methods (subclass microagent.Middleware)')
+        _check_call(where, factory, options)
+        found.append(MiddlewareConfig(where, path, factory, options))
+    return tuple(found)
+
+
+def _pick(label: str, key: str, wanted: Any, defined: Mapping[str, BackendConfig],
+          section: str) -> BackendConfig | None:
+    if wanted is None:
+        return None
+    if wanted not in defined:
+        known = ', '.join(repr(name) for name in defined) or 'none'
+        raise ConfigError(f'{label}: {key} {wanted!r} is not defined in {section} (defined: {known})')
+    return defined[wanted]
+
+
+def _agent(module: str, name: str, label: str, options: dict[str, Any], factory: type[Any],
+           buses: Mapping[str, BackendConfig], brokers: Mapping[str, BackendConfig],
+           middlewares: tuple[MiddlewareConfig, ...] = ()) -> AgentConfig:
+    if not isinstance(name, str) or not AGENT_NAME.fullmatch(name):
+        raise ConfigError(f'{label}: an agent name is made of letters, digits, _ and -')
+    if not (isinstance(factory, type) and issubclass(factory, MicroAgent)):
+        raise ConfigError(f'{label}: backend {factory!r} is not a MicroAgent subclass')
+    bus = _pick(label, 'bus', options.pop('bus', None), buses, 'BUS')
+    broker = _pick(label, 'broker', options.pop('broker', None), brokers, 'BROKER')
+    middlewares += _middlewares(f"{label}['middlewares']", options.pop('middlewares', ()))
+    events = options.pop('events', None) or {}
+    if not isinstance(events, Mapping) or any(key not in START_FLAGS or not isinstance(flag, bool)
+                                              for key, flag in events.items()):
+        raise ConfigError(f"{label}: 'events' must map some of {', '.join(START_FLAGS)} to True/False, "
+                          f'got {events!r}')
+    if 'settings' in options and not isinstance(options['settings'], dict):
+        raise ConfigError(f"{label}: 'settings' must be a dict, got {type(options['settings']).__name__}")
+    _check_call(label, factory, {'bus': None, 'broker': None, **options})
+    specs = [spec for found in factory._specs.values() for spec in found]
+    if bus is None and any(isinstance(spec, ReceiverSpec) for spec in specs):
+        raise ConfigError(f"{label}: {factory.__qualname__} receives signals but names no 'bus'")
+    if broker is None and any(isinstance(spec, ConsumerSpec) for spec in specs):
+        raise ConfigError(f"{label}: {factory.__qualname__} consumes queues but names no 'broker'")
+    return AgentConfig(name, label, factory, bus, broker, dict(events), options, middlewares)
+
+
+def load_module(module: str) -> list[AgentConfig]:
+    """Import one configuration module and check every entry of it."""
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(f'cannot import configuration module {module!r}: {exc}') from None
+    except Exception as exc:
+        raise ConfigError(f'importing configuration module {module!r} failed: {type(exc).__name__}: {exc}') \
+            from exc
+    if not any(hasattr(mod, section) for section in SECTIONS):
+        raise ConfigError(f'{module}: defines none of {", ".join(SECTIONS)}')
+    buses = _backends(module, 'BUS', getattr(mod, 'BUS', {}), AbstractSignalBus)
+    brokers = _backends(module, 'BROKER', getattr(mod, 'BROKER', {}), AbstractQueueBroker)
+    middlewares = _middlewares(f'{module}: MIDDLEWARES', getattr(mod, 'MIDDLEWARES', ()))
+    return [_agent(module, name, label, options, factory, buses, brokers, middlewares)
+            for name, label, options, factory in _entries(module, 'AGENT', getattr(mod, 'AGENT', {}))]
+
+
+def load_group(modules: Sequence[str]) -> list[AgentConfig]:
+    """Every agent of the configuration modules; agent names are unique in a group."""
+    agents: dict[str, AgentConfig] = {}
+    for module in modules:
+        for agent in load_module(module):
+            if agent.name in agents:
+                raise ConfigError(f'{agent.label}: an agent named {agent.name!r} is already defined in '
+                                  f'{agents[agent.name].label.partition(":")[0]}')
+            agents[agent.name] = agent
+    if not agents:
+        raise ConfigError(f'no agent is defined in {", ".join(modules)}')
+    return list(agents.values())

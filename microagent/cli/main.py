@@ -1,0 +1,298 @@
+"""The ``microagent`` command.
+
+    microagent run MODULE [MODULE ...] [marun options]      run a group, exactly like ``marun``
+    microagent schema TARGET [TARGET ...] [--asyncapi] [-o FILE]
+    microagent schema diff OLD NEW [--require backward|forward|full] [--format text|json]
+    microagent check SETTINGS [SETTINGS ...] [--format text|json] [--strict]
+    microagent docs SETTINGS [SETTINGS ...] [-o DIR]                 DIR/index.html, self-contained
+    microagent dead-letters list QUEUE --broker DSN [--reason TEXT | --reason-re REGEX] [--limit N] [--json]
+    microagent dead-letters show QUEUE POSITION --broker DSN [--json]
+    microagent dead-letters requeue QUEUE [POSITION ...] --broker DSN [--reason ...] [--dry-run]
+    microagent dead-letters purge QUEUE [POSITION ...|--all] --broker DSN [--reason ...] [--dry-run]
+    microagent publish NAME PAYLOAD_JSON --bus DSN [--call] | --broker DSN [--delay S] [--module TARGET ...]
+
+The DSN's scheme picks the backend (``--backend`` names a class of your own). Exit codes of
+``dead-letters``: 0 done, 1 no dead letter matched, 2 usage or configuration error (an unknown
+queue included), 3 the broker is unreachable or failed. ``publish`` (see ``publish.py``): 0 sent,
+1 no answer to ``--call`` within the timeout, 2 usage or validation error, 3 the server is unreachable.
+
+Backends and the schema module are imported only by the subcommand that needs them, so
+``microagent run`` works without the Redis client installed.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from typing import TypeVar
+
+import msgspec
+
+from microagent.broker import AbstractQueueBroker
+from microagent.cli.config import ConfigError, import_object
+from microagent.dsn import hide_password, scrub
+from microagent.transport import DeadLetter, SelectDeadLetter
+
+T = TypeVar('T')
+DEFAULT_TIMEOUT = 10.0
+#: the backend a DSN scheme selects; ``--backend`` names any other broker class
+SCHEMES = {'redis': 'microagent.backends.redis.RedisBroker', 'rediss': 'microagent.backends.redis.RedisBroker',
+           'unix': 'microagent.backends.redis.RedisBroker', 'redis+cluster': 'microagent.backends.redis.RedisBroker',
+           'rediss+cluster': 'microagent.backends.redis.RedisBroker',
+           'amqp': 'microagent.backends.amqp.AMQPBroker', 'amqps': 'microagent.backends.amqp.AMQPBroker',
+           'nats': 'microagent.backends.nats.NATSBroker',
+           'memory': 'microagent.backends.memory.MemoryBroker'}
+#: exit codes of ``microagent dead-letters``, for scripts
+EXIT_OK, EXIT_NONE, EXIT_USAGE, EXIT_BROKER = 0, 1, 2, 3
+ACTIONS = {'list': 'show the oldest dead letters, one line each (#position, 0 the oldest)',
+           'show': 'show one dead letter in full: body, headers, reason, attempts, time',
+           'requeue': 'put dead letters back on their queue as attempt 1 (all, or those picked)',
+           'purge': 'delete dead letters for good (those picked, or --all)'}
+
+
+def _add_dead_letters(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dead = commands.add_parser(
+        'dead-letters', help="list, show, requeue or purge a queue's dead letters",
+        description='Exit codes: 0 done; 1 no dead letter matched (none, or none the position or '
+                    'reason picks); 2 usage or configuration error, unknown queue included; '
+                    '3 the broker is unreachable or failed.')
+    actions = dead.add_subparsers(dest='action', required=True, metavar='ACTION')
+    for name, text in ACTIONS.items():
+        action = actions.add_parser(name, help=text, description=text)
+        action.add_argument('queue', metavar='QUEUE')
+        if name == 'show':
+            action.add_argument('positions', type=int, nargs=1, metavar='POSITION',
+                                help='as list shows it (#0 is the oldest)')
+        elif name != 'list':
+            action.add_argument('positions', type=int, nargs='*', metavar='POSITION',
+                                help='only these letters, as list shows them (#0 is the oldest)')
+        action.add_argument('--broker', required=True, metavar='DSN',
+                            help=f'its scheme picks the backend: {", ".join(SCHEMES)}')
+        action.add_argument('--backend', metavar='PATH',
+                            help='dotted path of a broker class, for a backend no scheme names')
+        action.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT, metavar='SECONDS',
+                            help='give up on the broker after this long (default: %(default)s)')
+        if name != 'show':
+            pick = action.add_mutually_exclusive_group()
+            pick.add_argument('--reason', metavar='TEXT', help='only letters whose reason contains TEXT')
+            pick.add_argument('--reason-re', metavar='REGEX',
+                              help='only letters whose reason matches REGEX (re.search)')
+        if name in ('list', 'show'):
+            action.add_argument('--json', action='store_true', help='one JSON object per letter and line')
+        if name == 'list':
+            action.add_argument('--limit', type=int, default=100, help='at most this many (default: 100)')
+        if name in ('requeue', 'purge'):
+            action.add_argument('--dry-run', action='store_true', help='list what would be done, change nothing')
+        if name == 'purge':
+            action.add_argument('--all', action='store_true', help='purge every dead letter of the queue')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='microagent', description='Typed, DTO-first microagents.')
+    commands = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+
+    commands.add_parser('run', help='run a group of agents (same as marun; see microagent run --help)',
+                        add_help=False)
+
+    schema = commands.add_parser('schema', help="print agents' info() with payload schemas, or AsyncAPI",
+                                 epilog='microagent schema diff OLD NEW: are two exports compatible? '
+                                        '(see microagent schema diff --help)')
+    schema.add_argument('targets', nargs='+', metavar='TARGET',
+                        help='marun settings module, module:Agent, module:declaration or a module of declarations')
+    schema.add_argument('--asyncapi', action='store_true', help='one AsyncAPI 3.0 document of every target')
+    schema.add_argument('-o', '--output', metavar='FILE', help='write to FILE instead of stdout')
+
+    check = commands.add_parser('check', help="check a fleet's topology: what is received but never sent, ...",
+                                description='Exit 0: no error (warnings allowed unless --strict); 1: problems; '
+                                            '2: a target cannot be loaded.')
+    check.add_argument('targets', nargs='+', metavar='SETTINGS', help='marun settings module (or module:Agent)')
+    check.add_argument('--format', choices=('text', 'json'), default='text', help='default: %(default)s')
+    check.add_argument('--strict', action='store_true', help='warnings fail too')
+
+    docs = commands.add_parser('docs', help='write a self-contained HTML page of a fleet: diagram and schemas')
+    docs.add_argument('targets', nargs='+', metavar='SETTINGS', help='marun settings module (or module:Agent)')
+    docs.add_argument('-o', '--output', default='site', metavar='DIR', help='default: %(default)s/')
+
+    _add_dead_letters(commands)
+    from microagent.cli.publish import add_parser
+
+    add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``microagent`` command; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ['run']:  # every marun option, untouched
+        from microagent.cli.marun import main as marun
+
+        return marun(argv[1:], prog='microagent run')
+    if argv[:2] == ['schema', 'diff']:
+        from microagent.cli.schema_diff import diff_main
+
+        return diff_main(argv[2:])
+    args = build_parser().parse_args(argv)
+    if args.command == 'schema':
+        return _schema(args.targets, args.asyncapi, args.output)
+    if args.command == 'check':
+        from microagent.cli.check import check_command
+
+        return check_command(args.targets, args.format, args.strict)
+    if args.command == 'docs':
+        from microagent.contract.docs_page import docs_command
+
+        return docs_command(args.targets, args.output)
+    if args.command == 'publish':
+        from microagent.cli.publish import publish_command
+
+        return publish_command(args)
+    try:
+        return asyncio.run(_dead_letters(args))
+    except ConfigError as exc:
+        print(f'microagent: error: {exc}', file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _schema(targets: list[str], asyncapi: bool, output: str | None) -> int:
+    from microagent.contract import schema  # looked up at call time, so tests can stand in for it
+
+    return schema.schema_command(targets, asyncapi, output)
+
+
+def backend_class(dsn: str, backend: str | None, role: str, schemes: Mapping[str, str], base: type[T],
+                  what: str) -> type[T]:
+    """The DSN's scheme picks the backend (``schemes``); ``--backend`` names any other ``base`` class.
+    ``role`` is the option of the DSN (``--bus``, ``--broker``), ``what`` the kind of class."""
+    path, label = backend, '--backend'
+    if path is None:
+        scheme, sep, _ = dsn.partition('://')
+        label, scheme = f'--{role}', scheme.lower() if sep else ''
+        if scheme not in schemes:
+            known = ', '.join(f'{name}://' for name in schemes)
+            raise ConfigError(f'--{role}: no backend for the scheme of {hide_password(dsn)!r}: '
+                              f'use one of {known}, or --backend for a {role} class of your own')
+        path = schemes[scheme]
+    factory = import_object(path, label)
+    if not (isinstance(factory, type) and issubclass(factory, base)):
+        raise ConfigError(f'{label}: {path!r} is not a {what} class')
+    return factory
+
+
+def _picker(args: argparse.Namespace) -> SelectDeadLetter | None:
+    """The letters the positions and reason filter pick (all must hold); None: every letter."""
+    positions = set(getattr(args, 'positions', None) or ())
+    reason: str | None = getattr(args, 'reason', None)
+    regex: str | None = getattr(args, 'reason_re', None)
+    if not positions and reason is None and regex is None:
+        return None
+    try:
+        pattern = re.compile(regex) if regex is not None else None
+    except re.error as exc:
+        raise ConfigError(f'--reason-re: {regex!r} is not a regular expression: {exc}') from None
+    if any(position < 0 for position in positions):
+        raise ConfigError('POSITION: a position is >= 0, as list shows it (#0 is the oldest)')
+
+    def pick(position: int, letter: DeadLetter) -> bool:
+        return ((not positions or position in positions)
+                and (reason is None or reason in letter.reason)
+                and (pattern is None or pattern.search(letter.reason) is not None))
+    return pick
+
+
+async def _dead_letters(args: argparse.Namespace) -> int:
+    factory = backend_class(args.broker, args.backend, 'broker', SCHEMES, AbstractQueueBroker, 'queue broker')
+    picker = _picker(args)
+    if args.action == 'purge' and picker is None and not args.all:
+        raise ConfigError('purge: name the POSITIONs, a --reason or --reason-re, or --all for every letter')
+    where = hide_password(args.broker)
+    broker = factory(args.broker)
+    try:
+        async with asyncio.timeout(args.timeout):
+            return await _act(broker, args, picker, where)
+    except ConfigError:
+        raise
+    except TimeoutError:
+        print(f'microagent: error: broker {where}: no answer within {args.timeout:g}s', file=sys.stderr)
+        return EXIT_BROKER
+    except Exception as exc:  # a CLI reports the failure in one line instead of a traceback
+        print(f'microagent: error: broker {where}: {type(exc).__name__}: {scrub(str(exc), args.broker)}',
+              file=sys.stderr)
+        return EXIT_BROKER
+    finally:
+        with suppress(Exception):
+            async with asyncio.timeout(args.timeout):
+                await broker.close()
+
+
+async def _act(broker: AbstractQueueBroker, args: argparse.Namespace, picker: SelectDeadLetter | None,
+               where: str) -> int:
+    name = args.queue
+    if not await broker.queue_exists(name):
+        raise ConfigError(f'queue {name!r} is not declared on {where} and has no messages or dead letters')
+    on = f'on queue {name!r} ({where})'
+    if args.action in ('requeue', 'purge') and not args.dry_run:
+        if args.action == 'requeue':
+            count, done = await broker.requeue_dead_letters(name, picker), 'Requeued'
+        else:
+            count, done = await broker.purge_dead_letters(name, picker), 'Purged'
+        print(f'{done} {count} dead letters {on}')
+        return EXIT_OK if count else EXIT_NONE
+    total = await broker.dead_letter_count(name)
+    letters = await broker.dead_letters(name, total) if total else []
+    if args.action == 'show':
+        [position] = args.positions
+        if position >= len(letters):
+            print(f'microagent: no dead letter #{position} {on}: it has {len(letters)}', file=sys.stderr)
+            return EXIT_NONE
+        _show(letters[position], position, on, args.json)
+        return EXIT_OK
+    picked = [(i, letter) for i, letter in enumerate(letters) if picker is None or picker(i, letter)]
+    if args.action == 'list':
+        _list(picked, total, picker is not None, on, args.limit, args.json)
+    else:
+        print(f'Would {args.action} {len(picked)} dead letters {on}' + (':' if picked else ''))
+        for position, letter in picked:
+            _line(position, letter)
+    return EXIT_OK if picked else EXIT_NONE
+
+
+def _list(picked: list[tuple[int, DeadLetter]], total: int, filtered: bool, on: str, limit: int,
+          as_json: bool) -> None:
+    shown = picked[:max(limit, 0)]
+    if as_json:
+        for position, letter in shown:
+            print(msgspec.json.encode({'position': position, **letter.to_dict()}).decode())
+        return
+    head = f'{len(picked)} of {total} dead letters {on} match' if filtered else f'{total} dead letters {on}'
+    print(head + (f', the oldest {len(shown)}:' if shown and len(shown) < len(picked) else ':' if shown else ''))
+    for position, letter in shown:
+        _line(position, letter)
+
+
+def _when(letter: DeadLetter) -> str:
+    return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(letter.time))
+
+
+def _line(position: int, letter: DeadLetter) -> None:
+    print(f'#{position}  {_when(letter)}  attempts: {letter.attempts}  reason: {letter.reason}')
+    print(f'  {letter.body.decode("utf-8", "replace")}')
+
+
+def _show(letter: DeadLetter, position: int, on: str, as_json: bool) -> None:
+    if as_json:
+        print(msgspec.json.encode({'position': position, **letter.to_dict()}).decode())
+        return
+    headers = letter.envelope.headers or {}
+    print(f'Dead letter #{position} {on}')
+    print(f'time:     {_when(letter)} ({letter.time:.3f})')
+    print(f'attempts: {letter.attempts}')
+    print(f'reason:   {letter.reason}')
+    print('headers:' + ('' if headers else '  none'))
+    for key, value in headers.items():
+        print(f'  {key}: {value}')
+    print('body:')
+    print(letter.body.decode('utf-8', 'replace'))

@@ -1,0 +1,413 @@
+"""``marun``: run a group of agents, one process each, and supervise them as one.
+
+    marun pkg.settings [pkg.other_settings ...] [--grace 10] [--single-process]
+          [--log-level INFO] [--log-format text|json] [--http HOST:PORT]
+
+When an agent process exits or crashes, the others are stopped and ``marun`` exits with 1.
+SIGINT or SIGTERM stops every agent gracefully (``pre_stop`` hooks, no new work, in-flight handlers
+get ``--grace`` seconds) and ``marun`` exits with 0; a second signal kills what is left. Each agent
+process watches a pipe from ``marun`` and stops by itself when ``marun`` is gone, even after a
+``kill -9``. A bad configuration exits with 2 before any process starts.
+
+``--http HOST:PORT`` serves ``/health``, ``/ready``, ``/metrics``, ``/asyncapi.json`` and ``/docs``
+for the whole group on one port (``microagent.ops.http``); how the supervisor answers for agent
+processes is in ``microagent.ops.probes``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import contextvars
+import functools
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+from microagent.agent import DEFAULT_GRACE, MicroAgent
+from microagent.cli.config import AgentConfig, ConfigError, load_group
+from microagent.cli.legacy import init_agent, load_configuration
+from microagent.errors import InvalidArgument, ServerInterrupt
+from microagent.logs import FORMATS, LEVELS, current_agent, setup_logging
+from microagent.ops.http import Endpoints, HttpServer, fleet_endpoints, parse_address, start_http
+from microagent.ops.probes import AgentProcess, LocalAgents, answer_questions, group_metrics, group_readiness
+
+__all__ = ['ConfigError', 'main', 'run_agents', 'run_group']
+__all__ += ['ServerInterrupt', 'init_agent', 'load_configuration']  # the 1.x names
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+STOP_MARGIN = 5.0   # beyond the grace: pre_stop hooks and closing connections
+KILL_MARGIN = 10.0  # beyond the grace: how long marun waits before it kills an agent process
+
+log = logging.getLogger('microagent.launcher')
+_early_stop = False
+
+
+def build_parser(prog: str = 'marun') -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description='Run a group of microagents, one process each.')
+    parser.add_argument('modules', metavar='MODULE', nargs='+',
+                        help='configuration module with AGENT, BUS and BROKER dicts (e.g. myapp.settings)')
+    parser.add_argument('--grace', type=float, default=DEFAULT_GRACE, metavar='SECONDS',
+                        help='on stop, how long in-flight handlers may run (default: %(default)s)')
+    parser.add_argument('--single-process', action='store_true',
+                        help='run every agent in this process, in one event loop (memory backend, tests)')
+    parser.add_argument('--log-level', default='INFO', type=str.upper, choices=LEVELS)
+    parser.add_argument('--log-format', default='text', choices=FORMATS)
+    parser.add_argument('--http', metavar='HOST:PORT',
+                        help='serve /health, /ready, /metrics, /asyncapi.json and /docs of the group here')
+    parser.add_argument('--agent-process', metavar='NAME', help=argparse.SUPPRESS)
+    parser.add_argument('--watch-fd', type=int, help=argparse.SUPPRESS)
+    parser.add_argument('--ready-fd', type=int, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = 'marun') -> int:
+    """The ``marun`` command; returns the exit code."""
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.grace < 0:
+        parser.error('--grace must be >= 0')
+    if args.http is not None:
+        try:
+            parse_address(args.http)
+        except InvalidArgument as exc:
+            parser.error(f'--http: {exc}')
+    if os.getcwd() not in sys.path and '' not in sys.path:
+        sys.path.insert(0, os.getcwd())  # `marun myapp.settings` from the project directory
+    setup_logging(args.log_level, args.log_format, args.agent_process or prog.split()[0])
+    try:
+        if args.agent_process:
+            return _agent_process(args.agent_process, args.modules, args.grace, args.watch_fd, args.ready_fd)
+        return run_group(args.modules, grace=args.grace, single_process=args.single_process,
+                         log_level=args.log_level, log_format=args.log_format, http=args.http)
+    except ConfigError as exc:
+        print(f'{prog}: error: {exc}', file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def run_group(modules: Sequence[str], *, grace: float = DEFAULT_GRACE, single_process: bool = False,
+              stop_after: float | None = None, log_level: str = 'INFO', log_format: str = 'text',
+              http: str | None = None) -> int:
+    """Check the configuration, then run the group until a signal, a failure or ``stop_after``
+    seconds; returns the exit code. Raises ``ConfigError`` before anything starts (and when the
+    ``http`` address cannot be listened on)."""
+    agents = load_group(modules)
+    if not single_process:
+        _check_memory_sharing(agents)
+    try:
+        if single_process:
+            return asyncio.run(_single_process(modules, agents, grace, stop_after, http))
+        return asyncio.run(_supervise(modules, agents, grace, stop_after, [
+            '--grace', str(grace), '--log-level', log_level, '--log-format', log_format], http))
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        return EXIT_FAILED
+
+
+def _check_memory_sharing(agents: Sequence[AgentConfig]) -> None:
+    """An in-memory bus or broker lives in one process: agents that share one across processes
+    would never meet (RPC answers never come, nothing is delivered), so refuse before starting."""
+    from microagent.backends.memory import MemoryBroker, MemorySignalBus
+
+    users: dict[str, list[str]] = {}
+    for agent in agents:
+        for backend in (agent.bus, agent.broker):
+            if backend is not None and issubclass(backend.factory, (MemorySignalBus, MemoryBroker)):
+                users.setdefault(backend.label, []).append(agent.name)
+    for label, names in users.items():
+        if len(names) > 1:
+            raise ConfigError(f'{label}: an in-memory backend lives in one process, but agents '
+                              f'{", ".join(map(repr, names))} would each run in their own: run the group '
+                              'with --single-process')
+
+
+# one event loop running agents: an agent process, or the whole group with --single-process
+
+@dataclass
+class _Running:
+    config: AgentConfig
+    agent: MicroAgent
+    context: contextvars.Context
+    task: asyncio.Task[None]
+
+
+def _announce(config: AgentConfig, agent: MicroAgent) -> None:
+    agent.log.info('Started %s as %r: %d receivers, %d consumers, %d periodic, %d cron tasks',
+                   type(agent).__qualname__, config.name, len(agent.receivers), len(agent.consumers),
+                   len(agent.periodic_tasks), len(agent.cron_tasks))
+
+
+async def run_agents(configs: Sequence[AgentConfig], stopping: asyncio.Event, grace: float,
+                     ended: int = EXIT_FAILED, local: LocalAgents | None = None) -> int:
+    """Build and start the agents, run them until ``stopping`` is set or one of them fails or ends
+    (its servers returned), then stop them all gracefully. Returns the exit code: ``ended`` when an
+    agent ended by itself (an agent process exits 0 then: its supervisor stops the group). Each
+    agent built is added to ``local``, which answers for their readiness."""
+    loop = asyncio.get_running_loop()
+    running: list[_Running] = []
+    code = EXIT_OK
+    try:
+        for config in configs:
+            context = contextvars.copy_context()
+            context.run(current_agent.set, config.name)
+            try:
+                agent = context.run(config.build)
+            except Exception:
+                log.exception('Agent %s could not be created', config.name)
+                return EXIT_FAILED
+            if local is not None:
+                local.add(config.name, agent)
+            agent.hooks.setdefault('post_start', []).append(functools.partial(_announce, config, agent))
+            task = loop.create_task(agent.start(**config.events), name=f'agent:{config.name}', context=context)
+            running.append(_Running(config, agent, context, task))
+        watching: dict[asyncio.Future[Any], _Running] = {item.task: item for item in running}
+        stop_wait: asyncio.Future[Any] = asyncio.ensure_future(stopping.wait())
+        while not stopping.is_set():
+            done, _ = await asyncio.wait([*watching, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+            for finished in done - {stop_wait}:
+                item = watching.pop(finished)
+                if finished.cancelled() or finished.exception() is not None:
+                    log.error('Agent %s failed: stopping the group', item.config.name,
+                              exc_info=None if finished.cancelled() else finished.exception())
+                    code = EXIT_FAILED
+                    stopping.set()
+                elif item.config.has_servers:
+                    log.warning('Agent %s ended (its servers returned): stopping', item.config.name)
+                    code = ended
+                    stopping.set()
+        stop_wait.cancel()
+    finally:
+        await asyncio.gather(*(loop.create_task(_stop(item, grace), context=item.context) for item in running))
+    return code
+
+
+async def _stop(item: _Running, grace: float) -> None:
+    agent, name = item.agent, item.config.name
+    try:
+        async with asyncio.timeout(grace + STOP_MARGIN):
+            await agent.stop(grace)
+    except TimeoutError:
+        log.error('Agent %s did not stop within %.1fs; abandoning its work', name, grace + STOP_MARGIN)
+    except Exception:
+        log.exception('Agent %s failed while stopping', name)
+    item.task.cancel()
+    await asyncio.gather(item.task, return_exceptions=True)
+    closed: set[int] = set()
+    for resource in (getattr(agent, 'bus', None), getattr(agent, 'broker', None)):
+        if resource is None or id(resource) in closed:
+            continue
+        closed.add(id(resource))
+        try:
+            async with asyncio.timeout(STOP_MARGIN):
+                await resource.close()
+        except Exception as exc:
+            log.warning('Agent %s: closing %r failed: %s', name, resource, exc)
+    agent.log.info('Stopped')
+
+
+def _stop_on_signals(stopping: asyncio.Event, stop_after: float | None, again: str,
+                     on_again: Callable[[], object]) -> None:
+    """SIGINT/SIGTERM (or ``stop_after`` seconds) set ``stopping``; a second signal calls ``on_again``."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stopping.is_set():
+            log.warning('Received %s again: %s', sig.name, again)
+            on_again()
+        else:
+            log.info('Received %s: stopping the group', sig.name)
+            stopping.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    if stop_after is not None:
+        loop.call_later(stop_after, _time_is_up, stopping, stop_after)
+
+
+async def _listen(http: str, endpoints: Endpoints) -> HttpServer:
+    try:
+        return await start_http(http, endpoints)
+    except OSError as exc:
+        raise ConfigError(f'--http {http}: cannot listen there: {exc}') from None
+
+
+async def _single_process(modules: Sequence[str], configs: Sequence[AgentConfig], grace: float,
+                          stop_after: float | None, http: str | None = None) -> int:
+    stopping = asyncio.Event()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    local = LocalAgents(config.name for config in configs)
+    server = await _listen(http, fleet_endpoints(modules, local.readiness)) if http else None
+    try:
+        _stop_on_signals(stopping, stop_after, 'stopping now', main_task.cancel)
+        log.info('Running %d agents in one process: %s', len(configs), ', '.join(c.name for c in configs))
+        return await run_agents(configs, stopping, grace, local=local)
+    finally:
+        if server is not None:
+            await server.close()
+
+
+def _time_is_up(stopping: asyncio.Event, seconds: float) -> None:
+    if not stopping.is_set():
+        log.info('Ran for %gs: stopping the group', seconds)
+        stopping.set()
+
+
+# an agent process, started by the supervisor
+
+def _on_early_term(signum: int, frame: Any) -> None:
+    global _early_stop
+    _early_stop = True
+
+
+def _agent_process(name: str, modules: Sequence[str], grace: float, watch_fd: int | None,
+                   ready_fd: int | None = None) -> int:
+    # Ctrl-C reaches every process of the terminal's group: the supervisor alone decides, then
+    # stops its agents with SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_early_term)
+    config = next((agent for agent in load_group(modules) if agent.name == name), None)
+    if config is None:
+        raise ConfigError(f'no agent named {name!r} in {", ".join(modules)}')
+    return asyncio.run(_run_agent_process(config, grace, watch_fd, ready_fd))
+
+
+async def _run_agent_process(config: AgentConfig, grace: float, watch_fd: int | None,
+                             ready_fd: int | None = None) -> int:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def request_stop(why: str) -> None:
+        if not stopping.is_set():
+            log.info('Stopping: %s', why)
+            stopping.set()
+
+    loop.add_signal_handler(signal.SIGTERM, request_stop, 'received SIGTERM')
+    if _early_stop:
+        request_stop('received SIGTERM')
+    if watch_fd is not None:
+        os.set_blocking(watch_fd, False)
+
+        def check_supervisor() -> None:
+            try:
+                if os.read(watch_fd, 64):
+                    return
+            except BlockingIOError:
+                return
+            except OSError:
+                pass
+            loop.remove_reader(watch_fd)
+            request_stop('the supervisor is gone')
+
+        loop.add_reader(watch_fd, check_supervisor)
+    local = LocalAgents([config.name])
+    answering = loop.create_task(answer_questions(ready_fd, local)) if ready_fd is not None else None
+    try:
+        return await run_agents([config], stopping, grace, ended=EXIT_OK, local=local)
+    finally:
+        if answering is not None:
+            answering.cancel()
+            await asyncio.gather(answering, return_exceptions=True)
+
+
+# the supervisor
+
+def _describe(returncode: int) -> str:
+    if returncode < 0:
+        with suppress(ValueError):
+            return f'signal {signal.Signals(-returncode).name}'
+    return f'code {returncode}'
+
+
+async def _supervise(modules: Sequence[str], configs: Sequence[AgentConfig], grace: float,
+                     stop_after: float | None, child_args: list[str], http: str | None = None) -> int:
+    async with contextlib.AsyncExitStack() as stack:
+        probes: dict[str, AgentProcess] = {}
+        if http is not None:  # one port for the group: see microagent.ops.probes
+            probes = {config.name: AgentProcess(config.name) for config in configs}
+            for probe in probes.values():
+                stack.callback(probe.close)
+            endpoints = fleet_endpoints(modules, lambda: group_readiness(probes.values()),
+                                        metrics=lambda: group_metrics(probes.values()))
+            stack.push_async_callback((await _listen(http, endpoints)).close)
+        code = await _run_processes(modules, configs, grace, stop_after, child_args, probes)
+    return code
+
+
+async def _run_processes(modules: Sequence[str], configs: Sequence[AgentConfig], grace: float,
+                         stop_after: float | None, child_args: list[str], probes: dict[str, AgentProcess]) -> int:
+    stopping, force = asyncio.Event(), asyncio.Event()
+    _stop_on_signals(stopping, stop_after, 'killing the agents', force.set)
+    # Agents hold the read end of this pipe; it reaches EOF when marun is gone, however it died.
+    read_fd, write_fd = os.pipe()
+    procs: dict[str, asyncio.subprocess.Process] = {}
+    try:
+        try:
+            for config in configs:
+                probe = probes.get(config.name)
+                extra = ['--ready-fd', str(probe.theirs.fileno())] if probe else []
+                procs[config.name] = await asyncio.create_subprocess_exec(
+                    sys.executable, '-m', 'microagent.cli.marun', *modules, *child_args,
+                    '--agent-process', config.name, '--watch-fd', str(read_fd), *extra,
+                    pass_fds=(read_fd, *([probe.theirs.fileno()] if probe else [])))
+                if probe is not None:
+                    probe.started()
+                log.info('Started agent %s (pid %d)', config.name, procs[config.name].pid)
+        finally:
+            os.close(read_fd)
+        return await _watch(procs, stopping, force, grace)
+    finally:
+        for proc in procs.values():
+            if proc.returncode is None:
+                with suppress(ProcessLookupError):
+                    proc.kill()
+        os.close(write_fd)
+
+
+async def _watch(procs: dict[str, asyncio.subprocess.Process], stopping: asyncio.Event,
+                 force: asyncio.Event, grace: float) -> int:
+    loop = asyncio.get_running_loop()
+    exits: dict[asyncio.Future[Any], str] = {asyncio.ensure_future(proc.wait()): name
+                                             for name, proc in procs.items()}
+    stop_wait: asyncio.Future[Any] = asyncio.ensure_future(stopping.wait())
+    done, _ = await asyncio.wait([*exits, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+    code = EXIT_OK
+    reported = set()
+    for task in done - {stop_wait}:
+        name = exits[task]
+        log.error('Agent %s exited with %s: stopping the group', name, _describe(task.result()))
+        reported.add(name)
+        code = EXIT_FAILED
+    stop_wait.cancel()
+    for proc in procs.values():
+        if proc.returncode is None:
+            with suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+    deadline = loop.time() + grace + KILL_MARGIN
+    force_wait = asyncio.ensure_future(force.wait())
+    pending = [task for task in exits if not task.done()]
+    while pending and not force.is_set() and (left := deadline - loop.time()) > 0:
+        await asyncio.wait([*pending, force_wait], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        pending = [task for task in pending if not task.done()]
+    force_wait.cancel()
+    for name, proc in procs.items():
+        if proc.returncode is None:
+            log.error('Agent %s did not stop in time: killing it', name)
+            with suppress(ProcessLookupError):
+                proc.kill()
+    await asyncio.gather(*exits)
+    for task, name in exits.items():
+        returncode = task.result()
+        if name not in reported and returncode not in (0, -signal.SIGTERM):  # -SIGTERM: stopped before it ran
+            log.error('Agent %s exited with %s', name, _describe(returncode))
+            code = EXIT_FAILED
+    log.info('Group stopped')
+    return code
+
+
+if __name__ == '__main__':
+    sys.exit(main())

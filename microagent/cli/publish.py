@@ -1,0 +1,258 @@
+"""``microagent publish``: send one message by hand, validated against its declaration.
+
+    microagent publish NAME PAYLOAD_JSON --bus DSN [--call [--timeout S]] [--sender NAME]
+    microagent publish NAME PAYLOAD_JSON --broker DSN [--delay S] [--exchange [--topic KEY]]
+    common: --module TARGET (repeatable) --header NAME=VALUE (repeatable) --backend PATH
+
+``--module`` takes what ``microagent schema`` takes (a marun settings module, ``module:Agent``, a
+module of declarations) or a declarations document (``file://``, ``http(s)://``): importing them
+declares NAME. The payload is decoded as a receiver would decode it, so a bad field is reported
+(exit 2) before anything is sent. The DSN's scheme picks the backend; ``memory://`` lives in one
+process, so it is refused. Exit codes: 0 sent (with ``--call``: answered, the answers printed as
+JSON), 1 no answer within the timeout or only failed receivers, 2 usage or validation error, 3 the
+server is unreachable or failed.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from contextlib import suppress
+from typing import Any
+
+import msgspec
+
+from microagent.broker import AbstractQueueBroker
+from microagent.bus import AbstractSignalBus, RemoteError
+from microagent.cli.config import ConfigError
+from microagent.dsn import hide_password, scrub
+from microagent.errors import CallTimeout, InvalidArgument, MicroAgentError, UsageError
+from microagent.exchange import Exchange
+from microagent.message import MESSAGE_ID, check_user_headers
+from microagent.middleware import Middleware, Next, Sending
+from microagent.payload import encode_json
+from microagent.queue import Queue
+from microagent.signal import Signal
+
+EXIT_OK, EXIT_NO_ANSWER, EXIT_USAGE, EXIT_SERVER = 0, 1, 2, 3
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_SENDER = 'microagent-cli'
+#: the bus a DSN scheme selects (the broker's are ``cli.SCHEMES``); memory:// is no use across processes
+BUS_SCHEMES = {'redis': 'microagent.backends.redis.RedisSignalBus', 'rediss': 'microagent.backends.redis.RedisSignalBus',
+               'unix': 'microagent.backends.redis.RedisSignalBus',
+               'redis+cluster': 'microagent.backends.redis.RedisSignalBus',
+               'rediss+cluster': 'microagent.backends.redis.RedisSignalBus',
+               'amqp': 'microagent.backends.amqp.AMQPSignalBus', 'amqps': 'microagent.backends.amqp.AMQPSignalBus',
+               'nats': 'microagent.backends.nats.NATSSignalBus'}
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    publish = commands.add_parser(
+        'publish', help='validate a JSON payload against its signal or queue declaration and send it',
+        description='Exit codes: 0 sent (--call: answered); 1 no answer within --timeout, or only failed '
+                    'receivers; 2 usage or validation error; 3 the server is unreachable or failed.')
+    publish.add_argument('name', metavar='NAME', help='the signal (--bus), queue or exchange (--broker)')
+    publish.add_argument('payload', metavar='PAYLOAD', help='the payload as JSON, e.g. \'{"user_id": 1}\'')
+    where = publish.add_mutually_exclusive_group(required=True)
+    where.add_argument('--bus', metavar='DSN', help='send a signal: redis://, amqp:// or nats://')
+    where.add_argument('--broker', metavar='DSN', help='send a queue message: redis://, amqp:// or nats://')
+    publish.add_argument('-m', '--module', action='append', default=[], metavar='TARGET',
+                         help='where NAME is declared: settings module, module:Agent, a module of declarations, '
+                              'or a declarations document (file://, http(s)://); repeatable')
+    publish.add_argument('--header', action='append', default=[], metavar='NAME=VALUE',
+                         help='a user header; repeatable')
+    publish.add_argument('--call', action='store_true', help='RPC (--bus): wait for the answers, print them as JSON')
+    publish.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT, metavar='SECONDS',
+                         help='give up on the server, or on an answer, after this long (default: %(default)s)')
+    publish.add_argument('--sender', default=DEFAULT_SENDER, help='the sender of a signal (default: %(default)s)')
+    publish.add_argument('--prefix', metavar='PREFIX',
+                         help="the bus's prefix, as in its marun BUS entry (default: the bus's, PUBSUB)")
+    publish.add_argument('--delay', type=float, metavar='SECONDS', help='hold a queue message back this long')
+    publish.add_argument('--exchange', action='store_true', help='NAME is an exchange (--broker): publish to it')
+    publish.add_argument('--topic', default='', metavar='KEY', help='the routing key of an exchange publish')
+    publish.add_argument('--backend', metavar='PATH', help='dotted path of a bus or broker class no scheme names')
+
+
+class _Sent(Middleware):
+    """Keeps the headers of what is sent, to print the message id."""
+
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+
+    async def send(self, sending: Sending, call_next: Next) -> Any:
+        self.headers = sending.headers[0]
+        return await call_next()
+
+
+def publish_command(args: argparse.Namespace) -> int:
+    """Run ``microagent publish``; every failure is one line on stderr and an exit code (the
+    clients' own reconnection warnings are not shown: the exit code and its line say it)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)  # and back after: tests call the command in their own process
+    try:
+        return _publish(args)
+    finally:
+        root.setLevel(level)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    try:
+        _check_options(args)
+        headers = _headers(args.header)
+        declaration = _declaration(args)
+        message = _validated(declaration, _payload(args.payload))
+        factory = _factory(args)
+    except (ConfigError, MicroAgentError, ValueError, OSError) as exc:
+        return _fail(EXIT_USAGE, str(exc))
+    return asyncio.run(_send(args, factory, declaration, message, headers))
+
+
+def _fail(code: int, text: str) -> int:
+    print(f'microagent publish: error: {text}', file=sys.stderr)
+    return code
+
+
+def _headers(items: list[str]) -> dict[str, str]:
+    headers = {}
+    for item in items:
+        name, sep, value = item.partition('=')
+        if not sep or not name:
+            raise UsageError(f'--header {item!r}: give NAME=VALUE')
+        headers[name] = value
+    check_user_headers(headers)
+    return headers
+
+
+def _payload(text: str) -> Any:
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        raise InvalidArgument(f'PAYLOAD is not JSON: {exc}') from None
+
+
+def _validated(declaration: Signal[Any, Any] | Queue[Any] | Exchange, payload: Any) -> Any:
+    """The payload as a receiver decodes it (the model; ``InvalidPayload`` naming each bad field).
+    An exchange's payload is checked by the broker against every queue bound to it here."""
+    if isinstance(declaration, Exchange):
+        return payload
+    return declaration.codec.decode(encode_json(payload))
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    if args.bus is not None and (args.delay is not None or args.exchange or args.topic):
+        raise UsageError('--delay, --exchange and --topic go with --broker, not --bus')
+    if args.broker is not None and args.prefix is not None:
+        raise UsageError('--prefix is the prefix of a signal bus: give --bus')
+    if args.broker is not None and args.call:
+        raise UsageError('--call is RPC over a signal bus: give --bus')
+    if args.topic and not args.exchange:
+        raise UsageError('--topic is the routing key of an exchange: add --exchange')
+    if args.timeout <= 0 or (args.delay is not None and args.delay < 0):
+        raise UsageError('--timeout must be > 0 and --delay >= 0')
+
+
+def _load(targets: list[str]) -> None:
+    """Import every target, which declares what it holds."""
+    from microagent.contract.fleet import load_fleet
+    from microagent.loader import load_stuff
+
+    documents = [t for t in targets if t.startswith(('file://', 'http://', 'https://'))]
+    for document in documents:
+        load_stuff(document)
+    modules = [t for t in targets if t not in documents]
+    if modules:
+        load_fleet(modules)
+
+
+def _declaration(args: argparse.Namespace) -> Signal[Any, Any] | Queue[Any] | Exchange:
+    _load(args.module)
+    kind = 'signal' if args.bus is not None else 'exchange' if args.exchange else 'queue'
+    known: Mapping[str, Signal[Any, Any] | Queue[Any] | Exchange]
+    if kind == 'signal':
+        known = Signal.get_all()
+    elif kind == 'queue':
+        known = Queue.get_all()
+    else:
+        known = Exchange.get_all()
+    if args.name in known:
+        return known[args.name]
+    where = (f'in {", ".join(args.module)}' if args.module
+             else 'anywhere: name the module that declares it with --module')
+    names = ', '.join(sorted(known)[:20]) or 'none'
+    raise ConfigError(f'{kind} {args.name!r} is not declared {where} (declared {kind}s: {names})')
+
+
+def _factory(args: argparse.Namespace) -> Callable[..., AbstractSignalBus | AbstractQueueBroker]:
+    from microagent.cli.main import SCHEMES, backend_class
+
+    role = 'bus' if args.bus is not None else 'broker'
+    if args.backend is None and (args.bus if args.bus is not None else args.broker).lower().startswith('memory://'):
+        raise ConfigError(f'--{role}: memory:// lives in one process, nothing outside it would get the message: '
+                          'give the DSN of a server (redis://, amqp://, nats://)')
+    if args.bus is not None:
+        return backend_class(args.bus, args.backend, 'bus', BUS_SCHEMES, AbstractSignalBus, 'signal bus')
+    schemes = {scheme: path for scheme, path in SCHEMES.items() if scheme != 'memory'}
+    return backend_class(args.broker, args.backend, 'broker', schemes, AbstractQueueBroker, 'queue broker')
+
+
+async def _send(args: argparse.Namespace, factory: Callable[..., AbstractSignalBus | AbstractQueueBroker],
+                declaration: Signal[Any, Any] | Queue[Any] | Exchange, message: Any, headers: dict[str, str]) -> int:
+    dsn: str = args.bus if args.bus is not None else args.broker
+    where = hide_password(dsn)
+    try:
+        client = factory(dsn) if args.prefix is None else factory(dsn, prefix=args.prefix)
+    except (ConfigError, MicroAgentError, ValueError, TypeError) as exc:
+        return _fail(EXIT_USAGE, f'{where}: {scrub(str(exc), dsn)}')
+    sent = _Sent()
+    client.use(sent)
+    try:
+        async with asyncio.timeout(args.timeout + (1 if args.call else 0)):  # the call's own timeout first
+            answers, note = await _deliver(args, client, declaration, message, headers)
+    except CallTimeout as exc:
+        return _fail(EXIT_NO_ANSWER, str(exc))
+    except RemoteError as exc:
+        return _fail(EXIT_NO_ANSWER, f'only failed receivers answered: {exc}')
+    except (UsageError, ValueError) as exc:  # InvalidPayload (an exchange's queues), InvalidHeader
+        return _fail(EXIT_USAGE, str(exc))
+    except TimeoutError:
+        return _fail(EXIT_SERVER, f'{where}: no answer from the server within {args.timeout:g}s')
+    except Exception as exc:  # a CLI reports the failure in one line instead of a traceback
+        return _fail(EXIT_SERVER, f'{where}: {type(exc).__name__}: {scrub(str(exc), dsn)}')
+    finally:
+        with suppress(Exception):
+            async with asyncio.timeout(args.timeout):
+                await client.close()
+    if answers is not None:
+        print(answers)
+    kind = type(declaration).__name__.lower()
+    print(f'Sent {kind} {args.name!r} to {where}{note} (message id {sent.headers.get(MESSAGE_ID, "?")})',
+          file=sys.stderr if answers is not None else sys.stdout)
+    return EXIT_OK
+
+
+async def _deliver(args: argparse.Namespace, client: AbstractSignalBus | AbstractQueueBroker,
+                   declaration: Signal[Any, Any] | Queue[Any] | Exchange, message: Any,
+                   headers: dict[str, str]) -> tuple[str | None, str]:
+    """Send; the answers as one JSON object for ``--call`` (else None), and a note on the send."""
+    if isinstance(declaration, Signal):
+        if not isinstance(client, AbstractSignalBus):
+            raise UsageError(f'--backend: a signal needs a signal bus class, not {type(client).__name__}')
+        bound = client[declaration]
+        if not args.call:
+            await bound.send(args.sender, message, headers=headers)
+            return None, ''
+        answers = await bound.call(args.sender, message, timeout=args.timeout, headers=headers)
+        codec = declaration.answer_codec
+        raw = {key: msgspec.Raw(codec.encode(value) if codec else encode_json(value)) for key, value in answers.items()}
+        return encode_json(raw).decode(), ''
+    if not isinstance(client, AbstractQueueBroker):
+        raise UsageError(f'--backend: a {type(declaration).__name__.lower()} needs a broker class, '
+                         f'not {type(client).__name__}')
+    if isinstance(declaration, Exchange):
+        count = await client.publish(declaration.name, message, args.topic, headers=headers)
+        return None, f' with routing key {args.topic!r}: {count} queue(s)'
+    await client[declaration].send(message, delay=args.delay, headers=headers)
+    return None, ''

@@ -1,0 +1,181 @@
+"""Prometheus metrics as a middleware (extra ``prometheus``: prometheus-client).
+
+Counting lives beside the engine, not in it: ``PrometheusMiddleware`` sees every handling and every
+send and their outcome, and turns them into counters, histograms and gauges labelled by agent, kind
+(receiver, consumer, periodic, cron), signal or queue name and handler. Labels are bounded by the
+code (its declarations and handlers), never by the traffic: no message ids, no senders.
+
+    metrics = PrometheusMiddleware()          # registers in prometheus_client.REGISTRY
+    agent = MailAgent(bus=bus, broker=broker, middlewares=[metrics])
+
+Queue depth is a gauge sampled from the broker when asked (``await metrics.sample_depths(broker,
+['mailer'])``, e.g. from a ``@periodic`` task), so a scrape never waits on a server.
+
+The middleware is its own collector: it counts in plain numbers on the event loop (no lock, no
+label lookup per message) and hands prometheus-client the families when the registry is scraped.
+"""
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from itertools import accumulate
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
+
+from microagent.middleware import Handling, Middleware, Next, Outcome, Sending, Site
+
+if TYPE_CHECKING:
+    from microagent.broker import AbstractQueueBroker
+
+__all__ = ['PrometheusMiddleware']
+
+HANDLER_LABELS = ('agent', 'kind', 'name', 'handler')
+#: handler durations, in seconds: from a fast in-memory handler to a slow external call
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: time from sending to handling, in seconds: a backlog can hold messages for minutes
+QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+
+_OK, _RETRIED, _DEAD_LETTERED = Outcome.OK, Outcome.RETRIED, Outcome.DEAD_LETTERED
+
+
+class _Histogram:
+    """Counts per bucket (``le`` bounds, the last one +Inf) and the sum, cumulated when scraped."""
+
+    __slots__ = ('bounds', 'counts', 'total')
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        bounds = [*map(floatToGoString, self.bounds), '+Inf']
+        return list(zip(bounds, accumulate(self.counts), strict=True))
+
+
+class _Series:
+    """One handler's numbers."""
+
+    __slots__ = ('dead_lettered', 'duration', 'failed', 'handled', 'in_flight', 'labels', 'received', 'retried',
+                 'timed_out', 'waited')
+
+    def __init__(self, labels: tuple[str, str, str, str]) -> None:
+        self.labels = labels
+        self.received = self.handled = self.failed = self.retried = self.dead_lettered = self.timed_out = 0
+        self.in_flight = 0
+        self.duration = _Histogram(DURATION_BUCKETS)
+        self.waited = _Histogram(QUEUE_BUCKETS)
+
+
+_COUNTERS = (
+    ('messages_received', 'received', 'Messages and timer runs that reached a handler'),
+    ('messages_handled', 'handled', 'Handler runs that returned'),
+    ('messages_failed', 'failed', 'Handler runs that raised or timed out, or invalid messages'),
+    ('messages_retried', 'retried', 'Queue messages that failed and will be delivered again'),
+    ('messages_dead_lettered', 'dead_lettered', 'Queue messages moved to the dead letters'),
+    ('handler_timeouts', 'timed_out', 'Handler runs that overran their timeout'),
+)
+
+
+class PrometheusMiddleware(Middleware):
+    """Counters, histograms and gauges of handling and sending, registered in ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY, namespace: str = 'microagent') -> None:
+        self.registry = registry
+        self.namespace = namespace
+        self._series: dict[Site, _Series] = {}
+        self._sent: dict[tuple[str, str], int] = {}
+        self._depths: dict[str, float] = {}
+        registry.register(self)
+
+    def _of(self, handling: Handling) -> _Series:
+        series = self._series.get(handling.site)  # one site per handler: no label tuple per message
+        if series is None:
+            series = self._series[handling.site] = _Series(
+                (handling.agent, handling.kind, handling.name, handling.handler))
+        return series
+
+    async def handle(self, handling: Handling, call_next: Next) -> Any:
+        series = self._of(handling)
+        series.received += 1
+        sent_at = handling.sent_at
+        if sent_at is not None:
+            series.waited.observe(max(time.time() - sent_at, 0.0))
+        series.in_flight += 1
+        started = time.perf_counter()
+        try:
+            return await call_next()
+        finally:
+            series.duration.observe(time.perf_counter() - started)
+            series.in_flight -= 1
+            outcome = handling.outcome
+            if outcome is _OK:
+                series.handled += 1
+            else:
+                series.failed += 1
+                series.timed_out += handling.timed_out
+                series.retried += outcome is _RETRIED
+                series.dead_lettered += outcome is _DEAD_LETTERED
+
+    async def send(self, sending: Sending, call_next: Next) -> Any:
+        result = await call_next()
+        key = (sending.kind, sending.name)
+        self._sent[key] = self._sent.get(key, 0) + len(sending.headers)
+        return result
+
+    async def sample_depths(self, broker: AbstractQueueBroker, queues: Iterable[str]) -> None:
+        """Set the queue-depth gauge of each queue from the broker (one ``length`` call each)."""
+        for name in queues:
+            self._depths[name] = await broker.queue_length(name)
+
+    # the collector side: prometheus-client calls these when the registry is scraped
+
+    def describe(self) -> list[Metric]:
+        """The families without samples, so that the registry refuses a second one of these names."""
+        return list(self._families([], {}, {}))
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(list(self._series.values()), dict(self._sent), dict(self._depths))
+
+    def _families(self, all_series: list[_Series], sent: dict[tuple[str, str], int],
+                  depths: dict[str, float]) -> Iterator[Metric]:
+        prefix = self.namespace
+        for name, attribute, doc in _COUNTERS:
+            counter = CounterMetricFamily(f'{prefix}_{name}', doc, labels=HANDLER_LABELS)
+            for series in all_series:
+                counter.add_metric(series.labels, getattr(series, attribute))
+            yield counter
+        sent_family = CounterMetricFamily(f'{prefix}_messages_sent',
+                                          'Messages sent: signals, RPC calls and answers, queue messages',
+                                          labels=('kind', 'name'))
+        for labels, count in sent.items():
+            sent_family.add_metric(labels, count)
+        yield sent_family
+        yield _histograms(f'{prefix}_handler_duration_seconds', 'Time a handler run took',
+                          [(series.labels, series.duration) for series in all_series])
+        yield _histograms(f'{prefix}_time_in_queue_seconds', 'Time from sending a message to the start of its handling',
+                          [(series.labels, series.waited) for series in all_series])
+        in_flight = GaugeMetricFamily(f'{prefix}_handlers_in_flight', 'Handler runs under way', labels=HANDLER_LABELS)
+        for series in all_series:
+            in_flight.add_metric(series.labels, series.in_flight)
+        yield in_flight
+        depth = GaugeMetricFamily(f'{prefix}_queue_depth', 'Messages waiting in a queue, as last sampled',
+                                  labels=('queue',))
+        for queue, length in depths.items():
+            depth.add_metric((queue,), length)
+        yield depth
+
+
+def _histograms(name: str, doc: str, items: list[tuple[tuple[str, ...], _Histogram]]) -> Metric:
+    family = HistogramMetricFamily(name, doc, labels=HANDLER_LABELS)
+    for labels, histogram in items:
+        family.add_metric(labels, histogram.buckets(), histogram.total)
+    return family
