@@ -1,7 +1,8 @@
 """microagent: typed, DTO-first agents for event-driven Python microservices."""
-from microagent.agent import Consumer, MicroAgent, Receiver
+from microagent.agent import MicroAgent
 from microagent.broker import AbstractQueueBroker, BoundExchange, BoundQueue, DeadLetter
 from microagent.bus import AbstractSignalBus, BoundSignal, RemoteError
+from microagent.decorators import consumer, cron, on, periodic, receiver
 from microagent.errors import (
     BackendClosed,
     CallTimeout,
@@ -19,7 +20,7 @@ from microagent.errors import (
     UsageError,
 )
 from microagent.exchange import Exchange
-from microagent.handlers import consumer, cron, on, periodic, receiver
+from microagent.handlers import Consumer, Receiver
 from microagent.loader import configure, load_queues, load_signals, load_stuff
 from microagent.message import InvalidHeader, Message
 from microagent.middleware import Handling, Middleware, Next, Outcome, Sending

@@ -6,137 +6,34 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from microagent.broker import AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
-from microagent.errors import DeclarationError, InvalidPayload, MissConfig, ServerInterrupt, UsageError
+from microagent.contract.info import Described, agent_info
+from microagent.errors import DeclarationError, MissConfig, ServerInterrupt, UsageError
 from microagent.handlers import (
-    DEFAULT_RECEIVER_CONCURRENCY,
-    CallStyle,
+    Consumer,
     ConsumerSpec,
     CronSpec,
     HookSpec,
     PeriodicSpec,
+    Receiver,
     ReceiverSpec,
     call_maybe_async,
     specs_of,
-    with_timeout,
 )
-from microagent.message import Conversation, current_message, reset_current_message, set_current_message
-from microagent.middleware import MiddlewareLike, Site, added
-from microagent.payload import undecodable
-from microagent.queue import Queue
+from microagent.message import Conversation, reset_current_message, set_current_message
+from microagent.middleware import MiddlewareLike, added
+from microagent.ops.endpoints import agent_endpoints
+from microagent.ops.http import start_http
 from microagent.readiness import PING_TIMEOUT
 from microagent.sends import Sendable, SendKind, UndeclaredSend, declared_sends, kind_of, reset_sender, set_sender
-from microagent.signal import Signal
 from microagent.timer import Timer, run_cron, run_periodic
 
 DEFAULT_GRACE = 10.0
-
-
-@dataclass(eq=False)
-class Receiver:
-    """A receiver method bound to an agent instance."""
-
-    agent: MicroAgent
-    handler: Callable[..., Awaitable[Any]]
-    signal: Signal[Any, Any]
-    timeout: float
-    style: CallStyle
-    concurrency: int = DEFAULT_RECEIVER_CONCURRENCY  # calls running at once; more wait in the bus
-    key: str = field(init=False)  # the answer key of 1.x RPC: the handler's ``__qualname__``
-    site: Site | None = field(default=None, init=False, repr=False)  # for middlewares, made on first use
-
-    def __post_init__(self) -> None:
-        # 1.x keys answers by the function's qualname: an inherited receiver answers as ``Base.method``
-        self.key = self.handler.__qualname__
-
-    @property
-    def name(self) -> str:
-        """``Agent.method`` of the running agent's class, as consumers are named (logs, middlewares)."""
-        return f'{type(self.agent).__name__}.{self.handler.__name__}'
-
-    async def __call__(self, payload: Any, sender: str) -> Any:
-        style = self.style
-        if style.legacy:
-            fields = self.signal.codec.to_kwargs(payload)
-            if style.message:
-                fields['message'] = current_message()
-            call = self.handler(signal=self.signal, sender=sender, **fields)
-        else:
-            kwargs: dict[str, Any] = {}
-            if 'sender' in style.keywords:
-                kwargs['sender'] = sender
-            if 'signal' in style.keywords:
-                kwargs['signal'] = self.signal
-            if style.message:
-                kwargs['message'] = current_message()
-            call = self.handler(payload, **kwargs) if style.positional else self.handler(**kwargs)
-        return await with_timeout(call, self.timeout)
-
-
-class Consumer:
-    """A consumer method bound to an agent instance; its settings come from the ``@consumer`` spec."""
-
-    def __init__(self, agent: MicroAgent, handler: Callable[..., Awaitable[Any]], spec: ConsumerSpec) -> None:
-        self.agent = agent
-        self.handler = handler
-        self.queue: Queue[Any] = spec.queue
-        self.timeout = spec.timeout
-        self.style = spec.style
-        self.dto_class = spec.dto_class
-        self.dto_name = spec.dto_name
-        self.options = spec.options
-        self.dto_codec = spec.dto_codec
-        self.concurrency = spec.concurrency
-        self.prefetch = spec.prefetch
-        self.max_retries = spec.max_retries
-        self.retry_delay = spec.retry_delay
-        self.autoack = spec.autoack
-        self.key = f'{type(agent).__name__}.{handler.__name__}'
-
-    def __repr__(self) -> str:
-        return f'<Consumer {self.key} of queue {self.queue.name}>'
-
-    def decode(self, data: bytes) -> tuple[Any, Any]:
-        """The queue payload and, with a ``dto_class``, the DTO built from it."""
-        payload = self.queue.codec.decode(data)
-        if self.dto_class is None:
-            return payload, None
-        try:
-            fields = self.queue.codec.to_kwargs(payload)
-            if self.dto_codec is not None:
-                return payload, self.dto_codec.from_kwargs(fields)
-            return payload, self.dto_class(**fields)
-        except InvalidPayload:
-            raise
-        except (TypeError, ValueError) as exc:
-            raise InvalidPayload(f'queue {self.queue.name!r} (dto_class)', [str(exc)]) from None
-        except Exception as exc:  # a dto_class constructor may raise anything: the message is still invalid
-            raise undecodable(f'queue {self.queue.name!r} (dto_class)', exc) from None
-
-    def __call__(self, decoded: tuple[Any, Any], context: Mapping[str, Any]) -> Awaitable[Any]:
-        """Start the handler call; the broker awaits it under the consumer's ``timeout``."""
-        payload, dto = decoded
-        style = self.style
-        value = payload if self.dto_class is None else dto
-        if not (style.legacy or context or style.message):  # the common typed call
-            return self.handler(value) if style.positional else self.handler()
-        if style.legacy:
-            kwargs = {**self.queue.codec.to_kwargs(payload), **context}
-            if self.dto_class is not None:
-                kwargs[self.dto_name or 'dto'] = dto
-            if style.message:
-                kwargs['message'] = current_message()
-            return self.handler(**kwargs)
-        extra = {key: value for key, value in context.items() if key in style.keywords}
-        if style.message:
-            extra['message'] = current_message()
-        return self.handler(value, **extra) if style.positional else self.handler(**extra)
 
 
 def _in_a_conversation(agent: MicroAgent, func: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
@@ -175,7 +72,7 @@ def _merged_sends(cls: type[MicroAgent]) -> tuple[tuple[Sendable, ...], frozense
     return merged, frozenset((kind, item.name) for item in merged if (kind := kind_of(item)) is not None)
 
 
-class MicroAgent:
+class MicroAgent(Described):
     """A container of receivers, consumers, periodic/cron tasks, hooks and servers.
 
     Subclass it and decorate methods; ``MicroAgent(bus=..., broker=..., log=..., settings=...)``.
@@ -440,8 +337,6 @@ class MicroAgent:
             raise UsageError(f'{self!r} is already serving')
         probes = None
         if http is not None:  # first: a port in use fails before anything is connected
-            from microagent.ops.http import agent_endpoints, start_http
-
             probes = await start_http(http, agent_endpoints({type(self).__name__: self}))
         serving = self._serving = _Serving(grace)
         loop = asyncio.get_running_loop()
@@ -488,8 +383,6 @@ class MicroAgent:
 
     def info(self) -> dict[str, Any]:
         """A JSON-serialisable description of the agent, its channels and their payload schemas."""
-        from microagent.contract.schema import agent_info
-
         return agent_info(self)
 
 

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
 from itertools import repeat
-from typing import TYPE_CHECKING, Any, Generic, Never, Self, TypeVar, cast
+from typing import Any, Generic, Never, Self, TypeVar, cast
 
 from microagent.dsn import hide_password
 from microagent.errors import (
@@ -30,6 +30,7 @@ from microagent.errors import (
     UsageError,
 )
 from microagent.exchange import Exchange
+from microagent.handlers import Consumer
 from microagent.logs import failure_fields, message_fields, set_handler
 from microagent.message import Envelope, check_user_headers, current_var, new_headers, new_headers_many
 from microagent.middleware import (
@@ -50,9 +51,6 @@ from microagent.readiness import PING_TIMEOUT, pinged
 from microagent.retry import Retrier, backoff
 from microagent.sends import check_send, set_sender
 from microagent.transport import BrokerTransport, DeadLetter, Delivery, SelectDeadLetter
-
-if TYPE_CHECKING:
-    from microagent.agent import Consumer
 
 __all__ = ['DEFAULT_MAX_MESSAGE_SIZE', 'AbstractQueueBroker', 'BoundExchange', 'BoundQueue', 'DeadLetter',
            'Delivery']

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast
+from typing import Any, Generic, Self, TypeVar, cast
 
 import msgspec
 
@@ -41,6 +41,7 @@ from microagent.errors import (
     SignalNotFound,
     UsageError,
 )
+from microagent.handlers import Receiver
 from microagent.logs import FAILED, message_fields, set_handler
 from microagent.message import (
     MESSAGE_ID,
@@ -70,9 +71,6 @@ from microagent.readiness import PING_TIMEOUT, pinged
 from microagent.sends import check_send, set_sender
 from microagent.signal import RESPONSE_SIGNAL, Signal
 from microagent.transport import BusTransport
-
-if TYPE_CHECKING:
-    from microagent.agent import Receiver
 
 T = TypeVar('T')
 R = TypeVar('R')

@@ -52,6 +52,7 @@ from typing import NamedTuple, Protocol
 
 import msgspec
 
+from microagent.backends import reserving_backend
 from microagent.errors import InvalidPayload, MicroAgentError
 
 __all__ = [
@@ -73,11 +74,6 @@ REQUEST_ID = 'request-id'
 RPC_ERROR = 'rpc-error'
 STANDARD_HEADERS = frozenset({MESSAGE_ID, CORRELATION_ID, SENT_AT, ATTEMPT, TRACEPARENT, TRACESTATE,
                               REPLY_TO, REQUEST_ID, RPC_ERROR})
-#: names transports write beside the envelope's (retry bookkeeping of AMQP and NATS, RabbitMQ's delay plugin)
-TRANSPORT_HEADERS = frozenset({'x-attempt', 'x-reason', 'x-dead-at', 'x-delay', 'x-due', 'x-redelivered'})
-#: prefixes of names brokers write themselves: RabbitMQ's dead-lettering, NATS JetStream
-TRANSPORT_PREFIXES = ('x-death', 'x-first-death', 'x-last-death', 'nats-')
-_RESERVED = STANDARD_HEADERS | TRANSPORT_HEADERS
 
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 FRAME_MAGIC = b'\x1eMA1'  # record separator, "MA", frame version 1
@@ -118,9 +114,10 @@ class Envelope(NamedTuple):
 
 
 def is_reserved(name: str) -> bool:
-    """True for a header name users may not set: a standard one or one a transport owns, in any case."""
+    """True for a header name users may not set: a standard one or one a backend keeps for itself
+    (the registry lists them), in any letter case."""
     lower = name.lower()
-    return lower in _RESERVED or lower.startswith(TRANSPORT_PREFIXES)
+    return lower in STANDARD_HEADERS or reserving_backend(lower) is not None
 
 
 # ids and traces
@@ -443,9 +440,8 @@ def check_user_headers(headers: Mapping[str, str]) -> None:
         if name.lower() in STANDARD_HEADERS:
             raise InvalidHeader(name, 'is a standard header that microagent sets itself; '
                                       'a user header may not override it')
-        if is_reserved(name):
-            raise InvalidHeader(name, 'is reserved for transports (x-attempt, x-reason, x-dead-at, x-delay, '
-                                      'x-death..., Nats-...)')
+        if (backend := reserving_backend(name.lower())) is not None:
+            raise InvalidHeader(name, f'is reserved for transports: the {backend.name} backend writes it itself')
         if not isinstance(value, str):
             raise InvalidHeader(name, f'a header value is a str, not {type(value).__name__}')
         if '\r' in value or '\n' in value:

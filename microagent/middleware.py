@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Literal, NamedTuple, Protocol
 
+from microagent.backends import backend_of_module
 from microagent.errors import InvalidArgument
 from microagent.message import SENT_AT, Lazy, Message, sent_at_of
 
@@ -115,7 +116,7 @@ class Handling:
 
     @property
     def backend(self) -> str:
-        """'memory', 'redis', 'amqp', 'nats' ('' for periodic and cron runs)."""
+        """The backend's name in the registry (``microagent.backends``); '' for periodic and cron runs."""
         return self.site.backend
 
     @property
@@ -242,5 +243,8 @@ def added(current: tuple[MiddlewareLike, ...], new: Iterable[MiddlewareLike]) ->
 
 
 def backend_name(transport: object) -> str:
-    """'memory', 'redis', 'amqp', 'nats': the backend module a transport comes from."""
-    return type(transport).__module__.rpartition('.')[2].partition('_')[0]
+    """The registry's name of the backend a transport comes from ('redis', ...); for a transport of
+    no registered backend, the last part of its module's name."""
+    module = type(transport).__module__
+    backend = backend_of_module(module)
+    return backend.name if backend is not None else module.rpartition('.')[2].partition('_')[0]

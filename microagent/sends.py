@@ -12,15 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from contextvars import ContextVar, Token
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias
 
 from microagent.errors import DeclarationError, MicroAgentError
 from microagent.exchange import Exchange
 from microagent.queue import Queue
 from microagent.signal import Signal
-
-if TYPE_CHECKING:
-    from microagent.agent import MicroAgent
 
 SendKind = Literal['signal', 'queue', 'exchange']
 #: what ``sends`` may hold
@@ -28,19 +25,25 @@ Sendable: TypeAlias = 'Signal[Any, Any] | Queue[Any] | Exchange'
 SEND_KINDS: tuple[SendKind, ...] = ('signal', 'queue', 'exchange')
 
 
+class Sender(Protocol):
+    """The agent whose task sends: it checks each send against its ``sends`` (``MicroAgent`` is one)."""
+
+    def _check_send(self, kind: SendKind, name: str) -> None: ...
+
+
 class UndeclaredSend(MicroAgentError, RuntimeError):
     """A strict agent (``strict_sends = True``) sent a signal or queue it does not declare in ``sends``."""
 
 
-_sender: ContextVar[MicroAgent | None] = ContextVar('microagent_sender', default=None)
+_sender: ContextVar[Sender | None] = ContextVar('microagent_sender', default=None)
 
 
-def set_sender(agent: MicroAgent | None) -> Token[MicroAgent | None]:
+def set_sender(agent: Sender | None) -> Token[Sender | None]:
     """Make ``agent`` the sender of what this task (and the tasks it starts) sends."""
     return _sender.set(agent)
 
 
-def reset_sender(token: Token[MicroAgent | None]) -> None:
+def reset_sender(token: Token[Sender | None]) -> None:
     _sender.reset(token)
 
 

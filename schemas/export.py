@@ -17,10 +17,11 @@ from pathlib import Path
 
 import schemas
 from microagent import Queue, Signal
+from microagent.cli.schema import dumps, load_agent
 from microagent.cli.schema_diff import LEVELS, render
+from microagent.contract.asyncapi import asyncapi
 from microagent.contract.compatibility import Declaration, Level, diff
 from microagent.contract.exports import from_files, read_dir
-from microagent.contract.schema import asyncapi, dumps, load_agent
 from microagent.errors import InvalidArgument
 
 JSON_DIR = Path(__file__).resolve().parent / 'json'

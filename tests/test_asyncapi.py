@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from microagent.contract.schema import asyncapi, dumps
+from microagent.cli.schema import dumps
+from microagent.contract.asyncapi import asyncapi
 from schemas.export import JSON_DIR
 from tests.schema_agents import PushAgent, ReferenceAgent
 from tests.test_schema import refs, resolve

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-import microagent.contract.schema
+import microagent.cli.schema
 from microagent import MicroAgent, Queue, consumer
 from microagent.backends.memory import MemoryBroker
 from microagent.broker import AbstractQueueBroker
@@ -57,7 +57,7 @@ def test_schema_delegates_to_the_schema_module(monkeypatch: pytest.MonkeyPatch) 
         calls.append((targets, asyncapi, output))
         return 3
 
-    monkeypatch.setattr(microagent.contract.schema, 'schema_command', schema_command)
+    monkeypatch.setattr(microagent.cli.schema, 'schema_command', schema_command)
 
     assert main(['schema', 'app.users:UserAgent', 'app.mail:MailAgent', '--asyncapi', '-o', 'api.json']) == 3
     assert main(['schema', 'app.users:UserAgent']) == 3

@@ -17,7 +17,7 @@ from examples.mailer import MailerAgent
 from examples.push import PushAgent
 from examples.users import UserAgent
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
-from microagent.contract.fleet import load_fleet
+from microagent.cli.targets import load_fleet
 from microagent.contract.samples import SampleError
 from microagent.errors import UsageError
 from microagent.testing import ContractFailed, check_contract, example, examples

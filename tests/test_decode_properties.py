@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from microagent import InvalidPayload, MicroAgent, Queue, consumer
-from microagent.agent import Consumer
 from microagent.backends.memory import MemoryBroker
+from microagent.handlers import Consumer
 from microagent.payload import Codec, codec_for, dict_codec
 
 PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

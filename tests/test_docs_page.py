@@ -17,8 +17,9 @@ import pytest
 
 from microagent import MicroAgent, Queue, Signal, receiver
 from microagent.cli.main import main
+from microagent.cli.targets import load_fleet
 from microagent.contract.docs_page import render_docs
-from microagent.contract.fleet import Fleet, FleetAgent, load_fleet
+from microagent.contract.fleet import Fleet, FleetAgent
 from schemas import user_created
 
 ARTIFACTS = Path(__file__).resolve().parent / 'artifacts'

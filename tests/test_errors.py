@@ -31,7 +31,8 @@ from microagent import (
     receiver,
 )
 from microagent.backends.memory import MemoryBroker, MemorySignalBus
-from microagent.contract.schema import agent_class, load_agent
+from microagent.cli.schema import load_agent
+from microagent.contract.info import agent_class
 
 PACKAGE = Path(microagent.__file__).parent
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from microagent.cli.main import main
-from microagent.contract.fleet import load_fleet
+from microagent.cli.targets import load_fleet
 from tests.test_asyncapi import Validate
 from tests.test_asyncapi import validate as validate  # the parser fixture
 

@@ -15,7 +15,8 @@ from microagent import MicroAgent, Middleware, Queue, consumer
 from microagent.backends.memory import MemoryBroker, MemoryHub
 from microagent.cli.config import ConfigError, load_group
 from microagent.errors import InvalidArgument
-from microagent.ops.http import Endpoints, HttpServer, agent_endpoints, parse_address, start_http
+from microagent.ops.endpoints import agent_endpoints
+from microagent.ops.http import Endpoints, HttpServer, parse_address, start_http
 from microagent.ops.metrics import PrometheusMiddleware
 from tests.helpers import eventually
 from tests.nats_support import free_port

@@ -15,7 +15,9 @@ import pytest
 
 from microagent import MicroAgent, Signal, receiver
 from microagent.backends.memory import MemoryBroker, MemorySignalBus
-from microagent.contract.schema import agent_info, asyncapi, schema_command
+from microagent.cli.schema import schema_command
+from microagent.contract.asyncapi import asyncapi
+from microagent.contract.info import agent_info
 from microagent.payload import JSON_SCHEMA_DIALECT
 from microagent.testing.mocks import BrokerMock, BusMock
 from schemas import export, user_created

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from microagent.cli.main import main
+from microagent.cli.schema import schema_command
 from microagent.contract.compatibility import Level
-from microagent.contract.schema import schema_command
 from schemas import export
 
 Edit = Callable[[dict[str, Any]], None]

@@ -13,7 +13,8 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from microagent.contract.fleet import Fleet, FleetAgent, load_fleet
+from microagent.cli.targets import load_fleet
+from microagent.contract.fleet import Fleet, FleetAgent
 from microagent.handlers import ReceiverSpec
 from microagent.queue import Queue
 from microagent.signal import Signal

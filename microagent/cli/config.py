@@ -27,9 +27,10 @@ import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from microagent.agent import MicroAgent
+from microagent.backends import UnknownScheme, backend_for
 from microagent.broker import AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
 from microagent.errors import MicroAgentError
@@ -37,6 +38,7 @@ from microagent.handlers import ConsumerSpec, HookSpec, ReceiverSpec
 from microagent.logs import agent_logger
 from microagent.middleware import MiddlewareLike
 
+T = TypeVar('T')
 START_FLAGS = ('enable_periodic_tasks', 'enable_receiving_signals', 'enable_consuming_messages',
                'enable_servers_running')
 SECTIONS = ('AGENT', 'BUS', 'BROKER')
@@ -256,3 +258,28 @@ def load_group(modules: Sequence[str]) -> list[AgentConfig]:
     if not agents:
         raise ConfigError(f'no agent is defined in {", ".join(modules)}')
     return list(agents.values())
+
+
+def backend_class(dsn: str, backend: str | None, role: str, base: type[T], what: str, *,
+                  one_process_ok: bool = True) -> type[T]:
+    """The registry's class for the DSN's scheme; ``--backend`` names any other ``base`` class.
+    ``role`` is the DSN's option (``bus``, ``broker``), ``what`` the kind of class in errors."""
+    path, label = backend, '--backend'
+    if path is None:
+        label = f'--{role}'
+        try:
+            found = backend_for(dsn)
+        except UnknownScheme as exc:
+            raise ConfigError(f'--{role}: {exc}, or --backend for a {role} class of your own') from None
+        if found.one_process and not one_process_ok:
+            raise ConfigError(f'--{role}: {found.schemes[0]}:// lives in one process, nothing outside it would get '
+                              'the message: give the DSN of a server')
+        try:
+            factory = found.load(role)
+        except MicroAgentError as exc:
+            raise ConfigError(f'--{role}: {exc}') from None
+    else:
+        factory = import_object(path, label)
+    if not (isinstance(factory, type) and issubclass(factory, base)):
+        raise ConfigError(f'{label}: {path or factory!r} is not a {what} class')
+    return factory

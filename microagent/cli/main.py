@@ -26,26 +26,19 @@ import asyncio
 import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import suppress
 from typing import TypeVar
 
 import msgspec
 
 from microagent.broker import AbstractQueueBroker
-from microagent.cli.config import ConfigError, import_object
+from microagent.cli.config import ConfigError, backend_class
 from microagent.dsn import hide_password, scrub
 from microagent.transport import DeadLetter, SelectDeadLetter
 
 T = TypeVar('T')
 DEFAULT_TIMEOUT = 10.0
-#: the backend a DSN scheme selects; ``--backend`` names any other broker class
-SCHEMES = {'redis': 'microagent.backends.redis.RedisBroker', 'rediss': 'microagent.backends.redis.RedisBroker',
-           'unix': 'microagent.backends.redis.RedisBroker', 'redis+cluster': 'microagent.backends.redis.RedisBroker',
-           'rediss+cluster': 'microagent.backends.redis.RedisBroker',
-           'amqp': 'microagent.backends.amqp.AMQPBroker', 'amqps': 'microagent.backends.amqp.AMQPBroker',
-           'nats': 'microagent.backends.nats.NATSBroker',
-           'memory': 'microagent.backends.memory.MemoryBroker'}
 #: exit codes of ``microagent dead-letters``, for scripts
 EXIT_OK, EXIT_NONE, EXIT_USAGE, EXIT_BROKER = 0, 1, 2, 3
 ACTIONS = {'list': 'show the oldest dead letters, one line each (#position, 0 the oldest)',
@@ -71,7 +64,7 @@ def _add_dead_letters(commands: argparse._SubParsersAction[argparse.ArgumentPars
             action.add_argument('positions', type=int, nargs='*', metavar='POSITION',
                                 help='only these letters, as list shows them (#0 is the oldest)')
         action.add_argument('--broker', required=True, metavar='DSN',
-                            help=f'its scheme picks the backend: {", ".join(SCHEMES)}')
+                            help='its scheme picks the backend (microagent.backends lists them)')
         action.add_argument('--backend', metavar='PATH',
                             help='dotted path of a broker class, for a backend no scheme names')
         action.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT, metavar='SECONDS',
@@ -143,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return check_command(args.targets, args.format, args.strict)
     if args.command == 'docs':
-        from microagent.contract.docs_page import docs_command
+        from microagent.cli.docs import docs_command
 
         return docs_command(args.targets, args.output)
     if args.command == 'publish':
@@ -158,28 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _schema(targets: list[str], asyncapi: bool, output: str | None) -> int:
-    from microagent.contract import schema  # looked up at call time, so tests can stand in for it
+    from microagent.cli import schema  # looked up at call time, so tests can stand in for it
 
     return schema.schema_command(targets, asyncapi, output)
-
-
-def backend_class(dsn: str, backend: str | None, role: str, schemes: Mapping[str, str], base: type[T],
-                  what: str) -> type[T]:
-    """The DSN's scheme picks the backend (``schemes``); ``--backend`` names any other ``base`` class.
-    ``role`` is the option of the DSN (``--bus``, ``--broker``), ``what`` the kind of class."""
-    path, label = backend, '--backend'
-    if path is None:
-        scheme, sep, _ = dsn.partition('://')
-        label, scheme = f'--{role}', scheme.lower() if sep else ''
-        if scheme not in schemes:
-            known = ', '.join(f'{name}://' for name in schemes)
-            raise ConfigError(f'--{role}: no backend for the scheme of {hide_password(dsn)!r}: '
-                              f'use one of {known}, or --backend for a {role} class of your own')
-        path = schemes[scheme]
-    factory = import_object(path, label)
-    if not (isinstance(factory, type) and issubclass(factory, base)):
-        raise ConfigError(f'{label}: {path!r} is not a {what} class')
-    return factory
 
 
 def _picker(args: argparse.Namespace) -> SelectDeadLetter | None:
@@ -204,7 +178,7 @@ def _picker(args: argparse.Namespace) -> SelectDeadLetter | None:
 
 
 async def _dead_letters(args: argparse.Namespace) -> int:
-    factory = backend_class(args.broker, args.backend, 'broker', SCHEMES, AbstractQueueBroker, 'queue broker')
+    factory = backend_class(args.broker, args.backend, 'broker', AbstractQueueBroker, 'queue broker')
     picker = _picker(args)
     if args.action == 'purge' and picker is None and not args.all:
         raise ConfigError('purge: name the POSITIONs, a --reason or --reason-re, or --all for every letter')

@@ -24,18 +24,26 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from microagent.agent import DEFAULT_GRACE, MicroAgent
+from microagent.backends import backend_of_module
 from microagent.cli.config import AgentConfig, ConfigError, load_group
 from microagent.cli.legacy import init_agent, load_configuration
+from microagent.cli.targets import load_fleet
+from microagent.contract.asyncapi import asyncapi
+from microagent.contract.docs_page import render_docs
+from microagent.contract.fleet import Fleet
 from microagent.errors import InvalidArgument, ServerInterrupt
 from microagent.logs import FORMATS, LEVELS, current_agent, setup_logging
-from microagent.ops.http import Endpoints, HttpServer, fleet_endpoints, parse_address, start_http
+from microagent.ops.http import Endpoints, HttpServer, Readiness, parse_address, start_http
 from microagent.ops.probes import AgentProcess, LocalAgents, answer_questions, group_metrics, group_readiness
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = ['ConfigError', 'main', 'run_agents', 'run_group']
 __all__ += ['ServerInterrupt', 'init_agent', 'load_configuration']  # the 1.x names
@@ -111,12 +119,11 @@ def run_group(modules: Sequence[str], *, grace: float = DEFAULT_GRACE, single_pr
 def _check_memory_sharing(agents: Sequence[AgentConfig]) -> None:
     """An in-memory bus or broker lives in one process: agents that share one across processes
     would never meet (RPC answers never come, nothing is delivered), so refuse before starting."""
-    from microagent.backends.memory import MemoryBroker, MemorySignalBus
-
     users: dict[str, list[str]] = {}
     for agent in agents:
         for backend in (agent.bus, agent.broker):
-            if backend is not None and issubclass(backend.factory, (MemorySignalBus, MemoryBroker)):
+            found = backend_of_module(backend.factory.__module__) if backend is not None else None
+            if backend is not None and found is not None and found.one_process:
                 users.setdefault(backend.label, []).append(agent.name)
     for label, names in users.items():
         if len(names) > 1:
@@ -411,3 +418,21 @@ async def _watch(procs: dict[str, asyncio.subprocess.Process], stopping: asyncio
 
 if __name__ == '__main__':
     sys.exit(main())
+
+
+def fleet_endpoints(modules: Sequence[str], readiness: Readiness, registry: CollectorRegistry | None = None,
+                    metrics: Callable[[], Awaitable[bytes]] | None = None) -> Endpoints:
+    """The endpoints of a marun group: the contract of its settings modules as a fleet."""
+    fleet: list[Fleet] = []
+
+    def loaded() -> Fleet:
+        if not fleet:
+            fleet.append(load_fleet(list(modules)))
+        return fleet[0]
+
+    def document() -> Mapping[str, Any]:
+        found = loaded()
+        return asyncapi(*(agent.cls for agent in found.agents), title=', '.join(modules),
+                        servers=found.servers(), declarations=found.declarations)
+
+    return Endpoints(readiness, document, lambda: render_docs(loaded()), registry, metrics)

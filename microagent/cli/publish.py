@@ -26,7 +26,8 @@ import msgspec
 
 from microagent.broker import AbstractQueueBroker
 from microagent.bus import AbstractSignalBus, RemoteError
-from microagent.cli.config import ConfigError
+from microagent.cli.config import ConfigError, backend_class
+from microagent.cli.targets import load_fleet
 from microagent.dsn import hide_password, scrub
 from microagent.errors import CallTimeout, InvalidArgument, MicroAgentError, UsageError
 from microagent.exchange import Exchange
@@ -39,13 +40,6 @@ from microagent.signal import Signal
 EXIT_OK, EXIT_NO_ANSWER, EXIT_USAGE, EXIT_SERVER = 0, 1, 2, 3
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_SENDER = 'microagent-cli'
-#: the bus a DSN scheme selects (the broker's are ``cli.SCHEMES``); memory:// is no use across processes
-BUS_SCHEMES = {'redis': 'microagent.backends.redis.RedisSignalBus', 'rediss': 'microagent.backends.redis.RedisSignalBus',
-               'unix': 'microagent.backends.redis.RedisSignalBus',
-               'redis+cluster': 'microagent.backends.redis.RedisSignalBus',
-               'rediss+cluster': 'microagent.backends.redis.RedisSignalBus',
-               'amqp': 'microagent.backends.amqp.AMQPSignalBus', 'amqps': 'microagent.backends.amqp.AMQPSignalBus',
-               'nats': 'microagent.backends.nats.NATSSignalBus'}
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -156,7 +150,6 @@ def _check_options(args: argparse.Namespace) -> None:
 
 def _load(targets: list[str]) -> None:
     """Import every target, which declares what it holds."""
-    from microagent.contract.fleet import load_fleet
     from microagent.loader import load_stuff
 
     documents = [t for t in targets if t.startswith(('file://', 'http://', 'https://'))]
@@ -186,16 +179,10 @@ def _declaration(args: argparse.Namespace) -> Signal[Any, Any] | Queue[Any] | Ex
 
 
 def _factory(args: argparse.Namespace) -> Callable[..., AbstractSignalBus | AbstractQueueBroker]:
-    from microagent.cli.main import SCHEMES, backend_class
-
-    role = 'bus' if args.bus is not None else 'broker'
-    if args.backend is None and (args.bus if args.bus is not None else args.broker).lower().startswith('memory://'):
-        raise ConfigError(f'--{role}: memory:// lives in one process, nothing outside it would get the message: '
-                          'give the DSN of a server (redis://, amqp://, nats://)')
     if args.bus is not None:
-        return backend_class(args.bus, args.backend, 'bus', BUS_SCHEMES, AbstractSignalBus, 'signal bus')
-    schemes = {scheme: path for scheme, path in SCHEMES.items() if scheme != 'memory'}
-    return backend_class(args.broker, args.backend, 'broker', schemes, AbstractQueueBroker, 'queue broker')
+        return backend_class(args.bus, args.backend, 'bus', AbstractSignalBus, 'signal bus', one_process_ok=False)
+    return backend_class(args.broker, args.backend, 'broker', AbstractQueueBroker, 'queue broker',
+                         one_process_ok=False)
 
 
 async def _send(args: argparse.Namespace, factory: Callable[..., AbstractSignalBus | AbstractQueueBroker],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import json
-from pathlib import Path
 from typing import Any
 
 from microagent.contract.fleet import Fleet
@@ -145,26 +144,3 @@ def render_docs(fleet: Fleet, title: str | None = None) -> str:
             '<h3>Schema</h3><pre class="schema"></pre><h3>Example message</h3><pre class="example"></pre>'
             f'</section></main><script type="application/json" id="schemas">{payload}</script>'
             f'<script>{SCRIPT}</script></body></html>\n')
-
-
-def docs_command(targets: list[str], output: str) -> int:
-    """Write ``OUTPUT/index.html``; exit 2 for a target that cannot be loaded, 1 for a write error."""
-    import sys
-
-    from microagent.contract.fleet import load_fleet
-
-    try:
-        fleet = load_fleet(targets)
-    except ValueError as exc:
-        print(f'microagent docs: {exc}', file=sys.stderr)
-        return 2
-    path = Path(output) / 'index.html'
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render_docs(fleet), encoding='utf-8')
-    except OSError as exc:
-        print(f'microagent docs: cannot write {str(path)!r}: {exc}', file=sys.stderr)
-        return 1
-    print(f'wrote {path}')
-    return 0
-

@@ -1,25 +1,16 @@
 """The fleet model: which agents there are, what each receives and sends, and over which servers.
 
-``load_fleet(targets)`` reads what ``microagent schema``, ``check`` and ``docs`` are given: a marun
-settings module (the whole fleet, as ``marun`` would run it), an agent ``module:Class``, a
-declaration ``module:name`` or a module of declarations. Nothing is connected or started.
+``microagent.cli.targets.load_fleet`` builds one from what ``microagent schema``, ``check`` and
+``docs`` are given; a running group builds one from its agents. Nothing is connected or started.
 """
 from __future__ import annotations
 
-import importlib
-import inspect
-import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from microagent.agent import MicroAgent
-from microagent.cli.config import SECTIONS, BackendConfig, ConfigError, load_module
-from microagent.errors import InvalidArgument
-from microagent.exchange import Exchange
+from microagent.contract.info import Described
 from microagent.handlers import ConsumerSpec, ReceiverSpec
-from microagent.queue import Queue
-from microagent.sends import Sendable, kind_of
+from microagent.sends import Sendable
 from microagent.signal import Signal
 
 
@@ -28,7 +19,7 @@ class FleetAgent:
     """One agent of the fleet: its name in the settings (the class name otherwise) and its servers."""
 
     name: str
-    cls: type[MicroAgent]
+    cls: type[Described]
     bus_dsn: str | None = None
     broker_dsn: str | None = None
 
@@ -53,68 +44,3 @@ class Fleet:
                 if dsn and dsn not in found.values():
                     found[f'{agent.name}.{role}'] = dsn
         return found
-
-
-def _dsn(backend: BackendConfig | None) -> str | None:
-    if backend is None:
-        return None
-    if 'dsn' in backend.options:
-        return str(backend.options['dsn'])
-    default = inspect.signature(backend.factory).parameters.get('dsn')
-    return default.default if default is not None and isinstance(default.default, str) else None
-
-
-def _attribute(target: str) -> Any:
-    module_name, _, attr = target.partition(':')
-    try:
-        value: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InvalidArgument(f'{target!r}: cannot import {module_name!r}: {exc}') from None
-    for part in attr.split('.'):
-        try:
-            value = getattr(value, part)
-        except AttributeError:
-            raise InvalidArgument(f'{target!r}: {module_name!r} has no attribute {attr!r}') from None
-    return value
-
-
-def _add_module(fleet: Fleet, target: str) -> None:
-    try:
-        module = importlib.import_module(target)
-    except ImportError as exc:
-        raise InvalidArgument(f'{target!r}: cannot import it: {exc}') from None
-    if any(hasattr(module, section) for section in SECTIONS):
-        try:
-            configs = load_module(target)
-        except ConfigError as exc:
-            raise InvalidArgument(str(exc)) from None
-        fleet.agents += [FleetAgent(config.name, config.factory, _dsn(config.bus), _dsn(config.broker))
-                         for config in configs]
-        return
-    found = [value for value in vars(module).values() if kind_of(value) is not None]
-    if not found:
-        raise InvalidArgument(f'{target!r}: neither a settings module (AGENT, BUS, BROKER) nor a module of '
-                              'Signal, Queue or Exchange declarations')
-    fleet.declarations += found
-
-
-def load_fleet(targets: list[str]) -> Fleet:
-    """The fleet of ``targets``; an ``InvalidArgument`` naming the target that is none of the four kinds."""
-    if os.getcwd() not in sys.path and '' not in sys.path:
-        sys.path.insert(0, os.getcwd())  # `microagent check myapp.settings` from the project directory
-    fleet = Fleet(', '.join(targets))
-    for target in targets:
-        if ':' not in target:
-            _add_module(fleet, target)
-            continue
-        value = _attribute(target)
-        if isinstance(value, type) and issubclass(value, MicroAgent):
-            fleet.agents.append(FleetAgent(value.__name__, value))
-        elif isinstance(value, MicroAgent):
-            fleet.agents.append(FleetAgent(type(value).__name__, type(value)))
-        elif isinstance(value, Signal | Queue | Exchange):
-            fleet.declarations.append(value)
-        else:
-            raise InvalidArgument(f'{target!r}: {value!r} is neither an agent class nor a Signal, Queue or '
-                                  'Exchange declaration')
-    return fleet

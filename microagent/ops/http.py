@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -27,10 +27,8 @@ from microagent.errors import InvalidArgument
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from microagent.agent import MicroAgent
-    from microagent.contract.fleet import Fleet
 
-__all__ = ['Endpoints', 'HttpServer', 'Page', 'agent_endpoints', 'fleet_endpoints', 'parse_address', 'start_http']
+__all__ = ['Endpoints', 'HttpServer', 'Page', 'Readiness', 'parse_address', 'start_http']
 
 log = logging.getLogger('microagent.http')
 
@@ -110,52 +108,6 @@ class Endpoints:
         if page is None:
             page = self._cache['docs'] = Page(200, 'text/html; charset=utf-8', self._docs().encode())
         return page
-
-
-def fleet_endpoints(modules: Sequence[str], readiness: Readiness, registry: CollectorRegistry | None = None,
-                    metrics: Callable[[], Awaitable[bytes]] | None = None) -> Endpoints:
-    """The endpoints of a marun group: the contract of its settings modules as a fleet."""
-    from microagent.contract.docs_page import render_docs
-    from microagent.contract.fleet import load_fleet
-    from microagent.contract.schema import asyncapi
-
-    fleet: list[Fleet] = []
-
-    def loaded() -> Fleet:
-        if not fleet:
-            fleet.append(load_fleet(list(modules)))
-        return fleet[0]
-
-    def document() -> Mapping[str, Any]:
-        found = loaded()
-        return asyncapi(*(agent.cls for agent in found.agents), title=', '.join(modules),
-                        servers=found.servers(), declarations=found.declarations)
-
-    return Endpoints(readiness, document, lambda: render_docs(loaded()), registry, metrics)
-
-
-def agent_endpoints(agents: Mapping[str, MicroAgent]) -> Endpoints:
-    """The endpoints of agents running in this process (``agent.serve(http=...)``), by name."""
-    from microagent.contract.docs_page import render_docs
-    from microagent.contract.fleet import Fleet, FleetAgent
-    from microagent.contract.schema import asyncapi
-
-    async def readiness() -> dict[str, list[str]]:
-        found = await asyncio.gather(*(agent.readiness() for agent in agents.values()))
-        return dict(zip(agents, found, strict=True))
-
-    def docs() -> str:
-        fleet = Fleet(', '.join(agents), [FleetAgent(name, type(agent), _dsn(agent, 'bus'), _dsn(agent, 'broker'))
-                                         for name, agent in agents.items()])
-        return render_docs(fleet)
-
-    return Endpoints(readiness, lambda: asyncapi(*agents.values(), title=', '.join(agents)), docs)
-
-
-def _dsn(agent: MicroAgent, role: str) -> str | None:
-    engine = getattr(agent, role, None)
-    dsn = getattr(engine, 'dsn', None)
-    return dsn if isinstance(dsn, str) and dsn else None
 
 
 def parse_address(address: str) -> tuple[str, int]:

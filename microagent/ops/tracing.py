@@ -14,6 +14,7 @@ Set the global provider before the first message, or give one: ``TracingMiddlewa
 """
 from __future__ import annotations
 
+import functools
 from contextvars import ContextVar
 from typing import Any
 
@@ -23,6 +24,7 @@ from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import Link, NoOpTracer, NoOpTracerProvider, ProxyTracerProvider, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from microagent.backends import backend_named
 from microagent.message import CORRELATION_ID, MESSAGE_ID, REQUEST_ID, TRACEPARENT, TRACESTATE, Message, current_message
 from microagent.middleware import Handling, Middleware, Next, Outcome, Sending
 
@@ -30,8 +32,6 @@ __all__ = ['TracingMiddleware']
 
 #: ``messaging.operation.name`` of each kind of send (``messaging.operation.type`` is ``send``)
 OPERATION_NAMES = {'signal': 'publish', 'call': 'call', 'answer': 'reply', 'queue': 'send', 'exchange': 'publish'}
-#: ``messaging.system`` of each backend: the names the conventions know, ours for the others
-SYSTEMS = {'amqp': 'rabbitmq', 'redis': 'redis', 'nats': 'nats', 'memory': 'memory'}
 _UNSET = object()
 _W3C = TraceContextTextMapPropagator()  # what the engine's own traceparent header holds
 
@@ -129,7 +129,7 @@ class TracingMiddleware(Middleware):
     @staticmethod
     def _consumer_attributes(handling: Handling, message: Message) -> dict[str, str | int]:
         return {
-            'messaging.system': SYSTEMS.get(handling.backend, handling.backend),
+            'messaging.system': _system(handling.backend),
             'messaging.destination.name': handling.name,
             'messaging.operation.type': 'process',
             'messaging.operation.name': 'process',
@@ -191,7 +191,7 @@ class TracingMiddleware(Middleware):
     @staticmethod
     def _producer_attributes(sending: Sending) -> dict[str, str | int]:
         attributes: dict[str, str | int] = {
-            'messaging.system': SYSTEMS.get(sending.backend, sending.backend),
+            'messaging.system': _system(sending.backend),
             'messaging.destination.name': sending.name,
             'messaging.operation.type': 'send',
             'messaging.operation.name': OPERATION_NAMES[sending.kind],
@@ -227,3 +227,10 @@ def _error_type(exc: BaseException) -> str:
     """``error.type``: the exception's fully qualified class name (a builtin's bare name)."""
     cls = type(exc)
     return cls.__qualname__ if cls.__module__ == 'builtins' else f'{cls.__module__}.{cls.__qualname__}'
+
+
+@functools.lru_cache(maxsize=64)
+def _system(backend: str) -> str:
+    """``messaging.system`` of a backend: the registry's (the conventions' names), else its own name."""
+    found = backend_named(backend)
+    return found.system if found is not None else backend

@@ -20,6 +20,8 @@ from typing import Any, Generic, Self, TypeVar, cast, overload
 import msgspec
 
 from microagent.agent import MicroAgent
+from microagent.backends import UnknownScheme, backend_for
+from microagent.backends.memory import MemoryBroker, MemoryHub, MemorySignalBus
 from microagent.broker import AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
 from microagent.errors import MicroAgentError, UsageError
@@ -196,19 +198,18 @@ class _RecordingBrokerTransport:
         return await self._inner.publish(exchange, routing_key, envelope)
 
 
-def _backend(dsn: str | None, hub: Any, prefix: str) -> tuple[AbstractSignalBus, AbstractQueueBroker]:
-    """A new bus and broker: on ``hub`` (memory), or on the server the DSN names."""
-    if dsn is None or dsn.startswith('memory://'):
-        from microagent.backends.memory import MemoryBroker, MemorySignalBus
+def _backend(dsn: str | None, hub: MemoryHub | None, prefix: str) -> tuple[AbstractSignalBus, AbstractQueueBroker]:
+    """A new bus and broker: on ``hub`` (the embedded default), or from the registry's backend of the DSN."""
+    if hub is not None:
         return MemorySignalBus(prefix=prefix, hub=hub), MemoryBroker(hub=hub)
-    if dsn.startswith(('redis://', 'rediss://', 'unix://', 'redis+cluster://', 'rediss+cluster://')):
-        from microagent.backends.redis import RedisBroker, RedisSignalBus
-        return RedisSignalBus(dsn, prefix=prefix), RedisBroker(dsn)
-    if dsn.startswith(('amqp://', 'amqps://')):
-        from microagent.backends.amqp import AMQPBroker, AMQPSignalBus
-        return AMQPSignalBus(dsn, prefix=prefix), AMQPBroker(dsn)
-    raise UsageError(f'TestGroup: no backend for DSN {dsn.split("://")[0]!r}://; '
-                     'use memory://, redis://, rediss://, redis+cluster://, amqp:// or amqps://')
+    assert dsn is not None
+    try:
+        backend = backend_for(dsn)
+    except UnknownScheme as exc:
+        raise UsageError(f'TestGroup: {exc}') from None
+    bus: AbstractSignalBus = backend.load('bus')(dsn, prefix=prefix)
+    broker: AbstractQueueBroker = backend.load('broker')(dsn)
+    return bus, broker
 
 
 class TestGroup:
@@ -223,8 +224,6 @@ class TestGroup:
 
     def __init__(self, *agents: type[MicroAgent], settings: dict[str, Any] | None = None,
                  dsn: str | None = None, prefix: str | None = None) -> None:
-        from microagent.backends.memory import MemoryHub
-
         self.agent_classes = agents
         self.settings = settings
         self.dsn = dsn

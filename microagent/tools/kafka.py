@@ -4,10 +4,12 @@ Importing this module raises ``KafkaNotSupported``, an ``ImportError`` that name
 """
 from __future__ import annotations
 
+from microagent.backends import all_backends
 from microagent.errors import MicroAgentError
 
-#: the modules of ``microagent.tools`` that do provide a bus and a broker
-SUPPORTED_BACKENDS = ('memory', 'redis', 'amqp')
+#: the backends there are, from the registry
+SUPPORTED_BACKENDS = tuple(f'microagent.tools.{b.name}' if b.package.startswith('microagent.backends.') else b.package
+                           for b in all_backends())
 
 
 class KafkaNotSupported(MicroAgentError, ImportError):
@@ -16,5 +18,6 @@ class KafkaNotSupported(MicroAgentError, ImportError):
 
 raise KafkaNotSupported(
     'microagent has no Kafka backend (1.x KafkaBroker is not kept: no Kafka server to test it against); '
-    'the supported backends are microagent.tools.' + ', microagent.tools.'.join(SUPPORTED_BACKENDS),
+    'the supported backends are ' + ', '.join(SUPPORTED_BACKENDS) + ' (a backend of your own registers through '
+    'the entry point group microagent.backends)',
     name='microagent.tools.kafka')

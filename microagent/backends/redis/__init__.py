@@ -50,6 +50,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MovedError, SlotNotCoveredError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from microagent.backends.redis import scripts as lua
 from microagent.backends.redis.cluster import (
     FAILOVER_ERRORS,
     ClusterListener,
@@ -66,7 +67,6 @@ from microagent.message import FRAME_MAGIC, REPLY_TO, REQUEST_ID, Envelope, Fram
 from microagent.queue import Queue, topics_match
 from microagent.retry import backoff
 from microagent.signal import RESPONSE_SIGNAL
-from microagent.backends.redis import scripts as lua
 from microagent.transport import NO_CONTEXT, DeadLetter, Deliver, DeliverReply, Delivery, SelectDeadLetter
 
 __all__ = ['RedisBroker', 'RedisBusTransport', 'RedisQueueTransport', 'RedisSignalBus', 'Wire']

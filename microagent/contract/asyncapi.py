@@ -1,158 +1,38 @@
-"""What agents declare, as data: ``info()`` with the JSON Schema of every payload, an AsyncAPI 3.0
-document of several agents, and the ``microagent schema`` command.
-
-Everything here reads the class (its handler specs), so it works without a bus or a broker; an agent
-instance adds only the names of its bus and broker. Output is deterministic: same code, same JSON.
+"""An AsyncAPI 3.0 document of several agents: a channel per signal, queue and exchange they use,
+a ``receive`` operation per receiver and consumer (with the RPC reply), a ``send`` operation per
+declared send, the payload schemas under ``components``, and the servers with credentials hidden.
 """
 from __future__ import annotations
 
-import copy
-import importlib
-import json
 import re
-import sys
-from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from microagent.declaration import model_name
+from microagent.backends import UnknownScheme, backend_for
+from microagent.contract.info import AgentLike, Described, JsonDict, agent_class, consumer_info, handler_specs
 from microagent.dsn import hide_password
-from microagent.errors import InvalidArgument, UsageError
+from microagent.errors import InvalidArgument
 from microagent.exchange import Exchange
-from microagent.handlers import ConsumerSpec, CronSpec, PeriodicSpec, ReceiverSpec
+from microagent.handlers import ConsumerSpec, ReceiverSpec
 from microagent.queue import Queue
-from microagent.sends import Sendable, send_names
+from microagent.sends import Sendable
 from microagent.signal import Signal
-
-if TYPE_CHECKING:
-    from microagent.agent import MicroAgent
-
-JsonDict = dict[str, Any]
 
 ASYNCAPI_VERSION = '3.0.0'
 DEFAULT_PREFIX = 'PUBSUB'
 RESPONSE_CHANNEL = 'signal.response'
 
 
-# info()
-
-def signal_info(signal: Signal[Any, Any]) -> JsonDict:
-    """A signal's name, 1.x ``providing_args``, payload schema and, for RPC, answer schema."""
-    info: JsonDict = {'name': signal.name, 'providing_args': sorted(signal.providing_args),
-                      'payload': copy.deepcopy(signal.codec.schema)}
-    if signal.answer_codec is not None:
-        info['answer'] = copy.deepcopy(signal.answer_codec.schema)
-    return info
-
-
-def queue_info(queue: Queue[Any]) -> JsonDict:
-    """A queue's name, payload schema and the exchange (and topics) it is bound to."""
-    info: JsonDict = {'name': queue.name, 'payload': copy.deepcopy(queue.codec.schema)}
-    if queue.exchange:
-        info['exchange'] = queue.exchange
-        info['topics'] = list(queue.topics)
-    return info
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-able rendering of an option value (anything else by its repr)."""
-    if isinstance(value, str | int | float | bool | None):
-        return value
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    if isinstance(value, dict):
-        return {str(key): _plain(item) for key, item in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    return repr(value)
-
-
-def agent_class(agent: Any) -> type[MicroAgent]:
-    """The agent class of ``agent`` (a MicroAgent subclass or instance)."""
-    from microagent.agent import MicroAgent
-
-    cls = agent if isinstance(agent, type) else type(agent)
-    if not issubclass(cls, MicroAgent):
-        raise UsageError(f'{agent!r} is neither a MicroAgent class nor an instance of one')
-    return cls
-
-
-def _specs(cls: type[MicroAgent]) -> Iterator[tuple[str, Any]]:
-    for attr in sorted(cls._specs):
-        for spec in cls._specs[attr]:
-            yield attr, spec
-
-
-def _connection(agent: Any, name: str) -> str | None:
-    """``Class(dsn)`` of an instance's bus or broker, the password hidden; None for a class."""
-    if isinstance(agent, type):
-        return None
-    conn = getattr(agent, name, None)
-    if conn is None:
-        return None
-    return f'{type(conn).__name__}({hide_password(conn.dsn)})'
-
-
-def _consumer_info(handler: str, spec: ConsumerSpec) -> JsonDict:
-    info: JsonDict = {'handler': handler, 'queue': spec.queue.name, 'timeout': spec.timeout,
-                      'options': _plain(dict(spec.options)),  # as given; the effective values follow
-                      'concurrency': spec.concurrency, 'max_retries': spec.max_retries}
-    if spec.dto_class is not None:
-        info['dto_class'] = model_name(spec.dto_class)
-        info['dto_name'] = spec.dto_name or 'dto'
-        codec = spec.dto_codec
-        if codec is not None:
-            info['dto_schema'] = copy.deepcopy(codec.schema)
-    return info
-
-
-def agent_info(agent: type[MicroAgent] | MicroAgent) -> JsonDict:
-    """The 1.x ``info()`` keys, each handler's timeout and options, and the payload (and RPC answer)
-    schema of every signal the agent receives and every queue it consumes."""
-    cls = agent_class(agent)
-    periodic: list[JsonDict] = []
-    crons: list[JsonDict] = []
-    receivers: list[JsonDict] = []
-    consumers: list[JsonDict] = []
-    signals: dict[str, Signal[Any, Any]] = {}
-    queues: dict[str, Queue[Any]] = {}
-    for attr, spec in _specs(cls):
-        handler = f'{cls.__name__}.{attr}'
-        if isinstance(spec, ReceiverSpec):
-            signals[spec.signal.name] = spec.signal
-            receivers.append({'handler': handler, 'signal': spec.signal.name, 'timeout': spec.timeout})
-        elif isinstance(spec, ConsumerSpec):
-            queues[spec.queue.name] = spec.queue
-            consumers.append(_consumer_info(handler, spec))
-        elif isinstance(spec, PeriodicSpec):
-            periodic.append({'name': attr, 'period': spec.period, 'timeout': spec.timeout,
-                             'start_after': spec.start_after})
-        elif isinstance(spec, CronSpec):
-            crons.append({'name': attr, 'spec': spec.spec, 'timeout': spec.timeout,
-                          'tz': str(spec.tz) if spec.tz else None})
-    for item in cls.sends:
-        if isinstance(item, Signal):
-            signals.setdefault(item.name, item)
-        elif isinstance(item, Queue):
-            queues.setdefault(item.name, item)
-    sent = send_names(cls.sends)
-    return {
-        'name': cls.__name__,
-        'bus': _connection(agent, 'bus'),
-        'broker': _connection(agent, 'broker'),
-        'periodic': periodic,
-        'cron': crons,
-        'receivers': sorted(receivers, key=lambda item: (item['signal'], item['handler'])),
-        'consumers': sorted(consumers, key=lambda item: (item['queue'], item['handler'])),
-        'signals': {name: signal_info(signals[name]) for name in sorted(signals)},
-        'queues': {name: queue_info(queues[name]) for name in sorted(queues)},
-        'sends': {'signals': sent['signal'], 'queues': sent['queue'], 'exchanges': sent['exchange']},
-    }
-
-
-# JSON Schema draft 2020-12 -> AsyncAPI Schema (draft 07 based), with $defs hoisted into components
-
 _SCHEMA_MAPS = ('properties', 'patternProperties', 'dependentSchemas', 'definitions')
+
+
 _SCHEMA_LISTS = ('allOf', 'anyOf', 'oneOf')
+
+
 _SCHEMA_ONE = ('additionalProperties', 'not', 'if', 'then', 'else', 'contains', 'propertyNames',
                'unevaluatedItems', 'unevaluatedProperties', 'additionalItems')
+
+
 _COMPONENT_KEY = re.compile(r'[^A-Za-z0-9._-]')
 
 
@@ -345,7 +225,7 @@ def _operation(action: str, channel_id: str, key: str, summary: str, extension: 
             'summary': summary, 'x-microagent': extension}
 
 
-def asyncapi(*agents: type[MicroAgent] | MicroAgent, title: str = 'microagent', version: str = '1.0.0',
+def asyncapi(*agents: AgentLike, title: str = 'microagent', version: str = '1.0.0',
              description: str | None = None, servers: Mapping[str, str] | None = None,
              declarations: Iterable[Sendable] = ()) -> JsonDict:
     """An AsyncAPI 3.0 document of ``agents`` (classes or instances): a channel per signal, queue and
@@ -363,7 +243,7 @@ def asyncapi(*agents: type[MicroAgent] | MicroAgent, title: str = 'microagent', 
         elif isinstance(item, Queue):
             doc.queue(item)
     for cls in classes:
-        for attr, spec in _specs(cls):
+        for attr, spec in handler_specs(cls):
             handler = f'{cls.__name__}.{attr}'
             if isinstance(spec, ReceiverSpec):
                 channel_id, key = doc.signal(spec.signal)
@@ -379,7 +259,7 @@ def asyncapi(*agents: type[MicroAgent] | MicroAgent, title: str = 'microagent', 
                 doc.operation(f'{handler}.{spec.signal.name}' if several else handler, operation)
             elif isinstance(spec, ConsumerSpec):
                 channel_id, key = doc.queue(spec.queue)
-                info = _consumer_info(handler, spec)
+                info = consumer_info(handler, spec)
                 extension = {'handler': handler, 'timeout': spec.timeout, 'options': info['options'],
                              'concurrency': spec.concurrency, 'max_retries': spec.max_retries}
                 if spec.dto_class is not None:
@@ -412,7 +292,7 @@ def _amqp_bindings(channels: JsonDict) -> None:
         channel['bindings'] = {'amqp': {**binding, 'bindingVersion': '0.3.0'}}
 
 
-def _send_operations(doc: _AsyncAPI, cls: type[MicroAgent]) -> None:
+def _send_operations(doc: _AsyncAPI, cls: type[Described]) -> None:
     """A ``send`` operation per declared send: signals (with the RPC reply), queues, exchanges."""
     for item in cls.sends:
         name = f'{cls.__name__}.sends.{item.name}'
@@ -458,7 +338,7 @@ def server_object(dsn: str) -> JsonDict:
     shown = hide_password(dsn)
     scheme, _, rest = shown.partition('://')
     host, slash, path = rest.partition('/')
-    protocol = scheme.removesuffix('+cluster')  # a Redis Cluster speaks redis (or rediss)
+    protocol = _protocol(dsn, scheme)
     server: JsonDict = {'host': host or 'localhost', 'protocol': protocol or 'unknown',
                         'description': f'DSN {shown}'}
     if slash and path:
@@ -466,77 +346,9 @@ def server_object(dsn: str) -> JsonDict:
     return server
 
 
-_asyncapi = asyncapi  # schema_command's ``asyncapi`` flag shadows the name
-
-
-# the `microagent schema` command
-
-def dumps(document: Any) -> str:
-    """The JSON text of ``info()`` or an AsyncAPI document, as the command and ``schemas/json`` write it."""
-    return json.dumps(document, indent=2, ensure_ascii=False) + '\n'
-
-
-def load_agent(target: str) -> type[MicroAgent] | MicroAgent:
-    """``path.to.module:AgentClass`` (an agent instance works too)."""
-    module_name, sep, attr = target.partition(':')
-    if not sep or not module_name or not attr:
-        raise InvalidArgument(f'{target!r}: expected path.to.module:AgentClass')
+def _protocol(dsn: str, scheme: str) -> str:
+    """The AsyncAPI protocol of a DSN: the registry's for its backend (a Redis Cluster speaks redis)."""
     try:
-        value: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InvalidArgument(f'{target!r}: cannot import {module_name!r}: {exc}') from None
-    for part in attr.split('.'):
-        try:
-            value = getattr(value, part)
-        except AttributeError:
-            raise InvalidArgument(f'{target!r}: {module_name!r} has no attribute {attr!r}') from None
-    try:
-        agent_class(value)
-    except TypeError as exc:
-        raise InvalidArgument(f'{target!r}: {exc}') from None
-    return value  # type: ignore[no-any-return]
-
-
-def _declaration_info(item: Sendable) -> JsonDict:
-    if isinstance(item, Signal):
-        return {'kind': 'signal', **signal_info(item)}
-    if isinstance(item, Queue):
-        return {'kind': 'queue', **queue_info(item)}
-    return {'kind': 'exchange', 'name': item.name, 'type': item.type}
-
-
-def schema_command(targets: list[str], asyncapi: bool, output: str | None) -> int:
-    """``microagent schema TARGET [...] [--asyncapi] [-o FILE]``: a TARGET is a marun settings module
-    (the fleet), ``module:Agent``, ``module:declaration`` or a module of declarations. Prints (or
-    writes) the ``info()`` of each agent and declaration (a list when several), or ONE AsyncAPI
-    document of them all."""
-    from microagent.contract.fleet import load_fleet
-
-    if not targets:
-        print('microagent schema: give at least one settings module, module:Agent or module:declaration',
-              file=sys.stderr)
-        return 2
-    try:
-        fleet = load_fleet(targets)
-    except ValueError as exc:
-        print(f'microagent schema: {exc}', file=sys.stderr)
-        return 2
-    document: Any
-    if asyncapi:
-        names = [agent.cls.__name__ for agent in fleet.agents] or [item.name for item in fleet.declarations]
-        document = _asyncapi(*(agent.cls for agent in fleet.agents), title=', '.join(names),
-                             servers=fleet.servers(), declarations=fleet.declarations)
-    else:
-        infos = [agent_info(agent.cls) for agent in fleet.agents] + [_declaration_info(d) for d in fleet.declarations]
-        document = infos[0] if len(infos) == 1 else infos
-    text = dumps(document)
-    if output is None:
-        sys.stdout.write(text)
-        return 0
-    try:
-        with open(output, 'w', encoding='utf-8') as file:
-            file.write(text)
-    except OSError as exc:
-        print(f'microagent schema: cannot write {output!r}: {exc}', file=sys.stderr)
-        return 1
-    return 0
+        return backend_for(dsn).protocol(scheme)
+    except UnknownScheme:
+        return scheme

@@ -1,0 +1,314 @@
+"""The handler decorators: ``@receiver``, ``@consumer``, ``@periodic``, ``@cron`` and ``@on``.
+
+A decorator only checks its arguments and attaches a spec (``handlers.py``) to the function; the
+agent class collects the specs when it is defined. The typed overloads are here so mypy accepts a
+handler only when its model matches the declaration's.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import tzinfo
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast, overload
+
+from croniter import croniter
+
+from microagent.errors import DeclarationError, UsageError
+from microagent.handlers import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_RECEIVER_CONCURRENCY,
+    DEFAULT_RETRY_DELAY,
+    HOOK_LABELS,
+    CallStyle,
+    ConsumerSpec,
+    CronSpec,
+    HookSpec,
+    PeriodicSpec,
+    ReceiverSpec,
+    attach,
+    handler_name,
+    specs_of,
+)
+from microagent.queue import Queue
+from microagent.signal import Signal
+
+T = TypeVar('T')
+R = TypeVar('R')
+D = TypeVar('D')
+D_contra = TypeVar('D_contra', contravariant=True)
+S = TypeVar('S')
+A = TypeVar('A')
+P = ParamSpec('P')
+
+
+def _check_seconds(func: Callable[..., Any], name: str, value: float, *, zero_ok: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) \
+            or (value < 0 if zero_ok else value <= 0):
+        bound = '>= 0' if zero_ok else '> 0'
+        raise DeclarationError(f'{handler_name(func)}: {name} must be a number {bound}, got {value!r}')
+    return float(value)
+
+
+def _check_async(func: Callable[..., Any], decorator: str) -> None:
+    if not inspect.iscoroutinefunction(func):
+        raise UsageError(f'{handler_name(func)}: @{decorator} needs an async function')
+
+
+# Typed decorator objects. The overloads let mypy accept a typed handler only when its DTO parameter
+# matches the declaration (and, for RPC, its answer the declared type), while 1.x ``**kwargs``
+# handlers stay accepted. The protocols name the agent parameter ``self`` (not positional-only):
+# a handler's own ``self`` would otherwise clash with the keywords ``**kwargs`` may carry.
+
+class _KwargsHandler(Protocol):
+    """1.x consumer: the payload fields (and the DTO) as keywords."""
+
+    def __call__(_, self: Any, **kwargs: Any) -> Awaitable[Any]: ...
+
+
+class _SignalKwargsHandler(Protocol):
+    """1.x receiver: the payload fields plus ``signal`` and ``sender`` as keywords (any subset named)."""
+
+    def __call__(_, self: Any, *, signal: Signal[Any, Any], sender: str, **kwargs: Any) -> Awaitable[Any]: ...
+
+
+KwargsHandler = TypeVar('KwargsHandler', bound=_KwargsHandler)
+SignalKwargsHandler = TypeVar('SignalKwargsHandler', bound=_SignalKwargsHandler)
+AnyHandler = TypeVar('AnyHandler', bound=Callable[..., Awaitable[Any]])
+T1 = TypeVar('T1')
+T2 = TypeVar('T2')
+T3 = TypeVar('T3')
+R1 = TypeVar('R1')
+R2 = TypeVar('R2')
+R3 = TypeVar('R3')
+JsonPayload = dict[str, Any]
+
+
+class _ReceiverDecorator(Generic[T, R]):
+    def __init__(self, signals: tuple[Signal[Any, Any], ...], timeout: float, concurrency: int) -> None:
+        self.signals = signals
+        self.timeout = timeout
+        self.concurrency = concurrency
+
+    @overload
+    def __call__(self, func: Callable[Concatenate[S, T, P], Awaitable[R | None]]
+                 ) -> Callable[Concatenate[S, T, P], Awaitable[R | None]]: ...
+
+    @overload
+    def __call__(self, func: Callable[[S], Awaitable[R | None]]) -> Callable[[S], Awaitable[R | None]]: ...
+
+    @overload
+    def __call__(self, func: SignalKwargsHandler) -> SignalKwargsHandler: ...
+
+    @overload  # 1.x declarations carry no types: 1.x handlers may name payload fields as parameters
+    def __call__(self: _ReceiverDecorator[JsonPayload, Any], func: AnyHandler) -> AnyHandler: ...
+
+    def __call__(self, func: Any) -> Any:
+        _check_async(func, 'receiver')
+        timeout = _check_seconds(func, 'timeout', self.timeout)
+        concurrency = self.concurrency
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise DeclarationError(f'{handler_name(func)}: concurrency must be an integer >= 1, got {concurrency!r}')
+        style = CallStyle.of(func)
+        for signal in self.signals:
+            attach(func, ReceiverSpec(signal=signal, timeout=timeout, style=style, concurrency=concurrency))
+        return func
+
+
+@overload
+def receiver(signal: Signal[T, R], /, *, timeout: float = 60,
+             concurrency: int = DEFAULT_RECEIVER_CONCURRENCY) -> _ReceiverDecorator[T, R]: ...
+
+
+@overload
+def receiver(signal1: Signal[T1, R1], signal2: Signal[T2, R2], /, *,
+             timeout: float = 60,
+             concurrency: int = DEFAULT_RECEIVER_CONCURRENCY) -> _ReceiverDecorator[T1 | T2, R1 | R2]: ...
+
+
+@overload
+def receiver(signal1: Signal[T1, R1], signal2: Signal[T2, R2], signal3: Signal[T3, R3], /, *,
+             timeout: float = 60,
+             concurrency: int = DEFAULT_RECEIVER_CONCURRENCY) -> _ReceiverDecorator[T1 | T2 | T3, R1 | R2 | R3]: ...
+
+
+@overload
+def receiver(signal1: Signal[Any, Any], signal2: Signal[Any, Any], signal3: Signal[Any, Any],
+             signal4: Signal[Any, Any], /, *signals: Signal[Any, Any],
+             timeout: float = 60,
+             concurrency: int = DEFAULT_RECEIVER_CONCURRENCY) -> _ReceiverDecorator[Any, Any]: ...
+
+
+def receiver(*signals: Signal[Any, Any], timeout: float = 60,
+             concurrency: int = DEFAULT_RECEIVER_CONCURRENCY) -> _ReceiverDecorator[Any, Any]:
+    """Receive ``signals`` (pub/sub). Many handlers may receive one signal; the return value of a
+    handler is its answer when the signal is sent with ``call``. At most ``concurrency`` calls of
+    the handler run at once; further signals wait in the bus's bounded backlog, not in tasks."""
+    if not signals or not all(isinstance(s, Signal) for s in signals):
+        raise UsageError(f'@receiver needs one or more Signal declarations, got {signals!r}')
+    return _ReceiverDecorator(signals, timeout, concurrency)
+
+
+class _DtoKwargsHandler(Protocol[D_contra]):
+    """1.x consumer with a ``dto_class``: the payload fields as keywords and the DTO as ``dto``."""
+
+    def __call__(_, self: Any, *, dto: D_contra, **kwargs: Any) -> Awaitable[Any]: ...
+
+
+class _ConsumerBase:
+    def __init__(self, queue: Queue[Any], timeout: float, dto_class: type[Any] | None,
+                 dto_name: str | None, options: dict[str, Any]) -> None:
+        self.queue, self.timeout, self.dto_class, self.dto_name, self.options = \
+            queue, timeout, dto_class, dto_name, options
+
+    def _bind(self, func: Any) -> Any:
+        _check_async(func, 'consumer')
+        timeout = _check_seconds(func, 'timeout', self.timeout)
+        _check_consumer_options(func, self.queue, self.options)
+        if any(isinstance(s, ConsumerSpec) for s in specs_of(func)):
+            raise DeclarationError(f'{handler_name(func)}: a handler consumes one queue only')
+        attach(func, ConsumerSpec(queue=self.queue, timeout=timeout, style=CallStyle.of(func),
+                                   dto_class=self.dto_class, dto_name=self.dto_name, options=self.options))
+        return func
+
+
+CONSUMER_OPTIONS = ('concurrency', 'prefetch', 'max_retries', 'retry_delay', 'autoack')
+_MIN_INT = {'concurrency': 1, 'prefetch': 0, 'max_retries': 0}
+
+
+def _check_consumer_options(func: Callable[..., Any], queue: Queue[Any], options: Mapping[str, Any]) -> None:
+    """Refuse, when the class is defined, an option the consumer would otherwise ignore or misuse."""
+    where = f'{handler_name(func)} (@consumer of queue {queue.name!r})'
+    for key, value in options.items():
+        if key not in CONSUMER_OPTIONS:
+            close = difflib.get_close_matches(key, CONSUMER_OPTIONS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f'; known: {", ".join(CONSUMER_OPTIONS)}'
+            raise UsageError(f'{where}: unknown option {key!r}{hint}')
+        if key == 'prefetch' and value is None:
+            continue  # the default: 4 x concurrency
+        if key in _MIN_INT:
+            if not isinstance(value, int) or isinstance(value, bool) or value < _MIN_INT[key]:
+                raise DeclarationError(f'{handler_name(func)}: {key} must be an integer >= {_MIN_INT[key]}, '
+                                       f'got {value!r}')
+        elif key == 'retry_delay':
+            _check_seconds(func, key, value, zero_ok=True)
+        elif not isinstance(value, bool):  # autoack
+            raise DeclarationError(f'{handler_name(func)}: {key} must be True or False, got {value!r}')
+
+
+class _ConsumerDecorator(_ConsumerBase, Generic[T]):
+    """``@consumer(queue)``: the handler takes the queue's model, or 1.x keywords."""
+
+    @overload
+    def __call__(self, func: Callable[Concatenate[S, T, P], Awaitable[A]]
+                 ) -> Callable[Concatenate[S, T, P], Awaitable[A]]: ...
+
+    @overload
+    def __call__(self, func: KwargsHandler) -> KwargsHandler: ...
+
+    @overload  # 1.x declarations carry no types: 1.x handlers may name payload fields as parameters
+    def __call__(self: _ConsumerDecorator[JsonPayload], func: AnyHandler) -> AnyHandler: ...
+
+    def __call__(self, func: Any) -> Any:
+        return self._bind(func)
+
+
+class _DtoConsumerDecorator(_ConsumerBase, Generic[D]):
+    """``@consumer(queue, dto_class=D)``: the handler takes a ``D``, or 1.x keywords with ``dto: D``."""
+
+    @overload
+    def __call__(self, func: Callable[Concatenate[S, D, P], Awaitable[A]]
+                 ) -> Callable[Concatenate[S, D, P], Awaitable[A]]: ...
+
+    @overload
+    def __call__(self, func: _DtoKwargsHandler[D]) -> _DtoKwargsHandler[D]: ...
+
+    def __call__(self, func: Any) -> Any:
+        return self._bind(func)
+
+
+class _LooseDecorator:
+    """For 1.x ``dto_class`` consumers: the DTO may arrive under any keyword name."""
+
+    def __init__(self, inner: _ConsumerBase) -> None:
+        self.inner = inner
+
+    def __call__(self, func: AnyHandler) -> AnyHandler:
+        return cast(AnyHandler, self.inner._bind(func))
+
+
+@overload
+def consumer(queue: Queue[T], timeout: float = 60, dto_class: None = None, dto_name: None = None, *,
+             concurrency: int = DEFAULT_CONCURRENCY, prefetch: int | None = None,
+             max_retries: int = DEFAULT_MAX_RETRIES, retry_delay: float = DEFAULT_RETRY_DELAY,
+             autoack: bool = True) -> _ConsumerDecorator[T]: ...
+
+
+@overload
+def consumer(queue: Queue[Any], timeout: float = 60, *, dto_class: type[D], dto_name: None = None,
+             concurrency: int = DEFAULT_CONCURRENCY, prefetch: int | None = None,
+             max_retries: int = DEFAULT_MAX_RETRIES, retry_delay: float = DEFAULT_RETRY_DELAY,
+             autoack: bool = True) -> _DtoConsumerDecorator[D]: ...
+
+
+@overload
+def consumer(queue: Queue[Any], timeout: float = 60, *, dto_class: type[D], dto_name: str,
+             concurrency: int = DEFAULT_CONCURRENCY, prefetch: int | None = None,
+             max_retries: int = DEFAULT_MAX_RETRIES, retry_delay: float = DEFAULT_RETRY_DELAY,
+             autoack: bool = True) -> _LooseDecorator: ...
+
+
+def consumer(queue: Queue[Any], timeout: float = 60, dto_class: type[Any] | None = None,
+             dto_name: str | None = None,
+             **options: Any) -> _ConsumerDecorator[Any] | _DtoConsumerDecorator[Any] | _LooseDecorator:
+    """Consume messages of ``queue``; one handler per queue. Options: ``concurrency`` (handlers
+    running at once), ``prefetch`` (messages fetched ahead, default 4 x concurrency), ``max_retries``
+    (before dead-lettering), ``retry_delay`` (backoff base, s) and ``autoack`` (1.x: False leaves the
+    ack to the handler). Any other option is a TypeError naming the handler, raised when decorating;
+    the runtime takes ``**options`` only to name the handler in that error."""
+    if not isinstance(queue, Queue):
+        raise UsageError(f'@consumer needs a Queue declaration, got {queue!r}')
+    args = (queue, timeout, dto_class, dto_name, options)
+    if dto_class is None:
+        return _ConsumerDecorator(*args)
+    decorator: _DtoConsumerDecorator[Any] = _DtoConsumerDecorator(*args)
+    return _LooseDecorator(decorator) if dto_name is not None else decorator
+
+
+Task = TypeVar('Task', bound=Callable[[Any], Awaitable[Any]])
+Hook = TypeVar('Hook', bound=Callable[[Any], Any])
+
+
+def periodic(period: float, timeout: float = 1, start_after: float = 0) -> Callable[[Task], Task]:
+    """Run the method every ``period`` seconds, each run bounded by ``timeout``."""
+    def decorator(func: Task) -> Task:
+        _check_async(func, 'periodic')
+        attach(func, PeriodicSpec(period=_check_seconds(func, 'period', period),
+                                   timeout=_check_seconds(func, 'timeout', timeout),
+                                   start_after=_check_seconds(func, 'start_after', start_after, zero_ok=True)))
+        return func
+    return decorator
+
+
+def cron(spec: str, timeout: float = 1, tz: tzinfo | None = None) -> Callable[[Task], Task]:
+    """Run the method on a cron schedule (croniter syntax), in ``tz`` when given, else UTC."""
+    def decorator(func: Task) -> Task:
+        _check_async(func, 'cron')
+        if not isinstance(spec, str) or not croniter.is_valid(spec):
+            raise DeclarationError(f'{handler_name(func)}: invalid cron spec {spec!r}')
+        attach(func, CronSpec(spec=spec, timeout=_check_seconds(func, 'timeout', timeout), tz=tz))
+        return func
+    return decorator
+
+
+def on(label: str) -> Callable[[Hook], Hook]:
+    """A lifecycle hook (``pre_start``, ``post_start``, ``pre_stop``) or a long-running ``server``."""
+    if label not in HOOK_LABELS:
+        raise DeclarationError(f'@on: unknown hook label {label!r}; use one of {", ".join(HOOK_LABELS)}')
+
+    def decorator(func: Hook) -> Hook:
+        attach(func, HookSpec(label=label))
+        return func
+    return decorator

@@ -1,0 +1,131 @@
+"""The layout's rules, read from the source (ast), so they hold as the code changes: no import circle
+(imports inside functions and under TYPE_CHECKING count), arrows point down, modules stay small, and
+backend names stay in their backend package and the registry."""
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / 'microagent'
+MAX_LINES = 500
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix('').parts
+    return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+
+
+MODULES = {_module_name(path): path for path in PACKAGE.rglob('*.py')}
+
+
+def _is_package(name: str) -> bool:
+    return MODULES[name].name == '__init__.py'
+
+
+def _resolve(importer: str, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ''
+    base = importer.split('.') if _is_package(importer) else importer.split('.')[:-1]
+    base = base[:len(base) - node.level + 1]
+    return '.'.join(base + ([node.module] if node.module else []))
+
+
+def _imports(name: str) -> Iterator[str]:
+    """Every module of the package that ``name`` imports, wherever the import statement stands."""
+    for node in ast.walk(ast.parse(MODULES[name].read_text())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            source = _resolve(name, node)
+            targets = [f'{source}.{alias.name}' if f'{source}.{alias.name}' in MODULES else source
+                       for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in MODULES:  # `import a.b.c` names a; `from a import f` names a
+                target = target.rpartition('.')[0]
+            if target.startswith('microagent') and target != name:
+                yield target
+
+
+GRAPH = {name: sorted(set(_imports(name))) for name in MODULES}
+
+
+def _cycle_from(start: str) -> list[str] | None:
+    path: list[str] = []
+    on_path: set[str] = set()
+    done: set[str] = set()
+
+    def visit(node: str) -> list[str] | None:
+        path.append(node)
+        on_path.add(node)
+        for target in GRAPH[node]:
+            if target in on_path:
+                return [*path[path.index(target):], target]
+            if target not in done and (found := visit(target)):
+                return found
+        on_path.discard(path.pop())
+        done.add(node)
+        return None
+
+    return visit(start)
+
+
+def test_no_import_circle() -> None:
+    circles = {' -> '.join(cycle) for name in sorted(GRAPH) if (cycle := _cycle_from(name))}
+    assert not circles, 'import circles:\n' + '\n'.join(sorted(circles))
+
+
+def _under(name: str, *prefixes: str) -> bool:
+    return any(name == prefix or name.startswith(prefix + '.') for prefix in prefixes)
+
+
+ENGINES = ('microagent.bus', 'microagent.broker')
+UPPER = ('microagent.cli', 'microagent.ops', 'microagent.testing', 'microagent.tools', 'microagent.launcher')
+BACKEND_PACKAGES = sorted(name for name in MODULES if name.count('.') == 2 and name.startswith('microagent.backends.'))
+
+# (who, may not import, why)
+RULES = [
+    (ENGINES, ('microagent.agent', 'microagent.backends', 'microagent.contract', *UPPER),
+     'an engine knows the transport protocols only'),
+    (('microagent.contract',), ('microagent.agent', *ENGINES, 'microagent.backends', *UPPER),
+     'the contract is functions over declarations'),
+    (('microagent.backends',), ('microagent.agent', 'microagent.contract', *UPPER),
+     'a backend is a transport plus the classes that join it to an engine'),
+    (('microagent.ops',), ('microagent.backends', 'microagent.cli', 'microagent.testing', 'microagent.tools'),
+     'operations work on any backend'),
+]
+
+
+def _forbidden(importer: str, target: str) -> str | None:
+    for who, banned, why in RULES:
+        if _under(importer, *who) and _under(target, *banned) and target != 'microagent.backends' \
+                and not _under(target, importer.rpartition('.')[0] if importer.count('.') > 2 else importer):
+            return why
+    if _under(importer, 'microagent.backends') and importer.count('.') >= 3 and not _is_package(importer) \
+            and _under(target, *ENGINES):
+        return 'a transport module never imports an engine: only its package __init__ joins them'
+    return None
+
+
+def test_arrows_point_down() -> None:
+    wrong = [f'{importer} -> {target}: {why}' for importer, targets in GRAPH.items() for target in targets
+             if (why := _forbidden(importer, target))]
+    assert not wrong, '\n'.join(wrong)
+
+
+def test_the_core_never_imports_a_backend_module() -> None:
+    core = [name for name in MODULES if name.count('.') == 1 and name not in ('microagent.launcher',)
+            and not _is_package(name)]
+    wrong = [f'{name} -> {target}' for name in core for target in GRAPH[name]
+             if _under(target, 'microagent.backends') and target != 'microagent.backends']
+    assert not wrong
+
+
+@pytest.mark.parametrize('name', sorted(MODULES))
+def test_modules_stay_small(name: str) -> None:
+    lines = len(MODULES[name].read_text().splitlines())
+    assert lines <= MAX_LINES, f'{name} has {lines} lines (at most {MAX_LINES}: one concept a module)'
