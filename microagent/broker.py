@@ -12,44 +12,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from functools import partial
 from itertools import repeat
 from typing import Any, Generic, Never, Self, TypeVar, cast
 
+from microagent.consuming import Consuming, Running
 from microagent.dsn import hide_password
 from microagent.errors import (
     DeclarationError,
     InvalidArgument,
-    InvalidPayload,
     QueueAttributeError,
     QueueNotFound,
     UsageError,
 )
 from microagent.exchange import Exchange
 from microagent.handlers import Consumer
-from microagent.logs import failure_fields, message_fields, set_handler
-from microagent.message import Envelope, check_user_headers, current_var, new_headers, new_headers_many
+from microagent.message import Envelope, check_user_headers, new_headers, new_headers_many
 from microagent.middleware import (
-    Handling,
     MiddlewareLike,
-    Outcome,
     Sending,
     SendingKind,
-    Site,
     active,
     added,
     backend_name,
     wrap,
 )
-from microagent.payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json, undecodable
+from microagent.payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json
 from microagent.queue import Queue
 from microagent.readiness import PING_TIMEOUT, pinged
-from microagent.retry import Retrier, backoff
-from microagent.sends import check_send, set_sender
+from microagent.sends import check_send
 from microagent.transport import BrokerTransport, DeadLetter, Delivery, SelectDeadLetter
 
 __all__ = ['DEFAULT_MAX_MESSAGE_SIZE', 'AbstractQueueBroker', 'BoundExchange', 'BoundQueue', 'DeadLetter',
@@ -57,69 +50,8 @@ __all__ = ['DEFAULT_MAX_MESSAGE_SIZE', 'AbstractQueueBroker', 'BoundExchange', '
 
 T = TypeVar('T')
 
-YIELD_EVERY = 32
-SETTLE_TRIES = 4  # a failed ack, retry or dead-letter is tried this often in all, then the message is released
 
-
-class _Running:
-    """One bound consumer: a fetch loop filling a buffer, ``concurrency`` workers draining it, and a
-    watchdog enforcing the handler timeout (one timer per consumer, not one per message)."""
-
-    def __init__(self, consumer: Consumer) -> None:
-        self.consumer = consumer
-        self.stopping = asyncio.Event()
-        self.loop_task: asyncio.Task[None] | None = None
-        self.tasks: list[asyncio.Task[None]] = []
-        self.buffer: deque[Delivery[Any]] = deque()
-        self.idle: deque[asyncio.Future[None]] = deque()
-        self.waking = False
-        self.refill = asyncio.Event()  # set when the work in hand falls to the low-water mark
-        self.capacity = consumer.concurrency + consumer.prefetch
-        self.low_water = self.capacity // 2
-        self.busy = 0
-        self.deadlines: dict[asyncio.Task[Any], float] = {}
-        self.expired: set[asyncio.Task[Any]] = set()
-        self.retrier: Retrier | None = None  # the fetch loop's: its failures say it cannot fetch now
-        self.site: Site | None = None  # for middlewares, made on first use
-
-    def wake_one(self) -> None:
-        """Wake one idle worker; it wakes the next if work remains. One wake pending at a time, so
-        handlers that never yield do not wake every worker for nothing."""
-        if self.waking:
-            return
-        while self.idle:
-            waiter = self.idle.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                self.waking = True
-                return
-
-    async def wait_for_work(self) -> None:
-        waiter = asyncio.get_running_loop().create_future()
-        self.idle.append(waiter)
-        await waiter
-        self.waking = False
-
-    def stop(self) -> None:
-        self.stopping.set()
-        for waiter in self.idle:
-            if not waiter.done():
-                waiter.set_result(None)
-        self.idle.clear()
-
-    async def watchdog(self) -> None:
-        """Cancel a worker whose handler overran its timeout; the worker reports a TimeoutError."""
-        tick = min(max(self.consumer.timeout / 20, 0.005), 1.0)
-        while True:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            for task, deadline in list(self.deadlines.items()):
-                if deadline <= now and task not in self.expired:
-                    self.expired.add(task)
-                    task.cancel()
-
-
-class AbstractQueueBroker:
+class AbstractQueueBroker(Consuming):
     """The broker engine over a ``BrokerTransport``: ``broker.mailer`` (1.x) or ``broker[mailer]``
     (typed) is a bound queue. Backends subclass it only to build their transport in ``__init__``."""
 
@@ -135,7 +67,7 @@ class AbstractQueueBroker:
         self.backend = backend_name(transport)
         #: wrap every send through this broker (``use``); an agent adds its own
         self.middlewares: tuple[MiddlewareLike, ...] = ()
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, Running] = {}
 
     def __repr__(self) -> str:
         return f'<{type(self).__name__} {hide_password(self.dsn)}>'
@@ -256,7 +188,7 @@ class AbstractQueueBroker:
                                    f'{self._running[name].consumer.key}')
         await self.transport.declare(consumer.queue)
         await self.transport.consume(consumer.queue, consumer.concurrency)
-        running = _Running(consumer)
+        running = Running(consumer)
         self._running[name] = running
         running.loop_task = asyncio.create_task(self._consume(running), name=f'consume:{name}')
 
@@ -304,236 +236,6 @@ class AbstractQueueBroker:
             self.log.error('Queue %s: could not %s on stop (%s: %s); %s', queue.name, action,
                            type(exc).__name__, exc or 'out of time',
                            self.transport.unsettled_fate)
-
-    async def _consume(self, run: _Running) -> None:
-        consumer = run.consumer
-        queue = consumer.queue
-        run.tasks = [asyncio.create_task(run.watchdog())]
-        run.tasks += [asyncio.create_task(self._work(run)) for _ in range(consumer.concurrency)]
-        retrier = run.retrier = Retrier(self.log, f'Fetching from queue {queue.name}')
-        while not run.stopping.is_set():
-            in_hand = run.busy + len(run.buffer)
-            if in_hand > run.low_water:  # fetch in large batches, while half the work is still in hand
-                run.refill.clear()
-                await run.refill.wait()
-                continue
-            free = run.capacity - in_hand
-            try:
-                deliveries = await self.transport.fetch(queue, free, self.fetch_timeout)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                await retrier.failed(exc)
-                continue
-            retrier.succeeded()
-            if run.stopping.is_set():
-                await self.transport.release(queue, deliveries)
-                break
-            if deliveries:
-                run.buffer.extend(deliveries)
-                run.wake_one()
-
-    async def _work(self, run: _Running) -> None:
-        """A worker: handles buffered deliveries one at a time until the consumer stops. This is the
-        hot path, kept inline: per message, no coroutine but the handler's and the ack's."""
-        task = cast(asyncio.Task[None], asyncio.current_task())
-        consumer, buffer, queue = run.consumer, run.buffer, run.consumer.queue
-        set_sender(consumer.agent)  # this task's own context: what the consumer sends is checked as its
-        set_handler(consumer.agent, consumer.key)  # and what it logs names the handler
-        streak = 0  # messages handled since this worker last let other tasks run (or about: waits do too)
-        while True:
-            if not buffer:
-                if run.stopping.is_set():
-                    return
-                await run.wait_for_work()
-                continue
-            delivery = buffer.popleft()
-            if buffer:
-                run.wake_one()
-            run.busy += 1
-            try:
-                try:
-                    payload = self._decode(consumer, delivery)
-                except InvalidPayload as exc:
-                    if middlewares := active(consumer.agent.middlewares):
-                        await self._report_invalid(run, delivery, exc, middlewares)
-                    await self._reject(queue, delivery, exc)
-                    continue
-                failure: Exception | None = None
-                run.deadlines[task] = time.monotonic() + consumer.timeout  # the loop's clock
-                held = current_var.set(delivery)  # read into a Message only if the handler asks or sends
-                try:
-                    if middlewares := active(consumer.agent.middlewares):
-                        await self._handle_through(run, task, delivery, payload, middlewares)
-                    else:
-                        await consumer(payload, delivery.context)
-                except asyncio.CancelledError:
-                    if task not in run.expired:
-                        raise
-                    failure = TimeoutError()
-                except Exception as exc:
-                    failure = exc
-                finally:
-                    current_var.reset(held)
-                    del run.deadlines[task]
-                    if task in run.expired:  # the watchdog's cancel is consumed here, not by the next await
-                        run.expired.discard(task)
-                        task.uncancel()
-                if failure is not None:
-                    await self._failed(consumer, delivery, failure)
-                elif consumer.autoack:
-                    try:
-                        await self.transport.ack(queue, delivery)
-                    except Exception as exc:
-                        await self._ack_failed(queue, delivery, exc)
-            except asyncio.CancelledError:
-                await self.transport.release(queue, [delivery])
-                raise
-            except Exception as exc:  # a bug, not a backend failure: still, the message is not left in hand
-                await self._give_back(queue, delivery, 'handle', exc, trace=True)
-            finally:
-                run.busy -= 1
-                if run.busy + len(buffer) <= run.low_water:  # also after a dead-lettered message's `continue`
-                    run.refill.set()
-            streak += 1
-            if streak == YIELD_EVERY:  # handlers that never wait would starve the fetch loop's I/O
-                streak = 0
-                await asyncio.sleep(0)
-
-    def _handling(self, run: _Running, delivery: Delivery[Any]) -> Handling:
-        if run.site is None:
-            consumer = run.consumer
-            run.site = Site('consumer', type(consumer.agent).__name__, consumer.key, consumer.queue.name,
-                            self.backend, consumer.max_retries)
-        return Handling(run.site, delivery, delivery.attempt)
-
-    def _handle_through(self, run: _Running, task: asyncio.Task[None], delivery: Delivery[Any],
-                        payload: Any, middlewares: tuple[MiddlewareLike, ...]) -> Awaitable[Any]:
-        """The handler behind the agent's middlewares; they see the outcome the engine chose (a
-        timeout reaches them as ``TimeoutError``, and from them the worker). Not a coroutine itself:
-        the worker awaits the chain directly, one frame less per message."""
-        consumer = run.consumer
-        handling = self._handling(run, delivery)
-
-        async def handle() -> Any:
-            try:
-                return await consumer(payload, delivery.context)
-            except asyncio.CancelledError:
-                if task not in run.expired:
-                    raise
-                timeout = TimeoutError(f'{consumer.key} took more than {consumer.timeout}s')
-                self._note_failure(handling, consumer, delivery, timeout, timed_out=True)
-                raise timeout from None
-            except Exception as exc:
-                self._note_failure(handling, consumer, delivery, exc)
-                raise
-
-        return wrap(middlewares, 'handle', handling, handle)()
-
-    @staticmethod
-    def _note_failure(handling: Handling, consumer: Consumer, delivery: Delivery[Any], exc: Exception,
-                      timed_out: bool = False) -> None:
-        delay = _retry_delay(consumer, delivery)
-        handling.failed(exc, Outcome.DEAD_LETTERED if delay is None else Outcome.RETRIED, timed_out=timed_out,
-                        retry_delay=delay)
-
-    async def _report_invalid(self, run: _Running, delivery: Delivery[Any], exc: InvalidPayload,
-                              middlewares: tuple[MiddlewareLike, ...]) -> None:
-        """Show the middlewares a message that fails validation: it is dead-lettered unhandled."""
-        handling = self._handling(run, delivery)
-
-        async def invalid() -> None:
-            handling.failed(exc, Outcome.DEAD_LETTERED)
-            raise exc
-
-        try:
-            await wrap(middlewares, 'handle', handling, invalid)()
-        except InvalidPayload:
-            pass
-        except Exception:
-            self.log.exception('Queue %s: a middleware failed on an invalid message', run.consumer.queue.name)
-
-    async def _ack_failed(self, queue: Queue[Any], delivery: Delivery[Any], exc: Exception) -> None:
-        await self._settle_failed(queue, delivery, 'ack', exc, partial(self.transport.ack, queue, delivery))
-
-    def _decode(self, consumer: Consumer, delivery: Delivery[Any]) -> tuple[Any, Any]:
-        try:
-            body = check_size(f'queue {consumer.queue.name!r}', delivery.envelope.body, self.max_message_size)
-            return consumer.decode(body)
-        except InvalidPayload:
-            raise
-        except Exception as exc:  # a custom decode: whatever it raises, the message cannot be handled
-            raise undecodable(f'queue {consumer.queue.name!r}', exc) from None
-
-    async def _reject(self, queue: Queue[Any], delivery: Delivery[Any], exc: InvalidPayload) -> None:
-        self.log.warning('Queue %s: an invalid message is dead-lettered: %s', queue.name, exc,
-                         extra=failure_fields(delivery, None, 'dead_lettered', delivery.attempt))
-        await self._settle_message(queue, delivery, 'dead-letter',
-                                   partial(self.transport.dead_letter, queue, delivery, str(exc)))
-
-    async def _settle_message(self, queue: Queue[Any], delivery: Delivery[Any], action: str,
-                              operation: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await operation()
-        except Exception as exc:
-            await self._settle_failed(queue, delivery, action, exc, operation)
-
-    async def _settle_failed(self, queue: Queue[Any], delivery: Delivery[Any], action: str, exc: Exception,
-                             operation: Callable[[], Awaitable[None]]) -> None:
-        """A settle operation failed: try it again with backoff, then give the message back to the
-        queue, so no message stays in hand while the consumer lives."""
-        ids = message_fields(delivery)
-        for tries in range(1, SETTLE_TRIES):
-            delay = backoff(tries, 0.05, 1.0)
-            self.log.warning('Queue %s: could not %s a message (%s: %s); trying again in %.2fs',
-                             queue.name, action, type(exc).__name__, exc, delay, extra=ids)
-            await asyncio.sleep(delay)
-            try:
-                await operation()
-            except Exception as again:
-                exc = again
-            else:
-                self.log.info('Queue %s: %s of the message succeeded on try %d', queue.name, action, tries + 1,
-                              extra=ids)
-                return
-        await self._give_back(queue, delivery, f'{action} ({SETTLE_TRIES} tries)', exc)
-
-    async def _give_back(self, queue: Queue[Any], delivery: Delivery[Any], action: str, exc: Exception,
-                         trace: bool = False) -> None:
-        """Release a message that could not be settled; say truthfully what becomes of it."""
-        trace_of = exc if trace else None
-        ids = message_fields(delivery)
-        try:
-            await self.transport.release(queue, [delivery])
-        except Exception as failure:
-            self.log.error('Queue %s: could not %s a message (%s: %s) nor return it to the queue (%s: %s); %s',
-                           queue.name, action, type(exc).__name__, exc, type(failure).__name__, failure,
-                           self.transport.unsettled_fate, exc_info=trace_of, extra=ids)
-        else:
-            self.log.error('Queue %s: could not %s a message (%s: %s); returned it to the queue, '
-                           'it will be delivered again', queue.name, action, type(exc).__name__, exc,
-                           exc_info=trace_of, extra=ids)
-
-    async def _failed(self, consumer: Consumer, delivery: Delivery[Any], exc: Exception) -> None:
-        queue = consumer.queue
-        if isinstance(exc, TimeoutError):
-            reason = f'timeout: {consumer.key} took more than {consumer.timeout}s'
-        else:
-            reason = f'{type(exc).__name__}: {exc}'
-        delay = _retry_delay(consumer, delivery)
-        attempt, retries = delivery.attempt, consumer.max_retries
-        if delay is not None:
-            self.log.warning('Queue %s: %s failed on attempt %d (%s); retry %d of %d in %s s',
-                             queue.name, consumer.key, attempt, reason, attempt, retries, _seconds(delay),
-                             extra=failure_fields(delivery, consumer.key, 'retried', attempt, retries, delay))
-            await self._settle_message(queue, delivery, 'retry',
-                                       partial(self.transport.retry, queue, delivery, delay, reason))
-        else:
-            self.log.error('Queue %s: %s failed on attempt %d, after %d retries; dead-lettered: %s',
-                           queue.name, consumer.key, attempt, retries, reason,
-                           extra=failure_fields(delivery, consumer.key, 'dead_lettered', attempt, retries))
-            await self._settle_message(queue, delivery, 'dead-letter',
-                                       partial(self.transport.dead_letter, queue, delivery, reason))
 
 
 class BoundExchange:
@@ -641,15 +343,3 @@ class BoundQueue(Generic[T]):
 
 def _every(position: int, letter: DeadLetter) -> bool:
     return True
-
-
-def _seconds(delay: float) -> str:
-    """``4.0``, ``0.25``, ``0.01``: a retry delay as a person reads it."""
-    return f'{delay:.1f}' if delay >= 1 else f'{delay:.2g}'
-
-
-def _retry_delay(consumer: Consumer, delivery: Delivery[Any]) -> float | None:
-    """Seconds until the failed message's next attempt; None when it is dead-lettered instead."""
-    if delivery.attempt <= consumer.max_retries:
-        return backoff(delivery.attempt, consumer.retry_delay)
-    return None

@@ -36,7 +36,6 @@ from microagent.errors import (
     CallTimeout,
     InvalidArgument,
     InvalidPayload,
-    MicroAgentError,
     SignalAttributeError,
     SignalNotFound,
     UsageError,
@@ -68,6 +67,7 @@ from microagent.middleware import (
 )
 from microagent.payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json
 from microagent.readiness import PING_TIMEOUT, pinged
+from microagent.rpc import Answers, Pending, RemoteError, Reply
 from microagent.sends import check_send, set_sender
 from microagent.signal import RESPONSE_SIGNAL, Signal
 from microagent.transport import BusTransport
@@ -82,65 +82,6 @@ _answers_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _errors_decoder = msgspec.json.Decoder(dict[str, str])
 
 
-class RemoteError(MicroAgentError):
-    """An RPC receiver failed: it raised, timed out or returned an invalid answer. Names the signal,
-    the receiver (``Agent.method``) and the reason the receiver's bus gave."""
-
-    def __init__(self, signal: str, receiver: str, reason: str) -> None:
-        self.signal = signal
-        self.receiver = receiver
-        self.reason = reason
-        super().__init__(f'signal {signal!r}: receiver {receiver} failed: {reason}')
-
-
-class _Pending:
-    """Answers to one RPC request, collected until the caller stops waiting: pairs of the
-    successful answers and the failures (receiver -> reason) of one answering bus."""
-
-    __slots__ = ('answers', 'signal', 'wakeup')
-
-    def __init__(self, signal: Signal[Any, Any]) -> None:
-        self.signal = signal
-        self.answers: deque[tuple[dict[str, Any], dict[str, str]]] = deque()
-        self.wakeup: asyncio.Future[None] | None = None
-
-    def put(self, answers: dict[str, Any], errors: dict[str, str]) -> None:
-        self.answers.append((answers, errors))
-        _wake(self.wakeup)
-
-    async def next(self, deadline: float) -> tuple[dict[str, Any], dict[str, str]] | None:
-        """The next answer, or None once the loop's clock passes ``deadline``."""
-        if not self.answers:
-            loop = asyncio.get_running_loop()
-            wakeup = self.wakeup = loop.create_future()
-            timer = loop.call_at(deadline, _wake, wakeup)
-            try:
-                await wakeup
-            finally:
-                timer.cancel()
-                self.wakeup = None
-        return self.answers.popleft() if self.answers else None
-
-
-def _wake(future: asyncio.Future[None] | None) -> None:
-    if future is not None and not future.done():
-        future.set_result(None)
-
-
-class _Reply:
-    """The answers of this bus's receivers to one RPC request, sent together once all have run.
-    ``errors`` is None for a 1.x request: its caller gets no word of failures, as in 1.x."""
-
-    __slots__ = ('answers', 'errors', 'left', 'reply_to', 'request_id')
-
-    def __init__(self, request_id: str, reply_to: str, left: int, errors: bool) -> None:
-        self.request_id = request_id
-        self.reply_to = reply_to
-        self.answers: dict[str, msgspec.Raw] = {}
-        self.errors: dict[str, str] | None = {} if errors else None
-        self.left = left
-
-
 class _Lane:
     """The signals one receiver has yet to handle, drained by at most ``concurrency`` workers."""
 
@@ -149,7 +90,7 @@ class _Lane:
     def __init__(self, receiver: Receiver) -> None:
         self.receiver = receiver
         # (payload, sender, reply, the message, read from its headers on first use)
-        self.backlog: deque[tuple[Any, str, _Reply | None, Incoming]] = deque()
+        self.backlog: deque[tuple[Any, str, Reply | None, Incoming]] = deque()
         self.workers = 0
 
 
@@ -183,7 +124,7 @@ class AbstractSignalBus:
         self._lanes: dict[Receiver, _Lane] = {}
         self._backlog = 0
         self._room = asyncio.Event()
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, Pending] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._replies_bound = False
 
@@ -295,7 +236,7 @@ class AbstractSignalBus:
             request_id = headers.get(REQUEST_ID)
             reply_to = headers.get(REPLY_TO)
             if request_id and reply_to:
-                reply = _Reply(request_id, reply_to, len(receivers), MESSAGE_ID in headers)
+                reply = Reply(request_id, reply_to, len(receivers), MESSAGE_ID in headers)
         item = (payload, sender, reply, Incoming(headers))  # one Message for every receiver, if read
         for receiver in receivers:
             lane = self._lanes[receiver]
@@ -340,7 +281,7 @@ class AbstractSignalBus:
         finally:
             lane.workers -= 1
 
-    def _add_answer(self, receiver: Receiver, reply: _Reply, result: Any) -> None:
+    def _add_answer(self, receiver: Receiver, reply: Reply, result: Any) -> None:
         signal = receiver.signal
         try:
             encoded = signal.answer_codec.encode(result) if signal.answer_codec else encode_json(result)
@@ -351,7 +292,7 @@ class AbstractSignalBus:
             return
         reply.answers[receiver.key] = msgspec.Raw(encoded)
 
-    async def _answered(self, signal: Signal[Any, Any], reply: _Reply) -> None:
+    async def _answered(self, signal: Signal[Any, Any], reply: Reply) -> None:
         """One receiver is done with the request; the last one sends ``{"Class.method": value}``
         (and the failures, to a caller that reads them)."""
         reply.left -= 1
@@ -439,11 +380,11 @@ class AbstractSignalBus:
             pending.put(answers, errors)
 
     async def _request(self, signal: Signal[Any, Any], sender: str, data: bytes,
-                       headers: Mapping[str, str] | None) -> tuple[str, _Pending]:
-        """Publish an RPC request; its answers collect in the returned ``_Pending`` until the caller
+                       headers: Mapping[str, str] | None) -> tuple[str, Pending]:
+        """Publish an RPC request; its answers collect in the returned ``Pending`` until the caller
         drops it from ``_pending``. Request ids are unique per bus (its uid and a counter)."""
         request_id = next(self._request_ids)
-        pending = self._pending[request_id] = _Pending(signal)
+        pending = self._pending[request_id] = Pending(signal)
         self._room.set()  # a reading loop held by a full backlog reads on while an answer is awaited
         try:
             if not self._replies_bound:
@@ -459,30 +400,6 @@ class AbstractSignalBus:
             del self._pending[request_id]
             raise
         return request_id, pending
-
-
-class Answers(Generic[R]):
-    """What ``waiter`` yields: iterate over the successful answers, ``{"Agent.method": value}``,
-    until the timeout; ``errors`` holds a ``RemoteError`` for each receiver that failed so far."""
-
-    __slots__ = ('deadline', 'errors', 'pending')
-
-    def __init__(self, pending: _Pending, deadline: float) -> None:
-        self.pending = pending
-        self.deadline = deadline
-        self.errors: list[RemoteError] = []
-
-    def __aiter__(self) -> Answers[R]:
-        return self
-
-    async def __anext__(self) -> dict[str, R]:
-        while (item := await self.pending.next(self.deadline)) is not None:
-            answers, errors = item
-            name = self.pending.signal.name
-            self.errors.extend(RemoteError(name, key, reason) for key, reason in errors.items())
-            if answers:
-                return answers
-        raise StopAsyncIteration
 
 
 def _dropped(envelope: Envelope) -> dict[str, Any]:

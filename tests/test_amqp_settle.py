@@ -10,7 +10,7 @@ import pytest
 
 from microagent import MicroAgent, Queue, consumer
 from microagent.backends.amqp.link import Outgoing
-from microagent.broker import SETTLE_TRIES
+from microagent.settle import SETTLE_TRIES
 from microagent.message import Envelope
 from tests.amqp_support import Servers
 from tests.helpers import Collector, eventually

@@ -1,0 +1,261 @@
+"""The consume loop of the broker engine: fetch within a consumer's free slots, decode, run the
+handler under its timeout and middlewares, ack on success, and hand failures to ``Settlement``.
+
+``Consuming`` is a part of the broker engine (``AbstractQueueBroker`` derives from it), kept apart
+so the send side and the consume side each read on their own.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable
+from typing import Any, cast
+
+from microagent.errors import (
+    InvalidPayload,
+)
+from microagent.handlers import Consumer
+from microagent.logs import set_handler
+from microagent.message import current_var
+from microagent.middleware import (
+    Handling,
+    MiddlewareLike,
+    Outcome,
+    Site,
+    active,
+    wrap,
+)
+from microagent.payload import check_size, undecodable
+from microagent.retry import Retrier
+from microagent.sends import set_sender
+from microagent.settle import Settlement, retry_delay
+from microagent.transport import BrokerTransport, Delivery
+
+YIELD_EVERY = 32
+
+
+class Running:
+    """One bound consumer: a fetch loop filling a buffer, ``concurrency`` workers draining it, and a
+    watchdog enforcing the handler timeout (one timer per consumer, not one per message)."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+        self.stopping = asyncio.Event()
+        self.loop_task: asyncio.Task[None] | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.buffer: deque[Delivery[Any]] = deque()
+        self.idle: deque[asyncio.Future[None]] = deque()
+        self.waking = False
+        self.refill = asyncio.Event()  # set when the work in hand falls to the low-water mark
+        self.capacity = consumer.concurrency + consumer.prefetch
+        self.low_water = self.capacity // 2
+        self.busy = 0
+        self.deadlines: dict[asyncio.Task[Any], float] = {}
+        self.expired: set[asyncio.Task[Any]] = set()
+        self.retrier: Retrier | None = None  # the fetch loop's: its failures say it cannot fetch now
+        self.site: Site | None = None  # for middlewares, made on first use
+
+    def wake_one(self) -> None:
+        """Wake one idle worker; it wakes the next if work remains. One wake pending at a time, so
+        handlers that never yield do not wake every worker for nothing."""
+        if self.waking:
+            return
+        while self.idle:
+            waiter = self.idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self.waking = True
+                return
+
+    async def wait_for_work(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self.idle.append(waiter)
+        await waiter
+        self.waking = False
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for waiter in self.idle:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.idle.clear()
+
+    async def watchdog(self) -> None:
+        """Cancel a worker whose handler overran its timeout; the worker reports a TimeoutError."""
+        tick = min(max(self.consumer.timeout / 20, 0.005), 1.0)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for task, deadline in list(self.deadlines.items()):
+                if deadline <= now and task not in self.expired:
+                    self.expired.add(task)
+                    task.cancel()
+
+
+class Consuming(Settlement):
+    """The broker's consume loop, over its ``transport``; settling is ``Settlement``'s."""
+
+    transport: BrokerTransport[Any]
+    log: logging.Logger
+    backend: str
+    fetch_timeout: float
+    max_message_size: int
+
+    async def _consume(self, run: Running) -> None:
+        consumer = run.consumer
+        queue = consumer.queue
+        run.tasks = [asyncio.create_task(run.watchdog())]
+        run.tasks += [asyncio.create_task(self._work(run)) for _ in range(consumer.concurrency)]
+        retrier = run.retrier = Retrier(self.log, f'Fetching from queue {queue.name}')
+        while not run.stopping.is_set():
+            in_hand = run.busy + len(run.buffer)
+            if in_hand > run.low_water:  # fetch in large batches, while half the work is still in hand
+                run.refill.clear()
+                await run.refill.wait()
+                continue
+            free = run.capacity - in_hand
+            try:
+                deliveries = await self.transport.fetch(queue, free, self.fetch_timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await retrier.failed(exc)
+                continue
+            retrier.succeeded()
+            if run.stopping.is_set():
+                await self.transport.release(queue, deliveries)
+                break
+            if deliveries:
+                run.buffer.extend(deliveries)
+                run.wake_one()
+
+    async def _work(self, run: Running) -> None:
+        """A worker: handles buffered deliveries one at a time until the consumer stops. This is the
+        hot path, kept inline: per message, no coroutine but the handler's and the ack's."""
+        task = cast(asyncio.Task[None], asyncio.current_task())
+        consumer, buffer, queue = run.consumer, run.buffer, run.consumer.queue
+        set_sender(consumer.agent)  # this task's own context: what the consumer sends is checked as its
+        set_handler(consumer.agent, consumer.key)  # and what it logs names the handler
+        streak = 0  # messages handled since this worker last let other tasks run (or about: waits do too)
+        while True:
+            if not buffer:
+                if run.stopping.is_set():
+                    return
+                await run.wait_for_work()
+                continue
+            delivery = buffer.popleft()
+            if buffer:
+                run.wake_one()
+            run.busy += 1
+            try:
+                try:
+                    payload = self._decode(consumer, delivery)
+                except InvalidPayload as exc:
+                    if middlewares := active(consumer.agent.middlewares):
+                        await self._report_invalid(run, delivery, exc, middlewares)
+                    await self._reject(queue, delivery, exc)
+                    continue
+                failure: Exception | None = None
+                run.deadlines[task] = time.monotonic() + consumer.timeout  # the loop's clock
+                held = current_var.set(delivery)  # read into a Message only if the handler asks or sends
+                try:
+                    if middlewares := active(consumer.agent.middlewares):
+                        await self._handle_through(run, task, delivery, payload, middlewares)
+                    else:
+                        await consumer(payload, delivery.context)
+                except asyncio.CancelledError:
+                    if task not in run.expired:
+                        raise
+                    failure = TimeoutError()
+                except Exception as exc:
+                    failure = exc
+                finally:
+                    current_var.reset(held)
+                    del run.deadlines[task]
+                    if task in run.expired:  # the watchdog's cancel is consumed here, not by the next await
+                        run.expired.discard(task)
+                        task.uncancel()
+                if failure is not None:
+                    await self._failed(consumer, delivery, failure)
+                elif consumer.autoack:
+                    try:
+                        await self.transport.ack(queue, delivery)
+                    except Exception as exc:
+                        await self._ack_failed(queue, delivery, exc)
+            except asyncio.CancelledError:
+                await self.transport.release(queue, [delivery])
+                raise
+            except Exception as exc:  # a bug, not a backend failure: still, the message is not left in hand
+                await self._give_back(queue, delivery, 'handle', exc, trace=True)
+            finally:
+                run.busy -= 1
+                if run.busy + len(buffer) <= run.low_water:  # also after a dead-lettered message's `continue`
+                    run.refill.set()
+            streak += 1
+            if streak == YIELD_EVERY:  # handlers that never wait would starve the fetch loop's I/O
+                streak = 0
+                await asyncio.sleep(0)
+
+    def _handling(self, run: Running, delivery: Delivery[Any]) -> Handling:
+        if run.site is None:
+            consumer = run.consumer
+            run.site = Site('consumer', type(consumer.agent).__name__, consumer.key, consumer.queue.name,
+                            self.backend, consumer.max_retries)
+        return Handling(run.site, delivery, delivery.attempt)
+
+    def _handle_through(self, run: Running, task: asyncio.Task[None], delivery: Delivery[Any],
+                        payload: Any, middlewares: tuple[MiddlewareLike, ...]) -> Awaitable[Any]:
+        """The handler behind the agent's middlewares; they see the outcome the engine chose (a
+        timeout reaches them as ``TimeoutError``, and from them the worker). Not a coroutine itself:
+        the worker awaits the chain directly, one frame less per message."""
+        consumer = run.consumer
+        handling = self._handling(run, delivery)
+
+        async def handle() -> Any:
+            try:
+                return await consumer(payload, delivery.context)
+            except asyncio.CancelledError:
+                if task not in run.expired:
+                    raise
+                timeout = TimeoutError(f'{consumer.key} took more than {consumer.timeout}s')
+                self._note_failure(handling, consumer, delivery, timeout, timed_out=True)
+                raise timeout from None
+            except Exception as exc:
+                self._note_failure(handling, consumer, delivery, exc)
+                raise
+
+        return wrap(middlewares, 'handle', handling, handle)()
+
+    @staticmethod
+    def _note_failure(handling: Handling, consumer: Consumer, delivery: Delivery[Any], exc: Exception,
+                      timed_out: bool = False) -> None:
+        delay = retry_delay(consumer, delivery)
+        handling.failed(exc, Outcome.DEAD_LETTERED if delay is None else Outcome.RETRIED, timed_out=timed_out,
+                        retry_delay=delay)
+
+    async def _report_invalid(self, run: Running, delivery: Delivery[Any], exc: InvalidPayload,
+                              middlewares: tuple[MiddlewareLike, ...]) -> None:
+        """Show the middlewares a message that fails validation: it is dead-lettered unhandled."""
+        handling = self._handling(run, delivery)
+
+        async def invalid() -> None:
+            handling.failed(exc, Outcome.DEAD_LETTERED)
+            raise exc
+
+        try:
+            await wrap(middlewares, 'handle', handling, invalid)()
+        except InvalidPayload:
+            pass
+        except Exception:
+            self.log.exception('Queue %s: a middleware failed on an invalid message', run.consumer.queue.name)
+
+    def _decode(self, consumer: Consumer, delivery: Delivery[Any]) -> tuple[Any, Any]:
+        try:
+            body = check_size(f'queue {consumer.queue.name!r}', delivery.envelope.body, self.max_message_size)
+            return consumer.decode(body)
+        except InvalidPayload:
+            raise
+        except Exception as exc:  # a custom decode: whatever it raises, the message cannot be handled
+            raise undecodable(f'queue {consumer.queue.name!r}', exc) from None
