@@ -135,10 +135,9 @@ async def test_the_same_group_runs_on_redis_by_dsn(raw: Redis) -> None:
             await raw.delete(key)
 
 
-def test_the_readme_example_passes_with_the_pytest_plugin(tmp_path: Path) -> None:
-    """The "Testing your agents" example, run as a user would: its own pytest, the plugin's fixtures."""
-    readme = (ROOT / 'README.md').read_text()
-    section = readme[readme.index('## Testing your agents'):]
+def test_the_docs_example_passes_with_the_pytest_plugin(tmp_path: Path) -> None:
+    """The example of docs/testing.md, run as a user would: its own pytest, the plugin's fixtures."""
+    section = (ROOT / 'docs' / 'testing.md').read_text()
     example = section[section.index('```python\n') + len('```python\n'):section.index('```\n', 10)]
     (tmp_path / 'test_shop.py').write_text(example)
     (tmp_path / 'test_dsn.py').write_text(
