@@ -10,8 +10,8 @@ import pytest
 
 from microagent import MicroAgent, Queue, consumer
 from microagent.backends.amqp.link import Outgoing
-from microagent.settle import SETTLE_TRIES
 from microagent.message import Envelope
+from microagent.settle import SETTLE_TRIES
 from tests.amqp_support import Servers
 from tests.helpers import Collector, eventually
 
