@@ -91,6 +91,7 @@ _reserved: tuple[dict[str, Backend], tuple[tuple[str, Backend], ...]] | None = N
 
 def register(backend: Backend) -> Backend:
     """Add (or replace, by name) a backend; its schemes then work everywhere a DSN is given."""
+    _load_entry_points()
     taken = {scheme: other.name for other in _registered.values() if other.name != backend.name
              for scheme in other.schemes}
     clash = [scheme for scheme in backend.schemes if scheme in taken]

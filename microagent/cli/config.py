@@ -151,10 +151,21 @@ def _entries(module: str, section: str, value: Any) -> Iterator[tuple[str, str, 
         label = f'{module}: {section}[{name!r}]'
         if not isinstance(entry, Mapping):
             raise ConfigError(f'{label}: an entry is a dict with a \'backend\', got {type(entry).__name__}')
-        if 'backend' not in entry:
-            raise ConfigError(f"{label}: missing 'backend' (the dotted path of its class)")
         options = {key: item for key, item in entry.items() if key != 'backend'}
-        yield name, label, options, import_object(entry['backend'], label)
+        yield name, label, options, _factory(label, section, entry)
+
+
+def _factory(label: str, section: str, entry: Mapping[str, Any]) -> Any:
+    """The class of an entry: its ``backend`` path, or (buses and brokers) the registry's for its DSN."""
+    if 'backend' in entry:
+        return import_object(entry['backend'], label)
+    if section in ('BUS', 'BROKER') and isinstance(entry.get('dsn'), str):
+        try:
+            return backend_for(entry['dsn']).load(section.lower())
+        except MicroAgentError as exc:
+            raise ConfigError(f'{label}: {exc}') from None
+    extra = " or a 'dsn' whose scheme names one" if section != 'AGENT' else ''
+    raise ConfigError(f"{label}: missing 'backend' (the dotted path of its class){extra}")
 
 
 def _backends(module: str, section: str, value: Any, base: type[Any]) -> dict[str, BackendConfig]:
