@@ -2,8 +2,8 @@
 
     marun --single-process examples.settings_memory
 """
-BUS = {'default': {'backend': 'microagent.backends.memory.MemorySignalBus', 'dsn': 'memory://demo'}}
-BROKER = {'default': {'backend': 'microagent.backends.memory.MemoryBroker', 'dsn': 'memory://demo'}}
+BUS = {'default': {'backend': 'microagent.tools.memory.MemorySignalBus', 'dsn': 'memory://demo'}}
+BROKER = {'default': {'backend': 'microagent.tools.memory.MemoryBroker', 'dsn': 'memory://demo'}}
 
 AGENT = {
     'users': {'backend': 'examples.users.UserAgent', 'bus': 'default', 'broker': 'default'},

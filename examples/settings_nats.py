@@ -9,7 +9,7 @@ from examples.settings_memory import AGENT
 
 NATS = os.environ.get('DEMO_NATS', 'nats://127.0.0.1:4222')
 
-BUS = {'default': {'backend': 'microagent.backends.nats.NATSSignalBus', 'dsn': NATS, 'prefix': 'DEMO'}}
-BROKER = {'default': {'backend': 'microagent.backends.nats.NATSBroker', 'dsn': NATS}}
+BUS = {'default': {'backend': 'microagent.tools.nats.NATSSignalBus', 'dsn': NATS, 'prefix': 'DEMO'}}
+BROKER = {'default': {'backend': 'microagent.tools.nats.NATSBroker', 'dsn': NATS}}
 
 __all__ = ['AGENT', 'BROKER', 'BUS']

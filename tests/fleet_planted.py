@@ -44,8 +44,8 @@ class Receiver(MicroAgent):
         pass
 
 
-BUS = {'default': {'backend': 'microagent.backends.memory.MemorySignalBus', 'dsn': 'memory://planted'}}
-BROKER = {'default': {'backend': 'microagent.backends.memory.MemoryBroker', 'dsn': 'memory://planted'}}
+BUS = {'default': {'backend': 'microagent.tools.memory.MemorySignalBus', 'dsn': 'memory://planted'}}
+BROKER = {'default': {'backend': 'microagent.tools.memory.MemoryBroker', 'dsn': 'memory://planted'}}
 AGENT = {
     'sender': {'backend': 'tests.fleet_planted.Sender', 'bus': 'default'},
     'receiver': {'backend': 'tests.fleet_planted.Receiver', 'bus': 'default', 'broker': 'default'},

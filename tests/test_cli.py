@@ -19,7 +19,7 @@ from microagent.cli.main import main
 from tests.launcher_agents.support import Starter, starter
 from tests.services import REDIS_HOST, REDIS_PORT, require_service
 
-MEMORY = 'microagent.backends.memory.MemoryBroker'
+MEMORY = 'microagent.tools.memory.MemoryBroker'
 REDIS_DSN = f'redis://{REDIS_HOST}:{REDIS_PORT}/5'
 
 
@@ -112,7 +112,7 @@ def test_dead_letters_with_a_bad_backend(capsys: pytest.CaptureFixture[str]) -> 
     assert main(['dead-letters', 'list', 'mailer', '--broker', 'memory://', '--backend', 'nowhere.Broker']) == 2
     assert "--backend: cannot import backend 'nowhere.Broker'" in capsys.readouterr().err
     assert main(['dead-letters', 'list', 'mailer', '--broker', 'memory://', '--backend',
-                 'microagent.backends.memory.MemorySignalBus']) == 2
+                 'microagent.tools.memory.MemorySignalBus']) == 2
     assert 'is not a queue broker class' in capsys.readouterr().err
 
 

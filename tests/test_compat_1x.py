@@ -16,9 +16,9 @@ import pytest
 from redis.asyncio import Redis
 
 from microagent import InvalidPayload, MicroAgent, Queue, Signal, consumer, load_stuff, on, periodic, receiver
-from microagent.backends.memory import MemoryBroker, MemorySignalBus
-from microagent.backends.redis import RedisBroker, RedisSignalBus
 from microagent.testing import TestGroup
+from microagent.tools.memory import MemoryBroker, MemorySignalBus
+from microagent.tools.redis import RedisBroker, RedisSignalBus
 from tests.backends import REDIS_TEST_DSN
 from tests.helpers import Collector
 
@@ -134,7 +134,7 @@ def test_everything_without_pydantic_installed(tmp_path: Path) -> None:
         import msgspec
         import microagent
         from microagent import MicroAgent, Queue, Signal, consumer, receiver, InvalidPayload
-        from microagent.backends.memory import MemoryBroker, MemorySignalBus
+        from microagent.tools.memory import MemoryBroker, MemorySignalBus
         from microagent.testing.mocks import BusMock
 
         class Job(msgspec.Struct):

@@ -221,7 +221,7 @@ def test_a_bad_configuration_fails_before_anything_starts(start: Starter, module
 
 RECORDER = 'tests.launcher_agents.agents.Recorder'
 LISTENER = 'tests.launcher_agents.agents.Listener'
-MEMORY_BUS = {'backend': 'microagent.backends.memory.MemorySignalBus'}
+MEMORY_BUS = {'backend': 'microagent.tools.memory.MemorySignalBus'}
 
 
 @pytest.mark.parametrize(('sections', 'message'), [
@@ -230,14 +230,14 @@ MEMORY_BUS = {'backend': 'microagent.backends.memory.MemorySignalBus'}
     ({'AGENT': {'a': {'backend': RECORDER, 'settings': ['x']}}}, "AGENT['a']: 'settings' must be a dict"),
     ({'AGENT': {'a': {'backend': RECORDER, 'colour': 'red'}}},
      "AGENT['a']: wrong arguments for Recorder: got an unexpected keyword argument 'colour'"),
-    ({'AGENT': {'a': {'backend': 'microagent.backends.memory.MemoryBroker'}}},
+    ({'AGENT': {'a': {'backend': 'microagent.tools.memory.MemoryBroker'}}},
      "AGENT['a']: backend <class 'microagent.backends.memory.MemoryBroker'> is not a MicroAgent subclass"),
     ({'AGENT': {'a': {'backend': LISTENER}}}, "AGENT['a']: Listener receives signals but names no 'bus'"),
     ({'AGENT': {'a.b': {'backend': RECORDER}}}, "AGENT['a.b']: an agent name is made of letters"),
     ({'AGENT': {'a': {'backend': 'Recorder'}}}, "AGENT['a']: 'backend' must be a dotted path"),
     ({'BUS': {'b': {'backend': 'tests.launcher_agents.agents.StrictBus', 'prefix': 'X'}}},
      "BUS['b']: wrong arguments for StrictBus: missing a required argument: 'dsn'"),
-    ({'BUS': {'b': {'backend': 'microagent.backends.memory.MemoryBroker'}}},
+    ({'BUS': {'b': {'backend': 'microagent.tools.memory.MemoryBroker'}}},
      "BUS['b']: backend <class 'microagent.backends.memory.MemoryBroker'> is not a subclass of AbstractSignalBus"),
     ({'BUS': {'b': 'memory://'}}, "BUS['b']: an entry is a dict with a 'backend', got str"),
     ({'AGENT': []}, 'AGENT must be a dict of entries, got list'),

@@ -56,6 +56,7 @@ class BackendConfig:
     label: str
     factory: type[Any]
     options: Mapping[str, Any]
+    path: str = ''  #: the dotted path of the class as the settings name it (1.x ``load_configuration``)
 
     def build(self, log: logging.Logger) -> Any:
         options = dict(copy.deepcopy(self.options))
@@ -174,7 +175,9 @@ def _backends(module: str, section: str, value: Any, base: type[Any]) -> dict[st
         if not (isinstance(factory, type) and issubclass(factory, base)):
             raise ConfigError(f'{label}: backend {factory!r} is not a subclass of {base.__name__}')
         _check_call(label, factory, options)
-        found[name] = BackendConfig(label, factory, options)
+        written = value[name].get('backend')
+        path = written if isinstance(written, str) else f'{factory.__module__}.{factory.__qualname__}'
+        found[name] = BackendConfig(label, factory, options, path)
     return found
 
 

@@ -21,7 +21,7 @@ def _path(factory: type[Any]) -> str:
 
 
 def _backend(config: BackendConfig | None) -> BackendCfg | None:
-    return None if config is None else (_path(config.factory), dict(config.options))
+    return None if config is None else (config.path or _path(config.factory), dict(config.options))
 
 
 def load_configuration(config_path: str) -> Iterator[tuple[str, tuple[str, dict[str, Any]]]]:

@@ -2,7 +2,7 @@
 import os
 
 _DIR = os.environ.get('LAUNCHER_TEST_DIR', '.')
-BUS = {'default': {'backend': 'microagent.backends.memory.MemorySignalBus', 'dsn': 'memory://launcher'}}
+BUS = {'default': {'backend': 'microagent.tools.memory.MemorySignalBus', 'dsn': 'memory://launcher'}}
 AGENT = {
     'alpha': {'backend': 'tests.launcher_agents.agents.Recorder', 'bus': 'default',
               'settings': {'dir': _DIR, 'name': 'alpha'}},

@@ -2,7 +2,7 @@
 import os
 
 _DIR = os.environ.get('LAUNCHER_TEST_DIR', '.')
-BUS = {'default': {'backend': 'microagent.backends.memory.MemorySignalBus', 'dsn': 'memory://launcher-talk'}}
+BUS = {'default': {'backend': 'microagent.tools.memory.MemorySignalBus', 'dsn': 'memory://launcher-talk'}}
 AGENT = {
     'pinger': {'backend': 'tests.launcher_agents.agents.Pinger', 'bus': 'default',
                'settings': {'dir': _DIR, 'name': 'pinger'}},

@@ -31,12 +31,12 @@ atexit.register(_write_spans)
 
 if os.environ.get('TRACE_TEST_BACKEND') == 'amqp':
     _DSN = os.environ.get('MICROAGENT_AMQP_DSN', 'amqp://guest:guest@127.0.0.1:5672/')
-    BUS = {'default': {'backend': 'microagent.backends.amqp.AMQPSignalBus', 'dsn': _DSN, 'prefix': f'T{_ID}'}}
-    BROKER = {'default': {'backend': 'microagent.backends.amqp.AMQPBroker', 'dsn': _DSN}}
+    BUS = {'default': {'backend': 'microagent.tools.amqp.AMQPSignalBus', 'dsn': _DSN, 'prefix': f'T{_ID}'}}
+    BROKER = {'default': {'backend': 'microagent.tools.amqp.AMQPBroker', 'dsn': _DSN}}
 else:
     _DSN = 'redis://127.0.0.1:6379/9'
-    BUS = {'default': {'backend': 'microagent.backends.redis.RedisSignalBus', 'dsn': _DSN, 'prefix': f'T{_ID}'}}
-    BROKER = {'default': {'backend': 'microagent.backends.redis.RedisBroker', 'dsn': _DSN}}
+    BUS = {'default': {'backend': 'microagent.tools.redis.RedisSignalBus', 'dsn': _DSN, 'prefix': f'T{_ID}'}}
+    BROKER = {'default': {'backend': 'microagent.tools.redis.RedisBroker', 'dsn': _DSN}}
 
 _AGENTS = 'tests.launcher_agents.traced_agents'
 MIDDLEWARES = ['microagent.ops.tracing.TracingMiddleware']  # the global provider above

@@ -72,7 +72,7 @@ def test_marun_settings_take_the_class_from_the_dsn_scheme(tmp_path: Path, uniqu
 
 @pytest.mark.usefixtures('toy_installed')
 def test_the_cli_takes_a_registered_scheme(capsys: pytest.CaptureFixture[str], unique: str) -> None:
-    dsn, queue = _memory(unique, 7)  # a dead letter on the hub that toy://{unique} wraps
+    _, queue = _memory(unique, 7)  # a dead letter on the hub that toy://{unique} wraps
     assert main(['dead-letters', 'list', queue.name, '--broker', f'toy://{unique}']) == 0
     assert f"1 dead letters on queue '{queue.name}' (toy://{unique})" in capsys.readouterr().out
 
