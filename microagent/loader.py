@@ -136,7 +136,7 @@ def _options_1x(data: Mapping[str, Any]) -> None:
     if prefix != DEFAULT_PREFIX:
         raise DeclarationError(
             f'declarations key "default_prefix" ({prefix!r}) is not supported: give the prefix to the bus, '
-            f'RedisSignalBus(dsn, prefix={prefix!r}) (or "prefix" in the marun BUS entry)')
+            f'SignalBusClass(dsn, prefix={prefix!r}) (or "prefix" in the marun BUS entry)')
 
 
 def load_stuff(source: str, *, max_size: int = MAX_SIZE, timeout: float = TIMEOUT) -> tuple[Namespace, Namespace]:

@@ -24,6 +24,7 @@ from typing import Any
 
 import msgspec
 
+from microagent.backends import all_backends
 from microagent.broker import AbstractQueueBroker
 from microagent.bus import AbstractSignalBus, RemoteError
 from microagent.cli.config import ConfigError, backend_class
@@ -50,8 +51,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     publish.add_argument('name', metavar='NAME', help='the signal (--bus), queue or exchange (--broker)')
     publish.add_argument('payload', metavar='PAYLOAD', help='the payload as JSON, e.g. \'{"user_id": 1}\'')
     where = publish.add_mutually_exclusive_group(required=True)
-    where.add_argument('--bus', metavar='DSN', help='send a signal: redis://, amqp:// or nats://')
-    where.add_argument('--broker', metavar='DSN', help='send a queue message: redis://, amqp:// or nats://')
+    servers = ', '.join(f'{backend.schemes[0]}://' for backend in all_backends() if not backend.one_process)
+    where.add_argument('--bus', metavar='DSN', help=f'send a signal: {servers}')
+    where.add_argument('--broker', metavar='DSN', help=f'send a queue message: {servers}')
     publish.add_argument('-m', '--module', action='append', default=[], metavar='TARGET',
                          help='where NAME is declared: settings module, module:Agent, a module of declarations, '
                               'or a declarations document (file://, http(s)://); repeatable')

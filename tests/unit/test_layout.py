@@ -85,7 +85,6 @@ def _under(name: str, *prefixes: str) -> bool:
 
 ENGINES = ('microagent.bus', 'microagent.broker')
 UPPER = ('microagent.cli', 'microagent.ops', 'microagent.testing', 'microagent.tools', 'microagent.launcher')
-BACKEND_PACKAGES = sorted(name for name in MODULES if name.count('.') == 2 and name.startswith('microagent.backends.'))
 
 # (who, may not import, why)
 RULES = [
@@ -102,8 +101,7 @@ RULES = [
 
 def _forbidden(importer: str, target: str) -> str | None:
     for who, banned, why in RULES:
-        if _under(importer, *who) and _under(target, *banned) and target != 'microagent.backends' \
-                and not _under(target, importer.rpartition('.')[0] if importer.count('.') > 2 else importer):
+        if _under(importer, *who) and _under(target, *banned) and target != 'microagent.backends':  # the registry
             return why
     if _under(importer, 'microagent.backends') and importer.count('.') >= 3 and not _is_package(importer) \
             and _under(target, *ENGINES):
@@ -129,3 +127,43 @@ def test_the_core_never_imports_a_backend_module() -> None:
 def test_modules_stay_small(name: str) -> None:
     lines = len(MODULES[name].read_text().splitlines())
     assert lines <= MAX_LINES, f'{name} has {lines} lines (at most {MAX_LINES}: one concept a module)'
+
+
+# what only a backend package and the registry may name: DSN schemes, the header names backends keep
+# for themselves, and the backend classes (the test kit runs on the embedded memory backend by default)
+KNOWN_SCHEMES = ('redis', 'rediss', 'unix', 'redis+cluster', 'rediss+cluster', 'amqp', 'amqps', 'nats', 'memory')
+KNOWN_HEADERS = ('x-attempt', 'x-reason', 'x-dead-at', 'x-delay', 'x-due', 'x-redelivered', 'x-death',
+                 'x-first-death', 'x-last-death', 'x-delivery-count', 'nats-msg-id', 'nats-expected-stream')
+KNOWN_CLASSES = tuple(f'{prefix}{kind}' for prefix in ('Redis', 'AMQP', 'NATS', 'Memory')
+                      for kind in ('SignalBus', 'Broker', 'BusTransport', 'QueueTransport', 'Hub'))
+MAY_NAME = ('microagent.backends', 'microagent.tools', 'microagent.testing.group', 'microagent.testing.mocks')
+
+
+def _code_strings_and_names(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            yield node.lineno, node.value
+        elif isinstance(node, ast.Name):
+            yield node.lineno, node.id
+        elif isinstance(node, ast.alias):
+            yield node.lineno, node.name
+
+
+def _backend_word(text: str) -> str | None:
+    lower = text.lower()
+    for scheme in KNOWN_SCHEMES:
+        if f'{scheme}://' in lower:
+            return f'{scheme}://'
+    if lower in KNOWN_HEADERS or lower.startswith(('x-death', 'nats-')):
+        return text
+    return next((name for name in KNOWN_CLASSES if name in text), None)
+
+
+def test_backend_names_stay_in_their_package_and_the_registry() -> None:
+    found = [f'{name}:{line}: {word}' for name, path in sorted(MODULES.items()) if not _under(name, *MAY_NAME)
+             for line, text in _code_strings_and_names(ast.parse(path.read_text()))
+             if (word := _backend_word(text))]
+    assert not found, 'backend names outside microagent/backends:\n' + '\n'.join(found)
