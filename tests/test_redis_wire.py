@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
 from microagent.backends.redis import RedisBroker, RedisSignalBus
-from microagent.backends.redis.scripts import inflight_key
+from microagent.backends.redis.keys import inflight_key
 from microagent.cli.config import load_module
 from tests.backends import REDIS_TEST_DSN
 from tests.helpers import Collector, eventually
@@ -377,7 +377,7 @@ def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them() -> None:
     from redis.asyncio.connection import Connection
     from redis.exceptions import DataError
 
-    from microagent.backends.redis import _HiredisPacking
+    from microagent.backends.redis.wire import HiredisPacking as _HiredisPacking
 
     ours, theirs = _HiredisPacking(), Connection()
     for args in [('RPUSH', 'queue', b'\x1eMA1{"a":"b"}\n{}', b'{"user_id": 1}'),
