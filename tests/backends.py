@@ -68,7 +68,7 @@ async def redis_backend(cluster: bool = False) -> AsyncIterator[Backend]:
     it); a unique signal prefix per test, and every key of the queues the test declared is deleted
     afterwards, on every master of a cluster (other runs may share the db, so no FLUSHDB)."""
     from microagent.backends.redis import RedisBroker, RedisSignalBus
-    from microagent.backends.redis.scripts import exchange_key
+    from microagent.backends.redis.keys import exchange_key
     from microagent.exchange import Exchange
     from microagent.queue import Queue
     from tests.services import REDIS_HOST, REDIS_PORT, require_service
@@ -107,7 +107,7 @@ def redis_admin(cluster: bool) -> Any:
 
 async def drop_queues(client: Any, names: Iterable[str], cluster: bool) -> None:
     """Delete every key of each queue: its list and the keys named after it (``redis_scripts``)."""
-    from microagent.backends.redis.scripts import base_of
+    from microagent.backends.redis.keys import base_of
 
     for name in names:
         await client.delete(name)
@@ -255,7 +255,7 @@ async def unsettled_after_stop(backend: Backend, queue: str) -> int:
     consumer's unacknowledged deliveries. Memory holds taken messages only in their deliveries:
     nothing to look at."""
     if backend.engine == 'redis':
-        from microagent.backends.redis.scripts import base_of
+        from microagent.backends.redis.keys import base_of
 
         cluster = backend.name == 'redis-cluster'
         client = redis_admin(cluster)

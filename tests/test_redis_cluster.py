@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from microagent import MicroAgent, NotReplicated, Queue, Signal, consumer, receiver
 from microagent.backends.redis import RedisBroker, RedisSignalBus
 from microagent.backends.redis.cluster import ClusterListener, connect_options, is_cluster
-from microagent.backends.redis.scripts import QueueKeys, base_of, hash_tag
+from microagent.backends.redis.keys import QueueKeys, base_of, hash_tag
 from microagent.errors import InvalidArgument
 from tests.backends import cluster_client, drop_queues
 from tests.helpers import Collector, eventually

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
 from microagent.backends.redis import RedisBroker, RedisSignalBus
-from microagent.backends.redis.scripts import inflight_key
+from microagent.backends.redis.keys import inflight_key
 from microagent.cli.config import load_module
 from tests.backends import REDIS_TEST_DSN
 from tests.helpers import Collector, eventually
@@ -377,7 +377,7 @@ def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them() -> None:
     from redis.asyncio.connection import Connection
     from redis.exceptions import DataError
 
-    from microagent.backends.redis import _HiredisPacking
+    from microagent.backends.redis.wire import HiredisPacking as _HiredisPacking
 
     ours, theirs = _HiredisPacking(), Connection()
     for args in [('RPUSH', 'queue', b'\x1eMA1{"a":"b"}\n{}', b'{"user_id": 1}'),
@@ -394,3 +394,24 @@ def test_an_unknown_wire_is_refused_not_defaulted() -> None:
     for make in (RedisBroker, RedisSignalBus):
         with pytest.raises(InvalidArgument, match=r"wire must be 'envelope' or '1\.x', got '2\.x'"):
             make(REDIS_TEST_DSN, wire='2.x')  # type: ignore[arg-type]
+
+
+def test_a_bare_request_alone_is_answered_bare_whatever_the_wire() -> None:
+    """``wire.request`` takes a request for a 1.x one when it came bare, and its reply address says so
+    to ``wire.answer``: nothing is remembered in between, so no number of unanswered requests turns
+    an answer to a 1.x caller into a frame it cannot read."""
+    from microagent.backends.redis.wire import BareReplyTo, answer, request
+    from microagent.message import REPLY_TO, REQUEST_ID, Envelope, frame
+
+    bare = request(Envelope(b'{"user_id": 4}', None), 'r1', 'PUBSUB:response')
+    assert bare.headers == {REQUEST_ID: 'r1', REPLY_TO: 'PUBSUB:response'}
+    address = bare.headers[REPLY_TO]
+    assert isinstance(address, BareReplyTo) and address == 'PUBSUB:response'
+    framed = request(Envelope(b'{}', {REQUEST_ID: 'r2', REPLY_TO: 'OTHER:response'}), 'r2', 'PUBSUB:response')
+    assert type(framed.headers[REPLY_TO]) is str  # type: ignore[index]
+
+    reply = Envelope(b'{"A.b": 40}', {REQUEST_ID: 'r1', 'message-id': 'm'})
+    assert answer(address, 'uid', reply, legacy=False) == ('PUBSUB:response:uid#r1', b'{"A.b": 40}')
+    assert answer('PUBSUB:response', 'uid', reply, legacy=False) == (
+        'PUBSUB:response:uid#r1', frame(reply.body, reply.headers))
+    assert answer('PUBSUB:response', 'uid', reply, legacy=True) == ('PUBSUB:response:uid#r1', b'{"A.b": 40}')

@@ -33,7 +33,8 @@ from redis.typing import EncodableT
 from microagent.errors import InvalidArgument
 from microagent.retry import backoff
 
-__all__ = ['SCHEMES', 'ClusterListener', 'FailoverCluster', 'cluster_client', 'connect_options', 'is_cluster']
+__all__ = ['SCHEMES', 'ClusterListener', 'FailoverCluster', 'cluster_client', 'connect_options', 'is_cluster',
+           'master_of']
 
 SCHEMES = ('redis+cluster', 'rediss+cluster')
 #: errors of a cluster in the middle of a failover: the command did not run, or may be run again
@@ -110,6 +111,14 @@ def cluster_client(dsn: str, options: dict[str, Any], *, reader: bool = False,
     client = FailoverCluster(startup_nodes=[ClusterNode(host, port) for host, port in nodes], **merged)
     client.failover_timeout = 0.0 if reader else failover_timeout
     return client
+
+
+def master_of(cluster: RedisCluster, key: str) -> ClusterNode | None:
+    """The master of ``key``'s slot in the client's slot map; None before it has one."""
+    try:
+        return cluster.get_node_from_key(key)
+    except SlotNotCoveredError:
+        return None
 
 
 class ClusterListener:

@@ -1,0 +1,230 @@
+"""Signals over Redis pub/sub, on the 1.x channels (``wire.py``): the bus transport.
+
+One pattern-subscribed connection per bus. The reading loop awaits each delivery (the engine's
+backpressure) and resubscribes by itself when Redis restarts. On a Redis Cluster, ``PUBLISH``
+reaches every node: the subscriber listens on one and moves to another when it loses it.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Collection
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
+
+from microagent.backends.redis.client import DEFAULT_DSN, FAILOVER_TIMEOUT, NETWORK_ERRORS, client
+from microagent.backends.redis.cluster import ClusterListener
+from microagent.backends.redis.wire import (
+    Wire,
+    answer,
+    answered,
+    is_legacy,
+    parse_channel,
+    reply_address,
+    request,
+    sent,
+    signal_channel,
+)
+from microagent.dsn import hide_password
+from microagent.errors import BackendClosed, ConnectionFailed
+from microagent.message import REQUEST_ID, Envelope, FrameError, unframe
+from microagent.retry import backoff
+from microagent.signal import RESPONSE_SIGNAL
+from microagent.transport import Deliver, DeliverReply
+
+__all__ = ['RedisBusTransport']
+
+
+def _shown(text: str | bytes, limit: int = 200) -> str:
+    """A channel from the wire, safe for a log line (no control characters, bounded)."""
+    if isinstance(text, str) and text.isprintable() and len(text) <= limit:
+        return text
+    return repr(text[:limit])
+
+
+
+class RedisBusTransport:
+    """Signals over Redis pub/sub on the 1.x channels (``BusTransport``).
+
+    ``wire='1.x'`` sends bare 1.x bodies; frames and bare bodies are read always. An RPC request that
+    came bare (from a 1.x agent) is answered bare, whatever the wire, so a 1.x caller can read it
+    (``wire.request`` and ``wire.answer`` decide it)."""
+
+    #: cap of the delay between reconnection attempts of the subscriber, in seconds
+    reconnect_cap: float = 5.0
+    #: how long ``subscribe`` waits for Redis to confirm before going on (the loop keeps trying)
+    subscribe_timeout: float = 5.0
+
+    def __init__(self, dsn: str = DEFAULT_DSN, prefix: str = 'PUBSUB', *, log: logging.Logger | None = None,
+                 wire: Wire = 'envelope', failover_timeout: float = FAILOVER_TIMEOUT, **redis_options: Any) -> None:
+        self.dsn = dsn
+        self.prefix = prefix
+        self.uid = uuid.uuid4().hex  # the answers' channel, as 1.x: {prefix}:response:{uid}#{request id}
+        self.legacy = is_legacy(wire)
+        self.log = log or logging.getLogger('microagent.redis')
+        self.redis = client(dsn, redis_options, failover_timeout=failover_timeout)
+        # a cluster's PUBLISH reaches every node: the subscriber listens on one, and moves on when lost
+        self._listener: Redis | ClusterListener = (
+            ClusterListener(dsn, redis_options, self.redis) if isinstance(self.redis, RedisCluster)
+            else cast(Redis, client(dsn, redis_options, reader=True)))
+        self._head = f'{prefix}:'
+        self._patterns: list[str] = []
+        self._confirm: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._deliver: Deliver | None = None
+        self._deliver_reply: DeliverReply | None = None
+        self._subscribed = False  # the reading loop holds a live subscription to every pattern
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f'<{type(self).__name__} {hide_password(self.dsn)} {self.prefix}>'
+
+    @property
+    def reply_to(self) -> str:
+        return reply_address(self.prefix)
+
+    async def publish(self, name: str, sender: str, envelope: Envelope) -> None:
+        headers = envelope.headers
+        channel = signal_channel(self._head, name, sender, headers.get(REQUEST_ID) if headers else None)
+        await self.redis.publish(channel, sent(envelope, self.legacy))
+
+    async def reply(self, reply_to: str, envelope: Envelope) -> None:
+        await self.redis.publish(*answer(reply_to, self.uid, envelope, self.legacy))
+
+    async def subscribe(self, names: Collection[str], deliver: Deliver) -> None:
+        self._deliver = deliver
+        await self._listen([f'{self._head}{name}:*' for name in names])
+
+    async def receive_replies(self, deliver: DeliverReply) -> None:
+        self._deliver_reply = deliver
+        await self._listen([f'{self.reply_to}:*'])
+
+    async def _listen(self, patterns: list[str]) -> None:
+        """Add patterns; return once Redis confirms them all, or ``subscribe_timeout`` passed (then
+        the reading loop goes on trying, and says so)."""
+        if self._closed:
+            raise BackendClosed(f'{self!r} is closed')
+        self._patterns.extend(patterns)
+        loop = asyncio.get_running_loop()
+        confirmed = [loop.create_future() for _ in patterns]
+        for pattern, future in zip(patterns, confirmed, strict=True):
+            self._confirm.setdefault(pattern.encode(), []).append(future)
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read(), name=f'redis-bus:{self.prefix}')
+        elif self._pubsub is not None and patterns:
+            with contextlib.suppress(*NETWORK_ERRORS):  # the reading loop will subscribe them again
+                await self._pubsub.psubscribe(*patterns)
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.gather(*confirmed)), self.subscribe_timeout)
+        except TimeoutError:
+            self.log.warning('%r: no confirmation of subscription %s yet; will keep trying',
+                             self, ', '.join(patterns))
+
+    async def _read(self) -> None:
+        """The single reading loop: (re)subscribe every pattern, hand each message on."""
+        failures = 0
+        while not self._closed:
+            pubsub = self._listener.pubsub()
+            try:
+                self._pubsub = pubsub
+                await pubsub.psubscribe(*self._patterns)
+                self._subscribed = True
+                if failures:
+                    self.log.info('%r: subscribed again to %d patterns', self, len(self._patterns))
+                    failures = 0
+                await self._read_messages(pubsub)
+            except asyncio.CancelledError:
+                raise
+            except NETWORK_ERRORS as exc:
+                failures += 1
+                delay = backoff(failures, 0.1, self.reconnect_cap)
+                self.log.warning('%r: subscriber lost Redis (%s: %s); reconnect %d in %.1fs',
+                                 self, type(exc).__name__, exc, failures, delay)
+                if isinstance(self._listener, ClusterListener):
+                    await self._listener.failed()  # the next attempt goes to another node
+                await asyncio.sleep(delay)
+            except Exception:  # a bug or a reply we cannot parse: the bus must keep receiving
+                failures += 1
+                delay = backoff(failures, 0.1, self.reconnect_cap)
+                self.log.exception('%r: subscriber failed; subscribing again (%d) in %.1fs', self, failures, delay)
+                await asyncio.sleep(delay)
+            finally:
+                self._pubsub = None
+                self._subscribed = False
+                with contextlib.suppress(Exception):  # the loop must go on whatever closing says
+                    await pubsub.aclose()
+
+    async def _read_messages(self, pubsub: PubSub) -> None:
+        while True:
+            # raw replies: [b'pmessage', pattern, channel, data] or [b'psubscribe', pattern, n]
+            reply = await pubsub.parse_response(block=True)
+            if not isinstance(reply, list):
+                continue
+            if reply[0] == b'pmessage':
+                await self._dispatch(reply[2], reply[3])  # waits while the engine's backlog is full
+            elif reply[0] == b'psubscribe':
+                for future in self._confirm.pop(reply[1], ()):
+                    if not future.done():
+                        future.set_result(None)
+
+    async def _dispatch(self, raw_channel: bytes, data: bytes) -> None:
+        """One message: a signal, a request or an answer, framed or bare. Whatever it holds, it is
+        delivered or dropped with a warning; a delivery that raises is logged, and reading goes on."""
+        try:
+            channel = raw_channel.decode()
+        except UnicodeDecodeError as exc:
+            self.log.warning('Dropped message on channel %s: %s: %s', _shown(raw_channel), type(exc).__name__, exc)
+            return
+        parsed = parse_channel(self._head, channel)
+        if parsed is None:
+            return
+        name, sender, request_id = parsed
+        try:
+            envelope = unframe(data, f'answer on channel {_shown(channel)}' if name == RESPONSE_SIGNAL
+                               else f'signal {name!r}')
+        except FrameError as exc:
+            self.log.warning('Dropped message on channel %s: %s', _shown(channel), exc)
+            return
+        try:
+            if name == RESPONSE_SIGNAL:
+                if request_id and self._deliver_reply is not None:
+                    await self._deliver_reply(answered(envelope, request_id))
+            elif self._deliver is not None:
+                if request_id:
+                    envelope = request(envelope, request_id, self.reply_to)
+                await self._deliver(name, sender, envelope)
+        except Exception as exc:
+            self.log.warning('Delivery of a message on channel %s failed (%s: %s)', _shown(channel),
+                             type(exc).__name__, exc, exc_info=exc)
+
+    async def ping(self) -> None:
+        """PING on the command connection; and, once something is subscribed, the subscriber must
+        be subscribed now (not reconnecting), or signals would be missed."""
+        if self._closed:
+            raise BackendClosed(f'{self!r} is closed')
+        await self.redis.ping()
+        if self._patterns and not self._subscribed:
+            raise ConnectionFailed(f'{self!r}: the subscriber is not subscribed (reconnecting to Redis)')
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        for futures in self._confirm.values():
+            for future in futures:
+                future.cancel()
+        self._confirm.clear()
+        await self._listener.aclose()
+        await self.redis.aclose()
+
+
+# the public home of the class: ``middleware.backend_name`` (the backend in metrics, traces and logs) reads
+# 'redis' from its module's last part, as it did when the whole backend was one module
+RedisBusTransport.__module__ = 'microagent.backends.redis'

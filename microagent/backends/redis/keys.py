@@ -1,0 +1,116 @@
+"""Every Redis key name of the Redis backend, in one place (the Lua scripts in ``scripts/`` get them as KEYS).
+
+For a queue ``Q`` (the plain Redis list a 1.x agent RPUSHes to and BLPOPs from). A "message" below
+is the bytes stored: the envelope frame of ``message.frame`` (which holds the message id), or with
+``wire='1.x'`` (and from 1.x producers) the bare JSON body exactly as 1.x writes it.
+
+==========================  ======  ==========================================================
+``Q``                       list    waiting messages
+``Q:inflight:{consumer}``   list    messages a consumer has taken and not settled yet
+``Q:consumer:{consumer}``   string  the consumer's heartbeat; expires when the process dies
+``Q:consumers``             set     consumer ids that may own an in-flight list (each fetch adds its own)
+``Q:delayed``               zset    retries and delayed sends, by due time; member = 32-char id + message
+``Q:attempts``              hash    sha1(message) -> attempt number; negative: put back unsettled
+                                    (released, or reclaimed from a dead consumer), i.e. redelivered
+``Q:dead``                  list    dead letters: a JSON line (reason, attempts, time), ``\\n``, the message
+==========================  ======  ==========================================================
+
+On a Redis Cluster every key a script touches must live in one slot: the other keys of ``Q`` are
+then ``{Q}:inflight:{consumer}``, ``{Q}:dead`` and so on (``base_of``): the hash tag ``{Q}`` puts them
+in the slot of the list ``Q`` itself, which keeps its 1.x name. A queue name that already holds a hash
+tag (``jobs{eu}``) is used as it is, its tag decides the slot; a name whose slot no tag can follow
+(a ``}`` without a tag before it, say ``a}b``) is refused on a cluster. One server keeps the plain
+names above, so that a deployment's keys (dead letters first) do not move when it upgrades.
+
+Exchange bindings live in ``microagent:exchange:{name}`` (a hash: bound queue -> JSON list of its
+topics, empty for every key), written when a queue is declared or consumed and read by ``publish``.
+
+The attempt count lives beside the message, never in it, so a message is never rewritten: retries,
+dead letters and requeues keep its headers and id. It is keyed by the stored bytes, unique per
+message with frames; bare 1.x bodies that are identical share one count (and one redelivered mark).
+Scripts use the server clock (``TIME``) for due times so consumers on skewed hosts agree.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from microagent.errors import InvalidArgument
+
+#: a ``Q:delayed`` member is an id of this many characters, then the message (unique members for equal messages)
+DELAYED_ID_LENGTH = 32
+
+
+def delayed_member(data: bytes) -> bytes:
+    """A unique ``Q:delayed`` member for the message: 32 characters of id, then the message."""
+    return uuid.uuid4().hex.encode() + data
+
+
+def hash_tag(key: str) -> str | None:
+    """The part of ``key`` Redis Cluster hashes when it is not the whole key (the first ``{...}``
+    with something inside), as Redis defines it; None when the whole key is hashed."""
+    start = key.find('{')
+    if start < 0:
+        return None
+    end = key.find('}', start + 1)
+    return key[start + 1:end] if end > start + 1 else None
+
+
+def base_of(queue: str, cluster: bool = False) -> str:
+    """What the other keys of ``queue`` start with: the name itself on one server; on a cluster a
+    prefix in the slot of the list ``queue`` (``{queue}``, or the name if it has a hash tag)."""
+    if not cluster or hash_tag(queue) is not None:
+        return queue
+    if not queue or '}' in queue:
+        raise InvalidArgument(f'queue name {queue!r} cannot be used on a Redis Cluster: no hash tag puts its other '
+                              "keys in the slot of its list (a '}' with no '{' before it); rename it, or give it "
+                              "a tag of its own such as 'name{tag}'")
+    return '{' + queue + '}'
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    """Key names of one queue as seen by one consumer."""
+
+    queue: str
+    inflight: str
+    heartbeat: str
+    consumers: str
+    delayed: str
+    attempts: str
+    dead: str
+    base: str
+
+    @classmethod
+    def of(cls, queue: str, consumer: str, cluster: bool = False) -> QueueKeys:
+        base = base_of(queue, cluster)
+        return cls(queue=queue, inflight=_inflight(base, consumer), heartbeat=_heartbeat(base, consumer),
+                   consumers=f'{base}:consumers', delayed=f'{base}:delayed', attempts=f'{base}:attempts',
+                   dead=f'{base}:dead', base=base)
+
+    def inflight_of(self, consumer: str) -> str:
+        return _inflight(self.base, consumer)
+
+    def heartbeat_of(self, consumer: str) -> str:
+        return _heartbeat(self.base, consumer)
+
+
+def exchange_key(exchange: str) -> str:
+    """The hash of an exchange's bindings (bound queue -> JSON list of its topics)."""
+    return f'microagent:exchange:{exchange}'
+
+
+def inflight_key(queue: str, consumer: str, cluster: bool = False) -> str:
+    return _inflight(base_of(queue, cluster), consumer)
+
+
+def heartbeat_key(queue: str, consumer: str, cluster: bool = False) -> str:
+    return _heartbeat(base_of(queue, cluster), consumer)
+
+
+def _inflight(base: str, consumer: str) -> str:
+    return f'{base}:inflight:{consumer}'
+
+
+def _heartbeat(base: str, consumer: str) -> str:
+    return f'{base}:consumer:{consumer}'
