@@ -223,8 +223,3 @@ class RedisBusTransport:
         self._confirm.clear()
         await self._listener.aclose()
         await self.redis.aclose()
-
-
-# the public home of the class: ``middleware.backend_name`` (the backend in metrics, traces and logs) reads
-# 'redis' from its module's last part, as it did when the whole backend was one module
-RedisBusTransport.__module__ = 'microagent.backends.redis'

@@ -371,8 +371,3 @@ class RedisQueueTransport(Ownership):
                     await connection.aclose()
             except Exception as exc:
                 self.log.warning('%r: closing a connection failed (%s: %s)', self, type(exc).__name__, exc)
-
-
-# the public home of the class: ``middleware.backend_name`` (the backend in metrics, traces and logs) reads
-# 'redis' from its module's last part, as it did when the whole backend was one module
-RedisQueueTransport.__module__ = 'microagent.backends.redis'
