@@ -21,7 +21,8 @@ from redis.asyncio import Redis
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
 from microagent.backends.redis import RedisBroker, RedisSignalBus
-from microagent.message import frame, new_headers, unframe
+from microagent.backends.redis.frame import frame, unframe
+from microagent.message import new_headers
 from microagent.payload import codec_for
 
 from .harness import Row, median, percentile, print_table, rate

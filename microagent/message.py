@@ -4,8 +4,8 @@ Every message is an envelope: the body is exactly the 1.x JSON body; the headers
 this is, which conversation and trace it belongs to, which attempt this is and where an RPC answer
 goes, beside the user's own headers. This module names the headers once, builds those of an outgoing
 message (inheriting correlation and trace from the message being handled, which the engine keeps in
-a context variable), reads them back into a ``Message``, and frames an envelope for Redis, which has
-no native headers. The transports that carry envelopes are in ``transport``.
+a context variable), reads them back into a ``Message``. The transports that carry envelopes are in ``transport``; a
+backend without native headers frames them with the body (Redis: ``backends/redis/frame.py``).
 
 Headers on the wire, every value a string, standard names in lower case:
 
@@ -31,10 +31,6 @@ nor a name a transport keeps for itself (``x-attempt``, RabbitMQ's ``x-death`` f
 ``Nats-*``), in any letter case: ``new_headers`` raises ``InvalidHeader`` naming it. On receipt the
 same rule sorts headers back: standard ones fill the ``Message`` fields, transport ones are dropped,
 the rest are ``Message.headers``.
-
-The Redis frame: ``b'\\x1eMA1'``, the headers as one JSON object (msgspec escapes every line break
-inside strings), ``b'\\n'``, then the body. JSON text starts with whitespace or a value, never with
-0x1E (ASCII record separator), so a receiver tells a frame from a bare 1.x body by its first byte.
 """
 from __future__ import annotations
 
@@ -53,14 +49,14 @@ from typing import NamedTuple, Protocol
 import msgspec
 
 from microagent.backends import reserving_backend
-from microagent.errors import InvalidPayload, MicroAgentError
+from microagent.errors import MicroAgentError
 
 __all__ = [
-    'ATTEMPT', 'CORRELATION_ID', 'FRAME_MAGIC', 'MESSAGE_ID', 'REPLY_TO', 'REQUEST_ID', 'RPC_ERROR', 'SENT_AT',
-    'STANDARD_HEADERS', 'TRACEPARENT', 'TRACESTATE', 'Conversation', 'Envelope', 'FrameError', 'Incoming',
-    'InvalidHeader', 'Lazy', 'Message', 'check_user_headers', 'current_message', 'current_var', 'frame', 'handling',
+    'ATTEMPT', 'CORRELATION_ID', 'MESSAGE_ID', 'REPLY_TO', 'REQUEST_ID', 'RPC_ERROR', 'SENT_AT',
+    'STANDARD_HEADERS', 'TRACEPARENT', 'TRACESTATE', 'Conversation', 'Envelope', 'Incoming',
+    'InvalidHeader', 'Lazy', 'Message', 'check_user_headers', 'current_message', 'current_var', 'handling',
     'is_reserved', 'new_headers', 'new_headers_many', 'new_message_id', 'new_traceparent', 'parse_traceparent',
-    'reset_current_message', 'sent_at_of', 'set_current_message', 'unframe',
+    'reset_current_message', 'sent_at_of', 'set_current_message',
 ]
 
 MESSAGE_ID = 'message-id'
@@ -76,8 +72,6 @@ STANDARD_HEADERS = frozenset({MESSAGE_ID, CORRELATION_ID, SENT_AT, ATTEMPT, TRAC
                               REPLY_TO, REQUEST_ID, RPC_ERROR})
 
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
-FRAME_MAGIC = b'\x1eMA1'  # record separator, "MA", frame version 1
-_FRAME_MARK = FRAME_MAGIC[:1]
 
 # printable ASCII without space and ':', at most 255 (an AMQP field name): valid on AMQP, NATS and HTTP
 _HEADER_NAME = re.compile(r'[!-9;-~]{1,255}')
@@ -87,9 +81,6 @@ _ZERO_TRACE = '0' * 32
 _ZERO_SPAN = '0' * 16
 _SAMPLED = '01'
 
-_headers_encoder = msgspec.json.Encoder()
-_headers_decoder = msgspec.json.Decoder(dict[str, str])
-
 
 class InvalidHeader(MicroAgentError, ValueError):
     """A user header given on send has a bad name or value, or takes a reserved name."""
@@ -97,12 +88,6 @@ class InvalidHeader(MicroAgentError, ValueError):
     def __init__(self, name: str, reason: str) -> None:
         self.name = name
         super().__init__(f'header {name!r}: {reason}')
-
-
-class FrameError(InvalidPayload):
-    """Bytes that start like a framed envelope (0x1E) but are not a valid one: an unknown frame
-    version, no end of the header line, or headers that are not a JSON object of strings. The only
-    error ``unframe`` raises; as an ``InvalidPayload`` the engine drops or dead-letters the message."""
 
 
 class Envelope(NamedTuple):
@@ -446,32 +431,3 @@ def check_user_headers(headers: Mapping[str, str]) -> None:
             raise InvalidHeader(name, f'a header value is a str, not {type(value).__name__}')
         if '\r' in value or '\n' in value:
             raise InvalidHeader(name, 'a header value may not contain a line break')
-
-
-# the Redis frame
-
-def frame(body: bytes, headers: Mapping[str, str] | None) -> bytes:
-    """The bytes Redis carries for an envelope: the frame, or the bare body when there are no headers."""
-    if headers is None:
-        return body
-    if type(headers) is not dict:
-        headers = dict(headers)
-    return b''.join((FRAME_MAGIC, _headers_encoder.encode(headers), b'\n', body))
-
-
-def unframe(data: bytes, target: str = 'a message') -> Envelope:
-    """The envelope in bytes read from Redis: a frame, or a bare 1.x body (headers None), which is
-    returned as is for the payload codec to judge. Raises only ``FrameError`` (naming ``target``,
-    e.g. "queue 'mailer'"), on bytes that start with 0x1E and are not a valid frame."""
-    if not data.startswith(_FRAME_MARK):
-        return Envelope(data, None)
-    if not data.startswith(FRAME_MAGIC):
-        raise FrameError(target, [f'not a microagent envelope frame or an unknown version: {data[:8]!r}'])
-    end = data.find(b'\n', len(FRAME_MAGIC))
-    if end < 0:
-        raise FrameError(target, ['envelope frame without the end of its header line'])
-    try:
-        headers = _headers_decoder.decode(memoryview(data)[len(FRAME_MAGIC):end])
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec checks UTF-8 in strings with the codec
-        raise FrameError(target, [f'envelope headers are not a JSON object of strings: {exc}']) from None
-    return Envelope(data[end + 1:], headers)

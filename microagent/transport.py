@@ -21,7 +21,7 @@ engine. Common rules:
 
 How the backends map onto them (the 1.x constructors stay, as thin classes building a transport):
 
-memory (``tools/memory.py``, the smallest example of both protocols)
+memory (``backends/memory.py``, the smallest example of both protocols)
     Bus: the hub maps signal names to subscribed transports; ``publish`` puts the envelope in each
     one's inbox (a deque) and a reader task, running while the inbox holds messages, awaits
     ``deliver``. ``reply_to`` is the transport's address in the hub; ``reply`` puts the answer in
@@ -30,7 +30,7 @@ memory (``tools/memory.py``, the smallest example of both protocols)
     ``call_later``; ``release`` pushes to the front with ``redelivered``. ``declare`` records the
     exchange binding in the hub; ``publish`` routes by those bindings.
 
-redis (``tools/redis.py``)
+redis (``backends/redis/``)
     Bus: ``publish`` sends ``frame(body, headers)`` (with ``wire='1.x'`` the bare body) on
     ``{prefix}:{name}:{sender}``, ``#{request-id}`` appended for a request. ``subscribe``
     psubscribes ``{prefix}:{name}:*``; the reading loop ``unframe``s (a ``FrameError`` is logged with
@@ -43,7 +43,7 @@ redis (``tools/redis.py``)
     a frame holds its id); ``redelivered`` marks messages put back by ``RELEASE`` or the orphan
     reclaim. ``Q:dead`` keeps the stored bytes, so a dead letter keeps its headers.
 
-amqp (``tools/amqp.py``)
+amqp (``backends/amqp/``)
     Bus: ``publish`` to the topic exchange ``{prefix}``, key ``{name}.{sender}``, the headers in the
     AMQP headers table (``message-id`` also as the ``message_id`` property); a request also sets the
     properties ``reply_to`` = ``reply_to`` (the bus's exclusive queue) and ``correlation_id`` =
@@ -54,7 +54,7 @@ amqp (``tools/amqp.py``)
     ``redelivered`` is RabbitMQ's flag; ``dead_letter`` publishes to ``{q}.dead`` with ``x-reason``;
     ``release`` is ``basic.nack(requeue)``; the ``context`` is ``{'amqp': AMQPMeta}`` as today.
 
-nats (to write, ``tools/nats.py``)
+nats (``backends/nats/``)
     Bus: core NATS subjects ``{prefix}.{name}.{sender}`` with native headers; ``subscribe`` listens
     on ``{prefix}.{name}.>``; ``reply_to`` is an inbox subject of the transport, listened to by
     ``receive_replies``; ``reply`` publishes there.

@@ -106,7 +106,7 @@ def redis_admin(cluster: bool) -> Any:
 
 
 async def drop_queues(client: Any, names: Iterable[str], cluster: bool) -> None:
-    """Delete every key of each queue: its list and the keys named after it (``redis_scripts``)."""
+    """Delete every key of each queue: its list and the keys named after it (``backends/redis/keys.py``)."""
     from microagent.backends.redis.keys import base_of
 
     for name in names:

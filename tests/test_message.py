@@ -15,16 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from microagent.backends.redis.frame import FRAME_MAGIC, FrameError, frame, unframe
 from microagent.errors import InvalidPayload
 from microagent.message import (
-    FRAME_MAGIC,
     STANDARD_HEADERS,
     Envelope,
-    FrameError,
     InvalidHeader,
     Message,
     current_message,
-    frame,
     handling,
     new_headers,
     new_headers_many,
@@ -33,7 +31,6 @@ from microagent.message import (
     parse_traceparent,
     reset_current_message,
     set_current_message,
-    unframe,
 )
 from microagent.transport import BusTransport, Deliver, DeliverReply
 

@@ -12,7 +12,8 @@ from redis.asyncio import Redis
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
 from microagent.backends.redis import RedisBroker, RedisSignalBus
-from microagent.message import FRAME_MAGIC, Message
+from microagent.backends.redis.frame import FRAME_MAGIC
+from microagent.message import Message
 from tests.backends import REDIS_TEST_DSN
 from tests.helpers import Collector, eventually
 

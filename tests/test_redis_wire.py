@@ -400,8 +400,9 @@ def test_a_bare_request_alone_is_answered_bare_whatever_the_wire() -> None:
     """``wire.request`` takes a request for a 1.x one when it came bare, and its reply address says so
     to ``wire.answer``: nothing is remembered in between, so no number of unanswered requests turns
     an answer to a 1.x caller into a frame it cannot read."""
+    from microagent.backends.redis.frame import frame
     from microagent.backends.redis.wire import BareReplyTo, answer, request
-    from microagent.message import REPLY_TO, REQUEST_ID, Envelope, frame
+    from microagent.message import REPLY_TO, REQUEST_ID, Envelope
 
     bare = request(Envelope(b'{"user_id": 4}', None), 'r1', 'PUBSUB:response')
     assert bare.headers == {REQUEST_ID: 'r1', REPLY_TO: 'PUBSUB:response'}

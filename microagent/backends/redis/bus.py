@@ -19,6 +19,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from microagent.backends.redis.client import DEFAULT_DSN, FAILOVER_TIMEOUT, NETWORK_ERRORS, client
 from microagent.backends.redis.cluster import ClusterListener
+from microagent.backends.redis.frame import FrameError, unframe
 from microagent.backends.redis.wire import (
     Wire,
     answer,
@@ -32,7 +33,7 @@ from microagent.backends.redis.wire import (
 )
 from microagent.dsn import hide_password
 from microagent.errors import BackendClosed, ConnectionFailed
-from microagent.message import REQUEST_ID, Envelope, FrameError, unframe
+from microagent.message import REQUEST_ID, Envelope
 from microagent.retry import backoff
 from microagent.signal import RESPONSE_SIGNAL
 from microagent.transport import Deliver, DeliverReply

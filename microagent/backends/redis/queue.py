@@ -20,13 +20,14 @@ from redis.asyncio.cluster import RedisCluster
 
 from microagent.backends.redis import scripts as lua
 from microagent.backends.redis.client import DEFAULT_DSN, FAILOVER_TIMEOUT, client
+from microagent.backends.redis.frame import FrameError, unframe
 from microagent.backends.redis.keys import QueueKeys, delayed_member, exchange_key
 from microagent.backends.redis.ownership import Owned, Ownership
 from microagent.backends.redis.replicas import Replicas
 from microagent.backends.redis.wire import Wire, delivery_of, is_legacy, stored
 from microagent.dsn import hide_password
 from microagent.errors import InvalidArgument, QueueNotFound
-from microagent.message import Envelope, FrameError, unframe
+from microagent.message import Envelope
 from microagent.queue import Queue, topics_match
 from microagent.transport import DeadLetter, Delivery, SelectDeadLetter
 

@@ -21,8 +21,9 @@ from typing import Any, Literal
 import msgspec
 from redis.asyncio.connection import Connection
 
+from microagent.backends.redis.frame import FRAME_MAGIC, FrameError, frame, unframe
 from microagent.errors import InvalidArgument
-from microagent.message import FRAME_MAGIC, REPLY_TO, REQUEST_ID, Envelope, FrameError, frame, unframe
+from microagent.message import REPLY_TO, REQUEST_ID, Envelope
 from microagent.signal import RESPONSE_SIGNAL
 from microagent.transport import NO_CONTEXT, Delivery
 
