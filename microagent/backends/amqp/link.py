@@ -32,8 +32,17 @@ LINK_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+PING_PATIENCE = 2.0  # seconds a readiness ping may spend connecting
+
+
 def check_dsn(dsn: str | Sequence[str]) -> None:
     split_hosts(dsn)
+
+
+async def passive_declare(channel: AbstractChannel) -> None:
+    """A readiness ping: one round trip, the passive declaration of ``amq.direct`` (which every
+    RabbitMQ has)."""
+    await channel.exchange_declare('amq.direct', passive=True)
 
 
 class Link:
