@@ -242,5 +242,8 @@ def added(current: tuple[MiddlewareLike, ...], new: Iterable[MiddlewareLike]) ->
 
 
 def backend_name(transport: object) -> str:
-    """'memory', 'redis', 'amqp', 'nats': the backend module a transport comes from."""
-    return type(transport).__module__.rpartition('.')[2].partition('_')[0]
+    """'memory', 'redis', 'amqp', 'nats': the backend module a transport comes from, or the backend
+    package (``microagent.backends.amqp.queue`` is 'amqp')."""
+    module = type(transport).__module__
+    _, found, inside = module.partition('microagent.backends.')
+    return (inside.partition('.')[0] if found else module.rpartition('.')[2]).partition('_')[0]
