@@ -181,7 +181,7 @@ async def delete_nats_streams(opened: list[Any]) -> None:
     import nats
 
     from microagent.backends.nats import NATSBroker
-    from microagent.backends.nats.queue import BINDINGS_STREAM
+    from microagent.backends.nats.layout import BINDINGS_STREAM
     from tests.services import NATS_DSN
 
     streams = {s for b in opened if isinstance(b, NATSBroker) for s in b.transport.created_streams}
@@ -228,7 +228,7 @@ async def inject_raw(backend: Backend, broker: AbstractQueueBroker, queue: str, 
     elif backend.engine == 'nats':
         import nats
 
-        from microagent.backends.nats.queue import Layout
+        from microagent.backends.nats.layout import Layout
         from tests.services import NATS_DSN
 
         nc = await nats.connect(NATS_DSN)
@@ -289,7 +289,7 @@ async def nats_taken(queue: str) -> int:
     import nats
     from nats.js.errors import NotFoundError
 
-    from microagent.backends.nats.queue import CONSUMER, Layout
+    from microagent.backends.nats.layout import CONSUMER, Layout
     from tests.services import NATS_DSN
 
     client = await nats.connect(NATS_DSN)

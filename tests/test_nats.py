@@ -14,7 +14,7 @@ import pytest
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
 from microagent.backends.nats import NATSBroker, NATSSignalBus
-from microagent.backends.nats.queue import Layout
+from microagent.backends.nats.layout import Layout
 from microagent.errors import ConnectionFailed, UsageError
 from microagent.message import Envelope, Message
 from microagent.queue import topics_match

@@ -3,7 +3,7 @@ and a publisher (confirms on) that sends again what a break left unconfirmed.
 
 Attempts to connect are spaced by an exponential backoff kept across callers and each failed attempt
 logs one line, so a server that is down never causes a tight loop, however many consumers wait.
-With several hosts (a cluster, see ``amqp_hosts``) a failed attempt or a lost connection moves on to
+With several hosts (a cluster, see ``hosts``) a failed attempt or a lost connection moves on to
 the next host at once; the backoff starts once every host has failed in a row.
 """
 from __future__ import annotations
@@ -32,8 +32,17 @@ LINK_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+PING_PATIENCE = 2.0  # seconds a readiness ping may spend connecting
+
+
 def check_dsn(dsn: str | Sequence[str]) -> None:
     split_hosts(dsn)
+
+
+async def passive_declare(channel: AbstractChannel) -> None:
+    """A readiness ping: one round trip, the passive declaration of ``amq.direct`` (which every
+    RabbitMQ has)."""
+    await channel.exchange_declare('amq.direct', passive=True)
 
 
 class Link:

@@ -1,6 +1,7 @@
 """JetStream work queues: ``NATSQueueTransport``, the ``BrokerTransport`` of the NATS backend.
 
-Layout on the server, for a queue ``mail.out`` (``t`` = ``subject_token(name)``, here ``mail_Dout``):
+Layout on the server, for a queue ``mail.out`` (``t`` = ``subject_token(name)``, here ``mail_Dout``;
+the names are in ``layout``):
 
 * stream ``MQ-t`` on subject ``mq.t``, work-queue retention, file storage: the queue. One durable
   pull consumer ``microagent`` shared by every process consuming it (so they share the work), with
@@ -8,8 +9,8 @@ Layout on the server, for a queue ``mail.out`` (``t`` = ``subject_token(name)``,
   killed, comes back after that long, marked ``redelivered``);
 * stream ``MQ-t-later`` on ``mq.t.later``: delayed sends and retries, each with its due time in
   ``x-due``. A consumer of the queue moves due messages to ``mq.t`` and NAKs the others with the
-  time left as delay, so the server holds them, not a timer of ours; the attempt count travels in
-  ``x-attempt``, so a release or a crash never counts as an attempt;
+  time left as delay, so the server holds them, not a timer of ours (see ``later``); the attempt
+  count travels in ``x-attempt``, so a release or a crash never counts as an attempt;
 * stream ``MQ-t-dead`` on ``mq.t.dead`` (limits retention): dead letters with ``x-reason``,
   ``x-attempt`` and ``x-dead-at``, read by sequence, deleted one by one when requeued or purged;
 * stream ``MQ-bindings`` (one per server, one message per subject ``mq.bindings.{exchange}.{t}``):
@@ -22,13 +23,12 @@ acknowledgement is stored once. Moves (retries, releases, requeued dead letters)
 ``Nats-Msg-Id``: within the server's duplicate window a message that comes back with its id must
 not be dropped as a duplicate of itself. A release publishes the message again with
 ``x-redelivered`` and acks the taken copy (JetStream cannot put it back at the head; a NAK would
-leave it counted among the taken ones), so a released message goes to the tail.
+leave it counted among the taken ones), so a released message goes to the tail. The headers are
+in ``headers``; the pipelined publishes in ``acks``.
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import json
 import logging
 import time
@@ -39,67 +39,37 @@ from typing import Any
 
 import nats.errors
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 
-from microagent.backends.nats.link import API_TIMEOUT, Link, subject_token
-from microagent.errors import ConnectionFailed, QueueNotFound
-from microagent.message import MESSAGE_ID, Envelope
+from microagent.backends.nats.acks import Acks
+from microagent.backends.nats.headers import (
+    ATTEMPT_HEADER,
+    DEAD_AT_HEADER,
+    REASON_HEADER,
+    REDELIVERED_HEADER,
+    STATUS_HEADER,
+    Headers,
+    attempt,
+    envelope_headers,
+    one_line,
+    stored,
+    with_id,
+)
+from microagent.backends.nats.later import due, move
+from microagent.backends.nats.layout import BINDINGS_STREAM, BINDINGS_SUBJECT, CONSUMER, Layout, binding_subject
+from microagent.backends.nats.link import Link
+from microagent.errors import QueueNotFound
+from microagent.message import Envelope
 from microagent.queue import Queue, topics_match
 from microagent.transport import DeadLetter, Delivery, SelectDeadLetter
 
 __all__ = ['NATSQueueTransport']
 
-ATTEMPT_HEADER = 'x-attempt'
-REASON_HEADER = 'x-reason'
-DEAD_AT_HEADER = 'x-dead-at'
-DUE_HEADER = 'x-due'
-REDELIVERED_HEADER = 'x-redelivered'
-MSG_ID_HEADER = 'Nats-Msg-Id'
-_OWN_HEADERS = frozenset((ATTEMPT_HEADER, REASON_HEADER, DEAD_AT_HEADER, DUE_HEADER, REDELIVERED_HEADER))
 MAX_REASON = 4096
-CONSUMER = 'microagent'
-BINDINGS_STREAM = 'MQ-bindings'
-BINDINGS_SUBJECT = 'mq.bindings'
-MOVE_BATCH = 100
 _STREAM_EXISTS = 10058  # "stream name already in use"
 _CONSUMER_EXISTS = (10013, 10148)  # "consumer name already in use", "consumer already exists"
-
-Headers = dict[str, str]
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The streams and subjects of one queue."""
-
-    stream: str
-    subject: str
-    later_stream: str
-    later_subject: str
-    dead_stream: str
-    dead_subject: str
-
-    @classmethod
-    def of(cls, name: str) -> Layout:
-        token = subject_token(name)
-        return cls(f'MQ-{token}', f'mq.{token}', f'MQ-{token}-later', f'mq.{token}.later',
-                   f'MQ-{token}-dead', f'mq.{token}.dead')
-
-
-def envelope_headers(headers: Mapping[str, str] | None) -> Headers:
-    """The envelope's headers in a stored message: without this backend's and the server's own."""
-    if not headers:
-        return {}
-    return {k: v for k, v in headers.items() if k not in _OWN_HEADERS and not k.lower().startswith('nats-')}
-
-
-def _attempt(headers: Mapping[str, str] | None) -> int:
-    try:
-        return max(int((headers or {}).get(ATTEMPT_HEADER, 1)), 1)
-    except ValueError:
-        return 1
 
 
 @dataclass(eq=False)
@@ -109,62 +79,6 @@ class _Token:
     msg: Msg
     settled: bool = False
 
-
-class _Acks:
-    """Pipelined JetStream publishes: every message is sent with its own reply subject on one inbox
-    subscription, then every acknowledgement is awaited, so a batch costs one round trip, in order."""
-
-    def __init__(self, link: Link) -> None:
-        self._link = link
-        self._inbox = f'_INBOX.{uuid.uuid4().hex}'
-        self._waiting: dict[str, asyncio.Future[Msg]] = {}
-        self._sub: Subscription | None = None
-        self._numbers = itertools.count()
-
-    async def _on_ack(self, msg: Msg) -> None:
-        future = self._waiting.pop(msg.subject, None)
-        if future is not None and not future.done():
-            future.set_result(msg)
-
-    async def publish(self, items: Sequence[tuple[str, bytes, Headers | None]], what: str) -> None:
-        client = await self._link.client()
-        if self._sub is None:
-            self._sub = await client.subscribe(f'{self._inbox}.*', cb=self._on_ack)
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[Msg]] = []
-        try:
-            for subject, body, headers in items:
-                reply = f'{self._inbox}.{next(self._numbers)}'
-                future = self._waiting[reply] = loop.create_future()
-                futures.append(future)
-                await client.publish(subject, body, reply=reply, headers=headers)
-            async with asyncio.timeout(API_TIMEOUT):
-                answers = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
-        except TimeoutError:
-            raise ConnectionFailed(f'{self._link.name}: JetStream did not acknowledge {what} in '
-                                   f'{API_TIMEOUT}s') from None
-        finally:
-            for future in futures:
-                future.cancel()
-            self._waiting = {k: f for k, f in self._waiting.items() if not f.done()}
-        for answer in answers:
-            _check_ack(answer, what)
-
-    def reset(self) -> None:
-        self._sub = None
-        for future in self._waiting.values():
-            future.cancel()
-        self._waiting.clear()
-
-
-def _check_ack(answer: Msg, what: str) -> None:
-    if not answer.data:  # a status message: no stream listens on the subject
-        status = (answer.headers or {}).get('Status', '')
-        raise QueueNotFound(f'{what}: no JetStream stream stores it (status {status or "empty"})')
-    reply = json.loads(answer.data)
-    error = reply.get('error') if isinstance(reply, dict) else None
-    if error:
-        raise ConnectionFailed(f'{what}: JetStream refused the message: {error.get("description", error)}')
 
 
 class NATSQueueTransport:
@@ -184,7 +98,7 @@ class NATSQueueTransport:
         self.ack_wait = ack_wait
         self._link = Link(dsn, self.log, name or f'microagent broker {self.uid[:8]}',
                           connect_timeout=connect_timeout)
-        self._acks = _Acks(self._link)
+        self._acks = Acks(self._link)
         self._declared: set[str] = set()
         self._pulls: dict[str, JetStreamContext.PullSubscription] = {}
         self._movers: dict[str, asyncio.Task[None]] = {}
@@ -232,16 +146,11 @@ class NATSQueueTransport:
             await self._stream(js, BINDINGS_STREAM, f'{BINDINGS_SUBJECT}.>', RetentionPolicy.LIMITS, per_subject=1)
             topics = list(queue.topics) if exchange.type == 'topic' else []
             binding = json.dumps({'queue': queue.name, 'type': exchange.type, 'topics': topics}).encode()
-            subject = self._binding_subject(exchange.name, queue.name)
+            subject = binding_subject(exchange.name, queue.name)
             await self._acks.publish([(subject, binding, None)],
                                      f'binding of queue {queue.name!r} to exchange {exchange.name!r}')
             self.binding_subjects.add(subject)
         self._declared.add(queue.name)
-
-    @staticmethod
-    def _binding_subject(exchange: str, queue: str = '*') -> str:
-        tail = queue if queue == '*' else subject_token(queue)
-        return f'{BINDINGS_SUBJECT}.{subject_token(exchange)}.{tail}'
 
     # sending
 
@@ -250,10 +159,11 @@ class NATSQueueTransport:
         await self.declare(queue)
         layout = Layout.of(queue.name)
         if delay > 0:
-            due = {DUE_HEADER: repr(time.time() + delay)}
-            items = [(layout.later_subject, body, _with_id({**(headers or {}), **due})) for body, headers in envelopes]
+            due_at = due(delay)
+            items = [(layout.later_subject, body, with_id({**(headers or {}), **due_at}))
+                     for body, headers in envelopes]
         else:
-            items = [(layout.subject, body, _with_id(headers)) for body, headers in envelopes]
+            items = [(layout.subject, body, with_id(headers)) for body, headers in envelopes]
         await self._acks.publish(items, f'queue {queue.name!r}')
 
     async def publish(self, exchange: str, routing_key: str, envelope: Envelope) -> int:
@@ -262,7 +172,7 @@ class NATSQueueTransport:
         targets = [name for name, topics in await self._bindings(exchange) if topics_match(topics, routing_key)]
         if not targets:
             raise QueueNotFound(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}')
-        headers = _with_id(envelope.headers)
+        headers = with_id(envelope.headers)
         await self._acks.publish([(Layout.of(name).subject, envelope.body, headers) for name in targets],
                                  f'exchange {exchange!r}')
         return len(targets)
@@ -270,7 +180,7 @@ class NATSQueueTransport:
     async def _bindings(self, exchange: str) -> list[tuple[str, tuple[str, ...]]]:
         js = await self._link.jetstream()
         try:
-            info = await js.stream_info(BINDINGS_STREAM, subjects_filter=self._binding_subject(exchange))
+            info = await js.stream_info(BINDINGS_STREAM, subjects_filter=binding_subject(exchange))
         except NotFoundError:
             return []
         bound: list[tuple[str, tuple[str, ...]]] = []
@@ -292,7 +202,8 @@ class NATSQueueTransport:
             await self._consumer(js, layout.later_stream)
             pull = self._pulls[queue.name] = await js.pull_subscribe_bind(CONSUMER, layout.stream)
         if queue.name not in self._movers:
-            self._movers[queue.name] = asyncio.create_task(self._move(queue), name=f'nats-mover:{queue.name}')
+            self._movers[queue.name] = asyncio.create_task(move(self._link, self._acks, self.log, queue.name),
+                                                           name=f'nats-mover:{queue.name}')
         if self._keeper is None:
             self._keeper = asyncio.create_task(self._keep_taken(), name='nats-in-progress')
         return pull
@@ -327,51 +238,8 @@ class NATSQueueTransport:
         token = _Token(msg)
         self._taken.add(token)
         redelivered = msg.metadata.num_delivered > 1 or bool(headers and REDELIVERED_HEADER in headers)
-        return Delivery(Envelope(msg.data, envelope_headers(headers) or None), token, _attempt(headers),
+        return Delivery(Envelope(msg.data, envelope_headers(headers) or None), token, attempt(headers),
                         redelivered)
-
-    async def _move(self, queue: Queue[Any]) -> None:
-        """Move due delayed messages and retries into the queue; NAK the others until they are due."""
-        layout = Layout.of(queue.name)
-        while True:
-            later: JetStreamContext.PullSubscription | None = None
-            try:
-                js = await self._link.jetstream()
-                later = await js.pull_subscribe_bind(CONSUMER, layout.later_stream)
-                while True:
-                    try:
-                        msgs = await later.fetch(batch=MOVE_BATCH, timeout=5.0)
-                    except nats.errors.TimeoutError:
-                        continue
-                    await self._move_due(layout, msgs)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.log.warning('Queue %s: moving delayed messages failed (%s: %s); trying again',
-                                 queue.name, type(exc).__name__, self._link.scrub(exc))
-                await asyncio.sleep(1.0)
-            finally:
-                if later is not None:
-                    with contextlib.suppress(Exception):  # a dead connection took it along
-                        await later.unsubscribe()
-
-    async def _move_due(self, layout: Layout, msgs: list[Msg]) -> None:
-        now = time.time()
-        due: list[Msg] = []
-        for msg in msgs:
-            try:
-                at = float((msg.headers or {}).get(DUE_HEADER, 0.0))
-            except ValueError:
-                at = 0.0
-            if at > now:
-                await msg.nak(delay=at - now)
-            else:
-                due.append(msg)
-        if due:
-            items = [(layout.subject, m.data, _stored(m.headers) or None) for m in due]
-            await self._acks.publish(items, f'stream {layout.stream!r}')
-            for msg in due:
-                await msg.ack()
 
     async def _keep_taken(self) -> None:
         """Tell the server that taken messages are still being handled, so a long handler keeps its
@@ -401,7 +269,7 @@ class NATSQueueTransport:
         leaves it taken, for the engine to try again or release."""
         if delivery.token.settled:
             return
-        headers = {**_stored(delivery.token.msg.headers), **extra}
+        headers = {**stored(delivery.token.msg.headers), **extra}
         await self._acks.publish([(subject, delivery.envelope.body, headers)], f'queue {queue.name!r}')
         await self._settle(delivery.token)
 
@@ -409,13 +277,13 @@ class NATSQueueTransport:
         layout = Layout.of(queue.name)
         extra = {ATTEMPT_HEADER: str(delivery.attempt + 1)}
         if delay > 0:
-            await self._resend(queue, delivery, layout.later_subject, {**extra, DUE_HEADER: repr(time.time() + delay)})
+            await self._resend(queue, delivery, layout.later_subject, {**extra, **due(delay)})
         else:
             await self._resend(queue, delivery, layout.subject, extra)
 
     async def dead_letter(self, queue: Queue[Any], delivery: Delivery[_Token], reason: str) -> None:
         await self.declare(queue)
-        extra = {ATTEMPT_HEADER: str(delivery.attempt), REASON_HEADER: _one_line(reason[:MAX_REASON]),
+        extra = {ATTEMPT_HEADER: str(delivery.attempt), REASON_HEADER: one_line(reason[:MAX_REASON]),
                  DEAD_AT_HEADER: repr(time.time())}
         await self._resend(queue, delivery, Layout.of(queue.name).dead_subject, extra)
 
@@ -523,28 +391,9 @@ def _left_in(pull: JetStreamContext.PullSubscription) -> list[Msg]:
     left: list[Msg] = []
     while pending is not None and not pending.empty():
         msg = pending.get_nowait()
-        if msg.reply and msg.data is not None and not (msg.headers or {}).get('Status'):
+        if msg.reply and msg.data is not None and not (msg.headers or {}).get(STATUS_HEADER):
             left.append(msg)
     return left
-
-
-def _with_id(headers: Mapping[str, str] | None) -> Headers | None:
-    """The headers of a first send: with ``Nats-Msg-Id`` = ``message-id``, for deduplication."""
-    if not headers:
-        return None
-    message_id = headers.get(MESSAGE_ID)
-    return {**headers, MSG_ID_HEADER: message_id} if message_id else dict(headers)
-
-
-def _stored(headers: Mapping[str, str] | None) -> Headers:
-    """A taken message's headers, for storing it again: the attempt kept, no ``Nats-`` ones."""
-    return {k: v for k, v in (headers or {}).items() if not k.lower().startswith('nats-')
-            and k not in (REASON_HEADER, DEAD_AT_HEADER, DUE_HEADER, REDELIVERED_HEADER)}
-
-
-def _one_line(text: str) -> str:
-    """A header value: NATS headers are lines, so line breaks become spaces."""
-    return ' '.join(text.splitlines())
 
 
 def _dead_letter(name: str, body: bytes, headers: Mapping[str, str] | None) -> DeadLetter:
@@ -554,4 +403,4 @@ def _dead_letter(name: str, body: bytes, headers: Mapping[str, str] | None) -> D
     except ValueError:
         died = 0.0
     return DeadLetter(name, Envelope(body, envelope_headers(headers) or None), table.get(REASON_HEADER, ''),
-                      _attempt(headers), died)
+                      attempt(headers), died)

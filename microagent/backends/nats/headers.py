@@ -1,0 +1,67 @@
+"""The NATS headers of a stored JetStream message: the envelope's headers, beside this backend's
+bookkeeping and the server's own, which are never shown to users as headers. Every such name is
+spelled here, once.
+
+A first send carries ``Nats-Msg-Id`` = ``message-id`` (the server stores a repeated send once);
+moves (retries, releases, requeued dead letters) carry none. The attempt count travels in
+``x-attempt``, a delayed message's due time in ``x-due``, a dead letter's reason and time in
+``x-reason`` and ``x-dead-at``, and a released message is marked ``x-redelivered``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from microagent.message import MESSAGE_ID
+
+#: this backend's own bookkeeping
+ATTEMPT_HEADER = 'x-attempt'
+REASON_HEADER = 'x-reason'
+DEAD_AT_HEADER = 'x-dead-at'
+DUE_HEADER = 'x-due'
+REDELIVERED_HEADER = 'x-redelivered'
+OWN_HEADERS = frozenset((ATTEMPT_HEADER, REASON_HEADER, DEAD_AT_HEADER, DUE_HEADER, REDELIVERED_HEADER))
+#: the server's: every header whose name starts with ``Nats-`` (in any case), among them the
+#: deduplication id of a send
+SERVER_PREFIX = 'nats-'
+MSG_ID_HEADER = 'Nats-Msg-Id'
+#: the status of a message without data from the server (no responders, a timeout)
+STATUS_HEADER = 'Status'
+
+Headers = dict[str, str]
+
+
+def _servers(name: str) -> bool:
+    return name.lower().startswith(SERVER_PREFIX)
+
+
+def envelope_headers(headers: Mapping[str, str] | None) -> Headers:
+    """The envelope's headers in a stored message: without this backend's and the server's own."""
+    if not headers:
+        return {}
+    return {k: v for k, v in headers.items() if k not in OWN_HEADERS and not _servers(k)}
+
+
+def attempt(headers: Mapping[str, str] | None) -> int:
+    try:
+        return max(int((headers or {}).get(ATTEMPT_HEADER, 1)), 1)
+    except ValueError:
+        return 1
+
+
+def with_id(headers: Mapping[str, str] | None) -> Headers | None:
+    """The headers of a first send: with ``Nats-Msg-Id`` = ``message-id``, for deduplication."""
+    if not headers:
+        return None
+    message_id = headers.get(MESSAGE_ID)
+    return {**headers, MSG_ID_HEADER: message_id} if message_id else dict(headers)
+
+
+def stored(headers: Mapping[str, str] | None) -> Headers:
+    """A taken message's headers, for storing it again: the attempt kept, no ``Nats-`` ones."""
+    return {k: v for k, v in (headers or {}).items() if not _servers(k)
+            and k not in (REASON_HEADER, DEAD_AT_HEADER, DUE_HEADER, REDELIVERED_HEADER)}
+
+
+def one_line(text: str) -> str:
+    """A header value: NATS headers are lines, so line breaks become spaces."""
+    return ' '.join(text.splitlines())
