@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from tests import redis_cluster_support
 from tests.amqp_support import Servers, require_rabbitmq
-from tests.backends import BACKENDS, REDIS_TEST_DSN, Backend
+from tests.conformance.backends import BACKENDS, REDIS_TEST_DSN, Backend
 from tests.services import REDIS_HOST, REDIS_PORT, require_nats, require_service
 
 

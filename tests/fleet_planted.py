@@ -1,4 +1,4 @@
-"""A fleet with planted topology problems, for ``microagent check`` (see tests/test_fleet.py)."""
+"""A fleet with planted topology problems, for ``microagent check`` (see tests/contract/test_fleet.py)."""
 from __future__ import annotations
 
 import msgspec

@@ -1,6 +1,6 @@
 // Validate AsyncAPI documents with the official parser: `node validate.mjs a.json [b.json ...]`.
 // Prints one JSON line per file: {"file", "valid", "errors": [...], "warnings": [...]}; exits 1 when
-// any document is invalid, so it is usable on its own (CI) as well as from tests/test_asyncapi.py.
+// any document is invalid, so it is usable on its own (CI) as well as from tests/contract/test_asyncapi.py.
 import { readFile } from 'node:fs/promises';
 import { Parser, DiagnosticSeverity } from '@asyncapi/parser';
 

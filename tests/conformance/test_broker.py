@@ -1,4 +1,4 @@
-"""Queue broker behaviour every backend must show (runs once per backend in tests/backends.py)."""
+"""Queue broker behaviour every backend must show (runs once per backend in tests/conformance/backends.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +10,7 @@ import pytest
 
 from microagent import DeclarationError, Exchange, InvalidPayload, MicroAgent, Queue, QueueNotFound, consumer
 from microagent.message import Envelope
-from tests.backends import Backend
+from tests.conformance.backends import Backend
 from tests.helpers import Collector, eventually
 
 

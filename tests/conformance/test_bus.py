@@ -1,4 +1,4 @@
-"""Signal bus behaviour every backend must show (runs once per backend in tests/backends.py)."""
+"""Signal bus behaviour every backend must show (runs once per backend in tests/conformance/backends.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +11,7 @@ import pytest
 
 from microagent import InvalidPayload, MicroAgent, RemoteError, Signal, SignalNotFound, receiver
 from microagent.message import Envelope, new_headers
-from tests.backends import Backend
+from tests.conformance.backends import Backend
 from tests.helpers import Collector, eventually
 
 

@@ -1,5 +1,5 @@
 """Dead-letter tools every backend must offer: pick letters to requeue or purge, and tell a queue
-that exists from a mistyped name (runs once per backend in tests/backends.py)."""
+that exists from a mistyped name (runs once per backend in tests/conformance/backends.py)."""
 from __future__ import annotations
 
 from functools import partial
@@ -9,7 +9,7 @@ import msgspec
 from microagent import MicroAgent, Queue, consumer
 from microagent.broker import AbstractQueueBroker
 from microagent.transport import DeadLetter
-from tests.backends import Backend
+from tests.conformance.backends import Backend
 from tests.helpers import Collector, eventually
 
 

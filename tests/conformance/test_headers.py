@@ -1,6 +1,6 @@
 """Headers end to end, on every backend: what a handler that names ``message: Message`` sees, ids kept
 across retries, conversations and traces carried through signals and queues, user headers, RPC
-error answers (runs once per backend in tests/backends.py)."""
+error answers (runs once per backend in tests/conformance/backends.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from microagent import AbstractQueueBroker, Message, MicroAgent, Queue, RemoteError, Signal, consumer, receiver
-from tests.backends import Backend
+from tests.conformance.backends import Backend
 from tests.helpers import Collector, eventually
 
 

@@ -1,6 +1,6 @@
 """Prometheus metrics on every backend: a known workload with a success, a retry, a dead letter and an
 invalid message gives exactly the expected counters in the exposition text, read back with
-prometheus-client's own parser (runs once per backend in tests/backends.py)."""
+prometheus-client's own parser (runs once per backend in tests/conformance/backends.py)."""
 from __future__ import annotations
 
 import msgspec
@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from microagent import AbstractQueueBroker, MicroAgent, Queue, Signal, consumer, receiver
 from microagent.ops.metrics import PrometheusMiddleware
-from tests.backends import Backend, inject_raw
+from tests.conformance.backends import Backend, inject_raw
 from tests.helpers import eventually
 
 

@@ -1,5 +1,5 @@
 """Middlewares on every backend: what they see of each handling (and how it ended) and of each send,
-the order they run in, and the headers they set (runs once per backend in tests/backends.py)."""
+the order they run in, and the headers they set (runs once per backend in tests/conformance/backends.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -25,7 +25,7 @@ from microagent import (
     periodic,
     receiver,
 )
-from tests.backends import Backend, inject_raw
+from tests.conformance.backends import Backend, inject_raw
 from tests.helpers import Collector
 
 

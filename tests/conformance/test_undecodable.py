@@ -13,7 +13,7 @@ import pytest
 from microagent import MicroAgent, Queue, consumer
 from microagent.settle import SETTLE_TRIES
 from microagent.transport import Delivery
-from tests.backends import Backend, inject_raw, unsettled_after_stop
+from tests.conformance.backends import Backend, inject_raw, unsettled_after_stop
 from tests.helpers import Collector, eventually
 
 

@@ -14,7 +14,7 @@ from microagent import InvalidHeader, MicroAgent, MissConfig, Queue, Signal, con
 from microagent.cli.config import load_module
 from microagent.cli.main import main
 from microagent.testing import TestGroup
-from tests.test_cli import _memory
+from tests.cli.test_cli import _memory
 from tests.toy_backend import ToyBroker, ToySignalBus
 
 

@@ -20,7 +20,7 @@ from microagent.backends.redis import RedisBroker, RedisSignalBus
 from microagent.backends.redis.cluster import ClusterListener, connect_options, is_cluster
 from microagent.backends.redis.keys import QueueKeys, base_of, hash_tag
 from microagent.errors import InvalidArgument
-from tests.backends import cluster_client, drop_queues
+from tests.conformance.backends import cluster_client, drop_queues
 from tests.helpers import Collector, eventually
 from tests.redis_cluster_support import Cluster
 
@@ -396,7 +396,7 @@ async def test_async_replication_loses_exactly_the_unreplicated_sends(cluster: C
 
 
 async def test_wait_replicas_on_one_server_without_replicas_refuses_to_pretend(unique: str, raw: Redis) -> None:
-    from tests.backends import REDIS_TEST_DSN
+    from tests.conformance.backends import REDIS_TEST_DSN
 
     queue = Queue(f'lonely_{unique}', Job)
     broker = RedisBroker(REDIS_TEST_DSN, wait_replicas=1, wait_timeout=0.05)

@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
 from microagent.backends.redis import RedisBroker, RedisSignalBus
 from microagent.backends.redis.keys import QueueKeys, inflight_key
-from tests.backends import REDIS_TEST_DSN
+from tests.conformance.backends import REDIS_TEST_DSN
 from tests.helpers import Collector, eventually
 
 pytestmark = pytest.mark.redis

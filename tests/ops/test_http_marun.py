@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.backends import REDIS_TEST_DSN
+from tests.conformance.backends import REDIS_TEST_DSN
 from tests.launcher_agents.support import DEADLINE, Run, Starter, starter
 from tests.nats_support import free_port
 

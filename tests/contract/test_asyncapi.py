@@ -19,10 +19,10 @@ import pytest
 from microagent.cli.schema import dumps
 from microagent.contract.asyncapi import asyncapi
 from schemas.export import JSON_DIR
+from tests.contract.test_schema import refs, resolve
 from tests.schema_agents import PushAgent, ReferenceAgent
-from tests.test_schema import refs, resolve
 
-VALIDATOR = Path(__file__).resolve().parent / 'asyncapi'
+VALIDATOR = Path(__file__).resolve().parents[1] / 'asyncapi'
 NPM_INSTALL = ['npm', 'install', '--no-audit', '--no-fund', '--ignore-scripts']
 
 Validate = Callable[..., list[dict[str, Any]]]

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from microagent import MicroAgent, Signal, receiver
 from microagent.backends.redis import RedisSignalBus
-from tests.backends import REDIS_TEST_DSN
+from tests.conformance.backends import REDIS_TEST_DSN
 from tests.helpers import Collector, eventually
 
 pytestmark = pytest.mark.redis

@@ -74,8 +74,8 @@ def test_jsonlib_key_imports_and_records_the_module(tmp_path: Path, unique: str)
     before = Signal._jsonlib
     try:
         load_stuff(_write(tmp_path, {'signals': [{'name': f'js_{unique}', 'providing_args': []}],
-                                     'jsonlib': 'tests.test_compat_1x_names'}))
-        assert Signal._jsonlib is sys.modules['tests.test_compat_1x_names']
+                                     'jsonlib': 'tests.unit.test_compat_1x_names'}))
+        assert Signal._jsonlib is sys.modules['tests.unit.test_compat_1x_names']
     finally:
         Signal.set_jsonlib(before)
 

@@ -72,7 +72,7 @@ MISTAKES: list[tuple[str, Callable[[str], object], type[Exception], type[Excepti
     ('no signal', lambda u: receiver(), UsageError, TypeError),  # type: ignore[call-overload]
     ('no queue', lambda u: consumer('mailer'), UsageError, TypeError),  # type: ignore[call-overload]
     ('not an agent', lambda u: agent_class(object()), UsageError, TypeError),
-    ('not an agent path', lambda u: load_agent('tests.test_errors'), InvalidArgument, ValueError),
+    ('not an agent path', lambda u: load_agent('tests.unit.test_errors'), InvalidArgument, ValueError),
     ('undeclared signal', lambda u: Signal.get(f'err_none_{u}'), SignalNotFound, LookupError),
     ('undeclared queue', lambda u: Queue.get(f'err_none_{u}'), QueueNotFound, LookupError),
 ]

@@ -30,7 +30,7 @@ import pytest
 from tests.amqp_support import require_rabbitmq
 from tests.services import REDIS_HOST, REDIS_PORT, require_nats, require_service
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / 'README.md', *sorted((ROOT / 'docs').glob('*.md'))]
 TIMEOUT = 90
 MAX_FRAGMENT_SHARE = 0.25

@@ -14,7 +14,7 @@ from microagent import MicroAgent, Queue, Signal, consumer, receiver
 from microagent.backends.redis import RedisBroker, RedisSignalBus
 from microagent.backends.redis.frame import FRAME_MAGIC
 from microagent.message import Message
-from tests.backends import REDIS_TEST_DSN
+from tests.conformance.backends import REDIS_TEST_DSN
 from tests.helpers import Collector, eventually
 
 pytestmark = pytest.mark.redis

@@ -18,7 +18,7 @@ from microagent.backends.nats.layout import Layout
 from microagent.errors import ConnectionFailed, UsageError
 from microagent.message import Envelope, Message
 from microagent.queue import topics_match
-from tests.backends import delete_nats_streams
+from tests.conformance.backends import delete_nats_streams
 from tests.helpers import Collector, eventually
 from tests.launcher_agents.support import Starter, starter
 from tests.services import NATS_DSN

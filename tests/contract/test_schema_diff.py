@@ -177,7 +177,7 @@ def test_an_unknown_level_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -
     assert "invalid choice: 'transitive'" in capsys.readouterr().err
 
 
-# the drift check of this repository (schemas/export.py --check and tests/test_schema.py)
+# the drift check of this repository (schemas/export.py --check and tests/contract/test_schema.py)
 
 def test_drift_check_passes_an_up_to_date_export() -> None:
     assert export.check() == (True, '')

@@ -15,7 +15,7 @@ from microagent import MicroAgent, ServerInterrupt, Signal, UsageError, on, rece
 from microagent.backends.memory import MemorySignalBus
 from tests.helpers import Collector
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Ping(msgspec.Struct):

@@ -13,7 +13,7 @@ import pytest
 from microagent import Message, MicroAgent, consumer, receiver
 from microagent.cli.main import main
 from microagent.loader import load_stuff
-from tests.backends import BACKENDS, REDIS_TEST_DSN, Backend
+from tests.conformance.backends import BACKENDS, REDIS_TEST_DSN, Backend
 from tests.launcher_agents.support import ROOT, command
 from tests.services import NATS_DSN
 

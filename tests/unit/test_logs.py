@@ -15,7 +15,7 @@ import pytest
 
 from microagent import Message, MicroAgent, Queue, Signal, consumer, periodic, receiver
 from microagent.logs import AgentFilter, JsonFormatter, TextFormatter
-from tests.backends import BACKENDS, Backend
+from tests.conformance.backends import BACKENDS, Backend
 
 user_log = logging.getLogger('tests.user_code')
 

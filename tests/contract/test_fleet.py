@@ -9,8 +9,8 @@ import pytest
 
 from microagent.cli.main import main
 from microagent.cli.targets import load_fleet
-from tests.test_asyncapi import Validate
-from tests.test_asyncapi import validate as validate  # the parser fixture
+from tests.contract.test_asyncapi import Validate
+from tests.contract.test_asyncapi import validate as validate  # the parser fixture
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

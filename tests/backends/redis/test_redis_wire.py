@@ -18,7 +18,7 @@ from microagent import MicroAgent, Queue, Signal, consumer, receiver
 from microagent.backends.redis import RedisBroker, RedisSignalBus
 from microagent.backends.redis.keys import inflight_key
 from microagent.cli.config import load_module
-from tests.backends import REDIS_TEST_DSN
+from tests.conformance.backends import REDIS_TEST_DSN
 from tests.helpers import Collector, eventually
 from tests.services import REDIS_HOST, REDIS_PORT
 

@@ -22,7 +22,7 @@ from microagent.contract.docs_page import render_docs
 from microagent.contract.fleet import Fleet, FleetAgent
 from schemas import user_created
 
-ARTIFACTS = Path(__file__).resolve().parent / 'artifacts'
+ARTIFACTS = Path(__file__).resolve().parents[1] / 'artifacts'
 CHROMEDRIVER = '/usr/bin/chromedriver'
 
 

@@ -19,7 +19,7 @@ from microagent import InvalidPayload, MicroAgent, Queue, Signal, consumer, load
 from microagent.testing import TestGroup
 from microagent.tools.memory import MemoryBroker, MemorySignalBus
 from microagent.tools.redis import RedisBroker, RedisSignalBus
-from tests.backends import REDIS_TEST_DSN
+from tests.conformance.backends import REDIS_TEST_DSN
 from tests.helpers import Collector
 
 

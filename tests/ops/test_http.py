@@ -189,7 +189,7 @@ def settings(config_module: Any) -> Any:
 
 
 RECORDER = 'tests.launcher_agents.agents.Recorder'
-TAGGING = 'tests.test_http.Tagging'
+TAGGING = 'tests.ops.test_http.Tagging'
 
 
 def test_middlewares_wrap_every_agent_then_its_own(settings: Any) -> None:
@@ -213,15 +213,15 @@ def test_prometheus_middleware_from_settings_is_built_once_per_process(settings:
     ({'MIDDLEWARES': TAGGING}, 'MIDDLEWARES: a list of middlewares (dotted paths or (path, options) pairs) is '
                                'expected, got str'),
     ({'MIDDLEWARES': [(TAGGING,)]}, 'MIDDLEWARES[0]: a middleware entry is a dotted path or a (path, options dict) '
-                                    "pair, got ('tests.test_http.Tagging',)"),
+                                    "pair, got ('tests.ops.test_http.Tagging',)"),
     ({'MIDDLEWARES': [(TAGGING, 'x')]}, 'MIDDLEWARES[0]: a middleware entry is a dotted path'),
     ({'MIDDLEWARES': ['Tagging']}, "MIDDLEWARES[0]: a middleware must be a dotted path such as"),
     ({'MIDDLEWARES': ['tests.nowhere.Tagging']}, "MIDDLEWARES[0]: cannot import middleware 'tests.nowhere.Tagging'"),
-    ({'MIDDLEWARES': ['tests.test_http.Missing']},
-     "MIDDLEWARES[0]: cannot import middleware 'tests.test_http.Missing': module 'tests.test_http' has no"),
-    ({'MIDDLEWARES': ['tests.test_http.NotAMiddleware']},
-     "MIDDLEWARES[0]: 'tests.test_http.NotAMiddleware' is not a middleware: it needs async handle() and send()"),
-    ({'MIDDLEWARES': ['tests.test_http.RECORDER']}, "MIDDLEWARES[0]: 'tests.test_http.RECORDER' is not a class"),
+    ({'MIDDLEWARES': ['tests.ops.test_http.Missing']},
+     "MIDDLEWARES[0]: cannot import middleware 'tests.ops.test_http.Missing': module 'tests.ops.test_http' has no"),
+    ({'MIDDLEWARES': ['tests.ops.test_http.NotAMiddleware']},
+     "MIDDLEWARES[0]: 'tests.ops.test_http.NotAMiddleware' is not a middleware: it needs async handle() and send()"),
+    ({'MIDDLEWARES': ['tests.ops.test_http.RECORDER']}, "MIDDLEWARES[0]: 'tests.ops.test_http.RECORDER' is not a class"),
     ({'MIDDLEWARES': [(TAGGING, {'colour': 'red'})]},
      "MIDDLEWARES[0]: wrong arguments for Tagging: got an unexpected keyword argument 'colour'"),
     ({'MIDDLEWARES': [], 'AGENT': {'a': {'backend': RECORDER, 'middlewares': [NotAMiddleware]}}},
@@ -239,7 +239,7 @@ def test_middleware_mistakes_name_their_entry(settings: Any, sections: dict[str,
 @pytest.mark.redis
 async def test_redis_ping_and_readiness(unique: str) -> None:
     from microagent.backends.redis import RedisBroker, RedisSignalBus
-    from tests.backends import REDIS_TEST_DSN
+    from tests.conformance.backends import REDIS_TEST_DSN
 
     bus, broker = RedisSignalBus(REDIS_TEST_DSN), RedisBroker(REDIS_TEST_DSN)
     await bus.ping()

@@ -1,6 +1,6 @@
 """mypy --strict accepts the typed API as DESIGN.md writes it and rejects the mistakes it promises to catch.
 
-Each snippet in ``tests/typing/`` marks the lines mypy must reject with ``# E: <error-code>``; every
+Each snippet in ``tests/typing/snippets/`` marks the lines mypy must reject with ``# E: <error-code>``; every
 other line must pass. One mypy run checks every snippet (they are excluded from the project's own run).
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from mypy import api
 
-ROOT = Path(__file__).resolve().parent.parent
-SNIPPETS = sorted((ROOT / 'tests' / 'typing').glob('*.py'))
+ROOT = Path(__file__).resolve().parents[2]
+SNIPPETS = sorted((ROOT / 'tests' / 'typing' / 'snippets').glob('*.py'))
 EXPECTED = re.compile(r'#\s*E:\s*([a-z-]+)')
 ERROR = re.compile(r'^(?P<path>[^:]+):(?P<line>\d+): error: (?P<message>.*?)\s+\[(?P<code>[a-z-]+)\]$')
 
@@ -61,6 +61,6 @@ def test_mypy_verdict(snippet: Path, mypy_errors: tuple[Found, str]) -> None:
     actual = found.get(snippet.name, set())
     missing = sorted(expected - actual)
     unexpected = sorted(actual - expected)
-    lines = [line for line in report.splitlines() if line.startswith(f'tests/typing/{snippet.name}:')]
+    lines = [line for line in report.splitlines() if line.startswith(f'tests/typing/snippets/{snippet.name}:')]
     assert not missing and not unexpected, (
         f'mypy no longer rejects (line, code) {missing}; rejects unexpectedly {unexpected}\n' + '\n'.join(lines))

@@ -20,7 +20,7 @@ from microagent import DeclarationError, MicroAgent, Signal, receiver
 from microagent.backends.memory import MemorySignalBus
 from microagent.bus import AbstractSignalBus
 from microagent.message import REPLY_TO, REQUEST_ID, Envelope
-from tests.backends import BACKENDS
+from tests.conformance.backends import BACKENDS
 from tests.helpers import Collector, eventually
 
 
