@@ -1,7 +1,9 @@
 """The backend registry: a third-party backend registered through the entry point group is taken by
-TestGroup, the CLI and marun settings, by its scheme alone; unknown schemes name those there are."""
+TestGroup, the CLI and marun (settings and a running group), by its scheme alone; unknown schemes
+name those there are."""
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +13,12 @@ import pytest
 
 import microagent.backends as registry
 from microagent import InvalidHeader, MicroAgent, MissConfig, Queue, Signal, consumer, receiver
-from microagent.cli.config import load_module
+from microagent.cli.config import load_group, load_module
 from microagent.cli.main import main
+from microagent.cli.marun import run_agents
 from microagent.testing import TestGroup
 from tests.cli.test_cli import _memory
+from tests.helpers import eventually
 from tests.toy_backend import ToyBroker, ToySignalBus
 
 
@@ -68,6 +72,32 @@ def test_marun_settings_take_the_class_from_the_dsn_scheme(tmp_path: Path, uniqu
         sys.modules.pop(module, None)
     assert agent.bus is not None and agent.bus.factory is ToySignalBus
     assert agent.broker is not None and agent.broker.factory is ToyBroker
+
+
+@pytest.mark.usefixtures('toy_installed')
+async def test_marun_runs_a_group_on_a_registered_backend(tmp_path: Path, unique: str) -> None:
+    module = f'toy_group_{unique}'
+    (tmp_path / f'{module}.py').write_text(
+        f"BUS = {{'default': {{'dsn': 'toy://group-{unique}'}}}}\n"
+        "AGENT = {\n"
+        f"    'pinger': {{'backend': 'tests.launcher_agents.agents.Pinger', 'bus': 'default',"
+        f" 'settings': {{'dir': {str(tmp_path)!r}, 'name': 'pinger'}}}},\n"
+        f"    'listener': {{'backend': 'tests.launcher_agents.agents.Listener', 'bus': 'default',"
+        f" 'settings': {{'dir': {str(tmp_path)!r}, 'name': 'listener'}}}},\n"
+        "}\n")
+    try:
+        configs = load_group([module])
+    finally:
+        sys.modules.pop(module, None)
+    stopping = asyncio.Event()
+    running = asyncio.create_task(run_agents(configs, stopping, grace=1))
+
+    async def pinged() -> bool:
+        return (tmp_path / 'listener.pinged').exists()
+
+    await eventually(pinged)  # the two agents met on the toy bus
+    stopping.set()
+    assert await running == 0
 
 
 @pytest.mark.usefixtures('toy_installed')
