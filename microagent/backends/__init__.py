@@ -18,7 +18,7 @@ import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, Literal
 
 from microagent.dsn import hide_password
 from microagent.errors import MissConfig
@@ -49,17 +49,24 @@ class Backend:
     protocols: dict[str, str] = field(default_factory=dict)  #: AsyncAPI protocol by scheme, if not the scheme
     one_process: bool = False  #: lives in one process: agents in several processes never meet on it
 
-    def load(self, role: str) -> type[Any]:
-        """The bus or broker class (``role``), imported now; a missing client names the extra."""
+    def load(self, role: Literal['bus', 'broker']) -> type[Any]:
+        """The bus or broker class, imported now (the registry sits below the engines, so callers
+        check the class); a missing client library names the extra that installs it."""
         path = self.bus if role == 'bus' else self.broker
         if path is None:
             raise MissConfig(f'the {self.name} backend has no {role}')
         module, _, name = path.rpartition('.')
         try:
-            return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+            found = getattr(importlib.import_module(module), name)
         except ImportError as exc:
-            hint = f": pip install 'microagent[{self.extra}]'" if self.extra else ''
-            raise MissConfig(f'the {self.name} backend needs {exc.name or "its client library"}{hint}') from exc
+            missing = exc.name or 'a module'
+            hint = f": pip install 'microagent[{self.extra}]'" if self.extra and missing != module else ''
+            raise MissConfig(f'the {self.name} backend needs {missing}{hint}') from exc
+        except AttributeError:
+            raise MissConfig(f'the {self.name} backend names {path!r}, which {module!r} does not have') from None
+        if not isinstance(found, type):
+            raise MissConfig(f'the {self.name} backend names {path!r}, which is not a class')
+        return found
 
     def protocol(self, scheme: str) -> str:
         return self.protocols.get(scheme, scheme)

@@ -27,7 +27,7 @@ import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from microagent.agent import MicroAgent
 from microagent.backends import UnknownScheme, backend_for
@@ -162,7 +162,7 @@ def _factory(label: str, section: str, entry: Mapping[str, Any]) -> Any:
         return import_object(entry['backend'], label)
     if section in ('BUS', 'BROKER') and isinstance(entry.get('dsn'), str):
         try:
-            return backend_for(entry['dsn']).load(section.lower())
+            return backend_for(entry['dsn']).load('bus' if section == 'BUS' else 'broker')
         except MicroAgentError as exc:
             raise ConfigError(f'{label}: {exc}') from None
     extra = " or a 'dsn' whose scheme names one" if section != 'AGENT' else ''
@@ -274,7 +274,7 @@ def load_group(modules: Sequence[str]) -> list[AgentConfig]:
     return list(agents.values())
 
 
-def backend_class(dsn: str, backend: str | None, role: str, base: type[T], what: str, *,
+def backend_class(dsn: str, backend: str | None, role: Literal['bus', 'broker'], base: type[T], what: str, *,
                   one_process_ok: bool = True) -> type[T]:
     """The registry's class for the DSN's scheme; ``--backend`` names any other ``base`` class.
     ``role`` is the DSN's option (``bus``, ``broker``), ``what`` the kind of class in errors."""

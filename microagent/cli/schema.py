@@ -2,12 +2,11 @@
 declarations, or one AsyncAPI document of them all."""
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from typing import Any
 
-from microagent.cli.targets import load_fleet
+from microagent.cli.targets import attribute, load_fleet
 from microagent.contract.asyncapi import asyncapi as _asyncapi
 from microagent.contract.info import AgentLike, agent_class, agent_info, declaration_info
 from microagent.errors import InvalidArgument
@@ -23,15 +22,7 @@ def load_agent(target: str) -> AgentLike:
     module_name, sep, attr = target.partition(':')
     if not sep or not module_name or not attr:
         raise InvalidArgument(f'{target!r}: expected path.to.module:AgentClass')
-    try:
-        value: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InvalidArgument(f'{target!r}: cannot import {module_name!r}: {exc}') from None
-    for part in attr.split('.'):
-        try:
-            value = getattr(value, part)
-        except AttributeError:
-            raise InvalidArgument(f'{target!r}: {module_name!r} has no attribute {attr!r}') from None
+    value = attribute(target)
     try:
         agent_class(value)
     except TypeError as exc:

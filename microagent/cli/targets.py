@@ -29,7 +29,8 @@ def _dsn(backend: BackendConfig | None) -> str | None:
     return default.default if default is not None and isinstance(default.default, str) else None
 
 
-def _attribute(target: str) -> Any:
+def attribute(target: str) -> Any:
+    """The object ``module:name.path`` names; an ``InvalidArgument`` naming the target otherwise."""
     module_name, _, attr = target.partition(':')
     try:
         value: Any = importlib.import_module(module_name)
@@ -72,7 +73,7 @@ def load_fleet(targets: list[str]) -> Fleet:
         if ':' not in target:
             _add_module(fleet, target)
             continue
-        value = _attribute(target)
+        value = attribute(target)
         if isinstance(value, type) and issubclass(value, MicroAgent):
             fleet.agents.append(FleetAgent(value.__name__, value))
         elif isinstance(value, MicroAgent):

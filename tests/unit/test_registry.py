@@ -126,8 +126,13 @@ def test_an_unknown_scheme_names_the_schemes_there_are() -> None:
         registry.backend_for('kafka://h:9092')
 
 
-def test_a_missing_client_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    broken = registry.Backend('gone', ('gone',), 'microagent_missing_client.Bus', None, system='gone',
-                              package='microagent_missing_client', extra='gone')
-    with pytest.raises(MissConfig, match=r"pip install 'microagent\[gone\]'"):
+def test_a_missing_client_names_the_extra_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    unique: str) -> None:
+    module = f'needs_client_{unique}'
+    (tmp_path / f'{module}.py').write_text('import microagent_no_such_client\n\nclass Bus: ...\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    broken = registry.Backend('gone', ('gone',), f'{module}.Bus', None, system='gone', package=module, extra='gone')
+    with pytest.raises(MissConfig, match=r"needs microagent_no_such_client: pip install 'microagent\[gone\]'"):
         broken.load('bus')
+    with pytest.raises(MissConfig, match='the gone backend has no broker'):
+        broken.load('broker')
