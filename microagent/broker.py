@@ -20,25 +20,11 @@ from typing import Any, Generic, Never, Self, TypeVar, cast
 
 from microagent.consuming import Consuming, Running
 from microagent.dsn import hide_password
-from microagent.errors import (
-    DeclarationError,
-    InvalidArgument,
-    QueueAttributeError,
-    QueueNotFound,
-    UsageError,
-)
+from microagent.errors import DeclarationError, InvalidArgument, QueueAttributeError, QueueNotFound, UsageError
 from microagent.exchange import Exchange
 from microagent.handlers import Consumer
 from microagent.message import Envelope, check_user_headers, new_headers, new_headers_many
-from microagent.middleware import (
-    MiddlewareLike,
-    Sending,
-    SendingKind,
-    active,
-    added,
-    backend_name,
-    wrap,
-)
+from microagent.middleware import MiddlewareLike, Sending, SendingKind, active, added, backend_name, wrap
 from microagent.payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json
 from microagent.queue import Queue
 from microagent.readiness import PING_TIMEOUT, pinged

@@ -13,20 +13,11 @@ from collections import deque
 from collections.abc import Awaitable
 from typing import Any, cast
 
-from microagent.errors import (
-    InvalidPayload,
-)
+from microagent.errors import InvalidPayload
 from microagent.handlers import Consumer
 from microagent.logs import set_handler
 from microagent.message import current_var
-from microagent.middleware import (
-    Handling,
-    MiddlewareLike,
-    Outcome,
-    Site,
-    active,
-    wrap,
-)
+from microagent.middleware import Handling, MiddlewareLike, Outcome, Site, active, wrap
 from microagent.payload import check_size, undecodable
 from microagent.retry import Retrier
 from microagent.sends import set_sender

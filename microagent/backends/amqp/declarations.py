@@ -18,12 +18,7 @@ from pamqp.common import FieldTable
 
 from microagent.backends.amqp.dead_letters import DEAD_SUFFIX
 from microagent.backends.amqp.link import LINK_ERRORS, Link
-from microagent.backends.amqp.queue_args import (
-    QueueArguments,
-    declaration_error,
-    existing_type,
-    server_version,
-)
+from microagent.backends.amqp.queue_args import QueueArguments, declaration_error, existing_type, server_version
 from microagent.errors import DeclarationError
 from microagent.exchange import Exchange
 from microagent.queue import Queue, QueueType, check_delivery_limit, check_queue_type
