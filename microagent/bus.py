@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, Generic, Self, TypeVar, cast
+from typing import Any, Generic, Self, TypeVar, cast, overload
 
 import msgspec
 
@@ -168,7 +168,18 @@ class AbstractSignalBus:
             raise SignalAttributeError(str(exc), name, self) from None
         return BoundSignal(self, signal)
 
-    def __getitem__(self, signal: Signal[T, R]) -> BoundSignal[T, R]:
+    @overload
+    def __getitem__(self, signal: Signal[T, R]) -> BoundSignal[T, R]: ...
+    @overload
+    def __getitem__(self, signal: str) -> BoundSignal[Any, Any]: ...
+
+    def __getitem__(self, signal: Signal[Any, Any] | str) -> BoundSignal[Any, Any]:
+        """``bus[user_created]``, typed by the declaration; ``bus['user_created']`` by name, as untyped as
+        ``bus.user_created``. ``SignalNotFound`` (a ``LookupError``) names a signal nobody declared."""
+        if isinstance(signal, str):
+            return BoundSignal(self, Signal.get(signal))
+        if not isinstance(signal, Signal):
+            raise UsageError(f'bus[...] takes a Signal or the name of one, got {signal!r}')
         return BoundSignal(self, signal)
 
     # receiving
