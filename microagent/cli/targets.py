@@ -57,6 +57,9 @@ def _add_module(fleet: Fleet, target: str) -> None:
             raise InvalidArgument(str(exc)) from None
         fleet.agents += [FleetAgent(config.name, config.factory, _dsn(config.bus), _dsn(config.broker))
                          for config in configs]
+        title = getattr(module, 'TITLE', None)
+        if isinstance(title, str) and title.strip():
+            fleet.heading = ' · '.join(filter(None, (fleet.heading, title.strip())))
         return
     found = [value for value in vars(module).values() if kind_of(value) is not None]
     if not found:
