@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Awaitable, Iterable, Mapping
 from functools import partial
 from itertools import repeat
-from typing import Any, Generic, Never, Self, TypeVar, cast
+from typing import Any, Generic, Never, Self, TypeVar, cast, overload
 
 from microagent.consuming import Consuming, Running
 from microagent.dsn import hide_password
@@ -132,7 +132,21 @@ class AbstractQueueBroker(Consuming):
             raise QueueAttributeError(str(exc), name, self) from None
         return BoundQueue(self, queue)
 
-    def __getitem__(self, queue: Queue[T]) -> BoundQueue[T]:
+    @overload
+    def __getitem__(self, queue: Queue[T]) -> BoundQueue[T]: ...
+    @overload
+    def __getitem__(self, queue: str) -> Any: ...
+
+    def __getitem__(self, queue: Queue[Any] | str) -> Any:
+        """``broker[mailer]``, typed by the declaration; ``broker['mailer']`` by name, as untyped as
+        ``broker.mailer`` (a ``BoundExchange`` for a declared exchange's name). ``QueueNotFound`` (a
+        ``LookupError``) names a queue nobody declared."""
+        if isinstance(queue, str):
+            if queue not in Queue.get_all() and queue in Exchange.get_all():
+                return BoundExchange(self, Exchange.get(queue))
+            return BoundQueue(self, Queue.get(queue))
+        if not isinstance(queue, Queue):
+            raise UsageError(f'broker[...] takes a Queue or the name of one, got {queue!r}')
         return BoundQueue(self, queue)
 
     async def publish(self, exchange: str, payload: Any, routing_key: str = '', *,

@@ -25,9 +25,9 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
-from typing import Any, Generic, Self, TypeVar, cast
+from typing import Any, Generic, Self, TypeVar, cast, overload
 
 import msgspec
 
@@ -41,7 +41,7 @@ from microagent.errors import (
     UsageError,
 )
 from microagent.handlers import Receiver
-from microagent.logs import FAILED, message_fields, set_handler
+from microagent.logs import FAILED, dropped_fields, set_handler, shown
 from microagent.message import (
     MESSAGE_ID,
     REPLY_TO,
@@ -49,7 +49,6 @@ from microagent.message import (
     RPC_ERROR,
     Envelope,
     Incoming,
-    Message,
     current_var,
     new_headers,
 )
@@ -65,7 +64,7 @@ from microagent.middleware import (
     backend_name,
     wrap,
 )
-from microagent.payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json
+from microagent.payload import DEFAULT_MAX_MESSAGE_SIZE, JsonDict, check_size, encode_json
 from microagent.readiness import PING_TIMEOUT, pinged
 from microagent.rpc import Answers, Pending, RemoteError, Reply
 from microagent.sends import check_send, set_sender
@@ -92,13 +91,6 @@ class _Lane:
         # (payload, sender, reply, the message, read from its headers on first use)
         self.backlog: deque[tuple[Any, str, Reply | None, Incoming]] = deque()
         self.workers = 0
-
-
-def shown(text: str | bytes, limit: int = 200) -> str:
-    """A channel or sender from the wire, safe for a log line (no control characters, bounded)."""
-    if isinstance(text, str) and text.isprintable() and len(text) <= limit:
-        return text
-    return repr(text[:limit])
 
 
 class AbstractSignalBus:
@@ -168,7 +160,18 @@ class AbstractSignalBus:
             raise SignalAttributeError(str(exc), name, self) from None
         return BoundSignal(self, signal)
 
-    def __getitem__(self, signal: Signal[T, R]) -> BoundSignal[T, R]:
+    @overload
+    def __getitem__(self, signal: Signal[T, R]) -> BoundSignal[T, R]: ...
+    @overload
+    def __getitem__(self, signal: str) -> BoundSignal[Any, Any]: ...
+
+    def __getitem__(self, signal: Signal[Any, Any] | str) -> BoundSignal[Any, Any]:
+        """``bus[user_created]``, typed by the declaration; ``bus['user_created']`` by name, as untyped as
+        ``bus.user_created``. ``SignalNotFound`` (a ``LookupError``) names a signal nobody declared."""
+        if isinstance(signal, str):
+            return BoundSignal(self, Signal.get(signal))
+        if not isinstance(signal, Signal):
+            raise UsageError(f'bus[...] takes a Signal or the name of one, got {signal!r}')
         return BoundSignal(self, signal)
 
     # receiving
@@ -224,11 +227,11 @@ class AbstractSignalBus:
         try:
             payload = signal.codec.decode(check_size(f'signal {name!r}', envelope.body, self.max_message_size))
         except InvalidPayload as exc:
-            self.log.warning('Dropped signal %s from %s: %s', name, shown(sender), exc, extra=_dropped(envelope))
+            self.log.warning('Dropped signal %s from %s: %s', name, shown(sender), exc, extra=dropped_fields(envelope))
             return
         except Exception as exc:  # what a codec should not let through (RecursionError, UnicodeDecodeError)
             self.log.warning('Dropped signal %s from %s: %s: %s', name, shown(sender), type(exc).__name__, exc,
-                             extra=_dropped(envelope))
+                             extra=dropped_fields(envelope))
             return
         headers = envelope.headers
         reply = None
@@ -402,19 +405,12 @@ class AbstractSignalBus:
         return request_id, pending
 
 
-def _dropped(envelope: Envelope) -> dict[str, Any]:
-    """The extra of a line on a signal dropped before any receiver saw it: its ids, if it has any."""
-    headers = envelope.headers
-    fields = message_fields(Message.from_headers(headers)) if headers and MESSAGE_ID in headers else {}
-    fields['outcome'] = 'dropped'
-    return fields
-
-
 class BoundSignal(Generic[T, R]):
     """A signal bound to a bus: ``send``, ``call`` and ``waiter``.
 
-    ``headers`` (every method) are user headers the message carries; as a keyword it is taken for
-    them, never for a 1.x payload field of that name."""
+    The payload is a model instance or, for a 1.x declaration (no model: its payload is a dict), the
+    fields as keywords; a type checker refuses keyword fields for a signal with a model. ``headers``
+    (every method) are user headers the message carries, never a 1.x payload field of that name."""
 
     __slots__ = ('bus', 'signal')
 
@@ -437,12 +433,26 @@ class BoundSignal(Generic[T, R]):
             data = codec.encode(payload)
         return check_size(f'signal {self.signal.name!r}', data, self.bus.max_message_size)
 
+    @overload
+    async def send(self: BoundSignal[JsonDict, Any], sender: str, payload: T | None = None, *,
+                   headers: Mapping[str, str] | None = None, **kwargs: Any) -> None: ...
+    @overload
+    async def send(self, sender: str, payload: T | None = None, *,
+                   headers: Mapping[str, str] | None = None) -> None: ...
+
     async def send(self, sender: str, payload: T | None = None, *, headers: Mapping[str, str] | None = None,
                    **kwargs: Any) -> None:
         """Publish the signal; the payload is a model instance, or 1.x style keyword fields."""
         check_send('signal', self.signal.name)
         data = self._encode(sender, payload, kwargs)
         await self.bus._publish('signal', self.signal.name, sender, Envelope(data, new_headers(headers)))
+
+    @overload
+    async def call(self: BoundSignal[JsonDict, R], sender: str, payload: T | None = None, *,
+                   timeout: float = 60, headers: Mapping[str, str] | None = None, **kwargs: Any) -> dict[str, R]: ...
+    @overload
+    async def call(self, sender: str, payload: T | None = None, *, timeout: float = 60,
+                   headers: Mapping[str, str] | None = None) -> dict[str, R]: ...
 
     async def call(self, sender: str, payload: T | None = None, *, timeout: float = 60,
                    headers: Mapping[str, str] | None = None, **kwargs: Any) -> dict[str, R]:
@@ -464,6 +474,13 @@ class BoundSignal(Generic[T, R]):
             key, reason = next(iter(errors.items()))
             raise RemoteError(self.signal.name, key, reason)
         return answers
+
+    @overload
+    def waiter(self: BoundSignal[JsonDict, R], sender: str, payload: T | None = None, *, timeout: float = 60,
+               headers: Mapping[str, str] | None = None, **kwargs: Any) -> AbstractAsyncContextManager[Answers[R]]: ...
+    @overload
+    def waiter(self, sender: str, payload: T | None = None, *, timeout: float = 60,
+               headers: Mapping[str, str] | None = None) -> AbstractAsyncContextManager[Answers[R]]: ...
 
     @asynccontextmanager
     async def waiter(self, sender: str, payload: T | None = None, *, timeout: float = 60,

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import msgspec
 
-from microagent.message import Conversation, Lazy, Message, current_var
+from microagent.message import MESSAGE_ID, Conversation, Envelope, Lazy, Message, current_var
 
 FORMATS = ('text', 'json')
 LEVELS = ('DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL')
@@ -38,6 +38,21 @@ CONTEXT_FIELDS = ('handler', 'message_id', 'correlation_id', 'trace_id')
 FAILURE_FIELDS = ('outcome', 'attempt', 'max_retries', 'retry_in')
 #: the ``extra`` of a failure line whose ids come from the context (a receiver's, a timer run's)
 FAILED = {'outcome': 'failed'}
+
+
+def shown(text: str | bytes, limit: int = 200) -> str:
+    """A channel or sender from the wire, safe for a log line (no control characters, bounded)."""
+    if isinstance(text, str) and text.isprintable() and len(text) <= limit:
+        return text
+    return repr(text[:limit])
+
+
+def dropped_fields(envelope: Envelope) -> dict[str, Any]:
+    """The extra of a line on a message dropped before any handler saw it: its ids, if it has any."""
+    headers = envelope.headers
+    fields = message_fields(Message.from_headers(headers)) if headers and MESSAGE_ID in headers else {}
+    fields['outcome'] = 'dropped'
+    return fields
 
 
 def set_handler(agent: object, key: str) -> Token[tuple[str, str] | None]:

@@ -44,6 +44,7 @@ class Backend:
     system: str  #: ``messaging.system`` of the OpenTelemetry conventions
     package: str  #: the module (or package) its transports live in
     extra: str | None = None  #: the pip extra that installs its client: ``microagent[extra]``
+    modules: tuple[str, ...] = ()  #: the top-level modules that extra installs (its client library)
     reserved_headers: frozenset[str] = frozenset()  #: lower-case header names it keeps for itself
     reserved_prefixes: tuple[str, ...] = ()  #: lower-case prefixes of such names
     protocols: dict[str, str] = field(default_factory=dict)  #: AsyncAPI protocol by scheme, if not the scheme
@@ -60,7 +61,8 @@ class Backend:
             found = getattr(importlib.import_module(module), name)
         except ImportError as exc:
             missing = exc.name or 'a module'
-            hint = f": pip install 'microagent[{self.extra}]'" if self.extra and missing != module else ''
+            client = missing.partition('.')[0] in self.modules if self.modules else missing != module
+            hint = f": pip install 'microagent[{self.extra}]'" if self.extra and client else ''
             raise MissConfig(f'the {self.name} backend needs {missing}{hint}') from exc
         except AttributeError:
             raise MissConfig(f'the {self.name} backend names {path!r}, which {module!r} does not have') from None
@@ -76,15 +78,17 @@ _REDIS_SCHEMES = ('redis', 'rediss', 'unix', 'redis+cluster', 'rediss+cluster')
 _BUILT_IN = (
     Backend('redis', _REDIS_SCHEMES, 'microagent.backends.redis.RedisSignalBus',
             'microagent.backends.redis.RedisBroker', system='redis', package='microagent.backends.redis',
-            extra='redis',
+            extra='redis', modules=('redis', 'hiredis'),
             protocols={'redis+cluster': 'redis', 'rediss+cluster': 'rediss'}),
     Backend('amqp', ('amqp', 'amqps'), 'microagent.backends.amqp.AMQPSignalBus',
             'microagent.backends.amqp.AMQPBroker', system='rabbitmq', package='microagent.backends.amqp',
-            extra='amqp', reserved_headers=frozenset({'x-attempt', 'x-reason', 'x-dead-at', 'x-delay'}),
+            extra='amqp', modules=('aiormq', 'pamqp'),
+            reserved_headers=frozenset({'x-attempt', 'x-reason', 'x-dead-at', 'x-delay'}),
             reserved_prefixes=('x-death', 'x-first-death', 'x-last-death')),
     Backend('nats', ('nats',), 'microagent.backends.nats.NATSSignalBus',
             'microagent.backends.nats.NATSBroker', system='nats', package='microagent.backends.nats',
-            extra='nats', reserved_headers=frozenset({'x-attempt', 'x-reason', 'x-dead-at', 'x-due', 'x-redelivered'}),
+            extra='nats', modules=('nats',),
+            reserved_headers=frozenset({'x-attempt', 'x-reason', 'x-dead-at', 'x-due', 'x-redelivered'}),
             reserved_prefixes=('nats-',)),
     Backend('memory', ('memory',), 'microagent.backends.memory.MemorySignalBus',
             'microagent.backends.memory.MemoryBroker', system='memory', package='microagent.backends.memory',

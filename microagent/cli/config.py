@@ -34,6 +34,7 @@ from microagent.backends import UnknownScheme, backend_for
 from microagent.broker import AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
 from microagent.errors import MicroAgentError
+from microagent.extras import install_hint
 from microagent.handlers import ConsumerSpec, HookSpec, ReceiverSpec
 from microagent.logs import agent_logger
 from microagent.middleware import MiddlewareLike
@@ -127,7 +128,7 @@ def import_object(path: Any, label: str, what: str = 'backend') -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f'{label}: cannot import {what} {path!r}: {exc}') from None
+        raise ConfigError(f'{label}: cannot import {what} {path!r}: {exc}{install_hint(exc)}') from None
     except Exception as exc:
         raise ConfigError(f'{label}: importing module {module_name!r} of {what} {path!r} failed: '
                           f'{type(exc).__name__}: {exc}') from exc
@@ -247,7 +248,7 @@ def load_module(module: str) -> list[AgentConfig]:
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:
-        raise ConfigError(f'cannot import configuration module {module!r}: {exc}') from None
+        raise ConfigError(f'cannot import configuration module {module!r}: {exc}{install_hint(exc)}') from None
     except Exception as exc:
         raise ConfigError(f'importing configuration module {module!r} failed: {type(exc).__name__}: {exc}') \
             from exc

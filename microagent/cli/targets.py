@@ -15,6 +15,7 @@ from microagent.cli.config import SECTIONS, BackendConfig, ConfigError, load_mod
 from microagent.contract.fleet import Fleet, FleetAgent
 from microagent.errors import InvalidArgument
 from microagent.exchange import Exchange
+from microagent.extras import install_hint
 from microagent.queue import Queue
 from microagent.sends import kind_of
 from microagent.signal import Signal
@@ -35,7 +36,7 @@ def attribute(target: str) -> Any:
     try:
         value: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise InvalidArgument(f'{target!r}: cannot import {module_name!r}: {exc}') from None
+        raise InvalidArgument(f'{target!r}: cannot import {module_name!r}: {exc}{install_hint(exc)}') from None
     for part in attr.split('.'):
         try:
             value = getattr(value, part)
@@ -48,7 +49,7 @@ def _add_module(fleet: Fleet, target: str) -> None:
     try:
         module = importlib.import_module(target)
     except ImportError as exc:
-        raise InvalidArgument(f'{target!r}: cannot import it: {exc}') from None
+        raise InvalidArgument(f'{target!r}: cannot import it: {exc}{install_hint(exc)}') from None
     if any(hasattr(module, section) for section in SECTIONS):
         try:
             configs = load_module(target)
@@ -56,6 +57,9 @@ def _add_module(fleet: Fleet, target: str) -> None:
             raise InvalidArgument(str(exc)) from None
         fleet.agents += [FleetAgent(config.name, config.factory, _dsn(config.bus), _dsn(config.broker))
                          for config in configs]
+        title = getattr(module, 'TITLE', None)
+        if isinstance(title, str) and title.strip():
+            fleet.heading = ' · '.join(filter(None, (fleet.heading, title.strip())))
         return
     found = [value for value in vars(module).values() if kind_of(value) is not None]
     if not found:

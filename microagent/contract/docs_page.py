@@ -3,7 +3,10 @@ and SVG; no CDN, works offline): the topology as a diagram and every payload sch
 
 The diagram is laid out in three columns, so it stays readable at 30 agents: the agents that send
 on the left, the signals, queues and exchanges in the middle, the agents that receive on the right
-(an agent that does both appears on both sides). Clicking a channel shows its schema.
+(an agent that does both appears on both sides). It scales to the width of the window; on a phone
+the page shows the same channels as a list instead. The detail pane shows the first channel's schema
+and example at once, and any other channel's when it is clicked; properties keep the model's order.
+The title is the settings module's ``TITLE`` when it has one.
 """
 from __future__ import annotations
 
@@ -20,18 +23,28 @@ ROW, WIDTH, BOX_W, BOX_H = 34, 960, 230, 24
 COLUMNS = (20, 365, 710)  # x of senders, channels, receivers
 
 STYLE = """
+*{box-sizing:border-box}
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d2330;background:#f6f7fb}
-header{background:#1d2330;color:#fff;padding:12px 24px}h1{font-size:20px;margin:0}
-main{display:flex;gap:16px;padding:16px}#diagram{background:#fff;border-radius:8px;padding:8px;overflow:auto}
-#detail{flex:1;min-width:320px;align-self:flex-start;position:sticky;top:8px;background:#fff;border-radius:8px;
-  padding:12px 16px}
-pre{background:#f0f2f7;padding:8px;border-radius:6px;overflow:auto;font-size:12px}
+header{background:#1d2330;color:#fff;padding:12px 16px}h1{font-size:20px;margin:0}
+header .sources{color:#b8c0d8;font-size:12px}
+main{display:grid;grid-template-columns:minmax(0,1fr) minmax(280px,400px);gap:16px;padding:16px}
+#diagram,#list,#detail{background:#fff;border-radius:8px;padding:8px;min-width:0}
+#diagram{align-self:start}#diagram svg{display:block;width:100%;height:auto}
+#detail{align-self:start;position:sticky;top:8px;padding:12px 16px}#detail h2{font-size:17px;margin:0 0 4px}
+pre{background:#f0f2f7;padding:8px;border-radius:6px;overflow:auto;font-size:12px;white-space:pre-wrap;
+  overflow-wrap:anywhere;max-height:60vh}
 .agent rect{fill:#e6ecff;stroke:#4a62c9}.channel rect{stroke:#888;cursor:pointer}
-.signal rect{fill:#fff4d6}.queue rect{fill:#dff5e3}.exchange rect{fill:#f3e3f7}.rpc rect{fill:#ffe0d6}
-.channel:hover rect,.channel.selected rect{stroke:#d33;stroke-width:2}
+.signal rect,li.signal{fill:#fff4d6;background:#fff4d6}.queue rect,li.queue{fill:#dff5e3;background:#dff5e3}
+.exchange rect,li.exchange{fill:#f3e3f7;background:#f3e3f7}.rpc rect,li.rpc{fill:#ffe0d6;background:#ffe0d6}
+.channel:hover rect,.channel.selected rect{stroke:#d33;stroke-width:2}li.channel.selected{outline:2px solid #d33}
 text{font-size:12px;dominant-baseline:middle}path{fill:none;stroke:#9aa3b8;stroke-width:1.2}
 path.receive{stroke:#4a62c9}
 .legend span{color:#1d2330;display:inline-block;padding:0 6px;margin-right:6px;border-radius:3px}
+#list{display:none;margin:0;padding:8px;list-style:none}
+#list li{padding:6px 8px;margin:4px 0;border-radius:6px;cursor:pointer;overflow-wrap:anywhere}
+#list li small{display:block;color:#4a5268}
+@media (max-width:900px){main{grid-template-columns:minmax(0,1fr)}#detail{position:static}}
+@media (max-width:640px){main{padding:8px;gap:8px}#diagram{display:none}#list{display:block}}
 """
 
 SCRIPT = """
@@ -47,6 +60,9 @@ function show(id) {
     item.example === null ? '(no example for this schema)' : JSON.stringify(item.example, null, 2);
 }
 document.querySelectorAll('.channel').forEach(n => n.addEventListener('click', () => show(n.dataset.id)));
+const channels = [...document.querySelectorAll('.channel')];
+const first = channels.find(n => schemas[n.dataset.id].schema.payload) || channels[0];  // at once, no click
+if (first) show(first.dataset.id);
 """
 
 
@@ -96,20 +112,29 @@ def _edge(x1: int, y1: int, x2: int, y2: int, css: str) -> str:
     return f'<path class="{css}" d="M{x1},{y1} C{mid},{y1} {mid},{y2} {x2},{y2}"/>'
 
 
-def _svg(fleet: Fleet, channels: dict[str, dict[str, Any]]) -> str:
+KINDS = (('signal', 'signals'), ('rpc', 'RPC signals'), ('queue', 'queues'), ('exchange', 'exchanges'))
+
+
+def _ordered(fleet: Fleet, channels: dict[str, dict[str, Any]]) -> tuple[list[str], list[str], dict[str, Any]]:
+    """Senders (then idle agents), receivers, and the channels beside their senders: fewer crossings."""
     senders = sorted({a for c in channels.values() for a in c['senders']})
     receivers = sorted({a for c in channels.values() for a in c['receivers']})
-    idle = [a.name for a in fleet.agents if a.name not in senders and a.name not in receivers]
-    senders += idle
+    senders += [a.name for a in fleet.agents if a.name not in senders and a.name not in receivers]
     order = {name: i for i, name in enumerate(senders)}
-    channels = dict(sorted(channels.items(), key=lambda kv: (  # beside their senders: fewer crossings
+    channels = dict(sorted(channels.items(), key=lambda kv: (
         min((order[a] for a in kv[1]['senders']), default=len(order)), kv[0])))
+    return senders, receivers, channels
+
+
+def _svg(senders: list[str], receivers: list[str], channels: dict[str, dict[str, Any]]) -> str:
+    kinds = {entry['kind'] for entry in channels.values()}
+    middle = ', '.join(plural for kind, plural in KINDS if kind in kinds) or 'channels'
     rows = max(len(senders), len(receivers), len(channels), 1)
     height = rows * ROW + 40
     y = {name: 30 + i * ROW for i, name in enumerate(senders)}
     ry = {name: 30 + i * ROW for i, name in enumerate(receivers)}
     parts = [f'<text x="{x}" y="12" font-weight="bold">{title}</text>'
-             for x, title in zip(COLUMNS, ('sends', 'signals, queues, exchanges', 'receives'), strict=True)]
+             for x, title in zip(COLUMNS, ('sends', html.escape(middle), 'receives'), strict=True)]
     for i, (cid, entry) in enumerate(channels.items()):
         cy = 30 + i * ROW
         for name in sorted(entry['senders']):
@@ -124,22 +149,36 @@ def _svg(fleet: Fleet, channels: dict[str, dict[str, Any]]) -> str:
             f'viewBox="0 0 {WIDTH} {height}">{"".join(parts)}</svg>')
 
 
+def _list(channels: dict[str, dict[str, Any]]) -> str:
+    """The channels as a list, for a window too narrow for the diagram."""
+    items = [f'<li class="channel {entry["kind"]}" data-id="{html.escape(cid)}"><b>{html.escape(entry["title"])}</b>'
+             f'<small>{html.escape(", ".join(sorted(entry["senders"])) or "nobody")} → '
+             f'{html.escape(", ".join(sorted(entry["receivers"])) or "nobody")}</small></li>'
+             for cid, entry in channels.items()]
+    return f'<ol id="list">{"".join(items)}</ol>'
+
+
 def render_docs(fleet: Fleet, title: str | None = None) -> str:
-    """The page as one HTML string (``marun --http`` serves it at ``/docs``)."""
-    channels = _channels(fleet)
+    """The page as one HTML string (``marun --http`` serves it at ``/docs``); its title is ``title``,
+    else the fleet's (a settings ``TITLE``), else the number of agents."""
+    senders, receivers, channels = _ordered(fleet, _channels(fleet))
     data = {cid: {'title': entry['title'], 'schema': entry['schema'],
                   'example': _example(entry['schema'].get('payload', {})),
                   'who': f'sent by {", ".join(sorted(entry["senders"])) or "nobody"}; received by '
                          f'{", ".join(sorted(entry["receivers"])) or "nobody"}'}
             for cid, entry in channels.items()}
-    payload = json.dumps(data, sort_keys=True).replace('</', '<\\/')
-    name = html.escape(title or f'Fleet {fleet.title}')
+    payload = json.dumps(data).replace('</', '<\\/')  # not sorted: properties in the model's order
+    name = html.escape(title or fleet.heading or f'{len(fleet.agents)} agents and their messages')
+    kinds = {entry['kind'] for entry in channels.values()}
     legend = ''.join(f'<span class="{kind}" style="background:{color}">{kind}</span>' for kind, color in
-                     (('signal', '#fff4d6'), ('rpc', '#ffe0d6'), ('queue', '#dff5e3'), ('exchange', '#f3e3f7')))
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{name}</title>'
+                     (('signal', '#fff4d6'), ('rpc', '#ffe0d6'), ('queue', '#dff5e3'), ('exchange', '#f3e3f7'))
+                     if kind in kinds)
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{name}</title>'
             f'<style>{STYLE}</style></head><body><header><h1>{name}</h1>'
-            f'<div class="legend">{len(fleet.agents)} agents, {len(channels)} channels · {legend}</div></header>'
-            f'<main><div id="diagram">{_svg(fleet, channels)}</div>'
+            f'<div class="legend">{len(fleet.agents)} agents, {len(channels)} channels · {legend}</div>'
+            f'<div class="sources">{html.escape(fleet.title)}</div></header>'
+            f'<main><div id="diagram">{_svg(senders, receivers, channels)}</div>{_list(channels)}'
             '<section id="detail"><h2>Click a signal, queue or exchange</h2><p class="who"></p>'
             '<h3>Schema</h3><pre class="schema"></pre><h3>Example message</h3><pre class="example"></pre>'
             f'</section></main><script type="application/json" id="schemas">{payload}</script>'

@@ -35,6 +35,7 @@ class Fleet:
     title: str
     agents: list[FleetAgent] = field(default_factory=list)
     declarations: list[Sendable] = field(default_factory=list)  # given alone, not through an agent
+    heading: str = ''  #: what a person calls the fleet: a settings module's ``TITLE``; '': none given
 
     def servers(self) -> dict[str, str]:
         """Server name -> DSN, one per distinct DSN."""

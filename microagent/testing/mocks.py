@@ -54,7 +54,7 @@ class BusMock(AbstractSignalBus):
         return self._bound.setdefault(name, BoundSignalMock())
 
     def __getitem__(self, signal: Any) -> Any:
-        return self.__getattr__(signal.name)
+        return self.__getattr__(signal if isinstance(signal, str) else signal.name)
 
 
 class _MockQueueTransport(MemoryQueueTransport):
@@ -83,4 +83,4 @@ class BrokerMock(AbstractQueueBroker):
         return self._bound.setdefault(name, BoundQueueMock())
 
     def __getitem__(self, queue: Any) -> Any:
-        return self.__getattr__(queue.name)
+        return self.__getattr__(queue if isinstance(queue, str) else queue.name)

@@ -101,7 +101,7 @@ def test_a_30_agent_fleet_renders(browser: Any, tmp_path: Path) -> None:
 
     open_page(browser, render_docs(big_fleet()), tmp_path)
     senders = browser.find_elements(By.CSS_SELECTOR, '.agent.sender')
-    assert len(senders) == 30 and len(browser.find_elements(By.CSS_SELECTOR, '.channel')) == 30
+    assert len(senders) == 30 and len(browser.find_elements(By.CSS_SELECTOR, '#diagram .channel')) == 30
     boxes = [node.rect for node in senders]
     assert all(a['y'] + a['height'] <= b['y'] for a, b in itertools.pairwise(boxes))  # no overlap, in order
     browser.find_element(By.CSS_SELECTOR, '.channel[data-id="signal:docs_ring_7"]').click()
@@ -126,3 +126,91 @@ def test_docs_names_a_bad_target(capsys: pytest.CaptureFixture[str], tmp_path: P
     assert main(['docs', 'no_such_settings', '-o', str(tmp_path)]) == 2
     assert "'no_such_settings'" in capsys.readouterr().err
     assert load_fleet(['examples.settings_memory']).agents  # the loader is shared with schema and check
+
+
+# the page at a laptop's and a phone's width
+
+FITS = """
+const width = window.innerWidth;
+const columns = [...document.querySelectorAll(
+    '#diagram, #list, #list li, #detail, #diagram .sender rect, #diagram .channel rect, #diagram .receiver rect')]
+  .filter(node => node.getClientRects().length > 0);  // shown at this width
+const outside = columns.map(node => [node.closest('[id], g')?.textContent.slice(0, 40), node.getBoundingClientRect()])
+  .filter(([, box]) => box.left < 0 || box.right > width + 0.5).map(([name]) => name);
+return {scroll: document.documentElement.scrollWidth, width: width, shown: columns.length, outside: outside};
+"""
+
+
+def at_width(browser: Any, width: int) -> None:
+    browser.execute_cdp_cmd('Emulation.setDeviceMetricsOverride',
+                            {'width': width, 'height': 900, 'deviceScaleFactor': 1, 'mobile': width < 600})
+
+
+class Address(msgspec.Struct):
+    zip_code: str  # declared out of alphabetical order: the page keeps this order
+    city: str
+    age: int
+
+
+ADDRESS_MOVED = Signal('docs_address_moved', Address)
+ADDRESS_QUEUE = Queue('docs_address_queue', Address)
+
+
+class Mover(MicroAgent):
+    sends = (ADDRESS_MOVED, ADDRESS_QUEUE)
+
+
+class Watcher(MicroAgent):
+    @receiver(ADDRESS_MOVED)
+    async def moved(self, address: Address) -> None: ...
+
+
+@pytest.mark.parametrize('width', [1280, 390])
+@pytest.mark.parametrize('fleet', ['demo', 'ring'])
+def test_the_page_reads_at_laptop_and_phone_widths(browser: Any, tmp_path: Path, width: int, fleet: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    page = render_docs(load_fleet(['examples.settings_memory']) if fleet == 'demo' else big_fleet())
+    at_width(browser, width)
+    try:
+        open_page(browser, page, tmp_path)
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / f'docs-{fleet}-{width}.png'))
+        fits = browser.execute_script(FITS)
+        assert fits['width'] == width
+        assert fits['scroll'] <= width, fits  # nothing scrolls sideways
+        assert fits['outside'] == [] and fits['shown'] >= 3, fits  # every column inside the window
+        # the detail pane shows a schema and an example before anything is clicked
+        assert json.loads(browser.find_element(By.CSS_SELECTOR, '#detail .schema').text)['payload']['properties']
+        assert json.loads(browser.find_element(By.CSS_SELECTOR, '#detail .example').text)
+        # every channel is there to pick: boxes of the diagram, or the list on a phone
+        picked = [node for node in browser.find_elements(By.CSS_SELECTOR, '.channel') if node.is_displayed()]
+        assert len(picked) == (5 if fleet == 'demo' else 30) + (1 if fleet == 'demo' else 0)  # the demo's exchange
+        picked[-1].click()
+        assert browser.find_element(By.CSS_SELECTOR, '#detail h2').text == picked[-1].find_element(
+            By.CSS_SELECTOR, 'b, text').text.split('\n')[0]
+    finally:
+        browser.execute_cdp_cmd('Emulation.clearDeviceMetricsOverride', {})
+
+
+def test_the_panes_show_the_properties_in_the_model_order(browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, render_docs(Fleet('tests.docs_settings', [FleetAgent('mover', Mover),
+                                                                   FleetAgent('watcher', Watcher)])), tmp_path)
+    shown = json.loads(browser.find_element(By.CSS_SELECTOR, '#detail .schema').text)  # not clicked
+    assert list(shown['payload']['properties']) == ['zip_code', 'city', 'age']
+    assert list(json.loads(browser.find_element(By.CSS_SELECTOR, '#detail .example').text)) == [
+        'zip_code', 'city', 'age']
+    legend = [node.text for node in browser.find_elements(By.CSS_SELECTOR, '.legend span')]
+    assert legend == ['signal', 'queue']  # no exchange, no RPC in this fleet
+    assert browser.title == '2 agents and their messages'  # no TITLE: a readable default, not a module name
+
+
+def test_the_title_comes_from_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / 'docs_titled_settings.py').write_text(
+        'from examples.settings_memory import AGENT, BROKER, BUS\n\nTITLE = "Acme shop"\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    page = render_docs(load_fleet(['docs_titled_settings']))
+    assert '<title>Acme shop</title>' in page and '<h1>Acme shop</h1>' in page
+    assert 'docs_titled_settings' in page.split('<div class="sources">')[1].split('</div>')[0]  # where it is from
