@@ -87,7 +87,8 @@ async def test_dead_letter_and_empty_waits_name_the_queue() -> None:
             await group.wait_dead_letters(invoices, timeout=0.3)
     async with TestGroup(Shop) as group:  # nobody consumes: the message stays
         await group.broker[invoices].send(Order(3))
-        with pytest.raises(ExpectationFailed, match=rf"queue 'kit_invoices_{SUFFIX}' not empty .*1 waiting"):
+        expected = rf"queue 'kit_invoices_{SUFFIX}' not settled .*1 ready, 0 delayed, 0 in flight"
+        with pytest.raises(ExpectationFailed, match=expected):
             await group.wait_queue_empty(invoices, timeout=0.3)
 
 
@@ -196,7 +197,8 @@ async def test_a_queue_is_not_empty_while_its_consumer_is_still_handling() -> No
         await group.broker[queue].send(Order(1))
         probe = group.handler(Slow.work)
         await asyncio.wait_for(begun.wait(), 5)
-        with pytest.raises(ExpectationFailed, match=r'not empty within 0\.2s: 0 waiting, 1 being handled'):
+        expected = r'not settled within 0\.2s: 0 ready, 0 delayed, 1 in flight; 1 being handled'
+        with pytest.raises(ExpectationFailed, match=expected):
             await group.wait_queue_empty(queue, timeout=0.2)
         release.set()
         await group.wait_queue_empty(queue)

@@ -30,7 +30,7 @@ import aiormq
 from aiormq.abc import AbstractChannel, DeliveredMessage
 
 from microagent.backends.amqp.dead_letters import DEAD_SUFFIX, DeadLetterQueues
-from microagent.backends.amqp.declarations import QueueDeclarations
+from microagent.backends.amqp.declarations import RETRY_SUFFIX, QueueDeclarations
 from microagent.backends.amqp.headers import (
     ATTEMPT_HEADER,
     DEAD_AT_HEADER,
@@ -48,7 +48,7 @@ from microagent.errors import QueueNotFound, UsageError
 from microagent.exchange import Exchange
 from microagent.message import CORRELATION_ID, Envelope
 from microagent.queue import Queue, QueueType
-from microagent.transport import DeadLetter, Delivery, SelectDeadLetter
+from microagent.transport import DeadLetter, Delivery, QueueDepth, SelectDeadLetter
 
 __all__ = ['AMQPQueueTransport']
 
@@ -107,6 +107,7 @@ class AMQPQueueTransport(QueueDeclarations):
         self._publisher = Publisher(self._link, reconnect_timeout)
         self._subs: dict[str, _Subscription] = {}
         self._prefetch: dict[str, int] = {}
+        self._taken: dict[str, set[Token]] = {}  # handed to the engine, by queue: pruned by ``depth``
         self._dead = DeadLetterQueues(self._link, self._publisher, self._count, lambda: self.reconnect_timeout)
 
     def rename(self, name: str) -> None:
@@ -274,6 +275,7 @@ class AMQPQueueTransport(QueueDeclarations):
         meta = AMQPMeta(queue.name, channel, tag, redelivered, message.exchange or '', message.routing_key or '',
                         properties, token)
         delivery = Delivery(Envelope(message.body, headers or None), token, attempt, redelivered, {'amqp': meta})
+        self._taken.setdefault(queue.name, set()).add(token)
         token.drop = partial(self._drop, queue, delivery)
         return delivery
 
@@ -338,6 +340,18 @@ class AMQPQueueTransport(QueueDeclarations):
 
     async def length(self, name: str) -> int:
         return await self._count(name)
+
+    async def depth(self, name: str) -> QueueDepth:
+        """Ready: the queue's count on the server. RabbitMQ lists neither queues nor unacked messages
+        over AMQP, so delayed counts the delay queues this transport declared (its retries and
+        delayed sends) and in flight what it holds unsettled, prefetched ones included."""
+        prefix = name + RETRY_SUFFIX
+        delay_queues = sorted(q for q in self.declared_queues if q.startswith(prefix))
+        ready, *delayed = await asyncio.gather(self._count(name), *map(self._count, delay_queues))
+        taken = self._taken.get(name, set())
+        taken -= {token for token in taken if token.settled or token.channel.is_closed}
+        sub = self._subs.get(name)
+        return QueueDepth(ready, sum(delayed), len(taken) + (len(sub.buffer) if sub else 0))
 
     async def dead_letter_count(self, name: str) -> int:
         return await self._count(name + DEAD_SUFFIX)
