@@ -1,6 +1,6 @@
 """microagent: typed, DTO-first agents for event-driven Python microservices."""
 from microagent.agent import MicroAgent
-from microagent.broker import AbstractQueueBroker, BoundExchange, BoundQueue, DeadLetter
+from microagent.broker import AbstractQueueBroker, BoundExchange, BoundQueue, DeadLetter, QueueDepth
 from microagent.bus import AbstractSignalBus, BoundSignal, RemoteError
 from microagent.decorators import consumer, cron, on, periodic, receiver
 from microagent.errors import (
@@ -57,6 +57,7 @@ __all__ = [
     'NotReplicated',
     'Outcome',
     'Queue',
+    'QueueDepth',
     'QueueNotFound',
     'Receiver',
     'RemoteError',

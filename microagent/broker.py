@@ -29,10 +29,10 @@ from microagent.payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json
 from microagent.queue import Queue
 from microagent.readiness import PING_TIMEOUT, pinged
 from microagent.sends import check_send
-from microagent.transport import BrokerTransport, DeadLetter, Delivery, SelectDeadLetter
+from microagent.transport import BrokerTransport, DeadLetter, Delivery, QueueDepth, SelectDeadLetter
 
 __all__ = ['DEFAULT_MAX_MESSAGE_SIZE', 'AbstractQueueBroker', 'BoundExchange', 'BoundQueue', 'DeadLetter',
-           'Delivery']
+           'Delivery', 'QueueDepth']
 
 T = TypeVar('T')
 
@@ -96,6 +96,11 @@ class AbstractQueueBroker(Consuming):
     async def queue_length(self, name: str) -> int:
         """How many messages wait in the queue ``name`` (by name: for tools that declare nothing)."""
         return await self.transport.length(name)
+
+    async def queue_depth(self, name: str) -> QueueDepth:
+        """The queue ``name``'s ready, delayed (retries, delayed sends) and in-flight counts: its
+        depth is ready + delayed; it is settled when all three are 0."""
+        return await self.transport.depth(name)
 
     async def dead_letters(self, name: str, limit: int = 100) -> list[DeadLetter]:
         return await self.transport.dead_letters(name, limit)
@@ -260,7 +265,7 @@ class BoundExchange:
 
 
 class BoundQueue(Generic[T]):
-    """A queue bound to a broker: ``send``, ``send_many``, ``length`` and its dead letters."""
+    """A queue bound to a broker: ``send``, ``send_many``, ``length``, ``depth`` and its dead letters."""
 
     __slots__ = ('broker', 'queue')
 
@@ -324,6 +329,10 @@ class BoundQueue(Generic[T]):
 
     async def length(self) -> int:
         return await self.broker.transport.length(self.queue.name)
+
+    async def depth(self) -> QueueDepth:
+        """Ready, delayed and in-flight counts (``AbstractQueueBroker.queue_depth``)."""
+        return await self.broker.transport.depth(self.queue.name)
 
     async def declare(self) -> None:
         await self.broker.transport.declare(self.queue)

@@ -78,7 +78,7 @@ from microagent.message import Envelope, Message
 if TYPE_CHECKING:
     from microagent.queue import Queue
 
-__all__ = ['BrokerTransport', 'BusTransport', 'DeadLetter', 'Deliver', 'DeliverReply', 'Delivery']
+__all__ = ['BrokerTransport', 'BusTransport', 'DeadLetter', 'Deliver', 'DeliverReply', 'Delivery', 'QueueDepth']
 
 TokenT = TypeVar('TokenT')
 
@@ -154,6 +154,32 @@ class DeadLetter:
         return {'queue': self.queue, 'body': self.body.decode('utf-8', 'replace'),
                 'headers': dict(headers) if headers is not None else None,
                 'reason': self.reason, 'attempts': self.attempts, 'time': self.time}
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """How much work a queue holds: ``ready`` to fetch now, ``delayed`` (retries and delayed sends
+    not yet due) and ``in_flight`` (taken by a consumer, not settled yet).
+
+    The queue's depth is ``ready + delayed``: what is still to be handled. A queue is settled when
+    ``total`` is 0: nothing waits, nothing will come back from a retry, nothing is being handled."""
+
+    ready: int
+    delayed: int
+    in_flight: int
+
+    @property
+    def depth(self) -> int:
+        """Messages still to be handled: ready and delayed."""
+        return self.ready + self.delayed
+
+    @property
+    def total(self) -> int:
+        """Every message of the queue but its dead letters: 0 when the queue is settled."""
+        return self.ready + self.delayed + self.in_flight
+
+    def __str__(self) -> str:
+        return f'{self.ready} ready, {self.delayed} delayed, {self.in_flight} in flight'
 
 
 class BusTransport(Protocol):
@@ -262,6 +288,11 @@ class BrokerTransport(Protocol[TokenT]):
 
     async def length(self, name: str) -> int:
         """How many messages wait in the queue (delayed ones and retries not yet due excluded)."""
+        ...
+
+    async def depth(self, name: str) -> QueueDepth:
+        """The queue's ready, delayed and in-flight counts (dead letters excluded). A figure the
+        server cannot give is what this transport knows of it (its backend's docstring says which)."""
         ...
 
     async def dead_letters(self, name: str, limit: int = 100) -> list[DeadLetter]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -20,7 +20,7 @@ from microagent.dsn import hide_password
 from microagent.errors import QueueNotFound
 from microagent.message import Envelope
 from microagent.queue import Queue, topics_match
-from microagent.transport import DeadLetter, Deliver, DeliverReply, Delivery, SelectDeadLetter
+from microagent.transport import DeadLetter, Deliver, DeliverReply, Delivery, QueueDepth, SelectDeadLetter
 
 
 class _BusHub:
@@ -46,6 +46,13 @@ class _BrokerHub:
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.dead: dict[str, list[DeadLetter]] = {}
         self.bindings: dict[str, dict[str, tuple[str, ...]]] = {}  # exchange -> queue -> topics
+        self.delayed: Counter[str] = Counter()  # retries and delayed sends not yet due, by queue
+        self.taken: Counter[str] = Counter()  # fetched and not settled yet, by queue
+
+    def settled(self, name: str) -> None:
+        """One message fetched from ``name`` is no longer in flight."""
+        if self.taken[name] > 0:
+            self.taken[name] -= 1
 
     def push(self, name: str, messages: Sequence[_Message], front: bool = False) -> None:
         queue = self.queues.setdefault(name, deque())
@@ -191,9 +198,11 @@ class MemoryQueueTransport:
     def _push_later(self, name: str, messages: list[_Message], delay: float) -> None:
         def due() -> None:
             del self._later[handle]
+            self._hub.delayed[name] -= len(messages)
             self._hub.push(name, messages)
         handle = asyncio.get_running_loop().call_later(delay, due)
         self._later[handle] = (name, messages)
+        self._hub.delayed[name] += len(messages)
 
     async def declare(self, queue: Queue[Any]) -> None:
         if queue.exchange:
@@ -226,20 +235,25 @@ class MemoryQueueTransport:
             except TimeoutError:
                 return []
         taken = [messages.popleft() for _ in range(min(count, len(messages)))]
+        self._hub.taken[queue.name] += len(taken)
         return [Delivery(m.envelope, m, m.attempt, m.redelivered) for m in taken]
 
     async def ack(self, queue: Queue[Any], delivery: Delivery[_Message]) -> None:
-        pass  # taken messages live only in their Delivery
+        self._hub.settled(queue.name)  # taken messages live only in their Delivery
 
     async def retry(self, queue: Queue[Any], delivery: Delivery[_Message], delay: float, reason: str) -> None:
         self._push_later(queue.name, [_Message(delivery.envelope, delivery.attempt + 1)], delay)
+        self._hub.settled(queue.name)
 
     async def dead_letter(self, queue: Queue[Any], delivery: Delivery[_Message], reason: str) -> None:
         letter = DeadLetter(queue.name, delivery.envelope, reason, delivery.attempt)
         self._hub.dead.setdefault(queue.name, []).append(letter)
+        self._hub.settled(queue.name)
 
     async def release(self, queue: Queue[Any], deliveries: Sequence[Delivery[_Message]]) -> None:
         again = [_Message(d.envelope, d.attempt, redelivered=True) for d in deliveries]
+        for _ in deliveries:
+            self._hub.settled(queue.name)
         self._hub.push(queue.name, again, front=True)
 
     async def consume(self, queue: Queue[Any], concurrency: int) -> None:
@@ -250,6 +264,10 @@ class MemoryQueueTransport:
 
     async def length(self, name: str) -> int:
         return len(self._hub.queues.get(name, ()))
+
+    async def depth(self, name: str) -> QueueDepth:
+        """Every figure from the hub: exact, for every transport on it."""
+        return QueueDepth(len(self._hub.queues.get(name, ())), self._hub.delayed[name], self._hub.taken[name])
 
     async def dead_letters(self, name: str, limit: int = 100) -> list[DeadLetter]:
         return self._hub.dead.get(name, [])[:limit]
@@ -285,6 +303,7 @@ class MemoryQueueTransport:
     async def close(self) -> None:
         for handle, (name, messages) in self._later.items():  # retries and delayed sends: early, not lost
             handle.cancel()
+            self._hub.delayed[name] -= len(messages)
             self._hub.push(name, messages)
         self._later.clear()
 

@@ -8,8 +8,10 @@ code (its declarations and handlers), never by the traffic: no message ids, no s
     metrics = PrometheusMiddleware()          # registers in prometheus_client.REGISTRY
     agent = MailAgent(bus=bus, broker=broker, middlewares=[metrics])
 
-Queue depth is a gauge sampled from the broker when asked (``await metrics.sample_depths(broker,
-['mailer'])``, e.g. from a ``@periodic`` task), so a scrape never waits on a server.
+Queue depth (ready + delayed: retries and delayed sends count, they are work still to do) and the
+messages in flight (taken, not settled) are gauges sampled from the broker when asked (``await
+metrics.sample_depths(broker, ['mailer'])``, e.g. from a ``@periodic`` task), so a scrape never
+waits on a server.
 
 The middleware is its own collector: it counts in plain numbers on the event loop (no lock, no
 label lookup per message) and hands prometheus-client the families when the registry is scraped.
@@ -30,6 +32,7 @@ from microagent.middleware import Handling, Middleware, Next, Outcome, Sending, 
 
 if TYPE_CHECKING:
     from microagent.broker import AbstractQueueBroker
+    from microagent.transport import QueueDepth
 
 __all__ = ['PrometheusMiddleware']
 
@@ -93,7 +96,7 @@ class PrometheusMiddleware(Middleware):
         self.namespace = namespace
         self._series: dict[Site, _Series] = {}
         self._sent: dict[tuple[str, str], int] = {}
-        self._depths: dict[str, float] = {}
+        self._depths: dict[str, QueueDepth] = {}
         registry.register(self)
 
     def _of(self, handling: Handling) -> _Series:
@@ -132,9 +135,9 @@ class PrometheusMiddleware(Middleware):
         return result
 
     async def sample_depths(self, broker: AbstractQueueBroker, queues: Iterable[str]) -> None:
-        """Set the queue-depth gauge of each queue from the broker (one ``length`` call each)."""
+        """Set the depth and in-flight gauges of each queue from the broker (one ``queue_depth`` each)."""
         for name in queues:
-            self._depths[name] = await broker.queue_length(name)
+            self._depths[name] = await broker.queue_depth(name)
 
     # the collector side: prometheus-client calls these when the registry is scraped
 
@@ -146,7 +149,7 @@ class PrometheusMiddleware(Middleware):
         return self._families(list(self._series.values()), dict(self._sent), dict(self._depths))
 
     def _families(self, all_series: list[_Series], sent: dict[tuple[str, str], int],
-                  depths: dict[str, float]) -> Iterator[Metric]:
+                  depths: dict[str, QueueDepth]) -> Iterator[Metric]:
         prefix = self.namespace
         for name, attribute, doc in _COUNTERS:
             counter = CounterMetricFamily(f'{prefix}_{name}', doc, labels=HANDLER_LABELS)
@@ -167,11 +170,17 @@ class PrometheusMiddleware(Middleware):
         for series in all_series:
             in_flight.add_metric(series.labels, series.in_flight)
         yield in_flight
-        depth = GaugeMetricFamily(f'{prefix}_queue_depth', 'Messages waiting in a queue, as last sampled',
+        depth = GaugeMetricFamily(f'{prefix}_queue_depth',
+                                  'Messages still to handle in a queue (ready + delayed), as last sampled',
                                   labels=('queue',))
-        for queue, length in depths.items():
-            depth.add_metric((queue,), length)
+        taken = GaugeMetricFamily(f'{prefix}_queue_in_flight',
+                                  'Messages of a queue taken by consumers and not settled, as last sampled',
+                                  labels=('queue',))
+        for queue, sampled in depths.items():
+            depth.add_metric((queue,), sampled.depth)
+            taken.add_metric((queue,), sampled.in_flight)
         yield depth
+        yield taken
 
 
 def _histograms(name: str, doc: str, items: list[tuple[tuple[str, ...], _Histogram]]) -> Metric:

@@ -28,7 +28,7 @@ from microagent.errors import MicroAgentError, UsageError
 from microagent.message import REQUEST_ID, Envelope
 from microagent.queue import Queue
 from microagent.signal import Signal
-from microagent.transport import BrokerTransport, BusTransport, DeadLetter, Deliver, DeliverReply
+from microagent.transport import BrokerTransport, BusTransport, DeadLetter, Deliver, DeliverReply, QueueDepth
 
 __all__ = ['ExpectationFailed', 'GroupFactory', 'HandlerProbe', 'NotInGroup', 'Sent', 'SentLog', 'TestGroup']
 
@@ -327,16 +327,24 @@ class TestGroup:
     def _busy(self, queue: Queue[Any]) -> int:
         return sum(probe.running for probe in self._queue_probes.get(queue.name, []))
 
+    async def depth(self, queue: Queue[Any]) -> QueueDepth:
+        """``queue``'s depth as the group's brokers see it, the largest of each figure (a backend
+        may know only its own delayed and in-flight messages, as RabbitMQ's does)."""
+        brokers = [c for c in self._connections if isinstance(c, AbstractQueueBroker)] or [self.broker]
+        depths = await asyncio.gather(*(broker.queue_depth(queue.name) for broker in brokers))
+        return QueueDepth(max(d.ready for d in depths), max(d.delayed for d in depths),
+                          max(d.in_flight for d in depths))
+
     async def wait_queue_empty(self, queue: Queue[Any], timeout: float = DEFAULT_TIMEOUT) -> None:
-        """Until ``queue`` holds no message and no consumer here is handling one of it."""
-        async def empty() -> bool:
-            return await self.broker.queue_length(queue.name) == 0 and not self._busy(queue)
+        """Until ``queue`` is settled: nothing ready, no retry or delayed send pending, nothing in
+        flight, and no consumer here handling one of its messages."""
+        async def settled() -> bool:
+            return not self._busy(queue) and (await self.depth(queue)).total == 0
 
         async def failure() -> str:
-            length = await self.broker.queue_length(queue.name)
-            return (f'queue {queue.name!r} not empty within {timeout}s: {length} waiting, '
+            return (f'queue {queue.name!r} not settled within {timeout}s: {await self.depth(queue)}; '
                     f'{self._busy(queue)} being handled')
-        await self._until(empty, timeout, failure)
+        await self._until(settled, timeout, failure)
 
     async def wait_dead_letters(self, queue: Queue[Any], count: int = 1, timeout: float = DEFAULT_TIMEOUT
                                 ) -> list[DeadLetter]:

@@ -13,6 +13,7 @@ from microagent.backends.memory import MemoryBroker, MemorySignalBus
 from microagent.broker import AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
 from microagent.queue import QueueType
+from microagent.testing import TestGroup
 
 
 @dataclass
@@ -22,7 +23,9 @@ class Backend:
     name: str
     make_bus: Callable[[], AbstractSignalBus]
     make_broker: Callable[..., AbstractQueueBroker]
+    dsn: str = ''
     opened: list[Any] = field(default_factory=list)
+    groups: list[TestGroup] = field(default_factory=list)
 
     @property
     def engine(self) -> str:
@@ -39,6 +42,17 @@ class Backend:
         self.opened.append(broker)
         return broker
 
+    def group(self, *agents: type[Any]) -> TestGroup:
+        """A ``TestGroup`` on this backend's server, by its DSN (the registry picks the classes);
+        what its transports declared is cleaned up with the rest."""
+        group = TestGroup(*agents, dsn=self.dsn)
+        self.groups.append(group)
+        return group
+
+    def declared_by(self) -> list[Any]:
+        """The brokers and buses opened here, and the transports of the groups: what declared things."""
+        return [*self.opened, *(t for group in self.groups for t in group.transports)]
+
     async def close(self) -> None:
         for item in self.opened:
             await item.close()
@@ -47,7 +61,7 @@ class Backend:
 @asynccontextmanager
 async def memory_backend() -> AsyncIterator[Backend]:
     dsn = f'memory://{uuid.uuid4().hex}'
-    backend = Backend('memory', lambda: MemorySignalBus(dsn), lambda **o: MemoryBroker(dsn, **o))
+    backend = Backend('memory', lambda: MemorySignalBus(dsn), lambda **o: MemoryBroker(dsn, **o), dsn)
     try:
         yield backend
     finally:
@@ -82,7 +96,7 @@ async def redis_backend(cluster: bool = False) -> AsyncIterator[Backend]:
     before = set(Queue.get_all())
     exchanges_before = set(Exchange.get_all())
     backend = Backend('redis-cluster' if cluster else 'redis', lambda: RedisSignalBus(dsn, prefix=prefix),
-                      lambda **o: RedisBroker(dsn, **o))
+                      lambda **o: RedisBroker(dsn, **o), dsn)
     try:
         yield backend
     finally:
@@ -146,12 +160,12 @@ async def amqp_backend(queue_type: QueueType = 'classic') -> AsyncIterator[Backe
     prefix = f'T{uuid.uuid4().hex[:12]}'
     name = 'amqp' if queue_type == 'classic' else f'amqp-{queue_type}'
     backend = Backend(name, lambda: AMQPSignalBus(AMQP_DSN, prefix=prefix),
-                      lambda **o: AMQPBroker(AMQP_DSN, **{'queue_type': queue_type, **o}))
+                      lambda **o: AMQPBroker(AMQP_DSN, **{'queue_type': queue_type, **o}), AMQP_DSN)
     try:
         yield backend
     finally:
         await backend.close()
-        await delete_declared(backend.opened, [prefix])
+        await delete_declared(backend.declared_by(), [prefix])
 
 
 BACKENDS['amqp'] = amqp_backend
@@ -168,32 +182,33 @@ async def nats_backend() -> AsyncIterator[Backend]:
     require_nats()
     prefix = f'T{uuid.uuid4().hex[:12]}'
     backend = Backend('nats', lambda: NATSSignalBus(NATS_DSN, prefix=prefix),
-                      lambda **o: NATSBroker(NATS_DSN, **o))
+                      lambda **o: NATSBroker(NATS_DSN, **o), NATS_DSN)
     try:
         yield backend
     finally:
         await backend.close()
-        await delete_nats_streams(backend.opened)
+        await delete_nats_streams(backend.declared_by())
 
 
 async def delete_nats_streams(opened: list[Any]) -> None:
-    """Delete the streams the brokers in ``opened`` declared, and their exchange bindings."""
+    """Delete the streams the brokers (or their transports) in ``opened`` declared, and their exchange bindings."""
     import nats
 
-    from microagent.backends.nats import NATSBroker
+    from microagent.backends.nats import NATSBroker, NATSQueueTransport
     from microagent.backends.nats.layout import BINDINGS_STREAM
     from tests.services import NATS_DSN
 
-    streams = {s for b in opened if isinstance(b, NATSBroker) for s in b.transport.created_streams}
+    transports = [b.transport if isinstance(b, NATSBroker) else b for b in opened]
+    transports = [t for t in transports if isinstance(t, NATSQueueTransport)]
+    streams = {s for t in transports for s in t.created_streams}
     nc = await nats.connect(NATS_DSN)
     try:
         js = nc.jetstream()
         for stream in streams - {BINDINGS_STREAM}:
             await js.delete_stream(stream)
-        for broker in opened:
-            if isinstance(broker, NATSBroker):
-                for subject in broker.transport.binding_subjects:
-                    await js.purge_stream(BINDINGS_STREAM, subject=subject)
+        for transport in transports:
+            for subject in transport.binding_subjects:
+                await js.purge_stream(BINDINGS_STREAM, subject=subject)
     finally:
         await nc.close()
 

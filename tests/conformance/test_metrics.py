@@ -75,9 +75,30 @@ async def test_counters_of_a_known_workload(backend: Backend, unique: str) -> No
     assert value('messages_sent_total', (('kind', 'queue'), ('name', queue.name))) == 3
     assert value('messages_sent_total', (('kind', 'signal'), ('name', signal.name))) == 1
     assert value('queue_depth', (('queue', queue.name),)) == 0
+    assert value('queue_in_flight', (('queue', queue.name),)) == 0
     heard = (('agent', 'Worker'), ('handler', 'Worker.heard'), ('kind', 'receiver'), ('name', signal.name))
     assert value('messages_handled_total', heard) == 1
 
 
 async def _dead_letters(broker: AbstractQueueBroker, queue: Queue[Job], count: int) -> bool:
     return await broker[queue].dead_letter_count() == count
+
+
+async def test_the_depth_gauge_counts_delayed_messages_and_in_flight_its_own(backend: Backend, unique: str) -> None:
+    queue = Queue(f'metrics_depth_{unique}', Job)
+    registry = CollectorRegistry()
+    metrics = PrometheusMiddleware(registry)
+    broker = backend.broker()
+    await broker[queue].send_many([Job(job_id=1), Job(job_id=2)])
+    await broker[queue].send(Job(job_id=3), delay=60)
+    [taken] = await broker.transport.fetch(queue, 1, 5)
+    await eventually(lambda: _depth_is(broker, queue, 2))  # 1 ready, 1 delayed (the taken one is not)
+    await metrics.sample_depths(broker, [queue.name])
+    samples = scraped(registry)
+    assert samples[('microagent_queue_depth', (('queue', queue.name),))] == 2
+    assert samples[('microagent_queue_in_flight', (('queue', queue.name),))] == 1
+    await broker.transport.release(queue, [taken])
+
+
+async def _depth_is(broker: AbstractQueueBroker, queue: Queue[Job], depth: int) -> bool:
+    return (await broker[queue].depth()).depth == depth

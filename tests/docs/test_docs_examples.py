@@ -156,7 +156,6 @@ def test_the_python_block_runs(block: Block, tmp_path: Path) -> None:
         done = run([sys.executable, '-c', f'import {module}'], tmp_path)
     elif block.marked('pytest') is not None:
         (tmp_path / 'test_docs_block.py').write_text(chain(block))
-        (tmp_path / 'pytest.ini').write_text('[pytest]\nasyncio_mode = auto\n')
         # -p no:microagent: the installed entry point (if any) gives way to the module of this worktree
         done = run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-p', 'no:microagent',
                     '-p', 'microagent.testing.pytest_plugin', 'test_docs_block.py'], tmp_path)

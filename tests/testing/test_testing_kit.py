@@ -87,7 +87,8 @@ async def test_dead_letter_and_empty_waits_name_the_queue() -> None:
             await group.wait_dead_letters(invoices, timeout=0.3)
     async with TestGroup(Shop) as group:  # nobody consumes: the message stays
         await group.broker[invoices].send(Order(3))
-        with pytest.raises(ExpectationFailed, match=rf"queue 'kit_invoices_{SUFFIX}' not empty .*1 waiting"):
+        expected = rf"queue 'kit_invoices_{SUFFIX}' not settled .*1 ready, 0 delayed, 0 in flight"
+        with pytest.raises(ExpectationFailed, match=expected):
             await group.wait_queue_empty(invoices, timeout=0.3)
 
 
@@ -135,21 +136,25 @@ async def test_the_same_group_runs_on_redis_by_dsn(raw: Redis) -> None:
             await raw.delete(key)
 
 
-def test_the_docs_example_passes_with_the_pytest_plugin(tmp_path: Path) -> None:
-    """The example of docs/testing.md, run as a user would: its own pytest, the plugin's fixtures."""
+def test_the_docs_example_passes_under_a_users_own_pytest(tmp_path: Path) -> None:
+    """The example of docs/testing.md, run as a new user would: a project of its own (no pytest.ini,
+    no pyproject, so pytest-asyncio is in its default strict mode) with the plugin's fixtures."""
     section = (ROOT / 'docs' / 'testing.md').read_text()
     example = section[section.index('```python\n') + len('```python\n'):section.index('```\n', 10)]
-    (tmp_path / 'test_shop.py').write_text(example)
-    (tmp_path / 'test_dsn.py').write_text(
+    project = tmp_path / 'project'
+    project.mkdir()
+    (project / 'test_shop.py').write_text(example)
+    (project / 'test_dsn.py').write_text(
         'def test_dsn(microagent_dsn, agent_group):\n'
         "    assert microagent_dsn == agent_group.dsn == 'memory://'\n")
-    (tmp_path / 'pytest.ini').write_text('[pytest]\nasyncio_mode = auto\n')
     # -p no:microagent: the installed entry point (if any) gives way to the module named here
-    done = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-p', 'no:microagent',
-                           '-p', 'microagent.testing.pytest_plugin', '--microagent-dsn', 'memory://', str(tmp_path)],
-                          cwd=tmp_path, env={**os.environ, 'PYTHONPATH': str(ROOT)}, capture_output=True,
+    done = subprocess.run([sys.executable, '-m', 'pytest', '-p', 'no:cacheprovider', '-p', 'no:microagent',
+                           '-p', 'microagent.testing.pytest_plugin', '--rootdir', str(project),
+                           '--microagent-dsn', 'memory://', str(project)],
+                          cwd=project, env={**os.environ, 'PYTHONPATH': str(ROOT)}, capture_output=True,
                           text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert 'configfile' not in done.stdout and 'mode=Mode.STRICT' in done.stdout, done.stdout  # no help from us
     assert '3 passed' in done.stdout
 
 
@@ -196,7 +201,8 @@ async def test_a_queue_is_not_empty_while_its_consumer_is_still_handling() -> No
         await group.broker[queue].send(Order(1))
         probe = group.handler(Slow.work)
         await asyncio.wait_for(begun.wait(), 5)
-        with pytest.raises(ExpectationFailed, match=r'not empty within 0\.2s: 0 waiting, 1 being handled'):
+        expected = r'not settled within 0\.2s: 0 ready, 0 delayed, 1 in flight; 1 being handled'
+        with pytest.raises(ExpectationFailed, match=expected):
             await group.wait_queue_empty(queue, timeout=0.2)
         release.set()
         await group.wait_queue_empty(queue)

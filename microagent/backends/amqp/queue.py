@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -30,7 +31,7 @@ import aiormq
 from aiormq.abc import AbstractChannel, DeliveredMessage
 
 from microagent.backends.amqp.dead_letters import DEAD_SUFFIX, DeadLetterQueues
-from microagent.backends.amqp.declarations import QueueDeclarations
+from microagent.backends.amqp.declarations import RETRY_SUFFIX, QueueDeclarations
 from microagent.backends.amqp.headers import (
     ATTEMPT_HEADER,
     DEAD_AT_HEADER,
@@ -48,7 +49,7 @@ from microagent.errors import QueueNotFound, UsageError
 from microagent.exchange import Exchange
 from microagent.message import CORRELATION_ID, Envelope
 from microagent.queue import Queue, QueueType
-from microagent.transport import DeadLetter, Delivery, SelectDeadLetter
+from microagent.transport import DeadLetter, Delivery, QueueDepth, SelectDeadLetter
 
 __all__ = ['AMQPQueueTransport']
 
@@ -107,6 +108,9 @@ class AMQPQueueTransport(QueueDeclarations):
         self._publisher = Publisher(self._link, reconnect_timeout)
         self._subs: dict[str, _Subscription] = {}
         self._prefetch: dict[str, int] = {}
+        # handed to the engine, by queue, for ``depth``: weak, so a token a handler settled itself
+        # (autoack=False) goes with its delivery; the engine's settling removes the others at once
+        self._taken: dict[str, weakref.WeakSet[Token]] = {}
         self._dead = DeadLetterQueues(self._link, self._publisher, self._count, lambda: self.reconnect_timeout)
 
     def rename(self, name: str) -> None:
@@ -274,6 +278,7 @@ class AMQPQueueTransport(QueueDeclarations):
         meta = AMQPMeta(queue.name, channel, tag, redelivered, message.exchange or '', message.routing_key or '',
                         properties, token)
         delivery = Delivery(Envelope(message.body, headers or None), token, attempt, redelivered, {'amqp': meta})
+        self._taken.setdefault(queue.name, weakref.WeakSet()).add(token)
         token.drop = partial(self._drop, queue, delivery)
         return delivery
 
@@ -282,8 +287,15 @@ class AMQPQueueTransport(QueueDeclarations):
         async with self._or_give_back(delivery.token):
             await self.dead_letter(queue, delivery, reason)
 
+    def _forget(self, queue: Queue[Any], token: Token) -> None:
+        taken = self._taken.get(queue.name)
+        if taken is not None:
+            taken.discard(token)
+
     async def ack(self, queue: Queue[Any], delivery: Delivery[Token]) -> None:
-        if not await settle(delivery.token, 'ack'):
+        acked = await settle(delivery.token, 'ack')
+        self._forget(queue, delivery.token)
+        if not acked:
             self.log.info('Queue %s: the channel of a handled message is gone; RabbitMQ will deliver it again',
                           queue.name)
 
@@ -324,6 +336,7 @@ class AMQPQueueTransport(QueueDeclarations):
     async def release(self, queue: Queue[Any], deliveries: Sequence[Delivery[Token]]) -> None:
         for delivery in deliveries:
             await settle(delivery.token, 'nack', requeue=True)
+            self._forget(queue, delivery.token)
 
     # inspecting
 
@@ -338,6 +351,17 @@ class AMQPQueueTransport(QueueDeclarations):
 
     async def length(self, name: str) -> int:
         return await self._count(name)
+
+    async def depth(self, name: str) -> QueueDepth:
+        """Ready: the queue's count on the server. RabbitMQ lists neither queues nor unacked messages
+        over AMQP, so delayed counts the delay queues this transport declared (its retries and
+        delayed sends) and in flight what it holds unsettled, prefetched ones included."""
+        prefix = name + RETRY_SUFFIX
+        delay_queues = sorted(q for q in self.declared_queues if q.startswith(prefix))
+        ready, *delayed = await asyncio.gather(self._count(name), *map(self._count, delay_queues))
+        held = [token for token in self._taken.get(name, ()) if not token.settled and not token.channel.is_closed]
+        sub = self._subs.get(name)
+        return QueueDepth(ready, sum(delayed), len(held) + (len(sub.buffer) if sub else 0))
 
     async def dead_letter_count(self, name: str) -> int:
         return await self._count(name + DEAD_SUFFIX)

@@ -63,7 +63,7 @@ from microagent.backends.nats.link import Link
 from microagent.errors import QueueNotFound
 from microagent.message import Envelope
 from microagent.queue import Queue, topics_match
-from microagent.transport import DeadLetter, Delivery, SelectDeadLetter
+from microagent.transport import DeadLetter, Delivery, QueueDepth, SelectDeadLetter
 
 __all__ = ['NATSQueueTransport']
 
@@ -313,6 +313,22 @@ class NATSQueueTransport:
             return int((await js.consumer_info(layout.stream, CONSUMER)).num_pending)
         except NotFoundError:
             return stored
+
+    async def depth(self, name: str) -> QueueDepth:
+        """All from the server: ready is the shared consumer's pending count, in flight its
+        ack-pending count (taken by any process, not settled), delayed what the ``later`` stream
+        holds (retries and delayed sends, due or not, until moved to the queue)."""
+        layout = Layout.of(name)
+        js = await self._link.jetstream()
+        delayed = await self._info_messages(layout.later_stream) or 0
+        stored = await self._info_messages(layout.stream)
+        if not stored:
+            return QueueDepth(0, delayed, 0)
+        try:
+            info = await js.consumer_info(layout.stream, CONSUMER)
+        except NotFoundError:
+            return QueueDepth(stored, delayed, 0)
+        return QueueDepth(int(info.num_pending), delayed, int(info.num_ack_pending))
 
     async def dead_letter_count(self, name: str) -> int:
         return await self._info_messages(Layout.of(name).dead_stream) or 0

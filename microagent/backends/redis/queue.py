@@ -29,7 +29,7 @@ from microagent.dsn import hide_password
 from microagent.errors import InvalidArgument, QueueNotFound
 from microagent.message import Envelope
 from microagent.queue import Queue, topics_match
-from microagent.transport import DeadLetter, Delivery, SelectDeadLetter
+from microagent.transport import DeadLetter, Delivery, QueueDepth, SelectDeadLetter
 
 __all__ = ['RedisQueueTransport']
 
@@ -134,6 +134,17 @@ class RedisQueueTransport(Ownership):
 
     async def length(self, name: str) -> int:
         return int(await self.redis.llen(name))
+
+    async def depth(self, name: str) -> QueueDepth:
+        """Ready: the list ``Q``; delayed: ``Q:delayed``; in flight: the in-flight lists of the
+        consumers in ``Q:consumers`` (a dead consumer's until its messages are reclaimed), all from
+        the server, so every process reads the same figures."""
+        keys = self._keys(name)
+        consumers = cast(set[bytes], await self.redis.smembers(keys.consumers))
+        ready, delayed, *taken = await asyncio.gather(
+            self.redis.llen(name), self.redis.zcard(keys.delayed),
+            *(self.redis.llen(keys.inflight_of(consumer.decode())) for consumer in consumers))
+        return QueueDepth(int(ready), int(delayed), sum(map(int, taken)))
 
     # consuming
 
