@@ -9,7 +9,7 @@
     microagent dead-letters show QUEUE POSITION --broker DSN [--json]
     microagent dead-letters requeue QUEUE [POSITION ...] --broker DSN [--reason ...] [--dry-run]
     microagent dead-letters purge QUEUE [POSITION ...|--all] --broker DSN [--reason ...] [--dry-run]
-    microagent publish NAME PAYLOAD_JSON --bus DSN [--call] | --broker DSN [--delay S] [--module TARGET ...]
+    microagent publish NAME PAYLOAD_JSON [--bus [DSN|ENTRY] [--call] | --broker [DSN|ENTRY]] [--module TARGET ...]
 
 The DSN's scheme picks the backend (``--backend`` names a class of your own). Exit codes of
 ``dead-letters``: 0 done, 1 no dead letter matched, 2 usage or configuration error (an unknown
