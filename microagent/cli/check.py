@@ -7,20 +7,25 @@ type. Warnings: something sent that nobody receives (``--strict`` makes them fai
 from __future__ import annotations
 
 import json
+import re
 import sys
+import types
 import typing
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 from microagent.cli.targets import load_fleet
 from microagent.contract.fleet import Fleet, FleetAgent
+from microagent.exchange import Exchange
 from microagent.handlers import ReceiverSpec
 from microagent.queue import Queue
 from microagent.signal import Signal
 
 Level = Literal['error', 'warning']
 CONFLICT = 'is already declared with another contract'
+_CONFLICTING = re.compile(r"^(signal|queue|exchange) '(.+?)' " + CONFLICT + r': (.*) \(now (.*)\)$')
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,28 @@ def check_fleet(fleet: Fleet) -> list[Problem]:
     return sorted(problems, key=lambda p: (p.level != 'error', p.kind, p.name, p.code, p.message))
 
 
+def _conflict(exc: Exception) -> Problem:
+    """One name given two contracts stops the fleet's import itself (a process holds one declaration
+    per name): the problem names both modules, as found from the registry and the import that failed."""
+    match = _CONFLICTING.match(str(exc))
+    if match is None:
+        return Problem('error', 'two-contracts', '', '', str(exc))
+    kind, name, first, second = match.groups()
+    registries: dict[str, Mapping[str, object]] = {
+        'signal': Signal.get_all(), 'queue': Queue.get_all(), 'exchange': Exchange.get_all()}
+    known = registries[kind].get(name)
+    before = [module.__name__ for module in list(sys.modules.values())
+              if isinstance(module, types.ModuleType) and any(value is known for value in vars(module).values())]
+    tb, importing = exc.__traceback__, '?'
+    while tb is not None:  # the innermost module being imported is the one declaring it again
+        if tb.tb_frame.f_code.co_name == '<module>':
+            importing = str(tb.tb_frame.f_globals.get('__name__', '?'))
+        tb = tb.tb_next
+    return Problem('error', 'two-contracts', kind, name,
+                   f'{kind} {name!r} has two contracts: declared in {", ".join(sorted(before)) or "?"} with '
+                   f'{first}, and again in {importing} with {second}')
+
+
 def check_command(targets: list[str], output_format: str, strict: bool) -> int:
     """Exit 0 when clean (warnings allowed unless ``strict``), 1 with problems, 2 for bad targets."""
     try:
@@ -111,8 +138,7 @@ def check_command(targets: list[str], output_format: str, strict: bool) -> int:
         if CONFLICT not in str(exc):
             print(f'microagent check: {exc}', file=sys.stderr)
             return 2
-        # one process holds one declaration per name: two contracts fail the fleet's import itself
-        fleet, problems = Fleet(', '.join(targets)), [Problem('error', 'two-contracts', '', '', str(exc))]
+        fleet, problems = Fleet(', '.join(targets)), [_conflict(exc)]
     else:
         problems = check_fleet(fleet)
     errors = sum(problem.level == 'error' for problem in problems)
@@ -123,5 +149,8 @@ def check_command(targets: list[str], output_format: str, strict: bool) -> int:
     else:
         for problem in problems:
             print(f'{problem.level}: [{problem.code}] {problem.message}')
-        print(f'{len(fleet.agents)} agents checked: {errors} errors, {warnings} warnings')
+        if fleet.agents or not problems:
+            print(f'{len(fleet.agents)} agents checked: {errors} errors, {warnings} warnings')
+        else:  # nothing was checked: say what stopped it, not "0 agents checked"
+            print(f'{", ".join(targets)}: not checked, its declarations cannot be loaded: {errors} errors')
     return 1 if errors or (strict and warnings) else 0

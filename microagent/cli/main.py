@@ -1,15 +1,15 @@
 """The ``microagent`` command.
 
     microagent run MODULE [MODULE ...] [marun options]      run a group, exactly like ``marun``
-    microagent schema TARGET [TARGET ...] [--asyncapi] [-o FILE]
-    microagent schema diff OLD NEW [--require backward|forward|full] [--format text|json]
+    microagent schema TARGET [TARGET ...] [--asyncapi [--title T] [--version V]] [-o FILE]
+    microagent schema diff OLD NEW [--require backward|forward|full|none] [--format text|json]
     microagent check SETTINGS [SETTINGS ...] [--format text|json] [--strict]
     microagent docs SETTINGS [SETTINGS ...] [-o DIR]                 DIR/index.html, self-contained
     microagent dead-letters list QUEUE --broker DSN [--reason TEXT | --reason-re REGEX] [--limit N] [--json]
     microagent dead-letters show QUEUE POSITION --broker DSN [--json]
     microagent dead-letters requeue QUEUE [POSITION ...] --broker DSN [--reason ...] [--dry-run]
     microagent dead-letters purge QUEUE [POSITION ...|--all] --broker DSN [--reason ...] [--dry-run]
-    microagent publish NAME PAYLOAD_JSON --bus DSN [--call] | --broker DSN [--delay S] [--module TARGET ...]
+    microagent publish NAME PAYLOAD_JSON [--bus [DSN|ENTRY] [--call] | --broker [DSN|ENTRY]] [--module TARGET ...]
 
 The DSN's scheme picks the backend (``--backend`` names a class of your own). Exit codes of
 ``dead-letters``: 0 done, 1 no dead letter matched, 2 usage or configuration error (an unknown
@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument('targets', nargs='+', metavar='TARGET',
                         help='marun settings module, module:Agent, module:declaration or a module of declarations')
     schema.add_argument('--asyncapi', action='store_true', help='one AsyncAPI 3.0 document of every target')
+    schema.add_argument('--title', help='the AsyncAPI info.title (default: the names of the agents or declarations)')
+    schema.add_argument('--version', default='1.0.0',
+                        help="the AsyncAPI info.version: the contract's version (default: %(default)s)")
     schema.add_argument('-o', '--output', metavar='FILE', help='write to FILE instead of stdout')
 
     check = commands.add_parser('check', help="check a fleet's topology: what is received but never sent, ...",
@@ -130,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return diff_main(argv[2:])
     args = build_parser().parse_args(argv)
     if args.command == 'schema':
-        return _schema(args.targets, args.asyncapi, args.output)
+        return _schema(args)
     if args.command == 'check':
         from microagent.cli.check import check_command
 
@@ -150,10 +153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
-def _schema(targets: list[str], asyncapi: bool, output: str | None) -> int:
+def _schema(args: argparse.Namespace) -> int:
     from microagent.cli import schema  # looked up at call time, so tests can stand in for it
 
-    return schema.schema_command(targets, asyncapi, output)
+    if not args.asyncapi and (args.title is not None or args.version != '1.0.0'):
+        print('microagent schema: --title and --version are those of an AsyncAPI document: add --asyncapi',
+              file=sys.stderr)
+        return EXIT_USAGE
+    return schema.schema_command(args.targets, args.asyncapi, args.output, title=args.title, version=args.version)
 
 
 def _picker(args: argparse.Namespace) -> SelectDeadLetter | None:

@@ -1,4 +1,4 @@
-"""``microagent schema TARGET [...] [--asyncapi] [-o FILE]``: the ``info()`` of agents and
+"""``microagent schema TARGET [...] [--asyncapi [--title T] [--version V]] [-o FILE]``: the ``info()`` of agents and
 declarations, or one AsyncAPI document of them all."""
 from __future__ import annotations
 
@@ -30,11 +30,12 @@ def load_agent(target: str) -> AgentLike:
     return value  # type: ignore[no-any-return]
 
 
-def schema_command(targets: list[str], asyncapi: bool, output: str | None) -> int:
+def schema_command(targets: list[str], asyncapi: bool, output: str | None, *, title: str | None = None,
+                   version: str = '1.0.0') -> int:
     """``microagent schema TARGET [...] [--asyncapi] [-o FILE]``: a TARGET is a marun settings module
     (the fleet), ``module:Agent``, ``module:declaration`` or a module of declarations. Prints (or
     writes) the ``info()`` of each agent and declaration (a list when several), or ONE AsyncAPI
-    document of them all."""
+    document of them all, whose ``info`` has ``title`` and ``version`` (the contract's, for readers)."""
     if not targets:
         print('microagent schema: give at least one settings module, module:Agent or module:declaration',
               file=sys.stderr)
@@ -47,8 +48,8 @@ def schema_command(targets: list[str], asyncapi: bool, output: str | None) -> in
     document: Any
     if asyncapi:
         names = [agent.cls.__name__ for agent in fleet.agents] or [item.name for item in fleet.declarations]
-        document = _asyncapi(*(agent.cls for agent in fleet.agents), title=', '.join(names),
-                             servers=fleet.servers(), declarations=fleet.declarations)
+        document = _asyncapi(*(agent.cls for agent in fleet.agents), title=title or ', '.join(names),
+                             version=version, servers=fleet.servers(), declarations=fleet.declarations)
     else:
         infos = [agent_info(agent.cls) for agent in fleet.agents] + [declaration_info(d) for d in fleet.declarations]
         document = infos[0] if len(infos) == 1 else infos

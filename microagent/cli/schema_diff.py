@@ -1,7 +1,8 @@
-"""``microagent schema diff OLD NEW [--require backward|forward|full] [--format text|json]``.
+"""``microagent schema diff OLD NEW [--require backward|forward|full|none] [--format text|json]``.
 
-Exit codes: 0 the change meets the required level (or none is required), 1 it does not, 2 usage:
-OLD or NEW cannot be read.
+Exit codes: 0 the change meets the required level (BACKWARD unless ``--require`` says otherwise;
+``--require none`` only reports), 1 it does not, 2 usage: OLD or NEW cannot be read. A gate that
+passes a breaking change unless told otherwise is no gate, hence the default.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from microagent.errors import InvalidArgument
 
 EXIT_OK, EXIT_INCOMPATIBLE, EXIT_USAGE = 0, 1, 2
 LEVELS = {'backward': Level.BACKWARD, 'forward': Level.FORWARD, 'full': Level.FULL}
+REQUIRE: dict[str, Level | None] = {**LEVELS, 'none': None}  #: none: only report
 SOURCES = ('a directory of exported JSON schemas (as schemas/json), an AsyncAPI 3 file, or '
            'git:REF[:PATH] (the committed export at a git ref; PATH defaults to schemas/json)')
 MEANING = {
@@ -33,11 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
                     'Registry does: BACKWARD (new consumers read old messages), FORWARD (old consumers '
                     'read new messages), FULL (both), BREAKING (neither). An RPC answer is read by the '
                     'callers: it counts the other way round.',
-        epilog='Exit codes: 0 the required level is met (or none is required); 1 it is not; '
-               '2 OLD or NEW cannot be read.')
+        epilog='Exit codes: 0 the required level is met (BACKWARD by default; always with --require none); '
+               '1 it is not; 2 OLD or NEW cannot be read.')
     parser.add_argument('old', metavar='OLD', help=SOURCES)
     parser.add_argument('new', metavar='NEW', help='as OLD')
-    parser.add_argument('--require', choices=tuple(LEVELS), help='exit 1 unless every change meets it')
+    parser.add_argument('--require', choices=tuple(REQUIRE), default='backward',
+                        help='exit 1 unless every change meets it (default: %(default)s; none: only report)')
     parser.add_argument('--format', choices=('text', 'json'), default='text', help='default: %(default)s')
     return parser
 
@@ -49,7 +52,7 @@ def diff_main(argv: Sequence[str]) -> int:
     except InvalidArgument as exc:
         print(f'microagent schema diff: {exc}', file=sys.stderr)
         return EXIT_USAGE
-    required = LEVELS[args.require] if args.require else None
+    required = REQUIRE[args.require]
     if args.format == 'json':
         sys.stdout.write(json.dumps(report.to_dict(required), indent=2, ensure_ascii=False) + '\n')
     else:

@@ -8,7 +8,7 @@ import importlib
 import inspect
 import os
 import sys
-from typing import Any
+from typing import Any, Literal
 
 from microagent.agent import MicroAgent
 from microagent.cli.config import SECTIONS, BackendConfig, ConfigError, load_module
@@ -21,7 +21,7 @@ from microagent.sends import kind_of
 from microagent.signal import Signal
 
 
-def _dsn(backend: BackendConfig | None) -> str | None:
+def dsn_of(backend: BackendConfig | None) -> str | None:
     if backend is None:
         return None
     if 'dsn' in backend.options:
@@ -55,7 +55,7 @@ def _add_module(fleet: Fleet, target: str) -> None:
             configs = load_module(target)
         except ConfigError as exc:
             raise InvalidArgument(str(exc)) from None
-        fleet.agents += [FleetAgent(config.name, config.factory, _dsn(config.bus), _dsn(config.broker))
+        fleet.agents += [FleetAgent(config.name, config.factory, dsn_of(config.bus), dsn_of(config.broker))
                          for config in configs]
         title = getattr(module, 'TITLE', None)
         if isinstance(title, str) and title.strip():
@@ -88,3 +88,34 @@ def load_fleet(targets: list[str]) -> Fleet:
             raise InvalidArgument(f'{target!r}: {value!r} is neither an agent class nor a Signal, Queue or '
                                   'Exchange declaration')
     return fleet
+
+
+def settings_modules(targets: list[str]) -> list[str]:
+    """The targets that are marun settings modules (they define AGENT, BUS or BROKER)."""
+    found = []
+    for target in targets:
+        if ':' in target or target.startswith(('file://', 'http://', 'https://')):
+            continue
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise InvalidArgument(f'{target!r}: cannot import it: {exc}') from None
+        if any(hasattr(module, section) for section in SECTIONS):
+            found.append(target)
+    return found
+
+
+def used_entries(modules: list[str], role: Literal['bus', 'broker']) -> list[BackendConfig]:
+    """The BUS (or BROKER) entries the agents of these settings modules use; entries with the same
+    class and options count once, so a copy under another name is not a choice to ask about."""
+    found: dict[tuple[type[Any], str], BackendConfig] = {}
+    for module in modules:
+        try:
+            configs = load_module(module)
+        except ConfigError as exc:
+            raise InvalidArgument(str(exc)) from None
+        for config in configs:
+            entry = config.bus if role == 'bus' else config.broker
+            if entry is not None:
+                found.setdefault((entry.factory, repr(sorted(entry.options.items()))), entry)
+    return list(found.values())

@@ -237,9 +237,11 @@ def asyncapi(*agents: AgentLike, title: str = 'microagent', version: str = '1.0.
     declarations = list(declarations)
     if not classes and not declarations:
         raise InvalidArgument('asyncapi() needs at least one agent')
-    for item in declarations:  # channels only: no agent of these documents uses them
+    for item in declarations:  # channels only (and RPC answers): no agent of these documents uses them
         if isinstance(item, Signal):
             doc.signal(item)
+            if item.answer_codec is not None:
+                doc.answer(item)
         elif isinstance(item, Queue):
             doc.queue(item)
     for cls in classes:

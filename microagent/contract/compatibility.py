@@ -93,6 +93,7 @@ class Declaration:
     name: str
     payload: JsonDict
     answer: JsonDict | None = None
+    rpc: bool = False  #: the export says it is answered, whether it carries the answer schema or not
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,11 @@ def diff(old: Iterable[Declaration], new: Iterable[Declaration]) -> Report:
 def declaration_changes(old: Declaration, new: Declaration) -> list[Change]:
     """The payload's changes, then the answer's (counted from the receivers' side, see the module)."""
     changes = compare(old.payload, new.payload)
-    if old.answer is None and new.answer is not None:
+    missing = [side for side, item in (('OLD', old), ('NEW', new)) if item.rpc and item.answer is None]
+    if missing:  # an unknown answer is never called compatible: BREAKING until it is exported
+        changes.append(Change('answer', '', f'answer schema missing from {" and ".join(missing)} (an RPC signal): '
+                                            'cannot be compared, export it again', False, False))
+    elif old.answer is None and new.answer is not None:
         # old callers only send it; new callers wait for an answer old receivers never give
         changes.append(Change('answer', '', 'became an RPC signal (answer added)', True, False))
     elif old.answer is not None and new.answer is None:
@@ -209,18 +214,12 @@ def _join(path: str, name: str) -> str:
     return f'{path}.{name}' if path else name
 
 
+_TYPES = ((type(None), 'null'), (bool, 'boolean'), (int, 'integer'), (float, 'number'), (str, 'string'),
+          (list, 'array'), (dict, 'object'))  # bool before int: True is an int too
+
+
 def _json_type(value: Any) -> str:
-    if value is None:
-        return 'null'
-    if isinstance(value, bool):
-        return 'boolean'
-    if isinstance(value, int):
-        return 'integer'
-    if isinstance(value, float):
-        return 'number'
-    if isinstance(value, str):
-        return 'string'
-    return 'array' if isinstance(value, list) else 'object' if isinstance(value, dict) else 'unknown'
+    return next((name for kind, name in _TYPES if isinstance(value, kind)), 'unknown')
 
 
 def _as_schema(node: Any) -> JsonDict:

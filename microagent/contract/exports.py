@@ -75,6 +75,7 @@ def from_asyncapi(document: JsonDict) -> list[Declaration]:
 
     answers: dict[str, JsonDict] = {}
     found: dict[tuple[Kind, str], JsonDict] = {}
+    rpc: set[str] = set()
     for channel in (document.get('channels') or {}).values():
         ext = channel.get('x-microagent') or {}
         refs = list((channel.get('messages') or {}).values())
@@ -87,12 +88,17 @@ def from_asyncapi(document: JsonDict) -> list[Declaration]:
         elif ext.get('kind') in ('signal', 'queue') and refs:
             kind: Kind = 'signal' if ext['kind'] == 'signal' else 'queue'
             found[kind, str(ext['name'])] = standalone(message(refs[0]).get('payload', {}))
-    return _declarations(found, answers)
+            if ext.get('rpc'):
+                rpc.add(str(ext['name']))
+    return _declarations(found, answers, rpc)
 
 
-def _declarations(found: Mapping[tuple[Kind, str], JsonDict], answers: Mapping[str, JsonDict]) -> list[Declaration]:
-    """Each signal with its answer (if any), each queue, sorted by kind and name."""
-    return [Declaration(kind, name, schema, answers.get(name) if kind == 'signal' else None)
+def _declarations(found: Mapping[tuple[Kind, str], JsonDict], answers: Mapping[str, JsonDict],
+                  rpc: set[str] | None = None) -> list[Declaration]:
+    """Each signal with its answer (if any), each queue, sorted by kind and name; ``rpc``: the
+    signals the export calls answered, so a missing answer schema is seen, not taken as none."""
+    return [Declaration(kind, name, schema, answers.get(name) if kind == 'signal' else None,
+                        kind == 'signal' and (name in answers or name in (rpc or ())))
             for (kind, name), schema in sorted(found.items())]
 
 

@@ -131,8 +131,9 @@ async def _check_group(classes: tuple[type[MicroAgent], ...], settings: dict[str
 
         for agent in group.agents:
             for receiver in agent.receivers:
-                receiver.handler = _watch(receiver.handler, receiver.key, cases, changed)
-                add(agent, 'signal', receiver.signal, (receiver.key,), receiver.signal.answer_codec, 0)
+                # named ``Agent.method`` as consumers are, not by the 1.x answer key (a qualname)
+                receiver.handler = _watch(receiver.handler, receiver.name, cases, changed)
+                add(agent, 'signal', receiver.signal, (receiver.name,), receiver.signal.answer_codec, 0)
             by_queue: dict[str, list[Any]] = {}
             for consumer in agent.consumers:
                 consumer.handler = _watch(consumer.handler, consumer.key, cases, changed)

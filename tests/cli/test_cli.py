@@ -50,19 +50,26 @@ def test_run_reports_a_bad_configuration(start: Starter) -> None:
 
 # schema
 
-def test_schema_delegates_to_the_schema_module(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_schema_delegates_to_the_schema_module(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     calls: list[tuple[Any, ...]] = []
 
-    def schema_command(targets: list[str], asyncapi: bool, output: str | None) -> int:
-        calls.append((targets, asyncapi, output))
+    def schema_command(targets: list[str], asyncapi: bool, output: str | None, *, title: str | None = None,
+                       version: str = '1.0.0') -> int:
+        calls.append((targets, asyncapi, output, title, version))
         return 3
 
     monkeypatch.setattr(microagent.cli.schema, 'schema_command', schema_command)
 
     assert main(['schema', 'app.users:UserAgent', 'app.mail:MailAgent', '--asyncapi', '-o', 'api.json']) == 3
     assert main(['schema', 'app.users:UserAgent']) == 3
-    assert calls == [(['app.users:UserAgent', 'app.mail:MailAgent'], True, 'api.json'),
-                     (['app.users:UserAgent'], False, None)]
+    assert main(['schema', 'app.users:UserAgent', '--asyncapi', '--title', 'Users', '--version', '2.1.0']) == 3
+    assert calls == [(['app.users:UserAgent', 'app.mail:MailAgent'], True, 'api.json', None, '1.0.0'),
+                     (['app.users:UserAgent'], False, None, None, '1.0.0'),
+                     (['app.users:UserAgent'], True, None, 'Users', '2.1.0')]
+    # a title without --asyncapi would be silently dropped: refused instead
+    assert main(['schema', 'app.users:UserAgent', '--version', '2.1.0']) == 2
+    assert 'add --asyncapi' in capsys.readouterr().err and len(calls) == 3
 
 
 # dead letters

@@ -3,7 +3,9 @@ agent of the test; RPC answered; a bad payload, option or server told apart by t
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -52,9 +54,13 @@ def declarations(tmp_path: Path, unique: str) -> str:
     return f'file://{path}'
 
 
-async def publish(*args: str) -> tuple[int, str, str]:
-    """The command as a user runs it, in a process of its own, while the test's agents run."""
-    process = await asyncio.create_subprocess_exec(*command('microagent'), 'publish', *args, cwd=ROOT,
+async def publish(*args: str, path: Path | None = None) -> tuple[int, str, str]:
+    """The command as a user runs it, in a process of its own, while the test's agents run; ``path``
+    is where it finds a settings module the test wrote."""
+    env = dict(os.environ)
+    if path is not None:
+        env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(path), env.get('PYTHONPATH', '')]))
+    process = await asyncio.create_subprocess_exec(*command('microagent'), 'publish', *args, cwd=ROOT, env=env,
                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None
@@ -138,7 +144,115 @@ async def test_a_call_nobody_answers_is_exit_1(declarations: str, unique: str) -
                                    '--prefix', f'nobody_{unique}', '--module', declarations, '--call',
                                    '--timeout', '0.3')
     assert (code, out) == (1, '')
-    assert err == f"microagent publish: error: no answer to signal 'pub_count_{unique}' within 0.3s\n"
+    assert err == (f"microagent publish: error: no answer to signal 'pub_count_{unique}' within 0.3s: asked on "
+                   f"{REDIS_TEST_DSN} with prefix 'nobody_{unique}' (--prefix); only receivers on that server and "
+                   'prefix hear it: check --prefix, or give --module their settings module\n')
+
+
+SETTINGS = '''
+import msgspec
+from microagent import MicroAgent, Queue, Signal, receiver
+
+class Query(msgspec.Struct):
+    user_id: int
+
+count = Signal('set_count_{unique}', Query, returns=int)
+jobs = Queue('set_jobs_{unique}', Query)
+
+class Counter(MicroAgent):
+    @receiver(count)
+    async def counted(self, query: Query) -> int:
+        return query.user_id * 10
+
+class Other(MicroAgent):
+    @receiver(count)
+    async def counted(self, query: Query) -> int:
+        return 0
+
+BUS = {buses}
+BROKER = {{'jobs': {{'dsn': 'redis://:secret@127.0.0.1:1/0'}}}}
+AGENT = {agents}
+'''
+
+
+def settings(path: Path, unique: str, buses: dict[str, dict[str, str]]) -> str:
+    """A marun settings module in ``path``: a Counter agent per BUS entry (the first one answers)."""
+    name = f'pub_settings_{unique}'
+    agents = {f'a{i}': {'backend': f'{name}.{"Counter" if i == 0 else "Other"}', 'bus': bus, 'broker': 'jobs'}
+              for i, bus in enumerate(buses)}
+    (path / f'{name}.py').write_text(SETTINGS.format(unique=unique, buses=buses, agents=agents))
+    return name
+
+
+@pytest.mark.redis
+async def test_a_settings_module_gives_the_dsn_and_prefix_of_its_bus(tmp_path: Path, unique: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from microagent.cli.config import load_module
+
+    name = settings(tmp_path, unique, {'main': {'dsn': REDIS_TEST_DSN, 'prefix': f'pfx_{unique}'}})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    [counter] = load_module(name)
+    async with counter.build():  # as marun runs it: on the settings' DSN and prefix
+        code, out, err = await publish(f'set_count_{unique}', '{"user_id": 4}', '--module', name, '--call',
+                                       '--timeout', '10', path=tmp_path)
+        assert code == 0, err
+        assert list(json.loads(out).values()) == [40]
+        # a DSN given: the prefix is still the settings' one
+        code, out, err = await publish(f'set_count_{unique}', '{"user_id": 5}', '--module', name, '--call',
+                                       '--bus', REDIS_TEST_DSN, path=tmp_path)
+        assert code == 0, err
+        assert list(json.loads(out).values()) == [50]
+        # unless --prefix says otherwise
+        code, out, err = await publish(f'set_count_{unique}', '{"user_id": 5}', '--module', name, '--call',
+                                       '--bus', REDIS_TEST_DSN, '--prefix', 'elsewhere', '--timeout', '0.3',
+                                       path=tmp_path)
+    assert (code, out) == (1, '')
+    assert f"asked on {REDIS_TEST_DSN} with prefix 'elsewhere' (--prefix)" in err
+
+
+@pytest.mark.amqp
+async def test_no_answer_names_the_settings_entry_prefix_and_dsn_without_its_password(tmp_path: Path,
+                                                                                       unique: str) -> None:
+    from tests.amqp_support import AMQP_DSN
+
+    name = settings(tmp_path, unique, {'main': {'dsn': AMQP_DSN, 'prefix': f'pfx_{unique}'}})
+    code, out, err = await publish(f'set_count_{unique}', '{"user_id": 4}', '--module', name, '--call',
+                                   '--timeout', '0.3', path=tmp_path)
+    assert (code, out) == (1, '')
+    assert f"asked on {AMQP_DSN.replace('guest:guest', 'guest:***')} with prefix 'pfx_{unique}' " \
+           f"({name}: BUS['main'])" in err
+    assert 'guest:guest' not in err
+
+
+def test_settings_with_several_buses_ask_which(tmp_path: Path, unique: str, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    name = settings(tmp_path, unique, {'one': {'dsn': 'redis://127.0.0.1:1/0', 'prefix': 'A'},
+                                       'two': {'dsn': 'redis://:secret@127.0.0.1:2/0', 'prefix': 'B'}})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    args = ['publish', f'set_count_{unique}', '{"user_id": 1}', '--module', name, '--timeout', '0.5']
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"use 2 different BUS entries ({name}: BUS['one'] redis://127.0.0.1:1/0, {name}: BUS['two'] " \
+           "redis://:***@127.0.0.1:2/0): give --bus with the name of one, or a DSN" in err
+    assert main([*args, '--bus', 'two']) == 3  # the entry named: its DSN
+    assert '127.0.0.1:2' in capsys.readouterr().err
+    assert main([*args, '--bus', 'three']) == 2
+    assert "--bus 'three': neither a DSN nor a BUS entry" in capsys.readouterr().err
+    assert main([*args, '--bus', 'redis://127.0.0.1:3/0']) == 2  # a DSN, but which prefix?
+    err = capsys.readouterr().err
+    assert f"different prefixes ({name}: BUS['one'] 'A', {name}: BUS['two'] 'B'): give --prefix" in err
+
+
+def test_a_queue_goes_to_the_settings_broker(tmp_path: Path, unique: str, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    name = settings(tmp_path, unique, {'one': {'dsn': 'redis://127.0.0.1:1/0'}})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    # no --broker: NAME is a queue, and the agents' BROKER entry says where it goes
+    assert main(['publish', f'set_jobs_{unique}', '{"user_id": 1}', '--module', name, '--timeout', '0.5']) == 3
+    err = capsys.readouterr().err
+    assert 'redis://:***@127.0.0.1:1/0' in err and 'secret' not in err
 
 
 # what is refused before anything is sent (in this process: no server needed)
@@ -164,6 +278,9 @@ def test_a_bad_payload_is_exit_2_naming_the_field(payload: str, expected: str,
     (['publish_orders', '{"order_id": 1}', '--broker', 'kafka://h'], 'no backend for the scheme'),
     (['nowhere', '{}', '--broker', 'redis://h'], "queue 'nowhere' is not declared in tests.publish_declarations"),
     (['publish_orders', '{}', '--bus', 'redis://h'], "signal 'publish_orders' is not declared"),
+    (['publish_orders', '{"order_id": 1}'], 'give --broker DSN, or --module a settings module whose agents use a '
+                                            'BROKER entry'),
+    (['publish_orders', '{"order_id": 1}', '--broker'], 'give --broker DSN'),
 ])
 def test_usage_errors_are_exit_2(args: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(['publish', *args, '--module', MODULE]) == 2

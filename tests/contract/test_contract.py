@@ -177,3 +177,19 @@ async def test_an_example_never_delivered_is_reported() -> None:
     [case] = report.failures
     assert case.attempts == 0 and case.error is not None
     assert case.error.startswith('not handled within 1s; dead letters of') and 'refuses every message' in case.error
+
+
+async def test_receivers_and_consumers_are_named_agent_dot_method() -> None:
+    class Napper(MicroAgent):  # defined in a function: its qualname has <locals>
+        @receiver(Signal(f'contract_nap_{SUFFIX}', Ticket))
+        async def nap(self, ticket: Ticket) -> None:
+            raise ValueError('asleep')
+
+        @consumer(Queue(f'contract_meals_{SUFFIX}', Ticket), max_retries=0)
+        async def eat(self, ticket: Ticket) -> None:
+            raise ValueError('full')
+
+    report = await check_contract(Napper, timeout=5, raise_on_failure=False)
+
+    assert sorted(case.handlers for case in report.failures) == [('Napper.eat',), ('Napper.nap',)]
+    assert '<locals>' not in str(report) and 'Napper.nap raised ValueError: asleep' in str(report)

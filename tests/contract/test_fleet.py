@@ -90,3 +90,10 @@ def test_check_names_one_name_with_two_contracts(capsys: pytest.CaptureFixture[s
     assert code == 1 and report['errors'] == 1
     [problem] = report['problems']
     assert problem['code'] == 'two-contracts' and "signal 'planted_orphan'" in problem['message']
+    assert (problem['kind'], problem['name']) == ('signal', 'planted_orphan')
+    # both modules and both contracts named, and no "0 agents checked" as if nothing were wrong
+    assert "declared in tests.fleet_planted with ('tests.fleet_planted.Order'" in problem['message']
+    assert "again in tests.fleet_conflict with ('tests.fleet_planted.Refund'" in problem['message']
+    code, out, _ = run(capsys, 'check', 'tests.fleet_conflict')
+    assert code == 1 and '0 agents checked' not in out
+    assert out.splitlines()[-1] == 'tests.fleet_conflict: not checked, its declarations cannot be loaded: 1 errors'

@@ -3,6 +3,7 @@ directory, an AsyncAPI file and a git ref; and the drift check of this repositor
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from microagent.cli.main import main
 from microagent.cli.schema import schema_command
 from microagent.contract.compatibility import Level
 from schemas import export
+from tests.launcher_agents.support import command
 
 Edit = Callable[[dict[str, Any]], None]
 
@@ -66,7 +68,11 @@ def test_a_breaking_change_names_the_field_and_fails_the_required_level(
     assert 'queue mailer: FULL\n  payload.cc  FULL      field added with default ""\n' in out
     assert out.splitlines()[-1] == 'required BACKWARD: NOT met by signal user_created (payload.age)'
     assert run(capsys, str(export.JSON_DIR), str(reference), '--require', 'forward')[0] == 0
-    assert run(capsys, str(export.JSON_DIR), str(reference))[0] == 0  # no level required: a report
+    code, default, _ = run(capsys, str(export.JSON_DIR), str(reference))
+    assert (code, default) == (1, out)  # BACKWARD is required unless told otherwise
+    code, report, _ = run(capsys, str(export.JSON_DIR), str(reference), '--require', 'none')
+    assert code == 0  # only a report: the same, without the verdict
+    assert report.splitlines() == out.splitlines()[:-1]
 
 
 def test_a_compatible_change_meets_full(reference: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -223,3 +229,63 @@ def test_drift_check_of_an_empty_export_passes(tmp_path: Path) -> None:
     ok, text = export.check(tmp_path)
 
     assert ok and 'signal user_created: FULL (added)' in text
+
+
+DECLARATIONS = '''
+import msgspec
+from microagent import Signal
+
+class Query(msgspec.Struct):
+    user_id: int
+
+count = Signal('answer_count_{unique}', Query, returns={answer})
+'''
+
+
+def export_declarations(root: Path, unique: str, answer: str, *args: str) -> dict[str, Any]:
+    """``microagent schema MODULE --asyncapi`` of a module of declarations, as a user runs it."""
+    root.mkdir()
+    (root / f'decl_{unique}.py').write_text(DECLARATIONS.format(unique=unique, answer=answer))
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [str(root), os.environ.get('PYTHONPATH')]))}
+    done = subprocess.run([*command('microagent'), 'schema', f'decl_{unique}', '--asyncapi',
+                           '-o', str(root / 'asyncapi.json'), *args], env=env, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    document: dict[str, Any] = json.loads((root / 'asyncapi.json').read_text())
+    return document
+
+
+def test_an_rpc_answer_change_of_a_declarations_module_is_breaking(tmp_path: Path, unique: str,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    old = export_declarations(tmp_path / 'old', unique, 'int')
+    export_declarations(tmp_path / 'new', unique, 'str', '--title', 'Counting', '--version', '2.0.0')
+    answers = old['components']['messages'][f'answer_count_{unique}.answer']['payload']
+    assert answers['additionalProperties'] == {'type': 'integer'}  # the export carries the answer
+
+    code, out, _ = run(capsys, str(tmp_path / 'old'), str(tmp_path / 'new'))
+
+    assert code == 1
+    assert f'signal answer_count_{unique}: BREAKING\n  answer  BREAKING  type changed: integer -> string' in out
+    assert out.splitlines()[-1] == f'required BACKWARD: NOT met by signal answer_count_{unique} (answer)'
+    new = json.loads((tmp_path / 'new' / 'asyncapi.json').read_text())
+    assert (old['info']['title'], old['info']['version']) == (f'answer_count_{unique}', '1.0.0')
+    assert (new['info']['title'], new['info']['version']) == ('Counting', '2.0.0')
+
+
+def test_an_rpc_signal_exported_without_its_answer_is_never_unchanged(tmp_path: Path, unique: str,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    document = export_declarations(tmp_path / 'old', unique, 'int')
+    # as an export of an older microagent wrote it: the signal says rpc, but no answer schema
+    del document['channels']['signal.response']
+    del document['components']['messages'][f'answer_count_{unique}.answer']
+    stripped = tmp_path / 'stripped.json'
+    stripped.write_text(json.dumps(document))
+
+    code, out, _ = run(capsys, str(stripped), str(stripped))
+
+    assert code == 1
+    assert 'no change' not in out
+    assert f'signal answer_count_{unique}: BREAKING\n  answer  BREAKING  answer schema missing from OLD and NEW ' \
+           '(an RPC signal): cannot be compared, export it again' in out
+    code, out, _ = run(capsys, str(stripped), str(tmp_path / 'old'), '--require', 'none')
+    assert code == 0 and 'answer schema missing from OLD (an RPC signal)' in out
