@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from microagent.agent import MicroAgent
-from microagent.backends import UnknownScheme, backend_for
+from microagent.backends import Backend, UnknownScheme, backend_for, backend_of_module
 from microagent.broker import AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
 from microagent.errors import MicroAgentError
@@ -59,10 +59,20 @@ class BackendConfig:
     path: str = ''  #: the dotted path of the class as the settings name it (1.x ``load_configuration``)
 
     def build(self, log: logging.Logger) -> Any:
-        options = dict(copy.deepcopy(self.options))
+        options: dict[str, Any] = _copy_data(dict(self.options))
         if 'log' not in options and 'log' in inspect.signature(self.factory).parameters:
             options['log'] = log
         return self.factory(**options)
+
+
+def _copy_data(value: T) -> T:
+    """A copy of the dicts, lists, tuples and sets in ``value``, for each built backend its own;
+    other objects (a hub, an SSL context) are given as they are: the settings meant that object."""
+    if isinstance(value, dict):
+        return type(value)({key: _copy_data(item) for key, item in value.items()})
+    if isinstance(value, list | tuple | set | frozenset):
+        return type(value)(_copy_data(item) for item in value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -177,8 +187,31 @@ def _backends(module: str, section: str, value: Any, base: type[Any]) -> dict[st
         _check_call(label, factory, options)
         written = value[name].get('backend')
         path = written if isinstance(written, str) else f'{factory.__module__}.{factory.__qualname__}'
-        found[name] = BackendConfig(label, factory, options, path)
+        found[name] = BackendConfig(label, factory, _one_place(factory, options, f'{module}/{section}/{name}'), path)
     return found
+
+
+def registered_backend(factory: type[Any]) -> Backend | None:
+    """The registry's backend of a bus or broker class, or of the class it derives from."""
+    for klass in factory.__mro__:
+        found = backend_of_module(klass.__module__)
+        if found is not None:
+            return found
+    return None
+
+
+def _one_place(factory: type[Any], options: dict[str, Any], place: str) -> dict[str, Any]:
+    """The options of an entry of a one-process backend (in-memory): a DSN that names no place to
+    meet is given the entry's own (``module/SECTION/name``), so the agents that name the entry meet
+    there instead of each on a private one; an explicit ``hub`` is left as it is."""
+    backend = registered_backend(factory)
+    parameters = inspect.signature(factory).parameters
+    if backend is None or not backend.one_process or 'hub' in options or 'dsn' not in parameters:
+        return options
+    dsn = options.get('dsn', parameters['dsn'].default)
+    if not isinstance(dsn, str):
+        dsn = f'{backend.schemes[0]}://'
+    return {**options, 'dsn': backend.named_place(dsn, place)}
 
 
 def _middlewares(label: str, value: Any) -> tuple[MiddlewareConfig, ...]:

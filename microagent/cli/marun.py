@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from microagent.agent import DEFAULT_GRACE, MicroAgent
-from microagent.backends import backend_of_module
-from microagent.cli.config import AgentConfig, ConfigError, load_group
+from microagent.cli.config import AgentConfig, ConfigError, load_group, registered_backend
 from microagent.cli.legacy import init_agent, load_configuration
 from microagent.cli.targets import load_fleet
 from microagent.contract.asyncapi import asyncapi
@@ -122,7 +121,7 @@ def _check_memory_sharing(agents: Sequence[AgentConfig]) -> None:
     users: dict[str, list[str]] = {}
     for agent in agents:
         for backend in (agent.bus, agent.broker):
-            found = backend_of_module(backend.factory.__module__) if backend is not None else None
+            found = registered_backend(backend.factory) if backend is not None else None
             if backend is not None and found is not None and found.one_process:
                 users.setdefault(backend.label, []).append(agent.name)
     for label, names in users.items():

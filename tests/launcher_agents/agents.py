@@ -4,7 +4,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import msgspec
 
@@ -57,11 +59,15 @@ class Pinger(Recorder):
 
 
 class Listener(Recorder):
-    """Records the first ping it receives."""
+    """Records the first ping it receives; a test in this process may also listen through ``heard``."""
+
+    heard: ClassVar[list[Callable[[str], object]]] = []  # called with the agent's name on each ping
 
     @receiver(ping)
     async def got(self, event: Ping, *, sender: str) -> None:
         self.mark('pinged', f'{sender} {event.number}')
+        for call in self.heard:
+            call(self.settings['name'])
 
 
 class FailingStart(Recorder):
