@@ -5,7 +5,8 @@
 
 When an agent process exits or crashes, the others are stopped and ``marun`` exits with 1.
 SIGINT or SIGTERM stops every agent gracefully (``pre_stop`` hooks, no new work, in-flight handlers
-get ``--grace`` seconds) and ``marun`` exits with 0; a second signal kills what is left. Each agent
+get ``--grace`` seconds) and ``marun`` exits with 0; a second signal, 1 s or more after the first,
+kills what is left (one sooner is the same stop: ``timeout`` and a terminal signal the whole group). Each agent
 process watches a pipe from ``marun`` and stops by itself when ``marun`` is gone, even after a
 ``kill -9``. A bad configuration exits with 2 before any process starts.
 
@@ -50,6 +51,8 @@ __all__ += ['ServerInterrupt', 'init_agent', 'load_configuration']  # the 1.x na
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 STOP_MARGIN = 5.0   # beyond the grace: pre_stop hooks and closing connections
 KILL_MARGIN = 10.0  # beyond the grace: how long marun waits before it kills an agent process
+#: seconds after a first SIGINT/SIGTERM in which another one is the same stop, not a second one
+SIGNAL_ECHO = 1.0
 
 log = logging.getLogger('microagent.launcher')
 _early_stop = False
@@ -217,16 +220,26 @@ async def _stop(item: _Running, grace: float) -> None:
 
 def _stop_on_signals(stopping: asyncio.Event, stop_after: float | None, again: str,
                      on_again: Callable[[], object]) -> None:
-    """SIGINT/SIGTERM (or ``stop_after`` seconds) set ``stopping``; a second signal calls ``on_again``."""
+    """SIGINT/SIGTERM (or ``stop_after`` seconds) set ``stopping``; a second signal calls ``on_again``.
+
+    A signal within ``SIGNAL_ECHO`` seconds of the first is the same request: a terminal's Ctrl-C,
+    ``kill -INT -PGID`` and GNU ``timeout`` (which signals marun, then its whole process group)
+    deliver one stop to marun once or twice in the same instant, never meaning "kill them"."""
     loop = asyncio.get_running_loop()
+    first: list[float] = []
 
     def on_signal(sig: signal.Signals) -> None:
-        if stopping.is_set():
+        if not first:
+            first.append(loop.time())
+            if not stopping.is_set():
+                log.info('Received %s: stopping the group', sig.name)
+                stopping.set()
+            loop.call_later(SIGNAL_ECHO, log.info, 'Still stopping: a second SIGINT or SIGTERM now means %s', again)
+        elif loop.time() - first[0] < SIGNAL_ECHO:
+            log.debug('Received %s again within %gs of the first: the same stop', sig.name, SIGNAL_ECHO)
+        else:
             log.warning('Received %s again: %s', sig.name, again)
             on_again()
-        else:
-            log.info('Received %s: stopping the group', sig.name)
-            stopping.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
