@@ -14,6 +14,11 @@ pair of the path and its keyword arguments::
 
     MIDDLEWARES = ['microagent.ops.metrics.PrometheusMiddleware', ('myapp.audit.Audit', {'level': 'info'})]
 
+``SETUP = 'myapp.otel:setup'`` names a function (``module:name`` or ``module.name``) that every
+process running agents of the module calls once, with no arguments, before it builds them: where
+the tracing SDK, a metrics exporter or logging are configured. A failure in it is a ``ConfigError``
+naming SETUP.
+
 A process builds one middleware per distinct entry and gives it to each of its agents that names
 it (a Prometheus middleware registers its metrics once per process). Every mistake is reported with
 the entry it is in, so a bad deployment fails at once instead of in one of its processes.
@@ -25,7 +30,7 @@ import importlib
 import inspect
 import logging
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -97,6 +102,58 @@ _MIDDLEWARES: dict[tuple[str, str], MiddlewareLike] = {}
 
 
 @dataclass(frozen=True)
+class SetupConfig:
+    """A module's ``SETUP``: the function every process calls before it builds the module's agents."""
+
+    label: str
+    path: str
+    function: Callable[[], object]
+
+    def run(self) -> None:
+        """Call it, once per process; its failure is a ``ConfigError`` naming SETUP."""
+        if self.path in _SET_UP:
+            return
+        _SET_UP.add(self.path)
+        try:
+            result = self.function()
+        except Exception as exc:
+            raise ConfigError(f'{self.label} {self.path!r} failed: {type(exc).__name__}: {exc}') from exc
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()
+            raise ConfigError(f'{self.label} {self.path!r} returned an awaitable: SETUP is a plain function, '
+                              'called before the event loop runs')
+
+
+_SET_UP: set[str] = set()
+
+
+def run_setups(configs: Iterable[AgentConfig]) -> None:
+    """Run the SETUP of the modules of ``configs`` that this process has not run yet, in their order."""
+    for config in configs:
+        if config.setup is not None:
+            config.setup.run()
+
+
+def _setup(module: str, value: Any) -> SetupConfig | None:
+    label = f'{module}: SETUP'
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.count(':') > 1:
+        raise ConfigError(f"{label}: the path of a function such as 'myapp.otel:setup' is expected, got {value!r}")
+    function = import_object(value.replace(':', '.'), label, 'function')
+    if not callable(function) or isinstance(function, type):
+        raise ConfigError(f'{label}: {value!r} is not a function')
+    try:
+        inspect.signature(function).bind()
+    except TypeError as exc:
+        raise ConfigError(f'{label}: {value!r} is called with no arguments: {exc}') from None
+    except ValueError:
+        pass  # a builtin without a signature: let the call tell
+    return SetupConfig(label, value, function)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """One agent of the group, ready to be built in the process that runs it."""
 
@@ -108,6 +165,7 @@ class AgentConfig:
     events: Mapping[str, bool] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
     middlewares: tuple[MiddlewareConfig, ...] = ()
+    setup: SetupConfig | None = None
 
     @property
     def has_servers(self) -> bool:
@@ -251,7 +309,7 @@ def _pick(label: str, key: str, wanted: Any, defined: Mapping[str, BackendConfig
 
 def _agent(module: str, name: str, label: str, options: dict[str, Any], factory: type[Any],
            buses: Mapping[str, BackendConfig], brokers: Mapping[str, BackendConfig],
-           middlewares: tuple[MiddlewareConfig, ...] = ()) -> AgentConfig:
+           middlewares: tuple[MiddlewareConfig, ...] = (), setup: SetupConfig | None = None) -> AgentConfig:
     if not isinstance(name, str) or not AGENT_NAME.fullmatch(name):
         raise ConfigError(f'{label}: an agent name is made of letters, digits, _ and -')
     if not (isinstance(factory, type) and issubclass(factory, MicroAgent)):
@@ -272,7 +330,7 @@ def _agent(module: str, name: str, label: str, options: dict[str, Any], factory:
         raise ConfigError(f"{label}: {factory.__qualname__} receives signals but names no 'bus'")
     if broker is None and any(isinstance(spec, ConsumerSpec) for spec in specs):
         raise ConfigError(f"{label}: {factory.__qualname__} consumes queues but names no 'broker'")
-    return AgentConfig(name, label, factory, bus, broker, dict(events), options, middlewares)
+    return AgentConfig(name, label, factory, bus, broker, dict(events), options, middlewares, setup)
 
 
 def load_module(module: str) -> list[AgentConfig]:
@@ -289,7 +347,8 @@ def load_module(module: str) -> list[AgentConfig]:
     buses = _backends(module, 'BUS', getattr(mod, 'BUS', {}), AbstractSignalBus)
     brokers = _backends(module, 'BROKER', getattr(mod, 'BROKER', {}), AbstractQueueBroker)
     middlewares = _middlewares(f'{module}: MIDDLEWARES', getattr(mod, 'MIDDLEWARES', ()))
-    return [_agent(module, name, label, options, factory, buses, brokers, middlewares)
+    setup = _setup(module, getattr(mod, 'SETUP', None))
+    return [_agent(module, name, label, options, factory, buses, brokers, middlewares, setup)
             for name, label, options, factory in _entries(module, 'AGENT', getattr(mod, 'AGENT', {}))]
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from microagent.agent import DEFAULT_GRACE, MicroAgent
-from microagent.cli.config import AgentConfig, ConfigError, load_group, registered_backend
+from microagent.cli.config import AgentConfig, ConfigError, load_group, registered_backend, run_setups
 from microagent.cli.legacy import init_agent, load_configuration
 from microagent.cli.targets import load_fleet
 from microagent.contract.asyncapi import asyncapi
@@ -105,10 +105,13 @@ def run_group(modules: Sequence[str], *, grace: float = DEFAULT_GRACE, single_pr
               http: str | None = None) -> int:
     """Check the configuration, then run the group until a signal, a failure or ``stop_after``
     seconds; returns the exit code. Raises ``ConfigError`` before anything starts (and when the
-    ``http`` address cannot be listened on)."""
+    ``http`` address cannot be listened on). Each process that runs agents (this one with
+    ``single_process``) first runs the SETUP of their modules."""
     agents = load_group(modules)
     if not single_process:
         _check_memory_sharing(agents)
+    if single_process:
+        run_setups(agents)
     try:
         if single_process:
             return asyncio.run(_single_process(modules, agents, grace, stop_after, http))
@@ -292,6 +295,7 @@ def _agent_process(name: str, modules: Sequence[str], grace: float, watch_fd: in
     config = next((agent for agent in load_group(modules) if agent.name == name), None)
     if config is None:
         raise ConfigError(f'no agent named {name!r} in {", ".join(modules)}')
+    run_setups([config])
     return asyncio.run(_run_agent_process(config, grace, watch_fd, ready_fd))
 
 
