@@ -20,7 +20,9 @@ the tracing SDK, a metrics exporter or logging are configured. A failure in it i
 naming SETUP.
 
 A process builds one middleware per distinct entry and gives it to each of its agents that names
-it (a Prometheus middleware registers its metrics once per process). Every mistake is reported with
+it (a Prometheus middleware registers its metrics once per process); a middleware with a
+``watch_queues(agent)`` method is also given each agent it wraps (``PrometheusMiddleware`` samples
+the depth of the queues the agent consumes). Every mistake is reported with
 the entry it is in, so a bad deployment fails at once instead of in one of its processes.
 """
 from __future__ import annotations
@@ -94,7 +96,7 @@ class MiddlewareConfig:
         key = (self.path, repr(sorted(self.options.items())))
         built = _MIDDLEWARES.get(key)
         if built is None:
-            built = _MIDDLEWARES[key] = self.factory(**copy.deepcopy(dict(self.options)))
+            built = _MIDDLEWARES[key] = self.factory(**_copy_data(dict(self.options)))
         return built
 
 
@@ -181,7 +183,12 @@ class AgentConfig:
         options.setdefault('log', agent_logger(self.name))
         agent = self.factory(bus=bus, broker=broker, **options)
         if self.middlewares:
-            agent.use(*(middleware.build() for middleware in self.middlewares))
+            built = [middleware.build() for middleware in self.middlewares]
+            agent.use(*built)
+            for middleware in built:  # PrometheusMiddleware: the depth of the queues the agent consumes
+                watch = getattr(middleware, 'watch_queues', None)
+                if callable(watch):
+                    watch(agent)
         return agent
 
 

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import msgspec
 
-from microagent import MicroAgent, ServerInterrupt, Signal, on, periodic, receiver
+from microagent import MicroAgent, Queue, ServerInterrupt, Signal, consumer, on, periodic, receiver
 from microagent.backends.memory import MemorySignalBus
 
 
@@ -19,6 +19,7 @@ class Ping(msgspec.Struct, frozen=True):
 
 
 ping = Signal('launcher_test_ping', Ping)
+jobs = Queue('launcher_test_jobs', Ping)
 
 
 class Recorder(MicroAgent):
@@ -68,6 +69,14 @@ class Listener(Recorder):
         self.mark('pinged', f'{sender} {event.number}')
         for call in self.heard:
             call(self.settings['name'])
+
+
+class Worker(Recorder):
+    """Consumes ``launcher_test_jobs``."""
+
+    @consumer(jobs)
+    async def work(self, job: Ping) -> None:
+        pass
 
 
 class FailingStart(Recorder):
