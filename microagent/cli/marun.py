@@ -8,7 +8,8 @@ SIGINT or SIGTERM stops every agent gracefully (``pre_stop`` hooks, no new work,
 get ``--grace`` seconds) and ``marun`` exits with 0; a second signal, 1 s or more after the first,
 kills what is left (one sooner is the same stop: ``timeout`` and a terminal signal the whole group). Each agent
 process watches a pipe from ``marun`` and stops by itself when ``marun`` is gone, even after a
-``kill -9``. A bad configuration exits with 2 before any process starts.
+``kill -9``. A bad configuration exits with 2 before any process starts. Every process that runs
+agents (each agent process, or the one of ``--single-process``) first calls its settings' ``SETUP``.
 
 ``--http HOST:PORT`` serves ``/health``, ``/ready``, ``/metrics``, ``/asyncapi.json`` and ``/docs``
 for the whole group on one port (``microagent.ops.http``); how the supervisor answers for agent
