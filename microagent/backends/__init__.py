@@ -48,7 +48,9 @@ class Backend:
     reserved_headers: frozenset[str] = frozenset()  #: lower-case header names it keeps for itself
     reserved_prefixes: tuple[str, ...] = ()  #: lower-case prefixes of such names
     protocols: dict[str, str] = field(default_factory=dict)  #: AsyncAPI protocol by scheme, if not the scheme
-    one_process: bool = False  #: lives in one process: agents in several processes never meet on it
+    #: lives in one process: agents in several processes never meet on it. In one process its
+    #: instances meet on the place a DSN ``scheme://NAME`` names; ``scheme://`` alone names none
+    one_process: bool = False
 
     def load(self, role: Literal['bus', 'broker']) -> type[Any]:
         """The bus or broker class, imported now (the registry sits below the engines, so callers
@@ -69,6 +71,12 @@ class Backend:
         if not isinstance(found, type):
             raise MissConfig(f'the {self.name} backend names {path!r}, which is not a class')
         return found
+
+    def named_place(self, dsn: str, place: str) -> str:
+        """A one-process backend's ``dsn`` if it names a place to meet, else the DSN naming ``place``
+        (what gives the agents of one marun settings entry one hub)."""
+        scheme, _, name = dsn.partition('://')
+        return dsn if name or not self.one_process else f'{scheme}://{place}'
 
     def protocol(self, scheme: str) -> str:
         return self.protocols.get(scheme, scheme)

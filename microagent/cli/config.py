@@ -14,8 +14,15 @@ pair of the path and its keyword arguments::
 
     MIDDLEWARES = ['microagent.ops.metrics.PrometheusMiddleware', ('myapp.audit.Audit', {'level': 'info'})]
 
+``SETUP = 'myapp.otel:setup'`` names a function (``module:name`` or ``module.name``) that every
+process running agents of the module calls once, with no arguments, before it builds them: where
+the tracing SDK, a metrics exporter or logging are configured. A failure in it is a ``ConfigError``
+naming SETUP.
+
 A process builds one middleware per distinct entry and gives it to each of its agents that names
-it (a Prometheus middleware registers its metrics once per process). Every mistake is reported with
+it (a Prometheus middleware registers its metrics once per process); a middleware with a
+``watch_queues(agent)`` method is also given each agent it wraps (``PrometheusMiddleware`` samples
+the depth of the queues the agent consumes). Every mistake is reported with
 the entry it is in, so a bad deployment fails at once instead of in one of its processes.
 """
 from __future__ import annotations
@@ -25,12 +32,12 @@ import importlib
 import inspect
 import logging
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from microagent.agent import MicroAgent
-from microagent.backends import UnknownScheme, backend_for
+from microagent.backends import Backend, UnknownScheme, backend_for, backend_of_module
 from microagent.broker import AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
 from microagent.errors import MicroAgentError
@@ -60,10 +67,20 @@ class BackendConfig:
     path: str = ''  #: the dotted path of the class as the settings name it (1.x ``load_configuration``)
 
     def build(self, log: logging.Logger) -> Any:
-        options = dict(copy.deepcopy(self.options))
+        options: dict[str, Any] = _copy_data(dict(self.options))
         if 'log' not in options and 'log' in inspect.signature(self.factory).parameters:
             options['log'] = log
         return self.factory(**options)
+
+
+def _copy_data(value: T) -> T:
+    """A copy of the dicts, lists, tuples and sets in ``value``, for each built backend its own;
+    other objects (a hub, an SSL context) are given as they are: the settings meant that object."""
+    if isinstance(value, dict):
+        return type(value)({key: _copy_data(item) for key, item in value.items()})
+    if isinstance(value, list | tuple | set | frozenset):
+        return type(value)(_copy_data(item) for item in value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -80,11 +97,63 @@ class MiddlewareConfig:
         key = (self.path, repr(sorted(self.options.items())))
         built = _MIDDLEWARES.get(key)
         if built is None:
-            built = _MIDDLEWARES[key] = self.factory(**copy.deepcopy(dict(self.options)))
+            built = _MIDDLEWARES[key] = self.factory(**_copy_data(dict(self.options)))
         return built
 
 
 _MIDDLEWARES: dict[tuple[str, str], MiddlewareLike] = {}
+
+
+@dataclass(frozen=True)
+class SetupConfig:
+    """A module's ``SETUP``: the function every process calls before it builds the module's agents."""
+
+    label: str
+    path: str
+    function: Callable[[], object]
+
+    def run(self) -> None:
+        """Call it, once per process; its failure is a ``ConfigError`` naming SETUP."""
+        if self.path in _SET_UP:
+            return
+        _SET_UP.add(self.path)
+        try:
+            result = self.function()
+        except Exception as exc:
+            raise ConfigError(f'{self.label} {self.path!r} failed: {type(exc).__name__}: {exc}') from exc
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()
+            raise ConfigError(f'{self.label} {self.path!r} returned an awaitable: SETUP is a plain function, '
+                              'called before the event loop runs')
+
+
+_SET_UP: set[str] = set()
+
+
+def run_setups(configs: Iterable[AgentConfig]) -> None:
+    """Run the SETUP of the modules of ``configs`` that this process has not run yet, in their order."""
+    for config in configs:
+        if config.setup is not None:
+            config.setup.run()
+
+
+def _setup(module: str, value: Any) -> SetupConfig | None:
+    label = f'{module}: SETUP'
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.count(':') > 1:
+        raise ConfigError(f"{label}: the path of a function such as 'myapp.otel:setup' is expected, got {value!r}")
+    function = import_object(value.replace(':', '.'), label, 'function')
+    if not callable(function) or isinstance(function, type):
+        raise ConfigError(f'{label}: {value!r} is not a function')
+    try:
+        inspect.signature(function).bind()
+    except TypeError as exc:
+        raise ConfigError(f'{label}: {value!r} is called with no arguments: {exc}') from None
+    except ValueError:
+        pass  # a builtin without a signature: let the call tell
+    return SetupConfig(label, value, function)
 
 
 @dataclass(frozen=True)
@@ -99,6 +168,7 @@ class AgentConfig:
     events: Mapping[str, bool] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
     middlewares: tuple[MiddlewareConfig, ...] = ()
+    setup: SetupConfig | None = None
 
     @property
     def has_servers(self) -> bool:
@@ -114,7 +184,12 @@ class AgentConfig:
         options.setdefault('log', agent_logger(self.name))
         agent = self.factory(bus=bus, broker=broker, **options)
         if self.middlewares:
-            agent.use(*(middleware.build() for middleware in self.middlewares))
+            built = [middleware.build() for middleware in self.middlewares]
+            agent.use(*built)
+            for middleware in built:  # PrometheusMiddleware: the depth of the queues the agent consumes
+                watch = getattr(middleware, 'watch_queues', None)
+                if callable(watch):
+                    watch(agent)
         return agent
 
 
@@ -178,8 +253,31 @@ def _backends(module: str, section: str, value: Any, base: type[Any]) -> dict[st
         _check_call(label, factory, options)
         written = value[name].get('backend')
         path = written if isinstance(written, str) else f'{factory.__module__}.{factory.__qualname__}'
-        found[name] = BackendConfig(label, factory, options, path)
+        found[name] = BackendConfig(label, factory, _one_place(factory, options, f'{module}/{section}/{name}'), path)
     return found
+
+
+def registered_backend(factory: type[Any]) -> Backend | None:
+    """The registry's backend of a bus or broker class, or of the class it derives from."""
+    for klass in factory.__mro__:
+        found = backend_of_module(klass.__module__)
+        if found is not None:
+            return found
+    return None
+
+
+def _one_place(factory: type[Any], options: dict[str, Any], place: str) -> dict[str, Any]:
+    """The options of an entry of a one-process backend (in-memory): a DSN that names no place to
+    meet is given the entry's own (``module/SECTION/name``), so the agents that name the entry meet
+    there instead of each on a private one; an explicit ``hub`` is left as it is."""
+    backend = registered_backend(factory)
+    parameters = inspect.signature(factory).parameters
+    if backend is None or not backend.one_process or 'hub' in options or 'dsn' not in parameters:
+        return options
+    dsn = options.get('dsn', parameters['dsn'].default)
+    if not isinstance(dsn, str):
+        dsn = f'{backend.schemes[0]}://'
+    return {**options, 'dsn': backend.named_place(dsn, place)}
 
 
 def _middlewares(label: str, value: Any) -> tuple[MiddlewareConfig, ...]:
@@ -219,7 +317,7 @@ def _pick(label: str, key: str, wanted: Any, defined: Mapping[str, BackendConfig
 
 def _agent(module: str, name: str, label: str, options: dict[str, Any], factory: type[Any],
            buses: Mapping[str, BackendConfig], brokers: Mapping[str, BackendConfig],
-           middlewares: tuple[MiddlewareConfig, ...] = ()) -> AgentConfig:
+           middlewares: tuple[MiddlewareConfig, ...] = (), setup: SetupConfig | None = None) -> AgentConfig:
     if not isinstance(name, str) or not AGENT_NAME.fullmatch(name):
         raise ConfigError(f'{label}: an agent name is made of letters, digits, _ and -')
     if not (isinstance(factory, type) and issubclass(factory, MicroAgent)):
@@ -240,7 +338,7 @@ def _agent(module: str, name: str, label: str, options: dict[str, Any], factory:
         raise ConfigError(f"{label}: {factory.__qualname__} receives signals but names no 'bus'")
     if broker is None and any(isinstance(spec, ConsumerSpec) for spec in specs):
         raise ConfigError(f"{label}: {factory.__qualname__} consumes queues but names no 'broker'")
-    return AgentConfig(name, label, factory, bus, broker, dict(events), options, middlewares)
+    return AgentConfig(name, label, factory, bus, broker, dict(events), options, middlewares, setup)
 
 
 def load_module(module: str) -> list[AgentConfig]:
@@ -257,7 +355,8 @@ def load_module(module: str) -> list[AgentConfig]:
     buses = _backends(module, 'BUS', getattr(mod, 'BUS', {}), AbstractSignalBus)
     brokers = _backends(module, 'BROKER', getattr(mod, 'BROKER', {}), AbstractQueueBroker)
     middlewares = _middlewares(f'{module}: MIDDLEWARES', getattr(mod, 'MIDDLEWARES', ()))
-    return [_agent(module, name, label, options, factory, buses, brokers, middlewares)
+    setup = _setup(module, getattr(mod, 'SETUP', None))
+    return [_agent(module, name, label, options, factory, buses, brokers, middlewares, setup)
             for name, label, options, factory in _entries(module, 'AGENT', getattr(mod, 'AGENT', {}))]
 
 

@@ -5,9 +5,11 @@
 
 When an agent process exits or crashes, the others are stopped and ``marun`` exits with 1.
 SIGINT or SIGTERM stops every agent gracefully (``pre_stop`` hooks, no new work, in-flight handlers
-get ``--grace`` seconds) and ``marun`` exits with 0; a second signal kills what is left. Each agent
+get ``--grace`` seconds) and ``marun`` exits with 0; a second signal, 1 s or more after the first,
+kills what is left (one sooner is the same stop: ``timeout`` and a terminal signal the whole group). Each agent
 process watches a pipe from ``marun`` and stops by itself when ``marun`` is gone, even after a
-``kill -9``. A bad configuration exits with 2 before any process starts.
+``kill -9``. A bad configuration exits with 2 before any process starts. Every process that runs
+agents (each agent process, or the one of ``--single-process``) first calls its settings' ``SETUP``.
 
 ``--http HOST:PORT`` serves ``/health``, ``/ready``, ``/metrics``, ``/asyncapi.json`` and ``/docs``
 for the whole group on one port (``microagent.ops.http``); how the supervisor answers for agent
@@ -30,8 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from microagent.agent import DEFAULT_GRACE, MicroAgent
-from microagent.backends import backend_of_module
-from microagent.cli.config import AgentConfig, ConfigError, load_group
+from microagent.cli.config import AgentConfig, ConfigError, load_group, registered_backend, run_setups
 from microagent.cli.legacy import init_agent, load_configuration
 from microagent.cli.targets import load_fleet
 from microagent.contract.asyncapi import asyncapi
@@ -51,6 +52,8 @@ __all__ += ['ServerInterrupt', 'init_agent', 'load_configuration']  # the 1.x na
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 STOP_MARGIN = 5.0   # beyond the grace: pre_stop hooks and closing connections
 KILL_MARGIN = 10.0  # beyond the grace: how long marun waits before it kills an agent process
+#: seconds after a first SIGINT/SIGTERM in which another one is the same stop, not a second one
+SIGNAL_ECHO = 1.0
 
 log = logging.getLogger('microagent.launcher')
 _early_stop = False
@@ -103,10 +106,13 @@ def run_group(modules: Sequence[str], *, grace: float = DEFAULT_GRACE, single_pr
               http: str | None = None) -> int:
     """Check the configuration, then run the group until a signal, a failure or ``stop_after``
     seconds; returns the exit code. Raises ``ConfigError`` before anything starts (and when the
-    ``http`` address cannot be listened on)."""
+    ``http`` address cannot be listened on). Each process that runs agents (this one with
+    ``single_process``) first runs the SETUP of their modules."""
     agents = load_group(modules)
     if not single_process:
         _check_memory_sharing(agents)
+    if single_process:
+        run_setups(agents)
     try:
         if single_process:
             return asyncio.run(_single_process(modules, agents, grace, stop_after, http))
@@ -122,7 +128,7 @@ def _check_memory_sharing(agents: Sequence[AgentConfig]) -> None:
     users: dict[str, list[str]] = {}
     for agent in agents:
         for backend in (agent.bus, agent.broker):
-            found = backend_of_module(backend.factory.__module__) if backend is not None else None
+            found = registered_backend(backend.factory) if backend is not None else None
             if backend is not None and found is not None and found.one_process:
                 users.setdefault(backend.label, []).append(agent.name)
     for label, names in users.items():
@@ -218,16 +224,26 @@ async def _stop(item: _Running, grace: float) -> None:
 
 def _stop_on_signals(stopping: asyncio.Event, stop_after: float | None, again: str,
                      on_again: Callable[[], object]) -> None:
-    """SIGINT/SIGTERM (or ``stop_after`` seconds) set ``stopping``; a second signal calls ``on_again``."""
+    """SIGINT/SIGTERM (or ``stop_after`` seconds) set ``stopping``; a second signal calls ``on_again``.
+
+    A signal within ``SIGNAL_ECHO`` seconds of the first is the same request: a terminal's Ctrl-C,
+    ``kill -INT -PGID`` and GNU ``timeout`` (which signals marun, then its whole process group)
+    deliver one stop to marun once or twice in the same instant, never meaning "kill them"."""
     loop = asyncio.get_running_loop()
+    first: list[float] = []
 
     def on_signal(sig: signal.Signals) -> None:
-        if stopping.is_set():
+        if not first:
+            first.append(loop.time())
+            if not stopping.is_set():
+                log.info('Received %s: stopping the group', sig.name)
+                stopping.set()
+            loop.call_later(SIGNAL_ECHO, log.info, 'Still stopping: a second SIGINT or SIGTERM now means %s', again)
+        elif loop.time() - first[0] < SIGNAL_ECHO:
+            log.debug('Received %s again within %gs of the first: the same stop', sig.name, SIGNAL_ECHO)
+        else:
             log.warning('Received %s again: %s', sig.name, again)
             on_again()
-        else:
-            log.info('Received %s: stopping the group', sig.name)
-            stopping.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
@@ -280,6 +296,7 @@ def _agent_process(name: str, modules: Sequence[str], grace: float, watch_fd: in
     config = next((agent for agent in load_group(modules) if agent.name == name), None)
     if config is None:
         raise ConfigError(f'no agent named {name!r} in {", ".join(modules)}')
+    run_setups([config])
     return asyncio.run(_run_agent_process(config, grace, watch_fd, ready_fd))
 
 

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 
-__all__ = ['Endpoints', 'HttpServer', 'Page', 'Readiness', 'parse_address', 'start_http']
+__all__ = ['Endpoints', 'HttpServer', 'Page', 'Readiness', 'exposition', 'parse_address', 'process_only',
+           'start_http']
 
 log = logging.getLogger('microagent.http')
 
@@ -55,6 +56,28 @@ class Page:
     @classmethod
     def text(cls, text: str, status: int = 200) -> Page:
         return cls(status, TEXT, text.encode() + b'\n')
+
+
+#: the first line of ``/metrics`` when no ``PrometheusMiddleware`` counts messages (a comment: scrapers skip it)
+PROCESS_ONLY = '# microagent: no PrometheusMiddleware counts messages in '
+
+
+def process_only(where: str) -> str:
+    """Why a scrape holds only process metrics (CPU, memory, GC), as a comment line of the exposition."""
+    return (f'{PROCESS_ONLY}{where}, so these are process and runtime metrics only: add '
+            "'microagent.ops.metrics.PrometheusMiddleware' to MIDDLEWARES in the marun settings (or to an "
+            "agent's middlewares) for message, handler and queue metrics\n")
+
+
+def exposition(registry: CollectorRegistry | None = None) -> bytes:
+    """This process's registry as Prometheus text, first saying why when it counts no messages."""
+    from prometheus_client import REGISTRY, generate_latest
+
+    from microagent.ops.metrics import counts_messages
+
+    registry = registry or REGISTRY
+    text = generate_latest(registry)
+    return text if counts_messages(registry) else process_only('this process').encode() + text
 
 
 #: reasons each agent is not ready, by agent name; every list empty when all are ready
@@ -90,12 +113,12 @@ class Endpoints:
 
     async def metrics(self) -> Page:
         try:
-            from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+            from prometheus_client import CONTENT_TYPE_LATEST
         except ImportError:
             return Page.text('/metrics needs prometheus-client: pip install "microagent[prometheus]"', 404)
         if self._metrics is not None:
             return Page(200, CONTENT_TYPE_LATEST, await self._metrics())
-        return Page(200, CONTENT_TYPE_LATEST, generate_latest(self.registry or REGISTRY))
+        return Page(200, CONTENT_TYPE_LATEST, exposition(self.registry))
 
     async def asyncapi(self) -> Page:
         page = self._cache.get('asyncapi')

@@ -9,32 +9,39 @@ code (its declarations and handlers), never by the traffic: no message ids, no s
     agent = MailAgent(bus=bus, broker=broker, middlewares=[metrics])
 
 Queue depth (ready + delayed: retries and delayed sends count, they are work still to do) and the
-messages in flight (taken, not settled) are gauges sampled from the broker when asked (``await
-metrics.sample_depths(broker, ['mailer'])``, e.g. from a ``@periodic`` task), so a scrape never
-waits on a server.
+messages in flight (taken, not settled) are gauges sampled from the broker on an interval, never on a
+scrape (so a scrape never waits on a server, and answers while the broker is down) and never on the
+send path: ``metrics.watch_queues(agent)`` samples the queues the agent consumes once it has started,
+then every ``depth_interval`` seconds (15, a common scrape interval) until it stops; ``marun`` does
+that for every agent the middleware wraps. ``await metrics.sample_depths(broker, ['mailer'])``
+samples any queue when asked.
 
 The middleware is its own collector: it counts in plain numbers on the event loop (no lock, no
 label lookup per message) and hands prometheus-client the families when the registry is scraped.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+import weakref
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import accumulate
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
 from microagent.middleware import Handling, Middleware, Next, Outcome, Sending, Site
+from microagent.readiness import PING_TIMEOUT
 
 if TYPE_CHECKING:
     from microagent.broker import AbstractQueueBroker
     from microagent.transport import QueueDepth
 
-__all__ = ['PrometheusMiddleware']
+__all__ = ['PrometheusMiddleware', 'counts_messages']
 
 HANDLER_LABELS = ('agent', 'kind', 'name', 'handler')
 #: handler durations, in seconds: from a fast in-memory handler to a slow external call
@@ -42,7 +49,11 @@ DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 #: time from sending to handling, in seconds: a backlog can hold messages for minutes
 QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 
+#: seconds between two samples of the depth of an agent's consumed queues
+DEPTH_INTERVAL = 15.0
+
 _OK, _RETRIED, _DEAD_LETTERED = Outcome.OK, Outcome.RETRIED, Outcome.DEAD_LETTERED
+log = logging.getLogger('microagent.metrics')
 
 
 class _Histogram:
@@ -88,16 +99,30 @@ _COUNTERS = (
 )
 
 
+class Watched(Protocol):
+    """What ``watch_queues`` reads of an agent (a ``MicroAgent``; ops sits above the agent, which
+    imports ops for its endpoints, so this names the shape instead of the class)."""
+
+    @property
+    def consumers(self) -> Sequence[Any]: ...
+
+    @property
+    def hooks(self) -> dict[str, list[Callable[[], Any]]]: ...
+
+
 class PrometheusMiddleware(Middleware):
     """Counters, histograms and gauges of handling and sending, registered in ``registry``."""
 
-    def __init__(self, registry: CollectorRegistry = REGISTRY, namespace: str = 'microagent') -> None:
+    def __init__(self, registry: CollectorRegistry = REGISTRY, namespace: str = 'microagent',
+                 depth_interval: float = DEPTH_INTERVAL) -> None:
         self.registry = registry
         self.namespace = namespace
+        self.depth_interval = depth_interval  #: seconds between depth samples; 0: only the one at start
         self._series: dict[Site, _Series] = {}
         self._sent: dict[tuple[str, str], int] = {}
         self._depths: dict[str, QueueDepth] = {}
         registry.register(self)
+        _COUNTING.add(registry)
 
     def _of(self, handling: Handling) -> _Series:
         series = self._series.get(handling.site)  # one site per handler: no label tuple per message
@@ -138,6 +163,43 @@ class PrometheusMiddleware(Middleware):
         """Set the depth and in-flight gauges of each queue from the broker (one ``queue_depth`` each)."""
         for name in queues:
             self._depths[name] = await broker.queue_depth(name)
+
+    def watch_queues(self, agent: Watched) -> None:
+        """Sample the depth of the queues ``agent`` consumes, from its broker: once when it has
+        started (a ``post_start`` hook), then every ``depth_interval`` seconds in a task of its own,
+        until it stops (a ``pre_stop`` hook). A sample that fails or takes longer than a ping leaves
+        the gauge at its last value; ``/ready`` says what is wrong with the broker."""
+        queues = sorted({consumer.queue.name for consumer in agent.consumers})
+        broker = getattr(agent, 'broker', None)
+        if not queues or broker is None:
+            return
+        sampling: list[asyncio.Task[None]] = []
+
+        async def start_sampling() -> None:
+            await self._sample(broker, queues)
+            if self.depth_interval > 0:
+                sampling.append(asyncio.create_task(self._sample_every(broker, queues), name='queue-depths'))
+
+        async def stop_sampling() -> None:
+            for task in sampling:
+                task.cancel()
+            await asyncio.gather(*sampling, return_exceptions=True)
+            sampling.clear()
+
+        agent.hooks.setdefault('post_start', []).append(start_sampling)
+        agent.hooks.setdefault('pre_stop', []).append(stop_sampling)
+
+    async def _sample(self, broker: AbstractQueueBroker, queues: list[str]) -> None:
+        try:
+            async with asyncio.timeout(PING_TIMEOUT):
+                await self.sample_depths(broker, queues)
+        except Exception as exc:
+            log.debug('Queue depths of %s not sampled: %s: %s', ', '.join(queues), type(exc).__name__, exc)
+
+    async def _sample_every(self, broker: AbstractQueueBroker, queues: list[str]) -> None:
+        while True:
+            await asyncio.sleep(self.depth_interval)
+            await self._sample(broker, queues)
 
     # the collector side: prometheus-client calls these when the registry is scraped
 
@@ -181,6 +243,15 @@ class PrometheusMiddleware(Middleware):
             taken.add_metric((queue,), sampled.in_flight)
         yield depth
         yield taken
+
+
+_COUNTING: weakref.WeakSet[CollectorRegistry] = weakref.WeakSet()
+
+
+def counts_messages(registry: CollectorRegistry = REGISTRY) -> bool:
+    """Whether a ``PrometheusMiddleware`` registers its metrics in ``registry``: without one, a
+    scrape of it holds the process's own metrics only."""
+    return registry in _COUNTING
 
 
 def _histograms(name: str, doc: str, items: list[tuple[tuple[str, ...], _Histogram]]) -> Metric:

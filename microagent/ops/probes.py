@@ -9,7 +9,9 @@ supervisor listens, and
 * ``/metrics`` asks every agent process the same way for its registry's text, parses it with
   prometheus-client's parser and serves all of it as one exposition, each sample labelled
   ``marun_agent`` with the agent's name (two processes never collide; ``sum by`` adds them up).
-  An agent process that does not answer in time is left out of that scrape.
+  An agent process that does not answer in time is left out of that scrape. A process where no
+  ``PrometheusMiddleware`` counts messages says so in a comment line, and the exposition names
+  those agents in one (``# microagent: no PrometheusMiddleware counts messages in agents ...``).
 
 With ``--single-process`` (and ``agent.serve_http``) the one process answers everything itself.
 """
@@ -23,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from microagent.errors import ConnectionFailed
+from microagent.ops.http import PROCESS_ONLY, exposition, process_only
 from microagent.readiness import PING_TIMEOUT
 
 if TYPE_CHECKING:
@@ -136,10 +139,10 @@ async def group_readiness(processes: Iterable[AgentProcess]) -> dict[str, list[s
 def local_metrics() -> str:
     """This process's metrics as Prometheus text ('' without prometheus-client)."""
     try:
-        from prometheus_client import REGISTRY, generate_latest
+        import prometheus_client  # noqa: F401
     except ImportError:
         return ''
-    return generate_latest(REGISTRY).decode()
+    return exposition().decode()
 
 
 async def group_metrics(processes: Iterable[AgentProcess]) -> bytes:
@@ -150,6 +153,8 @@ async def group_metrics(processes: Iterable[AgentProcess]) -> bytes:
     processes = list(processes)
     texts = await asyncio.gather(*(process.metrics() for process in processes))
     merged: dict[str, Metric] = {}
+    uncounted = [process.name for process, text in zip(processes, texts, strict=True)
+                 if text.startswith(PROCESS_ONLY)]
     for process, text in zip(processes, texts, strict=True):
         for family in text_string_to_metric_families(text):
             into = merged.setdefault(family.name, _empty_like(family))
@@ -157,7 +162,8 @@ async def group_metrics(processes: Iterable[AgentProcess]) -> bytes:
                              for sample in family.samples]
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(list(merged.values())))
-    return generate_latest(registry)
+    note = process_only(f'agent{"s" * (len(uncounted) > 1)} {", ".join(uncounted)}') if uncounted else ''
+    return note.encode() + generate_latest(registry)
 
 
 def _empty_like(family: Metric) -> Metric:

@@ -68,6 +68,7 @@ def test_a_second_signal_kills_what_is_left(start: Starter) -> None:
     run.wait_file('worker.begun')
     run.signal(signal.SIGTERM)
     run.wait_file('worker.stopped')  # stopping, waiting for its task
+    run.wait_for('a second signal to count', lambda: 'a second SIGINT or SIGTERM now means' in run.output)
 
     run.signal(signal.SIGTERM)
 
@@ -137,6 +138,7 @@ def test_single_process_mode_gives_up_on_a_second_signal(start: Starter) -> None
     run.wait_file('worker.begun')
     run.signal(signal.SIGINT)
     run.wait_file('worker.stopped')
+    run.wait_for('a second signal to count', lambda: 'a second SIGINT or SIGTERM now means' in run.output)
 
     run.signal(signal.SIGINT)
 

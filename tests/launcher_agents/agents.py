@@ -4,11 +4,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import msgspec
 
-from microagent import MicroAgent, ServerInterrupt, Signal, on, periodic, receiver
+from microagent import MicroAgent, Queue, ServerInterrupt, Signal, consumer, on, periodic, receiver
 from microagent.backends.memory import MemorySignalBus
 
 
@@ -17,6 +19,7 @@ class Ping(msgspec.Struct, frozen=True):
 
 
 ping = Signal('launcher_test_ping', Ping)
+jobs = Queue('launcher_test_jobs', Ping)
 
 
 class Recorder(MicroAgent):
@@ -57,11 +60,23 @@ class Pinger(Recorder):
 
 
 class Listener(Recorder):
-    """Records the first ping it receives."""
+    """Records the first ping it receives; a test in this process may also listen through ``heard``."""
+
+    heard: ClassVar[list[Callable[[str], object]]] = []  # called with the agent's name on each ping
 
     @receiver(ping)
     async def got(self, event: Ping, *, sender: str) -> None:
         self.mark('pinged', f'{sender} {event.number}')
+        for call in self.heard:
+            call(self.settings['name'])
+
+
+class Worker(Recorder):
+    """Consumes ``launcher_test_jobs``."""
+
+    @consumer(jobs)
+    async def work(self, job: Ping) -> None:
+        pass
 
 
 class FailingStart(Recorder):

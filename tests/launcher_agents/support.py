@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,11 +26,12 @@ def command(name: str) -> list[str]:
 class Run:
     """One started command; its output goes to a file, so a chatty process never blocks on a pipe."""
 
-    def __init__(self, args: list[str], workdir: Path, env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], workdir: Path, env: dict[str, str], own_group: bool = False) -> None:
         self.workdir = workdir
         self.log_path = workdir / 'output.log'
         self._log = self.log_path.open('wb')
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=own_group)
 
     @property
     def output(self) -> str:
@@ -60,6 +61,11 @@ class Run:
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
+
+    def signal_group(self, signum: int) -> None:
+        """Signal every process of the group this one leads (started with ``own_group=True``), as a
+        terminal's Ctrl-C or GNU ``timeout`` do."""
+        os.killpg(self.proc.pid, signum)
 
     def wait(self) -> int:
         try:
@@ -101,15 +107,17 @@ Starter = Callable[..., Run]
 @contextmanager
 def starter(tmp_path: Path) -> Iterator[Starter]:
     """``start('marun', 'tests.launcher_agents.group', env={...})``; everything it started, agents
-    included (their pids are in ``*.started`` files), is killed at the end."""
+    included (their pids are in ``*.started`` files), is killed at the end. ``own_group``: in a new
+    session and process group of its own; ``wrap``: run under that command (``['timeout', ...]``)."""
     runs: list[Run] = []
 
-    def run(name: str, *args: str, env: dict[str, str] | None = None, module: str | None = None) -> Run:
+    def run(name: str, *args: str, env: dict[str, str] | None = None, module: str | None = None,
+            own_group: bool = False, wrap: Sequence[str] = ()) -> Run:
         workdir = tmp_path / f'run{len(runs)}'
         workdir.mkdir()
         environ = {**os.environ, 'LAUNCHER_TEST_DIR': str(workdir), **(env or {})}
         argv = [sys.executable, '-m', module] if module else command(name)
-        runs.append(Run([*argv, *args], workdir, environ))
+        runs.append(Run([*wrap, *argv, *args], workdir, environ, own_group))
         return runs[-1]
 
     try:

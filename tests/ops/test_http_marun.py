@@ -94,6 +94,9 @@ def test_metrics_of_a_known_workload_across_agent_processes(start: Starter, uniq
         durations = families['microagent_handler_duration_seconds'].samples
         assert [(s.labels['marun_agent'], s.value) for s in durations if s.name.endswith('_count')] == [('worker', 5)]
         assert {s.labels['marun_agent'] for s in families['process_cpu_seconds'].samples} == {'producer', 'worker'}
+        assert not body.startswith(b'# microagent: no PrometheusMiddleware')  # both count messages
+        depths = families['microagent_queue_depth'].samples  # sampled by default, from when the worker started
+        assert [s.labels for s in depths] == [{'queue': f'http_jobs_{unique}', 'marun_agent': 'worker'}]
         assert json.loads(poll(run, port, '/ready', 200)) == {'status': 'ready', 'agents': ['producer', 'worker']}
 
         status, body = get(port, '/asyncapi.json')
