@@ -1,5 +1,6 @@
 """Pipelined JetStream publishes with their acknowledgements: the queue transport's way to store
-messages (sends, moves, bindings), a batch in one round trip.
+messages (sends, moves, bindings), a batch in one round trip. No message larger than the server's
+``max_payload`` is ever written (see ``limits``): the server would close the connection.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from microagent.backends.nats.headers import STATUS_HEADER, Headers
+from microagent.backends.nats.limits import check_sizes
 from microagent.backends.nats.link import API_TIMEOUT, Link
 from microagent.errors import ConnectionFailed, QueueNotFound
 
@@ -26,7 +28,15 @@ class Acks:
         self._inbox = f'_INBOX.{uuid.uuid4().hex}'
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._sub: Subscription | None = None
+        self._generation = 0  # the link's client the subscription is on
         self._numbers = itertools.count()
+        link.on_lost(self._lost)
+
+    def _lost(self, why: str) -> None:
+        """The client is gone: what waits for an acknowledgement on it fails now."""
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(ConnectionFailed(f'{self._link.name}: NATS closed the connection ({why})'))
 
     async def _on_ack(self, msg: Msg) -> None:
         future = self._waiting.pop(msg.subject, None)
@@ -35,7 +45,9 @@ class Acks:
 
     async def publish(self, items: Sequence[tuple[str, bytes, Headers | None]], what: str) -> None:
         client = await self._link.client()
-        if self._sub is None:
+        check_sizes(what, ((body, headers) for _, body, headers in items), None, client.max_payload)
+        if self._sub is None or self._generation != self._link.generation:
+            self._generation = self._link.generation
             self._sub = await client.subscribe(f'{self._inbox}.*', cb=self._on_ack)
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Msg]] = []

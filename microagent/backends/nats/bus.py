@@ -18,6 +18,7 @@ from functools import partial
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from microagent.backends.nats.limits import check_sizes
 from microagent.backends.nats.link import Link, check_subject
 from microagent.message import REPLY_TO, REQUEST_ID, Envelope
 from microagent.transport import Deliver, DeliverReply
@@ -51,6 +52,8 @@ class NATSBusTransport:
         self._subs: list[Subscription] = []
         self._deliver: Deliver | None = None
         self._deliver_reply: DeliverReply | None = None
+        #: the engine's limit on a whole message (the NATSSignalBus sets it); the server's max_payload too
+        self.max_message_size: int | None = None
 
     def rename(self, name: str) -> None:
         """Name the connection as the server shows it (the engine's id, so operators find it)."""
@@ -70,6 +73,7 @@ class NATSBusTransport:
                 self._subjects[name, sender] = subject
         headers = envelope.headers
         client = await self._link.client()
+        check_sizes(f'signal {name!r}', ((envelope.body, headers),), self.max_message_size, client.max_payload)
         if headers:
             await client.publish(subject, envelope.body, reply=headers.get(REPLY_TO, ''),
                                  headers=headers if type(headers) is dict else dict(headers))
@@ -97,6 +101,8 @@ class NATSBusTransport:
     async def reply(self, reply_to: str, envelope: Envelope) -> None:
         client = await self._link.client()
         headers = envelope.headers
+        check_sizes(f'RPC answer to {reply_to!r}', ((envelope.body, headers),), self.max_message_size,
+                    client.max_payload)
         await client.publish(check_subject(reply_to, 'RPC reply-to'), envelope.body,
                              headers=dict(headers) if headers else None)
 

@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections.abc import Callable
+from functools import partial
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -54,6 +56,15 @@ class Link:
         self._failures = 0  # errors since the connection was last up
         self._last_error = ''
         self._closing = False
+        #: counts the clients made: what was subscribed or bound on an older one is gone with it
+        self.generation = 0
+        self._on_lost: list[Callable[[str], None]] = []
+
+    def on_lost(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(why)`` when the server closes the client (a protocol error such as a
+        message over ``max_payload`` makes nats-py close it for good; the next ``client()`` opens a
+        new one), so what waits for an answer on the old client fails now, not after a timeout."""
+        self._on_lost.append(callback)
 
     def scrub(self, error: BaseException | str) -> str:
         return scrub(str(error), self.dsn)
@@ -66,6 +77,7 @@ class Link:
             if self._client is None or self._client.is_closed:
                 self._client = await self._connect()
                 self._js = None
+                self.generation += 1
             return self._client
 
     async def jetstream(self) -> JetStreamContext:
@@ -87,7 +99,7 @@ class Link:
                     # nats-py annotates int, but sleeps this many seconds: a fraction works
                     reconnect_time_wait=self.reconnect_wait,  # type: ignore[arg-type]
                     error_cb=self._on_error, disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected)
+                    reconnected_cb=self._on_reconnected, closed_cb=partial(self._on_closed, client))
         except Exception as exc:
             with contextlib.suppress(Exception):
                 await client.close()
@@ -107,6 +119,15 @@ class Link:
         if self._closing:
             return  # our own close
         self.log.warning('%s: disconnected from NATS at %s; reconnecting', self.name, self.safe_dsn)
+
+    async def _on_closed(self, client: Client) -> None:
+        if self._closing or client is not self._client:
+            return  # our own close, or an old client's
+        error = client.last_error
+        why = f'{type(error).__name__}: {self.scrub(error)}' if error else 'closed'
+        self.log.warning('%s: NATS closed the connection (%s); the next use opens a new one', self.name, why)
+        for callback in self._on_lost:
+            callback(why)
 
     async def _on_reconnected(self) -> None:
         self._failures = 0

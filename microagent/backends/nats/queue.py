@@ -59,6 +59,7 @@ from microagent.backends.nats.headers import (
 )
 from microagent.backends.nats.later import due, move
 from microagent.backends.nats.layout import BINDINGS_STREAM, BINDINGS_SUBJECT, CONSUMER, Layout, binding_subject
+from microagent.backends.nats.limits import ROOM, check_sizes, fitting_reason
 from microagent.backends.nats.link import Link
 from microagent.errors import QueueNotFound
 from microagent.message import Envelope
@@ -101,6 +102,9 @@ class NATSQueueTransport:
         self._acks = Acks(self._link)
         self._declared: set[str] = set()
         self._pulls: dict[str, JetStreamContext.PullSubscription] = {}
+        self._pulls_generation = 0  # the link's client the pull subscriptions are bound on
+        #: the engine's limit on a whole message (the NATSBroker sets it); the server's max_payload too
+        self.max_message_size: int | None = None
         self._movers: dict[str, asyncio.Task[None]] = {}
         self._taken: set[_Token] = set()
         self._keeper: asyncio.Task[None] | None = None
@@ -154,6 +158,12 @@ class NATSQueueTransport:
 
     # sending
 
+    async def _check_sizes(self, what: str, items: Sequence[tuple[str, bytes, Headers | None]]) -> None:
+        """Refuse, before anything is sent, a message the server would not take whole (see ``limits``)."""
+        client = await self._link.client()
+        check_sizes(what, ((body, headers) for _, body, headers in items), self.max_message_size,
+                    client.max_payload, ROOM)
+
     async def put(self, queue: Queue[Any], envelopes: Sequence[Envelope], *, delay: float = 0.0,
                   **options: Any) -> None:
         await self.declare(queue)
@@ -164,6 +174,7 @@ class NATSQueueTransport:
                      for body, headers in envelopes]
         else:
             items = [(layout.subject, body, with_id(headers)) for body, headers in envelopes]
+        await self._check_sizes(f'queue {queue.name!r}', items)
         await self._acks.publish(items, f'queue {queue.name!r}')
 
     async def publish(self, exchange: str, routing_key: str, envelope: Envelope) -> int:
@@ -173,6 +184,7 @@ class NATSQueueTransport:
         if not targets:
             raise QueueNotFound(f'No queue is bound to exchange {exchange!r} for key {routing_key!r}')
         headers = with_id(envelope.headers)
+        await self._check_sizes(f'exchange {exchange!r}', [('', envelope.body, headers)])
         await self._acks.publish([(Layout.of(name).subject, envelope.body, headers) for name in targets],
                                  f'exchange {exchange!r}')
         return len(targets)
@@ -193,6 +205,9 @@ class NATSQueueTransport:
     # consuming
 
     async def _pull(self, queue: Queue[Any]) -> JetStreamContext.PullSubscription:
+        if self._pulls_generation != self._link.generation:  # a new client: bound on the old one, gone
+            self._pulls_generation = self._link.generation
+            self._pulls.clear()
         pull = self._pulls.get(queue.name)
         if pull is None:
             await self.declare(queue)
@@ -259,7 +274,8 @@ class NATSQueueTransport:
         if not token.settled:
             token.settled = True
             self._taken.discard(token)
-            await token.msg.ack()
+            # on the current client: the one that fetched it may be gone (the ack subject stays valid)
+            await (await self._link.client()).publish(token.msg.reply)
 
     async def ack(self, queue: Queue[Any], delivery: Delivery[_Token]) -> None:
         await self._settle(delivery.token)
@@ -283,8 +299,11 @@ class NATSQueueTransport:
 
     async def dead_letter(self, queue: Queue[Any], delivery: Delivery[_Token], reason: str) -> None:
         await self.declare(queue)
-        extra = {ATTEMPT_HEADER: str(delivery.attempt), REASON_HEADER: one_line(reason[:MAX_REASON]),
-                 DEAD_AT_HEADER: repr(time.time())}
+        extra = {ATTEMPT_HEADER: str(delivery.attempt), DEAD_AT_HEADER: repr(time.time())}
+        max_payload = (await self._link.client()).max_payload
+        extra[REASON_HEADER] = fitting_reason(one_line(reason[:MAX_REASON]), delivery.envelope.body,
+                                              {**stored(delivery.token.msg.headers), **extra}, REASON_HEADER,
+                                              max_payload)
         await self._resend(queue, delivery, Layout.of(queue.name).dead_subject, extra)
 
     async def release(self, queue: Queue[Any], deliveries: Sequence[Delivery[_Token]]) -> None:
