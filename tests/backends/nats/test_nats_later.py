@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import nats
@@ -64,5 +65,5 @@ async def test_a_broken_due_time_is_dead_lettered_and_the_batch_moves_on(broker:
     assert sorted(got.items) == ['none', 'now', 'soon']  # each once
 
 
-async def _dead(broker: NATSBroker, queue: Queue[object], count: int) -> bool:
+async def _dead(broker: NATSBroker, queue: Queue[Any], count: int) -> bool:
     return await broker.dead_letter_count(queue.name) == count
