@@ -6,6 +6,11 @@ RPC request is a NATS request: its reply subject is the calling bus's inbox ``_I
 in the ``reply-to`` header), so every receiver's answer reaches the caller, which the engine
 collects (``call`` takes the first, ``waiter`` all). A plain NATS client may ask too:
 ``nc.request('PUBSUB.sig.me', b'{...}')`` gets the first answer, a 1.x-style ``{"Agent.method": value}``.
+
+A receiver answers only to an inbox: a reply address ``_INBOX.`` and literal words (the form of a
+bus's own and of a NATS client's request). Any other one (a JetStream API subject, a work queue's
+subject) would make the answer a command or a message there: such a request is dropped unheard,
+with a warning at most once a minute per signal and sender, counting the dropped ones.
 """
 from __future__ import annotations
 
@@ -20,12 +25,14 @@ from nats.aio.subscription import Subscription
 
 from microagent.backends.nats.limits import check_sizes
 from microagent.backends.nats.link import Link, check_subject
+from microagent.backends.nats.throttle import Throttled
 from microagent.message import REPLY_TO, REQUEST_ID, Envelope
 from microagent.transport import Deliver, DeliverReply
 
 __all__ = ['NATSBusTransport']
 
 _NOT_IN_SUBJECT = re.compile(r'[\s*>]')
+_INBOX = re.compile(r'_INBOX(\.[^\s*>.]+)+')
 SUBJECT_CACHE = 4096  # (signal, sender) subjects a bus remembers; senders are few (agents)
 
 
@@ -54,6 +61,7 @@ class NATSBusTransport:
         self._deliver_reply: DeliverReply | None = None
         #: the engine's limit on a whole message (the NATSSignalBus sets it); the server's max_payload too
         self.max_message_size: int | None = None
+        self._forged = Throttled(self.log)
 
     def rename(self, name: str) -> None:
         """Name the connection as the server shows it (the engine's id, so operators find it)."""
@@ -99,6 +107,9 @@ class NATSBusTransport:
         await self._link.ping()
 
     async def reply(self, reply_to: str, envelope: Envelope) -> None:
+        if not _INBOX.fullmatch(reply_to):
+            self._forged.warn(reply_to, f'{self._link.name}: dropped an RPC answer to {reply_to!r}, no inbox')
+            return
         client = await self._link.client()
         headers = envelope.headers
         check_sizes(f'RPC answer to {reply_to!r}', ((envelope.body, headers),), self.max_message_size,
@@ -115,6 +126,12 @@ class NATSBusTransport:
         if msg.reply and (headers is None or REPLY_TO not in headers):
             # a plain NATS request: its reply subject addresses the answer and names the request
             headers = {**(headers or {}), REQUEST_ID: msg.reply, REPLY_TO: msg.reply}
+        reply_to = headers.get(REPLY_TO) if headers else None
+        if reply_to is not None and not _INBOX.fullmatch(reply_to):
+            sender = rest[len(name) + 1:]
+            self._forged.warn(f'{name} {sender}', f'{self._link.name}: dropped a request on signal {name} from '
+                              f'{sender!r}: its reply address {reply_to[:100]!r} is no inbox (_INBOX.*)')
+            return
         try:
             await self._deliver(name, rest[len(name) + 1:], Envelope(msg.data, headers or None))
         except Exception:  # the engine's callbacks do not raise; should one, the subscription reads on
