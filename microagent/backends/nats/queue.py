@@ -61,7 +61,7 @@ from microagent.backends.nats.later import due, move
 from microagent.backends.nats.layout import BINDINGS_STREAM, BINDINGS_SUBJECT, CONSUMER, Layout, binding_subject
 from microagent.backends.nats.limits import ROOM, check_sizes, fitting_reason
 from microagent.backends.nats.link import Link
-from microagent.errors import QueueNotFound
+from microagent.errors import ConnectionFailed, QueueNotFound
 from microagent.message import Envelope
 from microagent.queue import Queue, topics_match
 from microagent.transport import DeadLetter, Delivery, QueueDepth, SelectDeadLetter
@@ -244,8 +244,10 @@ class NATSQueueTransport:
         pull = await self._pull(queue)
         try:
             msgs = await pull.fetch(batch=max(count, 1), timeout=max(timeout, 0.01))
-        except nats.errors.TimeoutError:
-            return []
+        except TimeoutError:  # nats-py raises its own or the builtin one when nothing came
+            if not (await self._link.client()).is_connected:  # a real failure, for the engine to log
+                raise ConnectionFailed(f'{self._link.name}: not connected to NATS') from None
+            return []  # an empty queue
         return [self._delivery(msg) for msg in msgs]
 
     def _delivery(self, msg: Msg) -> Delivery[_Token]:

@@ -3,6 +3,7 @@
 messages stored in the same batch still arrive."""
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -67,3 +68,29 @@ async def test_a_broken_due_time_is_dead_lettered_and_the_batch_moves_on(broker:
 
 async def _dead(broker: NATSBroker, queue: Queue[Any], count: int) -> bool:
     return await broker.dead_letter_count(queue.name) == count
+
+
+async def test_an_idle_consumer_logs_no_fetch_failure(broker: NATSBroker, unique: str,
+                                                      caplog: pytest.LogCaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty pull fetch is an empty queue, not a failure: nothing is logged while a consumer waits."""
+    queue = Queue(f'idle_{unique}')
+    monkeypatch.setattr(broker, 'fetch_timeout', 0.05)
+    fetch, fetched = broker.transport.fetch, Collector()
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        got = await fetch(*args, **kwargs)
+        fetched.add(len(got))
+        return got
+
+    monkeypatch.setattr(broker.transport, 'fetch', counted)
+
+    class Idle(MicroAgent):
+        @consumer(queue)
+        async def work(self, **job: int) -> None:
+            raise AssertionError('nothing was sent')
+
+    caplog.set_level(logging.INFO)
+    async with Idle(broker=broker):
+        await fetched.wait(30, timeout=15)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
