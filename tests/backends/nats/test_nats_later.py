@@ -1,6 +1,6 @@
 """The holding stream of delayed messages under bad input: a due time that is no due time (``inf``,
 ``nan``, ``1e300``, ``-5``, ``abc``) is dead-lettered with the reason, and the valid delayed
-messages stored in the same batch still arrive."""
+messages stored in the same batch still arrive; and an idle consumer (empty fetches) logs nothing."""
 from __future__ import annotations
 
 import logging
