@@ -2,13 +2,18 @@
 
 Signals go to the topic exchange named by the bus prefix with routing key ``{name}.{sender}``; each
 bus reads one exclusive auto-delete queue, and RPC answers go straight to the caller's queue
-(``reply_to``) with the request id as correlation id, as 1.x peers expect. A message from a 1.x
+(``reply_to``) with the request id as correlation id, as 1.x peers expect. A receiver answers only
+to a reply address of this form, the bus queue of a caller on the same prefix (``{prefix}.bus.{uid}``):
+a request naming any other queue (a work queue, say) is dropped, with one warning a minute per
+sender, so an answer never lands where it does not belong. A message from a 1.x
 sender has no headers table: it arrives with no headers, or only what its properties name.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import time
 import uuid
 from collections.abc import Collection, Sequence
 from contextlib import suppress
@@ -32,12 +37,36 @@ def _shown(text: str, limit: int = 200) -> str:
     return text if text.isprintable() and len(text) <= limit else repr(text[:limit])
 
 
+class Throttled:
+    """Warnings at most once per ``interval`` seconds per source, each saying how many it stands for."""
+
+    max_sources = 1000  # forget the oldest beyond this, so a flood of senders holds no memory
+
+    def __init__(self, log: logging.Logger, interval: float) -> None:
+        self.log = log
+        self.interval = interval
+        self._seen: dict[str, tuple[float, int]] = {}  # source -> (when its last line went out, since then)
+
+    def warn(self, source: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        last, count = self._seen.pop(source, (-self.interval, 0))
+        count += 1
+        if now - last >= self.interval:
+            self.log.warning(message + ' (%d such in the last %.0fs)', *args, count, self.interval)
+            last, count = now, 0
+        self._seen[source] = (last, count)
+        if len(self._seen) > self.max_sources:
+            del self._seen[next(iter(self._seen))]
+
+
 class AMQPBusTransport:
     """Signals over the topic exchange named by the prefix, read through one exclusive queue per bus."""
 
     #: messages RabbitMQ hands the bus unacknowledged: aiormq runs a task per delivery, and the bus
     #: acknowledges one only once the engine's backlog has room for it, so this bounds those tasks
     prefetch = 256
+    #: at most one warning per sender in this many seconds about requests naming a foreign reply address
+    reply_warning_interval = 60.0
 
     def __init__(self, dsn: str | Sequence[str], prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
                  reconnect_timeout: float = 60.0, name: str = '') -> None:
@@ -48,6 +77,8 @@ class AMQPBusTransport:
         self._link = Link(dsn, self.log, name or f'microagent bus {prefix} {self.uid[:8]}')
         self._publisher = Publisher(self._link, reconnect_timeout, self._declare_exchange)
         self.queue_name = f'{prefix}.bus.{self.uid}'
+        self._reply_form = re.compile(rf'{re.escape(prefix)}\.bus\.[0-9a-f]{{32}}')
+        self._refused_replies = Throttled(self.log, self.reply_warning_interval)
         self._names: set[str] = set()
         self._keys: list[str] = []
         self._deliver: Deliver | None = None
@@ -88,8 +119,17 @@ class AMQPBusTransport:
         await self._publisher.publish([Outgoing(self.prefix, f'{name}.{sender}', envelope.body, props)],
                                       f'signal {name!r}')
 
+    def is_reply_address(self, reply_to: str) -> bool:
+        """Whether ``reply_to`` is the bus queue of a caller on this prefix, where answers may go."""
+        return self._reply_form.fullmatch(reply_to) is not None
+
     async def reply(self, reply_to: str, envelope: Envelope) -> None:
-        """Straight to the caller's queue through the default exchange, as 1.x peers answer."""
+        """Straight to the caller's queue through the default exchange, as 1.x peers answer; never
+        to a queue of another form (see ``is_reply_address``)."""
+        if not self.is_reply_address(reply_to):
+            self._refused_replies.warn(reply_to, '%s: not answering to %s: not the reply queue of a bus on %r',
+                                       self._link.name, _shown(reply_to), self.prefix)
+            return
         headers = envelope.headers or {}
         props = spec.Basic.Properties(content_type=CONTENT_TYPE, message_type=RESPONSE_SIGNAL,
                                       correlation_id=headers.get(REQUEST_ID), message_id=headers.get(MESSAGE_ID),
@@ -219,6 +259,13 @@ class AMQPBusTransport:
         if props.reply_to and props.correlation_id:  # a request, maybe from a 1.x peer without the headers
             headers.setdefault(REQUEST_ID, props.correlation_id)
             headers.setdefault(REPLY_TO, props.reply_to)
+        for reply_to in {headers.get(REPLY_TO), props.reply_to} - {None, ''}:
+            if not self.is_reply_address(str(reply_to)):
+                sender = key[len(name) + 1:]
+                self._refused_replies.warn(f'{name}.{sender}', '%s: dropped a request of signal %r from %s: its '
+                                           'reply address %s is not the reply queue of a bus on %r',
+                                           self._link.name, name, _shown(sender), _shown(str(reply_to)), self.prefix)
+                return None
         return name, key[len(name) + 1:], Envelope(message.body, headers or None)
 
     def _name_in(self, key: str) -> str:

@@ -17,6 +17,7 @@ from aiormq.abc import AbstractChannel
 from pamqp.common import FieldTable
 
 from microagent.backends.amqp.dead_letters import DEAD_SUFFIX
+from microagent.backends.amqp.limits import RETRY_QUEUE_IDLE, check_delay
 from microagent.backends.amqp.link import LINK_ERRORS, Link
 from microagent.backends.amqp.queue_args import QueueArguments, declaration_error, existing_type, server_version
 from microagent.errors import DeclarationError
@@ -26,7 +27,6 @@ from microagent.queue import Queue, QueueType, check_delivery_limit, check_queue
 _R = TypeVar('_R')
 
 RETRY_SUFFIX = '.retry.'
-RETRY_QUEUE_IDLE = 60.0  # a delay queue is deleted by RabbitMQ after its delay plus this, unused
 
 
 class QueueDeclarations:
@@ -154,7 +154,7 @@ class QueueDeclarations:
 
     async def _retry_queue(self, queue: Queue[Any], delay: float) -> str:
         name = queue.name
-        ms = max(int(delay * 1000), 1)
+        ms = check_delay(delay, f'queue {name!r}')
         retry = f'{name}{RETRY_SUFFIX}{ms}'
         now = time.monotonic()
         self._fresh_connection()

@@ -8,7 +8,7 @@ another node: RabbitMQ forwards), so any host will do; the order only says where
 from __future__ import annotations
 
 from collections.abc import Sequence
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from microagent.dsn import hide_password
 from microagent.errors import InvalidArgument
@@ -40,6 +40,14 @@ def split_hosts(dsn: str | Sequence[str]) -> list[str]:
         _check(one)
         out.append(one)
     return out
+
+
+def login(dsn: str) -> tuple[str, str]:
+    """The user name and the vhost a single-host DSN logs in with (as aiormq reads them: guest and
+    ``/`` by default), never its password."""
+    parts = urlsplit(dsn)
+    vhost = unquote(parts.path[1:]) if parts.path not in ('', '/') else '/'
+    return unquote(parts.username or 'guest'), vhost
 
 
 def join_hosts(dsns: Sequence[str]) -> str:

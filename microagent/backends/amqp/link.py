@@ -20,7 +20,8 @@ import aiormq
 from aiormq.abc import AbstractChannel, AbstractConnection
 from pamqp import commands as spec
 
-from microagent.backends.amqp.hosts import join_hosts, split_hosts
+from microagent.backends.amqp.hosts import join_hosts, login, split_hosts
+from microagent.backends.amqp.limits import MessageRefused, check_frames, refusal
 from microagent.dsn import hide_password
 from microagent.dsn import scrub as scrub_secrets
 from microagent.errors import ConnectionFailed
@@ -33,6 +34,19 @@ LINK_ERRORS: tuple[type[BaseException], ...] = (
 
 
 PING_PATIENCE = 2.0  # seconds a readiness ping may spend connecting
+
+
+def refused_login(exc: BaseException, dsn: str) -> str | None:
+    """Why RabbitMQ refused to open a connection for ``dsn`` when it did (a wrong user or password,
+    a vhost that does not exist or is not open to the user), naming user and vhost; else None."""
+    user, vhost = login(dsn)
+    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
+        return f'authentication refused for user {user!r} (wrong user name or password?) on vhost {vhost!r}'
+    # refused at Connection.Open: aiormq reports an unexpected Connection.Close (NOT_ALLOWED, 530)
+    if (isinstance(exc, aiormq.exceptions.ConnectionNotAllowed)
+            or (isinstance(exc, aiormq.exceptions.InvalidFrameError) and 'Connection.Close' in str(exc))):
+        return f'vhost {vhost!r} not found, or not open to user {user!r}'
+    return None
 
 
 def check_dsn(dsn: str | Sequence[str]) -> None:
@@ -64,6 +78,7 @@ class Link:
         self._failures = 0
         self._retry_at = 0.0
         self._error = ''
+        self._refusals = 0  # connections refused in a row (login, vhost): a setting to fix, not a break
         self._closed = False
 
     @property
@@ -135,14 +150,19 @@ class Link:
                     # the next host at once; after a whole round of failures, back off
                     delay = backoff(rounds, self.base_delay, self.max_delay) if not rest else 0.0
                     self._retry_at = loop.time() + delay
-                    self._error = self.scrub(exc)
+                    refused = refused_login(exc, self.dsns[(self.host - 1) % len(self.dsns)])
+                    self._refusals = self._refusals + 1 if refused else 0
+                    self._error = refused or self.scrub(exc)
                     self.log.warning('%s: connecting to RabbitMQ at %s failed (%s); attempt %d, next in %.1fs%s',
                                      self.name, tried, self._error, self._failures, delay,
                                      f' at {self.safe_host}' if len(self.dsns) > 1 else '')
+                    if self._refusals >= len(self.dsns):  # every host refused: waiting will not help
+                        raise ConnectionFailed(f'{self.name}: RabbitMQ at {self.safe_dsn} refused the connection: '
+                                               f'{refused}') from None
                     continue
                 if self.generation:
                     self.log.info('%s: connected to RabbitMQ at %s again', self.name, tried)
-                self._failures, self._retry_at, self._error = 0, 0.0, ''
+                self._failures, self._retry_at, self._error, self._refusals = 0, 0.0, '', 0
                 self.generation += 1
                 self._conn = conn
                 conn.closing.add_done_callback(partial(self._lost, conn))
@@ -177,6 +197,12 @@ class Outgoing:
     mandatory: bool = False  # unroutable: RabbitMQ returns it and publish raises aiormq.PublishError
 
 
+def _frame_max(channel: AbstractChannel) -> int:
+    """The frame size negotiated on the channel's connection (0: none known)."""
+    tune = getattr(channel.connection, 'connection_tune', None)
+    return int(getattr(tune, 'frame_max', 0) or 0)
+
+
 def _interrupted(exc: BaseException, channel: AbstractChannel) -> bool:
     """Whether a publish failed because the connection or channel went away (worth sending again),
     rather than because RabbitMQ refused it (a missing exchange, access rights: an error to raise)."""
@@ -209,24 +235,32 @@ class Publisher:
             return self._channel
 
     async def publish(self, messages: list[Outgoing], what: str) -> None:
+        """Publish and wait for RabbitMQ's confirms, sending again what a break left unconfirmed.
+
+        A batch with a message whose headers cannot fit in one frame is refused whole, before
+        anything is sent (``MessageRefused``). When the server closes the connection over what was
+        sent anyway, the rest go one at a time, and the one it refuses alone is never sent again:
+        the others are published, then ``MessageRefused`` is raised."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.reconnect_timeout
         pending = messages
+        alone = False  # after a refusal of a batch: one at a time, to find the message refused
+        refused: list[BaseException] = []
         while pending:
             channel = await self.channel(max(deadline - loop.time(), 0.001))
-            results: list[Any]
-            if len(pending) == 1:
-                try:
-                    results = [await self._one(channel, pending[0])]
-                except Exception as exc:
-                    results = [exc]
-            else:
-                results = await asyncio.gather(*(self._one(channel, out) for out in pending),
-                                               return_exceptions=True)
+            check_frames(pending, _frame_max(channel), what)
+            batch = pending[:1] if alone else pending
             failed: list[Outgoing] = []
-            for out, result in zip(pending, results, strict=True):
+            for out, result in zip(batch, await self._results(channel, batch), strict=True):
                 if isinstance(result, BaseException):
-                    if not _interrupted(result, channel):
+                    reason = refusal(result, channel)
+                    if reason is not None and len(batch) == 1:
+                        refused.append(reason)  # settled: never sent again
+                        self.link.log.warning('%s: RabbitMQ closed the connection over a message to %s (%s); '
+                                              'not sending it again', self.link.name, what, reason)
+                        continue
+                    alone = alone or reason is not None
+                    if reason is None and not _interrupted(result, channel):
                         raise result
                     failed.append(out)
                 elif isinstance(result, spec.Basic.Nack | spec.Basic.Reject):
@@ -237,7 +271,20 @@ class Publisher:
             if failed:
                 self.link.log.warning('%s: %d message(s) to %s were not confirmed; sending again',
                                       self.link.name, len(failed), what)
-            pending = failed
+            pending = failed + pending[len(batch):]
+        if refused:
+            which = (f'{len(refused)} of {len(messages)} messages (the others were sent)' if len(messages) > 1
+                     else 'the message')
+            raise MessageRefused(f'{what}: RabbitMQ closed the connection over {which}; not sent again '
+                                 f'({type(refused[0]).__name__}: {refused[0]})')
+
+    async def _results(self, channel: AbstractChannel, batch: list[Outgoing]) -> list[Any]:
+        if len(batch) == 1:
+            try:
+                return [await self._one(channel, batch[0])]
+            except Exception as exc:
+                return [exc]
+        return await asyncio.gather(*(self._one(channel, out) for out in batch), return_exceptions=True)
 
     @staticmethod
     async def _one(channel: AbstractChannel, out: Outgoing) -> Any:

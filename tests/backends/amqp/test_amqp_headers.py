@@ -4,6 +4,7 @@ and a message keeps its id through a retry's delay queue, the dead letters and a
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import msgspec
@@ -126,13 +127,14 @@ async def test_a_1x_request_and_answer_without_headers_are_understood(amqp: Serv
     await bus.subscribe([f'legacy_{unique}'], on_signal)
     await bus.receive_replies(on_answer)
     channel = await amqp.raw()
+    old_queue = f'{amqp.prefix}.bus.{uuid.uuid4().hex}'  # answers go only to a bus reply queue
     await channel.basic_publish(b'{"n":1}', exchange=amqp.prefix, routing_key=f'legacy_{unique}.old',
-                                properties=spec.Basic.Properties(reply_to='old-queue', correlation_id='q7',
+                                properties=spec.Basic.Properties(reply_to=old_queue, correlation_id='q7',
                                                                  message_id='m1'))
     await channel.basic_publish(b'{"Old.answer":1}', routing_key=bus.reply_to, properties=spec.Basic.Properties(
         message_type='response', correlation_id='q8', message_id='m2'))
     request, answer = sorted(await got.wait(2), key=str)
-    assert request == ('legacy_' + unique, 'old', Envelope(b'{"n":1}', {'request-id': 'q7', 'reply-to': 'old-queue'}))
+    assert request == ('legacy_' + unique, 'old', Envelope(b'{"n":1}', {'request-id': 'q7', 'reply-to': old_queue}))
     assert answer == Envelope(b'{"Old.answer":1}', {'message-id': 'm2', 'request-id': 'q8'})
 
 
@@ -198,7 +200,8 @@ async def test_a_1x_caller_gets_the_1x_answer_without_error_headers(amqp: Server
             raise RuntimeError('no')
 
     channel = await amqp.raw()
-    replies = await channel.queue_declare('', exclusive=True, auto_delete=True)
+    # a plain client names its reply queue as a bus does: receivers answer to no other
+    replies = await channel.queue_declare(f'{amqp.prefix}.bus.{uuid.uuid4().hex}', exclusive=True, auto_delete=True)
     assert replies.queue
     answers = Collector()
 
