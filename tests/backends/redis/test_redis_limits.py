@@ -1,9 +1,10 @@
-"""Redis fetches bounded by bytes: a batch of big messages stays under ``max_fetch_bytes`` and a
-message over ``max_message_size`` is dead-lettered at fetch, never read by a consumer."""
+"""Redis limits: fetches bounded by bytes (a batch of big messages stays under ``max_fetch_bytes``,
+a message over ``max_message_size`` is dead-lettered at fetch, never handed to a consumer); a
+malformed DSN refused when the bus or broker is built, naming the part that is wrong."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -11,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from microagent import MicroAgent, Queue, consumer
-from microagent.backends.redis import RedisBroker
+from microagent.backends.redis import RedisBroker, RedisSignalBus
 from microagent.backends.redis.frame import frame
 from microagent.errors import InvalidArgument
 from microagent.transport import Delivery
@@ -145,3 +146,41 @@ async def test_an_oversized_message_arriving_on_an_empty_queue_is_dead_lettered(
 def test_byte_bounds_must_be_positive_counts(option: str, value: Any) -> None:
     with pytest.raises(InvalidArgument, match=option):
         RedisBroker(REDIS_TEST_DSN, **{option: value})
+
+
+@pytest.mark.parametrize(('dsn', 'part', 'shown'), [
+    ('redis://localhost/x', "database (path) must be a number from 0 to 2147483647, got 'x'", 'redis://localhost/x'),
+    ('redis://localhost/0?db=x', "database (?db=) must be a number", 'redis://localhost/0?db=x'),
+    ('redis://localhost/-1', "database (path) must be a number", 'redis://localhost/-1'),
+    ('redis://localhost/2147483648', "database (path) must be a number", 'redis://localhost/2147483648'),
+    ('redis://:s3cret@localhost:70000/0', "port must be a number from 1 to 65535, got '70000'",
+     'redis://:***@localhost:70000/0'),
+    ('redis://:s3cret@localhost:abc/0', "port must be a number from 1 to 65535, got 'abc'",
+     'redis://:***@localhost:abc/0'),
+    ('redis://:s3cret@[::1/0', "host '[::1' opens '[' and never closes it", 'redis://:***@[::1/0'),
+    ('redis://::1:6379/0', 'IPv6 address without brackets', 'redis://::1:6379/0'),
+    ('redis://a:1,b:2/0', 'must be one', 'redis://a:1,b:2/0'),
+    ('http://localhost/0', "scheme must be one of redis, rediss, unix", 'http://localhost/0'),
+    ('redis+cluster://:s3cret@h:99999/', "port must be a number from 1 to 65535, got '99999'",
+     'redis+cluster://:***@h:99999/'),
+    ('redis+cluster://h:7000/2', 'database of a Redis Cluster can only be 0', 'redis+cluster://h:7000/2'),
+    ('redis://:s3/cret@localhost/0', "password holds '/', '?' or '#' as is", '(not shown)'),
+    ('redis://:s3#cret@localhost/0', "password holds '/', '?' or '#' as is", '(not shown)'),
+    ('redis://:s3?cret@localhost/0', "password holds '/', '?' or '#' as is", '(not shown)'),
+])
+@pytest.mark.parametrize('build', [RedisBroker, RedisSignalBus])
+def test_a_malformed_dsn_is_refused_when_built_naming_the_part(
+        build: Callable[[str], object], dsn: str, part: str, shown: str) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        build(dsn)
+    message = str(refused.value)
+    assert part in message and shown in message
+    assert 's3cret' not in message and 'cret' not in message
+
+
+@pytest.mark.parametrize('dsn', ['redis://localhost', 'redis://', 'redis://u:p%2Fw@[::1]:6379/15',
+                                 'rediss://h:6380/3?ssl_cert_reqs=none', 'unix:///run/redis.sock?db=2',
+                                 'redis://h/0?client_name=a@b', 'redis+cluster://a:7000,[::1]:7001/0'])
+def test_well_formed_dsns_are_taken(dsn: str) -> None:
+    RedisBroker(dsn)
+    RedisSignalBus(dsn)
