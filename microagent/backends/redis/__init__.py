@@ -20,7 +20,7 @@ from typing import Any
 
 from microagent.backends.redis.bus import RedisBusTransport
 from microagent.backends.redis.client import DEFAULT_DSN, FAILOVER_TIMEOUT, Client
-from microagent.backends.redis.queue import RedisQueueTransport
+from microagent.backends.redis.queue import DEFAULT_MAX_FETCH_BYTES, RedisQueueTransport
 from microagent.backends.redis.wire import Wire
 from microagent.broker import DEFAULT_MAX_MESSAGE_SIZE, AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
@@ -59,19 +59,22 @@ class RedisBroker(AbstractQueueBroker):
     ``heartbeat`` is how long (s) a silent consumer is trusted before its in-flight messages go back
     to the queue; ``wire='1.x'`` stores bare 1.x bodies, for 1.x consumers of the same queues.
     Replication is asynchronous: a master that fails loses the writes it acked and had not passed
-    on yet. ``wait_replicas=1`` makes a send return only once a replica has the message
-    (``WAIT``; ``NotReplicated`` after ``wait_timeout`` s). On a cluster, commands retry for up to
-    ``failover_timeout`` s while a master fails over. Extra keyword options go to
-    ``redis.asyncio.Redis.from_url`` (or ``RedisCluster``). The transport is ``broker.transport``."""
+    on yet. A fetch takes at most ``max_fetch_bytes`` (16 MiB) of messages (a larger one alone); a
+    message over ``max_message_size`` is dead-lettered at fetch, unread. ``wait_replicas=1`` makes
+    a send return only once a replica has the message (``WAIT``; ``NotReplicated`` after
+    ``wait_timeout`` s). On a cluster, commands retry for up to ``failover_timeout`` s while a master
+    fails over. Extra keyword options go to ``redis.asyncio.Redis.from_url`` (or ``RedisCluster``).
+    The transport is ``broker.transport``."""
 
     transport: RedisQueueTransport
 
     def __init__(self, dsn: str = DEFAULT_DSN, log: logging.Logger | None = None, *, wire: Wire = 'envelope',
                  heartbeat: float = 10.0, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                  wait_replicas: int = 0, wait_timeout: float = 1.0, failover_timeout: float = FAILOVER_TIMEOUT,
-                 **redis_options: Any) -> None:
+                 max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES, **redis_options: Any) -> None:
         transport = RedisQueueTransport(dsn, log=log, wire=wire, heartbeat=heartbeat, wait_replicas=wait_replicas,
                                         wait_timeout=wait_timeout, failover_timeout=failover_timeout,
+                                        max_message_size=max_message_size, max_fetch_bytes=max_fetch_bytes,
                                         **redis_options)
         super().__init__(transport, dsn=dsn, log=log, max_message_size=max_message_size)
 

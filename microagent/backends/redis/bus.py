@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 import uuid
 from collections.abc import Collection
 from typing import Any, cast
@@ -33,7 +35,7 @@ from microagent.backends.redis.wire import (
 )
 from microagent.dsn import hide_password
 from microagent.errors import BackendClosed, ConnectionFailed
-from microagent.message import REQUEST_ID, Envelope
+from microagent.message import REPLY_TO, REQUEST_ID, Envelope
 from microagent.retry import backoff
 from microagent.signal import RESPONSE_SIGNAL
 from microagent.transport import Deliver, DeliverReply
@@ -48,13 +50,40 @@ def _shown(text: str | bytes, limit: int = 200) -> str:
     return repr(text[:limit])
 
 
+class Throttled:
+    """Warnings of one kind: at most one line per ``interval`` seconds per source, saying how many
+    events it stands for; the ``sources`` most recent sources are remembered (a flood of forged
+    sender names cannot grow it)."""
+
+    def __init__(self, log: logging.Logger, interval: float = 60.0, sources: int = 1000) -> None:
+        self.log = log
+        self.interval = interval
+        self.sources = sources
+        self._seen: dict[str, tuple[float, int]] = {}  # source: (time of its last line, events since)
+
+    def warn(self, source: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        last, count = self._seen.pop(source, (-math.inf, 0))
+        if now - last >= self.interval:
+            self.log.warning(f'{message} (%d such from %s since its last warning)', *args, count + 1, source)
+            last, count = now, -1
+        self._seen[source] = (last, count + 1)
+        if len(self._seen) > self.sources:
+            del self._seen[next(iter(self._seen))]
+
 
 class RedisBusTransport:
     """Signals over Redis pub/sub on the 1.x channels (``BusTransport``).
 
     ``wire='1.x'`` sends bare 1.x bodies; frames and bare bodies are read always. An RPC request that
     came bare (from a 1.x agent) is answered bare, whatever the wire, so a 1.x caller can read it
-    (``wire.request`` and ``wire.answer`` decide it)."""
+    (``wire.request`` and ``wire.answer`` decide it).
+
+    Answers go only to this bus's own answer address, ``{prefix}:response`` (``wire.reply_address``;
+    the answering bus adds its uid and the request id): a request whose reply address is anything
+    else is dropped unhandled, and ``reply`` refuses any other address, each with a warning at most
+    every ``foreign_replies.interval`` s (60) per sender, so that a forged ``reply-to`` never makes
+    a receiver publish on another channel."""
 
     #: cap of the delay between reconnection attempts of the subscriber, in seconds
     reconnect_cap: float = 5.0
@@ -82,6 +111,7 @@ class RedisBusTransport:
         self._deliver_reply: DeliverReply | None = None
         self._subscribed = False  # the reading loop holds a live subscription to every pattern
         self._closed = False
+        self.foreign_replies = Throttled(self.log)
 
     def __repr__(self) -> str:
         return f'<{type(self).__name__} {hide_password(self.dsn)} {self.prefix}>'
@@ -96,6 +126,10 @@ class RedisBusTransport:
         await self.redis.publish(channel, sent(envelope, self.legacy))
 
     async def reply(self, reply_to: str, envelope: Envelope) -> None:
+        if reply_to != self.reply_to:
+            self.foreign_replies.warn(f'address {_shown(reply_to)}', 'Refused to answer to %s: not the RPC answer '
+                                      'address of this bus (%s)', _shown(reply_to), self.reply_to)
+            return
         await self.redis.publish(*answer(reply_to, self.uid, envelope, self.legacy))
 
     async def subscribe(self, names: Collection[str], deliver: Deliver) -> None:
@@ -197,6 +231,12 @@ class RedisBusTransport:
                 if request_id and self._deliver_reply is not None:
                     await self._deliver_reply(answered(envelope, request_id))
             elif self._deliver is not None:
+                if envelope.headers is not None and envelope.headers.get(REPLY_TO, self.reply_to) != self.reply_to:
+                    self.foreign_replies.warn(
+                        f'sender {_shown(sender)}', 'Dropped signal %r from %s: its reply address %s is not '
+                        'the RPC answer address of this bus (%s)', name, _shown(sender),
+                        _shown(envelope.headers[REPLY_TO]), self.reply_to)
+                    return
                 if request_id:
                     envelope = request(envelope, request_id, self.reply_to)
                 await self._deliver(name, sender, envelope)

@@ -11,6 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from microagent.backends.redis.cluster import cluster_client, is_cluster
+from microagent.backends.redis.dsn import check_dsn
 from microagent.backends.redis.wire import HIREDIS, HiredisPacking
 
 __all__ = ['DEFAULT_DSN', 'FAILOVER_TIMEOUT', 'NETWORK_ERRORS', 'Client', 'client']
@@ -34,7 +35,9 @@ def client(dsn: str, options: dict[str, Any], reader: bool = False,
     loop logs and backs off, and no socket timeout: redis-py's default 5 s would kill an idle
     reader, and on Python 3.11 its ``wait_for`` around sends can swallow a cancellation. Its
     calls are bounded by ``asyncio.timeout`` instead, and TCP keepalive finds dead peers.
-    A cluster DSN gives a cluster client, whose commands ride out a failover (not the reader's)."""
+    A cluster DSN gives a cluster client, whose commands ride out a failover (not the reader's).
+    A malformed DSN is an ``InvalidArgument`` naming the part that is wrong (``dsn.py``)."""
+    check_dsn(dsn)
     if is_cluster(dsn):
         return cluster_client(dsn, options, reader=reader, failover_timeout=failover_timeout)
     if reader:

@@ -28,12 +28,16 @@ from microagent.backends.redis.wire import Wire, delivery_of, is_legacy, stored
 from microagent.dsn import hide_password
 from microagent.errors import InvalidArgument, QueueNotFound
 from microagent.message import Envelope
+from microagent.payload import DEFAULT_MAX_MESSAGE_SIZE
 from microagent.queue import Queue, topics_match
 from microagent.transport import DeadLetter, Delivery, QueueDepth, SelectDeadLetter
 
-__all__ = ['RedisQueueTransport']
+__all__ = ['DEFAULT_MAX_FETCH_BYTES', 'RedisQueueTransport']
 
 T = TypeVar('T')
+
+#: the default byte bound of one fetch (``max_fetch_bytes``): a larger message is fetched alone
+DEFAULT_MAX_FETCH_BYTES = 16 * 1024 * 1024
 
 
 class RedisQueueTransport(Ownership):
@@ -56,7 +60,11 @@ class RedisQueueTransport(Ownership):
 
     def __init__(self, dsn: str = DEFAULT_DSN, *, log: logging.Logger | None = None, wire: Wire = 'envelope',
                  heartbeat: float = 10.0, wait_replicas: int = 0, wait_timeout: float = 1.0,
-                 failover_timeout: float = FAILOVER_TIMEOUT, **redis_options: Any) -> None:
+                 failover_timeout: float = FAILOVER_TIMEOUT, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES, **redis_options: Any) -> None:
+        for label, value in (('max_message_size', max_message_size), ('max_fetch_bytes', max_fetch_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise InvalidArgument(f'{label} must be a positive number of bytes, got {value!r}')
         if isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float) or not 0 < heartbeat < math.inf:
             raise InvalidArgument(f'heartbeat must be positive (seconds), got {heartbeat!r}')
         if isinstance(wait_replicas, bool) or not isinstance(wait_replicas, int) or wait_replicas < 0:
@@ -69,6 +77,8 @@ class RedisQueueTransport(Ownership):
         self.wait_replicas = wait_replicas
         self.wait_timeout = float(wait_timeout)
         self.failover_timeout = float(failover_timeout)
+        self.max_message_size = max_message_size
+        self.max_fetch_bytes = max_fetch_bytes
         self.uid = uuid.uuid4().hex  # this consumer, in key names: Q:inflight:{uid}, Q:consumer:{uid}
         self.log = log or logging.getLogger('microagent.redis')
         self.redis = client(dsn, redis_options, failover_timeout=failover_timeout)
@@ -166,7 +176,9 @@ class RedisQueueTransport(Ownership):
                             'BLMOVE', keys.queue, keys.inflight, 'LEFT', 'RIGHT', block)
                     if first is None:
                         return []
-                    messages, attempts, _ = await self._take(keys, count - 1, first)
+                    # the script judges it in place and returns it, unless it is too large
+                    size, first = len(first), None
+                    messages, attempts, _ = await self._take(keys, count, size)
             except asyncio.CancelledError:
                 # a message may have reached the in-flight list without reaching us: put it back
                 owned.lost_a_fetch()
@@ -182,17 +194,28 @@ class RedisQueueTransport(Ownership):
         return [delivery_of(message, target, abs(attempt), attempt < 0)
                 for message, attempt in zip(messages, attempts, strict=True)]
 
-    async def _take(self, keys: QueueKeys, count: int, first: bytes | None = None,
+    async def _take(self, keys: QueueKeys, count: int, first: int | None = None,
                     ) -> tuple[list[bytes], list[int], float]:
-        args: list[Any] = [count, self.uid, int(self.heartbeat * 1000)]
-        if first is not None:
-            args.append(first)
-        async with asyncio.timeout(self.read_margin):
-            reply = await self._fetch_script(
-                keys=[keys.queue, keys.inflight, keys.attempts, keys.delayed, keys.consumers, keys.heartbeat],
-                args=args)
-        messages, attempts, wait = reply
-        return messages, attempts, float(wait)
+        """Run the fetch script until it takes something or finds nothing left to take (a call that
+        only dead-lettered too large messages goes on with the rest). ``first``: the length of
+        the message BLMOVE has just moved to the tail of our in-flight list."""
+        while True:
+            args: list[Any] = [count, self.uid, int(self.heartbeat * 1000), self.max_fetch_bytes,
+                               self.max_message_size, repr(keys.queue)]
+            if first is not None:
+                args.append(first)
+            async with asyncio.timeout(self.read_margin):
+                reply = await self._fetch_script(
+                    keys=[keys.queue, keys.inflight, keys.attempts, keys.delayed, keys.consumers,
+                          keys.heartbeat, keys.dead],
+                    args=args)
+            messages, attempts, wait, dead = reply
+            if dead:
+                self.log.warning('Queue %s: %d messages over max_message_size %d bytes dead-lettered at fetch',
+                                 keys.queue, dead, self.max_message_size)
+            if messages or not dead:
+                return messages, attempts, float(wait)
+            first = None
 
     async def ack(self, queue: Queue[Any], delivery: Delivery[bytes]) -> None:
         """Acks of ``ack_delay`` seconds go in one round trip, sent in the background: the handler's
