@@ -40,7 +40,7 @@ from microagent.errors import (
 )
 from microagent.handlers import Receiver
 from microagent.limits import check_message_size
-from microagent.logs import FAILED, dropped_fields, set_handler, shown
+from microagent.logs import FAILED, LogLimiter, dropped_fields, set_handler, shown
 from microagent.message import (
     MESSAGE_ID,
     REPLY_TO,
@@ -118,6 +118,8 @@ class AbstractSignalBus:
         self._pending: dict[str, Pending] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._replies_bound = False
+        #: a flood of stray or undecodable messages logs a few lines, each saying how many it stands for
+        self.limited = LogLimiter()
 
     def __repr__(self) -> str:
         return f'<{type(self).__name__} {hide_password(self.dsn)} {self.prefix}>'
@@ -216,7 +218,8 @@ class AbstractSignalBus:
         try:
             self._dispatch(name, sender, envelope)
         except Exception as exc:  # whatever a message holds, the reader goes on
-            self.log.warning('Dropped signal %s from %s: %s: %s', shown(name), shown(sender), type(exc).__name__, exc)
+            self.limited.warning(self.log, 'dropped', 'Dropped signal %s from %s: %s: %s', shown(name),
+                                 shown(sender), type(exc).__name__, exc)
 
     def _dispatch(self, name: str, sender: str, envelope: Envelope) -> None:
         receivers = self.receivers.get(name)
@@ -226,11 +229,12 @@ class AbstractSignalBus:
         try:
             payload = signal.codec.decode(check_size(f'signal {name!r}', envelope.body, self.max_message_size))
         except InvalidPayload as exc:
-            self.log.warning('Dropped signal %s from %s: %s', name, shown(sender), exc, extra=dropped_fields(envelope))
+            self.limited.warning(self.log, f'invalid {name}:{sender}', 'Dropped signal %s from %s: %s', name,
+                                 shown(sender), exc, extra=dropped_fields(envelope))
             return
         except Exception as exc:  # what a codec should not let through (RecursionError, UnicodeDecodeError)
-            self.log.warning('Dropped signal %s from %s: %s: %s', name, shown(sender), type(exc).__name__, exc,
-                             extra=dropped_fields(envelope))
+            self.limited.warning(self.log, f'invalid {name}:{sender}', 'Dropped signal %s from %s: %s: %s', name,
+                                 shown(sender), type(exc).__name__, exc, extra=dropped_fields(envelope))
             return
         headers = envelope.headers
         reply = None
@@ -358,13 +362,19 @@ class AbstractSignalBus:
         try:
             self._on_answer(envelope)
         except Exception as exc:
-            self.log.warning('Dropped an RPC answer: %s: %s', type(exc).__name__, exc)
+            self.limited.warning(self.log, 'answer', 'Dropped an RPC answer: %s: %s', type(exc).__name__, exc)
 
     def _on_answer(self, envelope: Envelope) -> None:
         headers = envelope.headers
         request_id = headers.get(REQUEST_ID) if headers is not None else None
         pending = self._pending.get(request_id) if request_id else None
         if pending is None or headers is None:
+            if not request_id:  # not an answer at all
+                self.limited.warning(self.log, 'stray', 'Dropped a stray message on the RPC answers of '
+                                     'this bus: it names no request')
+            else:  # an answer after its call returned (its first answer, or its timeout)
+                self.limited.log(self.log, logging.DEBUG, 'late', 'Dropped a late answer to request %s: '
+                                 'its call no longer waits', shown(request_id))
             return
         try:
             raw = _answers_decoder.decode(check_size(f'answer of signal {pending.signal.name!r}', envelope.body,
@@ -376,7 +386,8 @@ class AbstractSignalBus:
             failed = headers.get(RPC_ERROR)
             errors = _errors_decoder.decode(failed) if failed else {}
         except Exception as exc:  # InvalidPayload, or anything a codec lets through (RecursionError)
-            self.log.warning('Dropped answer to %s: %s: %s', pending.signal.name, type(exc).__name__, exc)
+            self.limited.warning(self.log, f'answer {pending.signal.name}', 'Dropped answer to %s: %s: %s',
+                                 pending.signal.name, type(exc).__name__, exc)
             return
         if answers or errors:  # an empty answer names no receiver: nothing to hand the caller
             pending.put(answers, errors)
