@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import uuid
 from collections.abc import Awaitable, Iterable, Mapping
 from functools import partial
@@ -20,9 +19,10 @@ from typing import Any, Generic, Never, Self, TypeVar, cast, overload
 
 from microagent.consuming import Consuming, Running
 from microagent.dsn import hide_password
-from microagent.errors import DeclarationError, InvalidArgument, QueueAttributeError, QueueNotFound, UsageError
+from microagent.errors import DeclarationError, QueueAttributeError, QueueNotFound, UsageError
 from microagent.exchange import Exchange
 from microagent.handlers import Consumer
+from microagent.limits import check_delay, check_message_size
 from microagent.message import Envelope, check_user_headers, new_headers, new_headers_many
 from microagent.middleware import MiddlewareLike, Sending, SendingKind, active, added, backend_name, wrap
 from microagent.payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json
@@ -163,6 +163,7 @@ class AbstractQueueBroker(Consuming):
         check_send('exchange', exchange)
         local = [queue for queue in Queue.get_all().values() if queue.routes(exchange, routing_key)]
         envelope = Envelope(self.encode_for(exchange, local, payload), new_headers(headers))
+        check_message_size(f'exchange {exchange!r}', envelope.body, envelope.headers, self.max_message_size)
         middlewares = active(self.middlewares)
         if not middlewares:
             return await self.transport.publish(exchange, routing_key, envelope)
@@ -291,6 +292,7 @@ class BoundQueue(Generic[T]):
         wait = self._check(delay, extra, unknown)
         check_send('queue', self.queue.name)
         envelope = Envelope(self.broker.encode(self.queue, message), new_headers(headers))
+        check_message_size(f'queue {self.queue.name!r}', envelope.body, envelope.headers, self.broker.max_message_size)
         await self.broker._put('queue', self.queue, [envelope], wait, **extra)
 
     async def send_many(self, messages: Iterable[T], *, delay: float | None = None,
@@ -308,6 +310,9 @@ class BoundQueue(Generic[T]):
         # tuple.__new__: an Envelope without its Python-level __new__, at half the cost per message
         pairs = zip(bodies, new_headers_many(len(bodies), headers), strict=True)
         envelopes: list[Envelope] = list(map(tuple.__new__, repeat(Envelope), pairs))
+        # every message has headers of the same size (ids of one length, the same trace and user headers)
+        check_message_size(f'queue {self.queue.name!r}', max(bodies, key=len), envelopes[0].headers,
+                           self.broker.max_message_size)
         await self.broker._put('queue', self.queue, envelopes, wait)
 
     def _check(self, delay: float | None, extra: Mapping[str, Any], unknown: Mapping[str, Any]) -> float:
@@ -321,11 +326,7 @@ class BoundQueue(Generic[T]):
             if refused:
                 raise UsageError(f'queue {name!r}: {type(self.broker).__name__} cannot honour send option(s) '
                                 f'{", ".join(map(repr, refused))}')
-        if delay is None:
-            return 0.0
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay < math.inf:
-            raise InvalidArgument(f'queue {name!r}: delay must be a number of seconds >= 0, got {delay!r}')
-        return float(delay)
+        return 0.0 if delay is None else check_delay(f'queue {name!r}', delay)
 
     async def length(self) -> int:
         return await self.broker.transport.length(self.queue.name)

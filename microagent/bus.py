@@ -24,24 +24,23 @@ import itertools
 import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Coroutine, Mapping
 from functools import partial
-from typing import Any, Generic, Self, TypeVar, cast, overload
+from typing import Any, Self, TypeVar, cast, overload
 
 import msgspec
 
+from microagent.bound_signal import BoundSignal
 from microagent.dsn import hide_password
 from microagent.errors import (
-    CallTimeout,
-    InvalidArgument,
     InvalidPayload,
     SignalAttributeError,
     SignalNotFound,
     UsageError,
 )
 from microagent.handlers import Receiver
-from microagent.logs import FAILED, dropped_fields, set_handler, shown
+from microagent.limits import check_message_size
+from microagent.logs import FAILED, LogLimiter, dropped_fields, set_handler, shown
 from microagent.message import (
     MESSAGE_ID,
     REPLY_TO,
@@ -64,10 +63,10 @@ from microagent.middleware import (
     backend_name,
     wrap,
 )
-from microagent.payload import DEFAULT_MAX_MESSAGE_SIZE, JsonDict, check_size, encode_json
+from microagent.payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json
 from microagent.readiness import PING_TIMEOUT, pinged
 from microagent.rpc import Answers, Pending, RemoteError, Reply
-from microagent.sends import check_send, set_sender
+from microagent.sends import set_sender
 from microagent.signal import RESPONSE_SIGNAL, Signal
 from microagent.transport import BusTransport
 
@@ -119,6 +118,8 @@ class AbstractSignalBus:
         self._pending: dict[str, Pending] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._replies_bound = False
+        #: a flood of stray or undecodable messages logs a few lines, each saying how many it stands for
+        self.limited = LogLimiter()
 
     def __repr__(self) -> str:
         return f'<{type(self).__name__} {hide_password(self.dsn)} {self.prefix}>'
@@ -217,7 +218,8 @@ class AbstractSignalBus:
         try:
             self._dispatch(name, sender, envelope)
         except Exception as exc:  # whatever a message holds, the reader goes on
-            self.log.warning('Dropped signal %s from %s: %s: %s', shown(name), shown(sender), type(exc).__name__, exc)
+            self.limited.warning(self.log, 'dropped', 'Dropped signal %s from %s: %s: %s', shown(name),
+                                 shown(sender), type(exc).__name__, exc)
 
     def _dispatch(self, name: str, sender: str, envelope: Envelope) -> None:
         receivers = self.receivers.get(name)
@@ -227,11 +229,12 @@ class AbstractSignalBus:
         try:
             payload = signal.codec.decode(check_size(f'signal {name!r}', envelope.body, self.max_message_size))
         except InvalidPayload as exc:
-            self.log.warning('Dropped signal %s from %s: %s', name, shown(sender), exc, extra=dropped_fields(envelope))
+            self.limited.warning(self.log, f'invalid {name}:{sender}', 'Dropped signal %s from %s: %s', name,
+                                 shown(sender), exc, extra=dropped_fields(envelope))
             return
         except Exception as exc:  # what a codec should not let through (RecursionError, UnicodeDecodeError)
-            self.log.warning('Dropped signal %s from %s: %s: %s', name, shown(sender), type(exc).__name__, exc,
-                             extra=dropped_fields(envelope))
+            self.limited.warning(self.log, f'invalid {name}:{sender}', 'Dropped signal %s from %s: %s: %s', name,
+                                 shown(sender), type(exc).__name__, exc, extra=dropped_fields(envelope))
             return
         headers = envelope.headers
         reply = None
@@ -359,13 +362,19 @@ class AbstractSignalBus:
         try:
             self._on_answer(envelope)
         except Exception as exc:
-            self.log.warning('Dropped an RPC answer: %s: %s', type(exc).__name__, exc)
+            self.limited.warning(self.log, 'answer', 'Dropped an RPC answer: %s: %s', type(exc).__name__, exc)
 
     def _on_answer(self, envelope: Envelope) -> None:
         headers = envelope.headers
         request_id = headers.get(REQUEST_ID) if headers is not None else None
         pending = self._pending.get(request_id) if request_id else None
         if pending is None or headers is None:
+            if not request_id:  # not an answer at all
+                self.limited.warning(self.log, 'stray', 'Dropped a stray message on the RPC answers of '
+                                     'this bus: it names no request')
+            else:  # an answer after its call returned (its first answer, or its timeout)
+                self.limited.log(self.log, logging.DEBUG, 'late', 'Dropped a late answer to request %s: '
+                                 'its call no longer waits', shown(request_id))
             return
         try:
             raw = _answers_decoder.decode(check_size(f'answer of signal {pending.signal.name!r}', envelope.body,
@@ -377,7 +386,8 @@ class AbstractSignalBus:
             failed = headers.get(RPC_ERROR)
             errors = _errors_decoder.decode(failed) if failed else {}
         except Exception as exc:  # InvalidPayload, or anything a codec lets through (RecursionError)
-            self.log.warning('Dropped answer to %s: %s: %s', pending.signal.name, type(exc).__name__, exc)
+            self.limited.warning(self.log, f'answer {pending.signal.name}', 'Dropped answer to %s: %s: %s',
+                                 pending.signal.name, type(exc).__name__, exc)
             return
         if answers or errors:  # an empty answer names no receiver: nothing to hand the caller
             pending.put(answers, errors)
@@ -398,100 +408,9 @@ class AbstractSignalBus:
                     self._replies_bound = False  # the next call tries again
                     raise
             envelope = Envelope(data, new_headers(headers, reply_to=self.transport.reply_to, request_id=request_id))
+            check_message_size(f'signal {signal.name!r}', data, envelope.headers, self.max_message_size)
             await self._publish('call', signal.name, sender, envelope)
         except BaseException:
             del self._pending[request_id]
             raise
         return request_id, pending
-
-
-class BoundSignal(Generic[T, R]):
-    """A signal bound to a bus: ``send``, ``call`` and ``waiter``.
-
-    The payload is a model instance or, for a 1.x declaration (no model: its payload is a dict), the
-    fields as keywords; a type checker refuses keyword fields for a signal with a model. ``headers``
-    (every method) are user headers the message carries, never a 1.x payload field of that name."""
-
-    __slots__ = ('bus', 'signal')
-
-    def __init__(self, bus: AbstractSignalBus, signal: Signal[T, R]) -> None:
-        self.bus = bus
-        self.signal = signal
-
-    def __repr__(self) -> str:
-        return f'<BoundSignal {self.signal.name} on {self.bus!r}>'
-
-    def _encode(self, sender: str, payload: T | None, kwargs: Mapping[str, Any]) -> bytes:
-        if not isinstance(sender, str) or '#' in sender:  # the 1.x wire would read it as an RPC request
-            raise InvalidArgument(f'signal {self.signal.name!r}: sender {sender!r} may not contain "#"')
-        codec = self.signal.codec
-        if payload is None:
-            data = codec.encode(codec.from_kwargs(kwargs))
-        elif kwargs:
-            raise UsageError(f'signal {self.signal.name!r}: give the payload or keywords, not both')
-        else:
-            data = codec.encode(payload)
-        return check_size(f'signal {self.signal.name!r}', data, self.bus.max_message_size)
-
-    @overload
-    async def send(self: BoundSignal[JsonDict, Any], sender: str, payload: T | None = None, *,
-                   headers: Mapping[str, str] | None = None, **kwargs: Any) -> None: ...
-    @overload
-    async def send(self, sender: str, payload: T | None = None, *,
-                   headers: Mapping[str, str] | None = None) -> None: ...
-
-    async def send(self, sender: str, payload: T | None = None, *, headers: Mapping[str, str] | None = None,
-                   **kwargs: Any) -> None:
-        """Publish the signal; the payload is a model instance, or 1.x style keyword fields."""
-        check_send('signal', self.signal.name)
-        data = self._encode(sender, payload, kwargs)
-        await self.bus._publish('signal', self.signal.name, sender, Envelope(data, new_headers(headers)))
-
-    @overload
-    async def call(self: BoundSignal[JsonDict, R], sender: str, payload: T | None = None, *,
-                   timeout: float = 60, headers: Mapping[str, str] | None = None, **kwargs: Any) -> dict[str, R]: ...
-    @overload
-    async def call(self, sender: str, payload: T | None = None, *, timeout: float = 60,
-                   headers: Mapping[str, str] | None = None) -> dict[str, R]: ...
-
-    async def call(self, sender: str, payload: T | None = None, *, timeout: float = 60,
-                   headers: Mapping[str, str] | None = None, **kwargs: Any) -> dict[str, R]:
-        """Send as RPC and return the first answer, ``{"Agent.method": value}``. ``CallTimeout``
-        when no receiver answers within ``timeout`` seconds; ``RemoteError`` when the first answer
-        says only that its receivers failed."""
-        check_send('signal', self.signal.name)
-        data = self._encode(sender, payload, kwargs)
-        deadline = asyncio.get_running_loop().time() + timeout
-        request_id, pending = await self.bus._request(self.signal, sender, data, headers)
-        try:
-            item = await pending.next(deadline)
-        finally:
-            del self.bus._pending[request_id]
-        if item is None:
-            raise CallTimeout(f'no answer to signal {self.signal.name!r} within {timeout}s')
-        answers, errors = item
-        if not answers:
-            key, reason = next(iter(errors.items()))
-            raise RemoteError(self.signal.name, key, reason)
-        return answers
-
-    @overload
-    def waiter(self: BoundSignal[JsonDict, R], sender: str, payload: T | None = None, *, timeout: float = 60,
-               headers: Mapping[str, str] | None = None, **kwargs: Any) -> AbstractAsyncContextManager[Answers[R]]: ...
-    @overload
-    def waiter(self, sender: str, payload: T | None = None, *, timeout: float = 60,
-               headers: Mapping[str, str] | None = None) -> AbstractAsyncContextManager[Answers[R]]: ...
-
-    @asynccontextmanager
-    async def waiter(self, sender: str, payload: T | None = None, *, timeout: float = 60,
-                     headers: Mapping[str, str] | None = None, **kwargs: Any) -> AsyncIterator[Answers[R]]:
-        """Send as RPC and iterate over every successful answer that arrives within ``timeout``
-        seconds; failed receivers are collected in the iterator's ``errors``."""
-        check_send('signal', self.signal.name)
-        data = self._encode(sender, payload, kwargs)
-        deadline = asyncio.get_running_loop().time() + timeout
-        request_id, pending = await self.bus._request(self.signal, sender, data, headers)
-        try:
-            yield Answers(pending, deadline)
-        finally:
-            del self.bus._pending[request_id]

@@ -10,7 +10,13 @@ from typing import Any, ClassVar
 
 from microagent.errors import DeclarationError
 
-_NAME = re.compile(r'^[A-Za-z0-9_.\-]+$')
+_NAME = re.compile(r'[A-Za-z0-9_.\-]+')  # matched whole (fullmatch): `$` would let a trailing newline in
+
+
+def check_name(kind: str, name: object) -> None:
+    """A DeclarationError unless ``name`` is made only of letters, digits, ``_``, ``-`` and ``.``."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise DeclarationError(f'{kind} name {name!r} must be non-empty letters, digits, "_", "-" or "."')
 
 
 class Registry(type):
@@ -39,9 +45,7 @@ class Declaration(metaclass=Registry):
         raise NotImplementedError
 
     def _register(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise DeclarationError(
-                f'{self.kind} name {self.name!r} must be non-empty letters, digits, "_", "-" or "."')
+        check_name(self.kind, self.name)
         known = type(self)._registry.get(self.name)
         if known is not None and known.contract() != self.contract():
             raise DeclarationError(

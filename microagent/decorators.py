@@ -45,10 +45,10 @@ P = ParamSpec('P')
 
 
 def _check_seconds(func: Callable[..., Any], name: str, value: float, *, zero_ok: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) \
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
             or (value < 0 if zero_ok else value <= 0):
         bound = '>= 0' if zero_ok else '> 0'
-        raise DeclarationError(f'{handler_name(func)}: {name} must be a number {bound}, got {value!r}')
+        raise DeclarationError(f'{handler_name(func)}: {name} must be a finite number {bound}, got {value!r}')
     return float(value)
 
 

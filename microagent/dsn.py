@@ -9,7 +9,7 @@ The text is handled as plain text, not re-encoded, so the rest of the DSN stays 
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote, unquote_plus
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 MASK = '***'
 SECRET_WORDS = ('pass', 'pwd', 'token', 'secret', 'api_key', 'apikey', 'auth', 'credential')
@@ -77,3 +77,15 @@ def scrub(text: str, dsn: str) -> str:
     for secret in secrets(dsn):
         text = text.replace(secret, MASK)
     return text
+
+
+def malformed(dsn: str) -> str | None:
+    """Why a host or port of ``dsn`` cannot be read as ``urllib`` (and the clients built on it)
+    reads them (``redis://h:99999/0``, ``redis://[::1``), password hidden; None when they can."""
+    try:
+        parts = urlsplit(dsn)
+        for host in parts.netloc.rpartition('@')[2].split(','):  # a cluster or AMQP DSN may list several
+            urlsplit(f'//{host}').port  # noqa: B018 - reading it is the check: ValueError when out of range
+    except ValueError as exc:
+        return f'the DSN {hide_password(dsn)} is malformed: {scrub(str(exc), dsn)}'
+    return None

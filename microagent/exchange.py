@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal, get_args
 
-from microagent.declaration import Declaration
+from microagent.declaration import Declaration, check_name
 from microagent.errors import DeclarationError, QueueNotFound
 
 ExchangeType = Literal['fanout', 'topic']
@@ -27,6 +27,7 @@ class Exchange(Declaration):
     type: ExchangeType
 
     def __init__(self, name: str, type: ExchangeType = 'fanout') -> None:
+        check_name('exchange', name)
         if type not in EXCHANGE_TYPES:
             raise DeclarationError(f'exchange {name!r}: type must be one of {", ".join(EXCHANGE_TYPES)}, '
                                    f'got {type!r}')

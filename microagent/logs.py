@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from typing import Any, TextIO
 
@@ -53,6 +54,42 @@ def dropped_fields(envelope: Envelope) -> dict[str, Any]:
     fields = message_fields(Message.from_headers(headers)) if headers and MESSAGE_ID in headers else {}
     fields['outcome'] = 'dropped'
     return fields
+
+
+class LogLimiter:
+    """At most one line per source every ``interval`` seconds: a flood of stray or bad messages is
+    a few lines, not one per message. The next line of a source says how many were left out.
+    A source is a label of the call site, with a detail (a signal and sender) if given: once
+    ``max_sources`` are known, a new detail shares its label's line, so text from the wire cannot
+    make the sources, or the lines, many."""
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 max_sources: int = 256) -> None:
+        self.interval = interval
+        self._clock = clock
+        self.max_sources = max_sources
+        self._sources: dict[str, list[float]] = {}  # source -> [next time a line may go, lines left out]
+
+    def log(self, logger: logging.Logger, level: int, source: str, msg: str, *args: object,
+            extra: Mapping[str, object] | None = None) -> None:
+        if not logger.isEnabledFor(level):
+            return
+        now = self._clock()
+        if source not in self._sources and len(self._sources) >= self.max_sources:
+            source = source.partition(' ')[0]  # the label alone: the details have taken their room
+        state = self._sources.get(source)
+        if state is not None and now < state[0]:
+            state[1] += 1
+            return
+        left_out = int(state[1]) if state is not None else 0
+        self._sources[source] = [now + self.interval, 0]
+        if left_out:
+            msg = f'{msg} (and {left_out} more like it in the last {self.interval:g} s, not logged)'
+        logger.log(level, msg, *args, extra=extra)
+
+    def warning(self, logger: logging.Logger, source: str, msg: str, *args: object,
+                extra: Mapping[str, object] | None = None) -> None:
+        self.log(logger, logging.WARNING, source, msg, *args, extra=extra)
 
 
 def set_handler(agent: object, key: str) -> Token[tuple[str, str] | None]:

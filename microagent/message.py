@@ -50,6 +50,7 @@ import msgspec
 
 from microagent.backends import reserving_backend
 from microagent.errors import MicroAgentError
+from microagent.limits import MAX_HEADER_VALUE
 
 __all__ = [
     'ATTEMPT', 'CORRELATION_ID', 'MESSAGE_ID', 'REPLY_TO', 'REQUEST_ID', 'RPC_ERROR', 'SENT_AT',
@@ -431,3 +432,7 @@ def check_user_headers(headers: Mapping[str, str]) -> None:
             raise InvalidHeader(name, f'a header value is a str, not {type(value).__name__}')
         if '\r' in value or '\n' in value:
             raise InvalidHeader(name, 'a header value may not contain a line break')
+        if len(value) * 4 > MAX_HEADER_VALUE and (size := len(value.encode('utf-8', 'surrogatepass'))) \
+                > MAX_HEADER_VALUE:
+            raise InvalidHeader(name, f'a header value is at most {MAX_HEADER_VALUE} bytes (UTF-8), '
+                                      f'this one has {size}')

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, ClassVar, Generic, Literal, TypeVar, overload
 
-from microagent.declaration import Declaration, model_name
+from microagent.declaration import Declaration, check_name, model_name
 from microagent.errors import DeclarationError, QueueNotFound
 from microagent.exchange import Exchange
 from microagent.payload import Codec, JsonDict, codec_for, dict_codec
@@ -76,6 +76,7 @@ class Queue(Declaration, Generic[T]):
     def __init__(self, name: str, model: Any = None, *, exchange: str | Exchange | None = None,
                  topics: Sequence[str] | None = None, schema: JsonDict | None = None,
                  queue_type: QueueType | None = None, delivery_limit: int | None = None) -> None:
+        check_name('queue', name)  # before its exchange is declared: a bad name declares nothing
         self.name = name
         self.queue_type = check_queue_type(queue_type, f'queue {name!r}')
         self.delivery_limit = check_delivery_limit(delivery_limit, f'queue {name!r}')
@@ -136,7 +137,7 @@ def _patterns(topics: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
 
 def topics_match(topics: tuple[str, ...], routing_key: str) -> bool:
     """Whether a binding with ``topics`` (none: every key) takes a message with ``routing_key``."""
-    return not topics or any(p.match(routing_key) for p in _patterns(topics))
+    return not topics or any(p.fullmatch(routing_key) for p in _patterns(topics))
 
 
 def topic_pattern(topic: str) -> re.Pattern[str]:
@@ -153,4 +154,4 @@ def topic_pattern(topic: str) -> re.Pattern[str]:
     # '#' may match zero words, taking its neighbouring dot with it
     regex = regex.replace(r'\.(?:[^.]+(?:\.[^.]+)*)?', r'(?:\.[^.]+)*').replace(
         r'(?:[^.]+(?:\.[^.]+)*)?\.', r'(?:[^.]+\.)*')
-    return re.compile(f'^{regex}$')
+    return re.compile(regex)  # used with fullmatch: `$` would let a trailing newline through

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any, ClassVar, Generic, overload
 
 from typing_extensions import TypeVar
 
-from microagent.declaration import Declaration, model_name
+from microagent.declaration import Declaration, check_name, model_name
 from microagent.errors import DeclarationError, SignalNotFound, UsageError
 from microagent.payload import Codec, JsonDict, codec_for, dict_codec
 
@@ -17,7 +16,6 @@ T = TypeVar('T', default=Any)  # a default lets 1.x code annotate a bare ``Signa
 R = TypeVar('R', default=Any)
 
 RESPONSE_SIGNAL = 'response'  # the RPC answer channel of the 1.x wire: no signal may take the name
-_SIGNAL_NAME = re.compile(r'[A-Za-z0-9_.\-]+')  # nothing that breaks 1.x channels or Redis glob patterns
 
 
 class Signal(Declaration, Generic[T, R]):
@@ -99,7 +97,6 @@ class Signal(Declaration, Generic[T, R]):
 def _check_name(name: object) -> None:
     """Reject names the wire would misread: ``response`` is where RPC answers travel, and ``:``,
     ``#``, glob characters or whitespace would split or widen the 1.x channel ``{prefix}:{name}:{sender}``."""
-    if not isinstance(name, str) or not _SIGNAL_NAME.fullmatch(name):
-        raise DeclarationError(f'signal name {name!r} must be non-empty letters, digits, "_", "-" or "."')
+    check_name('signal', name)
     if name == RESPONSE_SIGNAL:
         raise DeclarationError(f'signal name {name!r} is reserved: RPC answers travel on that channel')

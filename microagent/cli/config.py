@@ -40,6 +40,7 @@ from microagent.agent import MicroAgent
 from microagent.backends import Backend, UnknownScheme, backend_for, backend_of_module
 from microagent.broker import AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
+from microagent.dsn import malformed
 from microagent.errors import MicroAgentError
 from microagent.extras import install_hint
 from microagent.handlers import ConsumerSpec, HookSpec, ReceiverSpec
@@ -251,6 +252,8 @@ def _backends(module: str, section: str, value: Any, base: type[Any]) -> dict[st
         if not (isinstance(factory, type) and issubclass(factory, base)):
             raise ConfigError(f'{label}: backend {factory!r} is not a subclass of {base.__name__}')
         _check_call(label, factory, options)
+        if isinstance(options.get('dsn'), str) and (problem := malformed(options['dsn'])) is not None:
+            raise ConfigError(f'{label}: {problem}')
         written = value[name].get('backend')
         path = written if isinstance(written, str) else f'{factory.__module__}.{factory.__qualname__}'
         found[name] = BackendConfig(label, factory, _one_place(factory, options, f'{module}/{section}/{name}'), path)

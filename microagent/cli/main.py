@@ -34,6 +34,7 @@ import msgspec
 
 from microagent.broker import AbstractQueueBroker
 from microagent.cli.config import ConfigError, backend_class
+from microagent.cli.inputs import build, seconds
 from microagent.dsn import hide_password, scrub
 from microagent.transport import DeadLetter, SelectDeadLetter
 
@@ -67,7 +68,7 @@ def _add_dead_letters(commands: argparse._SubParsersAction[argparse.ArgumentPars
                             help='its scheme picks the backend (microagent.backends lists them)')
         action.add_argument('--backend', metavar='PATH',
                             help='dotted path of a broker class, for a backend no scheme names')
-        action.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT, metavar='SECONDS',
+        action.add_argument('--timeout', type=seconds, default=DEFAULT_TIMEOUT, metavar='SECONDS',
                             help='give up on the broker after this long (default: %(default)s)')
         if name != 'show':
             pick = action.add_mutually_exclusive_group()
@@ -190,9 +191,10 @@ async def _dead_letters(args: argparse.Namespace) -> int:
     if args.action == 'purge' and picker is None and not args.all:
         raise ConfigError('purge: name the POSITIONs, a --reason or --reason-re, or --all for every letter')
     where = hide_password(args.broker)
-    broker = factory(args.broker)
+    broker = build('--broker', args.broker, lambda: factory(args.broker))
     try:
         async with asyncio.timeout(args.timeout):
+            await _first_use(broker, args.broker)
             return await _act(broker, args, picker, where)
     except ConfigError:
         raise
@@ -207,6 +209,15 @@ async def _dead_letters(args: argparse.Namespace) -> int:
         with suppress(Exception):
             async with asyncio.timeout(args.timeout):
                 await broker.close()
+
+
+async def _first_use(broker: AbstractQueueBroker, dsn: str) -> None:
+    """One round trip: a client that reads its DSN only when it connects refuses it here, with a
+    ValueError, which is the user's error (exit 2), not the server's (exit 3)."""
+    try:
+        await broker.ping()
+    except ValueError as exc:
+        raise ConfigError(f'--broker: the DSN {hide_password(dsn)} is malformed: {scrub(str(exc), dsn)}') from None
 
 
 async def _act(broker: AbstractQueueBroker, args: argparse.Namespace, picker: SelectDeadLetter | None,

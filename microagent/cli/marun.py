@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from microagent.agent import DEFAULT_GRACE, MicroAgent
 from microagent.cli.config import AgentConfig, ConfigError, load_group, registered_backend, run_setups
+from microagent.cli.inputs import seconds_or_zero
 from microagent.cli.legacy import init_agent, load_configuration
 from microagent.cli.targets import load_fleet
 from microagent.contract.asyncapi import asyncapi
@@ -63,7 +64,7 @@ def build_parser(prog: str = 'marun') -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description='Run a group of microagents, one process each.')
     parser.add_argument('modules', metavar='MODULE', nargs='+',
                         help='configuration module with AGENT, BUS and BROKER dicts (e.g. myapp.settings)')
-    parser.add_argument('--grace', type=float, default=DEFAULT_GRACE, metavar='SECONDS',
+    parser.add_argument('--grace', type=seconds_or_zero, default=DEFAULT_GRACE, metavar='SECONDS',
                         help='on stop, how long in-flight handlers may run (default: %(default)s)')
     parser.add_argument('--single-process', action='store_true',
                         help='run every agent in this process, in one event loop (memory backend, tests)')

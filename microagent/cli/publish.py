@@ -32,6 +32,7 @@ from microagent.backends import UnknownScheme, all_backends, backend_for
 from microagent.broker import AbstractQueueBroker
 from microagent.bus import AbstractSignalBus, RemoteError
 from microagent.cli.config import BackendConfig, ConfigError, backend_class
+from microagent.cli.inputs import check_dsn, seconds, seconds_or_zero
 from microagent.cli.targets import dsn_of, load_fleet, settings_modules, used_entries
 from microagent.dsn import hide_password, scrub
 from microagent.errors import CallTimeout, InvalidArgument, MicroAgentError, UsageError
@@ -77,12 +78,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     publish.add_argument('--header', action='append', default=[], metavar='NAME=VALUE',
                          help='a user header; repeatable')
     publish.add_argument('--call', action='store_true', help='RPC (--bus): wait for the answers, print them as JSON')
-    publish.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT, metavar='SECONDS',
+    publish.add_argument('--timeout', type=seconds, default=DEFAULT_TIMEOUT, metavar='SECONDS',
                          help='give up on the server, or on an answer, after this long (default: %(default)s)')
     publish.add_argument('--sender', default=DEFAULT_SENDER, help='the sender of a signal (default: %(default)s)')
     publish.add_argument('--prefix', metavar='PREFIX',
                          help="the bus's prefix (default: the BUS entry's of a --module settings, else PUBSUB)")
-    publish.add_argument('--delay', type=float, metavar='SECONDS', help='hold a queue message back this long')
+    publish.add_argument('--delay', type=seconds_or_zero, metavar='SECONDS', help='hold a queue message back this long')
     publish.add_argument('--exchange', action='store_true', help='NAME is an exchange (--broker): publish to it')
     publish.add_argument('--topic', default='', metavar='KEY', help='the routing key of an exchange publish')
     publish.add_argument('--backend', metavar='PATH', help='dotted path of a bus or broker class no scheme names')
@@ -122,6 +123,8 @@ def _publish(args: argparse.Namespace) -> int:
         server = _server(args, role)
     except (ConfigError, MicroAgentError, ValueError, OSError) as exc:
         return _fail(EXIT_USAGE, str(exc))
+    except RecursionError:  # msgspec and the codecs bound nesting depth; a payload deeper than that
+        return _fail(EXIT_USAGE, 'PAYLOAD is nested too deeply to decode (RecursionError): flatten it')
     return asyncio.run(_send(args, server, declaration, message, headers))
 
 
@@ -220,6 +223,7 @@ def _server(args: argparse.Namespace, role: Role) -> Server:
     modules = settings_modules(args.module)
     entries = used_entries(modules, role)
     if value and '://' in value:  # a DSN; the prefix still from the settings, unless --prefix
+        check_dsn(f'--{role}', value)
         factory = _class(value, args.backend, role, one_process_ok=False)
         prefix, source = (args.prefix, '--prefix') if args.prefix is not None else _one_prefix(entries)
         options = {} if prefix is None else {'prefix': prefix}

@@ -40,11 +40,11 @@ def memory(unique: str) -> tuple[MemorySignalBus, MemoryBroker]:
 # decorator arguments are checked when the class is defined
 
 @pytest.mark.parametrize(('kwargs', 'message'), [
-    ({'period': 0}, 'period must be a number > 0, got 0'),
-    ({'period': -1}, 'period must be a number > 0'),
-    ({'period': 1, 'timeout': 0}, 'timeout must be a number > 0'),
-    ({'period': 1, 'start_after': -1}, 'start_after must be a number >= 0'),
-    ({'period': 'soon'}, "period must be a number > 0, got 'soon'"),
+    ({'period': 0}, 'period must be a finite number > 0, got 0'),
+    ({'period': -1}, 'period must be a finite number > 0'),
+    ({'period': 1, 'timeout': 0}, 'timeout must be a finite number > 0'),
+    ({'period': 1, 'start_after': -1}, 'start_after must be a finite number >= 0'),
+    ({'period': 'soon'}, "period must be a finite number > 0, got 'soon'"),
 ])
 def test_bad_periodic_arguments_name_the_handler(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message) as error:
@@ -109,7 +109,7 @@ def test_misspelled_or_ill_typed_consumer_option_fails_when_the_class_is_defined
         class Wrong(MicroAgent):
             @consumer(queue, autoack='no')  # type: ignore[call-overload, untyped-decorator]
             async def work(self, ping: Ping) -> None: ...
-    with pytest.raises(ValueError, match=r"Late\.work: retry_delay must be a number >= 0, got 'soon'"):
+    with pytest.raises(ValueError, match=r"Late\.work: retry_delay must be a finite number >= 0, got 'soon'"):
         class Late(MicroAgent):
             @consumer(queue, retry_delay='soon')  # type: ignore[call-overload, untyped-decorator]
             async def work(self, ping: Ping) -> None: ...
@@ -364,11 +364,11 @@ async def test_mocks_index_like_attributes_and_publish_still_validates(unique: s
 def test_bad_handler_timeouts_name_the_handler(unique: str) -> None:
     signal = Signal(f'timeouts_{unique}', Ping)
     queue = Queue(f'timeouts_{unique}', Ping)
-    with pytest.raises(ValueError, match=r'Agent.on_ping: timeout must be a number > 0, got -1'):
+    with pytest.raises(ValueError, match=r'Agent.on_ping: timeout must be a finite number > 0, got -1'):
         class Agent(MicroAgent):
             @receiver(signal, timeout=-1)
             async def on_ping(self, ping: Ping) -> None: ...
-    with pytest.raises(ValueError, match=r'Worker.work: timeout must be a number > 0, got 0'):
+    with pytest.raises(ValueError, match=r'Worker.work: timeout must be a finite number > 0, got 0'):
         class Worker(MicroAgent):
             @consumer(queue, timeout=0)
             async def work(self, ping: Ping) -> None: ...

@@ -15,6 +15,7 @@ import pytest
 
 from microagent import (
     DeclarationError,
+    Exchange,
     InvalidPayload,
     Queue,
     QueueNotFound,
@@ -66,6 +67,41 @@ def test_redeclaring_with_the_same_contract_is_fine_and_another_contract_is_an_e
 def test_names_that_would_break_channels_are_refused(name: str) -> None:
     with pytest.raises(DeclarationError, match='name'):
         Signal(name, Created)
+
+
+CONTROL_TAILS = ['\n', '\r\n', '\t', '\x00', '\x1b[31m', ' ']
+
+
+@pytest.mark.parametrize('tail', CONTROL_TAILS)
+def test_a_name_with_a_trailing_control_character_is_refused_everywhere(unique: str, tail: str) -> None:
+    """`re.match` with `$` took 'mailer\\n' (a key 'mailer\\n:dead' on Redis): the whole name must fit."""
+    name = f'ctl_{unique}{tail}'
+    with pytest.raises(DeclarationError, match=r"signal name .* must be non-empty letters"):
+        Signal(name, Created)
+    with pytest.raises(DeclarationError, match=r"queue name .* must be non-empty letters"):
+        Queue(name, Created)
+    with pytest.raises(DeclarationError, match=r"exchange name .* must be non-empty letters"):
+        Exchange(name, 'topic')
+    with pytest.raises(DeclarationError, match=r"exchange name .* must be non-empty letters"):
+        Queue(f'ctlq_{unique}', Created, exchange=name)
+    with pytest.raises(DeclarationError, match='name'):
+        configure({'signals': [{'name': name, 'providing_args': []}]})
+    with pytest.raises(DeclarationError, match='name'):
+        configure({'queues': [{'name': name}]})
+    assert name not in Signal.get_all() and name not in Queue.get_all() and name not in Exchange.get_all()
+
+
+def test_a_bad_queue_name_declares_no_exchange_either(unique: str) -> None:
+    with pytest.raises(DeclarationError, match='queue name'):
+        Queue(f'q_{unique}\n', Created, exchange=f'ex_{unique}', topics=['a.*'])
+    assert f'ex_{unique}' not in Exchange.get_all()
+
+
+def test_a_routing_key_with_a_trailing_newline_matches_no_topic(unique: str) -> None:
+    queue = Queue(f'nl_{unique}', Created, exchange=f'nl_{unique}', topics=['*.android', 'a.b'])
+    assert queue.routes(f'nl_{unique}', '1.android') and queue.routes(f'nl_{unique}', 'a.b')
+    assert not queue.routes(f'nl_{unique}', '1.android\n')
+    assert not queue.routes(f'nl_{unique}', 'a.b\n')
 
 
 def test_topics_need_an_exchange(unique: str) -> None:
