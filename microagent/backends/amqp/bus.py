@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 import uuid
 from collections.abc import Collection, Sequence
 from contextlib import suppress
@@ -24,6 +23,7 @@ from pamqp import commands as spec
 from microagent.backends.amqp.headers import CONTENT_TYPE, received_headers
 from microagent.backends.amqp.link import LINK_ERRORS, PING_PATIENCE, Link, Outgoing, Publisher, passive_declare
 from microagent.errors import ConnectionFailed
+from microagent.logs import LogLimiter
 from microagent.message import MESSAGE_ID, REPLY_TO, REQUEST_ID, Envelope
 from microagent.retry import Retrier
 from microagent.signal import RESPONSE_SIGNAL
@@ -35,28 +35,6 @@ __all__ = ['AMQPBusTransport']
 def _shown(text: str, limit: int = 200) -> str:
     """A routing key or label from the wire, safe for a log line (no control characters, bounded)."""
     return text if text.isprintable() and len(text) <= limit else repr(text[:limit])
-
-
-class Throttled:
-    """Warnings at most once per ``interval`` seconds per source, each saying how many it stands for."""
-
-    max_sources = 1000  # forget the oldest beyond this, so a flood of senders holds no memory
-
-    def __init__(self, log: logging.Logger, interval: float) -> None:
-        self.log = log
-        self.interval = interval
-        self._seen: dict[str, tuple[float, int]] = {}  # source -> (when its last line went out, since then)
-
-    def warn(self, source: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        last, count = self._seen.pop(source, (-self.interval, 0))
-        count += 1
-        if now - last >= self.interval:
-            self.log.warning(message + ' (%d such in the last %.0fs)', *args, count, self.interval)
-            last, count = now, 0
-        self._seen[source] = (last, count)
-        if len(self._seen) > self.max_sources:
-            del self._seen[next(iter(self._seen))]
 
 
 class AMQPBusTransport:
@@ -78,7 +56,7 @@ class AMQPBusTransport:
         self._publisher = Publisher(self._link, reconnect_timeout, self._declare_exchange)
         self.queue_name = f'{prefix}.bus.{self.uid}'
         self._reply_form = re.compile(rf'{re.escape(prefix)}\.bus\.[0-9a-f]{{32}}')
-        self._refused_replies = Throttled(self.log, self.reply_warning_interval)
+        self._refused_replies = LogLimiter(self.reply_warning_interval)
         self._names: set[str] = set()
         self._keys: list[str] = []
         self._deliver: Deliver | None = None
@@ -127,8 +105,9 @@ class AMQPBusTransport:
         """Straight to the caller's queue through the default exchange, as 1.x peers answer; never
         to a queue of another form (see ``is_reply_address``)."""
         if not self.is_reply_address(reply_to):
-            self._refused_replies.warn(reply_to, '%s: not answering to %s: not the reply queue of a bus on %r',
-                                       self._link.name, _shown(reply_to), self.prefix)
+            self._refused_replies.warning(self.log, reply_to,
+                                          '%s: not answering to %s: not the reply queue of a bus on %r',
+                                          self._link.name, _shown(reply_to), self.prefix)
             return
         headers = envelope.headers or {}
         props = spec.Basic.Properties(content_type=CONTENT_TYPE, message_type=RESPONSE_SIGNAL,
@@ -262,9 +241,10 @@ class AMQPBusTransport:
         for reply_to in {headers.get(REPLY_TO), props.reply_to} - {None, ''}:
             if not self.is_reply_address(str(reply_to)):
                 sender = key[len(name) + 1:]
-                self._refused_replies.warn(f'{name}.{sender}', '%s: dropped a request of signal %r from %s: its '
-                                           'reply address %s is not the reply queue of a bus on %r',
-                                           self._link.name, name, _shown(sender), _shown(str(reply_to)), self.prefix)
+                self._refused_replies.warning(
+                    self.log, f'{name}.{sender}', '%s: dropped a request of signal %r from %s: its reply address '
+                    '%s is not the reply queue of a bus on %r',
+                    self._link.name, name, _shown(sender), _shown(str(reply_to)), self.prefix)
                 return None
         return name, key[len(name) + 1:], Envelope(message.body, headers or None)
 

@@ -5,8 +5,8 @@ and ``NATSBroker`` = the engine over them.
 The modules, one concept each: ``bus``; ``queue`` (the queue transport) with ``layout`` (the names
 of streams and subjects), ``later`` (the holding stream of delayed messages and retries), ``acks``
 (pipelined JetStream publishes) and ``headers`` (the stored headers and the backend's own header
-names); ``limits`` (message sizes against the server's ``max_payload``), ``throttle`` (warnings that
-may flood), ``link`` (the connection). Only this module joins them to the engines.
+names); ``limits`` (message sizes against the server's ``max_payload``), ``link`` (the connection).
+Only this module joins them to the engines.
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from nats.aio.subscription import Subscription
 
 from microagent.backends.nats.limits import check_sizes
 from microagent.backends.nats.link import Link, check_subject
-from microagent.backends.nats.throttle import Throttled
+from microagent.logs import LogLimiter
 from microagent.message import REPLY_TO, REQUEST_ID, Envelope
 from microagent.transport import Deliver, DeliverReply
 
@@ -61,7 +61,7 @@ class NATSBusTransport:
         self._deliver_reply: DeliverReply | None = None
         #: the engine's limit on a whole message (the NATSSignalBus sets it); the server's max_payload too
         self.max_message_size: int | None = None
-        self._forged = Throttled(self.log)
+        self._forged = LogLimiter(interval=60.0)
 
     def rename(self, name: str) -> None:
         """Name the connection as the server shows it (the engine's id, so operators find it)."""
@@ -108,7 +108,8 @@ class NATSBusTransport:
 
     async def reply(self, reply_to: str, envelope: Envelope) -> None:
         if not _INBOX.fullmatch(reply_to):
-            self._forged.warn(reply_to, f'{self._link.name}: dropped an RPC answer to {reply_to!r}, no inbox')
+            self._forged.warning(self.log, reply_to,
+                                 f'{self._link.name}: dropped an RPC answer to {reply_to!r}, no inbox')
             return
         client = await self._link.client()
         headers = envelope.headers
@@ -129,8 +130,9 @@ class NATSBusTransport:
         reply_to = headers.get(REPLY_TO) if headers else None
         if reply_to is not None and not _INBOX.fullmatch(reply_to):
             sender = rest[len(name) + 1:]
-            self._forged.warn(f'{name} {sender}', f'{self._link.name}: dropped a request on signal {name} from '
-                              f'{sender!r}: its reply address {reply_to[:100]!r} is no inbox (_INBOX.*)')
+            self._forged.warning(self.log, f'{name} {sender}',
+                                 f'{self._link.name}: dropped a request on signal {name} from {sender!r}: its reply '
+                                 f'address {reply_to[:100]!r} is no inbox (_INBOX.*)')
             return
         try:
             await self._deliver(name, rest[len(name) + 1:], Envelope(msg.data, headers or None))

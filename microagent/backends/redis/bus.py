@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import time
 import uuid
 from collections.abc import Collection
 from typing import Any, cast
@@ -35,6 +33,7 @@ from microagent.backends.redis.wire import (
 )
 from microagent.dsn import hide_password
 from microagent.errors import BackendClosed, ConnectionFailed
+from microagent.logs import LogLimiter
 from microagent.message import REPLY_TO, REQUEST_ID, Envelope
 from microagent.retry import backoff
 from microagent.signal import RESPONSE_SIGNAL
@@ -48,28 +47,6 @@ def _shown(text: str | bytes, limit: int = 200) -> str:
     if isinstance(text, str) and text.isprintable() and len(text) <= limit:
         return text
     return repr(text[:limit])
-
-
-class Throttled:
-    """Warnings of one kind: at most one line per ``interval`` seconds per source, saying how many
-    events it stands for; the ``sources`` most recent sources are remembered (a flood of forged
-    sender names cannot grow it)."""
-
-    def __init__(self, log: logging.Logger, interval: float = 60.0, sources: int = 1000) -> None:
-        self.log = log
-        self.interval = interval
-        self.sources = sources
-        self._seen: dict[str, tuple[float, int]] = {}  # source: (time of its last line, events since)
-
-    def warn(self, source: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        last, count = self._seen.pop(source, (-math.inf, 0))
-        if now - last >= self.interval:
-            self.log.warning(f'{message} (%d such from %s since its last warning)', *args, count + 1, source)
-            last, count = now, -1
-        self._seen[source] = (last, count + 1)
-        if len(self._seen) > self.sources:
-            del self._seen[next(iter(self._seen))]
 
 
 class RedisBusTransport:
@@ -111,7 +88,7 @@ class RedisBusTransport:
         self._deliver_reply: DeliverReply | None = None
         self._subscribed = False  # the reading loop holds a live subscription to every pattern
         self._closed = False
-        self.foreign_replies = Throttled(self.log)
+        self.foreign_replies = LogLimiter(interval=60.0)
 
     def __repr__(self) -> str:
         return f'<{type(self).__name__} {hide_password(self.dsn)} {self.prefix}>'
@@ -127,8 +104,9 @@ class RedisBusTransport:
 
     async def reply(self, reply_to: str, envelope: Envelope) -> None:
         if reply_to != self.reply_to:
-            self.foreign_replies.warn(f'address {_shown(reply_to)}', 'Refused to answer to %s: not the RPC answer '
-                                      'address of this bus (%s)', _shown(reply_to), self.reply_to)
+            self.foreign_replies.warning(self.log, f'address {_shown(reply_to)}',
+                                         'Refused to answer to %s: not the RPC answer address of this bus (%s)',
+                                         _shown(reply_to), self.reply_to)
             return
         await self.redis.publish(*answer(reply_to, self.uid, envelope, self.legacy))
 
@@ -232,8 +210,8 @@ class RedisBusTransport:
                     await self._deliver_reply(answered(envelope, request_id))
             elif self._deliver is not None:
                 if envelope.headers is not None and envelope.headers.get(REPLY_TO, self.reply_to) != self.reply_to:
-                    self.foreign_replies.warn(
-                        f'sender {_shown(sender)}', 'Dropped signal %r from %s: its reply address %s is not '
+                    self.foreign_replies.warning(
+                        self.log, f'sender {_shown(sender)}', 'Dropped signal %r from %s: its reply address %s is not '
                         'the RPC answer address of this bus (%s)', name, _shown(sender),
                         _shown(envelope.headers[REPLY_TO]), self.reply_to)
                     return
