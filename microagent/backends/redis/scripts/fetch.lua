@@ -1,5 +1,5 @@
 -- Take up to ARGV[1] messages into the in-flight list in one round trip, bounded by bytes as well:
--- each message's size is looked at (LINDEX, in the server) before it moves, and the batch stops
+-- each message's size is looked at (in the server) before it moves, and the batch stops
 -- before the message that would take it over ARGV[4] bytes (a larger one comes alone). A message
 -- whose body is larger than ARGV[5] is not taken: it goes to the dead letters with a reason naming
 -- its size and the limit, so no consumer ever reads it. First (re)register the consumer, so an
@@ -56,24 +56,33 @@ if ARGV[7] then  -- the message BLMOVE moved: still the tail of our in-flight li
     end
   end
 end
-local taken = {}
-while #items < count and scanned < budget do
-  local item = redis.call('LINDEX', KEYS[1], 0)
-  if not item then break end
-  local size = body_size(item)
-  if size > limit then
-    redis.call('LTRIM', KEYS[1], 1, -1)
-    bury(item, size)
-  elseif #items > 0 and held + #item > budget then
-    break
-  else
-    redis.call('LTRIM', KEYS[1], 1, -1)
-    items[#items + 1] = item
-    taken[#taken + 1] = item
-    held = held + #item
+-- read the head of the queue a few at a time (LRANGE): few calls, and never more than CHUNK messages
+-- beyond the batch in the script's memory; one LTRIM at the end removes what was taken or buried
+local CHUNK = 32
+local taken, pos, done = {}, 0, false
+while not done do
+  local want = math.min(count - #items, CHUNK)
+  if want <= 0 or scanned >= budget then break end
+  local chunk = redis.call('LRANGE', KEYS[1], pos, pos + want - 1)
+  for _, item in ipairs(chunk) do
+    if #items >= count or scanned >= budget then done = true break end
+    local size = body_size(item)
+    if size > limit then
+      bury(item, size)
+    elseif #items > 0 and held + #item > budget then
+      done = true
+      break
+    else
+      items[#items + 1] = item
+      taken[#taken + 1] = item
+      held = held + #item
+    end
+    pos = pos + 1
+    scanned = scanned + #item
   end
-  scanned = scanned + #item
+  if #chunk < want then break end
 end
+if pos > 0 then redis.call('LTRIM', KEYS[1], pos, -1) end
 if #taken > 0 then push('RPUSH', KEYS[2], taken) end
 if #items == 0 then
   local nxt = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
