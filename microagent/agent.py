@@ -325,19 +325,20 @@ class MicroAgent(Described):
         parameters: a 1.x agent whose server hook is named ``serve`` still overrides it soundly."""
         await MicroAgent._serve(self, DEFAULT_GRACE)
 
-    async def serve_http(self, address: str, grace: float = DEFAULT_GRACE) -> None:
+    async def serve_http(self, address: str, grace: float = DEFAULT_GRACE, *, token: str | None = None) -> None:
         """``serve()``, with ``/health``, ``/ready``, ``/metrics``, ``/asyncapi.json`` and ``/docs``
-        on ``address`` (HOST:PORT; ``microagent.ops.http``) from before the start until after the stop."""
-        await MicroAgent._serve(self, grace, address)
+        on ``address`` (HOST:PORT; ``microagent.ops.http``) from before the start until after the stop;
+        with a ``token`` (or ``$MICROAGENT_HTTP_TOKEN``) all but ``/health`` and ``/ready`` ask for it."""
+        await MicroAgent._serve(self, grace, address, token)
 
-    async def _serve(self, grace: float, http: str | None = None) -> None:
+    async def _serve(self, grace: float, http: str | None = None, token: str | None = None) -> None:
         """Serve; a signal stops with ``grace``. Signal handlers are installed only while serving
         and the previous ones are put back after."""
         if self._serving is not None:
             raise UsageError(f'{self!r} is already serving')
         probes = None
         if http is not None:  # first: a port in use fails before anything is connected
-            probes = await start_http(http, agent_endpoints({type(self).__name__: self}))
+            probes = await start_http(http, agent_endpoints({type(self).__name__: self}, token))
         serving = self._serving = _Serving(grace)
         loop = asyncio.get_running_loop()
         installed = _install_stop_handlers(loop, serving.requested.set)
@@ -364,10 +365,11 @@ class MicroAgent(Described):
                 if probes is not None:
                     await probes.close()
 
-    def run(self, grace: float = DEFAULT_GRACE, *, http: str | None = None) -> None:
+    def run(self, grace: float = DEFAULT_GRACE, *, http: str | None = None, http_token: str | None = None) -> None:
         """Serve in a new event loop until SIGINT/SIGTERM or ``stop()``: ``asyncio.run(agent.serve())``,
-        with ``grace`` for the stop a signal asks for and the HTTP endpoints on ``http`` (HOST:PORT)."""
-        asyncio.run(MicroAgent._serve(self, grace, http))  # even when a subclass names a server hook ``serve``
+        with ``grace`` for the stop a signal asks for and the HTTP endpoints on ``http`` (HOST:PORT),
+        all but the probes behind ``http_token`` when one is given (or ``$MICROAGENT_HTTP_TOKEN``)."""
+        asyncio.run(MicroAgent._serve(self, grace, http, http_token))  # even when a subclass has a hook ``serve``
 
     async def readiness(self, timeout: float = PING_TIMEOUT) -> list[str]:
         """Why this agent is not ready, empty when it is: it is not started (or is stopping), its

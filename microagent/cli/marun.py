@@ -41,7 +41,7 @@ from microagent.contract.docs_page import render_docs
 from microagent.contract.fleet import Fleet
 from microagent.errors import InvalidArgument, ServerInterrupt
 from microagent.logs import FORMATS, LEVELS, current_agent, setup_logging
-from microagent.ops.http import Endpoints, HttpServer, Readiness, parse_address, start_http
+from microagent.ops.http import TOKEN_VARIABLE, Endpoints, HttpServer, Readiness, parse_address, start_http
 from microagent.ops.probes import AgentProcess, LocalAgents, answer_questions, group_metrics, group_readiness
 
 if TYPE_CHECKING:
@@ -72,6 +72,9 @@ def build_parser(prog: str = 'marun') -> argparse.ArgumentParser:
     parser.add_argument('--log-format', default='text', choices=FORMATS)
     parser.add_argument('--http', metavar='HOST:PORT',
                         help='serve /health, /ready, /metrics, /asyncapi.json and /docs of the group here')
+    parser.add_argument('--http-token-file', metavar='PATH',
+                        help='a bearer token (read from this file, never given on the command line) that '
+                             '/metrics, /asyncapi.json and /docs ask for; also $MICROAGENT_HTTP_TOKEN')
     parser.add_argument('--agent-process', metavar='NAME', help=argparse.SUPPRESS)
     parser.add_argument('--watch-fd', type=int, help=argparse.SUPPRESS)
     parser.add_argument('--ready-fd', type=int, help=argparse.SUPPRESS)
@@ -89,6 +92,8 @@ def main(argv: Sequence[str] | None = None, prog: str = 'marun') -> int:
             parse_address(args.http)
         except InvalidArgument as exc:
             parser.error(f'--http: {exc}')
+    if args.http_token_file is not None:
+        os.environ[TOKEN_VARIABLE] = _read_token(parser, args.http_token_file)  # the server reads it there
     if os.getcwd() not in sys.path and '' not in sys.path:
         sys.path.insert(0, os.getcwd())  # `marun myapp.settings` from the project directory
     setup_logging(args.log_level, args.log_format, args.agent_process or prog.split()[0])
@@ -100,6 +105,18 @@ def main(argv: Sequence[str] | None = None, prog: str = 'marun') -> int:
     except ConfigError as exc:
         print(f'{prog}: error: {exc}', file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _read_token(parser: argparse.ArgumentParser, path: str) -> str:
+    """The token in ``path`` (one line); a usage error (exit 2) when it cannot be read or is empty."""
+    try:
+        with open(path, encoding='utf-8') as file:
+            token = file.read().strip()
+    except OSError as exc:
+        parser.error(f'--http-token-file: cannot read {path!r}: {exc.strerror}')
+    if not token or any(char.isspace() for char in token):
+        parser.error(f'--http-token-file: {path!r} must hold one token, without spaces')
+    return token
 
 
 def run_group(modules: Sequence[str], *, grace: float = DEFAULT_GRACE, single_process: bool = False,

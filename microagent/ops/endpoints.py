@@ -19,7 +19,7 @@ class Served(Described, Protocol):
     async def readiness(self) -> list[str]: ...
 
 
-def agent_endpoints(agents: Mapping[str, Served]) -> Endpoints:
+def agent_endpoints(agents: Mapping[str, Served], token: str | None = None) -> Endpoints:
     """The endpoints of agents running in this process (``agent.serve(http=...)``), by name."""
     async def readiness() -> dict[str, list[str]]:
         found = await asyncio.gather(*(agent.readiness() for agent in agents.values()))
@@ -30,7 +30,7 @@ def agent_endpoints(agents: Mapping[str, Served]) -> Endpoints:
                                          for name, agent in agents.items()])
         return render_docs(fleet)
 
-    return Endpoints(readiness, lambda: asyncapi(*agents.values(), title=', '.join(agents)), docs)
+    return Endpoints(readiness, lambda: asyncapi(*agents.values(), title=', '.join(agents)), docs, token=token)
 
 
 def _dsn(agent: Served, role: str) -> str | None:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,8 +39,12 @@ MAX_HEAD = 16 * 1024  # bytes of request line and headers; a probe sends a few h
 REQUEST_TIMEOUT = 10.0  # seconds a client has to send its request head
 JSON = 'application/json'
 TEXT = 'text/plain; charset=utf-8'
-REASONS = {200: 'OK', 400: 'Bad Request', 404: 'Not Found', 405: 'Method Not Allowed',
+REASONS = {200: 'OK', 400: 'Bad Request', 401: 'Unauthorized', 404: 'Not Found', 405: 'Method Not Allowed',
            500: 'Internal Server Error', 503: 'Service Unavailable'}
+#: where a bearer token for the endpoints may come from when none is given in code
+TOKEN_VARIABLE = 'MICROAGENT_HTTP_TOKEN'
+#: what probes ask: open even when a token guards the rest (metrics, the contract, the docs page)
+OPEN_ROUTES = frozenset({'/health', '/ready'})
 
 
 @dataclass(frozen=True)
@@ -90,8 +96,10 @@ class Endpoints:
 
     def __init__(self, readiness: Readiness, asyncapi: Callable[[], Mapping[str, Any]],
                  docs: Callable[[], str], registry: CollectorRegistry | None = None,
-                 metrics: Callable[[], Awaitable[bytes]] | None = None) -> None:
+                 metrics: Callable[[], Awaitable[bytes]] | None = None, *, token: str | None = None) -> None:
         self.readiness = readiness
+        #: a bearer token every route but ``OPEN_ROUTES`` asks for; None: $MICROAGENT_HTTP_TOKEN, if set
+        self.token = token if token is not None else (os.environ.get(TOKEN_VARIABLE) or None)
         self._asyncapi = asyncapi
         self._docs = docs
         self.registry = registry  #: None: prometheus-client's default registry
@@ -176,7 +184,7 @@ async def _serve(endpoints: Endpoints, reader: asyncio.StreamReader, writer: asy
         else:
             page = await _answer(endpoints, head)
         reason = REASONS.get(page.status, '')
-        extra = 'Allow: GET\r\n' if page.status == 405 else ''
+        extra = {405: 'Allow: GET\r\n', 401: 'WWW-Authenticate: Bearer realm="microagent"\r\n'}.get(page.status, '')
         writer.write(f'HTTP/1.1 {page.status} {reason}\r\nContent-Type: {page.content_type}\r\n'
                      f'Content-Length: {len(page.body)}\r\nCache-Control: no-store\r\n{extra}'
                      'Connection: close\r\n\r\n'.encode('latin-1') + page.body)
@@ -200,8 +208,20 @@ async def _answer(endpoints: Endpoints, head: bytes) -> Page:
     route = endpoints.routes.get(path)
     if route is None:
         return Page.text(f'{path} is not here: try {", ".join(endpoints.routes)}', 404)
+    if endpoints.token and path not in OPEN_ROUTES and not _authorized(head, endpoints.token):
+        return Page.text(f'{path} needs the header Authorization: Bearer <token>', 401)
     try:
         return await route()
     except Exception as exc:
         log.exception('GET %s failed', path)
         return Page.text(f'GET {path} failed: {type(exc).__name__}: {exc}', 500)
+
+
+def _authorized(head: bytes, token: str) -> bool:
+    """Does the request head carry ``Authorization: Bearer <token>``? Compared in constant time."""
+    for line in head.split(b'\r\n')[1:]:
+        name, _, value = line.partition(b':')
+        if name.strip().lower() == b'authorization':
+            scheme, _, given = value.strip().partition(b' ')
+            return scheme.lower() == b'bearer' and hmac.compare_digest(given.strip(), token.encode())
+    return False

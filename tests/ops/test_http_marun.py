@@ -220,3 +220,25 @@ def test_a_port_in_use_stops_marun_before_any_agent_starts(start: Starter) -> No
         assert run.wait() == 2
     assert 'marun: error: --http 127.0.0.1:' in run.output and 'cannot listen there' in run.output
     assert 'Started agent' not in run.output
+
+
+def test_a_token_file_guards_the_group_endpoints_but_not_its_probes(start: Starter, unique: str,
+                                                                     tmp_path: Path) -> None:
+    port = free_port()
+    token_file = tmp_path / 'http.token'
+    token_file.write_text('group-token\n')
+    run = start('marun', SETTINGS, '--single-process', '--http', f'127.0.0.1:{port}',
+                '--http-token-file', str(token_file),
+                env={'HTTP_TEST_SUFFIX': unique, 'HTTP_TEST_REDIS': REDIS_TEST_DSN})
+    try:
+        poll(run, port, '/ready', 200)  # probes are open
+        assert get(port, '/metrics')[0] == 401
+        request = urllib.request.Request(f'http://127.0.0.1:{port}/metrics',
+                                         headers={'Authorization': 'Bearer group-token'})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200
+        assert b'group-token' not in Path(f'/proc/{run.proc.pid}/cmdline').read_bytes()  # never on the command line
+        run.signal(signal.SIGTERM)
+        assert run.wait() == 0, run.output
+    finally:
+        _drop_queue(f'http_jobs_{unique}')
