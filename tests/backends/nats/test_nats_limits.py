@@ -67,14 +67,19 @@ async def test_headers_pushing_a_message_over_max_payload_are_refused_at_once(sm
         await broker.close()
 
 
+# 1.1 MB of user headers, each value within the engine's 8 KiB: over the server's max_payload (1 MiB),
+# and let through by the engine here (a larger max_message_size), so the backend's own check answers
+HUGE = {f'h{i}': 'x' * 8_000 for i in range(140)}
+
+
 async def test_a_huge_user_header_is_refused_and_the_broker_goes_on(unique: str) -> None:
     queue = Queue(f'big_header_{unique}')
-    broker = NATSBroker(NATS_DSN)
+    broker = NATSBroker(NATS_DSN, max_message_size=4 * 1024 * 1024)
     try:
         await broker[queue].send({'n': -1})  # connected and declared: the refusal is the size check's
         began = time.monotonic()
         with pytest.raises(InvalidPayload, match=rf"queue '{queue.name}'.*server max_payload 1048576"):
-            await broker[queue].send({'n': -2}, headers={'big': 'x' * 1_100_000})
+            await broker[queue].send({'n': -2}, headers=HUGE)
         assert time.monotonic() - began < 2
         assert await broker[queue].length() == 1
         await _eight_of_eight(broker, queue)
@@ -121,12 +126,12 @@ async def test_a_signal_with_a_huge_header_is_refused_and_the_bus_goes_on(unique
         async def hear(self, **kwargs: Any) -> None:
             got.add(kwargs['n'])
 
-    bus = NATSSignalBus(NATS_DSN, prefix=f'T{unique}')
+    bus = NATSSignalBus(NATS_DSN, prefix=f'T{unique}', max_message_size=4 * 1024 * 1024)
     try:
         async with Listening(bus=bus):
             began = time.monotonic()
             with pytest.raises(InvalidPayload, match=rf"signal '{signal.name}'.*server max_payload 1048576"):
-                await bus[signal].send('me', {'n': -1}, headers={'big': 'x' * 1_100_000})
+                await bus[signal].send('me', {'n': -1}, headers=HUGE)
             assert time.monotonic() - began < 2
             for n in range(8):
                 await bus[signal].send('me', {'n': n})

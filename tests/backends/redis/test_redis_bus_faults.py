@@ -89,6 +89,7 @@ async def test_malformed_answers_are_dropped_and_the_call_and_the_next_ones_work
             await raw.publish(answers, msgspec.json.encode({'Legacy.n': {'n': n * 2}}))
 
     caplog.set_level(logging.WARNING)
+    bus.limited.interval = 3600.0  # one warning line for the whole flood, however slow the machine
     agent = asyncio.create_task(legacy_agent())
     try:
         first = await bus[signal].call('caller', Event(n=1), timeout=5)
@@ -98,7 +99,8 @@ async def test_malformed_answers_are_dropped_and_the_call_and_the_next_ones_work
         await asyncio.gather(agent, return_exceptions=True)
         await pubsub.aclose()
     assert (first, second) == ({'Legacy.n': Answer(n=2)}, {'Legacy.n': Answer(n=4)})
-    assert caplog.text.count(f'Dropped answer to {signal.name}') == 2 * len(bad)
+    # every bad answer was dropped; the warnings of a flood are limited: one line, the rest counted
+    assert caplog.text.count(f'Dropped answer to {signal.name}') == 1
 
 
 async def test_the_subscriber_survives_an_unexpected_error_and_subscribes_again(
