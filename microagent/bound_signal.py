@@ -90,11 +90,7 @@ class BoundSignal(Generic[T, R]):
         """Send as RPC and return the first answer, ``{"Agent.method": value}``. ``CallTimeout``
         when no receiver answers within ``timeout`` seconds; ``RemoteError`` when the first answer
         says only that its receivers failed."""
-        timeout = check_timeout(f'signal {self.signal.name!r}', timeout)
-        check_send('signal', self.signal.name)
-        data = self._encode(sender, payload, kwargs)
-        deadline = asyncio.get_running_loop().time() + timeout
-        request_id, pending = await self.bus._request(self.signal, sender, data, headers)
+        request_id, pending, deadline = await self._ask(sender, payload, timeout, headers, kwargs)
         try:
             item = await pending.next(deadline)
         finally:
@@ -119,12 +115,18 @@ class BoundSignal(Generic[T, R]):
                      headers: Mapping[str, str] | None = None, **kwargs: Any) -> AsyncIterator[Answers[R]]:
         """Send as RPC and iterate over every successful answer that arrives within ``timeout``
         seconds; failed receivers are collected in the iterator's ``errors``."""
+        request_id, pending, deadline = await self._ask(sender, payload, timeout, headers, kwargs)
+        try:
+            yield Answers(pending, deadline)
+        finally:
+            del self.bus._pending[request_id]
+
+    async def _ask(self, sender: str, payload: T | None, timeout: float, headers: Mapping[str, str] | None,
+                   kwargs: Mapping[str, Any]) -> tuple[str, Pending, float]:
+        """Send the request of ``call`` and ``waiter``: (its id, where its answers gather, the deadline)."""
         timeout = check_timeout(f'signal {self.signal.name!r}', timeout)
         check_send('signal', self.signal.name)
         data = self._encode(sender, payload, kwargs)
         deadline = asyncio.get_running_loop().time() + timeout
         request_id, pending = await self.bus._request(self.signal, sender, data, headers)
-        try:
-            yield Answers(pending, deadline)
-        finally:
-            del self.bus._pending[request_id]
+        return request_id, pending, deadline
