@@ -75,7 +75,7 @@ class BoundSignal(Generic[T, R]):
         check_send('signal', self.signal.name)
         data = self._encode(sender, payload, kwargs)
         envelope = Envelope(data, new_headers(headers))
-        check_message_size(f'signal {self.signal.name!r}', data, envelope.headers, self.bus.max_message_size)
+        check_message_size('signal', self.signal.name, data, envelope.headers, self.bus.max_message_size)
         await self.bus._publish('signal', self.signal.name, sender, envelope)
 
     @overload

@@ -163,7 +163,7 @@ class AbstractQueueBroker(Consuming):
         check_send('exchange', exchange)
         local = [queue for queue in Queue.get_all().values() if queue.routes(exchange, routing_key)]
         envelope = Envelope(self.encode_for(exchange, local, payload), new_headers(headers))
-        check_message_size(f'exchange {exchange!r}', envelope.body, envelope.headers, self.max_message_size)
+        check_message_size('exchange', exchange, envelope.body, envelope.headers, self.max_message_size)
         middlewares = active(self.middlewares)
         if not middlewares:
             return await self.transport.publish(exchange, routing_key, envelope)
@@ -292,7 +292,7 @@ class BoundQueue(Generic[T]):
         wait = self._check(delay, extra, unknown)
         check_send('queue', self.queue.name)
         envelope = Envelope(self.broker.encode(self.queue, message), new_headers(headers))
-        check_message_size(f'queue {self.queue.name!r}', envelope.body, envelope.headers, self.broker.max_message_size)
+        check_message_size('queue', self.queue.name, envelope.body, envelope.headers, self.broker.max_message_size)
         await self.broker._put('queue', self.queue, [envelope], wait, **extra)
 
     async def send_many(self, messages: Iterable[T], *, delay: float | None = None,
@@ -311,7 +311,7 @@ class BoundQueue(Generic[T]):
         pairs = zip(bodies, new_headers_many(len(bodies), headers), strict=True)
         envelopes: list[Envelope] = list(map(tuple.__new__, repeat(Envelope), pairs))
         # every message has headers of the same size (ids of one length, the same trace and user headers)
-        check_message_size(f'queue {self.queue.name!r}', max(bodies, key=len), envelopes[0].headers,
+        check_message_size('queue', self.queue.name, max(bodies, key=len), envelopes[0].headers,
                            self.broker.max_message_size)
         await self.broker._put('queue', self.queue, envelopes, wait)
 

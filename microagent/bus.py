@@ -408,7 +408,7 @@ class AbstractSignalBus:
                     self._replies_bound = False  # the next call tries again
                     raise
             envelope = Envelope(data, new_headers(headers, reply_to=self.transport.reply_to, request_id=request_id))
-            check_message_size(f'signal {signal.name!r}', data, envelope.headers, self.max_message_size)
+            check_message_size('signal', signal.name, data, envelope.headers, self.max_message_size)
             await self._publish('call', signal.name, sender, envelope)
         except BaseException:
             del self._pending[request_id]

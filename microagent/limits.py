@@ -48,14 +48,15 @@ def headers_size(headers: Mapping[str, str]) -> int:
     return size
 
 
-def check_message_size(target: str, body: bytes, headers: Mapping[str, str] | None, limit: int) -> None:
-    """``InvalidPayload`` naming ``target`` when ``body`` and ``headers`` together exceed ``limit`` bytes."""
-    if not headers:
+def check_message_size(kind: str, name: str, body: bytes, headers: Mapping[str, str] | None, limit: int) -> None:
+    """``InvalidPayload`` naming the ``kind`` ('queue', 'signal', 'exchange') and ``name`` when ``body``
+    and ``headers`` together exceed ``limit`` bytes. Paid on every send: the common case is two sums."""
+    if headers is None:
         return  # the body alone was checked when it was encoded
     chars = sum(map(len, headers)) + sum(map(len, headers.values()))
     if len(body) + 4 * chars <= limit:  # within the limit even if every character took 4 bytes
         return
     size = len(body) + headers_size(headers)
     if size > limit:
-        raise InvalidPayload(target, [f'message of {size} bytes (body {len(body)}, headers {size - len(body)}) '
-                                      f'exceeds max_message_size of {limit} bytes'])
+        raise InvalidPayload(f'{kind} {name!r}', [f'message of {size} bytes (body {len(body)}, headers '
+                                                  f'{size - len(body)}) exceeds max_message_size of {limit} bytes'])
