@@ -335,15 +335,31 @@ class TestGroup:
         return QueueDepth(max(d.ready for d in depths), max(d.delayed for d in depths),
                           max(d.in_flight for d in depths))
 
+    async def _unfinished(self, queue: Queue[Any]) -> int:
+        """Messages the group sent to ``queue`` that no consumer here has yet handled successfully
+        nor dead-lettered. The depth alone can miss one on its way (RabbitMQ counts neither a message
+        moving from a delay queue nor one delivered but not yet read); 0 when no agent here consumes it."""
+        probes = self._queue_probes.get(queue.name)
+        if not probes:
+            return 0
+        sent = sum(1 for item in self.sent.items if item.kind == 'queue' and item.name == queue.name)
+        done = sum(len(probe.results) for probe in probes)
+        if done >= sent:
+            return 0
+        return sent - done - await self.broker.dead_letter_count(queue.name)
+
     async def wait_queue_empty(self, queue: Queue[Any], timeout: float = DEFAULT_TIMEOUT) -> None:
         """Until ``queue`` is settled: nothing ready, no retry or delayed send pending, nothing in
-        flight, and no consumer here handling one of its messages."""
+        flight, no consumer here handling one of its messages, and every message the group sent to
+        it handled or dead-lettered."""
         async def settled() -> bool:
-            return not self._busy(queue) and (await self.depth(queue)).total == 0
+            return (not self._busy(queue) and (await self.depth(queue)).total == 0
+                    and await self._unfinished(queue) <= 0)
 
         async def failure() -> str:
             return (f'queue {queue.name!r} not settled within {timeout}s: {await self.depth(queue)}; '
-                    f'{self._busy(queue)} being handled')
+                    f'{self._busy(queue)} being handled; {max(await self._unfinished(queue), 0)} sent here and '
+                    'not yet handled nor dead-lettered')
         await self._until(settled, timeout, failure)
 
     async def wait_dead_letters(self, queue: Queue[Any], count: int = 1, timeout: float = DEFAULT_TIMEOUT
