@@ -30,6 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
+from microagent.backends.redis.dsn import host_port
 from microagent.errors import InvalidArgument
 from microagent.retry import backoff
 
@@ -53,15 +54,10 @@ def _split_nodes(dsn: str) -> tuple[str, list[tuple[str, int]], str]:
     userinfo, at, hosts = rest[:cut].rpartition('@')
     nodes = []
     for part in hosts.split(','):
-        host, port = part.strip(), '6379'
-        if host.startswith('['):  # [::1]:7000
-            host, _, tail = host[1:].partition(']')
-            port = tail.removeprefix(':') or port
-        elif ':' in host:
-            host, _, port = host.rpartition(':')
-        if not host or not port.isdigit():
+        host, port = host_port(dsn, part.strip())  # [::1]:7000, host:7000 or host (6379)
+        if not host:
             raise InvalidArgument(f'a Redis Cluster DSN lists host:port pairs, got {part!r}')
-        nodes.append((host, int(port)))
+        nodes.append((host, port))
     plain = 'rediss' if scheme.lower() == 'rediss+cluster' else 'redis'
     return f'{plain}://{userinfo}{at}', nodes, rest[cut:]
 
