@@ -7,7 +7,7 @@ commands) adds :func:`install_hint` to its error, so a missing ``redis`` says
 """
 from __future__ import annotations
 
-from microagent.backends import all_backends
+from microagent.backends import all_backends, pip_hint
 
 __all__ = ['OTHER_EXTRAS', 'extra_for', 'install_hint']
 
@@ -32,5 +32,4 @@ def extra_for(module: str | None) -> str | None:
 
 def install_hint(exc: ImportError) -> str:
     """``": pip install 'microagent[redis]'"`` when what ``exc`` misses comes with an extra, else ''."""
-    extra = extra_for(exc.name)
-    return f": pip install 'microagent[{extra}]'" if extra else ''
+    return pip_hint(extra_for(exc.name))

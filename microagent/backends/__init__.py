@@ -24,7 +24,7 @@ from microagent.dsn import hide_password
 from microagent.errors import MissConfig
 
 __all__ = ['ENTRY_POINT_GROUP', 'Backend', 'UnknownScheme', 'all_backends', 'backend_for', 'backend_named',
-           'backend_of_module', 'known_schemes', 'register', 'reserving_backend']
+           'backend_of_module', 'known_schemes', 'pip_hint', 'register', 'reserving_backend']
 
 ENTRY_POINT_GROUP = 'microagent.backends'
 
@@ -64,7 +64,7 @@ class Backend:
         except ImportError as exc:
             missing = exc.name or 'a module'
             client = missing.partition('.')[0] in self.modules if self.modules else missing != module
-            hint = f": pip install 'microagent[{self.extra}]'" if self.extra and client else ''
+            hint = pip_hint(self.extra) if client else ''
             raise MissConfig(f'the {self.name} backend needs {missing}{hint}') from exc
         except AttributeError:
             raise MissConfig(f'the {self.name} backend names {path!r}, which {module!r} does not have') from None
@@ -80,6 +80,12 @@ class Backend:
 
     def protocol(self, scheme: str) -> str:
         return self.protocols.get(scheme, scheme)
+
+
+
+def pip_hint(extra: str | None) -> str:
+    """``": pip install 'microagent[redis]'"``, the end of an error about a missing module; '' for no extra."""
+    return f": pip install 'microagent[{extra}]'" if extra else ''
 
 
 _REDIS_SCHEMES = ('redis', 'rediss', 'unix', 'redis+cluster', 'rediss+cluster')
