@@ -23,18 +23,13 @@ from pamqp import commands as spec
 from microagent.backends.amqp.headers import CONTENT_TYPE, received_headers
 from microagent.backends.amqp.link import LINK_ERRORS, PING_PATIENCE, Link, Outgoing, Publisher, passive_declare
 from microagent.errors import ConnectionFailed
-from microagent.logs import LogLimiter
+from microagent.logs import LogLimiter, shown
 from microagent.message import MESSAGE_ID, REPLY_TO, REQUEST_ID, Envelope
 from microagent.retry import Retrier
 from microagent.signal import RESPONSE_SIGNAL
 from microagent.transport import Deliver, DeliverReply
 
 __all__ = ['AMQPBusTransport']
-
-
-def _shown(text: str, limit: int = 200) -> str:
-    """A routing key or label from the wire, safe for a log line (no control characters, bounded)."""
-    return text if text.isprintable() and len(text) <= limit else repr(text[:limit])
 
 
 class AMQPBusTransport:
@@ -107,7 +102,7 @@ class AMQPBusTransport:
         if not self.is_reply_address(reply_to):
             self._refused_replies.warning(self.log, reply_to,
                                           '%s: not answering to %s: not the reply queue of a bus on %r',
-                                          self._link.name, _shown(reply_to), self.prefix)
+                                          self._link.name, shown(reply_to), self.prefix)
             return
         headers = envelope.headers or {}
         props = spec.Basic.Properties(content_type=CONTENT_TYPE, message_type=RESPONSE_SIGNAL,
@@ -205,7 +200,7 @@ class AMQPBusTransport:
                     await self._deliver(*signal)
         except Exception as exc:  # the engine never raises; this guards the mapping above
             self.log.warning('%s: dropped a message routed %s: %s: %s', self._link.name,
-                             _shown(message.routing_key or ''), type(exc).__name__, exc)
+                             shown(message.routing_key or ''), type(exc).__name__, exc)
         finally:
             with suppress(Exception):  # a closed channel: RabbitMQ forgets it with the exclusive queue
                 await message.channel.basic_ack(message.delivery_tag or 0)
@@ -244,7 +239,7 @@ class AMQPBusTransport:
                 self._refused_replies.warning(
                     self.log, f'{name}.{sender}', '%s: dropped a request of signal %r from %s: its reply address '
                     '%s is not the reply queue of a bus on %r',
-                    self._link.name, name, _shown(sender), _shown(str(reply_to)), self.prefix)
+                    self._link.name, name, shown(sender), shown(str(reply_to)), self.prefix)
                 return None
         return name, key[len(name) + 1:], Envelope(message.body, headers or None)
 
@@ -255,8 +250,8 @@ class AMQPBusTransport:
         return max(names, key=len) if names else key.partition('.')[0]
 
     def _dropped(self, key: str, label: str | None, why: str) -> None:
-        self.log.warning('%s: dropped a message routed %s labelled %s: %s', self._link.name, _shown(key),
-                         _shown(label or ''), why)
+        self.log.warning('%s: dropped a message routed %s labelled %s: %s', self._link.name, shown(key),
+                         shown(label or ''), why)
 
     async def ping(self) -> None:
         """A passive declaration of ``amq.direct`` on the publishing channel; and, once something is

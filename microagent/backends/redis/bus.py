@@ -33,20 +33,13 @@ from microagent.backends.redis.wire import (
 )
 from microagent.dsn import hide_password
 from microagent.errors import BackendClosed, ConnectionFailed
-from microagent.logs import LogLimiter
+from microagent.logs import LogLimiter, shown
 from microagent.message import REPLY_TO, REQUEST_ID, Envelope
 from microagent.retry import backoff
 from microagent.signal import RESPONSE_SIGNAL
 from microagent.transport import Deliver, DeliverReply
 
 __all__ = ['RedisBusTransport']
-
-
-def _shown(text: str | bytes, limit: int = 200) -> str:
-    """A channel from the wire, safe for a log line (no control characters, bounded)."""
-    if isinstance(text, str) and text.isprintable() and len(text) <= limit:
-        return text
-    return repr(text[:limit])
 
 
 class RedisBusTransport:
@@ -104,9 +97,9 @@ class RedisBusTransport:
 
     async def reply(self, reply_to: str, envelope: Envelope) -> None:
         if reply_to != self.reply_to:
-            self.foreign_replies.warning(self.log, f'address {_shown(reply_to)}',
+            self.foreign_replies.warning(self.log, f'address {shown(reply_to)}',
                                          'Refused to answer to %s: not the RPC answer address of this bus (%s)',
-                                         _shown(reply_to), self.reply_to)
+                                         shown(reply_to), self.reply_to)
             return
         await self.redis.publish(*answer(reply_to, self.uid, envelope, self.legacy))
 
@@ -192,17 +185,17 @@ class RedisBusTransport:
         try:
             channel = raw_channel.decode()
         except UnicodeDecodeError as exc:
-            self.log.warning('Dropped message on channel %s: %s: %s', _shown(raw_channel), type(exc).__name__, exc)
+            self.log.warning('Dropped message on channel %s: %s: %s', shown(raw_channel), type(exc).__name__, exc)
             return
         parsed = parse_channel(self._head, channel)
         if parsed is None:
             return
         name, sender, request_id = parsed
         try:
-            envelope = unframe(data, f'answer on channel {_shown(channel)}' if name == RESPONSE_SIGNAL
+            envelope = unframe(data, f'answer on channel {shown(channel)}' if name == RESPONSE_SIGNAL
                                else f'signal {name!r}')
         except FrameError as exc:
-            self.log.warning('Dropped message on channel %s: %s', _shown(channel), exc)
+            self.log.warning('Dropped message on channel %s: %s', shown(channel), exc)
             return
         try:
             if name == RESPONSE_SIGNAL:
@@ -211,15 +204,15 @@ class RedisBusTransport:
             elif self._deliver is not None:
                 if envelope.headers is not None and envelope.headers.get(REPLY_TO, self.reply_to) != self.reply_to:
                     self.foreign_replies.warning(
-                        self.log, f'sender {_shown(sender)}', 'Dropped signal %r from %s: its reply address %s is not '
-                        'the RPC answer address of this bus (%s)', name, _shown(sender),
-                        _shown(envelope.headers[REPLY_TO]), self.reply_to)
+                        self.log, f'sender {shown(sender)}', 'Dropped signal %r from %s: its reply address %s is not '
+                        'the RPC answer address of this bus (%s)', name, shown(sender),
+                        shown(envelope.headers[REPLY_TO]), self.reply_to)
                     return
                 if request_id:
                     envelope = request(envelope, request_id, self.reply_to)
                 await self._deliver(name, sender, envelope)
         except Exception as exc:
-            self.log.warning('Delivery of a message on channel %s failed (%s: %s)', _shown(channel),
+            self.log.warning('Delivery of a message on channel %s failed (%s: %s)', shown(channel),
                              type(exc).__name__, exc, exc_info=exc)
 
     async def ping(self) -> None:
