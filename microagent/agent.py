@@ -13,11 +13,13 @@ from typing import Any, ClassVar, Self
 from microagent.broker import AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
 from microagent.contract.info import Described, agent_info
+from microagent.declaration import check_group_name, group_name_of
 from microagent.errors import DeclarationError, MissConfig, ServerInterrupt, UsageError
 from microagent.handlers import (
     Consumer,
     ConsumerSpec,
     CronSpec,
+    Grouping,
     HookSpec,
     PeriodicSpec,
     Receiver,
@@ -84,6 +86,9 @@ class MicroAgent(Described):
     #: True: sending something not in ``sends`` raises ``UndeclaredSend`` instead of warning once
     strict_sends: ClassVar[bool] = False
     _declared_sends: ClassVar[frozenset[tuple[SendKind, str]] | None] = None
+    #: the default group of its receivers (``@receiver(group=...)``): a name, True for the agent's
+    #: name, None for broadcast; ``MicroAgent(group=...)`` and a marun entry's ``group`` set it too
+    group: str | bool | None = None
     _serving: _Serving | None = None  # set while serve() runs
 
     log: logging.Logger
@@ -114,8 +119,15 @@ class MicroAgent(Described):
 
     def __init__(self, bus: AbstractSignalBus | None = None, broker: AbstractQueueBroker | None = None,
                  log: logging.Logger | None = None, settings: dict[str, Any] | None = None, *,
-                 middlewares: Sequence[MiddlewareLike] = ()) -> None:
+                 middlewares: Sequence[MiddlewareLike] = (), name: str | None = None,
+                 group: str | bool | None = None) -> None:
         self.log = log or logging.getLogger(f'microagent.{type(self).__name__}')
+        #: what ``group=True`` names the group: the marun entry's name, else the class's qualified name
+        self.agent_name = name or type(self).__qualname__
+        if group is not None:
+            self.group = group
+        if isinstance(self.group, str):
+            check_group_name(self.group, f'{type(self).__qualname__}.group')
         self.settings = settings if settings is not None else {}
         #: wrap this agent's handlers (``use``); they wrap its sends too, through its bus and broker
         self.middlewares: tuple[MiddlewareLike, ...] = ()
@@ -170,7 +182,8 @@ class MicroAgent(Described):
 
     def _bind_spec(self, attr: str, method: Any, spec: Any) -> None:
         if isinstance(spec, ReceiverSpec):
-            self.receivers.append(Receiver(self, method, spec.signal, spec.timeout, spec.style, spec.concurrency))
+            self.receivers.append(Receiver(self, method, spec.signal, spec.timeout, spec.style, spec.concurrency,
+                                           self._grouping(spec)))
         elif isinstance(spec, ConsumerSpec):
             self.consumers.append(Consumer(self, method, spec))
         elif isinstance(spec, PeriodicSpec):
@@ -179,6 +192,14 @@ class MicroAgent(Described):
             self.cron_tasks.append((attr, spec))
         elif isinstance(spec, HookSpec):
             self.hooks.setdefault(spec.label, []).append(method)
+
+    def _grouping(self, spec: ReceiverSpec) -> Grouping | None:
+        """The receiver's group: its own choice, else the agent's; None for broadcast."""
+        choice = self.group if spec.group is None else spec.group
+        if choice is None or choice is False:
+            return None
+        name = group_name_of(self.agent_name) if choice is True else choice
+        return Grouping(name, spec.max_retries, spec.retry_delay, spec.start)
 
     def __repr__(self) -> str:
         return f'<MicroAgent {type(self).__name__}>'

@@ -38,6 +38,7 @@ from microagent.errors import (
     SignalNotFound,
     UsageError,
 )
+from microagent.groups import GroupOptions, Groups, SignalGroups
 from microagent.handlers import Receiver
 from microagent.limits import check_message_size
 from microagent.logs import FAILED, LogLimiter, dropped_fields, set_handler, shown
@@ -97,7 +98,8 @@ class AbstractSignalBus:
     (typed) is a bound signal. Backends subclass it only to build their transport in ``__init__``."""
 
     def __init__(self, transport: BusTransport, *, dsn: str = '', prefix: str = 'PUBSUB',
-                 log: logging.Logger | None = None, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+                 log: logging.Logger | None = None, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 group_options: GroupOptions | None = None) -> None:
         self.transport = transport
         self.dsn = dsn
         self.prefix = prefix
@@ -120,13 +122,31 @@ class AbstractSignalBus:
         self._replies_bound = False
         #: a flood of stray or undecodable messages logs a few lines, each saying how many it stands for
         self.limited = LogLimiter()
+        #: retention and visibility timeout of the stores of this bus's groups
+        self.group_options = group_options or GroupOptions()
+        self._groups: SignalGroups | None = None
 
     def __repr__(self) -> str:
         return f'<{type(self).__name__} {hide_password(self.dsn)} {self.prefix}>'
 
     async def close(self) -> None:
         """Release the transport's connections; the bus may not be used afterwards."""
+        if self._groups is not None:
+            await self._groups.close()
         await self.transport.close()
+
+    @property
+    def groups(self) -> SignalGroups:
+        """The engine of this bus's grouped receivers; its dead-letter, depth and requeue methods
+        take a group's store name, ``signal@group``. A UsageError if the backend has no groups."""
+        if self._groups is None:
+            groups = getattr(self.transport, 'groups', None)
+            if groups is None:
+                raise UsageError(f'{self!r}: the {self.backend} backend has no signal groups')
+            self._groups = SignalGroups(cast(Groups, self.transport).groups(), self.group_options,
+                                        self._answer_for_group, dsn=self.dsn, log=self.log,
+                                        max_message_size=self.max_message_size)
+        return self._groups
 
     async def ping(self) -> None:
         """One round trip to the server (``transport.ping``); raises when it is unreachable."""
@@ -134,8 +154,11 @@ class AbstractSignalBus:
 
     async def readiness(self, timeout: float = PING_TIMEOUT) -> list[str]:
         """Why this bus is not ready, empty when it is: its server does not answer ``ping`` (or
-        its subscriptions are down) within ``timeout`` seconds."""
-        return await pinged(repr(self), self.ping, timeout)
+        its subscriptions are down) within ``timeout`` seconds, or a group's reading loop fails."""
+        problems = await pinged(repr(self), self.ping, timeout)
+        if self._groups is not None and self._groups.consumers:
+            problems += [problem for problem in await self._groups.readiness(timeout) if problem not in problems]
+        return problems
 
     def use(self, *middlewares: MiddlewareLike) -> Self:
         """Wrap every send through this bus in ``middlewares`` too (after those it has)."""
@@ -178,7 +201,10 @@ class AbstractSignalBus:
     # receiving
 
     async def bind_receiver(self, receiver: Receiver) -> None:
-        """Deliver ``receiver.signal`` to ``receiver`` (subscribing on first use of the signal)."""
+        """Deliver ``receiver.signal`` to ``receiver`` (subscribing on first use of the signal); a
+        grouped receiver joins its group instead."""
+        if receiver.grouping is not None:
+            return await self.groups.bind(receiver, receiver.grouping)
         name = receiver.signal.name
         first = name not in self.receivers
         self.receivers.setdefault(name, []).append(receiver)
@@ -188,7 +214,10 @@ class AbstractSignalBus:
 
     async def unbind_receivers(self, receivers: list[Receiver], grace: float) -> None:
         """Stop calling ``receivers`` (dropping what waits for them) and wait up to ``grace`` s
-        for the calls under way."""
+        for the calls under way; grouped receivers hand back what they hold to their group."""
+        grouped = [receiver for receiver in receivers if receiver.grouping is not None]
+        if grouped and self._groups is not None:
+            await self._groups.unbind(grouped, grace)
         for receiver in receivers:
             bound = self.receivers.get(receiver.signal.name, [])
             if receiver in bound:
@@ -286,6 +315,13 @@ class AbstractSignalBus:
                     current_var.reset(token)
         finally:
             lane.workers -= 1
+
+    async def _answer_for_group(self, receiver: Receiver, request_id: str, reply_to: str, result: Any) -> None:
+        """A grouped receiver handled a request: its group's answer, alone (other receivers answer
+        for their own group or process)."""
+        reply = Reply(request_id, reply_to, 1, True)
+        self._add_answer(receiver, reply, result)
+        await self._answered(receiver.signal, reply)
 
     def _add_answer(self, receiver: Receiver, reply: Reply, result: Any) -> None:
         signal = receiver.signal

@@ -192,7 +192,7 @@ class Consuming(Settlement):
     def _handling(self, run: Running, delivery: Delivery[Any]) -> Handling:
         if run.site is None:
             consumer = run.consumer
-            run.site = Site('consumer', type(consumer.agent).__name__, consumer.key, consumer.queue.name,
+            run.site = Site(consumer.kind, type(consumer.agent).__name__, consumer.key, consumer.target,
                             self.backend, consumer.max_retries)
         return Handling(run.site, delivery, delivery.attempt)
 

@@ -19,6 +19,25 @@ def check_name(kind: str, name: object) -> None:
         raise DeclarationError(f'{kind} name {name!r} must be non-empty letters, digits, "_", "-" or "."')
 
 
+MAX_GROUP_NAME = 100
+_NOT_IN_NAMES = re.compile(r'[^A-Za-z0-9_.\-]+')
+
+
+def check_group_name(name: object, where: str) -> str:
+    """A signal group's name: letters, digits, ``_``, ``-`` and ``.``, at most 100 characters, since
+    backends build keys, queue and consumer names from it."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > MAX_GROUP_NAME:
+        raise DeclarationError(f'{where}: group {name!r} must be 1 to {MAX_GROUP_NAME} letters, digits, '
+                               '"_", "-" or "."')
+    return name
+
+
+def group_name_of(agent_name: str) -> str:
+    """The group an agent's name gives (``group=True``): its characters that cannot be in a name
+    (``<locals>`` of a class made in a function) become ``_``, at most 100 of them."""
+    return _NOT_IN_NAMES.sub('_', agent_name.replace('<locals>.', '')).strip('_.')[:MAX_GROUP_NAME] or 'agent'
+
+
 class Registry(type):
     """Metaclass giving declaration classes attribute access to their registry (``Signal.name``)."""
 

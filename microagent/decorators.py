@@ -15,6 +15,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast
 
 from croniter import croniter
 
+from microagent.declaration import check_group_name
 from microagent.errors import DeclarationError, UsageError
 from microagent.handlers import (
     DEFAULT_CONCURRENCY,
@@ -25,6 +26,8 @@ from microagent.handlers import (
     CallStyle,
     ConsumerSpec,
     CronSpec,
+    GroupChoice,
+    GroupStart,
     HookSpec,
     PeriodicSpec,
     ReceiverSpec,
@@ -87,10 +90,12 @@ JsonPayload = dict[str, Any]
 
 
 class _ReceiverDecorator(Generic[T, R]):
-    def __init__(self, signals: tuple[Signal[Any, Any], ...], timeout: float, concurrency: int) -> None:
+    def __init__(self, signals: tuple[Signal[Any, Any], ...], timeout: float, concurrency: int,
+                 grouping: dict[str, Any]) -> None:
         self.signals = signals
         self.timeout = timeout
         self.concurrency = concurrency
+        self.grouping = grouping
 
     @overload
     def __call__(self, func: Callable[Concatenate[S, T, P], Awaitable[R | None]]
@@ -112,43 +117,74 @@ class _ReceiverDecorator(Generic[T, R]):
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise DeclarationError(f'{handler_name(func)}: concurrency must be an integer >= 1, got {concurrency!r}')
         style = CallStyle.of(func)
+        grouping = _check_grouping(func, self.grouping)
         for signal in self.signals:
-            attach(func, ReceiverSpec(signal=signal, timeout=timeout, style=style, concurrency=concurrency))
+            attach(func, ReceiverSpec(signal=signal, timeout=timeout, style=style, concurrency=concurrency,
+                                      **grouping))
         return func
+
+
+def _check_grouping(func: Callable[..., Any], grouping: dict[str, Any]) -> dict[str, Any]:
+    """The grouped receiver's options, checked when the class is defined."""
+    where = handler_name(func)
+    group = grouping['group']
+    if not (group is None or isinstance(group, bool)):
+        check_group_name(group, where)
+    retries = grouping['max_retries']
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise DeclarationError(f'{where}: max_retries must be an integer >= 0, got {retries!r}')
+    if grouping['start'] not in ('now', 'first'):
+        raise DeclarationError(f"{where}: start must be 'now' or 'first', got {grouping['start']!r}")
+    return {**grouping, 'retry_delay': _check_seconds(func, 'retry_delay', grouping['retry_delay'])}
 
 
 @overload
 def receiver(signal: Signal[T, R], /, *, timeout: float = 60,
-             concurrency: int = DEFAULT_RECEIVER_CONCURRENCY) -> _ReceiverDecorator[T, R]: ...
+             concurrency: int = DEFAULT_RECEIVER_CONCURRENCY,
+             group: GroupChoice = None, max_retries: int = DEFAULT_MAX_RETRIES,
+             retry_delay: float = DEFAULT_RETRY_DELAY, start: GroupStart = 'now') -> _ReceiverDecorator[T, R]: ...
 
 
 @overload
 def receiver(signal1: Signal[T1, R1], signal2: Signal[T2, R2], /, *,
-             timeout: float = 60,
-             concurrency: int = DEFAULT_RECEIVER_CONCURRENCY) -> _ReceiverDecorator[T1 | T2, R1 | R2]: ...
+             timeout: float = 60, concurrency: int = DEFAULT_RECEIVER_CONCURRENCY,
+             group: GroupChoice = None, max_retries: int = DEFAULT_MAX_RETRIES,
+             retry_delay: float = DEFAULT_RETRY_DELAY,
+             start: GroupStart = 'now') -> _ReceiverDecorator[T1 | T2, R1 | R2]: ...
 
 
 @overload
 def receiver(signal1: Signal[T1, R1], signal2: Signal[T2, R2], signal3: Signal[T3, R3], /, *,
-             timeout: float = 60,
-             concurrency: int = DEFAULT_RECEIVER_CONCURRENCY) -> _ReceiverDecorator[T1 | T2 | T3, R1 | R2 | R3]: ...
+             timeout: float = 60, concurrency: int = DEFAULT_RECEIVER_CONCURRENCY,
+             group: GroupChoice = None, max_retries: int = DEFAULT_MAX_RETRIES,
+             retry_delay: float = DEFAULT_RETRY_DELAY,
+             start: GroupStart = 'now') -> _ReceiverDecorator[T1 | T2 | T3, R1 | R2 | R3]: ...
 
 
 @overload
 def receiver(signal1: Signal[Any, Any], signal2: Signal[Any, Any], signal3: Signal[Any, Any],
              signal4: Signal[Any, Any], /, *signals: Signal[Any, Any],
-             timeout: float = 60,
-             concurrency: int = DEFAULT_RECEIVER_CONCURRENCY) -> _ReceiverDecorator[Any, Any]: ...
+             timeout: float = 60, concurrency: int = DEFAULT_RECEIVER_CONCURRENCY,
+             group: GroupChoice = None, max_retries: int = DEFAULT_MAX_RETRIES,
+             retry_delay: float = DEFAULT_RETRY_DELAY, start: GroupStart = 'now') -> _ReceiverDecorator[Any, Any]: ...
 
 
-def receiver(*signals: Signal[Any, Any], timeout: float = 60,
-             concurrency: int = DEFAULT_RECEIVER_CONCURRENCY) -> _ReceiverDecorator[Any, Any]:
+def receiver(*signals: Signal[Any, Any], timeout: float = 60, concurrency: int = DEFAULT_RECEIVER_CONCURRENCY,
+             group: GroupChoice = None, max_retries: int = DEFAULT_MAX_RETRIES,
+             retry_delay: float = DEFAULT_RETRY_DELAY, start: GroupStart = 'now') -> _ReceiverDecorator[Any, Any]:
     """Receive ``signals`` (pub/sub). Many handlers may receive one signal; the return value of a
     handler is its answer when the signal is sent with ``call``. At most ``concurrency`` calls of
-    the handler run at once; further signals wait in the bus's bounded backlog, not in tasks."""
+    the handler run at once; further signals wait in the bus's bounded backlog, not in tasks.
+
+    ``group`` shares each signal with the other members of a group (the replicas of a service): one
+    of them handles it, at least once, retried ``max_retries`` times with backoff from
+    ``retry_delay`` s, then dead-lettered. A name, True for the agent's name, False for broadcast,
+    None for the agent's own ``group`` (broadcast unless it has one). ``start``: a new group reads
+    what is sent from ``'now'``, or from the ``'first'`` signal the bus retains."""
     if not signals or not all(isinstance(s, Signal) for s in signals):
         raise UsageError(f'@receiver needs one or more Signal declarations, got {signals!r}')
-    return _ReceiverDecorator(signals, timeout, concurrency)
+    grouping = {'group': group, 'max_retries': max_retries, 'retry_delay': retry_delay, 'start': start}
+    return _ReceiverDecorator(signals, timeout, concurrency, grouping)
 
 
 class _DtoKwargsHandler(Protocol[D_contra]):

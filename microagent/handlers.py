@@ -19,11 +19,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from functools import cached_property
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from microagent.errors import InvalidPayload
 from microagent.message import Message, current_message
-from microagent.middleware import MiddlewareLike, Site
+from microagent.middleware import HandlingKind, MiddlewareLike, Site
 from microagent.payload import Codec, codec_for, undecodable
 from microagent.queue import Queue
 from microagent.sends import Sender
@@ -37,6 +37,11 @@ DEFAULT_CONCURRENCY = 32
 DEFAULT_RECEIVER_CONCURRENCY = 64
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_RETRY_DELAY = 1.0
+#: where a new group starts reading its signal: what is sent from now on, or all the signal retains
+GroupStart = Literal['now', 'first']
+#: ``@receiver(group=...)``: a group's name, True for the agent's name, False for broadcast, None
+#: for the agent's default
+GroupChoice = str | bool | None
 
 
 @dataclass(frozen=True)
@@ -81,11 +86,25 @@ def handler_name(func: Callable[..., Any]) -> str:
 
 
 @dataclass(frozen=True)
+class Grouping:
+    """How a grouped receiver shares its signals with the other members of its group."""
+
+    name: str
+    max_retries: int = DEFAULT_MAX_RETRIES
+    retry_delay: float = DEFAULT_RETRY_DELAY
+    start: GroupStart = 'now'
+
+
+@dataclass(frozen=True)
 class ReceiverSpec:
     signal: Signal[Any, Any]
     timeout: float
     style: CallStyle
     concurrency: int = DEFAULT_RECEIVER_CONCURRENCY
+    group: GroupChoice = None
+    max_retries: int = DEFAULT_MAX_RETRIES
+    retry_delay: float = DEFAULT_RETRY_DELAY
+    start: GroupStart = 'now'
 
 
 @dataclass(frozen=True)
@@ -213,6 +232,7 @@ class Receiver:
     timeout: float
     style: CallStyle
     concurrency: int = DEFAULT_RECEIVER_CONCURRENCY  # calls running at once; more wait in the bus
+    grouping: Grouping | None = None  # None: broadcast, every process gets every signal
     key: str = field(init=False)  # the answer key of 1.x RPC: the handler's ``__qualname__``
     site: Site | None = field(default=None, init=False, repr=False)  # for middlewares, made on first use
 
@@ -247,6 +267,9 @@ class Receiver:
 class Consumer:
     """A consumer method bound to an agent instance; its settings come from the ``@consumer`` spec."""
 
+    #: how middlewares see its handlings, and the name they are for
+    kind: HandlingKind = 'consumer'
+
     def __init__(self, agent: Owner, handler: Callable[..., Awaitable[Any]], spec: ConsumerSpec) -> None:
         self.agent = agent
         self.handler = handler
@@ -263,6 +286,7 @@ class Consumer:
         self.retry_delay = spec.retry_delay
         self.autoack = spec.autoack
         self.key = f'{type(agent).__name__}.{handler.__name__}'
+        self.target = self.queue.name
 
     def __repr__(self) -> str:
         return f'<Consumer {self.key} of queue {self.queue.name}>'

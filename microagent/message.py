@@ -53,7 +53,7 @@ from microagent.errors import MicroAgentError
 from microagent.limits import MAX_HEADER_VALUE
 
 __all__ = [
-    'ATTEMPT', 'CORRELATION_ID', 'MESSAGE_ID', 'REPLY_TO', 'REQUEST_ID', 'RPC_ERROR', 'SENT_AT',
+    'ATTEMPT', 'CORRELATION_ID', 'GROUP_SENDER', 'MESSAGE_ID', 'REPLY_TO', 'REQUEST_ID', 'RPC_ERROR', 'SENT_AT',
     'STANDARD_HEADERS', 'TRACEPARENT', 'TRACESTATE', 'Conversation', 'Envelope', 'Incoming',
     'InvalidHeader', 'Lazy', 'Message', 'check_user_headers', 'current_message', 'current_var', 'handling',
     'is_reserved', 'new_headers', 'new_headers_many', 'new_message_id', 'new_traceparent', 'parse_traceparent',
@@ -69,8 +69,10 @@ TRACESTATE = 'tracestate'
 REPLY_TO = 'reply-to'
 REQUEST_ID = 'request-id'
 RPC_ERROR = 'rpc-error'
+#: a signal's sender, where a group's store keeps it beside the headers (a stored envelope has no channel)
+GROUP_SENDER = 'x-sender'
 STANDARD_HEADERS = frozenset({MESSAGE_ID, CORRELATION_ID, SENT_AT, ATTEMPT, TRACEPARENT, TRACESTATE,
-                              REPLY_TO, REQUEST_ID, RPC_ERROR})
+                              REPLY_TO, REQUEST_ID, RPC_ERROR, GROUP_SENDER})
 
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 

@@ -18,7 +18,8 @@ from microagent.broker import DEFAULT_MAX_MESSAGE_SIZE, AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
 from microagent.dsn import hide_password
 from microagent.errors import QueueNotFound
-from microagent.message import Envelope
+from microagent.groups import SENDER, GroupOptions, GroupQueue
+from microagent.message import GROUP_SENDER, Envelope
 from microagent.queue import Queue, topics_match
 from microagent.transport import DeadLetter, Deliver, DeliverReply, Delivery, QueueDepth, SelectDeadLetter
 
@@ -27,6 +28,8 @@ class _BusHub:
     def __init__(self) -> None:
         self.subscribers: dict[str, list[MemoryBusTransport]] = {}  # signal name -> transports
         self.addresses: dict[str, MemoryBusTransport] = {}  # reply_to -> transport
+        self.groups: dict[str, dict[str, int]] = {}  # signal name -> its group stores -> their max length
+        self.retained: dict[str, deque[Envelope]] = {}  # signal name -> what it sent since its first group
 
 
 class _Message:
@@ -73,6 +76,7 @@ class MemoryHub:
         self.name = name
         self.bus = _BusHub()
         self.broker = _BrokerHub()
+        self.groups = _BrokerHub()  # the stores of signal groups, apart from the broker's queues
 
     def __repr__(self) -> str:
         return f'<MemoryHub {hide_password(SCHEME + self.name)}>' if self.name else f'<MemoryHub at {id(self):#x}>'
@@ -118,6 +122,22 @@ class MemoryBusTransport:
     async def publish(self, name: str, sender: str, envelope: Envelope) -> None:
         for transport in self._hub.subscribers.get(name, ()):
             transport._put((name, sender, envelope))
+        if name in self._hub.groups:
+            self._to_groups(name, Envelope(envelope.body, {**(envelope.headers or {}), GROUP_SENDER: sender}))
+
+    def _to_groups(self, name: str, envelope: Envelope) -> None:
+        """Keep the signal in the store of each of its groups (the oldest dropped past its length)."""
+        self._hub.retained[name].append(envelope)
+        stores = self.hub.groups
+        for store, max_length in self._hub.groups[name].items():
+            stores.push(store, [_Message(envelope)])
+            queue = stores.queues[store]
+            while len(queue) > max_length:
+                queue.popleft()
+
+    def groups(self) -> MemoryGroupTransport:
+        """The stores of this hub's signal groups."""
+        return MemoryGroupTransport(self.hub)
 
     async def subscribe(self, names: Collection[str], deliver: Deliver) -> None:
         self._deliver = deliver
@@ -176,10 +196,11 @@ class MemorySignalBus(AbstractSignalBus):
     transport: MemoryBusTransport
 
     def __init__(self, dsn: str = SCHEME, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
-                 hub: MemoryHub | None = None, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+                 hub: MemoryHub | None = None, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 group_options: GroupOptions | None = None) -> None:
         self.hub = MemoryHub.of(dsn, hub)
         super().__init__(MemoryBusTransport(self.hub, log), dsn=dsn, prefix=prefix, log=log,
-                         max_message_size=max_message_size)
+                         max_message_size=max_message_size, group_options=group_options)
 
 
 class MemoryQueueTransport:
@@ -306,6 +327,33 @@ class MemoryQueueTransport:
             self._hub.delayed[name] -= len(messages)
             self._hub.push(name, messages)
         self._later.clear()
+
+
+class MemoryGroupTransport(MemoryQueueTransport):
+    """The stores of signal groups on a hub: queues the bus's publish fills, one per (signal, group),
+    kept up to the group's ``max_length`` (``max_age`` is not applied: the hub lives only as long
+    as the process). A group that starts from ``'first'`` gets what the signal sent since its
+    first group joined."""
+
+    def __init__(self, hub: MemoryHub) -> None:
+        super().__init__(hub)
+        self._hub = hub.groups
+
+    async def declare(self, queue: Queue[Any]) -> None:
+        assert isinstance(queue, GroupQueue)
+        bus = self.hub.bus
+        retained = bus.retained.setdefault(queue.signal.name, deque(maxlen=queue.options.max_length))
+        stores = bus.groups.setdefault(queue.signal.name, {})
+        if queue.name not in stores:
+            stores[queue.name] = queue.options.max_length
+            if queue.start == 'first':
+                self._hub.push(queue.name, [_Message(envelope) for envelope in retained])
+
+    async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery[_Message]]:
+        deliveries = await super().fetch(queue, count, timeout)
+        for delivery in deliveries:
+            delivery.context = {SENDER: delivery.header(GROUP_SENDER) or ''}
+        return deliveries
 
 
 class MemoryBroker(AbstractQueueBroker):
