@@ -11,13 +11,14 @@ from microagent.cli.marun import run_group
 from microagent.logs import FORMATS, LEVELS, setup_logging
 
 INTRO = """\
-microagent demo: four agents built on the schemas/ package, on {backend}, for {duration:g}s.
+microagent demo: five agents built on the schemas/ package, on {backend}, for {duration:g}s.
   users     signs up a user every second (periodic task), sends the typed signal user_created,
             asks comments_count over RPC, and reports every 5 s (cron task)
   comments  answers the comments_count RPC
   mailer    receives user_created, queues a welcome Mail on the mailer queue and publishes a Push
             to the push exchange; consumes the mailer queue (the first mail fails once and is retried)
   push      consumes push_android and push_ios (routing keys {{user_id}}.android / {{user_id}}.ios)
+  billing   two replicas sharing user_created in a signal group: each user is billed once in all
 """
 
 

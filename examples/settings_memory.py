@@ -10,4 +10,5 @@ AGENT = {
     'comments': {'backend': 'examples.comments.CommentAgent', 'bus': 'default'},
     'mailer': {'backend': 'examples.mailer.MailerAgent', 'bus': 'default', 'broker': 'default'},
     'push': {'backend': 'examples.push.PushAgent', 'broker': 'default'},
+    'billing': {'backend': 'examples.billing.BillingAgent', 'bus': 'default', 'replicas': 2},
 }

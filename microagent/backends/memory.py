@@ -51,6 +51,7 @@ class _BrokerHub:
         self.bindings: dict[str, dict[str, tuple[str, ...]]] = {}  # exchange -> queue -> topics
         self.delayed: Counter[str] = Counter()  # retries and delayed sends not yet due, by queue
         self.taken: Counter[str] = Counter()  # fetched and not settled yet, by queue
+        self.turns: Counter[str] = Counter()  # which waiting consumer a message wakes, by queue
 
     def settled(self, name: str) -> None:
         """One message fetched from ``name`` is no longer in flight."""
@@ -63,9 +64,13 @@ class _BrokerHub:
             queue.extendleft(reversed(messages))
         else:
             queue.extend(messages)
-        for waiter in self.waiters.pop(name, []):
+        waiters, woken = self.waiters.get(name), 0
+        while waiters and woken < len(messages):  # one consumer per message, in turns
+            self.turns[name] += 1
+            waiter = waiters.pop(self.turns[name] % len(waiters))
             if not waiter.done():
                 waiter.set_result(None)
+                woken += 1
 
 
 class MemoryHub:
@@ -250,11 +255,15 @@ class MemoryQueueTransport:
         messages = self._hub.queues.setdefault(queue.name, deque())
         if not messages:
             waiter = asyncio.get_running_loop().create_future()
-            self._hub.waiters.setdefault(queue.name, []).append(waiter)
+            waiters = self._hub.waiters.setdefault(queue.name, [])
+            waiters.append(waiter)
             try:
                 await asyncio.wait_for(waiter, timeout)
             except TimeoutError:
                 return []
+            finally:
+                if waiter in waiters:
+                    waiters.remove(waiter)
         taken = [messages.popleft() for _ in range(min(count, len(messages)))]
         self._hub.taken[queue.name] += len(taken)
         return [Delivery(m.envelope, m, m.attempt, m.redelivered) for m in taken]

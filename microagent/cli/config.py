@@ -24,6 +24,10 @@ it (a Prometheus middleware registers its metrics once per process); a middlewar
 ``watch_queues(agent)`` method is also given each agent it wraps (``PrometheusMiddleware`` samples
 the depth of the queues the agent consumes). Every mistake is reported with
 the entry it is in, so a bad deployment fails at once instead of in one of its processes.
+
+An agent entry's ``'replicas': N`` runs N copies of it, each in its own process (``users.1``,
+``users.2``, ...; ``marun --replicas users=N`` overrides it): its grouped receivers share each
+signal (``group=True`` names the group after the entry), its broadcast receivers each get every one.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ import inspect
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 from microagent.agent import MicroAgent
@@ -170,6 +174,19 @@ class AgentConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
     middlewares: tuple[MiddlewareConfig, ...] = ()
     setup: SetupConfig | None = None
+    replicas: int = 1  #: processes running this agent (``replicas`` of the entry, ``marun --replicas``)
+    replica: int = 0  #: which of them this is, from 1; 0 for an agent of one replica
+
+    @property
+    def process_name(self) -> str:
+        """What names this copy in logs, probes and ``--agent-process``: ``users``, or ``users.2``."""
+        return f'{self.name}.{self.replica}' if self.replica else self.name
+
+    def copies(self) -> list[AgentConfig]:
+        """One config per replica (itself when it has one)."""
+        if self.replicas == 1:
+            return [self]
+        return [replace(self, replica=number) for number in range(1, self.replicas + 1)]
 
     @property
     def has_servers(self) -> bool:
@@ -182,7 +199,9 @@ class AgentConfig:
         bus = self.bus.build(agent_logger(self.name, 'bus')) if self.bus else None
         broker = self.broker.build(agent_logger(self.name, 'broker')) if self.broker else None
         options = dict(copy.deepcopy(self.options))
-        options.setdefault('log', agent_logger(self.name))
+        options.setdefault('log', agent_logger(self.process_name))
+        if _takes(self.factory, 'name'):  # its group, with group=True, is named after the entry
+            options.setdefault('name', self.name)
         agent = self.factory(bus=bus, broker=broker, **options)
         if self.middlewares:
             built = [middleware.build() for middleware in self.middlewares]
@@ -192,6 +211,35 @@ class AgentConfig:
                 if callable(watch):
                     watch(agent)
         return agent
+
+
+def _takes(factory: type[Any], keyword: str) -> bool:
+    """Whether the agent class's constructor takes ``keyword`` (a 1.x ``__init__`` may not)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == keyword or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+MAX_REPLICAS = 64
+
+
+def check_replicas(label: str, value: object) -> int:
+    """A number of replicas: an int from 1 to 64."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_REPLICAS:
+        raise ConfigError(f"{label}: 'replicas' must be an integer from 1 to {MAX_REPLICAS}, got {value!r}")
+    return value
+
+
+def with_replicas(agents: Sequence[AgentConfig], overrides: Mapping[str, int]) -> list[AgentConfig]:
+    """The agents with the replica counts of ``marun --replicas NAME=N``; an unknown name is an error."""
+    known = {agent.name for agent in agents}
+    for name in overrides:
+        if name not in known:
+            raise ConfigError(f'--replicas: no agent named {name!r} (agents: {", ".join(sorted(known))})')
+    return [replace(agent, replicas=check_replicas(f'--replicas {agent.name}', overrides[agent.name]))
+            if agent.name in overrides else agent for agent in agents]
 
 
 def import_object(path: Any, label: str, what: str = 'backend') -> Any:
@@ -328,6 +376,7 @@ def _agent(module: str, name: str, label: str, options: dict[str, Any], factory:
     bus = _pick(label, 'bus', options.pop('bus', None), buses, 'BUS')
     broker = _pick(label, 'broker', options.pop('broker', None), brokers, 'BROKER')
     middlewares += _middlewares(f"{label}['middlewares']", options.pop('middlewares', ()))
+    replicas = check_replicas(label, options.pop('replicas', 1))
     events = options.pop('events', None) or {}
     if not isinstance(events, Mapping) or any(key not in START_FLAGS or not isinstance(flag, bool)
                                               for key, flag in events.items()):
@@ -341,7 +390,7 @@ def _agent(module: str, name: str, label: str, options: dict[str, Any], factory:
         raise ConfigError(f"{label}: {factory.__qualname__} receives signals but names no 'bus'")
     if broker is None and any(isinstance(spec, ConsumerSpec) for spec in specs):
         raise ConfigError(f"{label}: {factory.__qualname__} consumes queues but names no 'broker'")
-    return AgentConfig(name, label, factory, bus, broker, dict(events), options, middlewares, setup)
+    return AgentConfig(name, label, factory, bus, broker, dict(events), options, middlewares, setup, replicas)
 
 
 def load_module(module: str) -> list[AgentConfig]:

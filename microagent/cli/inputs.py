@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from microagent.cli.config import ConfigError
+from microagent.cli.config import MAX_REPLICAS, ConfigError, check_replicas
 from microagent.dsn import hide_password, malformed, scrub
 
 T = TypeVar('T')
@@ -54,3 +54,29 @@ def seconds(text: str) -> float:
 def seconds_or_zero(text: str) -> float:
     """argparse type: a finite number of seconds >= 0."""
     return _seconds(text, zero_ok=True)
+
+
+def replica_counts(parser: argparse.ArgumentParser, given: Sequence[str]) -> dict[str, int]:
+    """``--replicas users=3 --replicas mailer=2`` as a dict; a usage error (exit 2) for a bad one."""
+    counts: dict[str, int] = {}
+    for item in given:
+        name, equals, number = item.partition('=')
+        if not (equals and name and number.strip().isdigit()):
+            parser.error(f'--replicas: expected NAME=N (N from 1 to {MAX_REPLICAS}), got {item!r}')
+        try:
+            counts[name] = check_replicas(f'--replicas {name}', int(number))
+        except ConfigError as exc:
+            parser.error(str(exc))
+    return counts
+
+
+def read_token(parser: argparse.ArgumentParser, path: str) -> str:
+    """The token in ``path`` (one line); a usage error (exit 2) when it cannot be read or is empty."""
+    try:
+        with open(path, encoding='utf-8') as file:
+            token = file.read().strip()
+    except OSError as exc:
+        parser.error(f'--http-token-file: cannot read {path!r}: {exc.strerror}')
+    if not token or any(char.isspace() for char in token):
+        parser.error(f'--http-token-file: {path!r} must hold one token, without spaces')
+    return token

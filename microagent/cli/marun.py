@@ -32,8 +32,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from microagent.agent import DEFAULT_GRACE, MicroAgent
-from microagent.cli.config import AgentConfig, ConfigError, load_group, registered_backend, run_setups
-from microagent.cli.inputs import seconds_or_zero
+from microagent.cli.config import (
+    AgentConfig,
+    ConfigError,
+    load_group,
+    registered_backend,
+    run_setups,
+    with_replicas,
+)
+from microagent.cli.inputs import read_token, replica_counts, seconds_or_zero
 from microagent.cli.legacy import init_agent, load_configuration
 from microagent.cli.targets import load_fleet
 from microagent.contract.asyncapi import asyncapi
@@ -75,6 +82,8 @@ def build_parser(prog: str = 'marun') -> argparse.ArgumentParser:
     parser.add_argument('--http-token-file', metavar='PATH',
                         help='a bearer token (read from this file, never given on the command line) that '
                              '/metrics, /asyncapi.json and /docs ask for; also $MICROAGENT_HTTP_TOKEN')
+    parser.add_argument('--replicas', metavar='NAME=N', action='append', default=[],
+                        help="run N processes of the agent NAME (overrides its entry's 'replicas'); repeatable")
     parser.add_argument('--agent-process', metavar='NAME', help=argparse.SUPPRESS)
     parser.add_argument('--watch-fd', type=int, help=argparse.SUPPRESS)
     parser.add_argument('--ready-fd', type=int, help=argparse.SUPPRESS)
@@ -92,41 +101,33 @@ def main(argv: Sequence[str] | None = None, prog: str = 'marun') -> int:
             parse_address(args.http)
         except InvalidArgument as exc:
             parser.error(f'--http: {exc}')
+    replicas = replica_counts(parser, args.replicas)
     if args.http_token_file is not None:
-        os.environ[TOKEN_VARIABLE] = _read_token(parser, args.http_token_file)  # the server reads it there
+        os.environ[TOKEN_VARIABLE] = read_token(parser, args.http_token_file)  # the server reads it there
     if os.getcwd() not in sys.path and '' not in sys.path:
         sys.path.insert(0, os.getcwd())  # `marun myapp.settings` from the project directory
     setup_logging(args.log_level, args.log_format, args.agent_process or prog.split()[0])
     try:
         if args.agent_process:
-            return _agent_process(args.agent_process, args.modules, args.grace, args.watch_fd, args.ready_fd)
+            return _agent_process(args.agent_process, args.modules, args.grace, args.watch_fd, args.ready_fd,
+                                  replicas)
         return run_group(args.modules, grace=args.grace, single_process=args.single_process,
-                         log_level=args.log_level, log_format=args.log_format, http=args.http)
+                         log_level=args.log_level, log_format=args.log_format, http=args.http, replicas=replicas)
     except ConfigError as exc:
         print(f'{prog}: error: {exc}', file=sys.stderr)
         return EXIT_CONFIG
 
 
-def _read_token(parser: argparse.ArgumentParser, path: str) -> str:
-    """The token in ``path`` (one line); a usage error (exit 2) when it cannot be read or is empty."""
-    try:
-        with open(path, encoding='utf-8') as file:
-            token = file.read().strip()
-    except OSError as exc:
-        parser.error(f'--http-token-file: cannot read {path!r}: {exc.strerror}')
-    if not token or any(char.isspace() for char in token):
-        parser.error(f'--http-token-file: {path!r} must hold one token, without spaces')
-    return token
-
-
 def run_group(modules: Sequence[str], *, grace: float = DEFAULT_GRACE, single_process: bool = False,
               stop_after: float | None = None, log_level: str = 'INFO', log_format: str = 'text',
-              http: str | None = None) -> int:
+              http: str | None = None, replicas: Mapping[str, int] | None = None) -> int:
     """Check the configuration, then run the group until a signal, a failure or ``stop_after``
     seconds; returns the exit code. Raises ``ConfigError`` before anything starts (and when the
     ``http`` address cannot be listened on). Each process that runs agents (this one with
-    ``single_process``) first runs the SETUP of their modules."""
-    agents = load_group(modules)
+    ``single_process``) first runs the SETUP of their modules. ``replicas`` overrides the number of
+    copies of agents by name; each copy runs in its own process (in this one with ``single_process``)."""
+    replicas = dict(replicas or {})
+    agents = [copy for agent in with_replicas(load_group(modules), replicas) for copy in agent.copies()]
     if not single_process:
         _check_memory_sharing(agents)
     if single_process:
@@ -135,7 +136,8 @@ def run_group(modules: Sequence[str], *, grace: float = DEFAULT_GRACE, single_pr
         if single_process:
             return asyncio.run(_single_process(modules, agents, grace, stop_after, http))
         return asyncio.run(_supervise(modules, agents, grace, stop_after, [
-            '--grace', str(grace), '--log-level', log_level, '--log-format', log_format], http))
+            '--grace', str(grace), '--log-level', log_level, '--log-format', log_format,
+            *(f'--replicas={name}={count}' for name, count in replicas.items())], http))
     except (asyncio.CancelledError, KeyboardInterrupt):
         return EXIT_FAILED
 
@@ -148,7 +150,7 @@ def _check_memory_sharing(agents: Sequence[AgentConfig]) -> None:
         for backend in (agent.bus, agent.broker):
             found = registered_backend(backend.factory) if backend is not None else None
             if backend is not None and found is not None and found.one_process:
-                users.setdefault(backend.label, []).append(agent.name)
+                users.setdefault(backend.label, []).append(agent.process_name)
     for label, names in users.items():
         if len(names) > 1:
             raise ConfigError(f'{label}: an in-memory backend lives in one process, but agents '
@@ -168,7 +170,7 @@ class _Running:
 
 def _announce(config: AgentConfig, agent: MicroAgent) -> None:
     agent.log.info('Started %s as %r: %d receivers, %d consumers, %d periodic, %d cron tasks',
-                   type(agent).__qualname__, config.name, len(agent.receivers), len(agent.consumers),
+                   type(agent).__qualname__, config.process_name, len(agent.receivers), len(agent.consumers),
                    len(agent.periodic_tasks), len(agent.cron_tasks))
 
 
@@ -184,16 +186,17 @@ async def run_agents(configs: Sequence[AgentConfig], stopping: asyncio.Event, gr
     try:
         for config in configs:
             context = contextvars.copy_context()
-            context.run(current_agent.set, config.name)
+            context.run(current_agent.set, config.process_name)
             try:
                 agent = context.run(config.build)
             except Exception:
-                log.exception('Agent %s could not be created', config.name)
+                log.exception('Agent %s could not be created', config.process_name)
                 return EXIT_FAILED
             if local is not None:
-                local.add(config.name, agent)
+                local.add(config.process_name, agent)
             agent.hooks.setdefault('post_start', []).append(functools.partial(_announce, config, agent))
-            task = loop.create_task(agent.start(**config.events), name=f'agent:{config.name}', context=context)
+            task = loop.create_task(agent.start(**config.events), name=f'agent:{config.process_name}',
+                                    context=context)
             running.append(_Running(config, agent, context, task))
         watching: dict[asyncio.Future[Any], _Running] = {item.task: item for item in running}
         stop_wait: asyncio.Future[Any] = asyncio.ensure_future(stopping.wait())
@@ -202,12 +205,12 @@ async def run_agents(configs: Sequence[AgentConfig], stopping: asyncio.Event, gr
             for finished in done - {stop_wait}:
                 item = watching.pop(finished)
                 if finished.cancelled() or finished.exception() is not None:
-                    log.error('Agent %s failed: stopping the group', item.config.name,
+                    log.error('Agent %s failed: stopping the group', item.config.process_name,
                               exc_info=None if finished.cancelled() else finished.exception())
                     code = EXIT_FAILED
                     stopping.set()
                 elif item.config.has_servers:
-                    log.warning('Agent %s ended (its servers returned): stopping', item.config.name)
+                    log.warning('Agent %s ended (its servers returned): stopping', item.config.process_name)
                     code = ended
                     stopping.set()
         stop_wait.cancel()
@@ -217,7 +220,7 @@ async def run_agents(configs: Sequence[AgentConfig], stopping: asyncio.Event, gr
 
 
 async def _stop(item: _Running, grace: float) -> None:
-    agent, name = item.agent, item.config.name
+    agent, name = item.agent, item.config.process_name
     try:
         async with asyncio.timeout(grace + STOP_MARGIN):
             await agent.stop(grace)
@@ -281,11 +284,12 @@ async def _single_process(modules: Sequence[str], configs: Sequence[AgentConfig]
     stopping = asyncio.Event()
     main_task = asyncio.current_task()
     assert main_task is not None
-    local = LocalAgents(config.name for config in configs)
+    local = LocalAgents(config.process_name for config in configs)
     server = await _listen(http, fleet_endpoints(modules, local.readiness)) if http else None
     try:
         _stop_on_signals(stopping, stop_after, 'stopping now', main_task.cancel)
-        log.info('Running %d agents in one process: %s', len(configs), ', '.join(c.name for c in configs))
+        log.info('Running %d agents in one process: %s', len(configs),
+                 ', '.join(c.process_name for c in configs))
         return await run_agents(configs, stopping, grace, local=local)
     finally:
         if server is not None:
@@ -306,12 +310,13 @@ def _on_early_term(signum: int, frame: Any) -> None:
 
 
 def _agent_process(name: str, modules: Sequence[str], grace: float, watch_fd: int | None,
-                   ready_fd: int | None = None) -> int:
+                   ready_fd: int | None = None, replicas: Mapping[str, int] | None = None) -> int:
     # Ctrl-C reaches every process of the terminal's group: the supervisor alone decides, then
     # stops its agents with SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_early_term)
-    config = next((agent for agent in load_group(modules) if agent.name == name), None)
+    config = next((copy for agent in with_replicas(load_group(modules), replicas or {}) for copy in agent.copies()
+                   if copy.process_name == name), None)
     if config is None:
         raise ConfigError(f'no agent named {name!r} in {", ".join(modules)}')
     run_setups([config])
@@ -346,7 +351,7 @@ async def _run_agent_process(config: AgentConfig, grace: float, watch_fd: int | 
             request_stop('the supervisor is gone')
 
         loop.add_reader(watch_fd, check_supervisor)
-    local = LocalAgents([config.name])
+    local = LocalAgents([config.process_name])
     answering = loop.create_task(answer_questions(ready_fd, local)) if ready_fd is not None else None
     try:
         return await run_agents([config], stopping, grace, ended=EXIT_OK, local=local)
@@ -370,7 +375,7 @@ async def _supervise(modules: Sequence[str], configs: Sequence[AgentConfig], gra
     async with contextlib.AsyncExitStack() as stack:
         probes: dict[str, AgentProcess] = {}
         if http is not None:  # one port for the group: see microagent.ops.probes
-            probes = {config.name: AgentProcess(config.name) for config in configs}
+            probes = {config.process_name: AgentProcess(config.process_name) for config in configs}
             for probe in probes.values():
                 stack.callback(probe.close)
             endpoints = fleet_endpoints(modules, lambda: group_readiness(probes.values()),
@@ -390,15 +395,16 @@ async def _run_processes(modules: Sequence[str], configs: Sequence[AgentConfig],
     try:
         try:
             for config in configs:
-                probe = probes.get(config.name)
+                name = config.process_name
+                probe = probes.get(name)
                 extra = ['--ready-fd', str(probe.theirs.fileno())] if probe else []
-                procs[config.name] = await asyncio.create_subprocess_exec(
+                procs[name] = await asyncio.create_subprocess_exec(
                     sys.executable, '-m', 'microagent.cli.marun', *modules, *child_args,
-                    '--agent-process', config.name, '--watch-fd', str(read_fd), *extra,
+                    '--agent-process', name, '--watch-fd', str(read_fd), *extra,
                     pass_fds=(read_fd, *([probe.theirs.fileno()] if probe else [])))
                 if probe is not None:
                     probe.started()
-                log.info('Started agent %s (pid %d)', config.name, procs[config.name].pid)
+                log.info('Started agent %s (pid %d)', name, procs[name].pid)
         finally:
             os.close(read_fd)
         return await _watch(procs, stopping, force, grace)
