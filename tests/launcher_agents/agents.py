@@ -71,6 +71,17 @@ class Listener(Recorder):
             call(self.settings['name'])
 
 
+class Billing(Recorder):
+    """A grouped receiver of pings (``group=True``: the group is named after the marun entry)."""
+
+    heard: ClassVar[list[Callable[[MicroAgent, int], object]]] = []  # called with the agent and the ping
+
+    @receiver(ping, group=True)
+    async def bill(self, event: Ping) -> None:
+        for call in self.heard:
+            call(self, event.number)
+
+
 class Worker(Recorder):
     """Consumes ``launcher_test_jobs``."""
 
