@@ -10,7 +10,7 @@ import copy
 from collections.abc import Iterator
 from typing import Any, ClassVar, Protocol
 
-from microagent.declaration import model_name
+from microagent.declaration import group_name_of, model_name
 from microagent.dsn import hide_password
 from microagent.errors import UsageError
 from microagent.handlers import ConsumerSpec, CronSpec, PeriodicSpec, ReceiverSpec
@@ -101,6 +101,15 @@ def consumer_info(handler: str, spec: ConsumerSpec) -> JsonDict:
     return info
 
 
+def _grouping(agent: AgentLike, cls: type[Any], spec: ReceiverSpec) -> JsonDict:
+    """A grouped receiver's group and retry options (a broadcast receiver has none)."""
+    choice = getattr(agent, 'group', None) if spec.group is None else spec.group
+    if choice is None or choice is False:
+        return {}
+    name = group_name_of(getattr(agent, 'agent_name', cls.__qualname__)) if choice is True else choice
+    return {'group': name, 'max_retries': spec.max_retries, 'retry_delay': spec.retry_delay, 'start': spec.start}
+
+
 def agent_info(agent: AgentLike) -> JsonDict:
     """The 1.x ``info()`` keys, each handler's timeout and options, and the payload (and RPC answer)
     schema of every signal the agent receives and every queue it consumes."""
@@ -115,7 +124,8 @@ def agent_info(agent: AgentLike) -> JsonDict:
         handler = f'{cls.__name__}.{attr}'
         if isinstance(spec, ReceiverSpec):
             signals[spec.signal.name] = spec.signal
-            receivers.append({'handler': handler, 'signal': spec.signal.name, 'timeout': spec.timeout})
+            receivers.append({'handler': handler, 'signal': spec.signal.name, 'timeout': spec.timeout,
+                              **_grouping(agent, cls, spec)})
         elif isinstance(spec, ConsumerSpec):
             queues[spec.queue.name] = spec.queue
             consumers.append(consumer_info(handler, spec))

@@ -220,3 +220,28 @@ def test_a_bad_group_name_is_refused_when_declared(group: str) -> None:
     with pytest.raises(DeclarationError, match='group'):
         @receiver(signal, group=group)
         async def on_order(self: Any, order: Order) -> None: ...
+
+
+def test_info_names_each_receivers_group() -> None:
+    signal = Signal('order_info_groups', Order)
+
+    class Billing(MicroAgent):
+        group = True
+
+        @receiver(signal, max_retries=5)
+        async def bill(self, order: Order) -> None: ...
+
+        @receiver(signal, group=False)
+        async def audit(self, order: Order) -> None: ...
+
+    from microagent.backends.memory import MemorySignalBus
+
+    agent = Billing(bus=MemorySignalBus(), name='billing')
+    receivers = {item['handler']: item for item in agent.info()['receivers']}
+    assert receivers['Billing.bill']['group'] == 'billing'
+    assert receivers['Billing.bill']['max_retries'] == 5
+    assert 'group' not in receivers['Billing.audit']
+    from microagent.contract.info import agent_info
+
+    by_class = {item['handler']: item for item in agent_info(Billing)['receivers']}
+    assert by_class['Billing.bill']['group'] == 'test_info_names_each_receivers_group.Billing'  # its qualified name

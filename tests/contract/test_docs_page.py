@@ -70,7 +70,7 @@ def test_the_demo_page_shows_every_agent_and_a_clicked_schema(browser: Any, tmp_
     assert browser.find_element(By.CSS_SELECTOR, '#detail h2').text == 'signal user_created'
     schema = json.loads(browser.find_element(By.CSS_SELECTOR, '#detail .schema').text)
     assert schema['payload']['title'] == 'UserCreated' and 'email' in schema['payload']['properties']
-    assert 'sent by users; received by mailer' in browser.find_element(By.CSS_SELECTOR, '#detail .who').text
+    assert 'sent by users; received by billing, mailer' in browser.find_element(By.CSS_SELECTOR, '#detail .who').text
     shown_example = json.loads(browser.find_element(By.CSS_SELECTOR, '#detail .example').text)
     assert user_created.codec.decode(json.dumps(shown_example)).user_id == shown_example['user_id']  # a valid message
     assert shown_example['email'] == 'user@example.com'

@@ -21,7 +21,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 def test_a_settings_module_is_the_whole_fleet_with_its_servers() -> None:
     fleet = load_fleet(['examples.settings_redis'])
-    assert [agent.name for agent in fleet.agents] == ['users', 'comments', 'mailer', 'push']
+    assert [agent.name for agent in fleet.agents] == ['users', 'comments', 'mailer', 'push', 'billing']
     assert all(dsn.startswith('redis://') for dsn in fleet.servers().values())
 
 
@@ -48,7 +48,7 @@ def test_fleet_asyncapi_has_sends_servers_and_is_valid(capsys: pytest.CaptureFix
     doc: dict[str, Any] = json.loads(out)
     assert code == 0
     actions = [op['action'] for op in doc['operations'].values()]
-    assert actions.count('send') == 4 and actions.count('receive') == 5
+    assert actions.count('send') == 4 and actions.count('receive') == 6
     assert [server['protocol'] for server in doc['servers'].values()] == ['redis']
     code, out, _ = run(capsys, 'schema', 'schemas', '--asyncapi')  # declarations only: channels, no operation
     alone = json.loads(out)
@@ -59,7 +59,7 @@ def test_fleet_asyncapi_has_sends_servers_and_is_valid(capsys: pytest.CaptureFix
 def test_check_passes_on_the_demo_fleet(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, 'check', 'examples.settings_memory', '--strict')
     assert code == 0, out
-    assert out.strip() == '4 agents checked: 0 errors, 0 warnings'
+    assert out.strip() == '5 agents checked: 0 errors, 0 warnings'
 
 
 def test_check_names_each_planted_problem(capsys: pytest.CaptureFixture[str]) -> None:
