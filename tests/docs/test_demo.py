@@ -66,6 +66,9 @@ def test_the_demo_on_the_memory_backend(start: Starter) -> None:
     assert 'PUSHED to android, user 1: Hi Ada!' in output and 'PUSHED to iOS, user 2: Hi Grace!' in output
     assert 'Ran for 5.5s: stopping the group' in output
     assert 'ERROR' not in output and 'Traceback' not in output
+    # two replicas of billing share user_created in a group: each user billed once in all
+    assert re.search(r'SUMMARY: the billing group billed [45] users with 2 replicas \(\d \+ \d\): each once in all',
+                     output), output
     # one conversation, one tag on each of its lines: sent, received, answered, queued, retried, pushed
     tag = re.search(r'#([0-9a-f]{8}): SENT signal user_created: user 1 ', tagged)
     assert tag is not None, tagged
