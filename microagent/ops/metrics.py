@@ -14,7 +14,9 @@ scrape (so a scrape never waits on a server, and answers while the broker is dow
 send path: ``metrics.watch_queues(agent)`` samples the queues the agent consumes once it has started,
 then every ``depth_interval`` seconds (15, a common scrape interval) until it stops; ``marun`` does
 that for every agent the middleware wraps. ``await metrics.sample_depths(broker, ['mailer'])``
-samples any queue when asked.
+samples any queue when asked. The same sampling gives the lag of each signal group the agent's
+grouped receivers belong to (the signals the group has not handled yet: ready, delayed and in
+flight), from its bus.
 
 The middleware is its own collector: it counts in plain numbers on the event loop (no lock, no
 label lookup per message) and hands prometheus-client the families when the registry is scraped.
@@ -26,7 +28,7 @@ import logging
 import time
 import weakref
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -107,6 +109,9 @@ class Watched(Protocol):
     def consumers(self) -> Sequence[Any]: ...
 
     @property
+    def receivers(self) -> Sequence[Any]: ...
+
+    @property
     def hooks(self) -> dict[str, list[Callable[[], Any]]]: ...
 
 
@@ -121,6 +126,7 @@ class PrometheusMiddleware(Middleware):
         self._series: dict[Site, _Series] = {}
         self._sent: dict[tuple[str, str], int] = {}
         self._depths: dict[str, QueueDepth] = {}
+        self._lags: dict[str, QueueDepth] = {}  # by group store, ``signal@group``
         registry.register(self)
         _COUNTING.add(registry)
 
@@ -161,24 +167,38 @@ class PrometheusMiddleware(Middleware):
 
     async def sample_depths(self, broker: AbstractQueueBroker, queues: Iterable[str]) -> None:
         """Set the depth and in-flight gauges of each queue from the broker (one ``queue_depth`` each)."""
-        for name in queues:
-            self._depths[name] = await broker.queue_depth(name)
+        await self._sample_into(self._depths, broker, queues)
+
+    async def _sample_into(self, gauges: dict[str, QueueDepth], source: AbstractQueueBroker,
+                           names: Iterable[str]) -> None:
+        for name in names:
+            gauges[name] = await source.queue_depth(name)
 
     def watch_queues(self, agent: Watched) -> None:
-        """Sample the depth of the queues ``agent`` consumes, from its broker: once when it has
-        started (a ``post_start`` hook), then every ``depth_interval`` seconds in a task of its own,
-        until it stops (a ``pre_stop`` hook). A sample that fails or takes longer than a ping leaves
-        the gauge at its last value; ``/ready`` says what is wrong with the broker."""
+        """Sample the depth of the queues ``agent`` consumes, from its broker, and the lag of the
+        groups its grouped receivers belong to, from its bus: once when it has started (a
+        ``post_start`` hook), then every ``depth_interval`` seconds in a task of its own, until it
+        stops (a ``pre_stop`` hook). A sample that fails or takes longer than a ping leaves the
+        gauge at its last value; ``/ready`` says what is wrong with the broker or bus."""
+        watched: list[tuple[dict[str, QueueDepth], Any, list[str]]] = []
         queues = sorted({consumer.queue.name for consumer in agent.consumers})
-        broker = getattr(agent, 'broker', None)
-        if not queues or broker is None:
+        if queues and (broker := getattr(agent, 'broker', None)) is not None:
+            watched.append((self._depths, broker, queues))
+        stores = sorted({f'{r.signal.name}@{r.grouping.name}' for r in agent.receivers if r.grouping is not None})
+        if stores and (bus := getattr(agent, 'bus', None)) is not None:
+            watched.append((self._lags, bus.groups, stores))
+        if not watched:
             return
         sampling: list[asyncio.Task[None]] = []
 
+        async def sample() -> None:
+            for gauges, source, names in watched:
+                await self._sample(gauges, source, names)
+
         async def start_sampling() -> None:
-            await self._sample(broker, queues)
+            await sample()
             if self.depth_interval > 0:
-                sampling.append(asyncio.create_task(self._sample_every(broker, queues), name='queue-depths'))
+                sampling.append(asyncio.create_task(self._sample_every(sample), name='queue-depths'))
 
         async def stop_sampling() -> None:
             for task in sampling:
@@ -189,29 +209,29 @@ class PrometheusMiddleware(Middleware):
         agent.hooks.setdefault('post_start', []).append(start_sampling)
         agent.hooks.setdefault('pre_stop', []).append(stop_sampling)
 
-    async def _sample(self, broker: AbstractQueueBroker, queues: list[str]) -> None:
+    async def _sample(self, gauges: dict[str, QueueDepth], source: AbstractQueueBroker, names: list[str]) -> None:
         try:
             async with asyncio.timeout(PING_TIMEOUT):
-                await self.sample_depths(broker, queues)
+                await self._sample_into(gauges, source, names)
         except Exception as exc:
-            log.debug('Queue depths of %s not sampled: %s: %s', ', '.join(queues), type(exc).__name__, exc)
+            log.debug('Depths of %s not sampled: %s: %s', ', '.join(names), type(exc).__name__, exc)
 
-    async def _sample_every(self, broker: AbstractQueueBroker, queues: list[str]) -> None:
+    async def _sample_every(self, sample: Callable[[], Awaitable[None]]) -> None:
         while True:
             await asyncio.sleep(self.depth_interval)
-            await self._sample(broker, queues)
+            await sample()
 
     # the collector side: prometheus-client calls these when the registry is scraped
 
     def describe(self) -> list[Metric]:
         """The families without samples, so that the registry refuses a second one of these names."""
-        return list(self._families([], {}, {}))
+        return list(self._families([], {}, {}, {}))
 
     def collect(self) -> Iterator[Metric]:
-        return self._families(list(self._series.values()), dict(self._sent), dict(self._depths))
+        return self._families(list(self._series.values()), dict(self._sent), dict(self._depths), dict(self._lags))
 
     def _families(self, all_series: list[_Series], sent: dict[tuple[str, str], int],
-                  depths: dict[str, QueueDepth]) -> Iterator[Metric]:
+                  depths: dict[str, QueueDepth], lags: dict[str, QueueDepth]) -> Iterator[Metric]:
         prefix = self.namespace
         for name, attribute, doc in _COUNTERS:
             counter = CounterMetricFamily(f'{prefix}_{name}', doc, labels=HANDLER_LABELS)
@@ -243,6 +263,13 @@ class PrometheusMiddleware(Middleware):
             taken.add_metric((queue,), sampled.in_flight)
         yield depth
         yield taken
+        lag = GaugeMetricFamily(f'{prefix}_group_lag',
+                                'Signals a group has not handled yet (waiting, due to retry or being handled), '
+                                'as last sampled',
+                                labels=('signal', 'group'))
+        for store, sampled in lags.items():
+            lag.add_metric(store.split('@', 1), sampled.total)
+        yield lag
 
 
 _COUNTING: weakref.WeakSet[CollectorRegistry] = weakref.WeakSet()

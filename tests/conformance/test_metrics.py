@@ -3,6 +3,8 @@ invalid message gives exactly the expected counters in the exposition text, read
 prometheus-client's own parser (runs once per backend in tests/conformance/backends.py)."""
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -102,3 +104,34 @@ async def test_the_depth_gauge_counts_delayed_messages_and_in_flight_its_own(bac
 
 async def _depth_is(broker: AbstractQueueBroker, queue: Queue[Job], depth: int) -> bool:
     return (await broker[queue].depth()).depth == depth
+
+
+async def test_grouped_handlings_are_counted_and_the_groups_lag_is_sampled(backend: Backend, unique: str) -> None:
+    signal = Signal(f'metrics_group_{unique}', Job)
+    registry = CollectorRegistry()
+    metrics = PrometheusMiddleware(registry, depth_interval=0)  # only the sample at start
+    release = asyncio.Event()
+
+    class Billing(MicroAgent):
+        @receiver(signal, group='billing')
+        async def bill(self, job: Job) -> None:
+            await release.wait()
+
+    async with Billing(bus=backend.bus(), middlewares=[metrics]):
+        pass  # the group exists from now on: what is sent while nobody reads it is its lag
+    sender = backend.bus()
+    for number in range(3):
+        await sender[signal].send('tester', Job(job_id=number))
+    agent = Billing(bus=backend.bus(), middlewares=[metrics])
+    lag = (('group', 'billing'), ('signal', signal.name))
+    metrics.watch_queues(agent)
+    async with agent:
+        await eventually(lambda: _scraped_is(registry, 'microagent_group_lag', lag, 3))
+        release.set()
+        handled = (('agent', 'Billing'), ('handler', 'Billing.bill'), ('kind', 'receiver'), ('name', signal.name))
+        await eventually(lambda: _scraped_is(registry, 'microagent_messages_handled_total', handled, 3))
+
+
+async def _scraped_is(registry: CollectorRegistry, name: str, labels: tuple[tuple[str, str], ...],
+                      value: float) -> bool:
+    return scraped(registry).get((name, labels)) == value
