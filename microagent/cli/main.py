@@ -9,11 +9,12 @@
     microagent dead-letters show QUEUE POSITION --broker DSN [--json]
     microagent dead-letters requeue QUEUE [POSITION ...] --broker DSN [--reason ...] [--dry-run]
     microagent dead-letters purge QUEUE [POSITION ...|--all] --broker DSN [--reason ...] [--dry-run]
+    microagent dead-letters list SIGNAL@GROUP --bus DSN ...          a signal group's dead letters
     microagent publish NAME PAYLOAD_JSON [--bus [DSN|ENTRY] [--call] | --broker [DSN|ENTRY]] [--module TARGET ...]
 
 The DSN's scheme picks the backend (``--backend`` names a class of your own). Exit codes of
 ``dead-letters``: 0 done, 1 no dead letter matched, 2 usage or configuration error (an unknown
-queue included), 3 the broker is unreachable or failed. ``publish`` (see ``publish.py``): 0 sent,
+queue included), 3 the broker (or bus) is unreachable or failed. ``publish`` (see ``publish.py``): 0 sent,
 1 no answer to ``--call`` within the timeout, 2 usage or validation error, 3 the server is unreachable.
 
 Backends and the schema module are imported only by the subcommand that needs them, so
@@ -28,14 +29,17 @@ import sys
 import time
 from collections.abc import Sequence
 from contextlib import suppress
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
 from microagent.broker import AbstractQueueBroker
+from microagent.bus import AbstractSignalBus
 from microagent.cli.config import ConfigError, backend_class
 from microagent.cli.inputs import build, seconds
 from microagent.dsn import hide_password, scrub
+from microagent.errors import InvalidArgument, UsageError
+from microagent.groups import split_store_name
 from microagent.transport import DeadLetter, SelectDeadLetter
 
 T = TypeVar('T')
@@ -64,10 +68,13 @@ def _add_dead_letters(commands: argparse._SubParsersAction[argparse.ArgumentPars
         elif name != 'list':
             action.add_argument('positions', type=int, nargs='*', metavar='POSITION',
                                 help='only these letters, as list shows them (#0 is the oldest)')
-        action.add_argument('--broker', required=True, metavar='DSN',
-                            help='its scheme picks the backend (microagent.backends lists them)')
+        where = action.add_mutually_exclusive_group(required=True)
+        where.add_argument('--broker', metavar='DSN',
+                           help='its scheme picks the backend (microagent.backends lists them)')
+        where.add_argument('--bus', metavar='DSN',
+                           help="a signal group's dead letters: QUEUE is its store, SIGNAL@GROUP")
         action.add_argument('--backend', metavar='PATH',
-                            help='dotted path of a broker class, for a backend no scheme names')
+                            help='dotted path of a broker (or bus) class, for a backend no scheme names')
         action.add_argument('--timeout', type=seconds, default=DEFAULT_TIMEOUT, metavar='SECONDS',
                             help='give up on the broker after this long (default: %(default)s)')
         if name != 'show':
@@ -186,38 +193,57 @@ def _picker(args: argparse.Namespace) -> SelectDeadLetter | None:
 
 
 async def _dead_letters(args: argparse.Namespace) -> int:
-    factory = backend_class(args.broker, args.backend, 'broker', AbstractQueueBroker, 'queue broker')
     picker = _picker(args)
     if args.action == 'purge' and picker is None and not args.all:
         raise ConfigError('purge: name the POSITIONs, a --reason or --reason-re, or --all for every letter')
-    where = hide_password(args.broker)
-    broker = build('--broker', args.broker, lambda: factory(args.broker))
+    role = 'broker' if args.broker else 'bus'
+    dsn: str = args.broker or args.bus
+    where = hide_password(dsn)
+    owner, store = _store_of(args, dsn)
     try:
         async with asyncio.timeout(args.timeout):
-            await _first_use(broker, args.broker)
-            return await _act(broker, args, picker, where)
+            await _first_use(store, role, dsn)
+            return await _act(store, args, picker, where)
     except ConfigError:
         raise
     except TimeoutError:
-        print(f'microagent: error: broker {where}: no answer within {args.timeout:g}s', file=sys.stderr)
+        print(f'microagent: error: {role} {where}: no answer within {args.timeout:g}s', file=sys.stderr)
         return EXIT_BROKER
     except Exception as exc:  # a CLI reports the failure in one line instead of a traceback
-        print(f'microagent: error: broker {where}: {type(exc).__name__}: {scrub(str(exc), args.broker)}',
-              file=sys.stderr)
+        print(f'microagent: error: {role} {where}: {type(exc).__name__}: {scrub(str(exc), dsn)}', file=sys.stderr)
         return EXIT_BROKER
     finally:
         with suppress(Exception):
             async with asyncio.timeout(args.timeout):
-                await broker.close()
+                await owner.close()
 
 
-async def _first_use(broker: AbstractQueueBroker, dsn: str) -> None:
+def _store_of(args: argparse.Namespace, dsn: str) -> tuple[AbstractQueueBroker | AbstractSignalBus,
+                                                            AbstractQueueBroker]:
+    """What holds the dead letters: the broker, or the bus's groups (and what to close after)."""
+    if args.broker:
+        factory: Any = backend_class(dsn, args.backend, 'broker', AbstractQueueBroker, 'queue broker')  # a backend's
+        broker: AbstractQueueBroker = build('--broker', dsn, lambda: factory(dsn))  # own class takes a DSN
+        return broker, broker
+    try:
+        split_store_name(args.queue)
+    except InvalidArgument as exc:
+        raise ConfigError(f'--bus: {exc}') from None
+    bus_factory: Any = backend_class(dsn, args.backend, 'bus', AbstractSignalBus, 'signal bus')
+    bus: AbstractSignalBus = build('--bus', dsn, lambda: bus_factory(dsn))
+    try:
+        return bus, bus.groups
+    except UsageError as exc:
+        raise ConfigError(f'--bus: {exc}') from None
+
+
+async def _first_use(store: AbstractQueueBroker, role: str, dsn: str) -> None:
     """One round trip: a client that reads its DSN only when it connects refuses it here, with a
     ValueError, which is the user's error (exit 2), not the server's (exit 3)."""
     try:
-        await broker.ping()
+        await store.ping()
     except ValueError as exc:
-        raise ConfigError(f'--broker: the DSN {hide_password(dsn)} is malformed: {scrub(str(exc), dsn)}') from None
+        raise ConfigError(f'--{role}: the DSN {hide_password(dsn)} is malformed: {scrub(str(exc), dsn)}') from None
 
 
 async def _act(broker: AbstractQueueBroker, args: argparse.Namespace, picker: SelectDeadLetter | None,
