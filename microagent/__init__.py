@@ -5,6 +5,7 @@ from microagent.bus import AbstractSignalBus, BoundSignal, RemoteError
 from microagent.decorators import consumer, cron, on, periodic, receiver
 from microagent.errors import (
     BackendClosed,
+    BatchFailed,
     CallTimeout,
     ConnectionFailed,
     DeclarationError,
@@ -34,6 +35,7 @@ __all__ = [
     'AbstractQueueBroker',
     'AbstractSignalBus',
     'BackendClosed',
+    'BatchFailed',
     'BoundExchange',
     'BoundQueue',
     'BoundSignal',

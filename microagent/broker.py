@@ -193,7 +193,7 @@ class AbstractQueueBroker(Consuming):
             raise DeclarationError(f'queue {name!r} already has a consumer on this broker: '
                                    f'{self._running[name].consumer.key}')
         await self.transport.declare(consumer.queue)
-        await self.transport.consume(consumer.queue, consumer.concurrency)
+        await self.transport.consume(consumer.queue, consumer.concurrency * (consumer.batch or 1))  # in hand at once
         running = Running(consumer)
         self._running[name] = running
         running.loop_task = asyncio.create_task(self._consume(running), name=f'consume:{name}')

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Awaitable
 from typing import Any, cast
 
+from microagent.batching import Batching
 from microagent.errors import InvalidPayload
 from microagent.handlers import Consumer
 from microagent.logs import set_handler
@@ -21,7 +22,7 @@ from microagent.middleware import Handling, MiddlewareLike, Outcome, Site, activ
 from microagent.payload import check_size, undecodable
 from microagent.retry import Retrier
 from microagent.sends import set_sender
-from microagent.settle import Settlement, retry_delay
+from microagent.settle import retry_delay
 from microagent.transport import BrokerTransport, Delivery
 
 YIELD_EVERY = 32
@@ -40,6 +41,7 @@ class Running:
         self.idle: deque[asyncio.Future[None]] = deque()
         self.waking = False
         self.refill = asyncio.Event()  # set when the work in hand falls to the low-water mark
+        self.arrived = asyncio.Event()  # set when a fetch adds to the buffer (a batch waiting to fill)
         self.capacity = consumer.concurrency + consumer.prefetch
         self.low_water = self.capacity // 2
         self.busy = 0
@@ -85,8 +87,9 @@ class Running:
                     task.cancel()
 
 
-class Consuming(Settlement):
-    """The broker's consume loop, over its ``transport``; settling is ``Settlement``'s."""
+class Consuming(Batching):
+    """The broker's consume loop, over its ``transport``; settling is ``Settlement``'s, batch
+    workers ``Batching``'s."""
 
     transport: BrokerTransport[Any]
     log: logging.Logger
@@ -98,7 +101,8 @@ class Consuming(Settlement):
         consumer = run.consumer
         queue = consumer.queue
         run.tasks = [asyncio.create_task(run.watchdog())]
-        run.tasks += [asyncio.create_task(self._work(run)) for _ in range(consumer.concurrency)]
+        work = self._work_batch if consumer.batch else self._work
+        run.tasks += [asyncio.create_task(work(run)) for _ in range(consumer.concurrency)]
         retrier = run.retrier = Retrier(self.log, f'Fetching from queue {queue.name}')
         while not run.stopping.is_set():
             in_hand = run.busy + len(run.buffer)
@@ -120,6 +124,7 @@ class Consuming(Settlement):
                 break
             if deliveries:
                 run.buffer.extend(deliveries)
+                run.arrived.set()
                 run.wake_one()
 
     async def _work(self, run: Running) -> None:

@@ -18,6 +18,7 @@ from croniter import croniter
 from microagent.declaration import check_group_name
 from microagent.errors import DeclarationError, UsageError
 from microagent.handlers import (
+    DEFAULT_BATCH_WAIT,
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_RETRIES,
     DEFAULT_RECEIVER_CONCURRENCY,
@@ -203,6 +204,8 @@ class _ConsumerBase:
         _check_async(func, 'consumer')
         timeout = _check_seconds(func, 'timeout', self.timeout)
         _check_consumer_options(func, self.queue, self.options)
+        if self.options.get('batch') is not None:
+            _check_batch_handler(func, self.dto_class)
         if any(isinstance(s, ConsumerSpec) for s in specs_of(func)):
             raise DeclarationError(f'{handler_name(func)}: a handler consumes one queue only')
         attach(func, ConsumerSpec(queue=self.queue, timeout=timeout, style=CallStyle.of(func),
@@ -210,8 +213,8 @@ class _ConsumerBase:
         return func
 
 
-CONSUMER_OPTIONS = ('concurrency', 'prefetch', 'max_retries', 'retry_delay', 'autoack')
-_MIN_INT = {'concurrency': 1, 'prefetch': 0, 'max_retries': 0}
+CONSUMER_OPTIONS = ('concurrency', 'prefetch', 'max_retries', 'retry_delay', 'autoack', 'batch', 'batch_wait')
+_MIN_INT = {'concurrency': 1, 'prefetch': 0, 'max_retries': 0, 'batch': 1}
 
 
 def _check_consumer_options(func: Callable[..., Any], queue: Queue[Any], options: Mapping[str, Any]) -> None:
@@ -222,16 +225,32 @@ def _check_consumer_options(func: Callable[..., Any], queue: Queue[Any], options
             close = difflib.get_close_matches(key, CONSUMER_OPTIONS, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f'; known: {", ".join(CONSUMER_OPTIONS)}'
             raise UsageError(f'{where}: unknown option {key!r}{hint}')
-        if key == 'prefetch' and value is None:
-            continue  # the default: 4 x concurrency
+        if key in ('prefetch', 'batch') and value is None:
+            continue  # the defaults: 4 x concurrency; one message per call
         if key in _MIN_INT:
             if not isinstance(value, int) or isinstance(value, bool) or value < _MIN_INT[key]:
                 raise DeclarationError(f'{handler_name(func)}: {key} must be an integer >= {_MIN_INT[key]}, '
                                        f'got {value!r}')
-        elif key == 'retry_delay':
+        elif key in ('retry_delay', 'batch_wait'):
             _check_seconds(func, key, value, zero_ok=True)
         elif not isinstance(value, bool):  # autoack
             raise DeclarationError(f'{handler_name(func)}: {key} must be True or False, got {value!r}')
+
+
+def _check_batch_handler(func: Callable[..., Any], dto_class: type[Any] | None) -> None:
+    """A batch handler takes the list of models as its one argument (no 1.x keywords, no DTO, no
+    ``message``: a batch is many messages)."""
+    style = CallStyle.of(func)
+    if style.legacy or not style.positional or style.message or dto_class is not None:
+        raise DeclarationError(f'{handler_name(func)}: a batch consumer takes one parameter, the list of '
+                               'messages (no **kwargs, dto_class or message)')
+
+
+class _BatchConsumerDecorator(_ConsumerBase, Generic[T]):
+    """``@consumer(queue, batch=100)``: the handler takes a list of the queue's model."""
+
+    def __call__(self, func: Callable[[S, list[T]], Awaitable[None]]) -> Callable[[S, list[T]], Awaitable[None]]:
+        return cast(Callable[[S, list[T]], Awaitable[None]], self._bind(func))
 
 
 class _ConsumerDecorator(_ConsumerBase, Generic[T]):
@@ -279,7 +298,14 @@ class _LooseDecorator:
 def consumer(queue: Queue[T], timeout: float = 60, dto_class: None = None, dto_name: None = None, *,
              concurrency: int = DEFAULT_CONCURRENCY, prefetch: int | None = None,
              max_retries: int = DEFAULT_MAX_RETRIES, retry_delay: float = DEFAULT_RETRY_DELAY,
-             autoack: bool = True) -> _ConsumerDecorator[T]: ...
+             autoack: bool = True, batch: None = None) -> _ConsumerDecorator[T]: ...
+
+
+@overload
+def consumer(queue: Queue[T], timeout: float = 60, dto_class: None = None, dto_name: None = None, *,
+             batch: int, batch_wait: float = DEFAULT_BATCH_WAIT, concurrency: int = 1,
+             prefetch: int | None = None, max_retries: int = DEFAULT_MAX_RETRIES,
+             retry_delay: float = DEFAULT_RETRY_DELAY) -> _BatchConsumerDecorator[T]: ...
 
 
 @overload
@@ -298,15 +324,19 @@ def consumer(queue: Queue[Any], timeout: float = 60, *, dto_class: type[D], dto_
 
 def consumer(queue: Queue[Any], timeout: float = 60, dto_class: type[Any] | None = None,
              dto_name: str | None = None,
-             **options: Any) -> _ConsumerDecorator[Any] | _DtoConsumerDecorator[Any] | _LooseDecorator:
+             **options: Any) -> (_ConsumerDecorator[Any] | _BatchConsumerDecorator[Any] | _DtoConsumerDecorator[Any]
+                                 | _LooseDecorator):
     """Consume messages of ``queue``; one handler per queue. Options: ``concurrency`` (handlers
     running at once), ``prefetch`` (messages fetched ahead, default 4 x concurrency), ``max_retries``
     (before dead-lettering), ``retry_delay`` (backoff base, s) and ``autoack`` (1.x: False leaves the
-    ack to the handler). Any other option is a TypeError naming the handler, raised when decorating;
-    the runtime takes ``**options`` only to name the handler in that error."""
+    ack to the handler). ``batch=N`` hands the handler a list of up to N messages, what came within
+    ``batch_wait`` seconds (see ``BatchFailed``). Any other option is a TypeError naming the handler,
+    raised when decorating; the runtime takes ``**options`` only to name the handler in that error."""
     if not isinstance(queue, Queue):
         raise UsageError(f'@consumer needs a Queue declaration, got {queue!r}')
     args = (queue, timeout, dto_class, dto_name, options)
+    if options.get('batch') is not None and dto_class is None:
+        return _BatchConsumerDecorator(*args)
     if dto_class is None:
         return _ConsumerDecorator(*args)
     decorator: _DtoConsumerDecorator[Any] = _DtoConsumerDecorator(*args)

@@ -6,6 +6,7 @@ code written for 1.x catches (``ValueError``, ``TypeError``, ``LookupError``, ``
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -97,3 +98,14 @@ class BackendClosed(MicroAgentError, RuntimeError):
 
 class ServerInterrupt(MicroAgentError):
     """Raised by an ``@on('server')`` handler to stop its agent gracefully."""
+
+
+class BatchFailed(MicroAgentError):
+    """Raised by a batch consumer (``@consumer(q, batch=N)``) to name the messages of its batch that
+    failed: those are retried (then dead-lettered) on their own count, the others acknowledged.
+    ``failed`` holds items of the list the handler got (the same objects); ``cause`` says why."""
+
+    def __init__(self, failed: Iterable[object], cause: BaseException | str = 'failed in a batch') -> None:
+        self.failed = list(failed)
+        self.cause = cause
+        super().__init__(f'{len(self.failed)} message(s) of the batch failed: {cause}')

@@ -37,6 +37,7 @@ DEFAULT_CONCURRENCY = 32
 DEFAULT_RECEIVER_CONCURRENCY = 64
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_RETRY_DELAY = 1.0
+DEFAULT_BATCH_WAIT = 0.2
 #: where a new group starts reading its signal: what is sent from now on, or all the signal retains
 GroupStart = Literal['now', 'first']
 #: ``@receiver(group=...)``: a group's name, True for the agent's name, False for broadcast, None
@@ -118,16 +119,30 @@ class ConsumerSpec:
 
     @cached_property
     def concurrency(self) -> int:
-        """Handlers of this consumer running at once."""
-        return int(self.options.get('concurrency', DEFAULT_CONCURRENCY))
+        """Handlers of this consumer running at once (a batch consumer's: batches, one by default)."""
+        return int(self.options.get('concurrency', 1 if self.options.get('batch') else DEFAULT_CONCURRENCY))
 
     @cached_property
     def prefetch(self) -> int:
         """Messages fetched ahead of free handlers, so one round trip feeds many handlers (like
-        Celery's prefetch multiplier: 4 x concurrency by default). They stay owned by this consumer:
-        released on stop, reclaimed by another consumer if this one dies."""
+        Celery's prefetch multiplier: 4 x concurrency by default; a batch consumer's, two batches
+        per handler). They stay owned by this consumer: released on stop, reclaimed by another
+        consumer if this one dies."""
         prefetch = self.options.get('prefetch')
-        return 4 * self.concurrency if prefetch is None else int(prefetch)
+        if prefetch is not None:
+            return int(prefetch)
+        return 2 * self.batch * self.concurrency if self.batch else 4 * self.concurrency
+
+    @cached_property
+    def batch(self) -> int | None:
+        """A batch consumer's largest batch; None for one message per call."""
+        batch = self.options.get('batch')
+        return None if batch is None else int(batch)
+
+    @cached_property
+    def batch_wait(self) -> float:
+        """How long a batch consumer waits for a batch to fill before it handles what it has."""
+        return float(self.options.get('batch_wait', DEFAULT_BATCH_WAIT))
 
     @cached_property
     def max_retries(self) -> int:
@@ -285,6 +300,8 @@ class Consumer:
         self.max_retries = spec.max_retries
         self.retry_delay = spec.retry_delay
         self.autoack = spec.autoack
+        self.batch = spec.batch
+        self.batch_wait = spec.batch_wait
         self.key = f'{type(agent).__name__}.{handler.__name__}'
         self.target = self.queue.name
 

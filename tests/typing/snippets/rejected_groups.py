@@ -1,5 +1,6 @@
 # mypy: disable-error-code="untyped-decorator"
-"""Mistakes in a grouped receiver's options (the call is refused; the decorated function's loss of types is not the point)."""
+"""Mistakes in a grouped receiver's options: the call is refused (the decorated function losing its
+types is not the point)."""
 from __future__ import annotations
 
 from microagent import MicroAgent, receiver
