@@ -29,9 +29,10 @@ from microagent import MicroAgent, Queue, Signal, consumer, receiver
 from microagent.backends.amqp import AMQPBroker, AMQPSignalBus
 from microagent.message import MESSAGE_ID, new_headers
 
-from .harness import Row, median, percentile, print_table
+from .harness import ROUNDS, Row, Side, alternate, latency_rows, median, print_table, rate_row, scaled
 
 PREFETCH = 32
+TARGET = 0.9  # the issue's goal: every row at least 0.9x of raw aiormq
 
 
 def persistent_json() -> spec.Basic.Properties:
@@ -68,9 +69,6 @@ async def timed(action: Callable[[], Awaitable[Any]]) -> float:
     return time.perf_counter() - start
 
 
-Run = Callable[[], Awaitable[float]]  # one untimed setup + one timed run; returns the seconds timed
-
-
 class Bench:
     def __init__(self, dsn: str, messages: int, calls: int, rounds: int) -> None:
         self.dsn = dsn
@@ -93,19 +91,15 @@ class Bench:
         self.exchanges.append(f'{queue.name}.dead')
         return queue
 
-    async def compare(self, label: str, ours: Run, raw: Run, *extra: tuple[str, Run]) -> None:
-        """Alternate the sides ``rounds`` times, so a load that drifts during the run (a shared
-        machine) weighs on all alike; the rates are over all rounds. An ``extra`` side (label, run)
-        is another raw variant, shown as its own row against the plain raw one."""
-        sides = [ours, raw, *(run for _, run in extra)]
-        times = [0.0] * len(sides)
-        for _ in range(self.rounds):
-            for index, side in enumerate(sides):
-                times[index] += await side()
-        total = self.n * self.rounds
-        self.rows.append(Row(label, total / times[0], total / times[1], 'msg/s'))
-        for (name, _), spent in zip(extra, times[2:], strict=True):
-            self.rows.append(Row(name, total / spent, total / times[1], 'msg/s', note='raw vs raw: the wire cost'))
+    async def compare(self, label: str, ours: Side, raw: Side, *extra: tuple[str, Side],
+                      target: float | None = None) -> None:
+        """Alternate the sides ``rounds`` times (ours, raw, then each ``extra`` raw variant), so a
+        load that drifts during the run (a shared machine) weighs on all alike; a row per variant,
+        shown against the plain raw one."""
+        await alternate([ours, raw, *(side for _, side in extra)], self.rounds)
+        self.rows.append(rate_row(label, self.n, ours, raw, target=target))
+        for name, side in extra:
+            self.rows.append(rate_row(name, self.n, side, raw, note='raw vs raw: the wire cost'))
 
     # broker
 
@@ -125,7 +119,7 @@ class Bench:
                 await channel.basic_publish(_encode(Job(job_id=i)), routing_key=raw_q.name,
                                             properties=persistent_json())
 
-        await self.compare('sequential send (confirmed)', lambda: timed(ours), lambda: timed(raw))
+        await self.compare('sequential send (confirmed)', Side(ours), Side(raw), target=TARGET)
 
     async def batched_send(self, broker: AMQPBroker) -> None:
         ours_q, raw_q = self.queue('batch'), self.queue('batch_raw')
@@ -139,8 +133,8 @@ class Bench:
             await asyncio.gather(*(channel.basic_publish(_encode(job), routing_key=raw_q.name,
                                                          properties=persistent_json()) for job in jobs))
 
-        await self.compare('batched send (send_many)', lambda: timed(lambda: bound.send_many(jobs)),
-                           lambda: timed(raw))
+        await self.compare('batched send (send_many)', Side(partial(bound.send_many, jobs)),
+                           Side(raw), target=TARGET)
 
     async def drain(self, broker: AMQPBroker) -> None:
         ours_q, raw_q = self.queue('drain'), self.queue('drain_raw')
@@ -152,22 +146,27 @@ class Bench:
             async def work(self, job: Job) -> None:
                 ours_done.hit()
 
-        async def ours() -> float:
+        agent = Worker(broker=broker)
+
+        async def fill() -> None:
+            nonlocal agent
             await broker[ours_q].send_many(jobs)
             ours_done.count = 0
             ours_done.done.clear()
             agent = Worker(broker=broker)
-            start = time.perf_counter()
+
+        async def ours() -> None:
             await agent._start()
             await ours_done.done.wait()
-            elapsed = time.perf_counter() - start
-            await agent.stop()
-            return elapsed
 
-        async def raw() -> float:
+        async def stop() -> None:
+            await agent.stop()
+
+        async def fill_raw() -> None:
             await broker[raw_q].send_many(jobs)
+
+        async def raw() -> None:
             done = Counter(self.n)
-            start = time.perf_counter()
             channel = await self.channel()
             await channel.basic_qos(prefetch_count=PREFETCH)
 
@@ -178,11 +177,10 @@ class Bench:
 
             await channel.basic_consume(raw_q.name, on_message)
             await done.done.wait()
-            elapsed = time.perf_counter() - start
             await channel.close()
-            return elapsed
 
-        await self.compare(f'drain {self.n} with acks (prefetch {PREFETCH})', ours, raw)
+        await self.compare(f'drain {self.n} with acks (prefetch {PREFETCH})', Side(ours, fill, stop),
+                           Side(raw, fill_raw), target=TARGET)
 
     # bus
 
@@ -239,8 +237,8 @@ class Bench:
             await counter.done.wait()
 
         async with Listener(bus=listener):
-            await self.compare('signal send-to-receive', lambda: timed(ours), lambda: timed(raw),
-                               ('  raw with our headers table (AMQP headers)', lambda: timed(raw_headers)))
+            await self.compare('signal send-to-receive', Side(ours), Side(raw),
+                               ('  raw with our headers table (AMQP headers)', Side(raw_headers)), target=TARGET)
 
     async def rpc(self, caller: AMQPSignalBus, answerer: AMQPSignalBus) -> None:
         signal = Signal(f'bench_rpc_{self.tag}', Job, returns=int)
@@ -289,19 +287,26 @@ class Bench:
                                                                         reply_to=replies.queue))
             await asyncio.wait_for(future, 10)
 
-        ours: list[float] = []
-        raw: list[float] = []
         async with Answerer(bus=answerer):
-            for _ in range(self.rounds):
+            await self.latencies('RPC round trip p50 (raw: reply_to + correlation_id)', ours_call, raw_call, TARGET)
+
+    async def latencies(self, label: str, ours_call: Callable[[int], Awaitable[None]],
+                        raw_call: Callable[[int], Awaitable[None]], target: float | None = None) -> None:
+        """p50 and p99 rows of ``calls`` calls per side and round, the sides alternating."""
+        samples: dict[str, list[list[float]]] = {'ours': [], 'raw': []}
+
+        def side(name: str, call: Callable[[int], Awaitable[None]]) -> Side:
+            async def run() -> None:
+                times = []
                 for i in range(self.calls):
-                    ours.append(await timed(partial(ours_call, i)))
-                for i in range(self.calls):
-                    raw.append(await timed(partial(raw_call, i)))
-        micro = 1e6
-        self.rows += [Row('RPC round trip p50 (raw: reply_to + correlation_id)', median(ours) * micro,
-                          median(raw) * micro, 'us', lower_is_better=True),
-                      Row('RPC round trip p99', percentile(ours, 0.99) * micro, percentile(raw, 0.99) * micro, 'us',
-                          lower_is_better=True)]
+                    times.append(await timed(partial(call, i)))
+                samples[name].append(times)
+            return Side(run)
+
+        sides = side('ours', ours_call), side('raw', raw_call)
+        await alternate(sides, self.rounds)
+        cpu = (median(sides[0].cpu) / self.calls * 1e6, median(sides[1].cpu) / self.calls * 1e6)
+        self.rows += latency_rows(label, samples['ours'][1:], samples['raw'][1:], target, cpu)
 
     async def run(self) -> None:
         self.raw = await aiormq.connect(self.dsn)
@@ -333,9 +338,9 @@ class Bench:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--dsn', default='amqp://guest:guest@127.0.0.1:5672/')
-    parser.add_argument('--messages', type=int, default=1000)
-    parser.add_argument('--calls', type=int, default=200)
-    parser.add_argument('--rounds', type=int, default=5)
+    parser.add_argument('--messages', type=int, default=scaled(1000))
+    parser.add_argument('--calls', type=int, default=scaled(200))
+    parser.add_argument('--rounds', type=int, default=ROUNDS)
     args = parser.parse_args()
     bench = Bench(args.dsn, args.messages, args.calls, args.rounds)
     asyncio.run(bench.run())

@@ -32,10 +32,10 @@ from microagent import MicroAgent, Queue, Signal, consumer, receiver
 from microagent.backends.nats import NATSBroker, NATSSignalBus
 from microagent.message import new_headers
 
-from .harness import Row, median, percentile, print_table
+from .harness import ROUNDS, Row, Side, alternate, latency_rows, median, print_table, rate_row, scaled
 
 BATCH = 32
-SEND_TARGET, SIGNAL_TARGET, DRAIN_TARGET = 0.85, 0.85, 0.5
+SEND_TARGET, SIGNAL_TARGET, SIGNAL_HEADERS_TARGET, DRAIN_TARGET = 0.9, 0.6, 0.85, 0.9
 
 
 class Job(msgspec.Struct, frozen=True):
@@ -71,9 +71,6 @@ async def timed(action: Callable[[], Awaitable[Any]]) -> float:
     return time.perf_counter() - start
 
 
-Run = Callable[[], Awaitable[float]]  # one untimed setup + one timed run; returns the seconds timed
-
-
 class Bench:
     def __init__(self, dsn: str, messages: int, calls: int, rounds: int) -> None:
         self.dsn = dsn
@@ -102,20 +99,15 @@ class Bench:
         self.streams.append(name)
         return subject
 
-    async def compare(self, label: str, ours: Run, raw: Run, *extra: tuple[str, Run],
+    async def compare(self, label: str, ours: Side, raw: Side, *extra: tuple[str, Side],
                       target: float | None = None) -> None:
-        """Alternate the sides ``rounds`` times, so a load that drifts during the run (a shared
-        machine) weighs on all alike; the rates are over all rounds. An ``extra`` side (label, run)
-        is another raw variant, shown as its own row against the plain raw one."""
-        sides = [ours, raw, *(run for _, run in extra)]
-        times = [0.0] * len(sides)
-        for _ in range(self.rounds):
-            for index, side in enumerate(sides):
-                times[index] += await side()
-        total = self.n * self.rounds
-        self.rows.append(Row(label, total / times[0], total / times[1], 'msg/s', target=target))
-        for (name, _), spent in zip(extra, times[2:], strict=True):
-            self.rows.append(Row(name, total / spent, total / times[1], 'msg/s', note='raw vs raw: the wire cost'))
+        """Alternate the sides ``rounds`` times (ours, raw, then each ``extra`` raw variant), so a
+        load that drifts during the run (a shared machine) weighs on all alike; a row per variant,
+        shown against the plain raw one."""
+        await alternate([ours, raw, *(side for _, side in extra)], self.rounds)
+        self.rows.append(rate_row(label, self.n, ours, raw, target=target))
+        for name, side in extra:
+            self.rows.append(rate_row(name, self.n, side, raw, note='raw vs raw: the wire cost'))
 
     # broker
 
@@ -140,8 +132,8 @@ class Bench:
                 headers['Nats-Msg-Id'] = headers['message-id']
                 await js.publish(subject, _encode(Job(job_id=i)), headers=headers)
 
-        await self.compare('sequential send (JetStream ack)', lambda: timed(ours), lambda: timed(raw),
-                           ('  raw with our headers and Nats-Msg-Id', lambda: timed(raw_headers)),
+        await self.compare('sequential send (JetStream ack)', Side(ours), Side(raw),
+                           ('  raw with our headers and Nats-Msg-Id', Side(raw_headers)),
                            target=SEND_TARGET)
 
     async def batched_send(self, broker: NATSBroker) -> None:
@@ -154,8 +146,8 @@ class Bench:
         async def raw() -> None:
             await asyncio.gather(*(js.publish(subject, _encode(job)) for job in jobs))
 
-        await self.compare('batched send (send_many)', lambda: timed(lambda: bound.send_many(jobs)),
-                           lambda: timed(raw), target=SEND_TARGET)
+        await self.compare('batched send (send_many)', Side(partial(bound.send_many, jobs)),
+                           Side(raw), target=SEND_TARGET)
 
     async def drain(self, broker: NATSBroker) -> None:
         ours_q = self.queue('drain')
@@ -169,31 +161,36 @@ class Bench:
             async def work(self, job: Job) -> None:
                 ours_done.hit()
 
-        async def ours() -> float:
+        agent = Worker(broker=broker)
+
+        async def fill() -> None:
+            nonlocal agent
             await broker[ours_q].send_many(jobs)
             ours_done.restart()
             agent = Worker(broker=broker)
-            start = time.perf_counter()
+
+        async def ours() -> None:
             await agent._start()
             await ours_done.done.wait()
-            elapsed = time.perf_counter() - start
+
+        async def stop() -> None:
             await agent.stop()
-            return elapsed
 
         pull = await js.pull_subscribe_bind('raw', f'BENCHRAW-drain-{self.tag}')
 
-        async def raw() -> float:
+        async def fill_raw() -> None:
             await asyncio.gather(*(js.publish(subject, _encode(job)) for job in jobs))
-            start = time.perf_counter()
+
+        async def raw() -> None:
             left = self.n
             while left:
                 for msg in await pull.fetch(batch=min(BATCH, left), timeout=5):
                     _decode_job(msg.data)
                     await msg.ack()
                     left -= 1
-            return time.perf_counter() - start
 
-        await self.compare(f'drain {self.n} with acks (pull batches of {BATCH})', ours, raw, target=DRAIN_TARGET)
+        await self.compare(f'drain {self.n} with acks (pull batches of {BATCH})', Side(ours, fill, stop),
+                           Side(raw, fill_raw), target=DRAIN_TARGET)
 
     # bus
 
@@ -237,9 +234,11 @@ class Bench:
         try:
             async with Listener(bus=listener):
                 await listener.transport.ping()
-                await self.compare('signal publish-to-receive (core)', lambda: timed(ours), lambda: timed(raw),
-                                   ('  raw with our headers (NATS headers)', lambda: timed(raw_headers)),
-                                   target=SIGNAL_TARGET)
+                sides = Side(ours), Side(raw), Side(raw_headers)
+                await self.compare('signal publish-to-receive (core)', *sides[:2],
+                                   ('  raw with our headers (NATS headers)', sides[2]), target=SIGNAL_TARGET)
+                self.rows.append(rate_row('  ours vs raw with our headers', self.n, sides[0], sides[2],
+                                          target=SIGNAL_HEADERS_TARGET))
         finally:
             await listening.close()
 
@@ -267,22 +266,29 @@ class Bench:
             answer = await self.raw.request(subject, _encode(Job(job_id=i)), timeout=10)
             msgspec.json.decode(answer.data, type=dict[str, int])
 
-        ours: list[float] = []
-        raw: list[float] = []
         try:
             async with Answerer(bus=answerer):
-                for _ in range(self.rounds):
-                    for i in range(self.calls):
-                        ours.append(await timed(partial(ours_call, i)))
-                    for i in range(self.calls):
-                        raw.append(await timed(partial(raw_call, i)))
+                await self.latencies('RPC round trip p50 (raw: nc.request)', ours_call, raw_call, 1 / 1.2)
         finally:
             await server.close()
-        micro = 1e6
-        self.rows += [Row('RPC round trip p50 (raw: nc.request)', median(ours) * micro, median(raw) * micro, 'us',
-                          lower_is_better=True),
-                      Row('RPC round trip p99', percentile(ours, 0.99) * micro, percentile(raw, 0.99) * micro, 'us',
-                          lower_is_better=True)]
+
+    async def latencies(self, label: str, ours_call: Callable[[int], Awaitable[None]],
+                        raw_call: Callable[[int], Awaitable[None]], target: float | None = None) -> None:
+        """p50 and p99 rows of ``calls`` calls per side and round, the sides alternating."""
+        samples: dict[str, list[list[float]]] = {'ours': [], 'raw': []}
+
+        def side(name: str, call: Callable[[int], Awaitable[None]]) -> Side:
+            async def run() -> None:
+                times = []
+                for i in range(self.calls):
+                    times.append(await timed(partial(call, i)))
+                samples[name].append(times)
+            return Side(run)
+
+        sides = side('ours', ours_call), side('raw', raw_call)
+        await alternate(sides, self.rounds)
+        cpu = (median(sides[0].cpu) / self.calls * 1e6, median(sides[1].cpu) / self.calls * 1e6)
+        self.rows += latency_rows(label, samples['ours'][1:], samples['raw'][1:], target, cpu)
 
     async def run(self) -> None:
         self._raw = await nats.connect(self.dsn)
@@ -312,9 +318,9 @@ class Bench:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--dsn', default='nats://127.0.0.1:4222')
-    parser.add_argument('--messages', type=int, default=1000)
-    parser.add_argument('--calls', type=int, default=200)
-    parser.add_argument('--rounds', type=int, default=5)
+    parser.add_argument('--messages', type=int, default=scaled(1000))
+    parser.add_argument('--calls', type=int, default=scaled(200))
+    parser.add_argument('--rounds', type=int, default=ROUNDS)
     args = parser.parse_args()
     bench = Bench(args.dsn, args.messages, args.calls, args.rounds)
     asyncio.run(bench.run())

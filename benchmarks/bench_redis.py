@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import time
 import tracemalloc
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import msgspec
@@ -25,7 +25,7 @@ from microagent.backends.redis.frame import frame, unframe
 from microagent.message import new_headers
 from microagent.payload import codec_for
 
-from .harness import Row, median, percentile, print_table, rate
+from .harness import Row, Side, alternate, latency_rows, median, print_table, rate_row, scaled
 
 DSN = os.environ.get('MICROAGENT_BENCH_REDIS', 'redis://127.0.0.1:6379/9')
 
@@ -52,10 +52,6 @@ def _messages(count: int) -> list[Message]:
     return [Message(user_id=i, text=f'hello {i}') for i in range(count)]
 
 
-async def _best(rounds: int, measure: Callable[[], Awaitable[float]]) -> float:
-    return max([await measure() for _ in range(rounds)])
-
-
 async def _drop(client: Redis, name: str) -> None:
     await client.delete(name)
     async for key in client.scan_iter(match=f'{name}:*'):
@@ -78,11 +74,78 @@ async def bench_send(client: Redis, count: int = 5000) -> Row:
         for item in items:
             await client.rpush(queue.name, msgspec.json.encode(item))
 
-    ours_rate = await _best(3, lambda: rate(count, ours))
-    raw_rate = await _best(3, lambda: rate(count, raw))
+    async def empty() -> None:
+        await client.delete(queue.name)
+
+    sides = Side(ours, empty), Side(raw, empty)
+    await alternate(sides)
     await broker.close()
     await _drop(client, queue.name)
-    return Row('sequential send (RPUSH)', ours_rate, raw_rate, 'msg/s', 0.85)
+    return rate_row('sequential send (RPUSH)', count, *sides, target=0.85)
+
+
+async def bench_send_consumed(client: Redis, count: int = 5000) -> Row:
+    """The issue's first row: sequential sends consumed in the same process, as they come (raw:
+    RPUSH, and a reader doing LPOP 500 or else BLPOP, then decoding; no acks)."""
+    queue = Queue(_name('sendrecv'), Message)
+    items = _messages(count)
+    reader_client = Redis.from_url(DSN)
+    handled = 0
+    done = asyncio.Event()
+
+    def hit() -> None:
+        nonlocal handled
+        handled += 1
+        if handled == count:
+            done.set()
+
+    class Worker(MicroAgent):
+        @consumer(queue, concurrency=64)
+        async def work(self, message: Message) -> None:
+            hit()
+
+    broker = RedisBroker(DSN)
+    bound = broker[queue]
+    agent = Worker(broker=broker)
+
+    async def reset() -> None:
+        nonlocal handled
+        handled = 0
+        done.clear()
+
+    async def ours() -> None:
+        for item in items:
+            await bound.send(item)
+        await done.wait()
+
+    async def read() -> None:
+        while True:
+            items = cast(list[bytes] | None, await reader_client.lpop(queue.name + 'raw', 500))
+            if not items:
+                popped = cast(list[bytes] | None, await reader_client.blpop([queue.name + 'raw'], 1))
+                items = [popped[1]] if popped else []
+            for body in items:
+                json.loads(body)
+                hit()
+
+    async def raw() -> None:
+        for item in items:
+            await client.rpush(queue.name + 'raw', msgspec.json.encode(item))
+        await done.wait()
+
+    await agent._start()
+    reader = asyncio.create_task(read())
+    sides = Side(ours, reset), Side(raw, reset)
+    await alternate(sides)
+    await agent.stop()
+    reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
+    await reader_client.aclose()
+    await broker.close()
+    await _drop(client, queue.name)
+    await client.delete(queue.name + 'raw')
+    return rate_row('send -> consumed, same process (raw: RPUSH; LPOP 500/BLPOP + json.loads)', count, *sides,
+                    target=0.95)
 
 
 async def bench_send_many(client: Redis, total: int = 50_000, batch: int = 500) -> Row:
@@ -97,17 +160,16 @@ async def bench_send_many(client: Redis, total: int = 50_000, batch: int = 500) 
 
     async def raw() -> None:
         for chunk in batches:
-            async with client.pipeline(transaction=False) as pipe:
-                for item in chunk:
-                    pipe.rpush(queue.name, msgspec.json.encode(item))
-                await pipe.execute()
+            await client.rpush(queue.name, *[msgspec.json.encode(item) for item in chunk])
 
-    ours_rate = await _best(3, lambda: rate(total, ours))
-    await client.delete(queue.name)
-    raw_rate = await _best(3, lambda: rate(total, raw))
+    async def empty() -> None:
+        await client.delete(queue.name)
+
+    sides = Side(ours, empty), Side(raw, empty)
+    await alternate(sides)
     await broker.close()
     await _drop(client, queue.name)
-    return Row(f'send_many, {batch}/batch (pipelined RPUSH)', ours_rate, raw_rate, 'msg/s', 0.7)
+    return rate_row(f'send_many, {batch}/batch (raw: one RPUSH of {batch})', total, *sides, target=1.5)
 
 
 async def _fill(client: Redis, name: str, total: int, framed: bool = False) -> None:
@@ -119,10 +181,9 @@ async def _fill(client: Redis, name: str, total: int, framed: bool = False) -> N
         await client.rpush(name, *bodies[start:start + 10_000])
 
 
-async def bench_drain(client: Redis, total: int = 100_000, concurrency: int = 64, rounds: int = 5,
-                      framed: bool = False) -> Row:
-    """Alternate raw and ours ``rounds`` times on freshly filled queues; compare the medians.
-    ``framed``: an informational row on envelope frames (raw: LPOP 500 + unframe + decode)."""
+async def bench_drain(client: Redis, total: int = 100_000, concurrency: int = 64, framed: bool = False) -> list[Row]:
+    """Drain freshly filled queues, raw and ours in turn each round. ``framed``: on envelope frames
+    (raw: LPOP 500 + unframe + decode); else on 1.x bodies (raw: LPOP 500 + decode)."""
     name = _name('drain')
     decoder = msgspec.json.Decoder(Message)
     queue = Queue(name, Message)
@@ -137,36 +198,44 @@ async def bench_drain(client: Redis, total: int = 100_000, concurrency: int = 64
             if handled == total:
                 done.set()
 
-    async def raw() -> None:
+    async def raw() -> None:  # the issue's baseline: the stdlib's json
+        while items := cast(list[bytes] | None, await client.lpop(name, 500)):
+            for body in items:
+                json.loads(unframe(body).body if framed else body)
+
+    async def raw_msgspec() -> None:  # a raw loop as fast as Python gets
         while items := cast(list[bytes] | None, await client.lpop(name, 500)):
             for body in items:
                 decoder.decode(unframe(body).body if framed else body)
 
     broker = RedisBroker(DSN)
+    agent = Drainer(broker=broker)
+
+    async def fill() -> None:
+        nonlocal handled, agent
+        await _fill(client, name, total, framed)
+        handled = 0
+        done.clear()
+        agent = Drainer(broker=broker)
 
     async def ours() -> None:
         await agent._start()
         await done.wait()
 
-    raw_rates: list[float] = []
-    our_rates: list[float] = []
-    for _ in range(rounds):
-        await _fill(client, name, total, framed)
-        raw_rates.append(await rate(total, raw))
-        await _fill(client, name, total, framed)
-        handled = 0
-        done.clear()
-        agent = Drainer(broker=broker)
-        our_rates.append(await rate(total, ours))
+    async def stop() -> None:
         await agent.stop()
+
+    async def fill_raw() -> None:
+        await _fill(client, name, total, framed)
+
+    sides = Side(ours, fill, stop), Side(raw, fill_raw), Side(raw_msgspec, fill_raw)
+    await alternate(sides)
     await broker.close()
     await _drop(client, name)
-    if framed:
-        return Row('drain 100k envelope frames with acks (raw: LPOP 500 + unframe + decode)',
-                   median(our_rates), median(raw_rates), 'msg/s', note=f'informational; median of {rounds}')
-    return Row(f'drain 100k with acks (concurrency {concurrency}; raw: LPOP 500 + decode)',
-               median(our_rates), median(raw_rates), 'msg/s', 0.12,
-               note=f'median of {rounds} alternating rounds')
+    what = 'envelope frames' if framed else '1.x bodies'
+    return [rate_row(f'drain {total // 1000}k {what} with acks (raw: LPOP 500 + json.loads, no acks)',
+                     total, *sides[:2], target=None if framed else 0.6),
+            rate_row('  the same vs raw decoding with msgspec', total, sides[0], sides[2], note='informational')]
 
 
 # signals
@@ -186,6 +255,11 @@ async def bench_signal(client: Redis, count: int = 3000) -> Row:
         if got == count:
             all_in.set()
 
+    async def reset() -> None:
+        nonlocal got
+        got = 0
+        all_in.clear()
+
     class Listener(MicroAgent):
         @receiver(signal)
         async def on_message(self, message: Message) -> None:
@@ -197,9 +271,6 @@ async def bench_signal(client: Redis, count: int = 3000) -> Row:
     bound = sending[signal]
 
     async def ours() -> None:
-        nonlocal got
-        got = 0
-        all_in.clear()
         for item in items:
             await bound.send('bench', item)
         await all_in.wait()
@@ -217,24 +288,19 @@ async def bench_signal(client: Redis, count: int = 3000) -> Row:
     reader = asyncio.create_task(read())
 
     async def raw() -> None:
-        nonlocal got
-        got = 0
-        all_in.clear()
         for item in items:
             await client.publish(channel, msgspec.json.encode(item))
         await all_in.wait()
 
-    ours_rate = raw_rate = 0.0
-    for _ in range(4):  # alternate, so a noisy neighbour hurts both sides alike; best of each
-        ours_rate = max(ours_rate, await rate(count, ours))
-        raw_rate = max(raw_rate, await rate(count, raw))
+    sides = Side(ours, reset), Side(raw, reset)
+    await alternate(sides)
     await agent.stop()
     await listening.close()
     await sending.close()
     reader.cancel()
     await asyncio.gather(reader, return_exceptions=True)
     await pubsub.aclose()
-    return Row('signal send -> receive, sequential (PUBLISH)', ours_rate, raw_rate, 'msg/s', 0.85)
+    return rate_row('signal send -> receive, sequential (PUBLISH)', count, *sides, target=0.95)
 
 
 async def bench_rpc(client: Redis, count: int = 1000) -> list[Row]:
@@ -251,14 +317,6 @@ async def bench_rpc(client: Redis, count: int = 1000) -> list[Row]:
     await agent._start()
     bound = calling[signal]
     await bound.call('bench', Count(user_id=0), timeout=5)  # warm up: response subscription
-    ours: list[float] = []
-    for i in range(count):
-        start = time.perf_counter()
-        await bound.call('bench', Count(user_id=i), timeout=5)
-        ours.append(time.perf_counter() - start)
-    await agent.stop()
-    await serving.close()
-    await calling.close()
 
     # raw ping-pong: a responder reads the request and publishes an answer the caller reads
     requests, answers = client.pubsub(), client.pubsub()
@@ -282,27 +340,43 @@ async def bench_rpc(client: Redis, count: int = 1000) -> list[Row]:
                     future.set_result(message['data'])
 
     tasks = [asyncio.create_task(respond()), asyncio.create_task(collect())]
-    raw: list[float] = []
     loop = asyncio.get_running_loop()
-    for i in range(count + 1):
-        request_id = uuid.uuid4().hex
-        future: asyncio.Future[bytes] = loop.create_future()
-        waiting[request_id.encode()] = future
-        start = time.perf_counter()
-        await client.publish(f'{prefix}:req:bench#{request_id}', msgspec.json.encode(Count(user_id=i)))
-        await future
-        if i:  # the first one warms up
-            raw.append(time.perf_counter() - start)
+    ours_rounds: list[list[float]] = []
+    raw_rounds: list[list[float]] = []
+
+    async def ours() -> None:
+        samples = []
+        for i in range(count):
+            start = time.perf_counter()
+            await bound.call('bench', Count(user_id=i), timeout=5)
+            samples.append(time.perf_counter() - start)
+        ours_rounds.append(samples)
+
+    async def raw() -> None:
+        samples = []
+        for i in range(count):
+            request_id = uuid.uuid4().hex
+            future: asyncio.Future[bytes] = loop.create_future()
+            waiting[request_id.encode()] = future
+            start = time.perf_counter()
+            await client.publish(f'{prefix}:req:bench#{request_id}', msgspec.json.encode(Count(user_id=i)))
+            await future
+            samples.append(time.perf_counter() - start)
+        raw_rounds.append(samples)
+
+    sides = Side(ours), Side(raw)
+    await alternate(sides)
+    del ours_rounds[0], raw_rounds[0]  # the warm-up round
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await requests.aclose()
     await answers.aclose()
-    micro = 1e6
-    return [Row('RPC round trip p50 (raw: pub/sub ping-pong)', median(ours) * micro, median(raw) * micro,
-                'us', 1 / 1.3, lower_is_better=True),
-            Row('RPC round trip p99', percentile(ours, 0.99) * micro, percentile(raw, 0.99) * micro, 'us',
-                lower_is_better=True)]
+    await agent.stop()
+    await serving.close()
+    await calling.close()
+    cpu = (median(sides[0].cpu) / count * 1e6, median(sides[1].cpu) / count * 1e6)
+    return latency_rows('RPC round trip p50 (raw: pub/sub ping-pong)', ours_rounds, raw_rounds, 1 / 1.1, cpu)
 
 
 # codecs and memory
@@ -357,13 +431,14 @@ async def main() -> None:
     client = Redis.from_url(DSN)
     rows: list[Row] = []
     try:
-        rows.append(await bench_send(client))
-        rows.append(await bench_send_many(client))
-        rows.append(await bench_drain(client))
-        rows.append(await bench_drain(client, rounds=3, framed=True))
-        rows.append(await bench_signal(client))
-        rows.extend(await bench_rpc(client))
-        rows.extend(bench_codecs())
+        rows.append(await bench_send(client, scaled(5000)))
+        rows.append(await bench_send_consumed(client, scaled(5000)))
+        rows.append(await bench_send_many(client, scaled(50_000)))
+        rows.extend(await bench_drain(client, scaled(100_000)))
+        rows.extend(await bench_drain(client, scaled(100_000), framed=True))
+        rows.append(await bench_signal(client, scaled(3000)))
+        rows.extend(await bench_rpc(client, scaled(1000)))
+        rows.extend(bench_codecs(scaled(20_000)))
         rows.append(await bench_idle_memory())
     finally:
         await client.aclose()

@@ -60,7 +60,9 @@ class BoundSignal(Generic[T, R]):
             raise UsageError(f'signal {self.signal.name!r}: give the payload or keywords, not both')
         else:
             data = codec.encode(payload)
-        return check_size(f'signal {self.signal.name!r}', data, self.bus.max_message_size)
+        if len(data) > self.bus.max_message_size:  # the name is formatted only when it raises
+            check_size(f'signal {self.signal.name!r}', data, self.bus.max_message_size)
+        return data
 
     @overload
     async def send(self: BoundSignal[JsonDict, Any], sender: str, payload: T | None = None, *,

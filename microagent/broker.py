@@ -182,7 +182,10 @@ class AbstractQueueBroker(Consuming):
         return data
 
     def encode(self, queue: Queue[Any], payload: Any) -> bytes:
-        return check_size(f'queue {queue.name!r}', queue.codec.encode(payload), self.max_message_size)
+        data = queue.codec.encode(payload)
+        if len(data) > self.max_message_size:  # the target's name is formatted only when it raises
+            check_size(f'queue {queue.name!r}', data, self.max_message_size)
+        return data
 
     # consuming
 

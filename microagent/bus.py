@@ -256,7 +256,9 @@ class AbstractSignalBus:
             return
         signal = receivers[0].signal
         try:
-            payload = signal.codec.decode(check_size(f'signal {name!r}', envelope.body, self.max_message_size))
+            if len(envelope.body) > self.max_message_size:  # the name is formatted only when it raises
+                check_size(f'signal {name!r}', envelope.body, self.max_message_size)
+            payload = signal.codec.decode(envelope.body)
         except InvalidPayload as exc:
             self.limited.warning(self.log, f'invalid {name}:{sender}', 'Dropped signal %s from %s: %s', name,
                                  shown(sender), exc, extra=dropped_fields(envelope))

@@ -249,7 +249,9 @@ class Consuming(Batching):
 
     def _decode(self, consumer: Consumer, delivery: Delivery[Any]) -> tuple[Any, Any]:
         try:
-            body = check_size(f'queue {consumer.queue.name!r}', delivery.envelope.body, self.max_message_size)
+            body = delivery.envelope.body
+            if len(body) > self.max_message_size:  # the target's name is formatted only when it raises
+                check_size(f'queue {consumer.queue.name!r}', body, self.max_message_size)
             return consumer.decode(body)
         except InvalidPayload:
             raise

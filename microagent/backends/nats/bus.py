@@ -23,7 +23,7 @@ from functools import partial
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from microagent.backends.nats.limits import check_sizes
+from microagent.backends.nats.limits import check_sizes, fits
 from microagent.backends.nats.link import Link, check_subject
 from microagent.logs import LogLimiter
 from microagent.message import REPLY_TO, REQUEST_ID, Envelope
@@ -81,7 +81,8 @@ class NATSBusTransport:
                 self._subjects[name, sender] = subject
         headers = envelope.headers
         client = await self._link.client()
-        check_sizes(f'signal {name!r}', ((envelope.body, headers),), self.max_message_size, client.max_payload)
+        if not fits(envelope.body, headers, client.max_payload):  # the name is formatted only when it may not
+            check_sizes(f'signal {name!r}', ((envelope.body, headers),), self.max_message_size, client.max_payload)
         if headers:
             await client.publish(subject, envelope.body, reply=headers.get(REPLY_TO, ''),
                                  headers=headers if type(headers) is dict else dict(headers))
@@ -121,7 +122,8 @@ class NATSBusTransport:
     async def _on_signal(self, name: str, msg: Msg) -> None:
         """Deliver a signal, once: when names nest (``a`` and ``a.b``), the longest one owns it."""
         rest = msg.subject[len(self.prefix) + 1:]
-        if self._deliver is None or any(rest.startswith(n + '.') for n in self._nested.get(name, ())):
+        nested = self._nested.get(name)
+        if self._deliver is None or (nested and any(rest.startswith(n + '.') for n in nested)):
             return
         headers: dict[str, str] | None = msg.headers
         if msg.reply and (headers is None or REPLY_TO not in headers):
