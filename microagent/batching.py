@@ -25,8 +25,8 @@ from microagent.settle import Settlement
 from microagent.transport import BrokerTransport, Delivery
 
 if TYPE_CHECKING:
-    from microagent.consuming import Running
     from microagent.handlers import Consumer
+    from microagent.running import Running
 
 
 class Batching(Settlement):

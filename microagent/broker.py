@@ -17,7 +17,7 @@ from functools import partial
 from itertools import repeat
 from typing import Any, Generic, Never, Self, TypeVar, cast, overload
 
-from microagent.consuming import Consuming, Running
+from microagent.consuming import Consuming
 from microagent.dsn import hide_password
 from microagent.errors import DeclarationError, QueueAttributeError, QueueNotFound, UsageError
 from microagent.exchange import Exchange
@@ -28,6 +28,7 @@ from microagent.middleware import MiddlewareLike, Sending, SendingKind, active, 
 from microagent.payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json
 from microagent.queue import Queue
 from microagent.readiness import PING_TIMEOUT, pinged
+from microagent.running import Running
 from microagent.sends import check_send
 from microagent.transport import BrokerTransport, DeadLetter, Delivery, QueueDepth, SelectDeadLetter
 
