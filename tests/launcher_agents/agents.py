@@ -82,6 +82,17 @@ class Billing(Recorder):
             call(self, event.number)
 
 
+class GroupedWriter(Recorder):
+    """A grouped receiver of pings that appends each number it handles to ``billed.<pid>`` (a
+    killed process leaves what it handled on disk) and takes ``settings['work']`` seconds for it."""
+
+    @receiver(ping, group=True, concurrency=4)
+    async def bill(self, event: Ping) -> None:
+        await asyncio.sleep(self.settings.get('work', 0.01))
+        with (Path(self.settings['dir']) / f'billed.{os.getpid()}').open('a') as file:
+            file.write(f'{event.number}\n')
+
+
 class Worker(Recorder):
     """Consumes ``launcher_test_jobs``."""
 
