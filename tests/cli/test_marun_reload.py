@@ -31,7 +31,7 @@ VERSION = {version}
 
 class Recorder(MicroAgent):
     def mark(self, event: str) -> None:
-        Path(os.environ['LAUNCHER_TEST_DIR'], f'{{event}}-{{VERSION}}').write_text(str(os.getpid()))
+        Path(os.environ['LAUNCHER_TEST_DIR'], f'v{{VERSION}}.{{event}}').write_text(str(os.getpid()))
 
     @on('post_start')
     def started(self) -> None:
@@ -64,36 +64,42 @@ def _env() -> dict[str, str]:
     return {'PYTHONPATH': os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')]))}
 
 
-def test_a_changed_file_restarts_the_group_gracefully_and_is_named(start: Starter, project: Path) -> None:
-    run = start('marun', '--reload', '--single-process', 'proj_settings', '--grace', '1', cwd=project, env=_env())
-    first = run.wait_file('started-1')
+@pytest.mark.parametrize('mode', ['single-process', 'agent processes, Ctrl-C'])
+def test_a_changed_file_restarts_the_group_gracefully_and_is_named(start: Starter, project: Path, mode: str) -> None:
+    one = mode == 'single-process'
+    run = start('marun', '--reload', *(['--single-process'] if one else []), 'proj_settings', '--grace', '1',
+                cwd=project, env=_env(), own_group=not one)
+    first = run.wait_file('v1.started')
     assert 'Reload: watching *.py under' in run.output
 
     (project / 'proj_agents.py').write_text(AGENTS.format(version=2))
-    second = run.wait_file('started-2')
-    assert run.file('stopped-1').read_text() == first  # pre_stop of the old group ran: the graceful stop
+    second = run.wait_file('v2.started')
+    assert run.file('v1.stopped').read_text() == first  # pre_stop of the old group ran: the graceful stop
     assert second != first  # a new process, which imported the changed code
     assert 'Reload: proj_agents.py changed: restarting the group' in run.output
 
-    run.signal(signal.SIGINT)
+    if one:
+        run.signal(signal.SIGINT)
+    else:  # a terminal's Ctrl-C: the reloader, its marun and the agent processes get it at once
+        run.signal_group(signal.SIGINT)
     assert run.wait() == 0, run.output
-    assert run.file('stopped-2').read_text() == second
+    assert run.file('v2.stopped').read_text() == second
     assert 'Received SIGINT: stopping the group' in run.output
 
 
 def test_a_broken_change_waits_for_the_fix(start: Starter, project: Path) -> None:
     run = start('marun', '--reload', '--single-process', 'proj_settings', '--grace', '1', cwd=project, env=_env())
-    run.wait_file('started-1')
+    run.wait_file('v1.started')
     (project / 'proj_agents.py').write_text('VERSION = (\n')  # a syntax error: the group cannot start
     run.wait_for('the failed start to be reported', lambda: 'waiting for a file change' in run.output)
     assert run.proc.poll() is None  # the reloader waits
 
     (project / 'proj_agents.py').write_text(AGENTS.format(version=3))
-    run.wait_file('started-3')
+    run.wait_file('v3.started')
     assert 'Reload: proj_agents.py changed: starting the group again' in run.output
     run.signal(signal.SIGTERM)
     assert run.wait() == 0, run.output
-    assert run.file('stopped-3').exists()
+    assert run.file('v3.stopped').exists()
 
 
 def test_what_is_watched() -> None:
