@@ -56,7 +56,7 @@ class AsgiEndpoints:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope['type'] != 'http':
-            raise TypeError(f'{type(self).__name__} answers HTTP requests only, not {scope["type"]!r}: '
+            raise UsageError(f'{type(self).__name__} answers HTTP requests only, not {scope["type"]!r}: '
                             'give the agents to the app as its lifespan')
         authorization = next((value for name, value in scope.get('headers', ()) if name.lower() == b'authorization'),
                              None)
@@ -114,10 +114,10 @@ class AppAgents:
         return f'<AppAgents {", ".join(self.agents)}>'
 
     def get(self, cls: type[A]) -> A:
-        """The agent of class ``cls`` (or a subclass); ``LookupError`` when there is none or several."""
+        """The agent of class ``cls`` (or a subclass); ``UsageError`` when there is none or several."""
         found = [agent for agent in self.agents.values() if isinstance(agent, cls)]
         if len(found) != 1:
-            raise LookupError(f'{self!r} has {len(found) or "no"} agents of class {cls.__qualname__}')
+            raise UsageError(f'{self!r} has {len(found) or "no"} agents of class {cls.__qualname__}')
         return found[0]
 
     @property

@@ -199,7 +199,7 @@ def test_typed_access_and_names() -> None:
     agents = AppAgents(one, two, Welcomer(bus=bus, broker=broker))
     assert list(agents.agents) == ['Welcomer.1', 'second', 'Welcomer.2']
     assert agents.bus is bus and agents.broker is broker
-    with pytest.raises(LookupError, match='3 agents of class Welcomer'):
+    with pytest.raises(UsageError, match='3 agents of class Welcomer'):
         agents.get(Welcomer)
     assert AppAgents(one).get(Welcomer) is one
     with pytest.raises(UsageError, match='no agent has a broker'):
