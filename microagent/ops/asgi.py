@@ -148,6 +148,8 @@ class AppAgents:
 
     async def start(self) -> None:
         """Start every agent, in order; when one fails, stop those started and raise."""
+        if self._started:
+            raise UsageError(f'{self!r} is already started')
         try:
             for name, agent in self.agents.items():
                 context = self._contexts[name] = contextvars.copy_context()

@@ -193,6 +193,17 @@ async def test_a_failed_start_stops_the_agents_started_and_fails_the_app() -> No
     assert first.events == ['post_start', 'pre_stop']
 
 
+async def test_agents_start_once_at_a_time() -> None:
+    agent = Welcomer(bus=MemorySignalBus(), broker=MemoryBroker())
+    agents = AppAgents(agent)
+    async with agents:
+        with pytest.raises(UsageError, match='already started'):
+            await agents.start()
+    async with agents:  # again after a stop, as an app restarted in the same process
+        assert await agents.problems() == {}
+    assert agent.events == ['post_start', 'pre_stop', 'post_start', 'pre_stop']
+
+
 def test_typed_access_and_names() -> None:
     bus, broker = MemorySignalBus(), MemoryBroker()
     one, two = Welcomer(bus=bus, broker=broker), Welcomer(bus=bus, broker=broker, name='second')
