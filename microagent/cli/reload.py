@@ -34,6 +34,8 @@ log = logging.getLogger('microagent.launcher')
 IGNORED_DIRS = ('__pycache__', '.git', '.hg', '.svn', '.tox', '.nox', '.venv', 'venv', '.idea', '.vscode',
                 'node_modules', '.mypy_cache', '.pytest_cache', '.ruff_cache', '.hypothesis', '.eggs',
                 'site-packages')
+#: changed files named in the log line; the others are counted
+SHOWN = 5
 #: seconds a stopping child may take beyond its grace before the reloader kills it
 KILL_MARGIN = 15.0
 
@@ -156,7 +158,8 @@ class _Reloader:
 
     def _announce(self, paths: set[str], what: str) -> None:
         names = sorted(_shown(path) for path in paths) or ['a source file']
-        log.info('Reload: %s changed: %s', ', '.join(names), what)
+        more = f' and {len(names) - SHOWN} more' if len(names) > SHOWN else ''  # a checkout changes hundreds
+        log.info('Reload: %s%s changed: %s', ', '.join(names[:SHOWN]), more, what)
 
     async def _stop(self, child: asyncio.subprocess.Process) -> None:
         if child.returncode is None:
