@@ -15,6 +15,7 @@ __all__ = ['OTHER_EXTRAS', 'extra_for', 'install_hint']
 OTHER_EXTRAS: dict[str, str] = {
     'prometheus_client': 'prometheus',  # microagent.ops.metrics, /metrics
     'opentelemetry': 'otel',  # microagent.ops.tracing
+    'watchfiles': 'reload',  # marun --reload
     'pydantic': 'pydantic',  # pydantic payload models
 }
 

@@ -1,7 +1,7 @@
 """``marun``: run a group of agents, one process each, and supervise them as one.
 
     marun pkg.settings [pkg.other_settings ...] [--grace 10] [--single-process]
-          [--log-level INFO] [--log-format text|json] [--http HOST:PORT]
+          [--log-level INFO] [--log-format text|json] [--http HOST:PORT] [--reload]
 
 When an agent process exits or crashes, the others are stopped and ``marun`` exits with 1.
 SIGINT or SIGTERM stops every agent gracefully (``pre_stop`` hooks, no new work, in-flight handlers
@@ -42,6 +42,7 @@ from microagent.cli.config import (
 )
 from microagent.cli.inputs import read_token, replica_counts, seconds_or_zero
 from microagent.cli.legacy import init_agent, load_configuration
+from microagent.cli.reload import run_reloading
 from microagent.cli.targets import load_fleet
 from microagent.contract.asyncapi import asyncapi
 from microagent.contract.docs_page import render_docs
@@ -84,6 +85,10 @@ def build_parser(prog: str = 'marun') -> argparse.ArgumentParser:
                              '/metrics, /asyncapi.json and /docs ask for; also $MICROAGENT_HTTP_TOKEN')
     parser.add_argument('--replicas', metavar='NAME=N', action='append', default=[],
                         help="run N processes of the agent NAME (overrides its entry's 'replicas'); repeatable")
+    parser.add_argument('--reload', action='store_true',
+                        help='while developing: run the group again when a *.py file under the current directory '
+                             '(or a --reload-dir) changes (extra: reload)')
+    parser.add_argument('--reload-dir', metavar='DIR', action='append', default=[], help='watch DIR too; repeatable')
     parser.add_argument('--agent-process', metavar='NAME', help=argparse.SUPPRESS)
     parser.add_argument('--watch-fd', type=int, help=argparse.SUPPRESS)
     parser.add_argument('--ready-fd', type=int, help=argparse.SUPPRESS)
@@ -108,6 +113,8 @@ def main(argv: Sequence[str] | None = None, prog: str = 'marun') -> int:
         sys.path.insert(0, os.getcwd())  # `marun myapp.settings` from the project directory
     setup_logging(args.log_level, args.log_format, args.agent_process or prog.split()[0])
     try:
+        if args.reload and not args.agent_process:
+            return run_reloading(args)
         if args.agent_process:
             return _agent_process(args.agent_process, args.modules, args.grace, args.watch_fd, args.ready_fd,
                                   replicas)
@@ -457,10 +464,6 @@ async def _watch(procs: dict[str, asyncio.subprocess.Process], stopping: asyncio
     return code
 
 
-if __name__ == '__main__':
-    sys.exit(main())
-
-
 def fleet_endpoints(modules: Sequence[str], readiness: Readiness, registry: CollectorRegistry | None = None,
                     metrics: Callable[[], Awaitable[bytes]] | None = None) -> Endpoints:
     """The endpoints of a marun group: the contract of its settings modules as a fleet."""
@@ -477,3 +480,7 @@ def fleet_endpoints(modules: Sequence[str], readiness: Readiness, registry: Coll
                         servers=found.servers(), declarations=found.declarations)
 
     return Endpoints(readiness, document, lambda: render_docs(loaded()), registry, metrics)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 
-__all__ = ['Endpoints', 'HttpServer', 'Page', 'Readiness', 'exposition', 'parse_address', 'process_only',
-           'start_http']
+__all__ = ['Endpoints', 'HttpServer', 'Page', 'Readiness', 'answer', 'exposition', 'parse_address',
+           'process_only', 'start_http']
 
 log = logging.getLogger('microagent.http')
 
@@ -202,13 +202,18 @@ async def _answer(endpoints: Endpoints, head: bytes) -> Page:
     if len(parts) != 3 or not parts[2].startswith('HTTP/1.'):
         return Page.text('a request line is METHOD TARGET HTTP/1.1', 400)
     method, target, _ = parts
+    return await answer(endpoints, method, urlsplit(target).path, _authorization(head))
+
+
+async def answer(endpoints: Endpoints, method: str, path: str, authorization: bytes | None) -> Page:
+    """The page for ``method path``, given the request's ``Authorization`` header (or None): the
+    routing, the token check and the errors, the same for this server and ``microagent.ops.asgi``."""
     if method != 'GET':
         return Page.text(f'{method} is not allowed: these endpoints answer GET only', 405)
-    path = urlsplit(target).path
     route = endpoints.routes.get(path)
     if route is None:
         return Page.text(f'{path} is not here: try {", ".join(endpoints.routes)}', 404)
-    if endpoints.token and path not in OPEN_ROUTES and not _authorized(head, endpoints.token):
+    if endpoints.token and path not in OPEN_ROUTES and not _authorized(authorization, endpoints.token):
         return Page.text(f'{path} needs the header Authorization: Bearer <token>', 401)
     try:
         return await route()
@@ -217,11 +222,15 @@ async def _answer(endpoints: Endpoints, head: bytes) -> Page:
         return Page.text(f'GET {path} failed: {type(exc).__name__}: {exc}', 500)
 
 
-def _authorized(head: bytes, token: str) -> bool:
-    """Does the request head carry ``Authorization: Bearer <token>``? Compared in constant time."""
+def _authorization(head: bytes) -> bytes | None:
     for line in head.split(b'\r\n')[1:]:
         name, _, value = line.partition(b':')
         if name.strip().lower() == b'authorization':
-            scheme, _, given = value.strip().partition(b' ')
-            return scheme.lower() == b'bearer' and hmac.compare_digest(given.strip(), token.encode())
-    return False
+            return value.strip()
+    return None
+
+
+def _authorized(authorization: bytes | None, token: str) -> bool:
+    """Is ``authorization`` (a header's value) ``Bearer <token>``? Compared in constant time."""
+    scheme, _, given = (authorization or b'').partition(b' ')
+    return scheme.lower() == b'bearer' and hmac.compare_digest(given.strip(), token.encode())

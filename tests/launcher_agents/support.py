@@ -26,11 +26,12 @@ def command(name: str) -> list[str]:
 class Run:
     """One started command; its output goes to a file, so a chatty process never blocks on a pipe."""
 
-    def __init__(self, args: list[str], workdir: Path, env: dict[str, str], own_group: bool = False) -> None:
+    def __init__(self, args: list[str], workdir: Path, env: dict[str, str], own_group: bool = False,
+                 cwd: Path | None = None) -> None:
         self.workdir = workdir
         self.log_path = workdir / 'output.log'
         self._log = self.log_path.open('wb')
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(args, cwd=cwd or ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=own_group)
 
     @property
@@ -108,16 +109,17 @@ Starter = Callable[..., Run]
 def starter(tmp_path: Path) -> Iterator[Starter]:
     """``start('marun', 'tests.launcher_agents.group', env={...})``; everything it started, agents
     included (their pids are in ``*.started`` files), is killed at the end. ``own_group``: in a new
-    session and process group of its own; ``wrap``: run under that command (``['timeout', ...]``)."""
+    session and process group of its own; ``wrap``: run under that command (``['timeout', ...]``);
+    ``cwd``: the directory it runs in (default: the repository)."""
     runs: list[Run] = []
 
     def run(name: str, *args: str, env: dict[str, str] | None = None, module: str | None = None,
-            own_group: bool = False, wrap: Sequence[str] = ()) -> Run:
+            own_group: bool = False, wrap: Sequence[str] = (), cwd: Path | None = None) -> Run:
         workdir = tmp_path / f'run{len(runs)}'
         workdir.mkdir()
         environ = {**os.environ, 'LAUNCHER_TEST_DIR': str(workdir), **(env or {})}
         argv = [sys.executable, '-m', module] if module else command(name)
-        runs.append(Run([*wrap, *argv, *args], workdir, environ, own_group))
+        runs.append(Run([*wrap, *argv, *args], workdir, environ, own_group, cwd))
         return runs[-1]
 
     try:
