@@ -21,7 +21,7 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp import commands as spec
 
 from microagent.backends.amqp.groups import AMQPGroupTransport
-from microagent.backends.amqp.headers import CONTENT_TYPE, received_headers
+from microagent.backends.amqp.headers import CONTENT_TYPE, PERSISTENT, received_headers
 from microagent.backends.amqp.link import LINK_ERRORS, PING_PATIENCE, Link, Outgoing, Publisher, passive_declare
 from microagent.backends.amqp.queue_args import DEFAULT_DELIVERY_LIMIT
 from microagent.errors import ConnectionFailed
@@ -94,15 +94,17 @@ class AMQPBusTransport:
 
     async def publish(self, name: str, sender: str, envelope: Envelope) -> None:
         """To the prefix exchange, key ``{name}.{sender}``; a request also names the caller's queue and
-        the request id in ``reply_to`` and ``correlation_id``, where 1.x peers read them."""
+        the request id in ``reply_to`` and ``correlation_id``, where 1.x peers read them. Persistent:
+        the durable queue of a signal group keeps it across a RabbitMQ restart (the bus queues are
+        not durable, so RabbitMQ writes nothing to disk for them)."""
         headers = envelope.headers
         if headers:
-            props = spec.Basic.Properties(content_type=CONTENT_TYPE, message_type=name,
+            props = spec.Basic.Properties(content_type=CONTENT_TYPE, message_type=name, delivery_mode=PERSISTENT,
                                           headers=headers if type(headers) is dict else dict(headers),
                                           message_id=headers.get(MESSAGE_ID),
                                           correlation_id=headers.get(REQUEST_ID), reply_to=headers.get(REPLY_TO))
         else:
-            props = spec.Basic.Properties(content_type=CONTENT_TYPE, message_type=name)
+            props = spec.Basic.Properties(content_type=CONTENT_TYPE, message_type=name, delivery_mode=PERSISTENT)
         await self._publisher.publish([Outgoing(self.prefix, f'{name}.{sender}', envelope.body, props)],
                                       f'signal {name!r}')
 
