@@ -61,6 +61,20 @@ async def test_a_group_is_a_durable_queue_bound_to_the_bus_exchange_with_its_ret
     assert not await bus.groups.queue_exists(f'{signal.name}@nobody')
 
 
+async def test_signals_reach_a_store_persistent(amqp: Servers, unique: str) -> None:
+    """A classic store keeps what it holds across a RabbitMQ restart only if it was sent persistent."""
+    signal = Signal(f'order_{unique}', Order)
+    async with billing(signal, Collector())(bus=amqp.bus()):
+        pass
+    await amqp.bus()[signal].send('shop', Order(1))
+    name = f'{amqp.prefix}.group.{signal.name}@billing'
+    channel = await amqp.raw()
+    await eventually(lambda: _ready(channel, name, 1))
+    message = await channel.basic_get(name, no_ack=True)
+    assert message.header.properties.delivery_mode == 2
+    assert message.routing_key == f'{signal.name}.shop'
+
+
 async def _ready(channel: Any, name: str, count: int) -> bool:
     return int((await channel.queue_declare(name, passive=True)).message_count or 0) == count
 
