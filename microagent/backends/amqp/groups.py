@@ -8,7 +8,8 @@ signal ``order`` and group ``billing`` on a bus of prefix ``PUBSUB``:
   ``order.#`` (signals travel as ``{name}.{sender}``), so RabbitMQ itself copies every publish of
   the signal into it, and the bus's publish path is the same as without groups. Its retention is
   ``x-max-length`` (``x-overflow: drop-head``: the oldest go first) and ``x-message-ttl`` from the
-  bus's ``GroupOptions``. Classic by default; quorum with the bus's ``queue_type='quorum'``.
+  bus's ``GroupOptions``. Classic by default; quorum with the bus's ``queue_type='quorum'``, whose
+  ``delivery_limit`` this transport applies (``store_arguments``).
 * ``PUBSUB.group.order@billing.retry.{ms}`` and ``PUBSUB.group.order@billing.dead``: the delay
   queues and the dead letters, exactly as for a queue (``queue``, ``dead_letters``).
 
@@ -32,6 +33,7 @@ from typing import Any
 
 import aiormq
 from aiormq.abc import AbstractChannel
+from pamqp import commands as spec
 from pamqp.common import FieldTable
 
 from microagent.backends.amqp.dead_letters import DEAD_SUFFIX
@@ -51,19 +53,28 @@ __all__ = ['AMQPGroupTransport', 'store_arguments']
 #: RabbitMQ's limit on a queue name, in bytes; a store's delay queues add ``.retry.{ms}`` to its name
 MAX_QUEUE_NAME = 255
 _RETRY_ROOM = len(RETRY_SUFFIX) + 10
+#: a quorum queue's count of the times it got a message back unacknowledged
+DELIVERY_COUNT = 'x-delivery-count'
 
 
 def store_arguments(args: QueueArguments, options: GroupOptions) -> FieldTable:
     """The declaration arguments of a store: its retention, and its type. A store has no dead-letter
-    exchange: RabbitMQ would dead-letter into it what the retention drops. So a quorum store drops
-    (rather than dead-letters) a signal returned unacknowledged more than ``delivery_limit`` times."""
+    exchange: RabbitMQ would dead-letter into it what the retention drops. So a quorum store has no
+    delivery limit of its own (RabbitMQ would drop what passes it; 4.x sets one by default, lifted
+    with -1): the transport dead-letters such a signal when it is fetched (``x-delivery-count``)."""
     table: FieldTable = {'x-max-length': options.max_length, 'x-overflow': 'drop-head',
                          'x-message-ttl': max(int(options.max_age * 1000), 1)}
     if args.quorum:
         table['x-queue-type'] = 'quorum'
-        if args.delivery_limit is not None:
-            table['x-delivery-limit'] = args.delivery_limit
+        if args.version >= (4,):
+            table['x-delivery-limit'] = -1
     return table
+
+
+def returns(properties: spec.Basic.Properties) -> int:
+    """How often a quorum queue got the message back unacknowledged (its ``x-delivery-count``)."""
+    count = (properties.headers or {}).get(DELIVERY_COUNT)
+    return count if type(count) is int and count > 0 else 0
 
 
 class _Store(GroupQueue):
@@ -167,6 +178,8 @@ class AMQPGroupTransport(AMQPQueueTransport):
     async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery[Token]]:
         store = self._store(queue)
         fetched = await super().fetch(store, count, timeout)
+        args = self._arguments.get(store.name)
+        limit = args.delivery_limit if args is not None and args.quorum else None
         deliveries = []
         for delivery in fetched:
             meta = delivery.context['amqp']
@@ -178,7 +191,13 @@ class AMQPGroupTransport(AMQPQueueTransport):
                 self._skipped(store, meta)
                 await self.ack(store, delivery)
                 continue
-            deliveries.append(self._grouped(delivery, meta, signal))
+            delivery = self._grouped(delivery, meta, signal)
+            if limit is not None and returns(meta.properties) > limit:
+                await self.dead_letter(store, delivery, f'returned unacknowledged {returns(meta.properties)} times, '
+                                       f'more than the delivery limit of {limit} (a member crashed or lost its '
+                                       'connection while holding it)')
+                continue
+            deliveries.append(delivery)
         return deliveries
 
     def _grouped(self, delivery: Delivery[Token], meta: AMQPMeta, signal: str) -> Delivery[Token]:

@@ -293,3 +293,36 @@ async def test_a_dead_connection_of_a_member_returns_what_it_fetched(amqp: Serve
         await got.wait(2, timeout=10)
         release.set()
     assert got.items[:2] == [(7, False), (7, True)]
+
+
+async def test_a_quorum_store_dead_letters_a_signal_returned_past_its_delivery_limit(
+        amqp: Servers, unique: str) -> None:
+    """Members that lose their connection while holding a signal, more often than the bus's
+    delivery limit: the signal is dead-lettered with that reason (not dropped by RabbitMQ)."""
+    signal = Signal(f'order_{unique}', Order)
+    got = Collector()
+    release = asyncio.Event()
+
+    class Billing(MicroAgent):
+        @receiver(signal, group='billing')
+        async def on_order(self, order: Order) -> None:
+            got.add(order.number)
+            await release.wait()  # not done before its connection breaks under it
+
+    bus = amqp.bus(queue_type='quorum', delivery_limit=1)
+    store = f'{signal.name}@billing'
+    async with Billing(bus=bus):
+        transport = bus.groups.transport
+        assert isinstance(transport, AMQPGroupTransport)
+        await amqp.bus()[signal].send('shop', Order(3))
+        for times in (1, 2):
+            await got.wait(times, timeout=10)
+            connection = transport._link.connection
+            assert isinstance(connection, aiormq.Connection)
+            await connection.close()
+        await eventually(lambda: _dead(bus, store, 1), timeout=10)
+        (letter,) = await bus.groups.dead_letters(store)
+        release.set()
+    assert got.items == [3, 3]
+    assert 'more than the delivery limit of 1' in letter.reason
+    assert letter.envelope.headers is not None and 'x-delivery-count' not in letter.envelope.headers
