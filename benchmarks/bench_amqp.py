@@ -1,6 +1,7 @@
 """microagent's AMQP backend against raw aiormq doing the same work on the same RabbitMQ, in one run.
 
-    python -m benchmarks.bench_amqp [--messages 1000] [--calls 200] [--rounds 5] [--dsn amqp://...]
+    python -m benchmarks.bench_amqp [--messages 1000] [--calls 200] [--retained 10000] [--rounds 5]
+                                    [--only send,drain,signals,groups,rpc] [--dsn amqp://...]
 
 Both sides publish persistent JSON with publisher confirms, consume with prefetch 32 and ack each
 message after decoding it into the same msgspec model, and answer RPC through a reply queue. As in
@@ -8,6 +9,13 @@ every benchmark table here, a ratio above 1 means faster than raw; below 1 is th
 microagent's validation, delivery bookkeeping and handler calling. microagent also sends every
 message's headers (ids, time, trace) in the AMQP headers table, which the raw side does not: the
 indented row under the signal one measures what such a table costs raw aiormq and RabbitMQ alone.
+
+Signal groups: a grouped receiver (one member, concurrency = prefetch 32) against raw aiormq
+publishing persistent JSON to a topic exchange bound to a durable queue and consuming it with acks:
+signals sent one by one until handled, and a drain of ``--retained`` signals kept in the store
+while no member ran (sent untimed, in batches, the raw ones with the headers table microagent's
+carry, as the queue drain's raw side drains what microagent sent; the clock runs from the
+member's start).
 """
 from __future__ import annotations
 
@@ -33,11 +41,20 @@ from .harness import ROUNDS, Row, Side, alternate, latency_rows, median, print_t
 
 PREFETCH = 32
 TARGET = 0.9  # the issue's goal: every row at least 0.9x of raw aiormq
+GROUP_TARGET = 0.8  # issue #21's goal for grouped signals
+SECTIONS = frozenset(('send', 'drain', 'signals', 'groups', 'rpc'))
 
 
 def persistent_json() -> spec.Basic.Properties:
     # a new object per message, as aiormq writes the message_id into it
     return spec.Basic.Properties(content_type='application/json', delivery_mode=2)
+
+
+def with_headers() -> spec.Basic.Properties:
+    """Persistent JSON with the headers table microagent sends (ids, time): what a store holds."""
+    headers: dict[str, Any] = new_headers()
+    return spec.Basic.Properties(content_type='application/json', delivery_mode=2, headers=headers,
+                                 message_id=headers[MESSAGE_ID])
 
 
 class Job(msgspec.Struct, frozen=True):
@@ -70,9 +87,12 @@ async def timed(action: Callable[[], Awaitable[Any]]) -> float:
 
 
 class Bench:
-    def __init__(self, dsn: str, messages: int, calls: int, rounds: int) -> None:
+    def __init__(self, dsn: str, messages: int, calls: int, rounds: int, retained: int = 10_000,
+                 only: frozenset[str] = SECTIONS) -> None:
         self.dsn = dsn
+        self.only = only
         self.n = messages
+        self.retained = retained
         self.calls = calls
         self.rounds = rounds
         self.tag = uuid.uuid4().hex[:8]
@@ -92,12 +112,12 @@ class Bench:
         return queue
 
     async def compare(self, label: str, ours: Side, raw: Side, *extra: tuple[str, Side],
-                      target: float | None = None) -> None:
+                      target: float | None = None, count: int = 0) -> None:
         """Alternate the sides ``rounds`` times (ours, raw, then each ``extra`` raw variant), so a
         load that drifts during the run (a shared machine) weighs on all alike; a row per variant,
         shown against the plain raw one."""
         await alternate([ours, raw, *(side for _, side in extra)], self.rounds)
-        self.rows.append(rate_row(label, self.n, ours, raw, target=target))
+        self.rows.append(rate_row(label, count or self.n, ours, raw, target=target))
         for name, side in extra:
             self.rows.append(rate_row(name, self.n, side, raw, note='raw vs raw: the wire cost'))
 
@@ -240,6 +260,126 @@ class Bench:
             await self.compare('signal send-to-receive', Side(ours), Side(raw),
                                ('  raw with our headers table (AMQP headers)', Side(raw_headers)), target=TARGET)
 
+    # signal groups
+
+    def member(self, signal: Signal[Job, None], counter: Counter) -> type[MicroAgent]:
+        class Member(MicroAgent):
+            @receiver(signal, group='bench', concurrency=PREFETCH)
+            async def on_job(self, job: Job) -> None:
+                counter.hit()
+
+        return Member
+
+    async def raw_store(self, label: str) -> tuple[str, str]:
+        """A raw topic exchange and a durable queue bound to it with ``job.#``: what a group is."""
+        exchange = queue = f'bench_{label}_raw_{self.tag}'
+        self.exchanges.append(exchange)
+        self.queues.append(queue)
+        channel = await self.channel()
+        await channel.exchange_declare(exchange, exchange_type='topic', durable=True)
+        await channel.queue_declare(queue, durable=True)
+        await channel.queue_bind(queue, exchange, routing_key='job.#')
+        await channel.close()
+        return exchange, queue
+
+    async def raw_consume(self, queue: str, done: Counter) -> AbstractChannel:
+        channel = await self.channel()
+        await channel.basic_qos(prefetch_count=PREFETCH)
+
+        async def on_message(message: DeliveredMessage) -> None:
+            _decode_job(message.body)
+            await channel.basic_ack(message.delivery_tag or 0)
+            done.hit()
+
+        await channel.basic_consume(queue, on_message)
+        return channel
+
+    def group_store(self, bus: AMQPSignalBus, signal: Signal[Job, None]) -> None:
+        store = f'{bus.prefix}.group.{signal.name}@bench'
+        self.queues += [store, f'{store}.dead']
+        self.exchanges.append(f'{store}.dead')
+
+    async def grouped_signals(self, sender: AMQPSignalBus, listener: AMQPSignalBus) -> None:
+        signal = Signal(f'bench_group_{self.tag}', Job)
+        self.group_store(listener, signal)
+        counter = Counter(self.n)
+        exchange, queue = await self.raw_store('group')
+        consuming = await self.raw_consume(queue, counter)
+        publisher = await self.channel()
+
+        def restart() -> None:
+            counter.count = 0
+            counter.done.clear()
+
+        async def ours() -> None:
+            restart()
+            for i in range(self.n):
+                await sender[signal].send('bench', Job(job_id=i))
+            await counter.done.wait()
+
+        async def raw() -> None:
+            restart()
+            for i in range(self.n):
+                await publisher.basic_publish(_encode(Job(job_id=i)), exchange=exchange, routing_key='job.bench',
+                                              properties=persistent_json())
+            await counter.done.wait()
+
+        async with self.member(signal, counter)(bus=listener):
+            await self.compare('grouped signal send-to-handled (one member)', Side(ours), Side(raw),
+                               target=GROUP_TARGET)
+        await consuming.close()
+        await publisher.close()
+
+    async def grouped_drain(self, sender: AMQPSignalBus, listener: AMQPSignalBus) -> None:
+        signal = Signal(f'bench_group_drain_{self.tag}', Job)
+        self.group_store(listener, signal)
+        n = self.retained
+        counter = Counter(n)
+        member = self.member(signal, counter)
+        async with member(bus=listener):
+            pass  # the group exists from now on
+        exchange, queue = await self.raw_store('group_drain')
+        publisher = await self.channel()
+        jobs = [Job(job_id=i) for i in range(n)]
+        chunk = 500
+
+        agents: list[MicroAgent] = []
+        channels: list[AbstractChannel] = []
+        done = Counter(n)
+
+        async def fill() -> None:
+            for first in range(0, n, chunk):
+                await asyncio.gather(*(sender[signal].send('bench', job) for job in jobs[first:first + chunk]))
+            counter.count = 0
+            counter.done.clear()
+            agents.append(member(bus=listener))
+
+        async def ours() -> None:
+            await agents[-1]._start()
+            await counter.done.wait()
+
+        async def stop() -> None:
+            await agents.pop().stop()
+
+        async def fill_raw() -> None:
+            for first in range(0, n, chunk):
+                await asyncio.gather(*(publisher.basic_publish(_encode(job), exchange=exchange, routing_key='job.bench',
+                                                               properties=with_headers())
+                                       for job in jobs[first:first + chunk]))
+            done.count = 0
+            done.done.clear()
+
+        async def raw() -> None:
+            channels.append(await self.raw_consume(queue, done))
+            await done.done.wait()
+
+        async def close_raw() -> None:
+            await channels.pop().close()
+
+        await self.compare(f'grouped drain of {n} retained signals (prefetch {PREFETCH})', Side(ours, fill, stop),
+                           Side(raw, fill_raw, close_raw), count=n, target=GROUP_TARGET)
+        await publisher.close()
+
     async def rpc(self, caller: AMQPSignalBus, answerer: AMQPSignalBus) -> None:
         signal = Signal(f'bench_rpc_{self.tag}', Job, returns=int)
 
@@ -314,11 +454,14 @@ class Bench:
         buses = [AMQPSignalBus(self.dsn, prefix=f'bench_{self.tag}') for _ in range(2)]
         self.exchanges.append(f'bench_{self.tag}')
         try:
-            await self.sequential_send(broker)
-            await self.batched_send(broker)
-            await self.drain(broker)
-            await self.signals(*buses)
-            await self.rpc(*buses)
+            for name, section in (('send', self.sequential_send), ('send', self.batched_send),
+                                  ('drain', self.drain)):
+                if name in self.only:
+                    await section(broker)
+            for name, bus_section in (('signals', self.signals), ('groups', self.grouped_signals),
+                                      ('groups', self.grouped_drain), ('rpc', self.rpc)):
+                if name in self.only:
+                    await bus_section(*buses)
         finally:
             await broker.close()
             for bus in buses:
@@ -340,9 +483,14 @@ def main() -> None:
     parser.add_argument('--dsn', default='amqp://guest:guest@127.0.0.1:5672/')
     parser.add_argument('--messages', type=int, default=scaled(1000))
     parser.add_argument('--calls', type=int, default=scaled(200))
+    parser.add_argument('--retained', type=int, default=scaled(10_000), help='signals a group drains')
     parser.add_argument('--rounds', type=int, default=ROUNDS)
+    parser.add_argument('--only', default=','.join(sorted(SECTIONS)), help='sections to run, comma-separated')
     args = parser.parse_args()
-    bench = Bench(args.dsn, args.messages, args.calls, args.rounds)
+    only = frozenset(args.only.split(','))
+    if only - SECTIONS:
+        parser.error(f'unknown sections {sorted(only - SECTIONS)}; choose among {sorted(SECTIONS)}')
+    bench = Bench(args.dsn, args.messages, args.calls, args.rounds, args.retained, only)
     asyncio.run(bench.run())
     bench.print()
 

@@ -22,9 +22,15 @@ def require_rabbitmq() -> None:
 
 
 async def delete_declared(opened: Iterable[Any], exchanges: Iterable[str] = ()) -> None:
-    """Delete every queue and exchange the brokers declared, the buses' exchanges and ``exchanges``."""
+    """Delete every queue and exchange the brokers declared, the stores of the buses' signal groups,
+    the buses' exchanges and ``exchanges``."""
     queues: set[str] = set()
     names = set(exchanges)
+    opened = list(opened)
+    for item in list(opened):
+        groups = getattr(item, '_groups', None)  # a bus's signal groups: their stores
+        if isinstance(item, AMQPSignalBus) and groups is not None:
+            opened.append(groups.transport)
     for item in opened:
         if isinstance(item, AMQPBroker | AMQPSignalBus):
             item = item.transport

@@ -151,15 +151,16 @@ BACKENDS['redis-cluster'] = partial(redis_backend, cluster=True)
 @asynccontextmanager
 async def amqp_backend(queue_type: QueueType = 'classic') -> AsyncIterator[Backend]:
     """RabbitMQ; a unique exchange (bus prefix) per test, and every queue and exchange the test's
-    brokers declared is deleted afterwards. ``queue_type='quorum'``: the brokers declare quorum
-    queues (the ``amqp-quorum`` backend)."""
+    brokers declared is deleted afterwards (and the stores of the buses' signal groups).
+    ``queue_type='quorum'``: the brokers and the buses' groups declare quorum queues (the
+    ``amqp-quorum`` backend)."""
     from microagent.backends.amqp import AMQPBroker, AMQPSignalBus
     from tests.amqp_support import AMQP_DSN, delete_declared, require_rabbitmq
 
     require_rabbitmq()
     prefix = f'T{uuid.uuid4().hex[:12]}'
     name = 'amqp' if queue_type == 'classic' else f'amqp-{queue_type}'
-    backend = Backend(name, lambda: AMQPSignalBus(AMQP_DSN, prefix=prefix),
+    backend = Backend(name, lambda: AMQPSignalBus(AMQP_DSN, prefix=prefix, queue_type=queue_type),
                       lambda **o: AMQPBroker(AMQP_DSN, **{'queue_type': queue_type, **o}), AMQP_DSN)
     try:
         yield backend

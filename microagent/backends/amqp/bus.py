@@ -21,11 +21,14 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp import commands as spec
 
 from microagent.backends.amqp.acks import BatchedAcks
-from microagent.backends.amqp.headers import CONTENT_TYPE, received_headers
+from microagent.backends.amqp.groups import AMQPGroupTransport
+from microagent.backends.amqp.headers import CONTENT_TYPE, PERSISTENT, received_headers
 from microagent.backends.amqp.link import LINK_ERRORS, PING_PATIENCE, Link, Outgoing, Publisher, passive_declare
+from microagent.backends.amqp.queue_args import DEFAULT_DELIVERY_LIMIT
 from microagent.errors import ConnectionFailed
 from microagent.logs import LogLimiter, shown
 from microagent.message import MESSAGE_ID, REPLY_TO, REQUEST_ID, Envelope
+from microagent.queue import QueueType, check_delivery_limit, check_queue_type
 from microagent.retry import Retrier
 from microagent.signal import RESPONSE_SIGNAL
 from microagent.transport import Deliver, DeliverReply
@@ -43,7 +46,8 @@ class AMQPBusTransport:
     reply_warning_interval = 60.0
 
     def __init__(self, dsn: str | Sequence[str], prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
-                 reconnect_timeout: float = 60.0, name: str = '') -> None:
+                 reconnect_timeout: float = 60.0, name: str = '', queue_type: QueueType = 'classic',
+                 delivery_limit: int | None = DEFAULT_DELIVERY_LIMIT) -> None:
         self.uid = uuid.uuid4().hex
         self.prefix = prefix
         self.log = log or logging.getLogger('microagent.bus')
@@ -61,6 +65,16 @@ class AMQPBusTransport:
         self._acks: BatchedAcks | None = None  # of the channel read from
         self._ready = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
+        #: the type (and quorum delivery limit) of the stores of signal groups (``groups``)
+        self.queue_type = check_queue_type(queue_type, 'AMQP bus') or 'classic'
+        self.delivery_limit = check_delivery_limit(delivery_limit, 'AMQP bus')
+
+    def groups(self) -> AMQPGroupTransport:
+        """The stores of this bus's signal groups: durable queues bound to the prefix exchange, on a
+        connection of their own (see ``groups``)."""
+        return AMQPGroupTransport(self._link.dsns, self.prefix, self.log, reconnect_timeout=self.reconnect_timeout,
+                                  name=f'{self._link.name} groups', queue_type=self.queue_type,
+                                  delivery_limit=self.delivery_limit)
 
     def rename(self, name: str) -> None:
         """Name the connection as RabbitMQ shows it (the engine's id, so operators find it)."""
@@ -82,15 +96,17 @@ class AMQPBusTransport:
 
     async def publish(self, name: str, sender: str, envelope: Envelope) -> None:
         """To the prefix exchange, key ``{name}.{sender}``; a request also names the caller's queue and
-        the request id in ``reply_to`` and ``correlation_id``, where 1.x peers read them."""
+        the request id in ``reply_to`` and ``correlation_id``, where 1.x peers read them. Persistent:
+        the durable queue of a signal group keeps it across a RabbitMQ restart (the bus queues are
+        not durable, so RabbitMQ writes nothing to disk for them)."""
         headers = envelope.headers
         if headers:
-            props = spec.Basic.Properties(content_type=CONTENT_TYPE, message_type=name,
+            props = spec.Basic.Properties(content_type=CONTENT_TYPE, message_type=name, delivery_mode=PERSISTENT,
                                           headers=headers if type(headers) is dict else dict(headers),
                                           message_id=headers.get(MESSAGE_ID),
                                           correlation_id=headers.get(REQUEST_ID), reply_to=headers.get(REPLY_TO))
         else:
-            props = spec.Basic.Properties(content_type=CONTENT_TYPE, message_type=name)
+            props = spec.Basic.Properties(content_type=CONTENT_TYPE, message_type=name, delivery_mode=PERSISTENT)
         await self._publisher.publish([Outgoing(self.prefix, f'{name}.{sender}', envelope.body, props)],
                                       f'signal {name!r}')
 
