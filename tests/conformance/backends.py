@@ -191,19 +191,22 @@ async def nats_backend() -> AsyncIterator[Backend]:
 
 
 async def delete_nats_streams(opened: list[Any]) -> None:
-    """Delete the streams the brokers (or their transports) in ``opened`` declared, and their exchange bindings."""
+    """Delete the streams the brokers (or their transports) in ``opened`` declared, and their exchange
+    bindings; and the signal groups' streams (with their consumers) of the buses' prefixes."""
     import nats
 
-    from microagent.backends.nats import NATSBroker, NATSQueueTransport
+    from microagent.backends.nats import NATSBroker, NATSQueueTransport, NATSSignalBus
     from microagent.backends.nats.layout import BINDINGS_STREAM
     from tests.services import NATS_DSN
 
     transports = [b.transport if isinstance(b, NATSBroker) else b for b in opened]
     transports = [t for t in transports if isinstance(t, NATSQueueTransport)]
     streams = {s for t in transports for s in t.created_streams}
+    prefixes = {bus.prefix for bus in opened if isinstance(bus, NATSSignalBus)}
     nc = await nats.connect(NATS_DSN)
     try:
         js = nc.jetstream()
+        streams |= {s for prefix in prefixes for s in await nats_group_streams(nc, prefix)}
         for stream in streams - {BINDINGS_STREAM}:
             await js.delete_stream(stream)
         for transport in transports:
@@ -211,6 +214,17 @@ async def delete_nats_streams(opened: list[Any]) -> None:
                 await js.purge_stream(BINDINGS_STREAM, subject=subject)
     finally:
         await nc.close()
+
+
+async def nats_group_streams(nc: Any, prefix: str) -> list[str]:
+    """The streams of the signal groups of bus prefix ``prefix`` (signals and dead letters)."""
+    import json
+
+    from microagent.backends.nats.groupindex import STREAM_PREFIX, SUBJECT_PREFIX, name_token
+
+    token = name_token(prefix)
+    reply = await nc.request('$JS.API.STREAM.NAMES', json.dumps({'subject': f'{SUBJECT_PREFIX}.{token}.>'}).encode())
+    return [s for s in json.loads(reply.data).get('streams') or () if s.startswith(f'{STREAM_PREFIX}-{token}-')]
 
 
 BACKENDS['nats'] = nats_backend

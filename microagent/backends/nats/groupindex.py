@@ -1,0 +1,154 @@
+"""The send side of signal groups on NATS: ``GroupLayout`` (the names of a group's streams, subjects
+and consumer), and ``GroupIndex``: which signals of a bus prefix have groups, learnt once per
+connection and followed through JetStream's stream advisories, and the group copy of a send. The
+layout and the delivery side are described in ``groups``.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from microagent.backends.nats.acks import Acks
+from microagent.backends.nats.headers import MSG_ID_HEADER, Headers, one_line
+from microagent.backends.nats.limits import ROOM, check_sizes
+from microagent.backends.nats.link import Link, subject_token
+from microagent.errors import QueueNotFound
+from microagent.message import GROUP_SENDER, MESSAGE_ID, Envelope
+
+__all__ = ['GroupIndex', 'GroupLayout', 'name_token']
+
+STREAM_PREFIX = 'SG'
+SUBJECT_PREFIX = 'sg'
+ADVISORY = '$JS.EVENT.ADVISORY.STREAM'
+LIST_TIMEOUT = 2.0  # seconds: the one listing of a connection's first send
+RELEARN_AFTER = 5.0  # seconds: a listing that failed is tried again at a send this much later
+NAME_CACHE = 4096  # signal names whose stream and subject an index remembers
+
+
+def name_token(text: str) -> str:
+    """A name as one subject token and stream-name part: ``subject_token`` (``_`` doubled, ``.`` and
+    ``-`` escaped), and any other character outside ``[A-Za-z0-9_]`` as ``_U`` + 6 hex digits."""
+    token = subject_token(text)
+    if token.isascii() and token.replace('_', '').isalnum():
+        return token
+    return ''.join(c if (c.isascii() and (c.isalnum() or c == '_')) else f'_U{ord(c):06x}' for c in token)
+
+
+@dataclass(frozen=True)
+class GroupLayout:
+    """The streams, subjects and consumer of one group of one signal, on one bus prefix."""
+
+    stream: str
+    subject: str
+    dead_stream: str
+    dead_subjects: str
+    dead_subject: str
+    consumer: str
+
+    @classmethod
+    def of(cls, prefix: str, signal: str, group: str) -> GroupLayout:
+        tp, tn, tg = name_token(prefix), name_token(signal), name_token(group)
+        base = f'{tp}-{tn}'
+        subject = f'{SUBJECT_PREFIX}.{tp}.{tn}'
+        return cls(f'{STREAM_PREFIX}-{base}', subject, f'{STREAM_PREFIX}-{base}-dead', f'{subject}.dead.*',
+                   f'{subject}.dead.{tg}', tg)
+
+
+class GroupIndex:
+    """The signals of one bus prefix that have groups (their streams), learnt once per connection and
+    followed through JetStream's stream advisories; and the group copy of a send."""
+
+    def __init__(self, prefix: str, link: Link, log: logging.Logger) -> None:
+        self.link = link
+        self.log = log
+        self._tp = name_token(prefix)
+        self._head = f'{STREAM_PREFIX}-{self._tp}-'
+        self.streams: set[str] = set()
+        self.generation = 0  # the link's client the listing was made on; 0: none yet
+        self._names: dict[str, tuple[str, str]] = {}  # signal name -> (stream, subject)
+        self._subs: list[Any] = []
+        self._subs_generation = 0  # the link's client the advisory subscriptions are on
+        self._acks: Acks | None = None
+        link.on_reconnected(self._forget)
+
+    def _forget(self) -> None:
+        """Streams may have come or gone while the connection was down: list them at the next send."""
+        self.generation = 0
+
+    def of(self, name: str) -> tuple[str, str]:
+        found = self._names.get(name)
+        if found is None:
+            tn = name_token(name)
+            found = (f'{self._head}{tn}', f'{SUBJECT_PREFIX}.{self._tp}.{tn}')
+            if len(self._names) < NAME_CACHE:
+                self._names[name] = found
+        return found
+
+    def _mine(self, stream: str) -> bool:
+        """A signal stream of this prefix (not its dead letters): ``SG-tp-tn``."""
+        return stream.startswith(self._head) and '-' not in stream[len(self._head):]
+
+    async def _on_advisory(self, msg: Msg) -> None:
+        stream = msg.subject.rpartition('.')[2]
+        if self._mine(stream):
+            if msg.subject.startswith(f'{ADVISORY}.CREATED.'):
+                self.streams.add(stream)
+            else:
+                self.streams.discard(stream)
+
+    async def learn(self, client: Client) -> None:
+        """Follow stream advisories, then list this prefix's signal streams: once per connection."""
+        generation = self.link.generation
+        if self._subs_generation != generation:
+            self._subs_generation = generation
+            self._subs = [await client.subscribe(f'{ADVISORY}.{kind}.*', cb=self._on_advisory)
+                          for kind in ('CREATED', 'DELETED')]
+        found: set[str] = set()
+        try:
+            offset = 0
+            while True:
+                request = json.dumps({'subject': f'{SUBJECT_PREFIX}.{self._tp}.*', 'offset': offset}).encode()
+                reply = json.loads((await client.request('$JS.API.STREAM.NAMES', request, LIST_TIMEOUT)).data)
+                names = [s for s in reply.get('streams') or () if isinstance(s, str)]
+                found.update(s for s in names if self._mine(s))
+                offset += len(names)
+                if not names or offset >= int(reply.get('total', 0)):
+                    break
+        except nats.errors.NoRespondersError:
+            pass  # no JetStream on this server: no groups either
+        except Exception as exc:  # sends go on; a later one lists again
+            self.log.warning('%s: cannot list the signal groups (%s: %s); trying again in %ss', self.link.name,
+                             type(exc).__name__, self.link.scrub(exc), RELEARN_AFTER)
+            asyncio.get_running_loop().call_later(RELEARN_AFTER, self._forget)
+        self.streams |= found
+        self.generation = generation
+
+    async def publish(self, name: str, subject: str, sender: str, envelope: Envelope) -> None:
+        """Store the group copy of a send and await the stream's acknowledgement."""
+        headers: Headers = dict(envelope.headers or {})
+        headers[GROUP_SENDER] = one_line(sender)
+        message_id = headers.get(MESSAGE_ID)
+        if message_id:
+            headers[MSG_ID_HEADER] = message_id
+        client = await self.link.client()
+        what = f'signal {name!r} to its groups'
+        check_sizes(what, ((envelope.body, headers),), None, client.max_payload, ROOM)
+        if self._acks is None:
+            self._acks = Acks(self.link)
+        try:
+            await self._acks.publish([(subject, envelope.body, headers)], what)
+        except QueueNotFound:  # its stream is gone (deleted since): no group left
+            self.streams.discard(self.of(name)[0])
+
+    def close(self) -> None:
+        self._subs.clear()
+        self.generation = self._subs_generation = 0
+        if self._acks is not None:
+            self._acks.reset()
