@@ -100,15 +100,14 @@ class NATSBusTransport:
         index = self.groups_index
         if index.generation != self._link.generation:  # once per connection: which signals have groups
             await index.learn(client)
+        copy = index.copy(name, sender, envelope, client.max_payload) if index.streams else None
         if headers:
             await client.publish(subject, envelope.body, reply=headers.get(REPLY_TO, ''),
                                  headers=headers if type(headers) is dict else dict(headers))
         else:
             await client.publish(subject, envelope.body)
-        if index.streams:
-            stream, group_subject = index.of(name)
-            if stream in index.streams:
-                await index.publish(name, group_subject, sender, envelope)
+        if copy is not None:  # the signal has groups: stored, acknowledged
+            await index.store(name, copy)
 
     async def subscribe(self, names: Collection[str], deliver: Deliver) -> None:
         self._deliver = deliver

@@ -76,6 +76,7 @@ class GroupIndex:
         self._subs: list[Any] = []
         self._subs_generation = 0  # the link's client the advisory subscriptions are on
         self._acks: Acks | None = None
+        self._lock = asyncio.Lock()
         link.on_reconnected(self._forget)
 
     def _forget(self) -> None:
@@ -105,6 +106,11 @@ class GroupIndex:
 
     async def learn(self, client: Client) -> None:
         """Follow stream advisories, then list this prefix's signal streams: once per connection."""
+        async with self._lock:  # the first sends of a connection, at once: one listing
+            if self.generation != self.link.generation:
+                await self._learn(client)
+
+    async def _learn(self, client: Client) -> None:
         generation = self.link.generation
         if self._subs_generation != generation:
             self._subs_generation = generation
@@ -130,20 +136,26 @@ class GroupIndex:
         self.streams |= found
         self.generation = generation
 
-    async def publish(self, name: str, subject: str, sender: str, envelope: Envelope) -> None:
-        """Store the group copy of a send and await the stream's acknowledgement."""
+    def copy(self, name: str, sender: str, envelope: Envelope, max_payload: int) -> tuple[str, bytes, Headers] | None:
+        """The group copy of a send when the signal has groups (else None), measured before anything
+        is sent: with ``x-sender`` and ``Nats-Msg-Id`` = ``message-id`` (a repeated send is stored once)."""
+        stream, subject = self.of(name)
+        if stream not in self.streams:
+            return None
         headers: Headers = dict(envelope.headers or {})
         headers[GROUP_SENDER] = one_line(sender)
         message_id = headers.get(MESSAGE_ID)
         if message_id:
             headers[MSG_ID_HEADER] = message_id
-        client = await self.link.client()
-        what = f'signal {name!r} to its groups'
-        check_sizes(what, ((envelope.body, headers),), None, client.max_payload, ROOM)
+        check_sizes(f'signal {name!r}', ((envelope.body, headers),), None, max_payload, ROOM)
+        return subject, envelope.body, headers
+
+    async def store(self, name: str, copy: tuple[str, bytes, Headers]) -> None:
+        """Store the group copy of a send and await the stream's acknowledgement."""
         if self._acks is None:
             self._acks = Acks(self.link)
         try:
-            await self._acks.publish([(subject, envelope.body, headers)], what)
+            await self._acks.publish([copy], f'signal {name!r} to its groups')
         except QueueNotFound:  # its stream is gone (deleted since): no group left
             self.streams.discard(self.of(name)[0])
 

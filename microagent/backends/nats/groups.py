@@ -150,13 +150,16 @@ class NATSGroupTransport:
                                   ack_wait=options.visibility_timeout, max_deliver=-1, max_ack_pending=-1,
                                   deliver_policy=policy, filter_subject=layout.subject)
         try:
-            await js.add_consumer(layout.stream, consumer)
+            info = await js.add_consumer(layout.stream, consumer)
         except APIError as exc:  # the group exists (its start and visibility timeout stay as made)
             if exc.err_code not in _CONSUMER_EXISTS:
                 raise
+            info = await js.consumer_info(layout.stream, layout.consumer)
         self.bus.groups_index.streams.add(layout.stream)
         self._stores[queue.name] = queue
-        self._keep_every = min(self._keep_every, max(options.visibility_timeout / 3, 0.05))
+        # what this member holds is kept within the group's own visibility timeout
+        ack_wait = info.config.ack_wait or options.visibility_timeout
+        self._keep_every = min(self._keep_every, max(ack_wait / 3, 0.05))
 
     async def _raise_limits(self, js: JetStreamContext, config: StreamConfig) -> None:
         """The stream exists with other settings: raise its limits to these where they are lower."""
