@@ -196,6 +196,7 @@ async def delete_nats_streams(opened: list[Any]) -> None:
     import nats
 
     from microagent.backends.nats import NATSBroker, NATSQueueTransport, NATSSignalBus
+    from microagent.backends.nats.groupindex import group_streams
     from microagent.backends.nats.layout import BINDINGS_STREAM
     from tests.services import NATS_DSN
 
@@ -206,7 +207,7 @@ async def delete_nats_streams(opened: list[Any]) -> None:
     nc = await nats.connect(NATS_DSN)
     try:
         js = nc.jetstream()
-        streams |= {s for prefix in prefixes for s in await nats_group_streams(nc, prefix)}
+        streams |= {s for prefix in prefixes for s in await group_streams(nc, prefix)}
         for stream in streams - {BINDINGS_STREAM}:
             await js.delete_stream(stream)
         for transport in transports:
@@ -214,17 +215,6 @@ async def delete_nats_streams(opened: list[Any]) -> None:
                 await js.purge_stream(BINDINGS_STREAM, subject=subject)
     finally:
         await nc.close()
-
-
-async def nats_group_streams(nc: Any, prefix: str) -> list[str]:
-    """The streams of the signal groups of bus prefix ``prefix`` (signals and dead letters)."""
-    import json
-
-    from microagent.backends.nats.groupindex import STREAM_PREFIX, SUBJECT_PREFIX, name_token
-
-    token = name_token(prefix)
-    reply = await nc.request('$JS.API.STREAM.NAMES', json.dumps({'subject': f'{SUBJECT_PREFIX}.{token}.>'}).encode())
-    return [s for s in json.loads(reply.data).get('streams') or () if s.startswith(f'{STREAM_PREFIX}-{token}-')]
 
 
 BACKENDS['nats'] = nats_backend

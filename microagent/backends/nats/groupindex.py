@@ -22,7 +22,7 @@ from microagent.backends.nats.link import Link, subject_token
 from microagent.errors import QueueNotFound
 from microagent.message import GROUP_SENDER, MESSAGE_ID, Envelope
 
-__all__ = ['GroupIndex', 'GroupLayout', 'name_token']
+__all__ = ['GroupIndex', 'GroupLayout', 'group_streams', 'name_token']
 
 STREAM_PREFIX = 'SG'
 SUBJECT_PREFIX = 'sg'
@@ -164,3 +164,12 @@ class GroupIndex:
         self.generation = self._subs_generation = 0
         if self._acks is not None:
             self._acks.reset()
+
+
+async def group_streams(client: Client, prefix: str) -> list[str]:
+    """Every stream of the signal groups of bus prefix ``prefix`` (signals and dead letters): what
+    an operator or a test deletes to remove them all."""
+    token = name_token(prefix)
+    request = json.dumps({'subject': f'{SUBJECT_PREFIX}.{token}.>'}).encode()
+    reply = json.loads((await client.request('$JS.API.STREAM.NAMES', request, LIST_TIMEOUT)).data)
+    return [s for s in reply.get('streams') or () if isinstance(s, str) and s.startswith(f'{STREAM_PREFIX}-{token}-')]
