@@ -61,6 +61,7 @@ from microagent.backends.nats.headers import (
     ATTEMPT_HEADER,
     DEAD_AT_HEADER,
     GROUP_HEADER,
+    OWN_HEADERS,
     REASON_HEADER,
     envelope_headers,
     one_line,
@@ -80,6 +81,7 @@ if TYPE_CHECKING:
 __all__ = ['NATSGroupTransport']
 
 MAX_SENDER = 1024  # characters of a stored sender shown to a handler
+_HIDDEN = OWN_HEADERS | {GROUP_SENDER}  # headers of a stored signal that are not the envelope's
 MAX_REASON = 4096
 _STREAM_EXISTS = 10058
 _CONSUMER_EXISTS = (10013, 10148)
@@ -224,17 +226,15 @@ class NATSGroupTransport:
         return deliveries
 
     def _delivery(self, queue: GroupQueue, msg: Msg) -> Delivery[_Token]:
-        headers = msg.headers or {}
-        try:
-            delivered = int(msg.metadata.num_delivered)
-        except Exception:  # not a JetStream delivery: nothing to count
-            delivered = 1
-        delivered = max(delivered, 1)
+        headers = msg.headers
+        delivered = _delivered(msg)
         token = _Token(msg, queue.name)
         self._taken.add(token)
-        shown = envelope_headers(headers)
-        shown.pop(GROUP_SENDER, None)
-        sender = headers.get(GROUP_SENDER, '')[:MAX_SENDER]
+        if headers:
+            sender = headers.get(GROUP_SENDER, '')[:MAX_SENDER]
+            shown = {k: v for k, v in headers.items() if k not in _HIDDEN and k[:5].lower() != 'nats-'}
+        else:
+            sender, shown = '', None
         return Delivery(Envelope(msg.data, shown or None), token, delivered, delivered > 1, {SENDER: sender})
 
     async def _keep_taken(self) -> None:
@@ -397,6 +397,20 @@ class NATSGroupTransport:
         self._pulls.clear()
         self._stores.clear()
         self._acks.reset()
+
+
+def _delivered(msg: Msg) -> int:
+    """The delivery count of a JetStream message, read from its ack subject
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>``, or the longer form
+    with a domain and an account hash); 1 when it is no such subject."""
+    tokens = (msg.reply or '').split('.')
+    if tokens[:2] != ['$JS', 'ACK'] or not (len(tokens) == 9 or len(tokens) >= 11):
+        return 1
+    try:
+        count = int(tokens[4] if len(tokens) == 9 else tokens[6])
+    except ValueError:
+        return 1
+    return count if count >= 1 else 1
 
 
 def _dead_letter(name: str, body: bytes, headers: Mapping[str, str] | None) -> DeadLetter:
