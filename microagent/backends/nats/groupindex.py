@@ -28,7 +28,7 @@ STREAM_PREFIX = 'SG'
 SUBJECT_PREFIX = 'sg'
 ADVISORY = '$JS.EVENT.ADVISORY.STREAM'
 LIST_TIMEOUT = 2.0  # seconds: the one listing of a connection's first send
-RELEARN_AFTER = 5.0  # seconds: a listing that failed is tried again at a send this much later
+RELEARN_AFTER = 5.0  # seconds: a listing that failed is tried again this much later (then longer)
 NAME_CACHE = 4096  # signal names whose stream and subject an index remembers
 
 
@@ -77,6 +77,7 @@ class GroupIndex:
         self._subs_generation = 0  # the link's client the advisory subscriptions are on
         self._acks: Acks | None = None
         self._lock = asyncio.Lock()
+        self._relisting: asyncio.Task[None] | None = None
         link.on_reconnected(self._forget)
 
     def _forget(self) -> None:
@@ -116,9 +117,20 @@ class GroupIndex:
             self._subs_generation = generation
             self._subs = [await client.subscribe(f'{ADVISORY}.{kind}.*', cb=self._on_advisory)
                           for kind in ('CREATED', 'DELETED')]
-        found: set[str] = set()
         try:
-            offset = 0
+            self.streams |= await self._list(client)
+        except Exception as exc:  # sends go on without waiting again; the listing is tried in the background
+            self.log.warning('%s: cannot list the signal groups (%s: %s); trying again in the background',
+                             self.link.name, type(exc).__name__, self.link.scrub(exc))
+            if self._relisting is None or self._relisting.done():
+                self._relisting = asyncio.create_task(self._relist(client), name='nats-groups-listing')
+        self.generation = generation
+
+    async def _list(self, client: Client) -> set[str]:
+        """This prefix's signal streams on the server (none without JetStream)."""
+        found: set[str] = set()
+        offset = 0
+        try:
             while True:
                 request = json.dumps({'subject': f'{SUBJECT_PREFIX}.{self._tp}.*', 'offset': offset}).encode()
                 reply = json.loads((await client.request('$JS.API.STREAM.NAMES', request, LIST_TIMEOUT)).data)
@@ -126,15 +138,20 @@ class GroupIndex:
                 found.update(s for s in names if self._mine(s))
                 offset += len(names)
                 if not names or offset >= int(reply.get('total', 0)):
-                    break
+                    return found
         except nats.errors.NoRespondersError:
-            pass  # no JetStream on this server: no groups either
-        except Exception as exc:  # sends go on; a later one lists again
-            self.log.warning('%s: cannot list the signal groups (%s: %s); trying again in %ss', self.link.name,
-                             type(exc).__name__, self.link.scrub(exc), RELEARN_AFTER)
-            asyncio.get_running_loop().call_later(RELEARN_AFTER, self._forget)
-        self.streams |= found
-        self.generation = generation
+            return found  # no JetStream on this server: no groups either
+
+    async def _relist(self, client: Client) -> None:
+        """List again, waiting longer after each failure (up to a minute), until it works."""
+        wait = RELEARN_AFTER
+        while not client.is_closed:
+            await asyncio.sleep(wait)
+            try:
+                self.streams |= await self._list(client)
+                return
+            except Exception:
+                wait = min(wait * 2, 60.0)
 
     def copy(self, name: str, sender: str, envelope: Envelope, max_payload: int) -> tuple[str, bytes, Headers] | None:
         """The group copy of a send when the signal has groups (else None), measured before anything
@@ -160,6 +177,9 @@ class GroupIndex:
             self.streams.discard(self.of(name)[0])
 
     def close(self) -> None:
+        if self._relisting is not None:
+            self._relisting.cancel()
+            self._relisting = None
         self._subs.clear()
         self.generation = self._subs_generation = 0
         if self._acks is not None:

@@ -20,7 +20,7 @@ from nats.js.api import DeliverPolicy, DiscardPolicy
 
 from microagent import MicroAgent, Signal, receiver
 from microagent.backends.nats import NATSSignalBus
-from microagent.backends.nats.groupindex import GroupLayout, name_token
+from microagent.backends.nats.groupindex import LIST_TIMEOUT, GroupLayout, name_token
 from microagent.groups import GroupOptions
 from microagent.message import Message
 from tests.conformance.backends import delete_nats_streams
@@ -330,3 +330,39 @@ async def test_acknowledged_grouped_sends_survive_a_server_restart(unique: str) 
             for bus in opened:
                 await bus.close()
     assert sorted(got.items) == list(range(100))
+
+
+async def test_a_bus_whose_user_may_not_use_jetstream_sends_signals_as_before(
+        unique: str, tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The one listing of a connection cannot be answered (no permission): the first send waits for
+    it once, at most ``LIST_TIMEOUT``; the listing goes on in the background and no later send waits."""
+    config = tmp_path / 'nats.conf'
+    config.write_text('authorization { users = [ {user: "a", password: "b", permissions: {'
+                      'publish: {deny: ["$JS.API.>"]}, subscribe: {deny: ["$JS.EVENT.>"]}}} ] }\n')
+    pings = Signal(f'ping_{unique}')
+    got = Collector()
+
+    class Listener(MicroAgent):
+        @receiver(pings)
+        async def on_ping(self, **payload: int) -> None:
+            got.add(payload['n'])
+
+    async with private_nats() as server:
+        await server.start('-c', str(config))
+        dsn = f'nats://a:b@127.0.0.1:{server.port}'
+        listener, sender = NATSSignalBus(dsn, prefix=f'T{unique}'), NATSSignalBus(dsn, prefix=f'T{unique}')
+        try:
+            async with Listener(bus=listener):
+                started = time.monotonic()
+                await sender[pings].send('test', n=0)
+                assert time.monotonic() - started < LIST_TIMEOUT + 1.0
+                started = time.monotonic()
+                for n in range(1, 51):
+                    await sender[pings].send('test', n=n)
+                assert time.monotonic() - started < 1.0
+                await got.wait(51)
+        finally:
+            for bus in (listener, sender):
+                await bus.close()
+    assert sorted(got.items) == list(range(51))
+    assert any('cannot list the signal groups' in record.getMessage() for record in caplog.records)
