@@ -10,9 +10,10 @@ stream's acknowledgement of its group copy) and handled by a member, against a J
 awaiting its ack and a pull consumer fetching and acking; and a drain of ``--retained`` signals kept
 while the group had no member, against a pull consumer draining the same from a limits stream.
 RPC: a NATS request to one responder, answered on the reply subject. A ratio above 1 means faster
-than raw; below 1 is the price of microagent's validation, delivery bookkeeping and handler calling. microagent also sends every message's headers (ids, time, trace)
-as NATS headers, which the raw side does not: the indented row under the signal one measures what
-those headers cost raw nats-py and the server alone.
+than raw; below 1 is the price of microagent's validation, delivery bookkeeping and handler calling.
+microagent also sends every message's headers (ids, time, trace) as NATS headers, which the raw side
+does not: the indented row under the signal one measures what those headers cost raw nats-py and the
+server alone.
 """
 from __future__ import annotations
 
