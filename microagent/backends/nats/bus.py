@@ -76,7 +76,7 @@ class NATSBusTransport:
 
     def groups(self) -> NATSGroupTransport:
         """The stores of this bus's signal groups: JetStream streams and durable consumers."""
-        return NATSGroupTransport(self)
+        return NATSGroupTransport(self._link, self.prefix, self.groups_index, self.log)
 
     def rename(self, name: str) -> None:
         """Name the connection as the server shows it (the engine's id, so operators find it)."""

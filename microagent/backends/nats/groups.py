@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -56,7 +57,7 @@ from nats.js.api import (
 from nats.js.errors import APIError, NotFoundError
 
 from microagent.backends.nats.acks import Acks
-from microagent.backends.nats.groupindex import GroupLayout
+from microagent.backends.nats.groupindex import GroupIndex, GroupLayout
 from microagent.backends.nats.headers import (
     ATTEMPT_HEADER,
     DEAD_AT_HEADER,
@@ -74,9 +75,6 @@ from microagent.groups import SENDER, GroupQueue, split_store_name
 from microagent.message import GROUP_SENDER, Envelope
 from microagent.queue import Queue
 from microagent.transport import DeadLetter, Delivery, QueueDepth, SelectDeadLetter
-
-if TYPE_CHECKING:
-    from microagent.backends.nats.bus import NATSBusTransport
 
 __all__ = ['NATSGroupTransport']
 
@@ -104,11 +102,11 @@ class NATSGroupTransport:
     send_options: frozenset[str] = frozenset()
     unsettled_fate = 'it stays unacknowledged; JetStream gives it to another member after the visibility timeout'
 
-    def __init__(self, bus: NATSBusTransport) -> None:
-        self.bus = bus
-        self.prefix = bus.prefix
-        self.log = bus.log
-        self._link: Link = bus.link
+    def __init__(self, link: Link, prefix: str, index: GroupIndex, log: logging.Logger) -> None:
+        self.prefix = prefix
+        self.log = log
+        self.index = index  # the bus's: a store declared here makes the bus's sends reach it at once
+        self._link = link
         self._acks = Acks(self._link)
         self._stores: dict[str, GroupQueue] = {}
         self._pulls: dict[str, JetStreamContext.PullSubscription] = {}
@@ -157,7 +155,7 @@ class NATSGroupTransport:
             if exc.err_code not in _CONSUMER_EXISTS:
                 raise
             info = await js.consumer_info(layout.stream, layout.consumer)
-        self.bus.groups_index.streams.add(layout.stream)
+        self.index.streams.add(layout.stream)
         self._stores[queue.name] = queue
         # what this member holds is kept within the group's own visibility timeout
         ack_wait = info.config.ack_wait or options.visibility_timeout
