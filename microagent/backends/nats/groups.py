@@ -70,6 +70,7 @@ from microagent.backends.nats.headers import (
 )
 from microagent.backends.nats.limits import fitting_reason
 from microagent.backends.nats.link import Link
+from microagent.backends.nats.queue import _left_in
 from microagent.errors import ConnectionFailed, QueueNotFound
 from microagent.groups import SENDER, GroupQueue, split_store_name
 from microagent.message import GROUP_SENDER, Envelope
@@ -193,8 +194,6 @@ class NATSGroupTransport:
         await self._pull(queue)
 
     async def stop_consuming(self, queue: Queue[Any]) -> None:
-        from microagent.backends.nats.queue import _left_in
-
         pull = self._pulls.pop(queue.name, None)
         if pull is not None:
             try:
