@@ -366,3 +366,38 @@ async def test_a_bus_whose_user_may_not_use_jetstream_sends_signals_as_before(
                 await bus.close()
     assert sorted(got.items) == list(range(51))
     assert any('cannot list the signal groups' in record.getMessage() for record in caplog.records)
+
+
+async def test_depth_is_the_groups_lag_its_signals_in_hand_and_its_delayed_retries(
+        buses: Callable[..., NATSSignalBus], unique: str) -> None:
+    orders = Signal(f'order_{unique}')
+    gate = asyncio.Event()
+    held = Collector()
+
+    class Billing(MicroAgent):
+        @receiver(orders, group='billing', max_retries=5, retry_delay=30.0, concurrency=1)
+        async def on_order(self, **order: int) -> None:
+            held.add(order['number'])
+            if order['number'] == 0:
+                raise RuntimeError('later')  # retried in 30 s: delayed
+            await gate.wait()
+
+    bus = buses()
+    store = f'{orders.name}@billing'
+    async with Billing(bus=bus):
+        pass  # the group exists; no member reads it
+    sender = buses()
+    for number in range(5):
+        await sender[orders].send('shop', number=number)
+    depth = await bus.groups.queue_depth(store)
+    assert (depth.ready, depth.delayed, depth.in_flight) == (5, 0, 0)
+    async with Billing(bus=bus):
+        await held.wait(2)  # 0 failed (delayed), 1 is in hand, the others prefetched: all taken
+
+        async def taken() -> bool:
+            depth = await bus.groups.queue_depth(store)
+            return (depth.ready, depth.delayed, depth.in_flight) == (0, 1, 4)
+        await eventually(taken)
+        gate.set()
+    assert await bus.groups.transport.exists(store)
+    assert not await bus.groups.transport.exists(f'{orders.name}@nobody')
