@@ -5,11 +5,15 @@
 Queues: both sides publish JSON to a JetStream work-queue stream and wait for each acknowledgement
 (a batch: all sent, then every acknowledgement awaited), and drain a durable pull consumer in
 batches of 32, acking each message after decoding it into the same msgspec model. Signals: core
-NATS publish to a subscriber. RPC: a NATS request to one responder, answered on the reply subject.
-A ratio above 1 means faster than raw; below 1 is the price of microagent's validation, delivery
-bookkeeping and handler calling. microagent also sends every message's headers (ids, time, trace)
-as NATS headers, which the raw side does not: the indented row under the signal one measures what
-those headers cost raw nats-py and the server alone.
+NATS publish to a subscriber. Signal groups: a grouped signal sent one by one (the bus awaits the
+stream's acknowledgement of its group copy) and handled by a member, against a JetStream publish
+awaiting its ack and a pull consumer fetching and acking; and a drain of ``--retained`` signals kept
+while the group had no member, against a pull consumer draining the same from a limits stream.
+RPC: a NATS request to one responder, answered on the reply subject. A ratio above 1 means faster
+than raw; below 1 is the price of microagent's validation, delivery bookkeeping and handler calling.
+microagent also sends every message's headers (ids, time, trace) as NATS headers, which the raw side
+does not: the indented row under the signal one measures what those headers cost raw nats-py and the
+server alone.
 """
 from __future__ import annotations
 
@@ -26,16 +30,19 @@ import msgspec
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy
 
 from microagent import MicroAgent, Queue, Signal, consumer, receiver
 from microagent.backends.nats import NATSBroker, NATSSignalBus
+from microagent.backends.nats.groupindex import GroupLayout, group_streams
 from microagent.message import new_headers
 
 from .harness import ROUNDS, Row, Side, alternate, latency_rows, median, print_table, rate_row, scaled
 
 BATCH = 32
 SEND_TARGET, SIGNAL_TARGET, SIGNAL_HEADERS_TARGET, DRAIN_TARGET = 0.9, 0.6, 0.85, 0.9
+GROUP_TARGET = 0.8  # issue #21's goal for grouped signals
 
 
 class Job(msgspec.Struct, frozen=True):
@@ -72,9 +79,11 @@ async def timed(action: Callable[[], Awaitable[Any]]) -> float:
 
 
 class Bench:
-    def __init__(self, dsn: str, messages: int, calls: int, rounds: int) -> None:
+    def __init__(self, dsn: str, messages: int, calls: int, rounds: int, retained: int = 20_000) -> None:
         self.dsn = dsn
         self.n = messages
+        self.retained = retained
+        self.groups = True
         self.calls = calls
         self.rounds = rounds
         self.tag = uuid.uuid4().hex[:8]
@@ -100,12 +109,12 @@ class Bench:
         return subject
 
     async def compare(self, label: str, ours: Side, raw: Side, *extra: tuple[str, Side],
-                      target: float | None = None) -> None:
+                      target: float | None = None, count: int = 0) -> None:
         """Alternate the sides ``rounds`` times (ours, raw, then each ``extra`` raw variant), so a
         load that drifts during the run (a shared machine) weighs on all alike; a row per variant,
         shown against the plain raw one."""
         await alternate([ours, raw, *(side for _, side in extra)], self.rounds)
-        self.rows.append(rate_row(label, self.n, ours, raw, target=target))
+        self.rows.append(rate_row(label, count or self.n, ours, raw, target=target))
         for name, side in extra:
             self.rows.append(rate_row(name, self.n, side, raw, note='raw vs raw: the wire cost'))
 
@@ -242,6 +251,124 @@ class Bench:
         finally:
             await listening.close()
 
+    # signal groups
+
+    async def raw_group_stream(self, label: str) -> tuple[str, JetStreamContext.PullSubscription]:
+        """A limits stream for the raw side, as a group's (max_msgs, discard old), with a durable pull
+        consumer; its subject and the consumer's pull subscription."""
+        name, subject = f'BENCHRAW-{label}-{self.tag}', f'benchraw.{label}.{self.tag}'
+        js = self.raw.jetstream()
+        await js.add_stream(name=name, subjects=[subject], retention=RetentionPolicy.LIMITS, max_msgs=100_000,
+                            discard=DiscardPolicy.OLD)
+        await js.add_consumer(name, ConsumerConfig(durable_name='raw', ack_policy=AckPolicy.EXPLICIT,
+                                                   deliver_policy=DeliverPolicy.NEW, filter_subject=subject))
+        self.streams.append(name)
+        return subject, await js.pull_subscribe_bind('raw', name)
+
+    async def _knows(self, sender: NATSSignalBus, signal: Signal[Any, Any]) -> None:
+        """Until the sender has learnt that the signal has a group (the stream advisory)."""
+        stream = GroupLayout.of(sender.prefix, signal.name, 'bench').stream
+        await sender.transport.groups_index.learn(await sender.transport.link.client())
+        while stream not in sender.transport.groups_index.streams:  # noqa: ASYNC110 - an advisory to come
+            await asyncio.sleep(0.01)
+
+    async def grouped(self, sender: NATSSignalBus, member: NATSSignalBus) -> None:
+        """A grouped signal sent one by one (each acknowledged by the stream) and handled by a group
+        member; raw: a JetStream publish awaiting its ack, a pull consumer fetching and acking."""
+        signal = Signal(f'bench_group_{self.tag}', Job)
+        counter = Counter(self.n)
+
+        class Member(MicroAgent):
+            @receiver(signal, group='bench', concurrency=BATCH)
+            async def on_job(self, job: Job) -> None:
+                counter.hit()
+
+        subject, pull = await self.raw_group_stream('group')
+        js = self.raw.jetstream()
+
+        async def ours() -> None:
+            counter.restart()
+            for i in range(self.n):
+                await sender[signal].send('bench', Job(job_id=i))
+            await counter.done.wait()
+
+        async def consume() -> None:
+            while True:
+                try:
+                    msgs = await pull.fetch(batch=BATCH, timeout=1)
+                except TimeoutError:
+                    continue
+                for msg in msgs:
+                    _decode_job(msg.data)
+                    await msg.ack()
+                    counter.hit()
+
+        async def raw() -> None:
+            counter.restart()
+            for i in range(self.n):
+                await js.publish(subject, _encode(Job(job_id=i)))
+            await counter.done.wait()
+
+        consuming = asyncio.create_task(consume())
+        try:
+            async with Member(bus=member):
+                await self._knows(sender, signal)
+                await self.compare('grouped signal send -> handled (acked)', Side(ours), Side(raw),
+                                   target=GROUP_TARGET)
+        finally:
+            consuming.cancel()
+            await asyncio.gather(consuming, return_exceptions=True)
+
+    async def grouped_drain(self, sender: NATSSignalBus, member: NATSSignalBus) -> None:
+        """``retained`` signals kept for a group while its members were down, then drained by one
+        member; raw: a pull consumer fetching batches and acking each."""
+        n = self.retained
+        signal = Signal(f'bench_gdrain_{self.tag}', Job)
+        done = Counter(n)
+
+        class Member(MicroAgent):
+            @receiver(signal, group='bench', concurrency=BATCH)
+            async def on_job(self, job: Job) -> None:
+                done.hit()
+
+        async with Member(bus=member):
+            await self._knows(sender, signal)  # the group exists from now on
+        subject, pull = await self.raw_group_stream('gdrain')
+        js = self.raw.jetstream()
+        chunk = 1000
+
+        agents: list[MicroAgent] = []
+
+        async def fill() -> None:
+            for start in range(0, n, chunk):
+                await asyncio.gather(*(sender[signal].send('bench', Job(job_id=i))
+                                       for i in range(start, min(start + chunk, n))))
+            done.restart()
+            agents.append(Member(bus=member))
+
+        async def ours() -> None:
+            await agents[-1]._start()
+            await done.done.wait()
+
+        async def stop() -> None:
+            await agents.pop().stop()
+
+        async def fill_raw() -> None:
+            for start in range(0, n, chunk):
+                await asyncio.gather(*(js.publish(subject, _encode(Job(job_id=i)))
+                                       for i in range(start, min(start + chunk, n))))
+
+        async def raw() -> None:
+            left = n
+            while left:
+                for msg in await pull.fetch(batch=min(BATCH, left), timeout=5):
+                    _decode_job(msg.data)
+                    await msg.ack()
+                    left -= 1
+
+        await self.compare(f'grouped drain of {n} retained signals', Side(ours, fill, stop), Side(raw, fill_raw),
+                           target=GROUP_TARGET, count=n)
+
     async def rpc(self, caller: NATSSignalBus, answerer: NATSSignalBus) -> None:
         signal = Signal(f'bench_rpc_{self.tag}', Job, returns=int)
 
@@ -299,9 +426,14 @@ class Bench:
             await self.batched_send(broker)
             await self.drain(broker)
             await self.signals(*buses)
+            if self.groups:
+                await self.grouped(*buses)
+                await self.grouped_drain(*buses)
             await self.rpc(*buses)
         finally:
-            created = broker.transport.created_streams
+            created = set(broker.transport.created_streams)
+            for bus in buses:
+                created.update(await group_streams(self.raw, bus.prefix))
             await broker.close()
             for bus in buses:
                 await bus.close()
@@ -321,8 +453,11 @@ def main() -> None:
     parser.add_argument('--messages', type=int, default=scaled(1000))
     parser.add_argument('--calls', type=int, default=scaled(200))
     parser.add_argument('--rounds', type=int, default=ROUNDS)
+    parser.add_argument('--retained', type=int, default=scaled(20_000), help='signals a group drains')
+    parser.add_argument('--no-groups', action='store_true', help='skip the signal group rows')
     args = parser.parse_args()
-    bench = Bench(args.dsn, args.messages, args.calls, args.rounds)
+    bench = Bench(args.dsn, args.messages, args.calls, args.rounds, args.retained)
+    bench.groups = not args.no_groups
     asyncio.run(bench.run())
     bench.print()
 

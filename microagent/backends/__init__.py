@@ -102,7 +102,7 @@ _BUILT_IN = (
     Backend('nats', ('nats',), 'microagent.backends.nats.NATSSignalBus',
             'microagent.backends.nats.NATSBroker', system='nats', package='microagent.backends.nats',
             extra='nats', modules=('nats',),
-            reserved_headers=frozenset({'x-attempt', 'x-reason', 'x-dead-at', 'x-due', 'x-redelivered'}),
+            reserved_headers=frozenset({'x-attempt', 'x-reason', 'x-dead-at', 'x-due', 'x-redelivered', 'x-group'}),
             reserved_prefixes=('nats-',)),
     Backend('memory', ('memory',), 'microagent.backends.memory.MemorySignalBus',
             'microagent.backends.memory.MemoryBroker', system='memory', package='microagent.backends.memory',

@@ -192,19 +192,23 @@ async def nats_backend() -> AsyncIterator[Backend]:
 
 
 async def delete_nats_streams(opened: list[Any]) -> None:
-    """Delete the streams the brokers (or their transports) in ``opened`` declared, and their exchange bindings."""
+    """Delete the streams the brokers (or their transports) in ``opened`` declared, and their exchange
+    bindings; and the signal groups' streams (with their consumers) of the buses' prefixes."""
     import nats
 
-    from microagent.backends.nats import NATSBroker, NATSQueueTransport
+    from microagent.backends.nats import NATSBroker, NATSQueueTransport, NATSSignalBus
+    from microagent.backends.nats.groupindex import group_streams
     from microagent.backends.nats.layout import BINDINGS_STREAM
     from tests.services import NATS_DSN
 
     transports = [b.transport if isinstance(b, NATSBroker) else b for b in opened]
     transports = [t for t in transports if isinstance(t, NATSQueueTransport)]
     streams = {s for t in transports for s in t.created_streams}
+    prefixes = {bus.prefix for bus in opened if isinstance(bus, NATSSignalBus)}
     nc = await nats.connect(NATS_DSN)
     try:
         js = nc.jetstream()
+        streams |= {s for prefix in prefixes for s in await group_streams(nc, prefix)}
         for stream in streams - {BINDINGS_STREAM}:
             await js.delete_stream(stream)
         for transport in transports:

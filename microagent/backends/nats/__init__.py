@@ -2,7 +2,8 @@
 ``NATSQueueTransport`` (JetStream work queues, ``queue``), and the 1.x-style names ``NATSSignalBus``
 and ``NATSBroker`` = the engine over them.
 
-The modules, one concept each: ``bus``; ``queue`` (the queue transport) with ``layout`` (the names
+The modules, one concept each: ``bus``; ``groups`` (signal groups: a stream per signal, a durable
+consumer per group); ``queue`` (the queue transport) with ``layout`` (the names
 of streams and subjects), ``later`` (the holding stream of delayed messages and retries), ``acks``
 (pipelined JetStream publishes) and ``headers`` (the stored headers and the backend's own header
 names); ``limits`` (message sizes against the server's ``max_payload``), ``link`` (the connection).
@@ -17,19 +18,21 @@ from microagent.backends.nats.bus import NATSBusTransport
 from microagent.backends.nats.queue import NATSQueueTransport
 from microagent.broker import AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
+from microagent.groups import GroupOptions
 
 __all__ = ['NATSBroker', 'NATSBusTransport', 'NATSQueueTransport', 'NATSSignalBus']
 
 
 class NATSSignalBus(AbstractSignalBus):
-    """The signal bus on core NATS: the engine over a ``NATSBusTransport``."""
+    """The signal bus on core NATS: the engine over a ``NATSBusTransport``. Grouped receivers read
+    JetStream streams (``groups``) kept within ``group_options``."""
 
     transport: NATSBusTransport
 
     def __init__(self, dsn: str, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
-                 connect_timeout: float = 5.0, **options: Any) -> None:
+                 connect_timeout: float = 5.0, group_options: GroupOptions | None = None, **options: Any) -> None:
         transport = NATSBusTransport(dsn, prefix, log, connect_timeout=connect_timeout)
-        super().__init__(transport, dsn=dsn, prefix=prefix, log=log, **options)
+        super().__init__(transport, dsn=dsn, prefix=prefix, log=log, group_options=group_options, **options)
         transport.max_message_size = self.max_message_size
         transport.rename(f'microagent bus {prefix} {self.uid[:8]}')
 

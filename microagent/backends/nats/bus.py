@@ -11,6 +11,9 @@ A receiver answers only to an inbox: a reply address ``_INBOX.`` and literal wor
 bus's own and of a NATS client's request). Any other one (a JetStream API subject, a work queue's
 subject) would make the answer a command or a message there: such a request is dropped unheard,
 with a warning at most once a minute per signal and sender, counting the dropped ones.
+
+A signal with groups (``@receiver(group=...)``) is also stored in a JetStream stream, read by a
+durable consumer per group: see ``groups``.
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from functools import partial
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from microagent.backends.nats.groupindex import GroupIndex
+from microagent.backends.nats.groups import NATSGroupTransport
 from microagent.backends.nats.limits import check_sizes, fits
 from microagent.backends.nats.link import Link, check_subject
 from microagent.logs import LogLimiter
@@ -62,6 +67,16 @@ class NATSBusTransport:
         #: the engine's limit on a whole message (the NATSSignalBus sets it); the server's max_payload too
         self.max_message_size: int | None = None
         self._forged = LogLimiter(interval=60.0)
+        #: the signals of this prefix that have groups: their sends get a group copy (see ``groups``)
+        self.groups_index = GroupIndex(self.prefix, self._link, self.log)
+
+    @property
+    def link(self) -> Link:
+        return self._link
+
+    def groups(self) -> NATSGroupTransport:
+        """The stores of this bus's signal groups: JetStream streams and durable consumers."""
+        return NATSGroupTransport(self._link, self.prefix, self.groups_index, self.log)
 
     def rename(self, name: str) -> None:
         """Name the connection as the server shows it (the engine's id, so operators find it)."""
@@ -83,11 +98,17 @@ class NATSBusTransport:
         client = await self._link.client()
         if not fits(envelope.body, headers, client.max_payload):  # the name is formatted only when it may not
             check_sizes(f'signal {name!r}', ((envelope.body, headers),), self.max_message_size, client.max_payload)
+        index = self.groups_index
+        if index.generation != self._link.generation:  # once per connection: which signals have groups
+            await index.learn(client)
+        copy = index.copy(name, sender, envelope, client.max_payload) if index.streams else None
         if headers:
             await client.publish(subject, envelope.body, reply=headers.get(REPLY_TO, ''),
                                  headers=headers if type(headers) is dict else dict(headers))
         else:
             await client.publish(subject, envelope.body)
+        if copy is not None:  # the signal has groups: stored, acknowledged
+            await index.store(name, copy)
 
     async def subscribe(self, names: Collection[str], deliver: Deliver) -> None:
         self._deliver = deliver
@@ -156,6 +177,7 @@ class NATSBusTransport:
         await self._link.ping()
 
     async def close(self) -> None:
+        self.groups_index.close()
         self._subs.clear()
         self._names.clear()
         await self._link.close()

@@ -5,7 +5,8 @@ spelled here, once.
 A first send carries ``Nats-Msg-Id`` = ``message-id`` (the server stores a repeated send once);
 moves (retries, releases, requeued dead letters) carry none. The attempt count travels in
 ``x-attempt``, a delayed message's due time in ``x-due``, a dead letter's reason and time in
-``x-reason`` and ``x-dead-at``, and a released message is marked ``x-redelivered``.
+``x-reason`` and ``x-dead-at``, and a released message is marked ``x-redelivered``; a dead letter
+requeued to one signal group is marked ``x-group`` (see ``groups``).
 """
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ REASON_HEADER = 'x-reason'
 DEAD_AT_HEADER = 'x-dead-at'
 DUE_HEADER = 'x-due'
 REDELIVERED_HEADER = 'x-redelivered'
-OWN_HEADERS = frozenset((ATTEMPT_HEADER, REASON_HEADER, DEAD_AT_HEADER, DUE_HEADER, REDELIVERED_HEADER))
+#: a dead letter requeued to one signal group: the signal's other groups skip it
+GROUP_HEADER = 'x-group'
+OWN_HEADERS = frozenset((ATTEMPT_HEADER, REASON_HEADER, DEAD_AT_HEADER, DUE_HEADER, REDELIVERED_HEADER,
+                         GROUP_HEADER))
 #: the server's: every header whose name starts with ``Nats-`` (in any case), among them the
 #: deduplication id of a send
 SERVER_PREFIX = 'nats-'

@@ -59,12 +59,18 @@ class Link:
         #: counts the clients made: what was subscribed or bound on an older one is gone with it
         self.generation = 0
         self._on_lost: list[Callable[[str], None]] = []
+        self._reconnected_callbacks: list[Callable[[], None]] = []
 
     def on_lost(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(why)`` when the server closes the client (a protocol error such as a
         message over ``max_payload`` makes nats-py close it for good; the next ``client()`` opens a
         new one), so what waits for an answer on the old client fails now, not after a timeout."""
         self._on_lost.append(callback)
+
+    def on_reconnected(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` each time the client reconnects (what the server learnt meanwhile may
+        have changed)."""
+        self._reconnected_callbacks.append(callback)
 
     def scrub(self, error: BaseException | str) -> str:
         return scrub(str(error), self.dsn)
@@ -132,6 +138,8 @@ class Link:
     async def _on_reconnected(self) -> None:
         self._failures = 0
         self.log.info('%s: reconnected to NATS at %s', self.name, self.safe_dsn)
+        for callback in self._reconnected_callbacks:
+            callback()
 
     async def ping(self, timeout: float = 5.0) -> None:
         """One round trip to the server; raises when it does not answer in ``timeout`` seconds."""
