@@ -49,16 +49,16 @@ async def test_each_group_handles_each_signal_once_and_broadcast_sees_all(backen
     signal = Signal(f'order_{unique}', Order)
     got = {name: Collector() for name in ('billing', 'mailer', 'audit')}
     classes = member_classes(signal, got)
-    count = 300
+    count = 10_000
     async with AsyncExitStack() as stack:
         for name, replicas in (('billing', 3), ('mailer', 2), ('audit', 1)):
             for _ in range(replicas):
                 await stack.enter_async_context(classes[name](bus=backend.bus()))
         sender = backend.bus()
-        for number in range(count):
-            await sender[signal].send('shop', Order(number))
+        for first in range(0, count, 100):  # a hundred sends under way at once
+            await asyncio.gather(*(sender[signal].send('shop', Order(n)) for n in range(first, first + 100)))
         for collector in got.values():
-            await collector.wait(count, timeout=20)
+            await collector.wait(count, timeout=60)
         await asyncio.sleep(0.2)  # a duplicate would come right behind: let it show
     for name, collector in got.items():
         assert Counter(collector.items) == Counter(range(count)), name
