@@ -68,6 +68,7 @@ from microagent.readiness import PING_TIMEOUT, pinged
 from microagent.rpc import Answers, Pending, RemoteError, Reply
 from microagent.sends import set_sender
 from microagent.signal import RESPONSE_SIGNAL, Signal
+from microagent.signing import SignedBusTransport, SigningKey
 from microagent.transport import BusTransport
 
 T = TypeVar('T')
@@ -97,7 +98,8 @@ class AbstractSignalBus:
     (typed) is a bound signal. Backends subclass it only to build their transport in ``__init__``."""
 
     def __init__(self, transport: BusTransport, *, dsn: str = '', prefix: str = 'PUBSUB',
-                 log: logging.Logger | None = None, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+                 log: logging.Logger | None = None, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 signing_key: SigningKey | None = None) -> None:
         self.transport = transport
         self.dsn = dsn
         self.prefix = prefix
@@ -120,6 +122,8 @@ class AbstractSignalBus:
         self._replies_bound = False
         #: a flood of stray or undecodable messages logs a few lines, each saying how many it stands for
         self.limited = LogLimiter()
+        if signing_key is not None:  # every message sent signed, every one received checked
+            self.transport = SignedBusTransport(transport, signing_key, self.log)
 
     def __repr__(self) -> str:
         return f'<{type(self).__name__} {hide_password(self.dsn)} {self.prefix}>'

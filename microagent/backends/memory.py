@@ -20,6 +20,7 @@ from microagent.dsn import hide_password
 from microagent.errors import QueueNotFound
 from microagent.message import Envelope
 from microagent.queue import Queue, topics_match
+from microagent.signing import SigningKey
 from microagent.transport import DeadLetter, Deliver, DeliverReply, Delivery, QueueDepth, SelectDeadLetter
 
 
@@ -176,10 +177,11 @@ class MemorySignalBus(AbstractSignalBus):
     transport: MemoryBusTransport
 
     def __init__(self, dsn: str = SCHEME, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
-                 hub: MemoryHub | None = None, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+                 hub: MemoryHub | None = None, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 signing_key: SigningKey | None = None) -> None:
         self.hub = MemoryHub.of(dsn, hub)
         super().__init__(MemoryBusTransport(self.hub, log), dsn=dsn, prefix=prefix, log=log,
-                         max_message_size=max_message_size)
+                         max_message_size=max_message_size, signing_key=signing_key)
 
 
 class MemoryQueueTransport:
@@ -314,6 +316,7 @@ class MemoryBroker(AbstractQueueBroker):
     transport: MemoryQueueTransport
 
     def __init__(self, dsn: str = SCHEME, log: logging.Logger | None = None, *, hub: MemoryHub | None = None,
-                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, signing_key: SigningKey | None = None) -> None:
         self.hub = MemoryHub.of(dsn, hub)
-        super().__init__(MemoryQueueTransport(self.hub), dsn=dsn, log=log, max_message_size=max_message_size)
+        super().__init__(MemoryQueueTransport(self.hub), dsn=dsn, log=log, max_message_size=max_message_size,
+                         signing_key=signing_key)

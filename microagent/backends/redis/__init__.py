@@ -24,6 +24,8 @@ from microagent.backends.redis.queue import DEFAULT_MAX_FETCH_BYTES, RedisQueueT
 from microagent.backends.redis.wire import Wire
 from microagent.broker import DEFAULT_MAX_MESSAGE_SIZE, AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
+from microagent.errors import InvalidArgument
+from microagent.signing import SigningKey
 
 __all__ = ['RedisBroker', 'RedisBusTransport', 'RedisQueueTransport', 'RedisSignalBus', 'Wire']
 
@@ -41,10 +43,13 @@ class RedisSignalBus(AbstractSignalBus):
 
     def __init__(self, dsn: str = DEFAULT_DSN, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
                  wire: Wire = 'envelope', max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-                 failover_timeout: float = FAILOVER_TIMEOUT, **redis_options: Any) -> None:
+                 failover_timeout: float = FAILOVER_TIMEOUT, signing_key: SigningKey | None = None,
+                 **redis_options: Any) -> None:
+        _check_signed_wire(wire, signing_key)
         transport = RedisBusTransport(dsn, prefix, log=log, wire=wire, failover_timeout=failover_timeout,
                                       **redis_options)
-        super().__init__(transport, dsn=dsn, prefix=prefix, log=log, max_message_size=max_message_size)
+        super().__init__(transport, dsn=dsn, prefix=prefix, log=log, max_message_size=max_message_size,
+                         signing_key=signing_key)
 
     @property
     def redis(self) -> Client:
@@ -71,14 +76,22 @@ class RedisBroker(AbstractQueueBroker):
     def __init__(self, dsn: str = DEFAULT_DSN, log: logging.Logger | None = None, *, wire: Wire = 'envelope',
                  heartbeat: float = 10.0, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                  wait_replicas: int = 0, wait_timeout: float = 1.0, failover_timeout: float = FAILOVER_TIMEOUT,
-                 max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES, **redis_options: Any) -> None:
+                 max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES, signing_key: SigningKey | None = None,
+                 **redis_options: Any) -> None:
+        _check_signed_wire(wire, signing_key)
         transport = RedisQueueTransport(dsn, log=log, wire=wire, heartbeat=heartbeat, wait_replicas=wait_replicas,
                                         wait_timeout=wait_timeout, failover_timeout=failover_timeout,
                                         max_message_size=max_message_size, max_fetch_bytes=max_fetch_bytes,
                                         **redis_options)
-        super().__init__(transport, dsn=dsn, log=log, max_message_size=max_message_size)
+        super().__init__(transport, dsn=dsn, log=log, max_message_size=max_message_size, signing_key=signing_key)
 
     @property
     def redis(self) -> Client:
         """The transport's command client, which code written for the former class reaches for."""
         return self.transport.redis
+
+
+def _check_signed_wire(wire: Wire, signing_key: SigningKey | None) -> None:
+    """The 1.x wire carries no headers, so no signature: with a key every message would be refused."""
+    if signing_key is not None and wire == '1.x':
+        raise InvalidArgument("signing_key needs wire='envelope': the 1.x wire carries no headers, so no signature")
