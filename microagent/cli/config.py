@@ -44,7 +44,7 @@ from microagent.agent import MicroAgent
 from microagent.backends import Backend, UnknownScheme, backend_for, backend_of_module
 from microagent.broker import AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
-from microagent.dsn import malformed
+from microagent.dsn import malformed, scrub
 from microagent.errors import MicroAgentError
 from microagent.extras import install_hint
 from microagent.handlers import ConsumerSpec, HookSpec, ReceiverSpec
@@ -73,10 +73,17 @@ class BackendConfig:
     path: str = ''  #: the dotted path of the class as the settings name it (1.x ``load_configuration``)
 
     def build(self, log: logging.Logger) -> Any:
+        """The bus or broker; what its class refuses (a DSN only its backend checks, a bad option)
+        is a ``ConfigError`` naming the entry, with the DSN's password hidden."""
         options: dict[str, Any] = _copy_data(dict(self.options))
         if 'log' not in options and 'log' in inspect.signature(self.factory).parameters:
             options['log'] = log
-        return self.factory(**options)
+        try:
+            return self.factory(**options)
+        except (ValueError, TypeError) as exc:
+            dsn = options.get('dsn')
+            text = scrub(str(exc), dsn) if isinstance(dsn, str) else str(exc)
+            raise ConfigError(f'{self.label}: {type(exc).__name__}: {text}') from None
 
 
 def _copy_data(value: T) -> T:
