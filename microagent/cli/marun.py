@@ -225,10 +225,11 @@ async def run_agents(configs: Sequence[AgentConfig], stopping: asyncio.Event, gr
 
 
 async def _start(agent: MicroAgent, config: AgentConfig) -> None:
-    """Reach the servers whose bus or broker bounds that (``connect_timeout``, Redis), then start."""
+    """Reach the bus's and broker's servers within their bound (``connect_timeout``; RabbitMQ's
+    ``reconnect_timeout``), even an agent's that would connect only on its first send; then start."""
     bus, broker = getattr(agent, 'bus', None), getattr(agent, 'broker', None)
     for resource in (bus, broker if broker is not bus else None):
-        bound = getattr(resource, 'connect_timeout', None)
+        bound = getattr(resource, 'connect_timeout', getattr(resource, 'reconnect_timeout', None))
         if resource is not None and isinstance(bound, int | float):
             await reach(repr(resource), resource.ping, bound)
     await agent.start(**config.events)

@@ -59,6 +59,22 @@ def test_marun_gives_up_on_an_unreachable_redis_and_exits_3_naming_it(tmp_path: 
     assert took < 20
 
 
+@pytest.mark.parametrize(('scheme', 'bound'), [('nats', 'connect_timeout'), ('amqp', 'reconnect_timeout')])
+def test_marun_exits_3_on_an_unreachable_nats_or_rabbitmq_after_its_bound(tmp_path: Path, scheme: str,
+                                                                           bound: str) -> None:
+    """Even for agents that would connect only on their first send (nothing received or consumed)."""
+    port = closed_port()
+    entry = {'dsn': f'{scheme}://u:{SECRET}@127.0.0.1:{port}', bound: 0.5}
+    settings(tmp_path, f'unreachable_{scheme}', entry, entry)
+
+    code, output, took = run_marun(tmp_path, f'unreachable_{scheme}')
+
+    assert code == 3, output
+    assert f'{scheme}://u:***@127.0.0.1:{port}' in output
+    assert 'Traceback' not in output and SECRET not in output
+    assert took < 20
+
+
 @pytest.mark.parametrize('single', [False, True], ids=['processes', 'single-process'])
 def test_a_dsn_only_the_backend_refuses_is_one_line_and_exit_2(tmp_path: Path, single: bool) -> None:
     dsn = f'redis://:{SECRET}@127.0.0.1:6379/x'  # well-formed for marun's check; Redis has no db 'x'

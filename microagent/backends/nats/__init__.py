@@ -30,6 +30,7 @@ class NATSSignalBus(AbstractSignalBus):
                  connect_timeout: float = 5.0, **options: Any) -> None:
         transport = NATSBusTransport(dsn, prefix, log, connect_timeout=connect_timeout)
         super().__init__(transport, dsn=dsn, prefix=prefix, log=log, **options)
+        self.connect_timeout = connect_timeout  # marun's bound on reaching the server at start
         transport.max_message_size = self.max_message_size
         transport.rename(f'microagent bus {prefix} {self.uid[:8]}')
 
@@ -46,5 +47,6 @@ class NATSBroker(AbstractQueueBroker):
                  connect_timeout: float = 5.0, **options: Any) -> None:
         transport = NATSQueueTransport(dsn, log, ack_wait=ack_wait, connect_timeout=connect_timeout)
         super().__init__(transport, dsn=dsn, log=log, **options)
+        self.connect_timeout = connect_timeout  # marun's bound on reaching the server at start
         transport.rename(f'microagent broker {self.uid[:8]}')
         transport.max_message_size = self.max_message_size
