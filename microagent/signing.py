@@ -165,6 +165,9 @@ class _Wrapper:
 
     inner: Any
 
+    def __repr__(self) -> str:
+        return f'<signed {self.inner!r}>'
+
     def __getattr__(self, name: str) -> Any:
         if name == 'inner':
             raise AttributeError(name)

@@ -189,6 +189,7 @@ async def test_a_signing_key_shows_nowhere(caplog: pytest.LogCaptureFixture) -> 
         MemorySignalBus(signing_key=[SIGNING_SECRET, 'S3cretShort'])
     shown.append(str(caught.value))
     assert 'unsigned' in caplog.text and 'signing_key[1]' in str(caught.value)
+    assert repr(broker.transport).startswith('<signed <microagent.backends.memory.MemoryQueueTransport')
     for text in shown:
         assert SIGNING_SECRET not in text and SIGNING_SECRET[::-1] not in text and 'S3cretShort' not in text
 
