@@ -2,6 +2,8 @@
 passes the call on, with the tracing middleware (the API's no-op provider, then the SDK exporting to
 memory) and with the Prometheus metrics middleware; the difference per message is the middleware's
 cost (the memory backend has no server, so it is all client CPU). A second table times the sends.
+The ``signing`` row is no middleware: the broker's ``signing_key`` (an HMAC-SHA256 signed on send,
+checked on fetch), measured the same way.
 
     python -m benchmarks.bench_middleware [--count N] [--rounds R]
 """
@@ -21,10 +23,11 @@ from prometheus_client import CollectorRegistry
 
 from microagent import MicroAgent, Middleware, Queue, consumer
 from microagent.backends.memory import MemoryBroker
-from microagent.message import Incoming, new_headers
+from microagent.message import Envelope, Incoming, new_headers
 from microagent.middleware import Handling, MiddlewareLike, Sending, Site
 from microagent.ops.metrics import PrometheusMiddleware
 from microagent.ops.tracing import TracingMiddleware
+from microagent.signing import SigningKeys
 
 from .harness import median
 
@@ -33,7 +36,7 @@ class Job(msgspec.Struct, frozen=True):
     n: int
 
 
-async def drain_seconds(count: int, middlewares: list[MiddlewareLike]) -> float:
+async def drain_seconds(count: int, middlewares: list[MiddlewareLike], signing_key: str | None = None) -> float:
     """Seconds to handle ``count`` queued messages (queued before the consumer starts)."""
     queue = Queue(f'bench_mw_{uuid.uuid4().hex[:8]}', Job)
     done = asyncio.Event()
@@ -47,7 +50,7 @@ async def drain_seconds(count: int, middlewares: list[MiddlewareLike]) -> float:
             if handled == count:
                 done.set()
 
-    broker = MemoryBroker()
+    broker = MemoryBroker(signing_key=signing_key)
     await broker[queue].send_many([Job(n=i) for i in range(count)])
     agent = Worker(broker=broker, middlewares=middlewares)
     start = time.perf_counter()
@@ -59,10 +62,10 @@ async def drain_seconds(count: int, middlewares: list[MiddlewareLike]) -> float:
     return elapsed
 
 
-async def send_seconds(count: int, middlewares: list[MiddlewareLike]) -> float:
+async def send_seconds(count: int, middlewares: list[MiddlewareLike], signing_key: str | None = None) -> float:
     """Seconds to send ``count`` messages one by one (nothing consumes them)."""
     queue = Queue(f'bench_mw_{uuid.uuid4().hex[:8]}', Job)
-    broker = MemoryBroker().use(*middlewares)
+    broker = MemoryBroker(signing_key=signing_key).use(*middlewares)
     bound, job = broker[queue], Job(n=1)
     start = time.perf_counter()
     for _ in range(count):
@@ -76,13 +79,15 @@ async def _done() -> None:
     return None
 
 
-async def alone_seconds(count: int, middlewares: list[MiddlewareLike]) -> float:
+async def alone_seconds(count: int, middlewares: list[MiddlewareLike], signing_key: str | None = None) -> float:
     """Seconds for ``count`` handle() and send() calls of the (one) middleware alone, around a call
     that does nothing; 'none' awaits that call directly. Its own cost, without the engine's and the
     backend's, and their noise."""
     site = Site('consumer', 'Worker', 'Worker.work', 'jobs', 'memory')
     incoming = Incoming(new_headers())
     middleware = middlewares[0] if middlewares else None
+    if signing_key is not None:  # signing a message's envelope and checking it, alone
+        return _signing_alone(count, SigningKeys(signing_key))
     start = time.perf_counter()
     for _ in range(count):
         handling, sending = Handling(site, incoming), Sending('queue', 'jobs', 'memory', [new_headers()])
@@ -95,13 +100,26 @@ async def alone_seconds(count: int, middlewares: list[MiddlewareLike]) -> float:
     return time.perf_counter() - start
 
 
+def _signing_alone(count: int, keys: SigningKeys) -> float:
+    body = msgspec.json.encode(Job(n=1))
+    start = time.perf_counter()
+    for _ in range(count):
+        if keys.check(keys.sign(Envelope(body, new_headers()))) is not None:
+            raise AssertionError('a message signed here does not verify')
+    return time.perf_counter() - start
+
+
+#: rows that are a broker's signing key, not middlewares
+SIGNING = {'signing': 'bench-fleet-key-0123456789abcdef'}
+
+
 def variants() -> tuple[dict[str, list[MiddlewareLike]], InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()  # given, not global: the no-op row stays no-op
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     return {'none': [], 'pass-through': [Middleware()], 'tracing no-op': [TracingMiddleware()],
             'tracing SDK': [TracingMiddleware(provider)],
-            'prometheus': [PrometheusMiddleware(CollectorRegistry())]}, exporter
+            'prometheus': [PrometheusMiddleware(CollectorRegistry())], 'signing': []}, exporter
 
 
 async def main(count: int, rounds: int) -> None:
@@ -112,7 +130,7 @@ async def main(count: int, rounds: int) -> None:
         for _ in range(rounds):  # alternating, so that load on the machine hits every variant alike
             for name, middlewares in chains.items():
                 gc.collect()  # the garbage of one variant (spans) is not collected in the time of another
-                times[name].append(await measure(count, middlewares))
+                times[name].append(await measure(count, middlewares, SIGNING.get(name)))
                 exporter.clear()  # finished spans pile up in memory otherwise
         pick, how = (min, 'best') if measure is alone_seconds else (median, 'median')  # a micro-benchmark: best
         base = pick(times['none']) / count

@@ -30,6 +30,7 @@ from microagent.queue import Queue
 from microagent.readiness import PING_TIMEOUT, pinged
 from microagent.running import Running
 from microagent.sends import check_send
+from microagent.signing import SignedBrokerTransport, SigningKey
 from microagent.transport import BrokerTransport, DeadLetter, Delivery, QueueDepth, SelectDeadLetter
 
 __all__ = ['DEFAULT_MAX_MESSAGE_SIZE', 'AbstractQueueBroker', 'BoundExchange', 'BoundQueue', 'DeadLetter',
@@ -45,7 +46,7 @@ class AbstractQueueBroker(Consuming):
     fetch_timeout: float = 1.0
 
     def __init__(self, transport: BrokerTransport[Any], *, dsn: str = '', log: logging.Logger | None = None,
-                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, signing_key: SigningKey | None = None) -> None:
         self.transport = transport
         self.dsn = dsn
         self.uid = uuid.uuid4().hex
@@ -55,6 +56,8 @@ class AbstractQueueBroker(Consuming):
         #: wrap every send through this broker (``use``); an agent adds its own
         self.middlewares: tuple[MiddlewareLike, ...] = ()
         self._running: dict[str, Running] = {}
+        if signing_key is not None:  # every message put signed, every one fetched checked
+            self.transport = SignedBrokerTransport(transport, signing_key, self.log)
 
     def __repr__(self) -> str:
         return f'<{type(self).__name__} {hide_password(self.dsn)}>'

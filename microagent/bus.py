@@ -69,6 +69,7 @@ from microagent.readiness import PING_TIMEOUT, pinged
 from microagent.rpc import Answers, Pending, RemoteError, Reply
 from microagent.sends import set_sender
 from microagent.signal import RESPONSE_SIGNAL, Signal
+from microagent.signing import SignedBrokerTransport, SignedBusTransport, SigningKey
 from microagent.transport import BusTransport
 
 T = TypeVar('T')
@@ -99,7 +100,7 @@ class AbstractSignalBus:
 
     def __init__(self, transport: BusTransport, *, dsn: str = '', prefix: str = 'PUBSUB',
                  log: logging.Logger | None = None, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-                 group_options: GroupOptions | None = None) -> None:
+                 group_options: GroupOptions | None = None, signing_key: SigningKey | None = None) -> None:
         self.transport = transport
         self.dsn = dsn
         self.prefix = prefix
@@ -125,6 +126,9 @@ class AbstractSignalBus:
         #: retention and visibility timeout of the stores of this bus's groups
         self.group_options = group_options or GroupOptions()
         self._groups: SignalGroups | None = None
+        self.signing_key = signing_key
+        if signing_key is not None:  # every message sent signed, every one received checked
+            self.transport = SignedBusTransport(transport, signing_key, self.log)
 
     def __repr__(self) -> str:
         return f'<{type(self).__name__} {hide_password(self.dsn)} {self.prefix}>'
@@ -143,7 +147,10 @@ class AbstractSignalBus:
             groups = getattr(self.transport, 'groups', None)
             if groups is None:
                 raise UsageError(f'{self!r}: the {self.backend} backend has no signal groups')
-            self._groups = SignalGroups(cast(Groups, self.transport).groups(), self.group_options,
+            stores = cast(Groups, self.transport).groups()
+            if self.signing_key is not None:  # a grouped receiver checks signatures as the bus does
+                stores = SignedBrokerTransport(stores, self.signing_key, self.log)
+            self._groups = SignalGroups(stores, self.group_options,
                                         self._answer_for_group, dsn=self.dsn, log=self.log,
                                         max_message_size=self.max_message_size)
         return self._groups

@@ -20,6 +20,7 @@ Headers on the wire, every value a string, standard names in lower case:
 ``reply-to``        RPC request: the transport address its answers go to
 ``request-id``      RPC: pairs a request with its answers
 ``rpc-error``       RPC answer: receivers that failed, a JSON object ``{"Agent.method": "reason"}``
+``signature``       with a signing key only: HMAC-SHA256 of the body and headers (``signing.py``)
 ==================  ==========================================================================
 
 What a receiver can derive is not sent: a message that starts a conversation and a trace carries
@@ -54,7 +55,7 @@ from microagent.limits import MAX_HEADER_VALUE
 
 __all__ = [
     'ATTEMPT', 'CORRELATION_ID', 'GROUP_SENDER', 'MESSAGE_ID', 'REPLY_TO', 'REQUEST_ID', 'RPC_ERROR', 'SENT_AT',
-    'STANDARD_HEADERS', 'TRACEPARENT', 'TRACESTATE', 'Conversation', 'Envelope', 'Incoming',
+    'SIGNATURE', 'STANDARD_HEADERS', 'TRACEPARENT', 'TRACESTATE', 'Conversation', 'Envelope', 'Incoming',
     'InvalidHeader', 'Lazy', 'Message', 'check_user_headers', 'current_message', 'current_var', 'handling',
     'is_reserved', 'new_headers', 'new_headers_many', 'new_message_id', 'new_traceparent', 'parse_traceparent',
     'reset_current_message', 'sent_at_of', 'set_current_message',
@@ -69,10 +70,11 @@ TRACESTATE = 'tracestate'
 REPLY_TO = 'reply-to'
 REQUEST_ID = 'request-id'
 RPC_ERROR = 'rpc-error'
+SIGNATURE = 'signature'
 #: a signal's sender, where a group's store keeps it beside the headers (a stored envelope has no channel)
 GROUP_SENDER = 'x-sender'
 STANDARD_HEADERS = frozenset({MESSAGE_ID, CORRELATION_ID, SENT_AT, ATTEMPT, TRACEPARENT, TRACESTATE,
-                              REPLY_TO, REQUEST_ID, RPC_ERROR, GROUP_SENDER})
+                              REPLY_TO, REQUEST_ID, RPC_ERROR, SIGNATURE, GROUP_SENDER})
 
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 

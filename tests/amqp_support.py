@@ -12,6 +12,7 @@ import aiormq
 import pytest
 
 from microagent.backends.amqp import AMQPBroker, AMQPBusTransport, AMQPQueueTransport, AMQPSignalBus
+from microagent.signing import unwrapped
 from tests.services import AMQP_HOST, AMQP_PORT, require_service
 
 AMQP_DSN = os.environ.get('MICROAGENT_AMQP_DSN', f'amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/')
@@ -33,7 +34,7 @@ async def delete_declared(opened: Iterable[Any], exchanges: Iterable[str] = ()) 
             opened.append(groups.transport)
     for item in opened:
         if isinstance(item, AMQPBroker | AMQPSignalBus):
-            item = item.transport
+            item = unwrapped(item.transport)  # under a signing wrapper, if any
         if isinstance(item, AMQPQueueTransport):
             queues |= item.declared_queues
             names |= item.declared_exchanges

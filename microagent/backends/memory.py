@@ -21,6 +21,7 @@ from microagent.errors import QueueNotFound
 from microagent.groups import SENDER, GroupOptions, GroupQueue
 from microagent.message import GROUP_SENDER, Envelope
 from microagent.queue import Queue, topics_match
+from microagent.signing import SigningKey
 from microagent.transport import DeadLetter, Deliver, DeliverReply, Delivery, QueueDepth, SelectDeadLetter
 
 
@@ -202,10 +203,10 @@ class MemorySignalBus(AbstractSignalBus):
 
     def __init__(self, dsn: str = SCHEME, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
                  hub: MemoryHub | None = None, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-                 group_options: GroupOptions | None = None) -> None:
+                 group_options: GroupOptions | None = None, signing_key: SigningKey | None = None) -> None:
         self.hub = MemoryHub.of(dsn, hub)
         super().__init__(MemoryBusTransport(self.hub, log), dsn=dsn, prefix=prefix, log=log,
-                         max_message_size=max_message_size, group_options=group_options)
+                         max_message_size=max_message_size, group_options=group_options, signing_key=signing_key)
 
 
 class MemoryQueueTransport:
@@ -371,6 +372,7 @@ class MemoryBroker(AbstractQueueBroker):
     transport: MemoryQueueTransport
 
     def __init__(self, dsn: str = SCHEME, log: logging.Logger | None = None, *, hub: MemoryHub | None = None,
-                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, signing_key: SigningKey | None = None) -> None:
         self.hub = MemoryHub.of(dsn, hub)
-        super().__init__(MemoryQueueTransport(self.hub), dsn=dsn, log=log, max_message_size=max_message_size)
+        super().__init__(MemoryQueueTransport(self.hub), dsn=dsn, log=log, max_message_size=max_message_size,
+                         signing_key=signing_key)

@@ -28,6 +28,10 @@ the entry it is in, so a bad deployment fails at once instead of in one of its p
 An agent entry's ``'replicas': N`` runs N copies of it, each in its own process (``users.1``,
 ``users.2``, ...; ``marun --replicas users=N`` overrides it): its grouped receivers share each
 signal (``group=True`` names the group after the entry), its broadcast receivers each get every one.
+
+``SIGNING_KEY`` (a key, or a list of keys for a rotation: the first signs) is given to every BUS and
+BROKER entry of the module that has no ``signing_key`` of its own (``signing.py``); read it from the
+environment or a file in the settings module, never write it there.
 """
 from __future__ import annotations
 
@@ -44,12 +48,13 @@ from microagent.agent import MicroAgent
 from microagent.backends import Backend, UnknownScheme, backend_for, backend_of_module
 from microagent.broker import AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
-from microagent.dsn import malformed
+from microagent.dsn import malformed, scrub
 from microagent.errors import MicroAgentError
 from microagent.extras import install_hint
 from microagent.handlers import ConsumerSpec, HookSpec, ReceiverSpec
 from microagent.logs import agent_logger
 from microagent.middleware import MiddlewareLike
+from microagent.signing import SigningKeys
 
 T = TypeVar('T')
 START_FLAGS = ('enable_periodic_tasks', 'enable_receiving_signals', 'enable_consuming_messages',
@@ -72,10 +77,17 @@ class BackendConfig:
     path: str = ''  #: the dotted path of the class as the settings name it (1.x ``load_configuration``)
 
     def build(self, log: logging.Logger) -> Any:
+        """The bus or broker; what its class refuses (a DSN only its backend checks, a bad option)
+        is a ``ConfigError`` naming the entry, with the DSN's password hidden."""
         options: dict[str, Any] = _copy_data(dict(self.options))
         if 'log' not in options and 'log' in inspect.signature(self.factory).parameters:
             options['log'] = log
-        return self.factory(**options)
+        try:
+            return self.factory(**options)
+        except (ValueError, TypeError) as exc:
+            dsn = options.get('dsn')
+            text = scrub(str(exc), dsn) if isinstance(dsn, str) else str(exc)
+            raise ConfigError(f'{self.label}: {type(exc).__name__}: {text}') from None
 
 
 def _copy_data(value: T) -> T:
@@ -294,11 +306,16 @@ def _factory(label: str, section: str, entry: Mapping[str, Any]) -> Any:
     raise ConfigError(f"{label}: missing 'backend' (the dotted path of its class){extra}")
 
 
-def _backends(module: str, section: str, value: Any, base: type[Any]) -> dict[str, BackendConfig]:
+def _backends(module: str, section: str, value: Any, base: type[Any],
+              signing: SigningKeys | None = None) -> dict[str, BackendConfig]:
     found: dict[str, BackendConfig] = {}
     for name, label, options, factory in _entries(module, section, value):
         if not (isinstance(factory, type) and issubclass(factory, base)):
             raise ConfigError(f'{label}: backend {factory!r} is not a subclass of {base.__name__}')
+        if 'signing_key' in options:
+            options['signing_key'] = _signing_keys(f"{label}['signing_key']", options['signing_key'])
+        elif signing is not None:
+            options['signing_key'] = signing
         _check_call(label, factory, options)
         if isinstance(options.get('dsn'), str) and (problem := malformed(options['dsn'])) is not None:
             raise ConfigError(f'{label}: {problem}')
@@ -306,6 +323,16 @@ def _backends(module: str, section: str, value: Any, base: type[Any]) -> dict[st
         path = written if isinstance(written, str) else f'{factory.__module__}.{factory.__qualname__}'
         found[name] = BackendConfig(label, factory, _one_place(factory, options, f'{module}/{section}/{name}'), path)
     return found
+
+
+def _signing_keys(label: str, value: Any) -> SigningKeys | None:
+    """A key or keys of the settings, checked once and hidden from every repr of the settings."""
+    if value is None:
+        return None
+    try:
+        return SigningKeys.of(value)
+    except MicroAgentError as exc:  # never shows a key: only its index, type and length
+        raise ConfigError(f'{label}: {exc}') from None
 
 
 def registered_backend(factory: type[Any]) -> Backend | None:
@@ -404,8 +431,9 @@ def load_module(module: str) -> list[AgentConfig]:
             from exc
     if not any(hasattr(mod, section) for section in SECTIONS):
         raise ConfigError(f'{module}: defines none of {", ".join(SECTIONS)}')
-    buses = _backends(module, 'BUS', getattr(mod, 'BUS', {}), AbstractSignalBus)
-    brokers = _backends(module, 'BROKER', getattr(mod, 'BROKER', {}), AbstractQueueBroker)
+    signing = _signing_keys(f'{module}: SIGNING_KEY', getattr(mod, 'SIGNING_KEY', None))
+    buses = _backends(module, 'BUS', getattr(mod, 'BUS', {}), AbstractSignalBus, signing)
+    brokers = _backends(module, 'BROKER', getattr(mod, 'BROKER', {}), AbstractQueueBroker, signing)
     middlewares = _middlewares(f'{module}: MIDDLEWARES', getattr(mod, 'MIDDLEWARES', ()))
     setup = _setup(module, getattr(mod, 'SETUP', None))
     return [_agent(module, name, label, options, factory, buses, brokers, middlewares, setup)

@@ -47,10 +47,11 @@ from microagent.cli.targets import load_fleet
 from microagent.contract.asyncapi import asyncapi
 from microagent.contract.docs_page import render_docs
 from microagent.contract.fleet import Fleet
-from microagent.errors import InvalidArgument, ServerInterrupt
+from microagent.errors import ConnectionFailed, InvalidArgument, ServerInterrupt
 from microagent.logs import FORMATS, LEVELS, current_agent, setup_logging
 from microagent.ops.http import TOKEN_VARIABLE, Endpoints, HttpServer, Readiness, parse_address, start_http
 from microagent.ops.probes import AgentProcess, LocalAgents, answer_questions, group_metrics, group_readiness
+from microagent.readiness import reach
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
 __all__ = ['ConfigError', 'main', 'run_agents', 'run_group']
 __all__ += ['ServerInterrupt', 'init_agent', 'load_configuration']  # the 1.x names
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_UNREACHABLE = 0, 1, 2, 3
 STOP_MARGIN = 5.0   # beyond the grace: pre_stop hooks and closing connections
 KILL_MARGIN = 10.0  # beyond the grace: how long marun waits before it kills an agent process
 #: seconds after a first SIGINT/SIGTERM in which another one is the same stop, not a second one
@@ -196,14 +197,16 @@ async def run_agents(configs: Sequence[AgentConfig], stopping: asyncio.Event, gr
             context.run(current_agent.set, config.process_name)
             try:
                 agent = context.run(config.build)
+            except ConfigError as exc:  # a DSN only its backend refuses, ...: one line, not a traceback
+                log.error('Agent %s could not be created: %s', config.name, exc)
+                return EXIT_CONFIG
             except Exception:
                 log.exception('Agent %s could not be created', config.process_name)
                 return EXIT_FAILED
             if local is not None:
                 local.add(config.process_name, agent)
             agent.hooks.setdefault('post_start', []).append(functools.partial(_announce, config, agent))
-            task = loop.create_task(agent.start(**config.events), name=f'agent:{config.process_name}',
-                                    context=context)
+            task = loop.create_task(_start(agent, config), name=f'agent:{config.process_name}', context=context)
             running.append(_Running(config, agent, context, task))
         watching: dict[asyncio.Future[Any], _Running] = {item.task: item for item in running}
         stop_wait: asyncio.Future[Any] = asyncio.ensure_future(stopping.wait())
@@ -211,7 +214,11 @@ async def run_agents(configs: Sequence[AgentConfig], stopping: asyncio.Event, gr
             done, _ = await asyncio.wait([*watching, stop_wait], return_when=asyncio.FIRST_COMPLETED)
             for finished in done - {stop_wait}:
                 item = watching.pop(finished)
-                if finished.cancelled() or finished.exception() is not None:
+                if not finished.cancelled() and isinstance(finished.exception(), ConnectionFailed):
+                    log.error('Agent %s: %s; stopping the group', item.config.process_name, finished.exception())
+                    code = EXIT_UNREACHABLE
+                    stopping.set()
+                elif finished.cancelled() or finished.exception() is not None:
                     log.error('Agent %s failed: stopping the group', item.config.process_name,
                               exc_info=None if finished.cancelled() else finished.exception())
                     code = EXIT_FAILED
@@ -224,6 +231,17 @@ async def run_agents(configs: Sequence[AgentConfig], stopping: asyncio.Event, gr
     finally:
         await asyncio.gather(*(loop.create_task(_stop(item, grace), context=item.context) for item in running))
     return code
+
+
+async def _start(agent: MicroAgent, config: AgentConfig) -> None:
+    """Reach the bus's and broker's servers within their bound (``connect_timeout``; RabbitMQ's
+    ``reconnect_timeout``), even an agent's that would connect only on its first send; then start."""
+    bus, broker = getattr(agent, 'bus', None), getattr(agent, 'broker', None)
+    for resource in (bus, broker if broker is not bus else None):
+        bound = getattr(resource, 'connect_timeout', getattr(resource, 'reconnect_timeout', None))
+        if resource is not None and isinstance(bound, int | float):
+            await reach(repr(resource), resource.ping, bound)
+    await agent.start(**config.events)
 
 
 async def _stop(item: _Running, grace: float) -> None:
@@ -436,7 +454,8 @@ async def _watch(procs: dict[str, asyncio.subprocess.Process], stopping: asyncio
         name = exits[task]
         log.error('Agent %s exited with %s: stopping the group', name, _describe(task.result()))
         reported.add(name)
-        code = EXIT_FAILED
+        if code not in (EXIT_CONFIG, EXIT_UNREACHABLE):  # an agent's 2 or 3 is the group's
+            code = task.result() if task.result() in (EXIT_CONFIG, EXIT_UNREACHABLE) else EXIT_FAILED
     stop_wait.cancel()
     for proc in procs.values():
         if proc.returncode is None:
@@ -459,7 +478,7 @@ async def _watch(procs: dict[str, asyncio.subprocess.Process], stopping: asyncio
         returncode = task.result()
         if name not in reported and returncode not in (0, -signal.SIGTERM):  # -SIGTERM: stopped before it ran
             log.error('Agent %s exited with %s', name, _describe(returncode))
-            code = EXIT_FAILED
+            code = code if code in (EXIT_CONFIG, EXIT_UNREACHABLE) else EXIT_FAILED  # the first one's says why
     log.info('Group stopped')
     return code
 

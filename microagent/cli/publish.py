@@ -226,7 +226,10 @@ def _server(args: argparse.Namespace, role: Role) -> Server:
         check_dsn(f'--{role}', value)
         factory = _class(value, args.backend, role, one_process_ok=False)
         prefix, source = (args.prefix, '--prefix') if args.prefix is not None else _one_prefix(entries)
-        options = {} if prefix is None else {'prefix': prefix}
+        options: dict[str, Any] = {} if prefix is None else {'prefix': prefix}
+        keys = next((entry.options['signing_key'] for entry in entries if 'signing_key' in entry.options), None)
+        if keys is not None:  # the fleet's key too: its agents refuse what is not signed with it
+            options['signing_key'] = keys
         return Server(lambda: factory(value, **options), value, source)
     entry = _entry(value, entries, role, modules)
     dsn = dsn_of(entry) or ''

@@ -38,6 +38,7 @@ from prometheus_client.utils import floatToGoString
 
 from microagent.middleware import Handling, Middleware, Next, Outcome, Sending, Site
 from microagent.readiness import PING_TIMEOUT
+from microagent.signing import rejected
 
 if TYPE_CHECKING:
     from microagent.broker import AbstractQueueBroker
@@ -228,10 +229,12 @@ class PrometheusMiddleware(Middleware):
         return list(self._families([], {}, {}, {}))
 
     def collect(self) -> Iterator[Metric]:
-        return self._families(list(self._series.values()), dict(self._sent), dict(self._depths), dict(self._lags))
+        return self._families(list(self._series.values()), dict(self._sent), dict(self._depths), dict(self._lags),
+                              dict(rejected))
 
     def _families(self, all_series: list[_Series], sent: dict[tuple[str, str], int],
-                  depths: dict[str, QueueDepth], lags: dict[str, QueueDepth]) -> Iterator[Metric]:
+                  depths: dict[str, QueueDepth], lags: dict[str, QueueDepth],
+                  refusals: dict[tuple[str, str, str], int] | None = None) -> Iterator[Metric]:
         prefix = self.namespace
         for name, attribute, doc in _COUNTERS:
             counter = CounterMetricFamily(f'{prefix}_{name}', doc, labels=HANDLER_LABELS)
@@ -244,6 +247,12 @@ class PrometheusMiddleware(Middleware):
         for labels, count in sent.items():
             sent_family.add_metric(labels, count)
         yield sent_family
+        refused = CounterMetricFamily(f'{prefix}_messages_rejected',
+                                      'Messages refused for their signature (signing_key): dropped signals and '
+                                      'answers, dead-lettered queue messages', labels=('kind', 'name', 'reason'))
+        for refusal, count in (refusals or {}).items():
+            refused.add_metric(refusal, count)
+        yield refused
         yield _histograms(f'{prefix}_handler_duration_seconds', 'Time a handler run took',
                           [(series.labels, series.duration) for series in all_series])
         yield _histograms(f'{prefix}_time_in_queue_seconds', 'Time from sending a message to the start of its handling',

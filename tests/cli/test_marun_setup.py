@@ -56,7 +56,7 @@ def test_a_failing_setup_is_a_configuration_error_of_the_single_process(start: S
 def test_a_failing_setup_stops_the_group_before_its_agent_starts(start: Starter) -> None:
     run = start('marun', 'tests.launcher_agents.bad_setup')
 
-    assert run.wait() == 1, run.output
+    assert run.wait() == 2, run.output  # the agent's configuration error is the group's
     assert f'marun: error: {BROKEN}' in run.output
     assert 'Agent alpha exited with code 2: stopping the group' in run.output
     assert not run.file('alpha.started').exists()

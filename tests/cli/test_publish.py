@@ -300,3 +300,27 @@ def test_an_unreachable_server_is_exit_3(dsn: str, role: str, capsys: pytest.Cap
     assert main(['publish', name, '{"order_id": 1}', role, dsn, '--module', MODULE, '--timeout', '0.5']) == 3
     err = capsys.readouterr().err
     assert err.startswith('microagent publish: error: ') and 'secret' not in err and '127.0.0.1:1' in err
+
+
+@pytest.mark.redis
+async def test_a_signed_fleet_is_sent_to_with_the_key_of_its_settings(tmp_path: Path, unique: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a settings module, publish signs with its SIGNING_KEY (or the entry's ``signing_key``),
+    whether the DSN comes from the settings or from --bus: the fleet's agents refuse unsigned messages."""
+    from microagent.cli.config import load_module
+
+    name = settings(tmp_path, unique, {'main': {'dsn': REDIS_TEST_DSN, 'prefix': f'sig_{unique}'}})
+    with (tmp_path / f'{name}.py').open('a') as file:
+        file.write("SIGNING_KEY = ['publish-test-key-0123456789']\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    [counter] = load_module(name)
+    async with counter.build():  # its bus checks signatures
+        code, out, err = await publish(f'set_count_{unique}', '{"user_id": 4}', '--module', name, '--call',
+                                       '--timeout', '10', path=tmp_path)
+        assert code == 0, err
+        assert list(json.loads(out).values()) == [40]
+        code, out, err = await publish(f'set_count_{unique}', '{"user_id": 5}', '--module', name, '--call',
+                                       '--bus', REDIS_TEST_DSN, '--timeout', '10', path=tmp_path)
+        assert code == 0, err
+        assert list(json.loads(out).values()) == [50]
+        assert 'publish-test-key' not in out + err

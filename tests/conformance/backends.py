@@ -13,6 +13,7 @@ from microagent.backends.memory import MemoryBroker, MemorySignalBus
 from microagent.broker import AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
 from microagent.queue import QueueType
+from microagent.signing import unwrapped
 from microagent.testing import TestGroup
 
 
@@ -21,7 +22,7 @@ class Backend:
     """Factories of buses and brokers that see each other (same server, same namespace)."""
 
     name: str
-    make_bus: Callable[[], AbstractSignalBus]
+    make_bus: Callable[..., AbstractSignalBus]
     make_broker: Callable[..., AbstractQueueBroker]
     dsn: str = ''
     opened: list[Any] = field(default_factory=list)
@@ -32,8 +33,8 @@ class Backend:
         """The server behind the backend: ``amqp-quorum`` is RabbitMQ (``amqp``) with quorum queues."""
         return self.name.partition('-')[0]
 
-    def bus(self) -> AbstractSignalBus:
-        bus = self.make_bus()
+    def bus(self, **options: Any) -> AbstractSignalBus:
+        bus = self.make_bus(**options)
         self.opened.append(bus)
         return bus
 
@@ -61,7 +62,7 @@ class Backend:
 @asynccontextmanager
 async def memory_backend() -> AsyncIterator[Backend]:
     dsn = f'memory://{uuid.uuid4().hex}'
-    backend = Backend('memory', lambda: MemorySignalBus(dsn), lambda **o: MemoryBroker(dsn, **o), dsn)
+    backend = Backend('memory', lambda **o: MemorySignalBus(dsn, **o), lambda **o: MemoryBroker(dsn, **o), dsn)
     try:
         yield backend
     finally:
@@ -95,7 +96,7 @@ async def redis_backend(cluster: bool = False) -> AsyncIterator[Backend]:
     prefix = f'T{uuid.uuid4().hex[:12]}'
     before = set(Queue.get_all())
     exchanges_before = set(Exchange.get_all())
-    backend = Backend('redis-cluster' if cluster else 'redis', lambda: RedisSignalBus(dsn, prefix=prefix),
+    backend = Backend('redis-cluster' if cluster else 'redis', lambda **o: RedisSignalBus(dsn, prefix=prefix, **o),
                       lambda **o: RedisBroker(dsn, **o), dsn)
     try:
         yield backend
@@ -160,7 +161,7 @@ async def amqp_backend(queue_type: QueueType = 'classic') -> AsyncIterator[Backe
     require_rabbitmq()
     prefix = f'T{uuid.uuid4().hex[:12]}'
     name = 'amqp' if queue_type == 'classic' else f'amqp-{queue_type}'
-    backend = Backend(name, lambda: AMQPSignalBus(AMQP_DSN, prefix=prefix, queue_type=queue_type),
+    backend = Backend(name, lambda **o: AMQPSignalBus(AMQP_DSN, prefix=prefix, **{'queue_type': queue_type, **o}),
                       lambda **o: AMQPBroker(AMQP_DSN, **{'queue_type': queue_type, **o}), AMQP_DSN)
     try:
         yield backend
@@ -182,7 +183,7 @@ async def nats_backend() -> AsyncIterator[Backend]:
 
     require_nats()
     prefix = f'T{uuid.uuid4().hex[:12]}'
-    backend = Backend('nats', lambda: NATSSignalBus(NATS_DSN, prefix=prefix),
+    backend = Backend('nats', lambda **o: NATSSignalBus(NATS_DSN, prefix=prefix, **o),
                       lambda **o: NATSBroker(NATS_DSN, **o), NATS_DSN)
     try:
         yield backend
@@ -201,7 +202,7 @@ async def delete_nats_streams(opened: list[Any]) -> None:
     from microagent.backends.nats.layout import BINDINGS_STREAM
     from tests.services import NATS_DSN
 
-    transports = [b.transport if isinstance(b, NATSBroker) else b for b in opened]
+    transports = [unwrapped(b.transport) if isinstance(b, NATSBroker) else b for b in opened]
     transports = [t for t in transports if isinstance(t, NATSQueueTransport)]
     streams = {s for t in transports for s in t.created_streams}
     prefixes = {bus.prefix for bus in opened if isinstance(bus, NATSSignalBus)}

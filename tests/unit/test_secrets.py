@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -18,6 +19,7 @@ from microagent.backends.redis import RedisBroker, RedisSignalBus
 from microagent.cli.main import main
 from microagent.dsn import hide_password, scrub
 from microagent.message import Envelope
+from tests.helpers import eventually
 
 USER_SECRET, QUERY_SECRET = 'S3cretInUserinfo', 'S3cretInQuery'
 SECRETS = (USER_SECRET, QUERY_SECRET)
@@ -154,3 +156,43 @@ def test_cli_output_hides_secrets(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 3  # the broker is unreachable
     assert 'microagent: error: broker redis://default:***@127.0.0.1' in out.err
     assert_hidden(out.out + out.err)
+
+
+SIGNING_SECRET = 'S3cretSigningKey-0123456789'
+
+
+async def test_a_signing_key_shows_nowhere(caplog: pytest.LogCaptureFixture) -> None:
+    """Not in a repr (engine, wrapper, keys), info(), a rejection's log line or dead letter, nor the
+    error of a bad key; only its index and length are named."""
+    from microagent import Queue, consumer
+    from microagent.backends.memory import MemoryBroker, MemoryHub, MemorySignalBus
+    from microagent.errors import InvalidArgument
+
+    hub = MemoryHub()
+    keys = [SIGNING_SECRET, SIGNING_SECRET[::-1]]
+    bus, broker = MemorySignalBus(hub=hub, signing_key=keys), MemoryBroker(hub=hub, signing_key=keys)
+    queue = Queue('secret_signing_jobs')
+
+    class Worker(MicroAgent):
+        @consumer(queue)
+        async def work(self, **kwargs: object) -> None:
+            pass
+
+    agent = Worker(bus=bus, broker=broker)
+    shown = [repr(item) for item in (bus, broker, bus.transport, broker.transport, agent)]
+    shown += [repr(broker.transport.keys), str(vars(broker.transport)), json.dumps(agent.info())]  # type: ignore[attr-defined]
+    async with agent:
+        await MemoryBroker(hub=hub)[queue].send({})
+        await eventually(lambda: _has_dead_letters(broker, queue.name))
+    shown += [caplog.text, repr(await broker.dead_letters(queue.name))]
+    with pytest.raises(InvalidArgument) as caught:
+        MemorySignalBus(signing_key=[SIGNING_SECRET, 'S3cretShort'])
+    shown.append(str(caught.value))
+    assert 'unsigned' in caplog.text and 'signing_key[1]' in str(caught.value)
+    assert repr(broker.transport).startswith('<signed <microagent.backends.memory.MemoryQueueTransport')
+    for text in shown:
+        assert SIGNING_SECRET not in text and SIGNING_SECRET[::-1] not in text and 'S3cretShort' not in text
+
+
+async def _has_dead_letters(broker: Any, name: str) -> bool:
+    return bool(await broker.dead_letter_count(name))

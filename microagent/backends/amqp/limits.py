@@ -101,6 +101,36 @@ def check_frames(messages: Sequence[Outgoing], frame_max: int, what: str) -> Non
                                  f'nothing was sent')
 
 
+def fit_reason(properties: spec.Basic.Properties, body: bytes, name: str, reason: str, frame_max: int) -> None:
+    """Put ``reason`` in the headers table of ``properties`` under ``name``, cut so that the
+    content-header frame stays within ``frame_max`` (0: no limit): a message that only just fitted
+    must still be retried or dead-lettered when the backend adds its bookkeeping to it. With no
+    room at all the reason is left out; what is left then is the frame check's to refuse."""
+    table = properties.headers
+    assert table is not None  # the caller's table, with the attempt at least
+    table[name] = reason
+    out = _Message(body, properties)
+    if not frame_max or _surely_fits(out, frame_max):
+        return
+    table[name] = ''
+    free = frame_max - header_frame_size(out)
+    data = reason.encode()
+    if free < 0:
+        del table[name]
+    elif len(data) > free:
+        table[name] = data[:free].decode(errors='ignore')
+    else:
+        table[name] = reason
+
+
+class _Message:
+    __slots__ = ('body', 'properties')
+
+    def __init__(self, body: bytes, properties: spec.Basic.Properties) -> None:
+        self.body = body
+        self.properties = properties
+
+
 def refusal(exc: BaseException, channel: AbstractChannel) -> BaseException | None:
     """The server's error when it closed the connection over what was sent (a frame or syntax
     error), else None (a connection that merely went away)."""

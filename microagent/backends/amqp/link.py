@@ -234,6 +234,10 @@ class Publisher:
                 self._channel = channel
             return self._channel
 
+    async def frame_max(self) -> int:
+        """The frame size negotiated on the publishing connection (0: none known)."""
+        return _frame_max(await self.channel(self.reconnect_timeout))
+
     async def publish(self, messages: list[Outgoing], what: str) -> None:
         """Publish and wait for RabbitMQ's confirms, sending again what a break left unconfirmed.
 

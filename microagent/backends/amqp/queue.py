@@ -42,6 +42,7 @@ from microagent.backends.amqp.headers import (
     send_properties,
     user_properties,
 )
+from microagent.backends.amqp.limits import fit_reason
 from microagent.backends.amqp.link import PING_PATIENCE, Outgoing, Publisher, passive_declare
 from microagent.backends.amqp.queue_args import DEFAULT_DELIVERY_LIMIT
 from microagent.backends.amqp.settle import RETURN_WAIT, AMQPMeta, Token, settle, until
@@ -303,24 +304,24 @@ class AMQPQueueTransport(QueueDeclarations):
         token = delivery.token
         if token.settled:
             return  # settled by the handler (autoack=False): not ours to retry
-        table = {**fresh_table(token.properties), ATTEMPT_HEADER: delivery.attempt + 1,
-                 REASON_HEADER: reason[:MAX_REASON]}
+        properties = carried(token.properties, {**fresh_table(token.properties), ATTEMPT_HEADER: delivery.attempt + 1})
+        body = delivery.envelope.body
+        fit_reason(properties, body, REASON_HEADER, reason[:MAX_REASON], await self._publisher.frame_max())
         # a failure leaves the message unacked: the engine tries again, then releases it
         retry = await self._retry_queue(queue, delay)
-        await self._publisher.publish([Outgoing('', retry, delivery.envelope.body, carried(token.properties, table))],
-                                      f'queue {retry!r}')
+        await self._publisher.publish([Outgoing('', retry, body, properties)], f'queue {retry!r}')
         await self.ack(queue, delivery)
 
     async def dead_letter(self, queue: Queue[Any], delivery: Delivery[Token], reason: str) -> None:
         token = delivery.token
         if token.settled:
             return
-        table = {**fresh_table(token.properties), ATTEMPT_HEADER: delivery.attempt,
-                 REASON_HEADER: reason[:MAX_REASON], DEAD_AT_HEADER: time.time()}
+        table = {**fresh_table(token.properties), ATTEMPT_HEADER: delivery.attempt, DEAD_AT_HEADER: time.time()}
+        properties, body = carried(token.properties, table), delivery.envelope.body
+        fit_reason(properties, body, REASON_HEADER, reason[:MAX_REASON], await self._publisher.frame_max())
         dead = queue.name + DEAD_SUFFIX
         await self.declare(queue)  # a failure leaves the message unacked: the engine tries again
-        await self._publisher.publish([Outgoing(dead, '', delivery.envelope.body, carried(token.properties, table))],
-                                      f'exchange {dead!r}')
+        await self._publisher.publish([Outgoing(dead, '', body, properties)], f'exchange {dead!r}')
         await self.ack(queue, delivery)
 
     @asynccontextmanager

@@ -33,6 +33,7 @@ class NATSSignalBus(AbstractSignalBus):
                  connect_timeout: float = 5.0, group_options: GroupOptions | None = None, **options: Any) -> None:
         transport = NATSBusTransport(dsn, prefix, log, connect_timeout=connect_timeout)
         super().__init__(transport, dsn=dsn, prefix=prefix, log=log, group_options=group_options, **options)
+        self.connect_timeout = connect_timeout  # marun's bound on reaching the server at start
         transport.max_message_size = self.max_message_size
         transport.rename(f'microagent bus {prefix} {self.uid[:8]}')
 
@@ -49,5 +50,6 @@ class NATSBroker(AbstractQueueBroker):
                  connect_timeout: float = 5.0, **options: Any) -> None:
         transport = NATSQueueTransport(dsn, log, ack_wait=ack_wait, connect_timeout=connect_timeout)
         super().__init__(transport, dsn=dsn, log=log, **options)
+        self.connect_timeout = connect_timeout  # marun's bound on reaching the server at start
         transport.rename(f'microagent broker {self.uid[:8]}')
         transport.max_message_size = self.max_message_size

@@ -24,8 +24,14 @@ from microagent.backends.redis.queue import DEFAULT_MAX_FETCH_BYTES, RedisQueueT
 from microagent.backends.redis.wire import Wire
 from microagent.broker import DEFAULT_MAX_MESSAGE_SIZE, AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
+from microagent.errors import InvalidArgument
+from microagent.signing import SigningKey
 
 __all__ = ['RedisBroker', 'RedisBusTransport', 'RedisQueueTransport', 'RedisSignalBus', 'Wire']
+
+#: how long ``marun`` tries to reach Redis when it starts an agent before it gives up (exit 3); the
+#: client itself reconnects for ever once running
+CONNECT_TIMEOUT = 30.0
 
 
 class RedisSignalBus(AbstractSignalBus):
@@ -34,17 +40,22 @@ class RedisSignalBus(AbstractSignalBus):
 
     ``wire='1.x'`` sends bare 1.x bodies, for 1.x agents listening on the same Redis. Extra keyword
     options go to ``redis.asyncio.Redis.from_url`` (e.g. ``socket_timeout``), or to ``RedisCluster``;
-    on a cluster, sends retry for up to ``failover_timeout`` s while a master fails over. The
-    transport is ``bus.transport``."""
+    on a cluster, sends retry for up to ``failover_timeout`` s while a master fails over.
+    ``connect_timeout``: how long ``marun`` tries to reach Redis before it gives up on the agent.
+    The transport is ``bus.transport``."""
 
     transport: RedisBusTransport
 
     def __init__(self, dsn: str = DEFAULT_DSN, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
                  wire: Wire = 'envelope', max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-                 failover_timeout: float = FAILOVER_TIMEOUT, **redis_options: Any) -> None:
+                 failover_timeout: float = FAILOVER_TIMEOUT, signing_key: SigningKey | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT, **redis_options: Any) -> None:
+        _check_signed_wire(wire, signing_key)
+        self.connect_timeout = connect_timeout
         transport = RedisBusTransport(dsn, prefix, log=log, wire=wire, failover_timeout=failover_timeout,
                                       **redis_options)
-        super().__init__(transport, dsn=dsn, prefix=prefix, log=log, max_message_size=max_message_size)
+        super().__init__(transport, dsn=dsn, prefix=prefix, log=log, max_message_size=max_message_size,
+                         signing_key=signing_key)
 
     @property
     def redis(self) -> Client:
@@ -63,7 +74,8 @@ class RedisBroker(AbstractQueueBroker):
     message over ``max_message_size`` is dead-lettered at fetch, unread. ``wait_replicas=1`` makes
     a send return only once a replica has the message (``WAIT``; ``NotReplicated`` after
     ``wait_timeout`` s). On a cluster, commands retry for up to ``failover_timeout`` s while a master
-    fails over. Extra keyword options go to ``redis.asyncio.Redis.from_url`` (or ``RedisCluster``).
+    fails over. ``connect_timeout``: how long ``marun`` tries to reach Redis before it gives up on the
+    agent. Extra keyword options go to ``redis.asyncio.Redis.from_url`` (or ``RedisCluster``).
     The transport is ``broker.transport``."""
 
     transport: RedisQueueTransport
@@ -71,14 +83,23 @@ class RedisBroker(AbstractQueueBroker):
     def __init__(self, dsn: str = DEFAULT_DSN, log: logging.Logger | None = None, *, wire: Wire = 'envelope',
                  heartbeat: float = 10.0, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                  wait_replicas: int = 0, wait_timeout: float = 1.0, failover_timeout: float = FAILOVER_TIMEOUT,
-                 max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES, **redis_options: Any) -> None:
+                 max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES, signing_key: SigningKey | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT, **redis_options: Any) -> None:
+        _check_signed_wire(wire, signing_key)
+        self.connect_timeout = connect_timeout
         transport = RedisQueueTransport(dsn, log=log, wire=wire, heartbeat=heartbeat, wait_replicas=wait_replicas,
                                         wait_timeout=wait_timeout, failover_timeout=failover_timeout,
                                         max_message_size=max_message_size, max_fetch_bytes=max_fetch_bytes,
                                         **redis_options)
-        super().__init__(transport, dsn=dsn, log=log, max_message_size=max_message_size)
+        super().__init__(transport, dsn=dsn, log=log, max_message_size=max_message_size, signing_key=signing_key)
 
     @property
     def redis(self) -> Client:
         """The transport's command client, which code written for the former class reaches for."""
         return self.transport.redis
+
+
+def _check_signed_wire(wire: Wire, signing_key: SigningKey | None) -> None:
+    """The 1.x wire carries no headers, so no signature: with a key every message would be refused."""
+    if signing_key is not None and wire == '1.x':
+        raise InvalidArgument("signing_key needs wire='envelope': the 1.x wire carries no headers, so no signature")

@@ -12,11 +12,13 @@ import pytest
 import microagent.backends.amqp.link as amqp_link
 from microagent import InvalidArgument, MicroAgent, Queue, Signal, consumer
 from microagent.backends.amqp import AMQPBroker, AMQPSignalBus
-from microagent.backends.amqp.limits import MAX_DELAY, MessageRefused
+from microagent.backends.amqp.headers import send_properties
+from microagent.backends.amqp.limits import MAX_DELAY, MessageRefused, header_frame_size
+from microagent.backends.amqp.link import Outgoing
 from microagent.errors import ConnectionFailed
 from microagent.message import Envelope
 from tests.amqp_support import AMQP_DSN, Servers
-from tests.helpers import Collector
+from tests.helpers import Collector, eventually
 
 pytestmark = pytest.mark.amqp
 
@@ -141,3 +143,42 @@ async def test_a_missing_vhost_says_so_at_once(unique: str) -> None:
     finally:
         await broker.close()
     assert time.monotonic() - started < 2.0
+
+
+async def test_a_message_that_only_just_fits_the_frame_is_retried_and_dead_lettered_with_a_cut_reason(
+        amqp: Servers, unique: str) -> None:
+    """Retry and dead-letter add ``x-attempt``, ``x-reason`` (and ``x-dead-at``) to the table: the
+    reason is cut so that the headers still fit one frame, and the message still moves on."""
+    queue = Queue(f'just_fits_{unique}', Job)
+    broker = amqp.broker()
+    frame_max = await broker.transport._publisher.frame_max()
+    assert frame_max  # RabbitMQ negotiates one (131072 by default)
+    body = b'{"n": 7}'
+
+    def frame(pad: int) -> int:
+        headers = {'message-id': f'just-fits-{unique}', 'pad': 'p' * pad}
+        return header_frame_size(Outgoing('', queue.name, body, send_properties(headers)))
+
+    pad = frame_max - 100 - frame(0)  # 100 bytes left in the frame: no room for a 5 KB reason
+    assert frame(pad) == frame_max - 100
+    attempts = Collector()
+
+    class Worker(MicroAgent):
+        @consumer(queue, max_retries=1, retry_delay=0.01)
+        async def work(self, job: Job) -> None:
+            attempts.add(job.n)
+            raise ConnectionError('SMTP busy ' + 'y' * 5_000)
+
+    await broker[queue].declare()
+    async with Worker(broker=broker):
+        await broker.transport.put(queue, [Envelope(body, {'message-id': f'just-fits-{unique}', 'pad': 'p' * pad})])
+        assert await attempts.wait(2, timeout=10) == [7, 7]  # retried, with its headers and a cut reason
+        await eventually(lambda: _dead(broker, queue), timeout=10)
+    (letter,) = await broker[queue].dead_letters()
+    assert letter.reason.startswith('ConnectionError: SMTP busy yyy')
+    assert len(letter.reason.encode()) < 100
+    assert letter.envelope.headers is not None and letter.envelope.headers['pad'] == 'p' * pad
+
+
+async def _dead(broker: AMQPBroker, queue: Queue[Job]) -> bool:
+    return bool(await broker[queue].dead_letter_count() == 1)
