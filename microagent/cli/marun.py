@@ -26,7 +26,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -40,21 +40,18 @@ from microagent.cli.config import (
     run_setups,
     with_replicas,
 )
+from microagent.cli.fleet_http import fleet_endpoints
 from microagent.cli.inputs import read_token, replica_counts, seconds_or_zero
 from microagent.cli.legacy import init_agent, load_configuration
 from microagent.cli.reload import run_reloading
-from microagent.cli.targets import load_fleet
-from microagent.contract.asyncapi import asyncapi
-from microagent.contract.docs_page import render_docs
-from microagent.contract.fleet import Fleet
 from microagent.errors import ConnectionFailed, InvalidArgument, ServerInterrupt
 from microagent.logs import FORMATS, LEVELS, current_agent, setup_logging
-from microagent.ops.http import TOKEN_VARIABLE, Endpoints, HttpServer, Readiness, parse_address, start_http
+from microagent.ops.http import TOKEN_VARIABLE, Endpoints, HttpServer, parse_address, start_http
 from microagent.ops.probes import AgentProcess, LocalAgents, answer_questions, group_metrics, group_readiness
 from microagent.readiness import reach
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
+    pass
 
 __all__ = ['ConfigError', 'main', 'run_agents', 'run_group']
 __all__ += ['ServerInterrupt', 'init_agent', 'load_configuration']  # the 1.x names
@@ -481,24 +478,6 @@ async def _watch(procs: dict[str, asyncio.subprocess.Process], stopping: asyncio
             code = code if code in (EXIT_CONFIG, EXIT_UNREACHABLE) else EXIT_FAILED  # the first one's says why
     log.info('Group stopped')
     return code
-
-
-def fleet_endpoints(modules: Sequence[str], readiness: Readiness, registry: CollectorRegistry | None = None,
-                    metrics: Callable[[], Awaitable[bytes]] | None = None) -> Endpoints:
-    """The endpoints of a marun group: the contract of its settings modules as a fleet."""
-    fleet: list[Fleet] = []
-
-    def loaded() -> Fleet:
-        if not fleet:
-            fleet.append(load_fleet(list(modules)))
-        return fleet[0]
-
-    def document() -> Mapping[str, Any]:
-        found = loaded()
-        return asyncapi(*(agent.cls for agent in found.agents), title=', '.join(modules),
-                        servers=found.servers(), declarations=found.declarations)
-
-    return Endpoints(readiness, document, lambda: render_docs(loaded()), registry, metrics)
 
 
 if __name__ == '__main__':
