@@ -38,7 +38,8 @@ MIN_PER_SECOND = 1e-6
 
 @dataclass(frozen=True)
 class Rate:
-    """``count`` grants per ``period`` seconds, up to ``burst`` at once."""
+    """``count`` grants per ``period`` seconds, up to ``burst`` at once (0, the default: ``count``
+    rounded up, at least 1; ``burst=1`` spaces grants evenly)."""
 
     count: float
     period: float = 1.0
@@ -50,7 +51,7 @@ class Rate:
                 raise InvalidArgument(f'a rate {name} must be a finite number > 0, got {value!r}')
         if not MIN_PER_SECOND <= self.count / self.period <= MAX_PER_SECOND:
             raise InvalidArgument(f'a rate must be between {MIN_PER_SECOND} and {MAX_PER_SECOND:g} per second, '
-                             f'got {self.count}/{self.period}s')
+                                  f'got {self.count}/{self.period}s')
         if self.burst == 0:
             object.__setattr__(self, 'burst', max(1, math.ceil(self.count)))
         elif isinstance(self.burst, bool) or not isinstance(self.burst, int) or self.burst < 1:

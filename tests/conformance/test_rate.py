@@ -86,3 +86,22 @@ async def test_a_consumer_over_its_limit_holds_no_messages(backend: Backend, uni
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_batch_consumer_rate_counts_messages(backend: Backend, unique: str) -> None:
+    queue = Queue(f'rate_batch_{unique}', Job)
+    rate = Rate(40, burst=5)
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+
+    class Worker(MicroAgent):
+        @consumer(queue, batch=10, batch_wait=0.05, rate=rate, prefetch=10)
+        async def work(self, jobs: list[Job]) -> None:
+            times.extend(loop.time() for _ in jobs)
+
+    broker = backend.broker()
+    await broker[queue].send_many([Job(n) for n in range(30)])
+    async with Worker(broker=broker):
+        await eventually(lambda: _true(len(times) == 30), timeout=20)
+    check_bound(times, rate, held=11)  # a batch of up to 10 in hand, and what the fetch loop took
+    assert times[-1] - times[0] >= (30 - 5 - 12) / 40  # counting batches, 3 of them, would take no time
