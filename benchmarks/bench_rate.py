@@ -4,6 +4,12 @@ per-round throughput ratios and the client CPU per message of each. Then the cos
 ``async with agent.limit(...)`` (a take: in process on memory, one script round trip on Redis).
 
     python -m benchmarks.bench_rate [--count N] [--rounds R] [--redis DSN]
+
+On the shared 2-core machine under load (load average about 6), 20,000 messages, 9 rounds:
+memory 1.02x (0.55-1.30), +0.08 us CPU/msg, one limit() 1.8 us CPU; Redis 0.97x (0.63-1.36),
++0.01 us CPU/msg (a second run of 5 rounds: 0.71x, +1.8 us), one limit() a round trip, 280 us wall,
+100 us CPU. The noise is larger than the cost: a limited Redis consumer makes one script call per
+fetch (126 for 20,000 messages, about 105 us CPU each: about 0.7 us CPU per message).
 """
 from __future__ import annotations
 
