@@ -26,6 +26,7 @@ from microagent.loader import configure, load_queues, load_signals, load_stuff
 from microagent.message import InvalidHeader, Message
 from microagent.middleware import Handling, Middleware, Next, Outcome, Sending
 from microagent.queue import Queue
+from microagent.ratelimit import Limit, Rate
 from microagent.sends import UndeclaredSend
 from microagent.signal import Signal
 
@@ -50,6 +51,7 @@ __all__ = [
     'InvalidArgument',
     'InvalidHeader',
     'InvalidPayload',
+    'Limit',
     'Message',
     'MicroAgent',
     'MicroAgentError',
@@ -61,6 +63,7 @@ __all__ = [
     'Queue',
     'QueueDepth',
     'QueueNotFound',
+    'Rate',
     'Receiver',
     'RemoteError',
     'Sending',

@@ -31,6 +31,7 @@ from microagent.message import Conversation, reset_current_message, set_current_
 from microagent.middleware import MiddlewareLike, added
 from microagent.ops.endpoints import agent_endpoints
 from microagent.ops.http import start_http
+from microagent.ratelimit import Limit, LocalLimiter, Rate
 from microagent.readiness import PING_TIMEOUT
 from microagent.sends import Sendable, SendKind, UndeclaredSend, declared_sends, kind_of, reset_sender, set_sender
 from microagent.timer import Timer, run_cron, run_periodic
@@ -166,6 +167,18 @@ class MicroAgent(Described):
             if engine is not None:
                 engine.use(*middlewares)
         return self
+
+    def limit(self, name: str, rate: str | Rate, *, count: int = 1) -> Limit:
+        """``async with self.limit('smtp', '10/s'):`` runs its body once ``count`` grant(s) of the
+        limit ``name`` are taken, waiting while it is over ``rate``; the limit is shared through the
+        agent's broker (on Redis by every process of the fleet), else kept in this process."""
+        broker = getattr(self, 'broker', None)
+        if isinstance(broker, AbstractQueueBroker):
+            return Limit(broker.limiter, name, rate, count)
+        limiter = self.__dict__.get('_limiter')
+        if limiter is None:
+            limiter = self.__dict__['_limiter'] = LocalLimiter()
+        return Limit(limiter, name, rate, count)
 
     def _check_send(self, kind: SendKind, name: str) -> None:
         """What ``sends.check_send`` asks: an undeclared send warns once per name, or raises if strict."""

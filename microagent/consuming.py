@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
+from functools import cached_property
 from typing import Any, cast
 
 from microagent.batching import Batching
@@ -19,6 +20,7 @@ from microagent.logs import set_handler
 from microagent.message import current_var
 from microagent.middleware import Handling, MiddlewareLike, Outcome, Site, active, wrap
 from microagent.payload import check_size, undecodable
+from microagent.ratelimit import Limiter, limiter_of, queue_key
 from microagent.retry import Retrier
 from microagent.running import Running
 from microagent.sends import set_sender
@@ -53,7 +55,10 @@ class Consuming(Batching):
                 continue
             free = run.capacity - in_hand
             try:
-                deliveries = await self.transport.fetch(queue, free, self.fetch_timeout)
+                if run.rate is None:
+                    deliveries = await self.transport.fetch(queue, free, self.fetch_timeout)
+                else:
+                    deliveries = await self._fetch_limited(run, free)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -67,6 +72,30 @@ class Consuming(Batching):
                 run.buffer.extend(deliveries)
                 run.arrived.set()
                 run.wake_one()
+
+    @cached_property
+    def limiter(self) -> Limiter:
+        """The rate limits of this broker's consumers and agents: the transport's, shared through
+        its server, else this broker's own (``ratelimit.LocalLimiter``)."""
+        return limiter_of(self.transport)
+
+    async def _fetch_limited(self, run: Running, free: int) -> list[Delivery[Any]]:
+        """A rate-limited consumer fetches only what its limit grants now, and waits (fetching
+        nothing, holding nothing) while it grants none; grants a fetch did not use go back."""
+        assert run.rate is not None
+        key, queue = queue_key(run.consumer.queue.name), run.consumer.queue
+        granted, wait = await self.limiter.take(key, run.rate, free)
+        if not granted:
+            await asyncio.sleep(min(wait, self.fetch_timeout))
+            return []
+        deliveries = await self.transport.fetch(queue, granted, self.fetch_timeout)
+        if len(deliveries) < granted:
+            try:
+                await self.limiter.give_back(key, run.rate, granted - len(deliveries))
+            except Exception as exc:  # the fetched messages are kept; the limit is only stricter a while
+                self.log.warning('Queue %s: could not give back %d unused grant(s) of its rate: %r',
+                                 queue.name, granted - len(deliveries), exc)
+        return deliveries
 
     async def _work(self, run: Running) -> None:
         """A worker: handles buffered deliveries one at a time until the consumer stops. This is the

@@ -37,6 +37,7 @@ from microagent.handlers import (
     specs_of,
 )
 from microagent.queue import Queue
+from microagent.ratelimit import Rate, check_rate
 from microagent.signal import Signal
 
 T = TypeVar('T')
@@ -213,7 +214,8 @@ class _ConsumerBase:
         return func
 
 
-CONSUMER_OPTIONS = ('concurrency', 'prefetch', 'max_retries', 'retry_delay', 'autoack', 'batch', 'batch_wait')
+CONSUMER_OPTIONS = ('concurrency', 'prefetch', 'max_retries', 'retry_delay', 'autoack', 'batch', 'batch_wait',
+                    'rate')
 _MIN_INT = {'concurrency': 1, 'prefetch': 0, 'max_retries': 0, 'batch': 1}
 
 
@@ -225,8 +227,11 @@ def _check_consumer_options(func: Callable[..., Any], queue: Queue[Any], options
             close = difflib.get_close_matches(key, CONSUMER_OPTIONS, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f'; known: {", ".join(CONSUMER_OPTIONS)}'
             raise UsageError(f'{where}: unknown option {key!r}{hint}')
-        if key in ('prefetch', 'batch') and value is None:
-            continue  # the defaults: 4 x concurrency; one message per call
+        if key in ('prefetch', 'batch', 'rate') and value is None:
+            continue  # the defaults: 4 x concurrency; one message per call; no limit
+        if key == 'rate':
+            check_rate(where, value)
+            continue
         if key in _MIN_INT:
             if not isinstance(value, int) or isinstance(value, bool) or value < _MIN_INT[key]:
                 raise DeclarationError(f'{handler_name(func)}: {key} must be an integer >= {_MIN_INT[key]}, '
@@ -298,28 +303,29 @@ class _LooseDecorator:
 def consumer(queue: Queue[T], timeout: float = 60, dto_class: None = None, dto_name: None = None, *,
              concurrency: int = DEFAULT_CONCURRENCY, prefetch: int | None = None,
              max_retries: int = DEFAULT_MAX_RETRIES, retry_delay: float = DEFAULT_RETRY_DELAY,
-             autoack: bool = True, batch: None = None) -> _ConsumerDecorator[T]: ...
+             autoack: bool = True, batch: None = None, rate: str | Rate | None = None) -> _ConsumerDecorator[T]: ...
 
 
 @overload
 def consumer(queue: Queue[T], timeout: float = 60, dto_class: None = None, dto_name: None = None, *,
              batch: int, batch_wait: float = DEFAULT_BATCH_WAIT, concurrency: int = 1,
              prefetch: int | None = None, max_retries: int = DEFAULT_MAX_RETRIES,
-             retry_delay: float = DEFAULT_RETRY_DELAY) -> _BatchConsumerDecorator[T]: ...
+             retry_delay: float = DEFAULT_RETRY_DELAY,
+             rate: str | Rate | None = None) -> _BatchConsumerDecorator[T]: ...
 
 
 @overload
 def consumer(queue: Queue[Any], timeout: float = 60, *, dto_class: type[D], dto_name: None = None,
              concurrency: int = DEFAULT_CONCURRENCY, prefetch: int | None = None,
              max_retries: int = DEFAULT_MAX_RETRIES, retry_delay: float = DEFAULT_RETRY_DELAY,
-             autoack: bool = True) -> _DtoConsumerDecorator[D]: ...
+             autoack: bool = True, rate: str | Rate | None = None) -> _DtoConsumerDecorator[D]: ...
 
 
 @overload
 def consumer(queue: Queue[Any], timeout: float = 60, *, dto_class: type[D], dto_name: str,
              concurrency: int = DEFAULT_CONCURRENCY, prefetch: int | None = None,
              max_retries: int = DEFAULT_MAX_RETRIES, retry_delay: float = DEFAULT_RETRY_DELAY,
-             autoack: bool = True) -> _LooseDecorator: ...
+             autoack: bool = True, rate: str | Rate | None = None) -> _LooseDecorator: ...
 
 
 def consumer(queue: Queue[Any], timeout: float = 60, dto_class: type[Any] | None = None,
@@ -330,8 +336,10 @@ def consumer(queue: Queue[Any], timeout: float = 60, dto_class: type[Any] | None
     running at once), ``prefetch`` (messages fetched ahead, default 4 x concurrency), ``max_retries``
     (before dead-lettering), ``retry_delay`` (backoff base, s) and ``autoack`` (1.x: False leaves the
     ack to the handler). ``batch=N`` hands the handler a list of up to N messages, what came within
-    ``batch_wait`` seconds (see ``BatchFailed``). Any other option is a TypeError naming the handler,
-    raised when decorating; the runtime takes ``**options`` only to name the handler in that error."""
+    ``batch_wait`` seconds (see ``BatchFailed``). ``rate='100/s'`` (``/m``, ``/h``, or a ``Rate``)
+    limits how many messages every consumer of the queue takes, together. Any other option is a
+    TypeError naming the handler, raised when decorating; the runtime takes ``**options`` only to
+    name the handler in that error."""
     if not isinstance(queue, Queue):
         raise UsageError(f'@consumer needs a Queue declaration, got {queue!r}')
     args = (queue, timeout, dto_class, dto_name, options)

@@ -26,6 +26,7 @@ from microagent.message import Message, current_message
 from microagent.middleware import HandlingKind, MiddlewareLike, Site
 from microagent.payload import Codec, codec_for, undecodable
 from microagent.queue import Queue
+from microagent.ratelimit import Rate
 from microagent.sends import Sender
 from microagent.signal import Signal
 
@@ -138,6 +139,12 @@ class ConsumerSpec:
         """A batch consumer's largest batch; None for one message per call."""
         batch = self.options.get('batch')
         return None if batch is None else int(batch)
+
+    @cached_property
+    def rate(self) -> Rate | None:
+        """The consumer's rate limit (``rate='100/s'``), shared by every consumer of the queue."""
+        rate = self.options.get('rate')
+        return None if rate is None else Rate.parse(rate)
 
     @cached_property
     def batch_wait(self) -> float:
@@ -302,6 +309,7 @@ class Consumer:
         self.autoack = spec.autoack
         self.batch = spec.batch
         self.batch_wait = spec.batch_wait
+        self.rate = spec.rate
         self.key = f'{type(agent).__name__}.{handler.__name__}'
         self.target = self.queue.name
 

@@ -28,6 +28,7 @@ class Running:
         self.refill = asyncio.Event()  # set when the work in hand falls to the low-water mark
         self.arrived = asyncio.Event()  # set when a fetch adds to the buffer (a batch waiting to fill)
         self.capacity = consumer.concurrency + consumer.prefetch
+        self.rate = consumer.rate  # None: no limit, and the fetch loop pays nothing for it
         self.low_water = self.capacity // 2
         self.busy = 0
         self.deadlines: dict[asyncio.Task[Any], float] = {}

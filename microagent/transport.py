@@ -327,3 +327,6 @@ class BrokerTransport(Protocol[TokenT]):
         """Release connections; messages fetched and not settled return to the queue. The transport
         may not be used afterwards."""
         ...
+
+    # Optional: ``def limiter(self) -> ratelimit.Limiter``, rate limits shared through the server
+    # (Redis: a GCRA script). The engine keeps them in its process when a transport has none.

@@ -21,6 +21,7 @@ from microagent.errors import QueueNotFound
 from microagent.groups import SENDER, GroupOptions, GroupQueue
 from microagent.message import GROUP_SENDER, Envelope
 from microagent.queue import Queue, topics_match
+from microagent.ratelimit import LocalLimiter
 from microagent.signing import SigningKey
 from microagent.transport import DeadLetter, Deliver, DeliverReply, Delivery, QueueDepth, SelectDeadLetter
 
@@ -83,6 +84,7 @@ class MemoryHub:
         self.bus = _BusHub()
         self.broker = _BrokerHub()
         self.groups = _BrokerHub()  # the stores of signal groups, apart from the broker's queues
+        self.limits = LocalLimiter()  # the rate limits of the brokers built on it
 
     def __repr__(self) -> str:
         return f'<MemoryHub {hide_password(SCHEME + self.name)}>' if self.name else f'<MemoryHub at {id(self):#x}>'
@@ -230,6 +232,10 @@ class MemoryQueueTransport:
         handle = asyncio.get_running_loop().call_later(delay, due)
         self._later[handle] = (name, messages)
         self._hub.delayed[name] += len(messages)
+
+    def limiter(self) -> LocalLimiter:
+        """Rate limits shared by the brokers of this hub (this process: the hub's server)."""
+        return self.hub.limits
 
     async def declare(self, queue: Queue[Any]) -> None:
         if queue.exchange:

@@ -92,6 +92,8 @@ def consumer_info(handler: str, spec: ConsumerSpec) -> JsonDict:
     info: JsonDict = {'handler': handler, 'queue': spec.queue.name, 'timeout': spec.timeout,
                       'options': _plain(dict(spec.options)),  # as given; the effective values follow
                       'concurrency': spec.concurrency, 'max_retries': spec.max_retries}
+    if spec.rate is not None:
+        info['rate'] = str(spec.rate)  # '100/s', '6/m (burst 2)'
     if spec.dto_class is not None:
         info['dto_class'] = model_name(spec.dto_class)
         info['dto_name'] = spec.dto_name or 'dto'

@@ -23,6 +23,7 @@ from microagent.backends.redis.client import DEFAULT_DSN, FAILOVER_TIMEOUT, clie
 from microagent.backends.redis.frame import FrameError, unframe
 from microagent.backends.redis.keys import QueueKeys, delayed_member, exchange_key
 from microagent.backends.redis.ownership import Owned, Ownership
+from microagent.backends.redis.ratelimit import RedisLimiter
 from microagent.backends.redis.replicas import Replicas
 from microagent.backends.redis.wire import Wire, delivery_of, is_legacy, stored
 from microagent.dsn import hide_password
@@ -96,6 +97,10 @@ class RedisQueueTransport(Ownership):
 
     def __repr__(self) -> str:
         return f'<{type(self).__name__} {hide_password(self.dsn)}>'
+
+    def limiter(self) -> RedisLimiter:
+        """Rate limits shared through this server by every process (``ratelimit.py``)."""
+        return RedisLimiter(self.redis)
 
     # producing
 
