@@ -8,6 +8,7 @@ built on the core below them:
 - ``wire.py``: the format (frames or bare 1.x bodies), the 1.x channel names, the RPC reply
   address and which requests are answered bare, the packing of commands;
 - ``keys.py``: every key name; ``scripts/``: the Lua scripts, as ``.lua`` files;
+- ``groups.py`` and ``registry.py``: signal groups on Redis streams, and how buses know them;
 - ``ownership.py``: heartbeats, reclaiming the messages of dead consumers, orphans;
 - ``replicas.py``: sends confirmed by replicas (``wait_replicas``);
 - ``client.py`` and ``cluster.py``: the clients, of one server or of a Redis Cluster
@@ -24,6 +25,7 @@ from microagent.backends.redis.queue import DEFAULT_MAX_FETCH_BYTES, RedisQueueT
 from microagent.backends.redis.wire import Wire
 from microagent.broker import DEFAULT_MAX_MESSAGE_SIZE, AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
+from microagent.groups import GroupOptions
 
 __all__ = ['RedisBroker', 'RedisBusTransport', 'RedisQueueTransport', 'RedisSignalBus', 'Wire']
 
@@ -34,17 +36,20 @@ class RedisSignalBus(AbstractSignalBus):
 
     ``wire='1.x'`` sends bare 1.x bodies, for 1.x agents listening on the same Redis. Extra keyword
     options go to ``redis.asyncio.Redis.from_url`` (e.g. ``socket_timeout``), or to ``RedisCluster``;
-    on a cluster, sends retry for up to ``failover_timeout`` s while a master fails over. The
-    transport is ``bus.transport``."""
+    on a cluster, sends retry for up to ``failover_timeout`` s while a master fails over.
+    ``group_options`` set the retention and visibility timeout of this bus's signal groups (Redis
+    streams, ``groups.py``). The transport is ``bus.transport``."""
 
     transport: RedisBusTransport
 
     def __init__(self, dsn: str = DEFAULT_DSN, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
                  wire: Wire = 'envelope', max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-                 failover_timeout: float = FAILOVER_TIMEOUT, **redis_options: Any) -> None:
+                 failover_timeout: float = FAILOVER_TIMEOUT, group_options: GroupOptions | None = None,
+                 **redis_options: Any) -> None:
         transport = RedisBusTransport(dsn, prefix, log=log, wire=wire, failover_timeout=failover_timeout,
                                       **redis_options)
-        super().__init__(transport, dsn=dsn, prefix=prefix, log=log, max_message_size=max_message_size)
+        super().__init__(transport, dsn=dsn, prefix=prefix, log=log, max_message_size=max_message_size,
+                         group_options=group_options)
 
     @property
     def redis(self) -> Client:

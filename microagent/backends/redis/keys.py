@@ -114,3 +114,42 @@ def _inflight(base: str, consumer: str) -> str:
 
 def _heartbeat(base: str, consumer: str) -> str:
     return f'{base}:consumer:{consumer}'
+
+
+# signal groups (``groups.py``)
+
+
+def group_stream(prefix: str, signal: str) -> str:
+    """The stream of a signal that has groups, one per bus prefix: ``microagent:signal:{prefix}:{signal}``."""
+    return f'microagent:signal:{prefix}:{signal}'
+
+
+def group_registry(prefix: str) -> str:
+    """The hash of a prefix's groups: store name (``signal@group``) -> JSON retention the members asked for."""
+    return f'microagent:groups:{prefix}'
+
+
+def group_channel(prefix: str) -> str:
+    """Where a joining group tells the buses of its prefix: ``{prefix}:~groups`` (no signal channel
+    ``{prefix}:{name}:...`` can be it: ``~`` is in no signal name)."""
+    return f'{prefix}:~groups'
+
+
+@dataclass(frozen=True)
+class GroupKeys:
+    """Key names of one group's store: the signal's stream (its consumer group is the group) and,
+    in the stream's slot, the group's retries (zset, by due time), the retries its members hold
+    (zset, by the deadline of each member's lease) and its dead letters (list, as ``Q:dead``)."""
+
+    stream: str
+    retry: str
+    held: str
+    dead: str
+    group: str
+
+    @classmethod
+    def of(cls, prefix: str, signal: str, group: str, cluster: bool = False) -> GroupKeys:
+        stream = group_stream(prefix, signal)
+        base = base_of(stream, cluster)
+        return cls(stream=stream, retry=f'{base}:retry:{group}', held=f'{base}:held:{group}',
+                   dead=f'{base}:dead:{group}', group=group)

@@ -1,0 +1,476 @@
+"""Signal groups on Redis streams: the group transport (``microagent.groups`` says what one is).
+
+A signal some group receives has a stream (``keys.GroupKeys``), which the bus appends to on every
+send (``registry.py``); each group is a consumer group of that stream, each member a consumer
+named by its transport's uid. The engine's operations map onto it so:
+
+* ``declare`` (join): ``XGROUP CREATE`` at ``$`` (``start='now'``) or ``0`` (``'first'``: all the
+  stream retains), ``MKSTREAM``; then the retention asked for goes to the registry and the buses.
+* ``fetch``: ``XREADGROUP ... >``, blocking; now and then (every ``visibility_timeout / 4``, at
+  most every ``claim_interval`` s (1), and when a retry of ours is due) a script takes first the
+  group's due retries, the held retries of members that died, and with ``XAUTOCLAIM`` the entries
+  pending longer than the visibility timeout (a dead member's; delivered as ``redelivered``).
+* ``ack``: ``XACK`` (or ``ZREM`` of a held retry), a few milliseconds of them in one round trip.
+* ``retry``: ``XACK`` and the entry, with its attempt, into the group's retry zset by due time;
+  a member takes a due retry into the held zset, whose score is its lease's deadline.
+* ``release``: as a retry due at once, marked redelivered, its attempt unchanged.
+* ``dead_letter``: ``XACK`` and ``RPUSH`` to the group's dead letters, as ``Q:dead`` (a JSON line
+  with reason, attempts, time and sender; then the stored frame).
+* A live member keeps what it holds: every ``visibility_timeout / 3`` it resets the idle time of
+  its pending entries (``XCLAIM ... JUSTID``, only those still its own) and extends its leases.
+
+Entries and zset members are read as untrusted: one that is not what this module writes is
+handed to the engine as an invalid message, which dead-letters it with the reason.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import msgspec
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
+
+from microagent.backends.redis import registry
+from microagent.backends.redis.client import client
+from microagent.backends.redis.frame import FrameError, unframe
+from microagent.backends.redis.keys import GroupKeys, group_channel, group_registry
+from microagent.backends.redis.scripts import GROUP_SCRIPTS
+from microagent.backends.redis.wire import read_frame
+from microagent.errors import InvalidPayload, UsageError
+from microagent.groups import SENDER, GroupQueue, split_store_name
+from microagent.message import Envelope
+from microagent.queue import Queue
+from microagent.transport import DeadLetter, Delivery, QueueDepth, SelectDeadLetter
+
+if TYPE_CHECKING:
+    from microagent.backends.redis.bus import RedisBusTransport
+
+__all__ = ['RedisGroupTransport']
+
+T = TypeVar('T')
+#: the longest sender taken from a stored entry (a longer one: the entry is dead-lettered)
+MAX_SENDER = 1024
+_ID = 32  # the length of a member's and of a consumer's id
+
+
+class Held:
+    """The token of a delivery: a stream entry id (``kind`` ``s``) or a held retry member (``z``),
+    with what a retry or a release stores again."""
+
+    __slots__ = ('attempt', 'data', 'key', 'kind', 'sender')
+
+    def __init__(self, kind: str, key: bytes, data: bytes, sender: str, attempt: int) -> None:
+        self.kind = kind
+        self.key = key
+        self.data = data
+        self.sender = sender
+        self.attempt = attempt
+
+
+class _Invalid(Delivery[Held]):
+    """A stored entry that is not one this module writes: reading its envelope raises, so the engine
+    dead-letters it with the reason."""
+
+    __slots__ = ('_problem',)
+
+    def __init__(self, token: Held, problem: InvalidPayload, redelivered: bool) -> None:
+        self.token = token
+        self._problem = problem
+        self.attempt = token.attempt
+        self.redelivered = redelivered
+        self.context = {SENDER: token.sender}
+
+    @property
+    def envelope(self) -> Envelope:  # type: ignore[override]  # read-only: nothing to set
+        raise self._problem
+
+
+@dataclass
+class _Store:
+    """One group this member consumes: its keys and what it holds."""
+
+    keys: GroupKeys
+    target: str
+    visibility_ms: int
+    claim_every: float
+    held: dict[bytes, Held] = field(default_factory=dict)  # token key -> token
+    acks: list[Held] = field(default_factory=list)
+    flushing: asyncio.Task[None] | None = None
+    next_claim: float = 0.0
+    cursor: bytes = b'0-0'
+
+
+def _retry_member(token: Held, attempt: int, redelivered: bool) -> bytes:
+    """A retry zset member: 32 characters of id, ``{attempt}|{0 or 1: redelivered}|{sender}\\n``, data."""
+    return f'{uuid.uuid4().hex}{attempt}|{int(redelivered)}|{token.sender}\n'.encode() + token.data
+
+
+class RedisGroupTransport:
+    """The stores of signal groups on Redis streams (``BrokerTransport`` over ``GroupQueue``s),
+    sharing its bus's command client; blocking reads have a client of their own."""
+
+    fetch_cancel_safe = True  # an entry read by a cancelled XREADGROUP stays pending, claimed later
+    send_options: frozenset[str] = frozenset()
+    unsettled_fate = ('it stays pending in its group, and another member (or this one) takes it once the '
+                      'visibility timeout has passed')
+    #: how long a read may take beyond its blocking time before the connection is deemed dead
+    read_margin: float = 5.0
+    #: acks are sent together, at most this many seconds after the first of them
+    ack_delay: float = 0.002
+    #: the longest time (s) between two claims of due retries (also those requeued or released by
+    #: other processes) and of dead members' entries: one small script per interval and receiver
+    claim_interval: float = 1.0
+    #: how long ``close`` may take to send acks before it closes its client anyway
+    close_timeout: float = 5.0
+
+    def __init__(self, bus: RedisBusTransport) -> None:
+        self.bus = bus
+        self.dsn = bus.dsn
+        self.prefix = bus.prefix
+        self.log = bus.log
+        self.redis = bus.redis
+        self.cluster = isinstance(self.redis, RedisCluster)
+        self.uid = uuid.uuid4().hex  # this member's consumer name in every group it joins
+        self._blocking = client(bus.dsn, bus.redis_options, reader=True)
+        self._scripts = {name: self.redis.register_script(text) for name, text in GROUP_SCRIPTS.items()}
+        self._stores: dict[str, _Store] = {}
+        self._refresher: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f'<{type(self).__name__} {self.bus!r}>'
+
+    def _keys(self, name: str) -> GroupKeys:
+        signal, group = split_store_name(name)
+        return GroupKeys.of(self.prefix, signal, group, self.cluster)
+
+    # joining
+
+    async def declare(self, queue: Queue[Any]) -> None:
+        if not isinstance(queue, GroupQueue):
+            raise UsageError(f'{self!r} keeps signal groups, not queue {queue.name!r}')
+        keys = self._keys(queue.name)
+        await self._create_group(keys, '0' if queue.start == 'first' else '$')
+        value = registry.encode(queue.name, queue.options)
+        await self.redis.hset(group_registry(self.prefix), queue.name, value)
+        await self.redis.publish(group_channel(self.prefix), value)
+        self.bus.group_joined(queue.name, queue.options)
+        visibility = queue.options.visibility_timeout
+        self._stores[queue.name] = _Store(keys, f'signal {queue.signal.name!r} in group {queue.group!r}',
+                                          max(1, int(visibility * 1000)), min(visibility / 4, self.claim_interval))
+        if self._refresher is None:
+            self._refresher = asyncio.create_task(self._refresh(), name=f'redis-group-refresh:{self.prefix}')
+
+    async def _create_group(self, keys: GroupKeys, start: str) -> None:
+        try:
+            await self.redis.xgroup_create(keys.stream, keys.group, id=start, mkstream=True)
+        except ResponseError as exc:
+            if 'BUSYGROUP' not in str(exc):
+                raise
+
+    async def consume(self, queue: Queue[Any], concurrency: int) -> None:
+        """Nothing to set up: a member pulls."""
+
+    async def put(self, queue: Queue[Any], envelopes: Sequence[Envelope], *, delay: float = 0.0,
+                  **options: Any) -> None:
+        raise UsageError(f'{queue.name!r}: a group store is filled by sending its signal, not by put')
+
+    async def publish(self, exchange: str, routing_key: str, envelope: Envelope) -> int:
+        raise UsageError('a group transport has no exchanges')
+
+    # taking
+
+    async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery[Held]]:
+        store = self._stores[queue.name]
+        loop = asyncio.get_running_loop()
+        if loop.time() >= store.next_claim:
+            taken = await self._claim(store, count)
+            if taken:
+                return taken
+        block = max(1, int(min(timeout, store.next_claim - loop.time()) * 1000))
+        keys = store.keys
+        try:
+            async with asyncio.timeout(block / 1000 + self.read_margin):
+                reply = await self._blocking.xreadgroup(keys.group, self.uid, {keys.stream: '>'}, count=count,
+                                                        block=block)
+        except ResponseError as exc:
+            if 'NOGROUP' not in str(exc):
+                raise
+            self.log.warning('Group store %s: the stream or its group is gone; joining again from now',
+                             queue.name)
+            await self._create_group(keys, '$')
+            return []
+        if not reply:
+            return []
+        entries = reply[0][1] if isinstance(reply, list) else next(iter(cast(dict[Any, Any], reply).values()))[0]
+        return [self._entry(store, entry_id, fields, False) for entry_id, fields in entries]
+
+    async def _claim(self, store: _Store, count: int) -> list[Delivery[Held]]:
+        """Due retries, leases of dead members and entries idle past the visibility timeout."""
+        keys = store.keys
+        loop = asyncio.get_running_loop()
+        taken, expired, entries, cursor, wait = await self._scripts['GROUP_CLAIM'](
+            keys=[keys.stream, keys.retry, keys.held],
+            args=[keys.group, self.uid, store.visibility_ms, count, store.cursor])
+        store.cursor = cursor
+        store.next_claim = loop.time() + store.claim_every
+        if int(wait) >= 0:
+            store.next_claim = min(store.next_claim, loop.time() + int(wait) / 1000)
+        deliveries = [self._member(store, member, bool(late)) for member, late in zip(taken, expired, strict=True)]
+        for entry in entries:
+            if isinstance(entry, list) and len(entry) == 2:
+                fields = entry[1] if isinstance(entry[1], list) else []
+                pairs = dict(zip(fields[::2], fields[1::2], strict=False))
+                deliveries.append(self._entry(store, entry[0], pairs, True))
+        return deliveries
+
+    def _entry(self, store: _Store, entry_id: bytes, fields: Any, redelivered: bool) -> Delivery[Held]:
+        """The delivery of a stream entry (``d``: the frame, ``s``: the sender)."""
+        fields = fields if isinstance(fields, dict) else {}
+        data, raw_sender = fields.get(b'd'), fields.get(b's', b'')
+        token = Held('s', entry_id, data if isinstance(data, bytes) else b'', '', 1)
+        store.held[entry_id] = token
+        problem = None
+        if not isinstance(data, bytes):
+            problem = 'a stream entry without its data field (d)'
+        else:
+            try:
+                token.sender = _sender(raw_sender)
+            except ValueError as exc:
+                problem = str(exc)
+        return self._delivery(store, token, problem, redelivered)
+
+    def _member(self, store: _Store, member: bytes, expired: bool) -> Delivery[Held]:
+        """The delivery of a held retry member: the holder's 32 characters, then the retry member."""
+        token = Held('z', member, b'', '', 1)
+        store.held[member] = token
+        problem, redelivered = None, expired
+        try:
+            head, newline, token.data = member[2 * _ID:].partition(b'\n')
+            attempt, flag, sender = head.split(b'|', 2)
+            if not newline or len(member) < 2 * _ID:
+                raise ValueError('a retry without its header line')
+            token.attempt = int(attempt)
+            if not 1 <= token.attempt <= 1_000_000:
+                raise ValueError(f'attempt {token.attempt} out of range')
+            token.sender = _sender(sender)
+            redelivered = redelivered or flag == b'1'
+        except ValueError as exc:
+            problem = f'a malformed retry: {exc}'
+        return self._delivery(store, token, problem, redelivered)
+
+    def _delivery(self, store: _Store, token: Held, problem: str | None, redelivered: bool) -> Delivery[Held]:
+        if problem is None:
+            try:
+                return Delivery(read_frame(token.data, store.target), token, token.attempt, redelivered,
+                                {SENDER: token.sender})
+            except FrameError as exc:
+                return _Invalid(token, exc, redelivered)
+        return _Invalid(token, InvalidPayload(store.target, [problem]), redelivered)
+
+    # settling
+
+    async def ack(self, queue: Queue[Any], delivery: Delivery[Held]) -> None:
+        """Acks of ``ack_delay`` seconds go in one round trip, in the background. Until sent, the
+        entry stays pending: a crash redelivers it; a failed send leaves it to be claimed."""
+        store = self._stores[queue.name]
+        token = delivery.token
+        store.held.pop(token.key, None)
+        store.acks.append(token)
+        if store.flushing is None:
+            store.flushing = self._spawn(self._flush_acks(store))
+
+    async def _flush_acks(self, store: _Store) -> None:
+        await asyncio.sleep(self.ack_delay)
+        tokens, store.acks, store.flushing = store.acks, [], None
+        keys = store.keys
+        ids = [token.key for token in tokens if token.kind == 's']
+        members = [token.key for token in tokens if token.kind == 'z']
+        try:
+            if ids:
+                await self.redis.xack(keys.stream, keys.group, *ids)
+            if members:
+                await self.redis.zrem(keys.held, *members)
+        except Exception as exc:
+            self.log.warning('Group %s of %s: %d acks failed (%s: %s); those signals will be delivered again '
+                             'after the visibility timeout', keys.group, keys.stream, len(tokens),
+                             type(exc).__name__, exc)
+
+    async def retry(self, queue: Queue[Any], delivery: Delivery[Held], delay: float, reason: str) -> None:
+        token = delivery.token
+        await self._settle(queue, token, 'retry', _retry_member(token, delivery.attempt + 1, False), delay)
+        store = self._stores.get(queue.name)
+        if store is not None:  # take it when due, rather than at the next periodic claim
+            store.next_claim = min(store.next_claim, asyncio.get_running_loop().time() + delay)
+
+    async def dead_letter(self, queue: Queue[Any], delivery: Delivery[Held], reason: str) -> None:
+        token = delivery.token
+        line = msgspec.json.encode({'reason': reason, 'attempts': delivery.attempt, 'time': time.time(),
+                                    'sender': token.sender})
+        await self._settle(queue, token, 'dead', line + b'\n' + token.data, 0.0)
+
+    async def release(self, queue: Queue[Any], deliveries: Sequence[Delivery[Held]]) -> None:
+        for delivery in deliveries:
+            token = delivery.token
+            await self._settle(queue, token, 'release', _retry_member(token, delivery.attempt, True), 0.0)
+
+    async def _settle(self, queue: Queue[Any], token: Held, action: str, value: bytes, delay: float) -> None:
+        store = self._stores.get(queue.name)
+        keys = store.keys if store is not None else self._keys(queue.name)
+        done = await self._scripts['GROUP_SETTLE'](
+            keys=[keys.stream, keys.retry, keys.held, keys.dead],
+            args=[keys.group, token.kind, token.key, action, value, int(delay * 1000)])
+        if store is not None:
+            store.held.pop(token.key, None)
+        if not done:
+            self.log.warning('Group store %s: could not %s a signal: it was settled already (or taken by another '
+                             'member after the visibility timeout)', queue.name, action)
+
+    async def _refresh(self) -> None:
+        """Keep what this member holds: every third of the shortest visibility timeout."""
+        while True:
+            stores = list(self._stores.values())
+            await asyncio.sleep(min((s.visibility_ms for s in stores), default=3000) / 3000)
+            for store in list(self._stores.values()):
+                held = list(store.held.values())
+                if not held:
+                    continue
+                ids = [t.key for t in held if t.kind == 's']
+                members = [t.key for t in held if t.kind == 'z']
+                keys = store.keys
+                try:
+                    await self._scripts['GROUP_REFRESH'](keys=[keys.stream, keys.held],
+                                                         args=[keys.group, self.uid, store.visibility_ms, len(ids),
+                                                               *ids, *members])
+                except Exception as exc:
+                    self.log.warning('Group %s of %s: could not keep the %d signals held here (%s: %s); another '
+                                     'member may take them after the visibility timeout', keys.group, keys.stream,
+                                     len(held), type(exc).__name__, exc)
+
+    # figures and dead letters
+
+    async def depth(self, name: str) -> QueueDepth:
+        """Ready: the group's lag in the stream, due retries and expired leases; delayed: retries not
+        due; in flight: entries pending in the group and held retries."""
+        keys = self._keys(name)
+        ready, delayed, taken = await self._scripts['GROUP_DEPTH'](keys=[keys.stream, keys.retry, keys.held],
+                                                                   args=[keys.group])
+        return QueueDepth(int(ready), int(delayed), int(taken))
+
+    async def length(self, name: str) -> int:
+        return (await self.depth(name)).ready
+
+    async def dead_letters(self, name: str, limit: int = 100) -> list[DeadLetter]:
+        entries = cast(list[bytes], await self.redis.lrange(self._keys(name).dead, 0, limit - 1))
+        return [_dead_letter(name, entry) for entry in entries]
+
+    async def dead_letter_count(self, name: str) -> int:
+        return int(await self.redis.llen(self._keys(name).dead))
+
+    async def requeue_dead_letters(self, name: str) -> int:
+        """Move dead letters back to the group as attempt 1, due now, in chunks of 1000."""
+        keys = self._keys(name)
+        total, chunk = 0, 1000
+        while True:
+            moved = int(await self._scripts['GROUP_REQUEUE'](keys=[keys.dead, keys.retry],
+                                                             args=[chunk, uuid.uuid4().hex[:_ID - 4]]))
+            total += moved
+            if moved < chunk:
+                return total
+
+    async def remove_dead_letters(self, name: str, select: SelectDeadLetter, *, requeue: bool) -> int:
+        keys = self._keys(name)
+        entries = cast(list[bytes], await self.redis.lrange(keys.dead, 0, -1))
+        taken = [entry for i, entry in enumerate(entries) if select(i, _dead_letter(name, entry))]
+        total = 0
+        for start in range(0, len(taken), 1000):
+            total += int(await self._scripts['GROUP_REMOVE_DEAD'](
+                keys=[keys.dead, keys.retry],
+                args=['1' if requeue else '0', uuid.uuid4().hex[:_ID - 4], *taken[start:start + 1000]]))
+        return total
+
+    async def exists(self, name: str) -> bool:
+        """Joined once (in the registry of the prefix), or holding retries or dead letters."""
+        keys = self._keys(name)
+        if await self.redis.hexists(group_registry(self.prefix), name):
+            return True
+        return bool(await self.redis.exists(keys.retry, keys.held, keys.dead))
+
+    # lifecycle
+
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+    async def stop_consuming(self, queue: Queue[Any]) -> None:
+        """Send the pending acks, and leave the group's consumers if this member holds nothing."""
+        store = self._stores.pop(queue.name, None)
+        if store is None:
+            return
+        if store.flushing is not None:
+            await asyncio.gather(store.flushing, return_exceptions=True)
+        keys = store.keys
+        if not store.held:
+            await self._scripts['GROUP_LEAVE'](keys=[keys.stream], args=[keys.group, self.uid])
+
+    async def close(self) -> None:
+        """Send the pending acks (what is still held is claimed by others after the visibility
+        timeout) and close the blocking client; the command client is the bus's."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._refresher is not None:
+            self._refresher.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.close_timeout):
+                await asyncio.gather(*self._background, return_exceptions=True)
+        for task in self._background:
+            task.cancel()
+        if self._refresher is not None:
+            await asyncio.gather(self._refresher, return_exceptions=True)
+        self._stores.clear()
+        await self._blocking.aclose()
+
+
+def _sender(raw: Any) -> str:
+    if not isinstance(raw, bytes) or len(raw) > MAX_SENDER:
+        raise ValueError(f'a sender of more than {MAX_SENDER} bytes')
+    try:
+        sender = raw.decode()
+    except UnicodeDecodeError:
+        raise ValueError('a sender that is not UTF-8') from None
+    if '\n' in sender:
+        raise ValueError('a sender with a line break')
+    return sender
+
+
+def _dead_letter(name: str, entry: bytes) -> DeadLetter:
+    """A dead letter as stored: its JSON line (reason, attempts, time, sender), then the data. One
+    not written here (an unreadable line) is shown as it is, its reason saying so."""
+    line, newline, message = entry.partition(b'\n')
+    try:
+        meta = msgspec.json.decode(line, type=dict[str, Any]) if newline else None
+    except msgspec.DecodeError:
+        meta = None
+    if not isinstance(meta, dict):
+        return DeadLetter(name, Envelope(entry, None), 'unreadable dead letter', 0, 0.0)
+    try:
+        envelope = unframe(message, f'dead letter of {name!r}')
+    except FrameError:
+        envelope = Envelope(message, None)
+    reason, attempts, when = meta.get('reason'), meta.get('attempts'), meta.get('time')
+    return DeadLetter(name, envelope, reason if isinstance(reason, str) else '',
+                      attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0,
+                      float(when) if isinstance(when, int | float) and not isinstance(when, bool) else 0.0)
