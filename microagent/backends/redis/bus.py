@@ -139,7 +139,8 @@ class RedisBusTransport:
         heard), and read it again every ``groups_refresh`` s."""
         async with self._groups_lock:
             if self._targets is None:
-                await self._listen([self._groups_channel])
+                if self._groups_channel not in self._patterns:  # once, even when reading the registry failed
+                    await self._listen([self._groups_channel])
                 await self._read_registry()
                 self._groups_task = asyncio.create_task(self._refresh_groups(), name=f'redis-groups:{self.prefix}')
         assert self._targets is not None

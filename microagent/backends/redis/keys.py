@@ -22,6 +22,9 @@ tag (``jobs{eu}``) is used as it is, its tag decides the slot; a name whose slot
 (a ``}`` without a tag before it, say ``a}b``) is refused on a cluster. One server keeps the plain
 names above, so that a deployment's keys (dead letters first) do not move when it upgrades.
 
+Signal groups (``groups.py``) have their own keys, ``GroupKeys`` below: a stream per signal with a
+consumer group per group, and beside it, in its slot, each group's retries, held retries and dead letters.
+
 Exchange bindings live in ``microagent:exchange:{name}`` (a hash: bound queue -> JSON list of its
 topics, empty for every key), written when a queue is declared or consumed and read by ``publish``.
 
