@@ -280,7 +280,7 @@ async def bench_grouped_signal(client: Redis, count: int = 3000) -> Row:
 
     async def read() -> None:
         while True:
-            reply = await reading.xreadgroup('raw', 'c', {stream: '>'}, count=500, block=1000)
+            reply: Any = await reading.xreadgroup('raw', 'c', {stream: '>'}, count=500, block=1000)
             for _, entries in reply or ():
                 for _, fields in entries:
                     decoder.decode(fields[b'd'])
@@ -351,7 +351,7 @@ async def bench_grouped_drain(client: Redis, total: int = 100_000, rounds: int =
 
     async def raw() -> None:
         while True:
-            reply = await client.xreadgroup('raw', 'c', {raw_stream: '>'}, count=500)
+            reply: Any = await client.xreadgroup('raw', 'c', {raw_stream: '>'}, count=500)
             if not reply or not reply[0][1]:
                 return
             entries = reply[0][1]
