@@ -444,7 +444,13 @@ class RedisGroupTransport:
         await self._blocking.aclose()
 
 
+_senders: dict[bytes, str] = {}  # the senders read lately: few, each on many signals
+
+
 def _sender(raw: Any) -> str:
+    known = _senders.get(raw) if isinstance(raw, bytes) else None
+    if known is not None:
+        return known
     if not isinstance(raw, bytes) or len(raw) > MAX_SENDER:
         raise ValueError(f'a sender of more than {MAX_SENDER} bytes')
     try:
@@ -453,6 +459,9 @@ def _sender(raw: Any) -> str:
         raise ValueError('a sender that is not UTF-8') from None
     if '\n' in sender:
         raise ValueError('a sender with a line break')
+    if len(_senders) >= 1024:
+        _senders.clear()
+    _senders[raw] = sender
     return sender
 
 
