@@ -28,8 +28,9 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import msgspec
@@ -138,6 +139,8 @@ class RedisGroupTransport:
         self.cluster = isinstance(self.redis, RedisCluster)
         self.uid = uuid.uuid4().hex  # this member's consumer name in every group it joins
         self._blocking = client(bus.dsn, bus.redis_options, reader=True)
+        # replies as Redis sends them: _entry reads each entry's fields list, with no dict made by redis-py
+        self._blocking.set_response_callback('XREADGROUP', _unparsed)
         self._scripts = {name: self.redis.register_script(text) for name, text in GROUP_SCRIPTS.items()}
         self._stores: dict[str, _Store] = {}
         self._refresher: asyncio.Task[None] | None = None
@@ -209,8 +212,9 @@ class RedisGroupTransport:
             return []
         if not reply:
             return []
-        entries = reply[0][1] if isinstance(reply, list) else next(iter(cast(dict[Any, Any], reply).values()))[0]
-        return [self._entry(store, entry_id, fields, False) for entry_id, fields in entries]
+        entries = reply[0][1] if isinstance(reply, list) else next(iter(cast(dict[Any, Any], reply).values()))
+        entry = self._entry
+        return [entry(store, item[0], item[1], False) for item in entries]
 
     async def _claim(self, store: _Store, count: int) -> list[Delivery[Held]]:
         """Due retries, leases of dead members and entries idle past the visibility timeout."""
@@ -226,26 +230,33 @@ class RedisGroupTransport:
         deliveries = [self._member(store, member, bool(late)) for member, late in zip(taken, expired, strict=True)]
         for entry in entries:
             if isinstance(entry, list) and len(entry) == 2:
-                fields = entry[1] if isinstance(entry[1], list) else []
-                pairs = dict(zip(fields[::2], fields[1::2], strict=False))
-                deliveries.append(self._entry(store, entry[0], pairs, True))
+                deliveries.append(self._entry(store, entry[0], entry[1], True))
         return deliveries
 
     def _entry(self, store: _Store, entry_id: bytes, fields: Any, redelivered: bool) -> Delivery[Held]:
-        """The delivery of a stream entry (``d``: the frame, ``s``: the sender)."""
-        fields = fields if isinstance(fields, dict) else {}
-        data, raw_sender = fields.get(b'd'), fields.get(b's', b'')
+        """The delivery of a stream entry: its fields as Redis lists them, ``d`` (the frame) and
+        ``s`` (the sender), in that order when this module wrote them."""
+        if type(fields) is list and len(fields) == 4 and fields[0] == b'd' and fields[2] == b's':
+            data, raw_sender = fields[1], fields[3]
+        else:
+            pairs = dict(zip(fields[::2], fields[1::2], strict=False)) if isinstance(fields, list) else {}
+            data, raw_sender = pairs.get(b'd'), pairs.get(b's', b'')
         token = Held('s', entry_id, data if isinstance(data, bytes) else b'', '', 1)
         store.held[entry_id] = token
-        problem = None
         if not isinstance(data, bytes):
-            problem = 'a stream entry without its data field (d)'
-        else:
+            return self._delivery(store, token, 'a stream entry without its data field (d)', redelivered)
+        known = _senders.get(raw_sender)
+        if known is not None:  # the hot path: a sender seen before
+            token.sender = known[0]
             try:
-                token.sender = _sender(raw_sender)
-            except ValueError as exc:
-                problem = str(exc)
-        return self._delivery(store, token, problem, redelivered)
+                return Delivery(read_frame(data, store.target), token, 1, redelivered, known[1])
+            except FrameError as exc:
+                return _Invalid(token, exc, redelivered)
+        try:
+            token.sender = _sender(raw_sender)
+        except ValueError as exc:
+            return self._delivery(store, token, str(exc), redelivered)
+        return self._delivery(store, token, None, redelivered)
 
     def _member(self, store: _Store, member: bytes, expired: bool) -> Delivery[Held]:
         """The delivery of a held retry member: the holder's 32 characters, then the retry member."""
@@ -269,8 +280,9 @@ class RedisGroupTransport:
     def _delivery(self, store: _Store, token: Held, problem: str | None, redelivered: bool) -> Delivery[Held]:
         if problem is None:
             try:
-                return Delivery(read_frame(token.data, store.target), token, token.attempt, redelivered,
-                                {SENDER: token.sender})
+                known = _senders.get(token.sender.encode())
+                context = known[1] if known is not None else {SENDER: token.sender}
+                return Delivery(read_frame(token.data, store.target), token, token.attempt, redelivered, context)
             except FrameError as exc:
                 return _Invalid(token, exc, redelivered)
         return _Invalid(token, InvalidPayload(store.target, [problem]), redelivered)
@@ -444,13 +456,19 @@ class RedisGroupTransport:
         await self._blocking.aclose()
 
 
-_senders: dict[bytes, str] = {}  # the senders read lately: few, each on many signals
+#: the senders read lately, with the context of their deliveries: few senders, each on many signals
+_senders: dict[bytes, tuple[str, Mapping[str, object]]] = {}
+
+
+def _unparsed(response: Any, **options: Any) -> Any:
+    return response
 
 
 def _sender(raw: Any) -> str:
+    """A sender read from Redis, checked (and remembered: ``_senders``); a ValueError says what is wrong."""
     known = _senders.get(raw) if isinstance(raw, bytes) else None
     if known is not None:
-        return known
+        return known[0]
     if not isinstance(raw, bytes) or len(raw) > MAX_SENDER:
         raise ValueError(f'a sender of more than {MAX_SENDER} bytes')
     try:
@@ -461,7 +479,7 @@ def _sender(raw: Any) -> str:
         raise ValueError('a sender with a line break')
     if len(_senders) >= 1024:
         _senders.clear()
-    _senders[raw] = sender
+    _senders[raw] = (sender, MappingProxyType({SENDER: sender}))
     return sender
 
 
