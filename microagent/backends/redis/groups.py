@@ -105,6 +105,7 @@ class _Store:
     flushing: asyncio.Task[None] | None = None
     next_claim: float = 0.0
     cursor: bytes = b'0-0'
+    claims: int = 0
 
 
 def _retry_member(token: Held, attempt: int, redelivered: bool) -> bytes:
@@ -127,6 +128,8 @@ class RedisGroupTransport:
     #: the longest time (s) between two claims of due retries (also those requeued or released by
     #: other processes) and of dead members' entries: one small script per interval and receiver
     claim_interval: float = 1.0
+    #: every this many claims, the group's consumers that hold nothing and were idle a minute are deleted
+    prune_every: int = 60
     #: how long ``close`` may take to send acks before it closes its client anyway
     close_timeout: float = 5.0
 
@@ -220,9 +223,11 @@ class RedisGroupTransport:
         """Due retries, leases of dead members and entries idle past the visibility timeout."""
         keys = store.keys
         loop = asyncio.get_running_loop()
+        store.claims += 1
+        prune = '1' if store.claims % self.prune_every == 1 else '0'
         taken, expired, entries, cursor, wait = await self._scripts['GROUP_CLAIM'](
             keys=[keys.stream, keys.retry, keys.held],
-            args=[keys.group, self.uid, store.visibility_ms, count, store.cursor])
+            args=[keys.group, self.uid, store.visibility_ms, count, store.cursor, prune])
         store.cursor = cursor
         store.next_claim = loop.time() + store.claim_every
         if int(wait) >= 0:
@@ -317,7 +322,7 @@ class RedisGroupTransport:
 
     async def retry(self, queue: Queue[Any], delivery: Delivery[Held], delay: float, reason: str) -> None:
         token = delivery.token
-        await self._settle(queue, token, 'retry', _retry_member(token, delivery.attempt + 1, False), delay)
+        await self._settle(queue, 'retry', [(token, _retry_member(token, delivery.attempt + 1, False))], delay)
         store = self._stores.get(queue.name)
         if store is not None:  # take it when due, rather than at the next periodic claim
             store.next_claim = min(store.next_claim, asyncio.get_running_loop().time() + delay)
@@ -326,24 +331,27 @@ class RedisGroupTransport:
         token = delivery.token
         line = msgspec.json.encode({'reason': reason, 'attempts': delivery.attempt, 'time': time.time(),
                                     'sender': token.sender})
-        await self._settle(queue, token, 'dead', line + b'\n' + token.data, 0.0)
+        await self._settle(queue, 'dead', [(token, line + b'\n' + token.data)], 0.0)
 
     async def release(self, queue: Queue[Any], deliveries: Sequence[Delivery[Held]]) -> None:
-        for delivery in deliveries:
-            token = delivery.token
-            await self._settle(queue, token, 'release', _retry_member(token, delivery.attempt, True), 0.0)
+        """Back to the group at once, in one round trip, marked redelivered, their attempts unchanged."""
+        if deliveries:
+            await self._settle(queue, 'release', [(d.token, _retry_member(d.token, d.attempt, True))
+                                                  for d in deliveries], 0.0)
 
-    async def _settle(self, queue: Queue[Any], token: Held, action: str, value: bytes, delay: float) -> None:
+    async def _settle(self, queue: Queue[Any], action: str, items: list[tuple[Held, bytes]], delay: float) -> None:
         store = self._stores.get(queue.name)
         keys = store.keys if store is not None else self._keys(queue.name)
-        done = await self._scripts['GROUP_SETTLE'](
-            keys=[keys.stream, keys.retry, keys.held, keys.dead],
-            args=[keys.group, token.kind, token.key, action, value, int(delay * 1000)])
+        args: list[Any] = [keys.group, action, int(delay * 1000)]
+        for token, value in items:
+            args += [token.kind, token.key, value]
+        done = await self._scripts['GROUP_SETTLE'](keys=[keys.stream, keys.retry, keys.held, keys.dead], args=args)
         if store is not None:
-            store.held.pop(token.key, None)
-        if not done:
-            self.log.warning('Group store %s: could not %s a signal: it was settled already (or taken by another '
-                             'member after the visibility timeout)', queue.name, action)
+            for token, _ in items:
+                store.held.pop(token.key, None)
+        if done < len(items):
+            self.log.warning('Group store %s: could not %s %d signal(s): settled already (or taken by another '
+                             'member after the visibility timeout)', queue.name, action, len(items) - done)
 
     async def _refresh(self) -> None:
         """Keep what this member holds: every third of the shortest visibility timeout."""

@@ -138,6 +138,42 @@ async def test_a_live_member_keeps_what_it_holds_past_the_visibility_timeout(red
     assert calls.items == [1]
 
 
+async def test_a_member_that_stops_hands_back_what_it_holds_at_once(redis: Backend, unique: str) -> None:
+    signal = Signal(f'order_{unique}', Order)
+    started = Collector()
+    got = Collector()
+
+    class Stuck(MicroAgent):
+        @receiver(signal, group='billing', concurrency=1, timeout=600)
+        async def on_order(self, order: Order) -> None:
+            started.add(order.number)
+            await asyncio.Event().wait()  # until the stop cancels it
+
+    class Billing(MicroAgent):
+        @receiver(signal, group='billing')
+        async def on_order(self, order: Order, *, message: Message) -> None:
+            got.add((order.number, message.redelivered, message.attempt))
+
+    options = GroupOptions(visibility_timeout=60)  # what comes back comes from the release, not a claim
+    stuck = Stuck(bus=bus_of(redis, group_options=options))
+    await stuck._start()
+    try:
+        sender = redis.bus()
+        for number in range(10):
+            await sender[signal].send('shop', Order(number))
+        await started.wait(1)
+        # one handling, some prefetched (the engine fetches again while it holds at most 2), the rest in the stream
+        await eventually(lambda: _held(stuck, f'{signal.name}@billing', 3), timeout=5)
+        held = (await stuck.bus.groups.queue_depth(f'{signal.name}@billing')).in_flight
+    finally:
+        await stuck.stop(grace=0.2)
+    async with Billing(bus=bus_of(redis, group_options=options)):
+        await got.wait(10, timeout=5)
+    assert sorted(number for number, _, _ in got.items) == list(range(10))
+    assert sum(redelivered for _, redelivered, _ in got.items) == held  # those it held, handed back
+    assert {attempt for _, _, attempt in got.items} == {1}
+
+
 async def test_1x_agents_on_the_same_redis_receive_every_signal_grouped_receivers_too(
         redis: Backend, raw: Redis, unique: str) -> None:
     signal = Signal(f'order_{unique}', Order)
@@ -354,6 +390,11 @@ async def test_a_retry_waits_its_delay_keeps_its_attempt_and_depth_shows_it_dela
     (first, sent), (second, retried) = got.items
     assert (first, second) == (1, 2)
     assert retried - sent >= 0.45
+
+
+async def _held(agent: MicroAgent, store: str, count: int) -> bool:
+    depth = await agent.bus.groups.queue_depth(store)
+    return depth.in_flight >= count and depth.total == 10
 
 
 async def _length(client: Redis, key: str, count: int) -> bool:

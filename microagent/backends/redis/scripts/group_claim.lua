@@ -1,6 +1,8 @@
 -- What a member takes besides new entries: leases of members that died (held retries past their
 -- deadline), retries now due, and stream entries idle past the visibility timeout (XAUTOCLAIM).
--- KEYS: stream, retry, held. ARGV: group, consumer (32 chars), visibility (ms), count, cursor.
+-- KEYS: stream, retry, held. ARGV: group, consumer (32 chars), visibility (ms), count, cursor, '1' to
+-- also delete the consumers that hold nothing and were idle for a minute (dead members; harmless for
+-- a live one, which XREADGROUP creates again).
 -- Returns {held members taken, 1 per member whose lease had expired else 0, stream entries,
 -- next cursor, ms until the next retry is due (-1: none)}.
 -- uses: now_ms
@@ -29,6 +31,18 @@ if #taken < n and redis.call('EXISTS', KEYS[1]) == 1 then
   if ok then
     cursor = claimed[1]
     entries = claimed[2]
+  end
+end
+if ARGV[6] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
+  local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+  if ok then
+    for _, consumer in ipairs(consumers) do
+      local info = {}
+      for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
+      if info['pending'] == 0 and info['idle'] > 60000 and info['name'] ~= ARGV[2] then
+        redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+      end
+    end
   end
 end
 local wait = -1
