@@ -79,6 +79,18 @@ _MEMBER = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.parametrize('prefix', ['PUBSUB', 'APP{eu}', 'a.b-c'])
+def test_on_a_cluster_every_key_of_a_group_is_in_the_slot_of_its_stream(prefix: str) -> None:
+    from redis.crc import key_slot
+
+    keys = GroupKeys.of(prefix, 'order_created', 'billing', cluster=True)
+    slots = {key_slot(key.encode()) for key in (keys.stream, keys.retry, keys.held, keys.dead)}
+    assert slots == {key_slot(group_stream(prefix, 'order_created').encode())}
+    # one server keeps plain names
+    plain = GroupKeys.of(prefix, 'order_created', 'billing')
+    assert plain.retry == f'{group_stream(prefix, "order_created")}:retry:billing'
+
+
 async def test_a_member_killed_holding_signals_loses_none_another_takes_them_after_the_visibility_timeout(
         redis: Backend, raw: Redis, unique: str) -> None:
     signal = Signal(f'order_{unique}', Order)
