@@ -19,8 +19,9 @@ named by its transport's uid. The engine's operations map onto it so:
 * A live member keeps what it holds: every ``visibility_timeout / 3`` it resets the idle time of
   its pending entries (``XCLAIM ... JUSTID``, only those still its own) and extends its leases.
 
-Entries and zset members are read as untrusted: one that is not what this module writes is
-handed to the engine as an invalid message, which dead-letters it with the reason.
+Entries and zset members (``group_entries.py`` says what they hold) are read as untrusted: one
+that is not what this module writes is handed to the engine as an invalid message, which
+dead-letters it with the reason.
 """
 from __future__ import annotations
 
@@ -28,9 +29,8 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import msgspec
@@ -39,7 +39,17 @@ from redis.exceptions import ResponseError
 
 from microagent.backends.redis import registry
 from microagent.backends.redis.client import client
-from microagent.backends.redis.frame import FrameError, unframe
+from microagent.backends.redis.frame import FrameError
+from microagent.backends.redis.group_entries import (
+    ID,
+    Held,
+    Invalid,
+    dead_letter,
+    retry_member,
+    senders,
+    unparsed,
+)
+from microagent.backends.redis.group_entries import sender as read_sender
 from microagent.backends.redis.keys import GroupKeys, group_channel, group_registry
 from microagent.backends.redis.scripts import GROUP_SCRIPTS
 from microagent.backends.redis.wire import read_frame
@@ -55,41 +65,6 @@ if TYPE_CHECKING:
 __all__ = ['RedisGroupTransport']
 
 T = TypeVar('T')
-#: the longest sender taken from a stored entry (a longer one: the entry is dead-lettered)
-MAX_SENDER = 1024
-_ID = 32  # the length of a member's and of a consumer's id
-
-
-class Held:
-    """The token of a delivery: a stream entry id (``kind`` ``s``) or a held retry member (``z``),
-    with what a retry or a release stores again."""
-
-    __slots__ = ('attempt', 'data', 'key', 'kind', 'sender')
-
-    def __init__(self, kind: str, key: bytes, data: bytes, sender: str, attempt: int) -> None:
-        self.kind = kind
-        self.key = key
-        self.data = data
-        self.sender = sender
-        self.attempt = attempt
-
-
-class _Invalid(Delivery[Held]):
-    """A stored entry that is not one this module writes: reading its envelope raises, so the engine
-    dead-letters it with the reason."""
-
-    __slots__ = ('_problem',)
-
-    def __init__(self, token: Held, problem: InvalidPayload, redelivered: bool) -> None:
-        self.token = token
-        self._problem = problem
-        self.attempt = token.attempt
-        self.redelivered = redelivered
-        self.context = {SENDER: token.sender}
-
-    @property
-    def envelope(self) -> Envelope:  # type: ignore[override]  # read-only: nothing to set
-        raise self._problem
 
 
 @dataclass
@@ -106,11 +81,6 @@ class _Store:
     next_claim: float = 0.0
     cursor: bytes = b'0-0'
     claims: int = 0
-
-
-def _retry_member(token: Held, attempt: int, redelivered: bool) -> bytes:
-    """A retry zset member: 32 characters of id, ``{attempt}|{0 or 1: redelivered}|{sender}\\n``, data."""
-    return f'{uuid.uuid4().hex}{attempt}|{int(redelivered)}|{token.sender}\n'.encode() + token.data
 
 
 class RedisGroupTransport:
@@ -143,7 +113,7 @@ class RedisGroupTransport:
         self.uid = uuid.uuid4().hex  # this member's consumer name in every group it joins
         self._blocking = client(bus.dsn, bus.redis_options, reader=True)
         # replies as Redis sends them: _entry reads each entry's fields list, with no dict made by redis-py
-        self._blocking.set_response_callback('XREADGROUP', _unparsed)
+        self._blocking.set_response_callback('XREADGROUP', unparsed)
         self._scripts = {name: self.redis.register_script(text) for name, text in GROUP_SCRIPTS.items()}
         self._stores: dict[str, _Store] = {}
         self._refresher: asyncio.Task[None] | None = None
@@ -250,15 +220,15 @@ class RedisGroupTransport:
         store.held[entry_id] = token
         if not isinstance(data, bytes):
             return self._delivery(store, token, 'a stream entry without its data field (d)', redelivered)
-        known = _senders.get(raw_sender)
+        known = senders.get(raw_sender)
         if known is not None:  # the hot path: a sender seen before
             token.sender = known[0]
             try:
                 return Delivery(read_frame(data, store.target), token, 1, redelivered, known[1])
             except FrameError as exc:
-                return _Invalid(token, exc, redelivered)
+                return Invalid(token, exc, redelivered)
         try:
-            token.sender = _sender(raw_sender)
+            token.sender = read_sender(raw_sender)
         except ValueError as exc:
             return self._delivery(store, token, str(exc), redelivered)
         return self._delivery(store, token, None, redelivered)
@@ -269,14 +239,14 @@ class RedisGroupTransport:
         store.held[member] = token
         problem, redelivered = None, expired
         try:
-            head, newline, token.data = member[2 * _ID:].partition(b'\n')
+            head, newline, token.data = member[2 * ID:].partition(b'\n')
             attempt, flag, sender = head.split(b'|', 2)
-            if not newline or len(member) < 2 * _ID:
+            if not newline or len(member) < 2 * ID:
                 raise ValueError('a retry without its header line')
             token.attempt = int(attempt)
             if not 1 <= token.attempt <= 1_000_000:
                 raise ValueError(f'attempt {token.attempt} out of range')
-            token.sender = _sender(sender)
+            token.sender = read_sender(sender)
             redelivered = redelivered or flag == b'1'
         except ValueError as exc:
             problem = f'a malformed retry: {exc}'
@@ -285,12 +255,12 @@ class RedisGroupTransport:
     def _delivery(self, store: _Store, token: Held, problem: str | None, redelivered: bool) -> Delivery[Held]:
         if problem is None:
             try:
-                known = _senders.get(token.sender.encode())
+                known = senders.get(token.sender.encode())
                 context = known[1] if known is not None else {SENDER: token.sender}
                 return Delivery(read_frame(token.data, store.target), token, token.attempt, redelivered, context)
             except FrameError as exc:
-                return _Invalid(token, exc, redelivered)
-        return _Invalid(token, InvalidPayload(store.target, [problem]), redelivered)
+                return Invalid(token, exc, redelivered)
+        return Invalid(token, InvalidPayload(store.target, [problem]), redelivered)
 
     # settling
 
@@ -322,7 +292,7 @@ class RedisGroupTransport:
 
     async def retry(self, queue: Queue[Any], delivery: Delivery[Held], delay: float, reason: str) -> None:
         token = delivery.token
-        await self._settle(queue, 'retry', [(token, _retry_member(token, delivery.attempt + 1, False))], delay)
+        await self._settle(queue, 'retry', [(token, retry_member(token, delivery.attempt + 1, False))], delay)
         store = self._stores.get(queue.name)
         if store is not None:  # take it when due, rather than at the next periodic claim
             store.next_claim = min(store.next_claim, asyncio.get_running_loop().time() + delay)
@@ -336,7 +306,7 @@ class RedisGroupTransport:
     async def release(self, queue: Queue[Any], deliveries: Sequence[Delivery[Held]]) -> None:
         """Back to the group at once, in one round trip, marked redelivered, their attempts unchanged."""
         if deliveries:
-            await self._settle(queue, 'release', [(d.token, _retry_member(d.token, d.attempt, True))
+            await self._settle(queue, 'release', [(d.token, retry_member(d.token, d.attempt, True))
                                                   for d in deliveries], 0.0)
 
     async def _settle(self, queue: Queue[Any], action: str, items: list[tuple[Held, bytes]], delay: float) -> None:
@@ -389,7 +359,7 @@ class RedisGroupTransport:
 
     async def dead_letters(self, name: str, limit: int = 100) -> list[DeadLetter]:
         entries = cast(list[bytes], await self.redis.lrange(self._keys(name).dead, 0, limit - 1))
-        return [_dead_letter(name, entry) for entry in entries]
+        return [dead_letter(name, entry) for entry in entries]
 
     async def dead_letter_count(self, name: str) -> int:
         return int(await self.redis.llen(self._keys(name).dead))
@@ -400,7 +370,7 @@ class RedisGroupTransport:
         total, chunk = 0, 1000
         while True:
             moved = int(await self._scripts['GROUP_REQUEUE'](keys=[keys.dead, keys.retry],
-                                                             args=[chunk, uuid.uuid4().hex[:_ID - 4]]))
+                                                             args=[chunk, uuid.uuid4().hex[:ID - 4]]))
             total += moved
             if moved < chunk:
                 return total
@@ -408,12 +378,12 @@ class RedisGroupTransport:
     async def remove_dead_letters(self, name: str, select: SelectDeadLetter, *, requeue: bool) -> int:
         keys = self._keys(name)
         entries = cast(list[bytes], await self.redis.lrange(keys.dead, 0, -1))
-        taken = [entry for i, entry in enumerate(entries) if select(i, _dead_letter(name, entry))]
+        taken = [entry for i, entry in enumerate(entries) if select(i, dead_letter(name, entry))]
         total = 0
         for start in range(0, len(taken), 1000):
             total += int(await self._scripts['GROUP_REMOVE_DEAD'](
                 keys=[keys.dead, keys.retry],
-                args=['1' if requeue else '0', uuid.uuid4().hex[:_ID - 4], *taken[start:start + 1000]]))
+                args=['1' if requeue else '0', uuid.uuid4().hex[:ID - 4], *taken[start:start + 1000]]))
         return total
 
     async def exists(self, name: str) -> bool:
@@ -462,50 +432,3 @@ class RedisGroupTransport:
             await asyncio.gather(self._refresher, return_exceptions=True)
         self._stores.clear()
         await self._blocking.aclose()
-
-
-#: the senders read lately, with the context of their deliveries: few senders, each on many signals
-_senders: dict[bytes, tuple[str, Mapping[str, object]]] = {}
-
-
-def _unparsed(response: Any, **options: Any) -> Any:
-    return response
-
-
-def _sender(raw: Any) -> str:
-    """A sender read from Redis, checked (and remembered: ``_senders``); a ValueError says what is wrong."""
-    known = _senders.get(raw) if isinstance(raw, bytes) else None
-    if known is not None:
-        return known[0]
-    if not isinstance(raw, bytes) or len(raw) > MAX_SENDER:
-        raise ValueError(f'a sender of more than {MAX_SENDER} bytes')
-    try:
-        sender = raw.decode()
-    except UnicodeDecodeError:
-        raise ValueError('a sender that is not UTF-8') from None
-    if '\n' in sender:
-        raise ValueError('a sender with a line break')
-    if len(_senders) >= 1024:
-        _senders.clear()
-    _senders[raw] = (sender, MappingProxyType({SENDER: sender}))
-    return sender
-
-
-def _dead_letter(name: str, entry: bytes) -> DeadLetter:
-    """A dead letter as stored: its JSON line (reason, attempts, time, sender), then the data. One
-    not written here (an unreadable line) is shown as it is, its reason saying so."""
-    line, newline, message = entry.partition(b'\n')
-    try:
-        meta = msgspec.json.decode(line, type=dict[str, Any]) if newline else None
-    except msgspec.DecodeError:
-        meta = None
-    if not isinstance(meta, dict):
-        return DeadLetter(name, Envelope(entry, None), 'unreadable dead letter', 0, 0.0)
-    try:
-        envelope = unframe(message, f'dead letter of {name!r}')
-    except FrameError:
-        envelope = Envelope(message, None)
-    reason, attempts, when = meta.get('reason'), meta.get('attempts'), meta.get('time')
-    return DeadLetter(name, envelope, reason if isinstance(reason, str) else '',
-                      attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0,
-                      float(when) if isinstance(when, int | float) and not isinstance(when, bool) else 0.0)
