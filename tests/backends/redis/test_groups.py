@@ -404,6 +404,23 @@ async def test_a_retry_waits_its_delay_keeps_its_attempt_and_depth_shows_it_dela
     assert retried - sent >= 0.45
 
 
+async def test_a_grouped_handler_over_its_timeout_is_dead_lettered_with_the_reason(redis: Backend, unique: str) -> None:
+    signal = Signal(f'order_{unique}', Order)
+
+    class Billing(MicroAgent):
+        @receiver(signal, group='billing', timeout=0.2, max_retries=0)
+        async def on_order(self, order: Order) -> None:
+            await asyncio.sleep(30)
+
+    bus = bus_of(redis)
+    store = f'{signal.name}@billing'
+    async with Billing(bus=bus):
+        await redis.bus()[signal].send('shop', Order(1))
+        await eventually(lambda: _dead(bus, store, 1), timeout=5)
+        (letter,) = await bus.groups.dead_letters(store)
+    assert letter.reason.startswith('timeout:') and letter.attempts == 1
+
+
 async def _held(agent: MicroAgent, store: str, count: int) -> bool:
     depth = await agent.bus.groups.queue_depth(store)
     return depth.in_flight >= count and depth.total == 10
