@@ -101,7 +101,8 @@ class RedisBusTransport:
         self._stores: dict[str, tuple[int, float]] = {}
         self._targets: dict[str, registry.Target] | None = None
         self._groups_lock = asyncio.Lock()
-        self._groups_task: asyncio.Task[None] | None = None
+        self._groups_task: asyncio.Task[None] | None = None  # a registry read under way (a timer starts one)
+        self._groups_timer: asyncio.TimerHandle | None = None
         self._publish_grouped = self.redis.register_script(GROUP_SCRIPTS['GROUP_PUBLISH'])
         self.bad_groups = LogLimiter(interval=60.0)
 
@@ -142,7 +143,7 @@ class RedisBusTransport:
                 if self._groups_channel not in self._patterns:  # once, even when reading the registry failed
                     await self._listen([self._groups_channel])
                 await self._read_registry()
-                self._groups_task = asyncio.create_task(self._refresh_groups(), name=f'redis-groups:{self.prefix}')
+                self._refresh_later()
         assert self._targets is not None
         return self._targets
 
@@ -160,14 +161,24 @@ class RedisBusTransport:
         self._stores = stores
         self._targets = registry.targets(self.prefix, stores)
 
+    def _refresh_later(self) -> None:
+        """Read the registry again in ``groups_refresh`` s: a timer, then a task only while reading."""
+        def due() -> None:
+            self._groups_timer = None
+            if not self._closed:
+                self._groups_task = asyncio.ensure_future(self._refresh_groups())
+        self._groups_timer = asyncio.get_running_loop().call_later(self.groups_refresh, due)
+
     async def _refresh_groups(self) -> None:
-        while not self._closed:
-            await asyncio.sleep(self.groups_refresh)
-            try:
-                await self._read_registry()
-            except Exception as exc:
-                self.log.warning('%r: could not read the groups of prefix %s (%s: %s); will try again in %.0fs',
-                                 self, self.prefix, type(exc).__name__, exc, self.groups_refresh)
+        try:
+            await self._read_registry()
+        except Exception as exc:
+            self.log.warning('%r: could not read the groups of prefix %s (%s: %s); will try again in %.0fs',
+                             self, self.prefix, type(exc).__name__, exc, self.groups_refresh)
+        finally:
+            self._groups_task = None
+            if not self._closed:
+                self._refresh_later()
 
     def group_joined(self, store: str, options: GroupOptions) -> None:
         """A group of this prefix was joined (heard on the channel, or by this process's own member)."""
@@ -322,6 +333,8 @@ class RedisBusTransport:
 
     async def close(self) -> None:
         self._closed = True
+        if self._groups_timer is not None:
+            self._groups_timer.cancel()
         if self._groups_task is not None:
             self._groups_task.cancel()
             await asyncio.gather(self._groups_task, return_exceptions=True)

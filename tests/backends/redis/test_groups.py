@@ -356,6 +356,25 @@ async def test_foreign_entries_are_dead_lettered_with_their_reason_and_the_group
     assert any('number' in reason for reason in reasons)
 
 
+async def test_a_join_whose_notification_was_missed_is_read_at_the_next_refresh(
+        redis: Backend, raw: Redis, unique: str) -> None:
+    signal = Signal(f'order_{unique}', Order)
+    bus = bus_of(redis)
+    bus.transport.groups_refresh = 0.2
+    stream = group_stream(bus.prefix, signal.name)
+    await bus[signal].send('shop', Order(1))  # knows the (empty) registry from now on
+    assert not await raw.exists(stream)
+    # as a member would, but with no notification heard
+    await raw.hset(group_registry(bus.prefix), f'{signal.name}@billing', b'{"max_length": 5, "max_age": 60}')
+
+    async def written() -> bool:
+        await bus[signal].send('shop', Order(2))
+        return bool(await raw.exists(stream))
+
+    await eventually(written, timeout=5, every=0.05)
+    assert 1 <= await raw.xlen(stream) <= 5
+
+
 async def test_a_bad_registry_entry_is_ignored_and_sends_go_on(
         redis: Backend, raw: Redis, unique: str, caplog: pytest.LogCaptureFixture) -> None:
     signal = Signal(f'order_{unique}', Order)
