@@ -405,15 +405,15 @@ class RedisGroupTransport:
         await self.redis.ping()
 
     async def stop_consuming(self, queue: Queue[Any]) -> None:
-        """Send the pending acks, and leave the group's consumers if this member holds nothing."""
+        """Send the pending acks; what is still pending in this member's name (a fetch cancelled on the
+        way) is left for the others to claim at once, and a consumer that holds nothing is deleted."""
         store = self._stores.pop(queue.name, None)
         if store is None:
             return
         if store.flushing is not None:
             await asyncio.gather(store.flushing, return_exceptions=True)
         keys = store.keys
-        if not store.held:
-            await self._scripts['GROUP_LEAVE'](keys=[keys.stream], args=[keys.group, self.uid])
+        await self._scripts['GROUP_LEAVE'](keys=[keys.stream], args=[keys.group, self.uid, store.visibility_ms])
 
     async def close(self) -> None:
         """Send the pending acks (what is still held is claimed by others after the visibility
