@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from microagent.broker import AbstractQueueBroker
-from microagent.errors import DeclarationError, UsageError
+from microagent.errors import DeclarationError, InvalidArgument, UsageError
 from microagent.handlers import Consumer, ConsumerSpec, Grouping, Receiver
 from microagent.message import REPLY_TO, REQUEST_ID, current_var
 from microagent.queue import Queue
@@ -70,10 +70,10 @@ def store_name(signal: str, group: str) -> str:
 
 
 def split_store_name(name: str) -> tuple[str, str]:
-    """``(signal, group)`` of a store name; a ValueError names one that is not."""
+    """``(signal, group)`` of a store name; an InvalidArgument (a ValueError) names one that is not."""
     signal, at, group = name.partition('@')
     if not (at and signal and group):
-        raise ValueError(f'{name!r} is not a group store name (signal@group)')
+        raise InvalidArgument(f'{name!r} is not a group store name (signal@group)')
     return signal, group
 
 
