@@ -14,7 +14,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -24,6 +24,7 @@ from microagent.backends.redis import registry
 from microagent.backends.redis.client import DEFAULT_DSN, FAILOVER_TIMEOUT, NETWORK_ERRORS, client
 from microagent.backends.redis.cluster import ClusterListener
 from microagent.backends.redis.frame import FrameError, frame, unframe
+from microagent.backends.redis.groups import RedisGroupTransport
 from microagent.backends.redis.keys import group_channel, group_registry
 from microagent.backends.redis.scripts import GROUP_SCRIPTS
 from microagent.backends.redis.wire import (
@@ -45,9 +46,6 @@ from microagent.message import REPLY_TO, REQUEST_ID, Envelope
 from microagent.retry import backoff
 from microagent.signal import RESPONSE_SIGNAL
 from microagent.transport import Deliver, DeliverReply
-
-if TYPE_CHECKING:
-    from microagent.backends.redis.groups import RedisGroupTransport
 
 __all__ = ['RedisBusTransport']
 
@@ -131,8 +129,6 @@ class RedisBusTransport:
 
     def groups(self) -> RedisGroupTransport:
         """The group transport of this bus: stores of signal groups on Redis streams (``groups.py``)."""
-        from microagent.backends.redis.groups import RedisGroupTransport
-
         return RedisGroupTransport(self)
 
     async def _known_groups(self) -> dict[str, registry.Target]:

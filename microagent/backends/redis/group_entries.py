@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from microagent.backends.redis.frame import FrameError, unframe
-from microagent.errors import InvalidPayload
+from microagent.errors import InvalidArgument, InvalidPayload
 from microagent.groups import SENDER
 from microagent.message import Envelope
 from microagent.transport import DeadLetter, Delivery
@@ -81,13 +81,13 @@ def sender(raw: Any) -> str:
     if known is not None:
         return known[0]
     if not isinstance(raw, bytes) or len(raw) > MAX_SENDER:
-        raise ValueError(f'a sender of more than {MAX_SENDER} bytes')
+        raise InvalidArgument(f'a sender of more than {MAX_SENDER} bytes')
     try:
         sender = raw.decode()
     except UnicodeDecodeError:
-        raise ValueError('a sender that is not UTF-8') from None
+        raise InvalidArgument('a sender that is not UTF-8') from None
     if '\n' in sender:
-        raise ValueError('a sender with a line break')
+        raise InvalidArgument('a sender with a line break')
     if len(senders) >= 1024:
         senders.clear()
     senders[raw] = (sender, MappingProxyType({SENDER: sender}))

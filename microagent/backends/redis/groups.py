@@ -27,18 +27,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import msgspec
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from microagent.backends.redis import registry
-from microagent.backends.redis.client import client
+from microagent.backends.redis.client import Client, client
 from microagent.backends.redis.frame import FrameError
 from microagent.backends.redis.group_entries import (
     ID,
@@ -53,16 +54,13 @@ from microagent.backends.redis.group_entries import sender as read_sender
 from microagent.backends.redis.keys import GroupKeys, group_channel, group_registry
 from microagent.backends.redis.scripts import GROUP_SCRIPTS
 from microagent.backends.redis.wire import read_frame
-from microagent.errors import InvalidPayload, UsageError
-from microagent.groups import SENDER, GroupQueue, split_store_name
+from microagent.errors import InvalidArgument, InvalidPayload, UsageError
+from microagent.groups import SENDER, GroupOptions, GroupQueue, split_store_name
 from microagent.message import Envelope
 from microagent.queue import Queue
 from microagent.transport import DeadLetter, Delivery, QueueDepth, SelectDeadLetter
 
-if TYPE_CHECKING:
-    from microagent.backends.redis.bus import RedisBusTransport
-
-__all__ = ['RedisGroupTransport']
+__all__ = ['GroupingBus', 'RedisGroupTransport']
 
 T = TypeVar('T')
 
@@ -81,6 +79,18 @@ class _Store:
     next_claim: float = 0.0
     cursor: bytes = b'0-0'
     claims: int = 0
+
+
+class GroupingBus(Protocol):
+    """What the group transport uses of its bus transport (``bus.RedisBusTransport``)."""
+
+    dsn: str
+    prefix: str
+    log: logging.Logger
+    redis: Client
+    redis_options: dict[str, Any]
+
+    def group_joined(self, store: str, options: GroupOptions) -> None: ...
 
 
 class RedisGroupTransport:
@@ -103,7 +113,7 @@ class RedisGroupTransport:
     #: how long ``close`` may take to send acks before it closes its client anyway
     close_timeout: float = 5.0
 
-    def __init__(self, bus: RedisBusTransport) -> None:
+    def __init__(self, bus: GroupingBus) -> None:
         self.bus = bus
         self.dsn = bus.dsn
         self.prefix = bus.prefix
@@ -242,10 +252,10 @@ class RedisGroupTransport:
             head, newline, token.data = member[2 * ID:].partition(b'\n')
             attempt, flag, sender = head.split(b'|', 2)
             if not newline or len(member) < 2 * ID:
-                raise ValueError('a retry without its header line')
+                raise InvalidArgument('a retry without its header line')
             token.attempt = int(attempt)
             if not 1 <= token.attempt <= 1_000_000:
-                raise ValueError(f'attempt {token.attempt} out of range')
+                raise InvalidArgument(f'attempt {token.attempt} out of range')
             token.sender = read_sender(sender)
             redelivered = redelivered or flag == b'1'
         except ValueError as exc:

@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from microagent.backends.redis.keys import group_stream
+from microagent.errors import InvalidArgument
 from microagent.groups import GroupOptions, split_store_name
 
 __all__ = ['MAX_LENGTH', 'Target', 'encode', 'parse', 'targets']
@@ -50,14 +51,14 @@ def parse(store: str | bytes, raw: bytes) -> tuple[str, int, float]:
         split_store_name(name)
         value = msgspec.json.decode(raw)
     except (UnicodeDecodeError, msgspec.DecodeError) as exc:
-        raise ValueError(f'unreadable: {exc}') from None
+        raise InvalidArgument(f'unreadable: {exc}') from None
     if not isinstance(value, dict):
-        raise ValueError('not a JSON object')
+        raise InvalidArgument('not a JSON object')
     length, age = value.get('max_length'), value.get('max_age')
     if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= MAX_LENGTH:
-        raise ValueError(f'max_length must be an int from 1 to {MAX_LENGTH}, got {length!r}')
+        raise InvalidArgument(f'max_length must be an int from 1 to {MAX_LENGTH}, got {length!r}')
     if isinstance(age, bool) or not isinstance(age, int | float) or not 0 < age <= MAX_AGE or math.isnan(age):
-        raise ValueError(f'max_age must be seconds from 0 to {MAX_AGE}, got {age!r}')
+        raise InvalidArgument(f'max_age must be seconds from 0 to {MAX_AGE}, got {age!r}')
     return name, length, float(age)
 
 
@@ -66,9 +67,9 @@ def notification(raw: bytes) -> tuple[str, int, float]:
     try:
         value: Any = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
-        raise ValueError(f'unreadable: {exc}') from None
+        raise InvalidArgument(f'unreadable: {exc}') from None
     if not isinstance(value, dict) or not isinstance(value.get('store'), str):
-        raise ValueError('not a JSON object with a store name')
+        raise InvalidArgument('not a JSON object with a store name')
     return parse(value['store'], raw)
 
 
