@@ -25,7 +25,7 @@ from microagent.backends.redis.frame import frame, unframe
 from microagent.message import new_headers
 from microagent.payload import codec_for
 
-from .harness import Row, Side, alternate, latency_rows, median, print_table, rate_row, scaled
+from .harness import Row, Side, alternate, latency_rows, median, print_table, rate, rate_row, scaled
 
 DSN = os.environ.get('MICROAGENT_BENCH_REDIS', 'redis://127.0.0.1:6379/9')
 
@@ -303,6 +303,160 @@ async def bench_signal(client: Redis, count: int = 3000) -> Row:
     return rate_row('signal send -> receive, sequential (PUBLISH)', count, *sides, target=0.95)
 
 
+# signal groups (Redis streams)
+
+
+async def bench_grouped_signal(client: Redis, count: int = 3000) -> Row:
+    """A grouped receiver, sequential sends until all are handled; raw: XADD (approximate MAXLEN, as
+    a good raw loop would trim) and a reader doing XREADGROUP 500 + decode + XACK of the batch."""
+    prefix = f'B{uuid.uuid4().hex[:8]}'
+    signal = Signal(_name('grouped'), Message)
+    decoder = msgspec.json.Decoder(Message)
+    items = _messages(count)
+    got = 0
+    all_in = asyncio.Event()
+
+    def received() -> None:
+        nonlocal got
+        got += 1
+        if got == count:
+            all_in.set()
+
+    class Member(MicroAgent):
+        @receiver(signal, group='bench')
+        async def on_message(self, message: Message) -> None:
+            received()
+
+    member_bus, sending = RedisSignalBus(DSN, prefix=prefix), RedisSignalBus(DSN, prefix=prefix)
+    agent = Member(bus=member_bus)
+    await agent._start()
+    bound = sending[signal]
+
+    async def ours() -> None:
+        nonlocal got
+        got = 0
+        all_in.clear()
+        for item in items:
+            await bound.send('bench', item)
+        await all_in.wait()
+
+    stream = f'{prefix}:raw-stream'
+    await client.xgroup_create(stream, 'raw', id='$', mkstream=True)
+    reading = Redis.from_url(DSN)
+
+    async def read() -> None:
+        while True:
+            reply: Any = await reading.xreadgroup('raw', 'c', {stream: '>'}, count=500, block=1000)
+            for _, entries in reply or ():
+                for _, fields in entries:
+                    decoder.decode(fields[b'd'])
+                    received()
+                await reading.xack(stream, 'raw', *[entry_id for entry_id, _ in entries])
+
+    reader = asyncio.create_task(read())
+
+    async def raw() -> None:
+        nonlocal got
+        got = 0
+        all_in.clear()
+        for item in items:
+            await client.xadd(stream, {'d': msgspec.json.encode(item), 's': 'bench'}, maxlen=100_000,
+                              approximate=True)
+        await all_in.wait()
+
+    ours_rate = raw_rate = 0.0
+    for _ in range(4):
+        ours_rate = max(ours_rate, await rate(count, ours))
+        raw_rate = max(raw_rate, await rate(count, raw))
+    await agent.stop()
+    reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
+    await reading.aclose()
+    await member_bus.close()
+    await sending.close()
+    await _drop_groups(client, prefix)
+    await client.delete(stream)
+    return Row('grouped signal send -> handled, sequential (PUBLISH+XADD; raw: XADD, XREADGROUP, XACK)',
+               ours_rate, raw_rate, 'msg/s', 0.8)
+
+
+async def _fill_stream(client: Redis, stream: str, total: int) -> None:
+    """What a sender of this version appends: the frame, the sender."""
+    bodies = [frame(msgspec.json.encode(item), new_headers()) for item in _messages(total)]
+    for start in range(0, total, 5000):
+        async with client.pipeline(transaction=False) as pipe:
+            for body in bodies[start:start + 5000]:
+                pipe.xadd(stream, {'d': body, 's': 'bench'})
+            await pipe.execute()
+
+
+async def bench_grouped_drain(client: Redis, total: int = 100_000, rounds: int = 3) -> Row:
+    """A group's member comes back to ``total`` retained signals; raw: XREADGROUP 500, unframe +
+    decode each, XACK the batch, until the group has read them all."""
+    from microagent.backends.redis.keys import group_stream
+
+    prefix = f'B{uuid.uuid4().hex[:8]}'
+    signal = Signal(_name('gdrain'), Message)
+    decoder = msgspec.json.Decoder(Message)
+    handled = 0
+    done = asyncio.Event()
+
+    class Member(MicroAgent):
+        @receiver(signal, group='bench')
+        async def on_message(self, message: Message) -> None:
+            nonlocal handled
+            handled += 1
+            if handled == total:
+                done.set()
+
+    stream, raw_stream = group_stream(prefix, signal.name), f'{prefix}:raw-drain'
+    bus = RedisSignalBus(DSN, prefix=prefix)
+    agent = Member(bus=bus)
+    await agent._start()  # the group exists from now on
+    await agent.stop()
+
+    async def raw() -> None:
+        while True:
+            reply: Any = await client.xreadgroup('raw', 'c', {raw_stream: '>'}, count=500)
+            if not reply or not reply[0][1]:
+                return
+            entries = reply[0][1]
+            for _, fields in entries:
+                decoder.decode(unframe(fields[b'd']).body)
+            await client.xack(raw_stream, 'raw', *[entry_id for entry_id, _ in entries])
+
+    async def ours() -> None:
+        await agent._start()
+        await done.wait()
+
+    raw_rates: list[float] = []
+    our_rates: list[float] = []
+    for _ in range(rounds):
+        await client.delete(raw_stream)
+        await client.xgroup_create(raw_stream, 'raw', id='$', mkstream=True)
+        await _fill_stream(client, raw_stream, total)
+        raw_rates.append(await rate(total, raw))
+        await _fill_stream(client, stream, total)
+        handled = 0
+        done.clear()
+        agent = Member(bus=bus)
+        our_rates.append(await rate(total, ours))
+        await agent.stop()
+    await bus.close()
+    await client.delete(raw_stream)
+    await _drop_groups(client, prefix)
+    return Row(f'drain {total // 1000}k retained grouped signals (raw: XREADGROUP 500 + unframe + decode + XACK)',
+               median(our_rates), median(raw_rates), 'msg/s', 0.8, note=f'median of {rounds} alternating rounds')
+
+
+async def _drop_groups(client: Redis, prefix: str) -> None:
+    from microagent.backends.redis.keys import group_registry, group_stream
+
+    await client.delete(group_registry(prefix))
+    async for key in client.scan_iter(match=f'{group_stream(prefix, "")}*'):
+        await client.delete(key)
+
+
 async def bench_rpc(client: Redis, count: int = 1000) -> list[Row]:
     prefix = f'B{uuid.uuid4().hex[:8]}'
     signal = Signal(_name('rpc'), Count, returns=int)
@@ -437,6 +591,8 @@ async def main() -> None:
         rows.extend(await bench_drain(client, scaled(100_000)))
         rows.extend(await bench_drain(client, scaled(100_000), framed=True))
         rows.append(await bench_signal(client, scaled(3000)))
+        rows.append(await bench_grouped_signal(client, scaled(3000)))
+        rows.append(await bench_grouped_drain(client, scaled(100_000)))
         rows.extend(await bench_rpc(client, scaled(1000)))
         rows.extend(bench_codecs(scaled(20_000)))
         rows.append(await bench_idle_memory())

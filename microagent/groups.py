@@ -70,10 +70,10 @@ def store_name(signal: str, group: str) -> str:
 
 
 def split_store_name(name: str) -> tuple[str, str]:
-    """``(signal, group)`` of a store name; ``InvalidArgument`` names one that is not."""
+    """``(signal, group)`` of a store name; an InvalidArgument (a ValueError) names one that is not."""
     signal, at, group = name.partition('@')
     if not (at and signal and group):
-        raise InvalidArgument(f"{name!r} is not a group store name (signal@group)")
+        raise InvalidArgument(f'{name!r} is not a group store name (signal@group)')
     return signal, group
 
 
@@ -129,6 +129,9 @@ class GroupConsumer(Consumer):
         self.key = receiver.name
         self.target = receiver.signal.name
         self._answer = answer
+        style = receiver.style
+        #: the handler takes the payload alone: called directly unless the signal is a request
+        self._direct = not (style.legacy or style.message or style.keywords & {'sender', 'signal'})
 
     def __repr__(self) -> str:
         return f'<GroupConsumer {self.key} of {self.queue.name}>'
@@ -137,6 +140,9 @@ class GroupConsumer(Consumer):
         return self.receiver.signal.codec.decode(data), None
 
     def __call__(self, decoded: tuple[Any, Any], context: Mapping[str, Any]) -> Awaitable[Any]:
+        if self._direct and not _is_request(current_var.get()):
+            # the common typed call, as ``Consumer`` makes it: the engine's watchdog times it
+            return self.receiver.handler(decoded[0]) if self.receiver.style.positional else self.receiver.handler()
         sender = context.get(SENDER)
         return self._receive(decoded[0], sender if isinstance(sender, str) else '')
 
@@ -148,6 +154,10 @@ class GroupConsumer(Consumer):
             if request_id and reply_to:
                 await self._answer(self.receiver, request_id, reply_to, result)
         return result
+
+
+def _is_request(delivery: Any) -> bool:
+    return isinstance(delivery, Delivery) and bool(delivery.header(REQUEST_ID) and delivery.header(REPLY_TO))
 
 
 class SignalGroups(AbstractQueueBroker):

@@ -107,6 +107,7 @@ async def redis_backend(cluster: bool = False) -> AsyncIterator[Backend]:
             await drop_queues(client, set(Queue.get_all()) - before, cluster)
             for name in set(Exchange.get_all()) - exchanges_before:
                 await client.delete(exchange_key(name))
+            await drop_groups(client, prefix)
         finally:
             await client.aclose()
 
@@ -127,6 +128,18 @@ async def drop_queues(client: Any, names: Iterable[str], cluster: bool) -> None:
     for name in names:
         await client.delete(name)
         async for key in client.scan_iter(match=f'{base_of(name, cluster)}:*', count=1000):
+            await client.delete(key)
+
+
+async def drop_groups(client: Any, prefix: str) -> None:
+    """Delete the signal groups of a bus prefix: its registry, its streams and the keys of each group
+    (``backends/redis/keys.py``: on a cluster they start with the stream's hash tag)."""
+    from microagent.backends.redis.keys import group_registry, group_stream
+
+    await client.delete(group_registry(prefix))
+    streams = group_stream(prefix, '')
+    for pattern in (f'{streams}*', f'{{{streams}*'):
+        async for key in client.scan_iter(match=pattern, count=1000):
             await client.delete(key)
 
 

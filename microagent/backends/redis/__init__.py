@@ -8,6 +8,7 @@ built on the core below them:
 - ``wire.py``: the format (frames or bare 1.x bodies), the 1.x channel names, the RPC reply
   address and which requests are answered bare, the packing of commands;
 - ``keys.py``: every key name; ``scripts/``: the Lua scripts, as ``.lua`` files;
+- ``groups.py`` and ``registry.py``: signal groups on Redis streams, and how buses know them;
 - ``ownership.py``: heartbeats, reclaiming the messages of dead consumers, orphans;
 - ``replicas.py``: sends confirmed by replicas (``wait_replicas``);
 - ``client.py`` and ``cluster.py``: the clients, of one server or of a Redis Cluster
@@ -25,6 +26,7 @@ from microagent.backends.redis.wire import Wire
 from microagent.broker import DEFAULT_MAX_MESSAGE_SIZE, AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
 from microagent.errors import InvalidArgument
+from microagent.groups import GroupOptions
 from microagent.signing import SigningKey
 
 __all__ = ['RedisBroker', 'RedisBusTransport', 'RedisQueueTransport', 'RedisSignalBus', 'Wire']
@@ -42,20 +44,22 @@ class RedisSignalBus(AbstractSignalBus):
     options go to ``redis.asyncio.Redis.from_url`` (e.g. ``socket_timeout``), or to ``RedisCluster``;
     on a cluster, sends retry for up to ``failover_timeout`` s while a master fails over.
     ``connect_timeout``: how long ``marun`` tries to reach Redis before it gives up on the agent.
-    The transport is ``bus.transport``."""
+    ``group_options`` set the retention and visibility timeout of this bus's signal groups (Redis
+    streams, ``groups.py``). The transport is ``bus.transport``."""
 
     transport: RedisBusTransport
 
     def __init__(self, dsn: str = DEFAULT_DSN, prefix: str = 'PUBSUB', log: logging.Logger | None = None, *,
                  wire: Wire = 'envelope', max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                  failover_timeout: float = FAILOVER_TIMEOUT, signing_key: SigningKey | None = None,
-                 connect_timeout: float = CONNECT_TIMEOUT, **redis_options: Any) -> None:
+                 connect_timeout: float = CONNECT_TIMEOUT, group_options: GroupOptions | None = None,
+                 **redis_options: Any) -> None:
         _check_signed_wire(wire, signing_key)
         self.connect_timeout = connect_timeout
         transport = RedisBusTransport(dsn, prefix, log=log, wire=wire, failover_timeout=failover_timeout,
                                       **redis_options)
         super().__init__(transport, dsn=dsn, prefix=prefix, log=log, max_message_size=max_message_size,
-                         signing_key=signing_key)
+                         signing_key=signing_key, group_options=group_options)
 
     @property
     def redis(self) -> Client:

@@ -3,6 +3,9 @@
 One pattern-subscribed connection per bus. The reading loop awaits each delivery (the engine's
 backpressure) and resubscribes by itself when Redis restarts. On a Redis Cluster, ``PUBLISH``
 reaches every node: the subscriber listens on one and moves to another when it loses it.
+
+Signal groups (``groups.py``): a signal some group receives is also appended to its stream, in the
+same round trip as its PUBLISH (``registry.py`` says how a bus knows, without asking per send).
 """
 from __future__ import annotations
 
@@ -17,9 +20,13 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 
+from microagent.backends.redis import registry
 from microagent.backends.redis.client import DEFAULT_DSN, FAILOVER_TIMEOUT, NETWORK_ERRORS, client
 from microagent.backends.redis.cluster import ClusterListener
-from microagent.backends.redis.frame import FrameError, unframe
+from microagent.backends.redis.frame import FrameError, frame, unframe
+from microagent.backends.redis.groups import RedisGroupTransport
+from microagent.backends.redis.keys import group_channel, group_registry
+from microagent.backends.redis.scripts import GROUP_SCRIPTS
 from microagent.backends.redis.wire import (
     Wire,
     answer,
@@ -33,6 +40,7 @@ from microagent.backends.redis.wire import (
 )
 from microagent.dsn import hide_password
 from microagent.errors import BackendClosed, ConnectionFailed
+from microagent.groups import GroupOptions
 from microagent.logs import LogLimiter, shown
 from microagent.message import REPLY_TO, REQUEST_ID, Envelope
 from microagent.retry import backoff
@@ -59,6 +67,8 @@ class RedisBusTransport:
     reconnect_cap: float = 5.0
     #: how long ``subscribe`` waits for Redis to confirm before going on (the loop keeps trying)
     subscribe_timeout: float = 5.0
+    #: how often (s) the groups of the prefix are read again (a join is also heard at once)
+    groups_refresh: float = 30.0
 
     def __init__(self, dsn: str = DEFAULT_DSN, prefix: str = 'PUBSUB', *, log: logging.Logger | None = None,
                  wire: Wire = 'envelope', failover_timeout: float = FAILOVER_TIMEOUT, **redis_options: Any) -> None:
@@ -68,6 +78,7 @@ class RedisBusTransport:
         self.legacy = is_legacy(wire)
         self.log = log or logging.getLogger('microagent.redis')
         self.redis = client(dsn, redis_options, failover_timeout=failover_timeout)
+        self.redis_options = redis_options
         # a cluster's PUBLISH reaches every node: the subscriber listens on one, and moves on when lost
         self._listener: Redis | ClusterListener = (
             ClusterListener(dsn, redis_options, self.redis) if isinstance(self.redis, RedisCluster)
@@ -82,6 +93,16 @@ class RedisBusTransport:
         self._subscribed = False  # the reading loop holds a live subscription to every pattern
         self._closed = False
         self.foreign_replies = LogLimiter(interval=60.0)
+        # signal groups: signal name -> its stream and retention, loaded on the first send
+        self._groups_channel = group_channel(prefix)
+        self._groups_channel_raw = self._groups_channel.encode()
+        self._stores: dict[str, tuple[int, float]] = {}
+        self._targets: dict[str, registry.Target] | None = None
+        self._groups_lock = asyncio.Lock()
+        self._groups_task: asyncio.Task[None] | None = None  # a registry read under way (a timer starts one)
+        self._groups_timer: asyncio.TimerHandle | None = None
+        self._publish_grouped = self.redis.register_script(GROUP_SCRIPTS['GROUP_PUBLISH'])
+        self.bad_groups = LogLimiter(interval=60.0)
 
     def __repr__(self) -> str:
         return f'<{type(self).__name__} {hide_password(self.dsn)} {self.prefix}>'
@@ -93,7 +114,83 @@ class RedisBusTransport:
     async def publish(self, name: str, sender: str, envelope: Envelope) -> None:
         headers = envelope.headers
         channel = signal_channel(self._head, name, sender, headers.get(REQUEST_ID) if headers else None)
-        await self.redis.publish(channel, sent(envelope, self.legacy))
+        targets = self._targets
+        if targets is None:
+            targets = await self._known_groups()
+        target = targets.get(name)
+        if target is None:
+            await self.redis.publish(channel, sent(envelope, self.legacy))
+            return
+        # the stream keeps the frame whatever the wire: a grouped receiver gets headers and RPC addresses
+        data = sent(envelope, self.legacy)
+        stored = frame(envelope.body, headers) if self.legacy and headers is not None else b''
+        await self._publish_grouped(keys=[target.stream], args=[channel, data, stored, sender, target.max_length,
+                                                                target.max_age_ms])
+
+    def groups(self) -> RedisGroupTransport:
+        """The group transport of this bus: stores of signal groups on Redis streams (``groups.py``)."""
+        return RedisGroupTransport(self)
+
+    async def _known_groups(self) -> dict[str, registry.Target]:
+        """The first send: listen for joins, then read the registry (a join between the two is
+        heard), and read it again every ``groups_refresh`` s."""
+        async with self._groups_lock:
+            if self._targets is None:
+                if self._groups_channel not in self._patterns:  # once, even when reading the registry failed
+                    await self._listen([self._groups_channel])
+                await self._read_registry()
+                self._refresh_later()
+        assert self._targets is not None
+        return self._targets
+
+    async def _read_registry(self) -> None:
+        entries = cast(dict[bytes, bytes], await self.redis.hgetall(group_registry(self.prefix)))
+        stores: dict[str, tuple[int, float]] = {}
+        for store, raw in entries.items():
+            try:
+                name, length, age = registry.parse(store, raw)
+            except ValueError as exc:
+                self.bad_groups.warning(self.log, 'registry', 'Ignored group %s of prefix %s: %s',
+                                        shown(store), self.prefix, exc)
+                continue
+            stores[name] = (length, age)
+        self._stores = stores
+        self._targets = registry.targets(self.prefix, stores)
+
+    def _refresh_later(self) -> None:
+        """Read the registry again in ``groups_refresh`` s: a timer, then a task only while reading."""
+        def due() -> None:
+            self._groups_timer = None
+            if not self._closed:
+                self._groups_task = asyncio.ensure_future(self._refresh_groups())
+        self._groups_timer = asyncio.get_running_loop().call_later(self.groups_refresh, due)
+
+    async def _refresh_groups(self) -> None:
+        try:
+            await self._read_registry()
+        except Exception as exc:
+            self.log.warning('%r: could not read the groups of prefix %s (%s: %s); will try again in %.0fs',
+                             self, self.prefix, type(exc).__name__, exc, self.groups_refresh)
+        finally:
+            self._groups_task = None
+            if not self._closed:
+                self._refresh_later()
+
+    def group_joined(self, store: str, options: GroupOptions) -> None:
+        """A group of this prefix was joined (heard on the channel, or by this process's own member)."""
+        if self._targets is None:
+            return  # the first send reads the registry, this group in it
+        self._stores[store] = (options.max_length, options.max_age)
+        self._targets = registry.targets(self.prefix, self._stores)
+
+    def _heard_join(self, data: bytes) -> None:
+        try:
+            store, length, age = registry.notification(data)
+        except ValueError as exc:
+            self.bad_groups.warning(self.log, 'notification', 'Ignored a group notification of prefix %s: %s',
+                                    self.prefix, exc)
+            return
+        self.group_joined(store, GroupOptions(max_length=length, max_age=age))
 
     async def reply(self, reply_to: str, envelope: Envelope) -> None:
         if reply_to != self.reply_to:
@@ -141,6 +238,9 @@ class RedisBusTransport:
                 self._pubsub = pubsub
                 await pubsub.psubscribe(*self._patterns)
                 self._subscribed = True
+                if failures and self._targets is not None:  # joins may have been missed meanwhile
+                    with contextlib.suppress(*NETWORK_ERRORS):
+                        await self._read_registry()
                 if failures:
                     self.log.info('%r: subscribed again to %d patterns', self, len(self._patterns))
                     failures = 0
@@ -173,6 +273,9 @@ class RedisBusTransport:
             if not isinstance(reply, list):
                 continue
             if reply[0] == b'pmessage':
+                if reply[2] == self._groups_channel_raw:
+                    self._heard_join(reply[3])
+                    continue
                 await self._dispatch(reply[2], reply[3])  # waits while the engine's backlog is full
             elif reply[0] == b'psubscribe':
                 for future in self._confirm.pop(reply[1], ()):
@@ -226,6 +329,11 @@ class RedisBusTransport:
 
     async def close(self) -> None:
         self._closed = True
+        if self._groups_timer is not None:
+            self._groups_timer.cancel()
+        if self._groups_task is not None:
+            self._groups_task.cancel()
+            await asyncio.gather(self._groups_task, return_exceptions=True)
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)

@@ -22,6 +22,9 @@ tag (``jobs{eu}``) is used as it is, its tag decides the slot; a name whose slot
 (a ``}`` without a tag before it, say ``a}b``) is refused on a cluster. One server keeps the plain
 names above, so that a deployment's keys (dead letters first) do not move when it upgrades.
 
+Signal groups (``groups.py``) have their own keys, ``GroupKeys`` below: a stream per signal with a
+consumer group per group, and beside it, in its slot, each group's retries, held retries and dead letters.
+
 Exchange bindings live in ``microagent:exchange:{name}`` (a hash: bound queue -> JSON list of its
 topics, empty for every key), written when a queue is declared or consumed and read by ``publish``.
 
@@ -114,3 +117,42 @@ def _inflight(base: str, consumer: str) -> str:
 
 def _heartbeat(base: str, consumer: str) -> str:
     return f'{base}:consumer:{consumer}'
+
+
+# signal groups (``groups.py``)
+
+
+def group_stream(prefix: str, signal: str) -> str:
+    """The stream of a signal that has groups, one per bus prefix: ``microagent:signal:{prefix}:{signal}``."""
+    return f'microagent:signal:{prefix}:{signal}'
+
+
+def group_registry(prefix: str) -> str:
+    """The hash of a prefix's groups: store name (``signal@group``) -> JSON retention the members asked for."""
+    return f'microagent:groups:{prefix}'
+
+
+def group_channel(prefix: str) -> str:
+    """Where a joining group tells the buses of its prefix: ``{prefix}:~groups`` (no signal channel
+    ``{prefix}:{name}:...`` can be it: ``~`` is in no signal name)."""
+    return f'{prefix}:~groups'
+
+
+@dataclass(frozen=True)
+class GroupKeys:
+    """Key names of one group's store: the signal's stream (its consumer group is the group) and,
+    in the stream's slot, the group's retries (zset, by due time), the retries its members hold
+    (zset, by the deadline of each member's lease) and its dead letters (list, as ``Q:dead``)."""
+
+    stream: str
+    retry: str
+    held: str
+    dead: str
+    group: str
+
+    @classmethod
+    def of(cls, prefix: str, signal: str, group: str, cluster: bool = False) -> GroupKeys:
+        stream = group_stream(prefix, signal)
+        base = base_of(stream, cluster)
+        return cls(stream=stream, retry=f'{base}:retry:{group}', held=f'{base}:held:{group}',
+                   dead=f'{base}:dead:{group}', group=group)

@@ -12,7 +12,7 @@ from importlib.resources import files
 
 from microagent.backends.redis.keys import DELAYED_ID_LENGTH
 
-__all__ = ['NAMES', 'SCRIPTS', 'load']
+__all__ = ['GROUP_SCRIPTS', 'NAMES', 'SCRIPTS', 'load']
 
 _USES = '-- uses:'
 #: what ``lib/move_due.lua`` names where a ``Q:delayed`` member's message starts (after its id)
@@ -35,3 +35,8 @@ def load(name: str) -> str:
 NAMES = ('FETCH', 'ACK', 'RETRY', 'DEAD_LETTER', 'RELEASE', 'RECLAIM', 'REQUEUE', 'REMOVE_DEAD', 'MOVE_DUE',
          'DELAY', 'BEAT', 'RATE')
 SCRIPTS: dict[str, str] = {name: load(name.lower()) for name in NAMES}
+
+#: the scripts of signal groups (``groups.py``; the bus runs ``GROUP_PUBLISH``)
+GROUP_NAMES = ('GROUP_PUBLISH', 'GROUP_CLAIM', 'GROUP_REFRESH', 'GROUP_SETTLE', 'GROUP_REQUEUE', 'GROUP_REMOVE_DEAD',
+               'GROUP_DEPTH', 'GROUP_LEAVE')
+GROUP_SCRIPTS: dict[str, str] = {name: load(name.lower()) for name in GROUP_NAMES}

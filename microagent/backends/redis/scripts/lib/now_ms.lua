@@ -1,0 +1,5 @@
+-- The server's clock in milliseconds: due times and leases agree whatever the members' clocks say.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
