@@ -66,7 +66,7 @@ from microagent.middleware import (
 )
 from microagent.payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json
 from microagent.readiness import PING_TIMEOUT, pinged
-from microagent.rpc import Answers, Pending, RemoteError, Reply
+from microagent.rpc import Answers, Expiry, Pending, RemoteError, Reply
 from microagent.sends import set_sender
 from microagent.signal import RESPONSE_SIGNAL, Signal
 from microagent.transport import BusTransport
@@ -106,6 +106,7 @@ class AbstractSignalBus:
         self._backlog = 0
         self._room = asyncio.Event()
         self._pending: dict[str, Pending] = {}
+        self._expiry = Expiry()  # one timer for the deadlines of the calls waiting for answers
         self._tasks: set[asyncio.Task[None]] = set()
         self._replies_bound = False
         #: a flood of stray or undecodable messages logs a few lines, each saying how many it stands for
@@ -433,7 +434,7 @@ class AbstractSignalBus:
         """Publish an RPC request; its answers collect in the returned ``Pending`` until the caller
         drops it from ``_pending``. Request ids are unique per bus (its uid and a counter)."""
         request_id = next(self._request_ids)
-        pending = self._pending[request_id] = Pending(signal)
+        pending = self._pending[request_id] = Pending(signal, self._expiry)
         self._room.set()  # a reading loop held by a full backlog reads on while an answer is awaited
         try:
             if not self._replies_bound:

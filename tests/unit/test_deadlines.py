@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
 
+from microagent import CallTimeout, Signal
+from microagent.backends.memory import MemorySignalBus
 from microagent.deadlines import Deadlines, _with_timer
+
+
+class Ask(msgspec.Struct, frozen=True):
+    n: int
+
+
+ASK = Signal('deadlines_unanswered', Ask, returns=int)
 
 
 async def test_a_call_over_its_timeout_is_cancelled_and_times_out() -> None:
@@ -83,3 +93,24 @@ async def test_a_call_within_a_call_of_the_same_receiver_has_a_timer_of_its_own(
     assert await deadlines.run(outer()) == 'inner, then outer'
     with pytest.raises(TimeoutError):
         await _with_timer(asyncio.sleep(10), 0.01)
+
+
+async def test_rpc_calls_of_one_bus_share_a_timer_and_each_times_out_at_its_own_deadline() -> None:
+    bus = MemorySignalBus()
+    loop = asyncio.get_running_loop()
+
+    async def call(timeout: float) -> float:
+        started = loop.time()
+        with pytest.raises(CallTimeout):
+            await bus[ASK].call('test', Ask(1), timeout=timeout)
+        return loop.time() - started
+
+    slow = asyncio.create_task(call(0.4))
+    await asyncio.sleep(0.01)
+    quick = await call(0.05)  # a nearer deadline than the armed one: the timer moves to it
+    assert 0.05 <= quick < 0.3
+    assert 0.4 <= await slow < 1.5
+    async with bus[ASK].waiter('test', Ask(2), timeout=0.05) as answers:
+        assert [answer async for answer in answers] == []
+    assert not bus._expiry._waiting and bus._expiry._timer is None
+    await bus.close()
