@@ -23,7 +23,6 @@ import asyncio
 import itertools
 import logging
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Coroutine, Mapping
 from functools import partial
 from typing import Any, Self, TypeVar, cast, overload
@@ -40,6 +39,7 @@ from microagent.errors import (
 )
 from microagent.groups import GroupOptions, Groups, SignalGroups
 from microagent.handlers import Receiver
+from microagent.lanes import Lane
 from microagent.limits import check_message_size
 from microagent.logs import FAILED, LogLimiter, dropped_fields, set_handler, shown
 from microagent.message import (
@@ -66,7 +66,7 @@ from microagent.middleware import (
 )
 from microagent.payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json
 from microagent.readiness import PING_TIMEOUT, pinged
-from microagent.rpc import Answers, Pending, RemoteError, Reply
+from microagent.rpc import Answers, Expiry, Pending, RemoteError, Reply
 from microagent.sends import set_sender
 from microagent.signal import RESPONSE_SIGNAL, Signal
 from microagent.signing import SignedBrokerTransport, SignedBusTransport, SigningKey
@@ -80,18 +80,6 @@ __all__ = ['DEFAULT_MAX_BACKLOG', 'DEFAULT_MAX_MESSAGE_SIZE', 'RESPONSE_SIGNAL',
            'BoundSignal', 'RemoteError', 'shown']
 _answers_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _errors_decoder = msgspec.json.Decoder(dict[str, str])
-
-
-class _Lane:
-    """The signals one receiver has yet to handle, drained by at most ``concurrency`` workers."""
-
-    __slots__ = ('backlog', 'receiver', 'workers')
-
-    def __init__(self, receiver: Receiver) -> None:
-        self.receiver = receiver
-        # (payload, sender, reply, the message, read from its headers on first use)
-        self.backlog: deque[tuple[Any, str, Reply | None, Incoming]] = deque()
-        self.workers = 0
 
 
 class AbstractSignalBus:
@@ -115,10 +103,11 @@ class AbstractSignalBus:
         #: signals waiting for their receivers beyond which ``deliver`` holds the reading loop
         self.max_backlog = DEFAULT_MAX_BACKLOG
         self.receivers: dict[str, list[Receiver]] = {}
-        self._lanes: dict[Receiver, _Lane] = {}
+        self._lanes: dict[Receiver, Lane] = {}
         self._backlog = 0
         self._room = asyncio.Event()
         self._pending: dict[str, Pending] = {}
+        self._expiry = Expiry()  # one timer for the deadlines of the calls waiting for answers
         self._tasks: set[asyncio.Task[None]] = set()
         self._replies_bound = False
         #: a flood of stray or undecodable messages logs a few lines, each saying how many it stands for
@@ -137,6 +126,8 @@ class AbstractSignalBus:
         """Release the transport's connections; the bus may not be used afterwards."""
         if self._groups is not None:
             await self._groups.close()
+        for lane in self._lanes.values():
+            lane.retire()
         await self.transport.close()
 
     @property
@@ -215,7 +206,7 @@ class AbstractSignalBus:
         name = receiver.signal.name
         first = name not in self.receivers
         self.receivers.setdefault(name, []).append(receiver)
-        self._lanes[receiver] = _Lane(receiver)
+        self._lanes[receiver] = Lane(receiver)
         if first:
             await self.transport.subscribe((name,), self.deliver)
 
@@ -231,13 +222,15 @@ class AbstractSignalBus:
                 bound.remove(receiver)
             lane = self._lanes.pop(receiver, None)
             if lane is not None:
+                lane.retire()
                 self._taken(len(lane.backlog))
                 for _, _, reply, _ in lane.backlog:
                     if reply is not None:
                         self._spawn(self._answered(receiver.signal, reply))
                 lane.backlog.clear()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=grace)
+        idle = set().union(*(lane.idle_tasks() for lane in self._lanes.values()))
+        if busy := [task for task in self._tasks if task not in idle]:  # not the idle workers of others
+            await asyncio.wait(busy, timeout=grace)
 
     async def deliver(self, name: str, sender: str, envelope: Envelope) -> None:
         """The transport's callback: ``dispatch``, then wait while the backlog is full, so a
@@ -286,7 +279,7 @@ class AbstractSignalBus:
             lane = self._lanes[receiver]
             lane.backlog.append(item)
             self._backlog += 1
-            if lane.workers < receiver.concurrency:
+            if not lane.wake() and lane.workers < receiver.concurrency:
                 lane.workers += 1
                 self._spawn(self._work(lane))
 
@@ -300,28 +293,34 @@ class AbstractSignalBus:
         if self._backlog < self.max_backlog:
             self._room.set()
 
-    async def _work(self, lane: _Lane) -> None:
-        """A worker of one receiver: handle its signals one by one until none is left. The signal
+    async def _work(self, lane: Lane) -> None:
+        """A worker of one receiver: handle its signals one by one, then wait a while for more
+        (``lanes.py``) and end when none comes. The signal
         is the current message while its receiver runs (and answers), so what it sends inherits
         the conversation; its headers are read only if something asks."""
         receiver, backlog = lane.receiver, lane.backlog
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        assert task is not None
         set_sender(receiver.agent)  # this task's own context: what the receiver sends is checked as its
         set_handler(receiver.agent, receiver.name)  # and what it logs names the handler
         try:
-            while backlog:
-                payload, sender, reply, incoming = backlog.popleft()
-                self._taken()
-                token = current_var.set(incoming)
-                try:
-                    ok, result = await self._call(receiver, payload, sender, incoming, reply is not None)
-                    if reply is not None:
-                        if ok:  # one that returned None answers null, as in 1.x
-                            self._add_answer(receiver, reply, result)
-                        elif reply.errors is not None:
-                            reply.errors[receiver.key] = result
-                        await self._answered(receiver.signal, reply)
-                finally:
-                    current_var.reset(token)
+            while True:
+                while backlog:
+                    payload, sender, reply, incoming = backlog.popleft()
+                    self._taken()
+                    token = current_var.set(incoming)
+                    try:
+                        ok, result = await self._call(receiver, payload, sender, incoming, reply is not None)
+                        if reply is not None:
+                            if ok:  # one that returned None answers null, as in 1.x
+                                self._add_answer(receiver, reply, result)
+                            elif reply.errors is not None:
+                                reply.errors[receiver.key] = result
+                            await self._answered(receiver.signal, reply)
+                    finally:
+                        current_var.reset(token)
+                if not await lane.wait(loop, task):
+                    return
         finally:
             lane.workers -= 1
 
@@ -442,7 +441,7 @@ class AbstractSignalBus:
         """Publish an RPC request; its answers collect in the returned ``Pending`` until the caller
         drops it from ``_pending``. Request ids are unique per bus (its uid and a counter)."""
         request_id = next(self._request_ids)
-        pending = self._pending[request_id] = Pending(signal)
+        pending = self._pending[request_id] = Pending(signal, self._expiry)
         self._room.set()  # a reading loop held by a full backlog reads on while an answer is awaited
         try:
             if not self._replies_bound:

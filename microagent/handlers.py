@@ -11,7 +11,6 @@ A handler is called in one of two conventions, chosen once from its signature:
 """
 from __future__ import annotations
 
-import asyncio
 import inspect
 import types
 import typing
@@ -21,6 +20,7 @@ from datetime import tzinfo
 from functools import cached_property
 from typing import Any, Literal, Protocol, TypeVar
 
+from microagent.deadlines import Deadlines
 from microagent.errors import InvalidPayload
 from microagent.message import Message, current_message
 from microagent.middleware import HandlingKind, MiddlewareLike, Site
@@ -215,29 +215,6 @@ async def call_maybe_async(func: Callable[[], Any]) -> Any:
     return result
 
 
-async def with_timeout(awaitable: Awaitable[T], timeout: float) -> T:
-    """``await`` under a deadline: ``asyncio.timeout``'s semantics with one timer handle and no
-    context manager, since a receiver pays it on every signal."""
-    task = asyncio.current_task()
-    assert task is not None
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        task.cancel()
-
-    timer = asyncio.get_running_loop().call_later(timeout, expire)
-    try:
-        return await awaitable
-    except asyncio.CancelledError:
-        if expired and task.uncancel() == 0:
-            raise TimeoutError from None
-        raise
-    finally:
-        timer.cancel()
-
-
 class Owner(Sender, Protocol):
     """What the engines ask of the agent a bound handler belongs to (``MicroAgent`` is one)."""
 
@@ -257,10 +234,12 @@ class Receiver:
     grouping: Grouping | None = None  # None: broadcast, every process gets every signal
     key: str = field(init=False)  # the answer key of 1.x RPC: the handler's ``__qualname__``
     site: Site | None = field(default=None, init=False, repr=False)  # for middlewares, made on first use
+    deadlines: Deadlines = field(init=False, repr=False)  # the timeout of its calls, one timer for all
 
     def __post_init__(self) -> None:
         # 1.x keys answers by the function's qualname: an inherited receiver answers as ``Base.method``
         self.key = self.handler.__qualname__
+        self.deadlines = Deadlines(self.timeout)
 
     @property
     def name(self) -> str:
@@ -283,7 +262,7 @@ class Receiver:
             if style.message:
                 kwargs['message'] = current_message()
             call = self.handler(payload, **kwargs) if style.positional else self.handler(**kwargs)
-        return await with_timeout(call, self.timeout)
+        return await self.deadlines.run(call)
 
 
 class Consumer:

@@ -25,16 +25,57 @@ class RemoteError(MicroAgentError):
         super().__init__(f'signal {signal!r}: receiver {receiver} failed: {reason}')
 
 
+class Expiry:
+    """When the RPC calls of one bus stop waiting: one timer at the earliest deadline of the calls
+    waiting for an answer, which wakes those whose deadline has come and re-arms at the next one,
+    instead of a timer handle per wait (its heap push and cancellation on every call)."""
+
+    __slots__ = ('_loop', '_timer', '_waiting', '_when')
+
+    def __init__(self) -> None:
+        self._waiting: dict[Pending, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._when = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, pending: Pending, deadline: float, loop: asyncio.AbstractEventLoop) -> None:
+        self._waiting[pending] = deadline
+        if self._timer is None or deadline < self._when or self._loop is not loop:
+            self._arm(loop, deadline)
+
+    def discard(self, pending: Pending) -> None:
+        self._waiting.pop(pending, None)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._loop, self._when = loop, when
+        self._timer = loop.call_at(when, self._expire, loop)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = max(loop.time(), self._when)  # the loop runs a timer up to its clock resolution early
+        self._timer = None
+        upcoming: float | None = None
+        for pending, deadline in self._waiting.items():
+            if deadline <= now:
+                _wake(pending.wakeup)
+            elif upcoming is None or deadline < upcoming:
+                upcoming = deadline
+        if upcoming is not None:
+            self._arm(loop, upcoming)
+
+
 class Pending:
     """Answers to one RPC request, collected until the caller stops waiting: pairs of the
     successful answers and the failures (receiver -> reason) of one answering bus."""
 
-    __slots__ = ('answers', 'signal', 'wakeup')
+    __slots__ = ('answers', 'expiry', 'signal', 'wakeup')
 
-    def __init__(self, signal: Signal[Any, Any]) -> None:
+    def __init__(self, signal: Signal[Any, Any], expiry: Expiry | None = None) -> None:
         self.signal = signal
         self.answers: deque[tuple[dict[str, Any], dict[str, str]]] = deque()
         self.wakeup: asyncio.Future[None] | None = None
+        self.expiry = expiry or Expiry()
 
     def put(self, answers: dict[str, Any], errors: dict[str, str]) -> None:
         self.answers.append((answers, errors))
@@ -45,11 +86,11 @@ class Pending:
         if not self.answers:
             loop = asyncio.get_running_loop()
             wakeup = self.wakeup = loop.create_future()
-            timer = loop.call_at(deadline, _wake, wakeup)
+            self.expiry.add(self, deadline, loop)
             try:
                 await wakeup
             finally:
-                timer.cancel()
+                self.expiry.discard(self)
                 self.wakeup = None
         return self.answers.popleft() if self.answers else None
 

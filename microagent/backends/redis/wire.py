@@ -234,7 +234,10 @@ def delivery_of(data: bytes, target: str, attempt: int = 1, redelivered: bool = 
 class HiredisPacking(Connection):
     """A TCP connection that packs commands with hiredis' C packer. redis-py's asyncio connection packs
     in Python, about a microsecond per argument: more than a message's whole envelope costs, on the
-    producer's and the consumer's hot paths (RPUSH of a batch, the fetch and ack scripts)."""
+    producer's and the consumer's hot paths (RPUSH of a batch, the fetch and ack scripts). redis-py 8
+    with hiredis calls the same packer, but only after encoding every argument in a Python generator:
+    still 2.5 to 5 times this one's cost (PUBLISH of a signal 2.8-3.8 against 0.6-1.1 us, RPUSH of 500
+    frames 140-350 against 44-83 us, measured side by side on redis-py 8.2)."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
         command = args[0]
