@@ -33,5 +33,5 @@ def load(name: str) -> str:
 
 #: the scripts the queue transport registers, by the name it calls them
 NAMES = ('FETCH', 'ACK', 'RETRY', 'DEAD_LETTER', 'RELEASE', 'RECLAIM', 'REQUEUE', 'REMOVE_DEAD', 'MOVE_DUE',
-         'DELAY', 'BEAT')
+         'DELAY', 'BEAT', 'PUT')
 SCRIPTS: dict[str, str] = {name: load(name.lower()) for name in NAMES}
