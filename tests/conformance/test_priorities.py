@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from microagent import DeclarationError, MicroAgent, Queue, consumer
+from microagent import AbstractQueueBroker, DeclarationError, MicroAgent, Queue, consumer
 from microagent.errors import InvalidArgument, UsageError
 from microagent.queue import MAX_PRIORITIES
 from tests.conformance.backends import Backend
@@ -123,12 +123,23 @@ async def _dead(bound: Any) -> bool:
     return bool(await bound.dead_letter_count() == 1)
 
 
+_brokers: dict[int, AbstractQueueBroker] = {}
+
+
+def _broker(backend: Backend) -> AbstractQueueBroker:
+    """One broker for every example of a property test on ``backend`` (closed with the backend)."""
+    key = id(backend)
+    if key not in _brokers or _brokers[key] not in backend.opened:
+        _brokers[key] = backend.broker()
+    return _brokers[key]
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(priority=st.one_of(st.integers(), st.booleans(), st.floats(allow_nan=True), st.text(max_size=3), st.none()))
 async def test_a_priority_out_of_bounds_is_refused_naming_the_queue(backend: Backend, priority: Any) -> None:
     name = f'prio_bounds_{backend.name.replace("-", "_")}'
     queue = _queue(backend, name, priorities=4)
-    bound = backend.broker()[queue]
+    bound = _broker(backend)[queue]
     if priority is None or (type(priority) is int and 0 <= priority < 4):
         return  # a level the queue has (or none): taken; the sends above show it
     message = (rf"queue '{name}': priority must be an int from 0 to 3 \(the queue has 4 "
@@ -144,7 +155,7 @@ async def test_a_priority_out_of_bounds_is_refused_naming_the_queue(backend: Bac
 @given(priority=st.integers(min_value=-3, max_value=300))
 async def test_a_priority_on_a_queue_without_levels_is_refused(backend: Backend, priority: int) -> None:
     queue = Queue('prio_none_conformance', Job)
-    bound = backend.broker()[queue]
+    bound = _broker(backend)[queue]
     message = r"queue 'prio_none_conformance': priority=.*, but the queue has no priority levels"
     with pytest.raises(UsageError, match=message):
         await bound.send(Job(1), priority=priority)
