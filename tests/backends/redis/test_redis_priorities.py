@@ -102,3 +102,22 @@ async def test_a_release_and_a_reclaim_put_a_message_back_at_its_level(raw: Redi
 
 async def _length(broker: RedisBroker, queue: Queue[Job], count: int) -> bool:
     return await broker[queue].length() == count
+
+
+async def test_a_level_0_message_that_woke_a_consumer_waits_for_the_higher_levels(raw: Redis, unique: str) -> None:
+    queue = Queue(f'rprio_first_{unique}', Job, priorities=2)
+    broker = RedisBroker(REDIS_TEST_DSN)
+    try:
+        await broker[queue].send(Job(1))
+        await broker[queue].send(Job(2), priority=1)
+        transport = broker.transport
+        owned = await transport._register(queue.name)
+        # what a blocked fetch's BLMOVE does when level 0 gets a message: then the fetch script runs
+        moved = await raw.lmove(queue.name, owned.keys.inflight, 'LEFT', 'RIGHT')
+        assert isinstance(moved, bytes)
+        messages, _, _ = await transport._take(owned.keys, 10, len(moved))
+        assert [msgspec.json.decode(m.partition(b'\n')[2] or m)['job_id'] for m in messages] == [2, 1]
+        assert await raw.llen(owned.keys.inflight) == 2
+    finally:
+        await broker.close()
+        await drop_queues(raw, [queue.name], False)

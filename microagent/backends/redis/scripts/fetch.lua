@@ -48,10 +48,19 @@ local function bury(item, size, level)
 end
 
 local items, held, scanned = {}, 0, 0
+local function higher_waiting()
+  for level = 1, #levels do
+    if redis.call('LLEN', levels[level]) > 0 then return true end
+  end
+  return false
+end
 if ARGV[7] then  -- the message BLMOVE moved: still the tail of our in-flight list
   local first = redis.call('LINDEX', KEYS[2], -1)
   if first and first == WAKE then
     redis.call('RPOP', KEYS[2])  -- a marker woke us: nothing to hand out, the lists are read below
+  elseif first and #first == tonumber(ARGV[7]) and #levels > 0 and higher_waiting() then
+    redis.call('RPOP', KEYS[2])  -- level 0: back to the head of its list, the higher levels go first
+    redis.call('LPUSH', KEYS[1], first)
   elseif first and #first == tonumber(ARGV[7]) then
     scanned = #first
     local size = body_size(first)
