@@ -22,7 +22,7 @@ from microagent.dsn import hide_password
 from microagent.errors import DeclarationError, QueueAttributeError, QueueNotFound, UsageError
 from microagent.exchange import Exchange
 from microagent.handlers import Consumer
-from microagent.limits import check_delay, check_message_size
+from microagent.limits import check_delay, check_message_size, check_priority
 from microagent.message import Envelope, check_user_headers, new_headers, new_headers_many
 from microagent.middleware import MiddlewareLike, Sending, SendingKind, active, added, backend_name, wrap
 from microagent.payload import DEFAULT_MAX_MESSAGE_SIZE, check_size, encode_json
@@ -286,16 +286,20 @@ class BoundQueue(Generic[T]):
 
     async def send(self, message: T, *, delay: float | None = None, headers: Mapping[str, str] | None = None,
                    properties: Mapping[str, Any] | None = None, exchange: str | None = None,
-                   topic: str | None = None, **unknown: Never) -> None:
+                   topic: str | None = None, priority: int | None = None, **unknown: Never) -> None:
         """Validate and enqueue one message: a model instance or, 1.x style, a dict of fields.
 
         ``delay`` (s) holds it back that long, on every backend; ``headers`` are user headers it
-        carries (``message.Message.headers`` on receipt). ``properties``, ``exchange`` and ``topic``
-        are the 1.x AMQP keywords (message properties; publish through that exchange with the
-        topic, else the queue name, as routing key); a transport that does not list a keyword in its
-        ``send_options`` raises TypeError rather than drop it."""
-        extra = {key: value for key, value in
-                 (('properties', properties), ('exchange', exchange), ('topic', topic)) if value is not None}
+        carries (``message.Message.headers`` on receipt); ``priority`` puts it at that level of a
+        queue declared with ``priorities`` (0 the lowest and the default; consumers take higher
+        first). ``properties``, ``exchange`` and ``topic`` are the 1.x AMQP keywords (message
+        properties; publish through that exchange with the topic, else the queue name, as routing
+        key); a transport that does not list a keyword in its ``send_options`` raises TypeError
+        rather than drop it."""
+        extra: dict[str, Any] = {key: value for key, value in (('properties', properties), ('exchange', exchange),
+                                                                ('topic', topic)) if value is not None}
+        if priority is not None:
+            extra['priority'] = check_priority(self.queue.name, priority, self.queue.priorities)
         wait = self._check(delay, extra, unknown)
         check_send('queue', self.queue.name)
         envelope = Envelope(self.broker.encode(self.queue, message), new_headers(headers))
@@ -303,10 +307,13 @@ class BoundQueue(Generic[T]):
         await self.broker._put('queue', self.queue, [envelope], wait, **extra)
 
     async def send_many(self, messages: Iterable[T], *, delay: float | None = None,
-                        headers: Mapping[str, str] | None = None, **unknown: Never) -> None:
+                        headers: Mapping[str, str] | None = None, priority: int | None = None,
+                        **unknown: Never) -> None:
         """Validate every message first, then enqueue them all in one round trip; each gets its own
-        message id, all of them the same user ``headers``."""
-        wait = self._check(delay, {}, unknown)
+        message id, all of them the same user ``headers`` and ``priority``."""
+        extra = {} if priority is None else {'priority': check_priority(self.queue.name, priority,
+                                                                         self.queue.priorities)}
+        wait = self._check(delay, extra, unknown)
         check_send('queue', self.queue.name)
         encode = self.broker.encode
         bodies = [encode(self.queue, message) for message in messages]
@@ -320,7 +327,7 @@ class BoundQueue(Generic[T]):
         # every message has headers of the same size (ids of one length, the same trace and user headers)
         check_message_size('queue', self.queue.name, max(bodies, key=len), envelopes[0].headers,
                            self.broker.max_message_size)
-        await self.broker._put('queue', self.queue, envelopes, wait)
+        await self.broker._put('queue', self.queue, envelopes, wait, **extra)
 
     def _check(self, delay: float | None, extra: Mapping[str, Any], unknown: Mapping[str, Any]) -> float:
         """The delay in seconds, after refusing what this broker would otherwise drop or misread."""

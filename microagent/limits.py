@@ -5,6 +5,8 @@ every backend refuses the same things with the same words, naming the signal or 
   a negative number or a bool is a mistake the backends would each misread differently.
 - an RPC ``timeout`` is a finite number of seconds > 0.
 - a user header value is at most ``MAX_HEADER_VALUE`` bytes (UTF-8): headers are small metadata.
+- a ``priority`` is an int from 0 to the queue's ``priorities`` - 1, on a queue declared with
+  ``priorities`` only.
 - the whole message (body, plus the names and values of its headers) is at most the bus's or
   broker's ``max_message_size``: headers travel inside the same frame or packet as the body.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from microagent.errors import InvalidArgument, InvalidPayload
+from microagent.errors import InvalidArgument, InvalidPayload, UsageError
 
 #: the longest ``delay`` a send takes, in seconds (366 days)
 MAX_DELAY = 366 * 24 * 3600.0
@@ -38,6 +40,19 @@ def check_timeout(target: str, timeout: object) -> float:
     if not _finite_number(timeout) or not timeout > 0:  # type: ignore[operator]
         raise InvalidArgument(f'{target}: timeout must be a finite number of seconds > 0, got {timeout!r}')
     return float(timeout)  # type: ignore[arg-type]
+
+
+def check_priority(queue: str, priority: object, priorities: int | None) -> int:
+    """``priority`` if the queue ``queue`` (declared with ``priorities`` levels) has that level, else
+    ``InvalidArgument`` naming the queue and its levels (``UsageError``, a TypeError, for a queue
+    without levels: no value would do)."""
+    if priorities is None:
+        raise UsageError(f"queue {queue!r}: priority={priority!r}, but the queue has no priority levels "
+                         "(declare it with Queue(..., priorities=n))")
+    if type(priority) is not int or not 0 <= priority < priorities:
+        raise InvalidArgument(f'queue {queue!r}: priority must be an int from 0 to {priorities - 1} (the queue has '
+                              f'{priorities} levels, higher first), got {priority!r}')
+    return priority
 
 
 def headers_size(headers: Mapping[str, str]) -> int:

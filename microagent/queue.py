@@ -35,6 +35,20 @@ def check_delivery_limit(value: int | None, where: str) -> int | None:
     return value
 
 
+#: the most priority levels a queue may have: RabbitMQ recommends at most 10 (each level costs it, as it
+#: costs a fetch on Redis and NATS, which look at every level), and more rarely means anything
+MAX_PRIORITIES = 10
+
+
+def check_priorities(value: int | None, where: str) -> int | None:
+    """``value`` if it is a number of priority levels (an int from 2 to ``MAX_PRIORITIES``, or None),
+    else a DeclarationError naming ``where``."""
+    if value is not None and (type(value) is not int or not 2 <= value <= MAX_PRIORITIES):
+        raise DeclarationError(f'{where}: priorities is {value!r}; expected an int from 2 to {MAX_PRIORITIES} '
+                               '(the number of levels, 0 the lowest) or None')
+    return value
+
+
 class Queue(Declaration, Generic[T]):
     """A queue: ``Queue('mailer', Mail)`` or, 1.x style, ``Queue(name='mailer')``.
 
@@ -49,6 +63,11 @@ class Queue(Declaration, Generic[T]):
     ``delivery_limit`` bounds how often a quorum queue hands out a message that comes back
     unacknowledged (a consumer that crashed or lost its connection, or stopped with it prefetched)
     before RabbitMQ dead-letters it; None takes the broker's default.
+
+    ``priorities`` (2 to ``MAX_PRIORITIES``) gives the queue that many priority levels, 0 the
+    lowest and the default: ``send(..., priority=n)`` puts a message at level ``n``, and consumers
+    take the highest level first (strict priority, as RabbitMQ's ``x-max-priority``; retries, delays,
+    releases and requeued dead letters keep a message's level).
     """
 
     kind: ClassVar[str] = 'queue'
@@ -62,24 +81,28 @@ class Queue(Declaration, Generic[T]):
     codec: Codec[T]
     queue_type: QueueType | None
     delivery_limit: int | None
+    priorities: int | None = None  # a class default: a GroupQueue (groups.py) has no levels
 
     @overload
     def __init__(self: Queue[T], name: str, model: type[T], *, exchange: str | Exchange | None = None,
                  topics: Sequence[str] | None = None, queue_type: QueueType | None = None,
-                 delivery_limit: int | None = None) -> None: ...
+                 delivery_limit: int | None = None, priorities: int | None = None) -> None: ...
 
     @overload
     def __init__(self: Queue[JsonDict], name: str, model: None = None, *, exchange: str | Exchange | None = None,
                  topics: Sequence[str] | None = None, schema: JsonDict | None = None,
-                 queue_type: QueueType | None = None, delivery_limit: int | None = None) -> None: ...
+                 queue_type: QueueType | None = None, delivery_limit: int | None = None,
+                 priorities: int | None = None) -> None: ...
 
     def __init__(self, name: str, model: Any = None, *, exchange: str | Exchange | None = None,
                  topics: Sequence[str] | None = None, schema: JsonDict | None = None,
-                 queue_type: QueueType | None = None, delivery_limit: int | None = None) -> None:
+                 queue_type: QueueType | None = None, delivery_limit: int | None = None,
+                 priorities: int | None = None) -> None:
         check_name('queue', name)  # before its exchange is declared: a bad name declares nothing
         self.name = name
         self.queue_type = check_queue_type(queue_type, f'queue {name!r}')
         self.delivery_limit = check_delivery_limit(delivery_limit, f'queue {name!r}')
+        self.priorities = check_priorities(priorities, f'queue {name!r}')
         self.model = model
         self.topics = tuple(topics or ())
         if self.topics and not exchange:
@@ -92,7 +115,8 @@ class Queue(Declaration, Generic[T]):
 
     def contract(self) -> tuple[Any, ...]:
         return (model_name(self.model), self.exchange, self.topics,
-                None if self.model is not None else self.codec.schema, self.queue_type, self.delivery_limit)
+                None if self.model is not None else self.codec.schema, self.queue_type, self.delivery_limit,
+                self.priorities)
 
     def routes(self, exchange: str, routing_key: str) -> bool:
         """Whether a message published to ``exchange`` with ``routing_key`` reaches this queue."""

@@ -230,7 +230,10 @@ class BrokerTransport(Protocol[TokenT]):
     #: True when cancelling ``fetch`` can never lose a message, so ``stop`` need not wait for it
     fetch_cancel_safe: bool
     #: send keywords ``put`` honours in ``options`` (AMQP: the 1.x ``properties``, ``exchange``,
-    #: ``topic``); the engine refuses any other with a TypeError naming the queue, before ``put``
+    #: ``topic``); the engine refuses any other with a TypeError naming the queue, before ``put``.
+    #: ``priority`` (an int the engine checked against ``queue.priorities``; passed only when the
+    #: sender gives one, 0 otherwise) is one: the transport keeps the message at that level through
+    #: retries, delays, releases and requeues, and ``fetch`` takes the highest level first
     send_options: frozenset[str]
     #: what becomes of a message the transport could neither settle nor release, for the engine's log
     unsettled_fate: str

@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections import Counter, deque
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from microagent.broker import DEFAULT_MAX_MESSAGE_SIZE, AbstractQueueBroker
@@ -35,14 +36,38 @@ class _BusHub:
 
 
 class _Message:
-    """A stored message: the envelope, which delivery is next, whether it came back unsettled."""
+    """A stored message: the envelope, which delivery is next, whether it came back unsettled, its
+    priority level (0 but on a queue declared with ``priorities``)."""
 
-    __slots__ = ('attempt', 'envelope', 'redelivered')
+    __slots__ = ('attempt', 'envelope', 'priority', 'redelivered')
 
-    def __init__(self, envelope: Envelope, attempt: int = 1, redelivered: bool = False) -> None:
+    def __init__(self, envelope: Envelope, attempt: int = 1, redelivered: bool = False, priority: int = 0) -> None:
         self.envelope = envelope
         self.attempt = attempt
         self.redelivered = redelivered
+        self.priority = priority
+
+
+@dataclass(frozen=True)
+class _DeadLetter(DeadLetter):
+    """A dead letter that remembers its message's priority level, for a requeue."""
+
+    priority: int = 0
+
+
+def _insert(queue: deque[_Message], message: _Message, front: bool) -> None:
+    """Put ``message`` at the tail (or with ``front`` the head) of its level: a queue is kept in
+    order of priority, highest first, so ``popleft`` takes the highest level, oldest first."""
+    level = message.priority
+    if front:
+        i = 0
+        while i < len(queue) and queue[i].priority > level:
+            i += 1
+    else:
+        i = len(queue)
+        while i > 0 and queue[i - 1].priority < level:
+            i -= 1
+    queue.insert(i, message)
 
 
 class _BrokerHub:
@@ -62,10 +87,13 @@ class _BrokerHub:
 
     def push(self, name: str, messages: Sequence[_Message], front: bool = False) -> None:
         queue = self.queues.setdefault(name, deque())
-        if front:
+        if any(m.priority for m in messages) or (front and queue and queue[0].priority):
+            for message in (reversed(messages) if front else messages):
+                _insert(queue, message, front)
+        elif front:
             queue.extendleft(reversed(messages))
         else:
-            queue.extend(messages)
+            queue.extend(messages)  # level 0, the lowest: the tail
         waiters, woken = self.waiters.get(name), 0
         while waiters and woken < len(messages):  # one consumer per message, in turns
             self.turns[name] += 1
@@ -216,7 +244,8 @@ class MemoryQueueTransport:
     their ``Delivery`` (the process is the server: if it dies, everything goes with it)."""
 
     fetch_cancel_safe = True
-    send_options: frozenset[str] = frozenset()
+    #: a queue with ``priorities`` is one deque kept in order of level, highest first
+    send_options: frozenset[str] = frozenset(('priority',))
     unsettled_fate = 'it is lost with this process'
 
     def __init__(self, hub: MemoryHub) -> None:
@@ -243,7 +272,8 @@ class MemoryQueueTransport:
 
     async def put(self, queue: Queue[Any], envelopes: Sequence[Envelope], *, delay: float = 0.0,
                   **options: Any) -> None:
-        fresh = [_Message(envelope) for envelope in envelopes]
+        level: int = options.get('priority', 0)
+        fresh = [_Message(envelope, priority=level) for envelope in envelopes]
         if delay > 0:
             self._push_later(queue.name, fresh, delay)
         else:
@@ -279,16 +309,17 @@ class MemoryQueueTransport:
         self._hub.settled(queue.name)  # taken messages live only in their Delivery
 
     async def retry(self, queue: Queue[Any], delivery: Delivery[_Message], delay: float, reason: str) -> None:
-        self._push_later(queue.name, [_Message(delivery.envelope, delivery.attempt + 1)], delay)
+        again = _Message(delivery.envelope, delivery.attempt + 1, priority=delivery.token.priority)
+        self._push_later(queue.name, [again], delay)
         self._hub.settled(queue.name)
 
     async def dead_letter(self, queue: Queue[Any], delivery: Delivery[_Message], reason: str) -> None:
-        letter = DeadLetter(queue.name, delivery.envelope, reason, delivery.attempt)
+        letter = _DeadLetter(queue.name, delivery.envelope, reason, delivery.attempt, priority=delivery.token.priority)
         self._hub.dead.setdefault(queue.name, []).append(letter)
         self._hub.settled(queue.name)
 
     async def release(self, queue: Queue[Any], deliveries: Sequence[Delivery[_Message]]) -> None:
-        again = [_Message(d.envelope, d.attempt, redelivered=True) for d in deliveries]
+        again = [_Message(d.envelope, d.attempt, redelivered=True, priority=d.token.priority) for d in deliveries]
         for _ in deliveries:
             self._hub.settled(queue.name)
         self._hub.push(queue.name, again, front=True)
@@ -315,7 +346,7 @@ class MemoryQueueTransport:
     async def requeue_dead_letters(self, name: str) -> int:
         letters = self._hub.dead.pop(name, [])
         if letters:
-            self._hub.push(name, [_Message(letter.envelope) for letter in letters])
+            self._hub.push(name, [_requeued(letter) for letter in letters])
         return len(letters)
 
     async def remove_dead_letters(self, name: str, select: SelectDeadLetter, *, requeue: bool) -> int:
@@ -325,7 +356,7 @@ class MemoryQueueTransport:
         if taken:
             self._hub.dead[name] = [letter for letter, pick in zip(letters, picked, strict=True) if not pick]
             if requeue:
-                self._hub.push(name, [_Message(letter.envelope) for letter in taken])
+                self._hub.push(name, [_requeued(letter) for letter in taken])
         return len(taken)
 
     async def exists(self, name: str) -> bool:
@@ -343,6 +374,11 @@ class MemoryQueueTransport:
             self._hub.delayed[name] -= len(messages)
             self._hub.push(name, messages)
         self._later.clear()
+
+
+def _requeued(letter: DeadLetter) -> _Message:
+    """A dead letter back on its queue as attempt 1, at its level."""
+    return _Message(letter.envelope, priority=letter.priority if isinstance(letter, _DeadLetter) else 0)
 
 
 class MemoryGroupTransport(MemoryQueueTransport):

@@ -97,7 +97,11 @@ class QueueDeclarations:
         limit = queue.delivery_limit if queue.delivery_limit is not None else self.delivery_limit
         if queue_type == 'classic' and queue.delivery_limit is not None:
             raise DeclarationError(f'queue {queue.name!r}: delivery_limit needs a quorum queue (queue_type=\'quorum\')')
-        return QueueArguments(queue_type, limit, version)
+        if queue_type == 'quorum' and queue.priorities is not None:
+            raise DeclarationError(f'queue {queue.name!r}: priorities need a classic queue on RabbitMQ '
+                                   "(queue_type='classic'): a quorum queue has two levels served 2:1, not strict "
+                                   'priority')
+        return QueueArguments(queue_type, limit, version, queue.priorities)
 
     async def _declare_on(self, queue: Queue[Any], ch: AbstractChannel) -> None:
         """Declare the queue, its dead letters and its exchange binding (the control lock is held)."""

@@ -94,8 +94,9 @@ class AMQPQueueTransport(QueueDeclarations):
     """Durable RabbitMQ queues with publisher confirms, prefetch = the consumer's ``concurrency``,
     retries through delay queues and a dead-letter exchange and queue per queue."""
 
-    #: the 1.x send keywords: AMQP ``properties``, and publishing through an ``exchange`` with a ``topic``
-    send_options = frozenset(('properties', 'exchange', 'topic'))
+    #: the 1.x send keywords: AMQP ``properties``, and publishing through an ``exchange`` with a ``topic``;
+    #: ``priority``: the message's ``priority`` property (the queue has ``x-max-priority``)
+    send_options = frozenset(('properties', 'exchange', 'topic', 'priority'))
     #: a cancelled fetch loses nothing: what it buffered stays unacked and returns when the channel closes
     fetch_cancel_safe = True
     unsettled_fate = 'it stays unacked; RabbitMQ delivers it again when its channel closes'
@@ -142,6 +143,8 @@ class AMQPQueueTransport(QueueDeclarations):
             raise UsageError(f'queue {queue.name!r}: a delayed send goes to the queue, not through exchange '
                              f'{exchange!r}')
         given = options.get('properties')
+        if 'priority' in options:
+            given = {**(given or {}), 'priority': options['priority']}
         outgoing = [Outgoing('', queue.name, body, user_properties(queue.name, headers, given) if given
                              else send_properties(headers), mandatory=True) for body, headers in envelopes]
         if exchange is not None:

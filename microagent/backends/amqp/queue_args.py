@@ -8,6 +8,11 @@ consumer that crashes on it every time) into ``mailer.dead``, the exchange the e
 letters go to; at-least-once where the server has it (3.10+: the message leaves ``mailer`` only once
 ``mailer.dead`` has it, which needs ``x-overflow: reject-publish``). Its dead-letter queue and delay
 queues are quorum too, so a message is replicated wherever it waits.
+
+A queue declared with ``priorities`` is a classic queue with ``x-max-priority`` (its delay and dead
+letter queues need none: RabbitMQ keeps the ``priority`` property of what they hold, and the queue
+orders it when it comes back). Quorum queues are refused: RabbitMQ gives them two levels served
+2:1, not the strict priority the other backends keep.
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ class QueueArguments:
     queue_type: QueueType
     delivery_limit: int | None
     version: tuple[int, ...]
+    priorities: int | None = None
 
     @property
     def quorum(self) -> bool:
@@ -60,9 +66,9 @@ class QueueArguments:
         return args
 
     def main(self, dead_exchange: str) -> FieldTable | None:
-        """The queue itself: nothing for a classic one (as it always was)."""
+        """The queue itself: nothing for a classic one (as it always was), but its priority levels."""
         if not self.quorum:
-            return None
+            return None if self.priorities is None else {'x-max-priority': self.priorities - 1}
         args: FieldTable = {'x-queue-type': 'quorum', **self._dead_lettering(dead_exchange)}
         if self.delivery_limit is not None:
             args['x-delivery-limit'] = self.delivery_limit
@@ -110,6 +116,9 @@ def declaration_error(name: str, wanted: QueueArguments, exc: aiormq.ChannelPrec
             f'RabbitMQ cannot change the type of a queue; drain it and delete it, or use another name '
             f'({text})')
     limit = f' with delivery limit {wanted.delivery_limit}' if wanted.quorum else ''
+    levels = f' with {wanted.priorities} priority levels (x-max-priority {wanted.priorities - 1})' \
+        if wanted.priorities is not None else ''
     return DeclarationError(f'queue {name!r} exists on RabbitMQ with other arguments than a {wanted.queue_type} '
-                            f'queue{limit} (another type, another delivery limit?): RabbitMQ cannot change them in '
-                            f'place; drain it and delete it, or use another name ({text})')
+                            f'queue{limit}{levels} (another type, another delivery limit, other priorities?): '
+                            f'RabbitMQ cannot change them in place; drain it and delete it, or use another name '
+                            f'({text})')

@@ -6,7 +6,8 @@ A first send carries ``Nats-Msg-Id`` = ``message-id`` (the server stores a repea
 moves (retries, releases, requeued dead letters) carry none. The attempt count travels in
 ``x-attempt``, a delayed message's due time in ``x-due``, a dead letter's reason and time in
 ``x-reason`` and ``x-dead-at``, and a released message is marked ``x-redelivered``; a dead letter
-requeued to one signal group is marked ``x-group`` (see ``groups``).
+requeued to one signal group is marked ``x-group`` (see ``groups``); a message of a priority level
+above 0 carries it in ``x-priority`` (see ``levels``).
 """
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ DUE_HEADER = 'x-due'
 REDELIVERED_HEADER = 'x-redelivered'
 #: a dead letter requeued to one signal group: the signal's other groups skip it
 GROUP_HEADER = 'x-group'
+#: the priority level of a message sent with one above 0 (``levels``): kept through every move
+PRIORITY_HEADER = 'x-priority'
 OWN_HEADERS = frozenset((ATTEMPT_HEADER, REASON_HEADER, DEAD_AT_HEADER, DUE_HEADER, REDELIVERED_HEADER,
-                         GROUP_HEADER))
+                         GROUP_HEADER, PRIORITY_HEADER))
 #: the server's: every header whose name starts with ``Nats-`` (in any case), among them the
 #: deduplication id of a send
 SERVER_PREFIX = 'nats-'

@@ -29,6 +29,7 @@ from microagent.backends.nats.headers import (
     stored,
 )
 from microagent.backends.nats.layout import CONSUMER, Layout
+from microagent.backends.nats.levels import subject_of
 from microagent.backends.nats.limits import fitting_reason
 from microagent.backends.nats.link import Link
 
@@ -41,7 +42,7 @@ def due(delay: float) -> Headers:
     return {DUE_HEADER: repr(time.time() + delay)}
 
 
-async def move(link: Link, acks: Acks, log: logging.Logger, queue: str) -> None:
+async def move(link: Link, acks: Acks, log: logging.Logger, queue: str, priorities: int | None = None) -> None:
     """Move due delayed messages and retries into the queue; NAK the others until they are due."""
     layout = Layout.of(queue)
     while True:
@@ -54,7 +55,7 @@ async def move(link: Link, acks: Acks, log: logging.Logger, queue: str) -> None:
                     msgs = await later.fetch(batch=MOVE_BATCH, timeout=5.0)
                 except TimeoutError:  # nothing to move (nats-py raises its own or the builtin one)
                     continue
-                await move_due(acks, layout, msgs, (await link.client()).max_payload)
+                await move_due(acks, layout, msgs, (await link.client()).max_payload, priorities)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -65,6 +66,22 @@ async def move(link: Link, acks: Acks, log: logging.Logger, queue: str) -> None:
             if later is not None:
                 with contextlib.suppress(Exception):  # a dead connection took it along
                     await later.unsubscribe()
+
+
+async def move_once(link: Link, acks: Acks, layout: Layout, priorities: int | None) -> None:
+    """Move what is due now (up to ``MOVE_BATCH``), once: a consumer that starts does, so its first
+    fetch sees the retries and delayed sends that came due while nobody consumed (at their level)."""
+    js = await link.jetstream()
+    later = await js.pull_subscribe_bind(CONSUMER, layout.later_stream)
+    try:
+        try:
+            msgs = await later.fetch(batch=MOVE_BATCH, timeout=0.05)
+        except TimeoutError:  # nothing held
+            return
+        await move_due(acks, layout, msgs, (await link.client()).max_payload, priorities)
+    finally:
+        with contextlib.suppress(Exception):
+            await later.unsubscribe()
 
 
 def _due_at(headers: dict[str, str] | None, now: float) -> float | str:
@@ -82,9 +99,10 @@ def _due_at(headers: dict[str, str] | None, now: float) -> float | str:
             f'at most {MAX_AHEAD:.0f}s ahead)')
 
 
-async def move_due(acks: Acks, layout: Layout, msgs: list[Msg], max_payload: int) -> None:
-    """Move the due ones of ``msgs`` into the queue, dead-letter those with a broken due time, NAK
-    the others with the time they still have to wait."""
+async def move_due(acks: Acks, layout: Layout, msgs: list[Msg], max_payload: int,
+                   priorities: int | None = None) -> None:
+    """Move the due ones of ``msgs`` into the queue (at their priority level), dead-letter those
+    with a broken due time, NAK the others with the time they still have to wait."""
     now = time.time()
     done: list[Msg] = []  # stored again, in the queue or the dead letters: acked after
     items: list[tuple[str, bytes, Headers | None]] = []
@@ -98,7 +116,7 @@ async def move_due(acks: Acks, layout: Layout, msgs: list[Msg], max_payload: int
             await msg.nak(delay=at - now)
             continue
         else:
-            items.append((layout.subject, msg.data, stored(msg.headers) or None))
+            items.append((subject_of(layout, msg.headers, priorities), msg.data, stored(msg.headers) or None))
         done.append(msg)
     if items:
         await acks.publish(items, f'stream {layout.stream!r}')

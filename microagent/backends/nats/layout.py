@@ -2,7 +2,8 @@
 
 For a queue ``mail.out`` (``t`` = ``subject_token(name)``, here ``mail_Dout``): stream ``MQ-t`` on
 subject ``mq.t`` (the queue), ``MQ-t-later`` on ``mq.t.later`` (delayed sends and retries),
-``MQ-t-dead`` on ``mq.t.dead`` (dead letters), each read through the durable consumer ``CONSUMER``;
+``MQ-t-dead`` on ``mq.t.dead`` (dead letters), and for a queue with priority levels ``MQ-t-p{n}`` on
+``mq.t.p{n}`` (level ``n`` >= 1; level 0 is ``MQ-t``), each read through the durable consumer ``CONSUMER``;
 and one stream ``MQ-bindings`` per server, with a message per subject
 ``mq.bindings.{exchange}.{t}``.
 """
@@ -27,6 +28,14 @@ class Layout:
     later_subject: str
     dead_stream: str
     dead_subject: str
+
+    def level_stream(self, level: int) -> str:
+        """The stream of priority level ``level``: the queue's own for 0."""
+        return f'{self.stream}-p{level}' if level else self.stream
+
+    def level_subject(self, level: int) -> str:
+        """The subject of priority level ``level``: the queue's own for 0."""
+        return f'{self.subject}.p{level}' if level else self.subject
 
     @classmethod
     def of(cls, name: str) -> Layout:

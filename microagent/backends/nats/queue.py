@@ -47,6 +47,7 @@ from microagent.backends.nats.acks import Acks
 from microagent.backends.nats.headers import (
     ATTEMPT_HEADER,
     DEAD_AT_HEADER,
+    PRIORITY_HEADER,
     REASON_HEADER,
     REDELIVERED_HEADER,
     STATUS_HEADER,
@@ -57,8 +58,9 @@ from microagent.backends.nats.headers import (
     stored,
     with_id,
 )
-from microagent.backends.nats.later import due, move
+from microagent.backends.nats.later import due, move, move_once
 from microagent.backends.nats.layout import BINDINGS_STREAM, BINDINGS_SUBJECT, CONSUMER, Layout, binding_subject
+from microagent.backends.nats.levels import counts, fetch_levels, pending, priorities_of, subject_of
 from microagent.backends.nats.limits import ROOM, check_sizes, fitting_reason
 from microagent.backends.nats.link import Link
 from microagent.errors import ConnectionFailed, QueueNotFound
@@ -89,7 +91,8 @@ class NATSQueueTransport:
     #: what a cancelled fetch received later waits in the subscription: the next fetch takes it, and
     #: ``stop_consuming`` gives it back
     fetch_cancel_safe = True
-    send_options: frozenset[str] = frozenset()
+    #: priority levels: a stream per level above 0 (``levels``), fetched highest first
+    send_options: frozenset[str] = frozenset(('priority',))
     unsettled_fate = 'it stays unacknowledged; JetStream delivers it again after ack_wait'
 
     def __init__(self, dsn: str, log: logging.Logger | None = None, *, ack_wait: float = 30.0,
@@ -102,6 +105,7 @@ class NATSQueueTransport:
         self._acks = Acks(self._link)
         self._declared: set[str] = set()
         self._pulls: dict[str, JetStreamContext.PullSubscription] = {}
+        self._level_pulls: dict[str, list[JetStreamContext.PullSubscription]] = {}  # 0 first
         self._pulls_generation = 0  # the link's client the pull subscriptions are bound on
         #: the engine's limit on a whole message (the NATSBroker sets it); the server's max_payload too
         self.max_message_size: int | None = None
@@ -145,6 +149,8 @@ class NATSQueueTransport:
         await self._stream(js, layout.stream, layout.subject, RetentionPolicy.WORK_QUEUE)
         await self._stream(js, layout.later_stream, layout.later_subject, RetentionPolicy.WORK_QUEUE)
         await self._stream(js, layout.dead_stream, layout.dead_subject, RetentionPolicy.LIMITS)
+        for level in range(1, queue.priorities or 1):
+            await self._stream(js, layout.level_stream(level), layout.level_subject(level), RetentionPolicy.WORK_QUEUE)
         exchange = queue.exchange_declaration
         if exchange is not None:
             await self._stream(js, BINDINGS_STREAM, f'{BINDINGS_SUBJECT}.>', RetentionPolicy.LIMITS, per_subject=1)
@@ -168,12 +174,16 @@ class NATSQueueTransport:
                   **options: Any) -> None:
         await self.declare(queue)
         layout = Layout.of(queue.name)
+        level: int = options.get('priority', 0)
+        mark = {PRIORITY_HEADER: str(level)} if level else {}
         if delay > 0:
             due_at = due(delay)
-            items = [(layout.later_subject, body, with_id({**(headers or {}), **due_at}))
+            items = [(layout.later_subject, body, with_id({**(headers or {}), **due_at, **mark}))
                      for body, headers in envelopes]
         else:
-            items = [(layout.subject, body, with_id(headers)) for body, headers in envelopes]
+            subject = layout.level_subject(level)
+            items = [(subject, body, with_id({**headers, **mark} if headers and mark else headers or mark or None))
+                     for body, headers in envelopes]
         await self._check_sizes(f'queue {queue.name!r}', items)
         await self._acks.publish(items, f'queue {queue.name!r}')
 
@@ -216,14 +226,24 @@ class NATSQueueTransport:
             await self._consumer(js, layout.stream)
             await self._consumer(js, layout.later_stream)
             pull = self._pulls[queue.name] = await js.pull_subscribe_bind(CONSUMER, layout.stream)
+            levels = [pull]
+            for level in range(1, queue.priorities or 1):
+                await self._consumer(js, layout.level_stream(level))
+                levels.append(await js.pull_subscribe_bind(CONSUMER, layout.level_stream(level)))
+            self._level_pulls[queue.name] = levels
         if queue.name not in self._movers:
-            self._movers[queue.name] = asyncio.create_task(move(self._link, self._acks, self.log, queue.name),
-                                                           name=f'nats-mover:{queue.name}')
+            self._movers[queue.name] = asyncio.create_task(
+                move(self._link, self._acks, self.log, queue.name, queue.priorities), name=f'nats-mover:{queue.name}')
         if self._keeper is None:
             self._keeper = asyncio.create_task(self._keep_taken(), name='nats-in-progress')
         return pull
 
     async def consume(self, queue: Queue[Any], concurrency: int) -> None:
+        if queue.name not in self._movers:  # what came due while nobody consumed, before the first fetch
+            await self.declare(queue)
+            layout = Layout.of(queue.name)
+            await self._consumer(await self._link.jetstream(), layout.later_stream)
+            await move_once(self._link, self._acks, layout, queue.priorities)
         await self._pull(queue)
 
     async def stop_consuming(self, queue: Queue[Any]) -> None:
@@ -231,8 +251,8 @@ class NATSQueueTransport:
         if mover is not None:
             mover.cancel()
             await asyncio.gather(mover, return_exceptions=True)
-        pull = self._pulls.pop(queue.name, None)
-        if pull is not None:
+        first = self._pulls.pop(queue.name, None)
+        for pull in self._level_pulls.pop(queue.name, None) or ([first] if first is not None else []):
             try:
                 await pull.unsubscribe()
                 # released like deliveries: stored again at the tail, so ``length`` counts them
@@ -243,7 +263,11 @@ class NATSQueueTransport:
     async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery[_Token]]:
         pull = await self._pull(queue)
         try:
-            msgs = await pull.fetch(batch=max(count, 1), timeout=max(timeout, 0.01))
+            if queue.priorities:
+                msgs = await fetch_levels(await self._link.jetstream(), Layout.of(queue.name),
+                                          self._level_pulls[queue.name], count, timeout)
+            else:
+                msgs = await pull.fetch(batch=max(count, 1), timeout=max(timeout, 0.01))
         except TimeoutError:  # nats-py raises its own or the builtin one when nothing came
             if not (await self._link.client()).is_connected:  # a real failure, for the engine to log
                 raise ConnectionFailed(f'{self._link.name}: not connected to NATS') from None
@@ -297,7 +321,8 @@ class NATSQueueTransport:
         if delay > 0:
             await self._resend(queue, delivery, layout.later_subject, {**extra, **due(delay)})
         else:
-            await self._resend(queue, delivery, layout.subject, extra)
+            await self._resend(queue, delivery, subject_of(layout, delivery.token.msg.headers, queue.priorities),
+                               extra)
 
     async def dead_letter(self, queue: Queue[Any], delivery: Delivery[_Token], reason: str) -> None:
         await self.declare(queue)
@@ -311,7 +336,8 @@ class NATSQueueTransport:
     async def release(self, queue: Queue[Any], deliveries: Sequence[Delivery[_Token]]) -> None:
         layout = Layout.of(queue.name)
         for delivery in deliveries:
-            await self._resend(queue, delivery, layout.subject, {REDELIVERED_HEADER: '1'})
+            subject = subject_of(layout, delivery.token.msg.headers, queue.priorities)
+            await self._resend(queue, delivery, subject, {REDELIVERED_HEADER: '1'})
 
     # inspecting
 
@@ -326,6 +352,8 @@ class NATSQueueTransport:
         """Stored in the queue's stream and not yet delivered to a consumer: the consumer's own
         count, since the server drops an acked message from the stream a moment after the ack."""
         layout = Layout.of(name)
+        if priorities := priorities_of(name):
+            return sum(await pending(await self._link.jetstream(), layout, priorities))
         stored = await self._info_messages(layout.stream)
         if not stored:
             return 0
@@ -342,6 +370,9 @@ class NATSQueueTransport:
         layout = Layout.of(name)
         js = await self._link.jetstream()
         delayed = await self._info_messages(layout.later_stream) or 0
+        if priorities := priorities_of(name):
+            levels = await counts(js, layout, priorities)
+            return QueueDepth(sum(ready for ready, _ in levels), delayed, sum(taken for _, taken in levels))
         stored = await self._info_messages(layout.stream)
         if not stored:
             return QueueDepth(0, delayed, 0)
@@ -354,25 +385,27 @@ class NATSQueueTransport:
     async def dead_letter_count(self, name: str) -> int:
         return await self._info_messages(Layout.of(name).dead_stream) or 0
 
-    async def _letters(self, name: str, limit: int | None = None) -> list[tuple[int, DeadLetter]]:
-        """(sequence, letter) of the oldest ``limit`` dead letters (all when None)."""
-        layout = Layout.of(name)
+    async def _letters(self, name: str, limit: int | None = None) -> list[tuple[int, DeadLetter, str]]:
+        """(sequence, letter, the subject of its level) of the oldest ``limit`` dead letters (all when None)."""
+        layout, priorities = Layout.of(name), priorities_of(name)
         js = await self._link.jetstream()
-        letters: list[tuple[int, DeadLetter]] = []
+        letters: list[tuple[int, DeadLetter, str]] = []
         seq = 1
         while limit is None or len(letters) < limit:
             try:
                 stored = await js.get_msg(layout.dead_stream, seq=seq, subject=layout.dead_subject, next=True)
             except NotFoundError:
                 break
-            letters.append((stored.seq or seq, _dead_letter(name, stored.data or b'', stored.headers)))
+            letters.append((stored.seq or seq, _dead_letter(name, stored.data or b'', stored.headers),
+                            subject_of(layout, stored.headers, priorities)))
+
             seq = (stored.seq or seq) + 1
         return letters
 
     async def dead_letters(self, name: str, limit: int = 100) -> list[DeadLetter]:
         if limit <= 0:
             return []
-        return [letter for _, letter in await self._letters(name, limit)]
+        return [letter for _, letter, _ in await self._letters(name, limit)]
 
     async def requeue_dead_letters(self, name: str) -> int:
         return await self.remove_dead_letters(name, lambda position, letter: True, requeue=True)
@@ -380,14 +413,14 @@ class NATSQueueTransport:
     async def remove_dead_letters(self, name: str, select: SelectDeadLetter, *, requeue: bool) -> int:
         """Requeue (when asked) the picked letters as attempt 1 with their headers, then delete them."""
         layout = Layout.of(name)
-        picked = [(seq, letter) for position, (seq, letter) in enumerate(await self._letters(name))
+        picked = [(seq, letter, subject) for position, (seq, letter, subject) in enumerate(await self._letters(name))
                   if select(position, letter)]
         if requeue and picked:
-            items = [(layout.subject, letter.body, dict(letter.envelope.headers or {}) or None)
-                     for _, letter in picked]
+            items = [(subject, letter.body, _level_mark(letter.envelope.headers, subject, layout) or None)
+                     for _, letter, subject in picked]
             await self._acks.publish(items, f'queue {name!r}')
         js = await self._link.jetstream()
-        for seq, _ in picked:
+        for seq, _, _ in picked:
             await js.delete_msg(layout.dead_stream, seq)
         return len(picked)
 
@@ -431,6 +464,12 @@ def _left_in(pull: JetStreamContext.PullSubscription) -> list[Msg]:
         if msg.reply and msg.data is not None and not (msg.headers or {}).get(STATUS_HEADER):
             left.append(msg)
     return left
+
+
+def _level_mark(headers: Mapping[str, str] | None, subject: str, layout: Layout) -> dict[str, str]:
+    """A requeued letter's headers, with ``x-priority`` again when it goes back to a level above 0."""
+    level = subject.removeprefix(f'{layout.subject}.p')
+    return {**(headers or {}), PRIORITY_HEADER: level} if subject != layout.subject else dict(headers or {})
 
 
 def _dead_letter(name: str, body: bytes, headers: Mapping[str, str] | None) -> DeadLetter:

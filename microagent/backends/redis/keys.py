@@ -12,8 +12,18 @@ is the bytes stored: the envelope frame of ``message.frame`` (which holds the me
 ``Q:delayed``               zset    retries and delayed sends, by due time; member = 32-char id + message
 ``Q:attempts``              hash    sha1(message) -> attempt number; negative: put back unsettled
                                     (released, or reclaimed from a dead consumer), i.e. redelivered
-``Q:dead``                  list    dead letters: a JSON line (reason, attempts, time), ``\\n``, the message
+``Q:dead``                  list    dead letters: a JSON line (reason, attempts, time, and a priority
+                                    level above 0), ``\\n``, the message
+``Q:p{n}``                  list    waiting messages of priority level ``n`` (1 to priorities - 1) of a
+                                    queue declared with ``priorities``; level 0 is ``Q`` itself
 ==========================  ======  ==========================================================
+
+Priority levels (``scripts/lib/levels.lua``): fetches take from ``Q:p{n}`` highest first, ``Q`` (where
+1.x producers push: level 0) last. A taken message's level is kept in its ``Q:attempts`` entry (as
+``attempt + 10**9 * level``, negative when redelivered), a delayed one's in its ``Q:delayed`` id
+(``p`` and two digits), a dead letter's in its JSON line, so retries, releases, reclaims and requeues
+put it back at its level. A consumer blocked on ``Q`` is woken by a marker pushed to ``Q`` (only
+while ``Q`` is empty) when a level gets messages; fetches drop it, and lengths do not count it.
 
 On a Redis Cluster every key a script touches must live in one slot: the other keys of ``Q`` are
 then ``{Q}:inflight:{consumer}``, ``{Q}:dead`` and so on (``base_of``): the hash tag ``{Q}`` puts them
@@ -44,8 +54,15 @@ from microagent.errors import InvalidArgument
 DELAYED_ID_LENGTH = 32
 
 
-def delayed_member(data: bytes) -> bytes:
-    """A unique ``Q:delayed`` member for the message: 32 characters of id, then the message."""
+#: what ``scripts/lib/levels.lua`` pushes to ``Q`` to wake a consumer blocked on it (never a message)
+WAKE_MARKER = '\x1eMA-wake'
+
+
+def delayed_member(data: bytes, level: int = 0) -> bytes:
+    """A unique ``Q:delayed`` member for the message: 32 characters of id (at a priority level above
+    0: ``p``, the level in two digits, then 29), then the message."""
+    if level:
+        return b'p%02d' % level + uuid.uuid4().hex[3:].encode() + data
     return uuid.uuid4().hex.encode() + data
 
 
@@ -83,19 +100,31 @@ class QueueKeys:
     attempts: str
     dead: str
     base: str
+    #: the lists of priority levels 1..n-1 (none for a queue without ``priorities``)
+    levels: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, queue: str, consumer: str, cluster: bool = False) -> QueueKeys:
+    def of(cls, queue: str, consumer: str, cluster: bool = False, priorities: int | None = None) -> QueueKeys:
         base = base_of(queue, cluster)
+        levels = tuple(level_key(base, level) for level in range(1, priorities or 1))
         return cls(queue=queue, inflight=_inflight(base, consumer), heartbeat=_heartbeat(base, consumer),
                    consumers=f'{base}:consumers', delayed=f'{base}:delayed', attempts=f'{base}:attempts',
-                   dead=f'{base}:dead', base=base)
+                   dead=f'{base}:dead', base=base, levels=levels)
+
+    def level(self, level: int) -> str:
+        """The list of a priority level: ``Q`` itself for 0."""
+        return self.levels[level - 1] if level else self.queue
 
     def inflight_of(self, consumer: str) -> str:
         return _inflight(self.base, consumer)
 
     def heartbeat_of(self, consumer: str) -> str:
         return _heartbeat(self.base, consumer)
+
+
+def level_key(base: str, level: int) -> str:
+    """The list of priority level ``level`` (>= 1) of the queue whose keys start with ``base``."""
+    return f'{base}:p{level}'
 
 
 def exchange_key(exchange: str) -> str:

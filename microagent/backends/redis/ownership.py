@@ -23,6 +23,7 @@ from microagent.backends.redis.client import Client
 from microagent.backends.redis.cluster import master_of
 from microagent.backends.redis.keys import QueueKeys
 from microagent.errors import BackendClosed
+from microagent.queue import Queue
 from microagent.retry import backoff
 
 __all__ = ['Owned', 'Ownership']
@@ -85,7 +86,10 @@ class Ownership:
         return self._scripts[name]
 
     def _keys(self, name: str) -> QueueKeys:
-        return QueueKeys.of(name, self.uid, self.cluster)
+        """The keys of queue ``name``, with the lists of its priority levels if this process declares
+        it with ``priorities``."""
+        declared = Queue.get_all().get(name)
+        return QueueKeys.of(name, self.uid, self.cluster, declared.priorities if declared is not None else None)
 
     async def _register(self, name: str) -> Owned:
         if self._closing:
@@ -150,7 +154,8 @@ class Ownership:
         if not consumers:
             return 0
         pairs = [k for c in consumers for k in (keys.heartbeat_of(c), keys.inflight_of(c))]
-        return int(await self._script('RECLAIM')(keys=[keys.consumers, keys.queue, keys.attempts, *pairs],
+        return int(await self._script('RECLAIM')(keys=[keys.consumers, keys.queue, keys.attempts, *pairs,
+                                                       *keys.levels],
                                                  args=consumers))
 
     async def _heartbeats(self) -> None:
@@ -192,7 +197,8 @@ class Ownership:
             listed = cast(list[bytes], await self.redis.lrange(keys.inflight, 0, -1))
             orphans = list((Counter(listed) - owned.held).elements())
             if orphans:
-                await self._script('RELEASE')(keys=[keys.inflight, keys.queue, keys.attempts], args=orphans)
+                await self._script('RELEASE')(keys=[keys.inflight, keys.queue, keys.attempts, *keys.levels],
+                                              args=orphans)
         if orphans:
             self.log.warning('Queue %s: %d unsettled messages returned to the queue', keys.queue, len(orphans))
         owned.rechecks = max(owned.rechecks - 1, 0)

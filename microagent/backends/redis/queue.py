@@ -21,7 +21,7 @@ from redis.asyncio.cluster import RedisCluster
 from microagent.backends.redis import scripts as lua
 from microagent.backends.redis.client import DEFAULT_DSN, FAILOVER_TIMEOUT, client
 from microagent.backends.redis.frame import FrameError, unframe
-from microagent.backends.redis.keys import QueueKeys, delayed_member, exchange_key
+from microagent.backends.redis.keys import WAKE_MARKER, QueueKeys, delayed_member, exchange_key
 from microagent.backends.redis.ownership import Owned, Ownership
 from microagent.backends.redis.ratelimit import RedisLimiter
 from microagent.backends.redis.replicas import Replicas
@@ -50,7 +50,8 @@ class RedisQueueTransport(Ownership):
     bare bodies that are byte for byte identical share one count."""
 
     fetch_cancel_safe = True
-    send_options: frozenset[str] = frozenset()
+    #: priority levels: one list per level (``keys.py``), fetched highest first
+    send_options: frozenset[str] = frozenset(('priority',))
     unsettled_fate = "it stays in this consumer's in-flight list until the next heartbeat returns it to the queue"
     #: how long a read may take beyond its blocking time before the connection is deemed dead
     read_margin: float = 5.0
@@ -110,22 +111,34 @@ class RedisQueueTransport(Ownership):
 
     async def put(self, queue: Queue[Any], envelopes: Sequence[Envelope], *, delay: float = 0.0,
                   **options: Any) -> None:
-        # no ``send_options``: the engine refuses every other keyword, so ``options`` is always empty
+        # ``priority`` is the one send option (the engine checked it against the queue's levels)
         messages = stored(envelopes, self.legacy)
+        level: int = options.get('priority', 0)
         if delay <= 0:
-            if self.wait_replicas:
+            if level:
+                await self._put_level(queue, level, messages)
+            elif self.wait_replicas:
                 await self._replicas.run(queue.name, 'RPUSH', queue.name, *messages)
             else:
                 await self.redis.rpush(queue.name, *messages)
             return
         # fresh messages: beside the retries in Q:delayed, but with no attempt count written for them
         keys = self._keys(queue.name)
-        members = list(map(delayed_member, messages))
+        members = [delayed_member(message, level) for message in messages]
         if self.wait_replicas:
             await self._replicas.run(queue.name, 'EVAL', lua.SCRIPTS['DELAY'], 1, keys.delayed, delay, *members)
         else:
             await self._script('DELAY')(keys=[keys.delayed], args=[delay, *members])
         self._wake_when_due(keys, delay)
+
+    async def _put_level(self, queue: Queue[Any], level: int, messages: list[bytes]) -> None:
+        """RPUSH to the list of a priority level above 0, waking a consumer blocked on ``Q``."""
+        keys = self._keys(queue.name)
+        if self.wait_replicas:
+            await self._replicas.run(queue.name, 'EVAL', lua.SCRIPTS['PUT'], 2, keys.level(level), keys.queue,
+                                     *messages)
+        else:
+            await self._script('PUT')(keys=[keys.level(level), keys.queue], args=messages)
 
     async def publish(self, exchange: str, routing_key: str, envelope: Envelope) -> int:
         """Push to every queue whose binding, stored in Redis by whoever declared it, takes the
@@ -148,7 +161,19 @@ class RedisQueueTransport(Ownership):
         return len(targets)
 
     async def length(self, name: str) -> int:
-        return int(await self.redis.llen(name))
+        keys = self._keys(name)
+        if not keys.levels:
+            return int(await self.redis.llen(name))
+        return await self._ready(keys)
+
+    async def _ready(self, keys: QueueKeys) -> int:
+        """What waits in every level's list, a wake-up marker not counted."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in (keys.queue, *keys.levels):
+                pipe.llen(key)
+            pipe.lpos(keys.queue, WAKE_MARKER)
+            *lengths, marker = await pipe.execute()
+        return sum(map(int, lengths)) - (marker is not None)
 
     async def depth(self, name: str) -> QueueDepth:
         """Ready: the list ``Q``; delayed: ``Q:delayed``; in flight: the in-flight lists of the
@@ -157,7 +182,7 @@ class RedisQueueTransport(Ownership):
         keys = self._keys(name)
         consumers = cast(set[bytes], await self.redis.smembers(keys.consumers))
         ready, delayed, *taken = await asyncio.gather(
-            self.redis.llen(name), self.redis.zcard(keys.delayed),
+            self.length(name), self.redis.zcard(keys.delayed),
             *(self.redis.llen(keys.inflight_of(consumer.decode())) for consumer in consumers))
         return QueueDepth(int(ready), int(delayed), sum(map(int, taken)))
 
@@ -212,7 +237,7 @@ class RedisQueueTransport(Ownership):
             async with asyncio.timeout(self.read_margin):
                 reply = await self._fetch_script(
                     keys=[keys.queue, keys.inflight, keys.attempts, keys.delayed, keys.consumers,
-                          keys.heartbeat, keys.dead],
+                          keys.heartbeat, keys.dead, *keys.levels],
                     args=args)
             messages, attempts, wait, dead = reply
             if dead:
@@ -258,7 +283,8 @@ class RedisQueueTransport(Ownership):
         consumer's fetch would move it too, this only saves waiting for its next poll)."""
         def due() -> None:
             self._timers.discard(handle)
-            self._spawn(self._quietly(keys.queue, self._script('MOVE_DUE')(keys=[keys.queue, keys.delayed])))
+            moving = self._script('MOVE_DUE')(keys=[keys.queue, keys.delayed, *keys.levels])
+            self._spawn(self._quietly(keys.queue, moving))
         handle = asyncio.get_running_loop().call_later(delay, due)
         self._timers.add(handle)
 
@@ -275,8 +301,8 @@ class RedisQueueTransport(Ownership):
         owned = self._owned[queue.name]
         messages = [delivery.token for delivery in deliveries]
         try:
-            await self._script('RELEASE')(keys=[owned.keys.inflight, owned.keys.queue, owned.keys.attempts],
-                                          args=messages)
+            await self._script('RELEASE')(keys=[owned.keys.inflight, owned.keys.queue, owned.keys.attempts,
+                                                *owned.keys.levels], args=messages)
         except Exception:
             owned.dirty = True  # the next resync returns them
             raise
@@ -321,7 +347,8 @@ class RedisQueueTransport(Ownership):
         """Move dead letters back unchanged (a frame keeps its message id), in chunks of 1000."""
         total, chunk = 0, 1000
         while True:
-            moved = int(await self._script('REQUEUE')(keys=[self._keys(name).dead, name], args=[chunk]))
+            keys = self._keys(name)
+            moved = int(await self._script('REQUEUE')(keys=[keys.dead, name, *keys.levels], args=[chunk]))
             total += moved
             if moved < chunk:
                 return total
@@ -333,7 +360,8 @@ class RedisQueueTransport(Ownership):
         taken = [entry for i, entry in enumerate(entries) if select(i, self._dead_letter(name, entry))]
         total = 0
         for start in range(0, len(taken), 1000):
-            total += int(await self._script('REMOVE_DEAD')(keys=[self._keys(name).dead, name],
+            keys = self._keys(name)
+            total += int(await self._script('REMOVE_DEAD')(keys=[keys.dead, name, *keys.levels],
                                                             args=['1' if requeue else '0',
                                                                   *taken[start:start + 1000]]))
         return total

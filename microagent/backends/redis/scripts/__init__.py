@@ -33,7 +33,7 @@ def load(name: str) -> str:
 
 #: the scripts the queue transport registers, by the name it calls them
 NAMES = ('FETCH', 'ACK', 'RETRY', 'DEAD_LETTER', 'RELEASE', 'RECLAIM', 'REQUEUE', 'REMOVE_DEAD', 'MOVE_DUE',
-         'DELAY', 'BEAT', 'RATE')
+         'DELAY', 'BEAT', 'RATE', 'PUT')
 SCRIPTS: dict[str, str] = {name: load(name.lower()) for name in NAMES}
 
 #: the scripts of signal groups (``groups.py``; the bus runs ``GROUP_PUBLISH``)
