@@ -141,8 +141,7 @@ class AbstractSignalBus:
             stores = cast(Groups, self.transport).groups()
             if self.signing_key is not None:  # a grouped receiver checks signatures as the bus does
                 stores = SignedBrokerTransport(stores, self.signing_key, self.log)
-            self._groups = SignalGroups(stores, self.group_options,
-                                        self._answer_for_group, dsn=self.dsn, log=self.log,
+            self._groups = SignalGroups(stores, self.group_options, self, dsn=self.dsn, log=self.log,
                                         max_message_size=self.max_message_size)
         return self._groups
 
@@ -324,7 +323,13 @@ class AbstractSignalBus:
         finally:
             lane.workers -= 1
 
-    async def _answer_for_group(self, receiver: Receiver, request_id: str, reply_to: str, result: Any) -> None:
+    def replies_to(self, reply_to: str) -> bool:
+        """Whether a request's ``reply_to`` is of this backend's RPC answer form (a backend that
+        cannot tell decides in ``reply``)."""
+        check = getattr(self.transport, 'is_reply_address', None)
+        return True if check is None else bool(check(reply_to))
+
+    async def answer_for_group(self, receiver: Receiver, request_id: str, reply_to: str, result: Any) -> None:
         """A grouped receiver handled a request: its group's answer, alone (other receivers answer
         for their own group or process)."""
         reply = Reply(request_id, reply_to, 1, True)

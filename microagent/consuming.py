@@ -222,6 +222,8 @@ class Consuming(Batching):
             body = delivery.envelope.body
             if len(body) > self.max_message_size:  # the target's name is formatted only when it raises
                 check_size(f'queue {consumer.queue.name!r}', body, self.max_message_size)
+            if consumer.screens:
+                consumer.screen(delivery)
             return consumer.decode(body)
         except InvalidPayload:
             raise

@@ -20,13 +20,14 @@ What a group transport adds to the ``BrokerTransport`` contract:
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from microagent.broker import AbstractQueueBroker
-from microagent.errors import DeclarationError, InvalidArgument, UsageError
+from microagent.errors import DeclarationError, InvalidArgument, InvalidPayload, UsageError
 from microagent.handlers import Consumer, ConsumerSpec, Grouping, Receiver
+from microagent.logs import shown
 from microagent.message import REPLY_TO, REQUEST_ID, current_var
 from microagent.queue import Queue
 from microagent.signal import Signal
@@ -111,7 +112,12 @@ class Groups(Protocol):
     def groups(self) -> BrokerTransport[Any]: ...
 
 
-Answer = Callable[[Receiver, str, str, Any], Awaitable[None]]
+class Answering(Protocol):
+    """What a grouped receiver asks of its bus for a request: may it answer there, and the answer."""
+
+    def replies_to(self, reply_to: str) -> bool: ...
+
+    async def answer_for_group(self, receiver: Receiver, request_id: str, reply_to: str, result: Any) -> None: ...
 
 
 class GroupConsumer(Consumer):
@@ -120,7 +126,7 @@ class GroupConsumer(Consumer):
 
     kind = 'receiver'
 
-    def __init__(self, receiver: Receiver, grouping: Grouping, store: GroupQueue, answer: Answer) -> None:
+    def __init__(self, receiver: Receiver, grouping: Grouping, store: GroupQueue, bus: Answering) -> None:
         options = {'concurrency': receiver.concurrency, 'max_retries': grouping.max_retries,
                    'retry_delay': grouping.retry_delay}
         spec = ConsumerSpec(queue=store, timeout=receiver.timeout, style=receiver.style, options=options)
@@ -128,13 +134,23 @@ class GroupConsumer(Consumer):
         self.receiver = receiver
         self.key = receiver.name
         self.target = receiver.signal.name
-        self._answer = answer
+        self._bus = bus
         style = receiver.style
         #: the handler takes the payload alone: called directly unless the signal is a request
         self._direct = not (style.legacy or style.message or style.keywords & {'sender', 'signal'})
 
     def __repr__(self) -> str:
         return f'<GroupConsumer {self.key} of {self.queue.name}>'
+
+    screens = True
+
+    def screen(self, delivery: Any) -> None:
+        """A request whose reply address is not of the bus's own RPC form is never handled: the
+        receiver would act, and answer, for whoever wrote that address (a queue, a stream's API)."""
+        reply_to = delivery.header(REPLY_TO)
+        if reply_to and delivery.header(REQUEST_ID) and not self._bus.replies_to(reply_to):
+            raise InvalidPayload(f'signal {self.receiver.signal.name!r}', [
+                f'reply-to {shown(reply_to)} is not the RPC answer address of a bus of this fleet'])
 
     def decode(self, data: bytes) -> tuple[Any, Any]:
         return self.receiver.signal.codec.decode(data), None
@@ -152,7 +168,7 @@ class GroupConsumer(Consumer):
         if isinstance(delivery, Delivery):
             request_id, reply_to = delivery.header(REQUEST_ID), delivery.header(REPLY_TO)
             if request_id and reply_to:
-                await self._answer(self.receiver, request_id, reply_to, result)
+                await self._bus.answer_for_group(self.receiver, request_id, reply_to, result)
         return result
 
 
@@ -165,11 +181,11 @@ class SignalGroups(AbstractQueueBroker):
     queues are group stores (``signal@group``). ``bus.groups`` is one: its dead-letter, depth and
     requeue methods take store names."""
 
-    def __init__(self, transport: BrokerTransport[Any], options: GroupOptions, answer: Answer, *,
+    def __init__(self, transport: BrokerTransport[Any], options: GroupOptions, bus: Answering, *,
                  dsn: str, log: Any, max_message_size: int) -> None:
         super().__init__(transport, dsn=dsn, log=log, max_message_size=max_message_size)
         self.options = options
-        self._answer = answer
+        self._bus = bus
         self.consumers: dict[Receiver, GroupConsumer] = {}
 
     def __repr__(self) -> str:
@@ -183,7 +199,7 @@ class SignalGroups(AbstractQueueBroker):
             raise DeclarationError(f'{receiver.name} and {running.consumer.key} both receive signal '
                                    f'{receiver.signal.name!r} in group {grouping.name!r} in one process: '
                                    'give one of them another group')
-        consumer = self.consumers[receiver] = GroupConsumer(receiver, grouping, store, self._answer)
+        consumer = self.consumers[receiver] = GroupConsumer(receiver, grouping, store, self._bus)
         await self.bind_consumer(consumer)
 
     async def unbind(self, receivers: list[Receiver], grace: float) -> None:

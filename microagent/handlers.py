@@ -270,6 +270,11 @@ class Consumer:
 
     #: how middlewares see its handlings, and the name they are for
     kind: HandlingKind = 'consumer'
+    #: True when ``screen`` looks at each delivery before it is decoded (a grouped receiver's requests)
+    screens = False
+
+    def screen(self, delivery: Any) -> None:
+        """Raise ``InvalidPayload`` for a delivery the handler must never see (dead-lettered unhandled)."""
 
     def __init__(self, agent: Owner, handler: Callable[..., Awaitable[Any]], spec: ConsumerSpec) -> None:
         self.agent = agent

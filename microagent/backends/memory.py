@@ -186,6 +186,10 @@ class MemoryBusTransport:
         self._deliver_reply = deliver
         self._hub.addresses[self.reply_to] = self
 
+    def is_reply_address(self, reply_to: str) -> bool:
+        """Whether ``reply_to`` is the address of a bus on this hub."""
+        return reply_to in self._hub.addresses
+
     async def reply(self, reply_to: str, envelope: Envelope) -> None:
         transport = self._hub.addresses.get(reply_to)
         if transport is not None:  # a caller gone: the answer is dropped, as on a network bus

@@ -245,3 +245,30 @@ def test_info_names_each_receivers_group() -> None:
 
     by_class = {item['handler']: item for item in agent_info(Billing)['receivers']}
     assert by_class['Billing.bill']['group'] == 'test_info_names_each_receivers_group.Billing'  # its qualified name
+
+
+async def test_a_request_to_a_foreign_reply_address_is_dead_lettered_unhandled(backend: Backend, unique: str) -> None:
+    from microagent.message import Envelope, new_headers
+
+    signal = Signal(f'bill_{unique}', Order, returns=Billed)
+    handled = Collector()
+
+    class Billing(MicroAgent):
+        @receiver(signal, group='billing')
+        async def bill(self, order: Order) -> Billed:
+            handled.add(order.number)
+            return Billed(order.number)
+
+    member = backend.bus()
+    async with Billing(bus=member):
+        attacker = backend.bus()
+        forged = Envelope(msgspec.json.encode(Order(1)),
+                          new_headers(reply_to='work.queue.of.someone', request_id='f' * 32))
+        await attacker.transport.publish(signal.name, 'attacker', forged)
+        store = f'{signal.name}@billing'
+        await eventually(lambda: _count(member, store, 1), timeout=10)
+        (letter,) = await member.groups.dead_letters(store)
+        assert 'is not the RPC answer address' in letter.reason
+        assert await backend.bus()[signal].call('shop', Order(2), timeout=10) == {
+            'test_a_request_to_a_foreign_reply_address_is_dead_lettered_unhandled.<locals>.Billing.bill': Billed(2)}
+    assert handled.items == [2]

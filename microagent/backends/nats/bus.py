@@ -128,6 +128,10 @@ class NATSBusTransport:
         self._subs.append(await client.subscribe(self._reply_to, cb=self._on_reply))
         await self._link.ping()
 
+    def is_reply_address(self, reply_to: str) -> bool:
+        """Whether ``reply_to`` is an inbox, where answers may go (never a stream's or a queue's subject)."""
+        return _INBOX.fullmatch(reply_to) is not None
+
     async def reply(self, reply_to: str, envelope: Envelope) -> None:
         if not _INBOX.fullmatch(reply_to):
             self._forged.warning(self.log, reply_to,

@@ -192,6 +192,10 @@ class RedisBusTransport:
             return
         self.group_joined(store, GroupOptions(max_length=length, max_age=age))
 
+    def is_reply_address(self, reply_to: str) -> bool:
+        """Whether ``reply_to`` is the answer address of the buses of this prefix, where answers may go."""
+        return reply_to == self.reply_to
+
     async def reply(self, reply_to: str, envelope: Envelope) -> None:
         if reply_to != self.reply_to:
             self.foreign_replies.warning(self.log, f'address {shown(reply_to)}',
