@@ -45,11 +45,13 @@ def signal_info(signal: Signal[Any, Any]) -> JsonDict:
 
 
 def queue_info(queue: Queue[Any]) -> JsonDict:
-    """A queue's name, payload schema and the exchange (and topics) it is bound to."""
+    """A queue's name, payload schema, the exchange (and topics) it is bound to and its priority levels."""
     info: JsonDict = {'name': queue.name, 'payload': copy.deepcopy(queue.codec.schema)}
     if queue.exchange:
         info['exchange'] = queue.exchange
         info['topics'] = list(queue.topics)
+    if queue.priorities:
+        info['priorities'] = queue.priorities
     return info
 
 

@@ -181,3 +181,16 @@ def test_priorities_are_part_of_the_contract(unique: str) -> None:
         Queue(f'prio_contract_{unique}', Job, priorities=4)
     with pytest.raises(DeclarationError, match=f'prio_contract_{unique}'):
         Queue(f'prio_contract_{unique}', Job)
+
+
+def test_info_shows_a_queues_levels(unique: str) -> None:
+    from microagent import MicroAgent, consumer
+    from microagent.contract.info import agent_info
+
+    queue = Queue(f'prio_info_{unique}', Job, priorities=4)
+
+    class Reporter(MicroAgent):
+        @consumer(queue)
+        async def report(self, job: Job) -> None: ...
+
+    assert agent_info(Reporter)['queues'][queue.name]['priorities'] == 4
