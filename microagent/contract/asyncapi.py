@@ -9,7 +9,15 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from microagent.backends import UnknownScheme, backend_for
-from microagent.contract.info import AgentLike, Described, JsonDict, agent_class, consumer_info, handler_specs
+from microagent.contract.info import (
+    AgentLike,
+    Described,
+    JsonDict,
+    agent_class,
+    consumer_info,
+    grouping_info,
+    handler_specs,
+)
 from microagent.dsn import hide_password
 from microagent.errors import InvalidArgument
 from microagent.exchange import Exchange
@@ -250,7 +258,7 @@ def asyncapi(*agents: AgentLike, title: str = 'microagent', version: str = '1.0.
             if isinstance(spec, ReceiverSpec):
                 channel_id, key = doc.signal(spec.signal)
                 operation = _operation('receive', channel_id, key, f'{handler} receives signal {spec.signal.name}',
-                                       {'handler': handler, 'timeout': spec.timeout})
+                                       {'handler': handler, 'timeout': spec.timeout, **grouping_info(cls, cls, spec)})
                 if spec.signal.answer_codec is not None:
                     answer = doc.answer(spec.signal)
                     operation['reply'] = {

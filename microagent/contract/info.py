@@ -105,7 +105,7 @@ def consumer_info(handler: str, spec: ConsumerSpec) -> JsonDict:
     return info
 
 
-def _grouping(agent: AgentLike, cls: type[Any], spec: ReceiverSpec) -> JsonDict:
+def grouping_info(agent: AgentLike, cls: type[Any], spec: ReceiverSpec) -> JsonDict:
     """A grouped receiver's group and retry options (a broadcast receiver has none)."""
     choice = getattr(agent, 'group', None) if spec.group is None else spec.group
     if choice is None or choice is False:
@@ -129,7 +129,7 @@ def agent_info(agent: AgentLike) -> JsonDict:
         if isinstance(spec, ReceiverSpec):
             signals[spec.signal.name] = spec.signal
             receivers.append({'handler': handler, 'signal': spec.signal.name, 'timeout': spec.timeout,
-                              **_grouping(agent, cls, spec)})
+                              **grouping_info(agent, cls, spec)})
         elif isinstance(spec, ConsumerSpec):
             queues[spec.queue.name] = spec.queue
             consumers.append(consumer_info(handler, spec))

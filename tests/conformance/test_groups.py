@@ -246,6 +246,12 @@ def test_info_names_each_receivers_group() -> None:
     by_class = {item['handler']: item for item in agent_info(Billing)['receivers']}
     assert by_class['Billing.bill']['group'] == 'test_info_names_each_receivers_group.Billing'  # its qualified name
 
+    from microagent.contract.asyncapi import asyncapi
+
+    operations = asyncapi(Billing)['operations']
+    assert operations['Billing.bill']['x-microagent']['group'] == 'test_info_names_each_receivers_group.Billing'
+    assert 'group' not in operations['Billing.audit']['x-microagent']
+
 
 async def test_a_request_to_a_foreign_reply_address_is_dead_lettered_unhandled(backend: Backend, unique: str) -> None:
     from microagent.message import Envelope, new_headers
