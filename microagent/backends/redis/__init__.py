@@ -45,7 +45,9 @@ class RedisSignalBus(AbstractSignalBus):
     on a cluster, sends retry for up to ``failover_timeout`` s while a master fails over.
     ``connect_timeout``: how long ``marun`` tries to reach Redis before it gives up on the agent.
     ``group_options`` set the retention and visibility timeout of this bus's signal groups (Redis
-    streams, ``groups.py``). The transport is ``bus.transport``."""
+    streams, ``groups.py``). ``wait_replicas=1`` makes a send of a signal that has a group return
+    only once a replica has its stream entry (``WAIT``; ``NotReplicated`` after ``wait_timeout``
+    s); signals without groups are published as always. The transport is ``bus.transport``."""
 
     transport: RedisBusTransport
 
@@ -53,11 +55,11 @@ class RedisSignalBus(AbstractSignalBus):
                  wire: Wire = 'envelope', max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                  failover_timeout: float = FAILOVER_TIMEOUT, signing_key: SigningKey | None = None,
                  connect_timeout: float = CONNECT_TIMEOUT, group_options: GroupOptions | None = None,
-                 **redis_options: Any) -> None:
+                 wait_replicas: int = 0, wait_timeout: float = 1.0, **redis_options: Any) -> None:
         _check_signed_wire(wire, signing_key)
         self.connect_timeout = connect_timeout
         transport = RedisBusTransport(dsn, prefix, log=log, wire=wire, failover_timeout=failover_timeout,
-                                      **redis_options)
+                                      wait_replicas=wait_replicas, wait_timeout=wait_timeout, **redis_options)
         super().__init__(transport, dsn=dsn, prefix=prefix, log=log, max_message_size=max_message_size,
                          signing_key=signing_key, group_options=group_options)
 

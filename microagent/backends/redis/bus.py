@@ -5,13 +5,15 @@ backpressure) and resubscribes by itself when Redis restarts. On a Redis Cluster
 reaches every node: the subscriber listens on one and moves to another when it loses it.
 
 Signal groups (``groups.py``): a signal some group receives is also appended to its stream, in the
-same round trip as its PUBLISH (``registry.py`` says how a bus knows, without asking per send).
+same round trip as its PUBLISH (``registry.py`` says how a bus knows, without asking per send);
+with ``wait_replicas``, such a send then waits until replicas have the entry (``replicas.py``).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import math
 import uuid
 from collections.abc import Collection
 from typing import Any, cast
@@ -26,6 +28,7 @@ from microagent.backends.redis.cluster import ClusterListener
 from microagent.backends.redis.frame import FrameError, frame, unframe
 from microagent.backends.redis.groups import RedisGroupTransport
 from microagent.backends.redis.keys import group_channel, group_registry
+from microagent.backends.redis.replicas import Replicas
 from microagent.backends.redis.scripts import GROUP_SCRIPTS
 from microagent.backends.redis.wire import (
     Wire,
@@ -39,7 +42,7 @@ from microagent.backends.redis.wire import (
     signal_channel,
 )
 from microagent.dsn import hide_password
-from microagent.errors import BackendClosed, ConnectionFailed
+from microagent.errors import BackendClosed, ConnectionFailed, InvalidArgument
 from microagent.groups import GroupOptions
 from microagent.logs import LogLimiter, shown
 from microagent.message import REPLY_TO, REQUEST_ID, Envelope
@@ -61,7 +64,11 @@ class RedisBusTransport:
     the answering bus adds its uid and the request id): a request whose reply address is anything
     else is dropped unhandled, and ``reply`` refuses any other address, each with a warning at most
     every ``foreign_replies.interval`` s (60) per sender, so that a forged ``reply-to`` never makes
-    a receiver publish on another channel."""
+    a receiver publish on another channel.
+
+    ``wait_replicas=N``: a send of a signal that has a group returns once ``N`` replicas have its
+    stream entry (``WAIT`` after the script, on the master of the stream's slot), else raises
+    ``NotReplicated`` after ``wait_timeout`` s; a signal without groups is published as always."""
 
     #: cap of the delay between reconnection attempts of the subscriber, in seconds
     reconnect_cap: float = 5.0
@@ -71,7 +78,13 @@ class RedisBusTransport:
     groups_refresh: float = 30.0
 
     def __init__(self, dsn: str = DEFAULT_DSN, prefix: str = 'PUBSUB', *, log: logging.Logger | None = None,
-                 wire: Wire = 'envelope', failover_timeout: float = FAILOVER_TIMEOUT, **redis_options: Any) -> None:
+                 wire: Wire = 'envelope', failover_timeout: float = FAILOVER_TIMEOUT, wait_replicas: int = 0,
+                 wait_timeout: float = 1.0, **redis_options: Any) -> None:
+        if isinstance(wait_replicas, bool) or not isinstance(wait_replicas, int) or wait_replicas < 0:
+            raise InvalidArgument(f'wait_replicas must be a count of replicas (0: do not wait), got {wait_replicas!r}')
+        if isinstance(wait_timeout, bool) or not isinstance(wait_timeout, int | float) \
+                or not 0 < wait_timeout < math.inf:
+            raise InvalidArgument(f'wait_timeout must be positive (seconds), got {wait_timeout!r}')
         self.dsn = dsn
         self.prefix = prefix
         self.uid = uuid.uuid4().hex  # the answers' channel, as 1.x: {prefix}:response:{uid}#{request id}
@@ -102,6 +115,10 @@ class RedisBusTransport:
         self._groups_task: asyncio.Task[None] | None = None  # a registry read under way (a timer starts one)
         self._groups_timer: asyncio.TimerHandle | None = None
         self._publish_grouped = self.redis.register_script(GROUP_SCRIPTS['GROUP_PUBLISH'])
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = float(wait_timeout)
+        self._replicas = Replicas(self.redis, dsn, redis_options, count=wait_replicas, timeout=self.wait_timeout,
+                                  failover_timeout=failover_timeout, log=self.log)
         self.bad_groups = LogLimiter(interval=60.0)
 
     def __repr__(self) -> str:
@@ -124,8 +141,11 @@ class RedisBusTransport:
         # the stream keeps the frame whatever the wire: a grouped receiver gets headers and RPC addresses
         data = sent(envelope, self.legacy)
         stored = frame(envelope.body, headers) if self.legacy and headers is not None else b''
-        await self._publish_grouped(keys=[target.stream], args=[channel, data, stored, sender, target.max_length,
-                                                                target.max_age_ms])
+        args: list[bytes | str | int] = [channel, data, stored, sender, target.max_length, target.max_age_ms]
+        if self.wait_replicas:  # the entry confirmed by replicas; broadcast-only sends never wait
+            await self._replicas.run(target.stream, 'EVAL', GROUP_SCRIPTS['GROUP_PUBLISH'], 1, target.stream, *args)
+            return
+        await self._publish_grouped(keys=[target.stream], args=args)
 
     def groups(self) -> RedisGroupTransport:
         """The group transport of this bus: stores of signal groups on Redis streams (``groups.py``)."""
@@ -346,4 +366,7 @@ class RedisBusTransport:
                 future.cancel()
         self._confirm.clear()
         await self._listener.aclose()
+        for connection in self._replicas.clients:
+            with contextlib.suppress(Exception):  # a master's client that lost its server
+                await connection.aclose()
         await self.redis.aclose()

@@ -92,7 +92,7 @@ class Replicas:
     async def _refresh_slots(self, key: str, exc: Exception) -> None:
         """After a MOVED or a lost master, a keyed command through the cluster client updates its
         slot map (and rides out the failover)."""
-        self.log.info('Queue %s: the master of its slot changed (%s: %s); sending again', key, type(exc).__name__, exc)
+        self.log.info('%s: the master of its slot changed (%s: %s); sending again', key, type(exc).__name__, exc)
         assert isinstance(self.redis, RedisCluster)
         with contextlib.suppress(*FAILOVER_ERRORS):
             await self.redis.exists(key)

@@ -1,5 +1,6 @@
 """Signal groups on Redis streams: what the conformance suite cannot show. A member killed holding
-signals, a slow live member, 1.x agents beside groups, untrusted stored entries, the layout."""
+signals, a slow live member, 1.x agents beside groups, untrusted stored entries, the layout; on one
+server (db 9) and on the session's Redis Cluster (``redis-cluster``)."""
 from __future__ import annotations
 
 import asyncio
@@ -17,7 +18,7 @@ from microagent import Message, MicroAgent, Signal, receiver
 from microagent.backends.redis import RedisSignalBus
 from microagent.backends.redis.keys import GroupKeys, group_registry, group_stream
 from microagent.groups import GroupOptions
-from tests.conformance.backends import REDIS_TEST_DSN, Backend, redis_backend
+from tests.conformance.backends import Backend, redis_admin, redis_backend
 from tests.helpers import Collector, eventually
 
 pytestmark = pytest.mark.redis
@@ -27,11 +28,27 @@ class Order(msgspec.Struct, frozen=True):
     number: int
 
 
-@pytest.fixture
-async def redis() -> AsyncIterator[Backend]:
-    """The conformance Redis backend: a unique prefix, its groups' keys deleted afterwards."""
-    async with redis_backend() as backend:
+@pytest.fixture(params=['redis', 'redis-cluster'])
+async def redis(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    """The conformance Redis backend, on one server or the session's cluster: a unique prefix, its
+    groups' keys deleted afterwards."""
+    cluster = request.param == 'redis-cluster'
+    if cluster:
+        request.getfixturevalue('redis_cluster')
+    async with redis_backend(cluster=cluster) as backend:
         yield backend
+
+
+@pytest.fixture
+async def raw(redis: Backend) -> AsyncIterator[Any]:
+    """A plain redis-py client on the backend's server (a cluster client on the cluster)."""
+    client = redis_admin(redis.name == 'redis-cluster')
+    yield client
+    await client.aclose()
+
+
+def keys_of(backend: Backend, prefix: str, signal: str) -> GroupKeys:
+    return GroupKeys.of(prefix, signal, 'billing', cluster=backend.name == 'redis-cluster')
 
 
 def bus_of(backend: Backend, **options: Any) -> RedisSignalBus:
@@ -50,9 +67,9 @@ def prefix_of(backend: Backend) -> str:
 _MEMBER = textwrap.dedent('''
     import asyncio, sys
     import msgspec
-    from redis.asyncio import Redis
     from microagent import MicroAgent, Signal, receiver
     from microagent.backends.redis import RedisSignalBus
+    from microagent.backends.redis.client import client
     from microagent.groups import GroupOptions
 
     class Order(msgspec.Struct, frozen=True):
@@ -62,7 +79,7 @@ _MEMBER = textwrap.dedent('''
     signal = Signal(name, Order)
 
     async def main() -> None:
-        marks = Redis.from_url(dsn)
+        marks = client(dsn, {})  # one server or a cluster
 
         class Billing(MicroAgent):
             @receiver(signal, group='billing', timeout=600)
@@ -95,7 +112,7 @@ async def test_a_member_killed_holding_signals_loses_none_another_takes_them_aft
         redis: Backend, raw: Redis, unique: str) -> None:
     signal = Signal(f'order_{unique}', Order)
     prefix = prefix_of(redis)
-    child = await asyncio.create_subprocess_exec(sys.executable, '-c', _MEMBER, REDIS_TEST_DSN, prefix, signal.name)
+    child = await asyncio.create_subprocess_exec(sys.executable, '-c', _MEMBER, redis.dsn, prefix, signal.name)
     try:
         await eventually(lambda: _length(raw, f'{prefix}:test:joined', 1), timeout=20)
         sender = redis.bus()
@@ -105,7 +122,7 @@ async def test_a_member_killed_holding_signals_loses_none_another_takes_them_aft
         child.kill()  # SIGKILL: no cleanup of any kind, every signal still pending in its consumer
         await child.wait()
         killed = time.monotonic()
-        keys = GroupKeys.of(prefix, signal.name, 'billing')
+        keys = keys_of(redis, prefix, signal.name)
         assert (await raw.xpending(keys.stream, 'billing'))['pending'] == 20
 
         got = Collector()
@@ -197,8 +214,8 @@ async def test_1x_agents_on_the_same_redis_receive_every_signal_grouped_receiver
         async def on_order(self, order: Order, *, sender: str, message: Message) -> None:
             got.add((order.number, sender, message.headers.get('tenant')))
 
-    legacy = RedisSignalBus(REDIS_TEST_DSN, prefix=prefix, wire='1.x')
-    member = RedisSignalBus(REDIS_TEST_DSN, prefix=prefix, wire='1.x')
+    legacy = RedisSignalBus(redis.dsn, prefix=prefix, wire='1.x')
+    member = RedisSignalBus(redis.dsn, prefix=prefix, wire='1.x')
     pubsub = raw.pubsub()
     await pubsub.psubscribe(f'{prefix}:{signal.name}:*')  # the 1.x agent: its receiver's pattern
     try:
@@ -334,7 +351,7 @@ async def test_foreign_entries_are_dead_lettered_with_their_reason_and_the_group
             got.add((order.number, sender))
 
     bus = bus_of(redis)
-    keys = GroupKeys.of(bus.prefix, signal.name, 'billing')
+    keys = keys_of(redis, bus.prefix, signal.name)
     store = f'{signal.name}@billing'
     async with Billing(bus=bus):
         await raw.xadd(keys.stream, {'x': 'no data field'})
