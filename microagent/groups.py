@@ -125,6 +125,7 @@ class GroupConsumer(Consumer):
     receiver with the sender, and answers an RPC request (one answer per group)."""
 
     kind = 'receiver'
+    screens = True  # a request's reply address is checked before the handler may run
 
     def __init__(self, receiver: Receiver, grouping: Grouping, store: GroupQueue, bus: Answering) -> None:
         options = {'concurrency': receiver.concurrency, 'max_retries': grouping.max_retries,
@@ -141,8 +142,6 @@ class GroupConsumer(Consumer):
 
     def __repr__(self) -> str:
         return f'<GroupConsumer {self.key} of {self.queue.name}>'
-
-    screens = True
 
     def screen(self, delivery: Any) -> None:
         """A request whose reply address is not of the bus's own RPC form is never handled: the
