@@ -18,14 +18,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 from microagent.errors import BatchFailed, InvalidPayload
 from microagent.logs import set_handler
-from microagent.middleware import Handling, Site, active, wrap
-from microagent.payload import check_size, undecodable
+from microagent.middleware import active, wrap
 from microagent.sends import set_sender
 from microagent.settle import Settlement
 from microagent.transport import BrokerTransport, Delivery
 
 if TYPE_CHECKING:
-    from microagent.handlers import Consumer
     from microagent.running import Running
 
 
@@ -82,7 +80,7 @@ class Batching(Settlement):
         good: list[tuple[Delivery[Any], Any]] = []
         for delivery in taken:
             try:
-                good.append((delivery, self._decode_one(consumer, delivery)))
+                good.append((delivery, run.decode(delivery, self.max_message_size)[0]))
             except InvalidPayload as exc:
                 await self._reject(queue, delivery, exc)
                 settled.add(id(delivery))
@@ -93,14 +91,10 @@ class Batching(Settlement):
         run.deadlines[task] = time.monotonic() + consumer.timeout
         try:
             if middlewares := active(consumer.agent.middlewares):
-                site = Site(consumer.kind, type(consumer.agent).__name__, consumer.key, consumer.target,
-                            self.backend, consumer.max_retries)
-                first = good[0][0]
-
                 async def call() -> Any:
                     return await consumer.handler(payloads)
 
-                await wrap(middlewares, 'handle', Handling(site, first, first.attempt), call)()
+                await wrap(middlewares, 'handle', run.handling(good[0][0], self.backend), call)()
             else:
                 await consumer.handler(payloads)
         except asyncio.CancelledError:
@@ -110,10 +104,7 @@ class Batching(Settlement):
         except Exception as exc:
             failure = exc
         finally:
-            del run.deadlines[task]
-            if task in run.expired:
-                run.expired.discard(task)
-                task.uncancel()
+            run.handled(task)
         if failure is None:
             failed: set[int] = set()
         else:
@@ -129,15 +120,6 @@ class Batching(Settlement):
                 except Exception as exc:
                     await self._ack_failed(queue, delivery, exc)
             settled.add(id(delivery))
-
-    def _decode_one(self, consumer: Consumer, delivery: Delivery[Any]) -> Any:
-        try:
-            body = check_size(f'queue {consumer.queue.name!r}', delivery.envelope.body, self.max_message_size)
-            return consumer.queue.codec.decode(body)
-        except InvalidPayload:
-            raise
-        except Exception as exc:
-            raise undecodable(f'queue {consumer.queue.name!r}', exc) from None
 
 
 def _failed_ones(failure: Exception, payloads: list[Any]) -> set[int]:

@@ -23,7 +23,7 @@ import asyncio
 import itertools
 import logging
 import uuid
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from functools import partial
 from typing import Any, Self, TypeVar, cast, overload
 
@@ -37,7 +37,7 @@ from microagent.errors import (
     SignalNotFound,
     UsageError,
 )
-from microagent.groups import GroupOptions, Groups, SignalGroups
+from microagent.groups import GroupOptions, SignalGroups
 from microagent.handlers import Receiver
 from microagent.lanes import Lane
 from microagent.limits import check_message_size
@@ -70,7 +70,7 @@ from microagent.rpc import Answers, Expiry, Pending, RemoteError, Reply
 from microagent.sends import set_sender
 from microagent.signal import RESPONSE_SIGNAL, Signal
 from microagent.signing import SignedBrokerTransport, SignedBusTransport, SigningKey
-from microagent.transport import BusTransport
+from microagent.transport import BrokerTransport, BusTransport
 
 T = TypeVar('T')
 R = TypeVar('R')
@@ -135,10 +135,10 @@ class AbstractSignalBus:
         """The engine of this bus's grouped receivers; its dead-letter, depth and requeue methods
         take a group's store name, ``signal@group``. A UsageError if the backend has no groups."""
         if self._groups is None:
-            groups = getattr(self.transport, 'groups', None)
+            groups: Callable[[], BrokerTransport[Any]] | None = getattr(self.transport, 'groups', None)
             if groups is None:
                 raise UsageError(f'{self!r}: the {self.backend} backend has no signal groups')
-            stores = cast(Groups, self.transport).groups()
+            stores = groups()
             if self.signing_key is not None:  # a grouped receiver checks signatures as the bus does
                 stores = SignedBrokerTransport(stores, self.signing_key, self.log)
             self._groups = SignalGroups(stores, self.group_options, self, dsn=self.dsn, log=self.log,

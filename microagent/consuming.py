@@ -18,8 +18,7 @@ from microagent.errors import InvalidPayload
 from microagent.handlers import Consumer
 from microagent.logs import set_handler
 from microagent.message import current_var
-from microagent.middleware import Handling, MiddlewareLike, Outcome, Site, active, wrap
-from microagent.payload import check_size, undecodable
+from microagent.middleware import Handling, MiddlewareLike, Outcome, active, wrap
 from microagent.ratelimit import Limiter, limiter_of, queue_key
 from microagent.retry import Retrier
 from microagent.running import Running
@@ -117,7 +116,7 @@ class Consuming(Batching):
             run.busy += 1
             try:
                 try:
-                    payload = self._decode(consumer, delivery)
+                    payload = run.decode(delivery, self.max_message_size)
                 except InvalidPayload as exc:
                     if middlewares := active(consumer.agent.middlewares):
                         await self._report_invalid(run, delivery, exc, middlewares)
@@ -139,10 +138,7 @@ class Consuming(Batching):
                     failure = exc
                 finally:
                     current_var.reset(held)
-                    del run.deadlines[task]
-                    if task in run.expired:  # the watchdog's cancel is consumed here, not by the next await
-                        run.expired.discard(task)
-                        task.uncancel()
+                    run.handled(task)
                 if failure is not None:
                     await self._failed(consumer, delivery, failure)
                 elif consumer.autoack:
@@ -164,20 +160,13 @@ class Consuming(Batching):
                 streak = 0
                 await asyncio.sleep(0)
 
-    def _handling(self, run: Running, delivery: Delivery[Any]) -> Handling:
-        if run.site is None:
-            consumer = run.consumer
-            run.site = Site(consumer.kind, type(consumer.agent).__name__, consumer.key, consumer.target,
-                            self.backend, consumer.max_retries)
-        return Handling(run.site, delivery, delivery.attempt)
-
     def _handle_through(self, run: Running, task: asyncio.Task[None], delivery: Delivery[Any],
                         payload: Any, middlewares: tuple[MiddlewareLike, ...]) -> Awaitable[Any]:
         """The handler behind the agent's middlewares; they see the outcome the engine chose (a
         timeout reaches them as ``TimeoutError``, and from them the worker). Not a coroutine itself:
         the worker awaits the chain directly, one frame less per message."""
         consumer = run.consumer
-        handling = self._handling(run, delivery)
+        handling = run.handling(delivery, self.backend)
 
         async def handle() -> Any:
             try:
@@ -204,7 +193,7 @@ class Consuming(Batching):
     async def _report_invalid(self, run: Running, delivery: Delivery[Any], exc: InvalidPayload,
                               middlewares: tuple[MiddlewareLike, ...]) -> None:
         """Show the middlewares a message that fails validation: it is dead-lettered unhandled."""
-        handling = self._handling(run, delivery)
+        handling = run.handling(delivery, self.backend)
 
         async def invalid() -> None:
             handling.failed(exc, Outcome.DEAD_LETTERED)
@@ -216,16 +205,3 @@ class Consuming(Batching):
             pass
         except Exception:
             self.log.exception('Queue %s: a middleware failed on an invalid message', run.consumer.queue.name)
-
-    def _decode(self, consumer: Consumer, delivery: Delivery[Any]) -> tuple[Any, Any]:
-        try:
-            body = delivery.envelope.body
-            if len(body) > self.max_message_size:  # the target's name is formatted only when it raises
-                check_size(f'queue {consumer.queue.name!r}', body, self.max_message_size)
-            if consumer.screens:
-                consumer.screen(delivery)
-            return consumer.decode(body)
-        except InvalidPayload:
-            raise
-        except Exception as exc:  # a custom decode: whatever it raises, the message cannot be handled
-            raise undecodable(f'queue {consumer.queue.name!r}', exc) from None

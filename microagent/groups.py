@@ -106,12 +106,6 @@ class GroupQueue(Queue[Any]):
         return f'<GroupQueue {self.name}>'
 
 
-class Groups(Protocol):
-    """A bus transport with signal groups."""
-
-    def groups(self) -> BrokerTransport[Any]: ...
-
-
 class Answering(Protocol):
     """What a grouped receiver asks of its bus for a request: may it answer there, and the answer."""
 

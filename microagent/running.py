@@ -7,8 +7,10 @@ import time
 from collections import deque
 from typing import Any
 
+from microagent.errors import InvalidPayload
 from microagent.handlers import Consumer
-from microagent.middleware import Site
+from microagent.middleware import Handling, Site
+from microagent.payload import check_size, undecodable
 from microagent.retry import Retrier
 from microagent.transport import Delivery
 
@@ -60,6 +62,37 @@ class Running:
             if not waiter.done():
                 waiter.set_result(None)
         self.idle.clear()
+
+    def decode(self, delivery: Delivery[Any], max_message_size: int) -> tuple[Any, Any]:
+        """The delivery's payload (and DTO), or ``InvalidPayload`` saying why it cannot be handled."""
+        consumer = self.consumer
+        try:
+            body = delivery.envelope.body
+            if len(body) > max_message_size:  # the target's name is formatted only when it raises
+                check_size(f'queue {consumer.queue.name!r}', body, max_message_size)
+            if consumer.screens:
+                consumer.screen(delivery)
+            return consumer.decode(body)
+        except InvalidPayload:
+            raise
+        except Exception as exc:  # a custom decode: whatever it raises, the message cannot be handled
+            raise undecodable(f'queue {consumer.queue.name!r}', exc) from None
+
+    def handling(self, delivery: Delivery[Any], backend: str) -> Handling:
+        """A handling of ``delivery`` as middlewares see it (the consumer's ``Site`` made once)."""
+        if self.site is None:
+            consumer = self.consumer
+            self.site = Site(consumer.kind, type(consumer.agent).__name__, consumer.key, consumer.target,
+                             backend, consumer.max_retries)
+        return Handling(self.site, delivery, delivery.attempt)
+
+    def handled(self, task: asyncio.Task[Any]) -> None:
+        """A worker's timed call is over: forget its deadline, and consume here a watchdog's cancel
+        that came meanwhile (not at the worker's next await)."""
+        del self.deadlines[task]
+        if task in self.expired:
+            self.expired.discard(task)
+            task.uncancel()
 
     async def watchdog(self) -> None:
         """Cancel a worker whose handler overran its timeout; the worker reports a TimeoutError."""
