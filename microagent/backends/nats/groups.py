@@ -38,7 +38,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +64,7 @@ from microagent.backends.nats.headers import (
     GROUP_HEADER,
     OWN_HEADERS,
     REASON_HEADER,
-    envelope_headers,
+    dead_letter,
     one_line,
     stored,
 )
@@ -326,7 +326,7 @@ class NATSGroupTransport:
                 msg = await js.get_msg(layout.dead_stream, seq=seq, subject=layout.dead_subject, next=True)
             except NotFoundError:
                 break
-            letters.append((msg.seq or seq, _dead_letter(name, msg.data or b'', msg.headers)))
+            letters.append((msg.seq or seq, dead_letter(name, msg.data or b'', msg.headers)))
             seq = (msg.seq or seq) + 1
         return letters
 
@@ -409,16 +409,3 @@ def _delivered(msg: Msg) -> int:
         return 1
     return count if count >= 1 else 1
 
-
-def _dead_letter(name: str, body: bytes, headers: Mapping[str, str] | None) -> DeadLetter:
-    table = headers or {}
-    try:
-        died = float(table.get(DEAD_AT_HEADER, 0.0))
-    except ValueError:
-        died = 0.0
-    try:
-        attempts = max(int(table.get(ATTEMPT_HEADER, 1)), 1)
-    except ValueError:
-        attempts = 1
-    shown = envelope_headers(headers)
-    return DeadLetter(name, Envelope(body, shown or None), table.get(REASON_HEADER, ''), attempts, died)

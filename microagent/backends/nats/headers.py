@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from microagent.message import MESSAGE_ID
+from microagent.message import MESSAGE_ID, Envelope
+from microagent.transport import DeadLetter
 
 #: this backend's own bookkeeping
 ATTEMPT_HEADER = 'x-attempt'
@@ -72,3 +73,15 @@ def stored(headers: Mapping[str, str] | None) -> Headers:
 def one_line(text: str) -> str:
     """A header value: NATS headers are lines, so line breaks become spaces."""
     return ' '.join(text.splitlines())
+
+
+def dead_letter(name: str, body: bytes, headers: Mapping[str, str] | None) -> DeadLetter:
+    """The ``DeadLetter`` of a stored dead message of queue (or group store) ``name``: its envelope,
+    and the reason, attempts and time this backend kept beside it (bad values read as none)."""
+    table = headers or {}
+    try:
+        died = float(table.get(DEAD_AT_HEADER, 0.0))
+    except ValueError:
+        died = 0.0
+    return DeadLetter(name, Envelope(body, envelope_headers(headers) or None), table.get(REASON_HEADER, ''),
+                      attempt(headers), died)

@@ -53,6 +53,7 @@ from microagent.backends.nats.headers import (
     STATUS_HEADER,
     Headers,
     attempt,
+    dead_letter,
     envelope_headers,
     one_line,
     stored,
@@ -396,7 +397,7 @@ class NATSQueueTransport:
                 stored = await js.get_msg(layout.dead_stream, seq=seq, subject=layout.dead_subject, next=True)
             except NotFoundError:
                 break
-            letters.append((stored.seq or seq, _dead_letter(name, stored.data or b'', stored.headers),
+            letters.append((stored.seq or seq, dead_letter(name, stored.data or b'', stored.headers),
                             subject_of(layout, stored.headers, priorities)))
 
             seq = (stored.seq or seq) + 1
@@ -471,12 +472,3 @@ def _level_mark(headers: Mapping[str, str] | None, subject: str, layout: Layout)
     level = subject.removeprefix(f'{layout.subject}.p')
     return {**(headers or {}), PRIORITY_HEADER: level} if subject != layout.subject else dict(headers or {})
 
-
-def _dead_letter(name: str, body: bytes, headers: Mapping[str, str] | None) -> DeadLetter:
-    table = headers or {}
-    try:
-        died = float(table.get(DEAD_AT_HEADER, 0.0))
-    except ValueError:
-        died = 0.0
-    return DeadLetter(name, Envelope(body, envelope_headers(headers) or None), table.get(REASON_HEADER, ''),
-                      attempt(headers), died)
