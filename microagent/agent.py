@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -37,6 +37,8 @@ from microagent.sends import Sendable, SendKind, UndeclaredSend, declared_sends,
 from microagent.timer import Timer, run_cron, run_periodic
 
 DEFAULT_GRACE = 10.0
+#: beyond the grace, what a runner (marun, AppAgents) allows for pre_stop hooks and closing connections
+STOP_MARGIN = 5.0
 
 
 def _in_a_conversation(agent: MicroAgent, func: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
@@ -462,3 +464,33 @@ class _Serving:
             self.grace = grace  # the first stop request's grace is the one serve() uses
         self.requested.set()
         await self.finished.wait()
+
+
+async def stop_within(agent: MicroAgent, name: str, grace: float, log: logging.Logger) -> bool:
+    """``agent.stop(grace)``, abandoned after ``grace`` + ``STOP_MARGIN`` seconds; a failure is
+    logged, never raised (a runner stops the others anyway). True when the agent stopped."""
+    try:
+        async with asyncio.timeout(grace + STOP_MARGIN):
+            await agent.stop(grace)
+    except TimeoutError:
+        log.error('Agent %s did not stop within %.1fs; abandoning its work', name, grace + STOP_MARGIN)
+    except Exception:
+        log.exception('Agent %s failed while stopping', name)
+    else:
+        return True
+    return False
+
+
+async def close_engines(engines: Iterable[Any], who: str, log: logging.Logger) -> None:
+    """Close each bus and broker once (agents may share one), each within ``STOP_MARGIN`` seconds;
+    a failure is logged as ``who``'s."""
+    closed: set[int] = set()
+    for engine in engines:
+        if engine is None or id(engine) in closed:
+            continue
+        closed.add(id(engine))
+        try:
+            async with asyncio.timeout(STOP_MARGIN):
+                await engine.close()
+        except Exception as exc:
+            log.warning('%s: closing %r failed: %s', who, engine, exc)

@@ -31,7 +31,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from microagent.agent import DEFAULT_GRACE, MicroAgent
+from microagent.agent import DEFAULT_GRACE, MicroAgent, close_engines, stop_within
 from microagent.cli.config import (
     AgentConfig,
     ConfigError,
@@ -57,7 +57,6 @@ __all__ = ['ConfigError', 'main', 'run_agents', 'run_group']
 __all__ += ['ServerInterrupt', 'init_agent', 'load_configuration']  # the 1.x names
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_UNREACHABLE = 0, 1, 2, 3
-STOP_MARGIN = 5.0   # beyond the grace: pre_stop hooks and closing connections
 KILL_MARGIN = 10.0  # beyond the grace: how long marun waits before it kills an agent process
 #: seconds after a first SIGINT/SIGTERM in which another one is the same stop, not a second one
 SIGNAL_ECHO = 1.0
@@ -243,25 +242,10 @@ async def _start(agent: MicroAgent, config: AgentConfig) -> None:
 
 async def _stop(item: _Running, grace: float) -> None:
     agent, name = item.agent, item.config.process_name
-    try:
-        async with asyncio.timeout(grace + STOP_MARGIN):
-            await agent.stop(grace)
-    except TimeoutError:
-        log.error('Agent %s did not stop within %.1fs; abandoning its work', name, grace + STOP_MARGIN)
-    except Exception:
-        log.exception('Agent %s failed while stopping', name)
+    await stop_within(agent, name, grace, log)
     item.task.cancel()
     await asyncio.gather(item.task, return_exceptions=True)
-    closed: set[int] = set()
-    for resource in (getattr(agent, 'bus', None), getattr(agent, 'broker', None)):
-        if resource is None or id(resource) in closed:
-            continue
-        closed.add(id(resource))
-        try:
-            async with asyncio.timeout(STOP_MARGIN):
-                await resource.close()
-        except Exception as exc:
-            log.warning('Agent %s: closing %r failed: %s', name, resource, exc)
+    await close_engines((getattr(agent, 'bus', None), getattr(agent, 'broker', None)), f'Agent {name}', log)
     agent.log.info('Stopped')
 
 

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-from microagent.agent import DEFAULT_GRACE, MicroAgent
+from microagent.agent import DEFAULT_GRACE, MicroAgent, close_engines, stop_within
 from microagent.broker import AbstractQueueBroker
 from microagent.bus import AbstractSignalBus
 from microagent.errors import UsageError
@@ -43,7 +43,6 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 A = TypeVar('A', bound=MicroAgent)
 E = TypeVar('E')
 
-STOP_MARGIN = 5.0  # beyond the grace: pre_stop hooks and closing connections, as marun allows
 
 
 class AsgiEndpoints:
@@ -167,28 +166,13 @@ class AppAgents:
         await asyncio.gather(*(asyncio.create_task(self._stop(name), context=self._contexts[name])
                                for name in started))
         if self.close:
-            await self._close({id(engine): engine for name in started for role in ('bus', 'broker')
-                               if (engine := getattr(self.agents[name], role, None)) is not None})
+            await close_engines((getattr(self.agents[name], role, None) for name in started
+                                 for role in ('bus', 'broker')), 'AppAgents', log)
 
     async def _stop(self, name: str) -> None:
         agent = self.agents[name]
-        try:
-            async with asyncio.timeout(self.grace + STOP_MARGIN):
-                await agent.stop(self.grace)
-        except TimeoutError:
-            log.error('Agent %s did not stop within %.1fs; abandoning its work', name, self.grace + STOP_MARGIN)
-        except Exception:
-            log.exception('Agent %s failed while stopping', name)
-        else:
+        if await stop_within(agent, name, self.grace, log):
             agent.log.info('Stopped')
-
-    async def _close(self, engines: dict[int, Any]) -> None:
-        for engine in engines.values():
-            try:
-                async with asyncio.timeout(STOP_MARGIN):
-                    await engine.close()
-            except Exception as exc:
-                log.warning('Closing %r failed: %s', engine, exc)
 
     async def __aenter__(self) -> AppAgents:
         await self.start()
