@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import uuid
 from collections.abc import Collection
 from typing import Any, cast
@@ -28,7 +27,7 @@ from microagent.backends.redis.cluster import ClusterListener
 from microagent.backends.redis.frame import FrameError, frame, unframe
 from microagent.backends.redis.groups import RedisGroupTransport
 from microagent.backends.redis.keys import group_channel, group_registry
-from microagent.backends.redis.replicas import Replicas
+from microagent.backends.redis.replicas import Replicas, check_wait
 from microagent.backends.redis.scripts import GROUP_SCRIPTS
 from microagent.backends.redis.wire import (
     Wire,
@@ -42,7 +41,7 @@ from microagent.backends.redis.wire import (
     signal_channel,
 )
 from microagent.dsn import hide_password
-from microagent.errors import BackendClosed, ConnectionFailed, InvalidArgument
+from microagent.errors import BackendClosed, ConnectionFailed
 from microagent.groups import GroupOptions
 from microagent.logs import LogLimiter, shown
 from microagent.message import REPLY_TO, REQUEST_ID, Envelope
@@ -80,11 +79,7 @@ class RedisBusTransport:
     def __init__(self, dsn: str = DEFAULT_DSN, prefix: str = 'PUBSUB', *, log: logging.Logger | None = None,
                  wire: Wire = 'envelope', failover_timeout: float = FAILOVER_TIMEOUT, wait_replicas: int = 0,
                  wait_timeout: float = 1.0, **redis_options: Any) -> None:
-        if isinstance(wait_replicas, bool) or not isinstance(wait_replicas, int) or wait_replicas < 0:
-            raise InvalidArgument(f'wait_replicas must be a count of replicas (0: do not wait), got {wait_replicas!r}')
-        if isinstance(wait_timeout, bool) or not isinstance(wait_timeout, int | float) \
-                or not 0 < wait_timeout < math.inf:
-            raise InvalidArgument(f'wait_timeout must be positive (seconds), got {wait_timeout!r}')
+        wait_replicas, wait_timeout = check_wait(wait_replicas, wait_timeout)
         self.dsn = dsn
         self.prefix = prefix
         self.uid = uuid.uuid4().hex  # the answers' channel, as 1.x: {prefix}:response:{uid}#{request id}

@@ -24,7 +24,7 @@ from microagent.backends.redis.frame import FrameError, unframe
 from microagent.backends.redis.keys import WAKE_MARKER, QueueKeys, delayed_member, exchange_key
 from microagent.backends.redis.ownership import Owned, Ownership
 from microagent.backends.redis.ratelimit import RedisLimiter
-from microagent.backends.redis.replicas import Replicas
+from microagent.backends.redis.replicas import Replicas, check_wait
 from microagent.backends.redis.wire import Wire, delivery_of, is_legacy, stored
 from microagent.dsn import hide_password
 from microagent.errors import InvalidArgument, QueueNotFound
@@ -69,10 +69,7 @@ class RedisQueueTransport(Ownership):
                 raise InvalidArgument(f'{label} must be a positive number of bytes, got {value!r}')
         if isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float) or not 0 < heartbeat < math.inf:
             raise InvalidArgument(f'heartbeat must be positive (seconds), got {heartbeat!r}')
-        if isinstance(wait_replicas, bool) or not isinstance(wait_replicas, int) or wait_replicas < 0:
-            raise InvalidArgument(f'wait_replicas must be a count of replicas (0: do not wait), got {wait_replicas!r}')
-        if not 0 < wait_timeout < math.inf:
-            raise InvalidArgument(f'wait_timeout must be positive (seconds), got {wait_timeout!r}')
+        wait_replicas, wait_timeout = check_wait(wait_replicas, wait_timeout)
         self.dsn = dsn
         self.legacy = is_legacy(wire)
         self.heartbeat = float(heartbeat)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from typing import Any
 
@@ -18,10 +19,21 @@ from redis.exceptions import MovedError
 
 from microagent.backends.redis.client import Client
 from microagent.backends.redis.cluster import FAILOVER_ERRORS, connect_options, master_of
-from microagent.errors import NotReplicated
+from microagent.errors import InvalidArgument, NotReplicated
 from microagent.retry import backoff
 
 __all__ = ['Replicas']
+
+
+def check_wait(wait_replicas: object, wait_timeout: object) -> tuple[int, float]:
+    """``wait_replicas`` (0: do not wait) and ``wait_timeout`` (s) as a bus or broker takes them, or
+    ``InvalidArgument`` naming the bad one."""
+    if isinstance(wait_replicas, bool) or not isinstance(wait_replicas, int) or wait_replicas < 0:
+        raise InvalidArgument(f'wait_replicas must be a count of replicas (0: do not wait), got {wait_replicas!r}')
+    if isinstance(wait_timeout, bool) or not isinstance(wait_timeout, int | float) \
+            or not 0 < wait_timeout < math.inf:
+        raise InvalidArgument(f'wait_timeout must be positive (seconds), got {wait_timeout!r}')
+    return wait_replicas, float(wait_timeout)
 
 
 class Replicas:
