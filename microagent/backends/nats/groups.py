@@ -34,6 +34,7 @@ send is stored once within the stream's duplicate window).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -70,7 +71,7 @@ from microagent.backends.nats.headers import (
 )
 from microagent.backends.nats.limits import fitting_reason
 from microagent.backends.nats.link import Link
-from microagent.backends.nats.queue import _left_in
+from microagent.backends.nats.pull import Puller, times_delivered
 from microagent.errors import ConnectionFailed, QueueNotFound
 from microagent.groups import SENDER, GroupQueue, split_store_name
 from microagent.message import GROUP_SENDER, Envelope
@@ -110,7 +111,7 @@ class NATSGroupTransport:
         self._link = link
         self._acks = Acks(self._link)
         self._stores: dict[str, GroupQueue] = {}
-        self._pulls: dict[str, JetStreamContext.PullSubscription] = {}
+        self._pulls: dict[str, Puller] = {}
         self._pulls_generation = 0
         self._taken: set[_Token] = set()
         self._delayed: Counter[str] = Counter()  # retries this process NAKed with a delay, not yet due
@@ -176,7 +177,7 @@ class NATSGroupTransport:
 
     # consuming
 
-    async def _pull(self, queue: Queue[Any]) -> JetStreamContext.PullSubscription:
+    async def _pull(self, queue: Queue[Any]) -> Puller:
         if self._pulls_generation != self._link.generation:
             self._pulls_generation = self._link.generation
             self._pulls.clear()
@@ -184,8 +185,9 @@ class NATSGroupTransport:
         if pull is None:
             await self.declare(queue)
             layout = self._layout(queue.name)
-            js = await self._link.jetstream()
-            pull = self._pulls[queue.name] = await js.pull_subscribe_bind(layout.consumer, layout.stream)
+            pull = Puller(await self._link.client(), layout.stream, layout.consumer)
+            await pull.start()
+            self._pulls[queue.name] = pull
         if self._keeper is None:
             self._keeper = asyncio.create_task(self._keep_taken(), name='nats-groups-in-progress')
         return pull
@@ -195,23 +197,15 @@ class NATSGroupTransport:
 
     async def stop_consuming(self, queue: Queue[Any]) -> None:
         pull = self._pulls.pop(queue.name, None)
-        if pull is not None:
-            try:
-                await pull.unsubscribe()
-                client = await self._link.client()
-                for msg in _left_in(pull):  # prefetched, never handed out: back to the group now
-                    await client.publish(msg.reply, b'-NAK')
-            except nats.errors.Error:
-                pass  # the connection is gone: the server delivers them again after ack_wait
+        if pull is not None:  # what it fetched ahead and never handed out: back to the group now
+            with contextlib.suppress(nats.errors.Error):  # the connection is gone: the server redelivers
+                await pull.close()
 
     async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery[_Token]]:
         pull = await self._pull(queue)
-        try:
-            msgs = await pull.fetch(batch=max(count, 1), timeout=max(timeout, 0.01))
-        except TimeoutError:
-            if not (await self._link.client()).is_connected:
-                raise ConnectionFailed(f'{self._link.name}: not connected to NATS') from None
-            return []
+        msgs = await pull.fetch(batch=max(count, 1), timeout=max(timeout, 0.01))
+        if not msgs and not (await self._link.client()).is_connected:
+            raise ConnectionFailed(f'{self._link.name}: not connected to NATS')
         assert isinstance(queue, GroupQueue)
         deliveries = []
         for msg in msgs:
@@ -224,7 +218,7 @@ class NATSGroupTransport:
 
     def _delivery(self, queue: GroupQueue, msg: Msg) -> Delivery[_Token]:
         headers = msg.headers
-        delivered = _delivered(msg)
+        delivered = times_delivered(msg)
         token = _Token(msg, queue.name)
         self._taken.add(token)
         if headers:
@@ -394,18 +388,4 @@ class NATSGroupTransport:
         self._pulls.clear()
         self._stores.clear()
         self._acks.reset()
-
-
-def _delivered(msg: Msg) -> int:
-    """The delivery count of a JetStream message, read from its ack subject
-    (``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>``, or the longer form
-    with a domain and an account hash); 1 when it is no such subject."""
-    tokens = (msg.reply or '').split('.')
-    if tokens[:2] != ['$JS', 'ACK'] or not (len(tokens) == 9 or len(tokens) >= 11):
-        return 1
-    try:
-        count = int(tokens[4] if len(tokens) == 9 else tokens[6])
-    except ValueError:
-        return 1
-    return count if count >= 1 else 1
 

@@ -15,7 +15,6 @@ import math
 import time
 
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
 from microagent.backends.nats.acks import Acks
 from microagent.backends.nats.headers import (
@@ -32,6 +31,7 @@ from microagent.backends.nats.layout import CONSUMER, Layout
 from microagent.backends.nats.levels import subject_of
 from microagent.backends.nats.limits import fitting_reason
 from microagent.backends.nats.link import Link
+from microagent.backends.nats.pull import Puller
 
 MOVE_BATCH = 100
 MAX_AHEAD = 10 * 365 * 86400.0  # seconds: a due time further ahead is taken for a broken one
@@ -46,16 +46,15 @@ async def move(link: Link, acks: Acks, log: logging.Logger, queue: str, prioriti
     """Move due delayed messages and retries into the queue; NAK the others until they are due."""
     layout = Layout.of(queue)
     while True:
-        later: JetStreamContext.PullSubscription | None = None
+        later: Puller | None = None
         try:
-            js = await link.jetstream()
-            later = await js.pull_subscribe_bind(CONSUMER, layout.later_stream)
+            client = await link.client()
+            later = Puller(client, layout.later_stream, CONSUMER)
+            await later.start()
             while True:
-                try:
-                    msgs = await later.fetch(batch=MOVE_BATCH, timeout=5.0)
-                except TimeoutError:  # nothing to move (nats-py raises its own or the builtin one)
-                    continue
-                await move_due(acks, layout, msgs, (await link.client()).max_payload, priorities)
+                msgs = await later.fetch(MOVE_BATCH, 5.0)
+                if msgs:
+                    await move_due(acks, layout, msgs, client.max_payload, priorities)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -65,23 +64,22 @@ async def move(link: Link, acks: Acks, log: logging.Logger, queue: str, prioriti
         finally:
             if later is not None:
                 with contextlib.suppress(Exception):  # a dead connection took it along
-                    await later.unsubscribe()
+                    await later.close()
 
 
 async def move_once(link: Link, acks: Acks, layout: Layout, priorities: int | None) -> None:
     """Move what is due now (up to ``MOVE_BATCH``), once: a consumer that starts does, so its first
     fetch sees the retries and delayed sends that came due while nobody consumed (at their level)."""
-    js = await link.jetstream()
-    later = await js.pull_subscribe_bind(CONSUMER, layout.later_stream)
+    client = await link.client()
+    later = Puller(client, layout.later_stream, CONSUMER)
+    await later.start()
     try:
-        try:
-            msgs = await later.fetch(batch=MOVE_BATCH, timeout=0.05)
-        except TimeoutError:  # nothing held
-            return
-        await move_due(acks, layout, msgs, (await link.client()).max_payload, priorities)
+        msgs = await later.fetch(MOVE_BATCH, 1.0, wait=False)
+        if msgs:
+            await move_due(acks, layout, msgs, client.max_payload, priorities)
     finally:
         with contextlib.suppress(Exception):
-            await later.unsubscribe()
+            await later.close()
 
 
 def _due_at(headers: dict[str, str] | None, now: float) -> float | str:

@@ -14,7 +14,6 @@ seconds, so a message sent to a higher level of an idle queue waits that long at
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping, Sequence
 
 from nats.aio.msg import Msg
@@ -23,6 +22,7 @@ from nats.js.errors import NotFoundError
 
 from microagent.backends.nats.headers import PRIORITY_HEADER
 from microagent.backends.nats.layout import CONSUMER, Layout
+from microagent.backends.nats.pull import Puller
 from microagent.queue import Queue
 
 #: the longest a fetch of an idle priority queue waits on level 0 before it looks at the others (s)
@@ -71,7 +71,7 @@ async def pending(js: JetStreamContext, layout: Layout, levels: int) -> list[int
     return [ready for ready, _ in await counts(js, layout, levels)]
 
 
-async def fetch_levels(js: JetStreamContext, layout: Layout, pulls: Sequence[JetStreamContext.PullSubscription],
+async def fetch_levels(js: JetStreamContext, layout: Layout, pulls: Sequence[Puller],
                        count: int, timeout: float) -> list[Msg]:
     """Up to ``count`` messages, from the highest levels that have some (``pulls``: one per level, 0 first)."""
     waiting = await pending(js, layout, len(pulls))
@@ -80,8 +80,7 @@ async def fetch_levels(js: JetStreamContext, layout: Layout, pulls: Sequence[Jet
         want = min(count - len(taken), waiting[level])
         if want <= 0:
             continue
-        with contextlib.suppress(TimeoutError):  # taken by another consumer meanwhile
-            taken += await pulls[level].fetch(batch=want, timeout=0.5)
+        taken += await pulls[level].fetch(batch=want, timeout=0.5)  # none when another consumer took them
         if len(taken) >= count:
             break
     if taken:

@@ -50,7 +50,6 @@ from microagent.backends.nats.headers import (
     PRIORITY_HEADER,
     REASON_HEADER,
     REDELIVERED_HEADER,
-    STATUS_HEADER,
     Headers,
     attempt,
     dead_letter,
@@ -64,6 +63,7 @@ from microagent.backends.nats.layout import BINDINGS_STREAM, BINDINGS_SUBJECT, C
 from microagent.backends.nats.levels import counts, fetch_levels, pending, priorities_of, subject_of
 from microagent.backends.nats.limits import ROOM, check_sizes, fitting_reason
 from microagent.backends.nats.link import Link
+from microagent.backends.nats.pull import Puller, times_delivered
 from microagent.errors import ConnectionFailed, QueueNotFound
 from microagent.message import Envelope
 from microagent.queue import Queue, topics_match
@@ -105,8 +105,8 @@ class NATSQueueTransport:
                           connect_timeout=connect_timeout)
         self._acks = Acks(self._link)
         self._declared: set[str] = set()
-        self._pulls: dict[str, JetStreamContext.PullSubscription] = {}
-        self._level_pulls: dict[str, list[JetStreamContext.PullSubscription]] = {}  # 0 first
+        self._pulls: dict[str, Puller] = {}
+        self._level_pulls: dict[str, list[Puller]] = {}  # 0 first
         self._pulls_generation = 0  # the link's client the pull subscriptions are bound on
         #: the engine's limit on a whole message (the NATSBroker sets it); the server's max_payload too
         self.max_message_size: int | None = None
@@ -215,7 +215,12 @@ class NATSQueueTransport:
 
     # consuming
 
-    async def _pull(self, queue: Queue[Any]) -> JetStreamContext.PullSubscription:
+    async def _puller(self, stream: str) -> Puller:
+        puller = Puller(await self._link.client(), stream, CONSUMER)
+        await puller.start()
+        return puller
+
+    async def _pull(self, queue: Queue[Any]) -> Puller:
         if self._pulls_generation != self._link.generation:  # a new client: bound on the old one, gone
             self._pulls_generation = self._link.generation
             self._pulls.clear()
@@ -226,11 +231,11 @@ class NATSQueueTransport:
             layout = Layout.of(queue.name)
             await self._consumer(js, layout.stream)
             await self._consumer(js, layout.later_stream)
-            pull = self._pulls[queue.name] = await js.pull_subscribe_bind(CONSUMER, layout.stream)
+            pull = self._pulls[queue.name] = await self._puller(layout.stream)
             levels = [pull]
             for level in range(1, queue.priorities or 1):
                 await self._consumer(js, layout.level_stream(level))
-                levels.append(await js.pull_subscribe_bind(CONSUMER, layout.level_stream(level)))
+                levels.append(await self._puller(layout.level_stream(level)))
             self._level_pulls[queue.name] = levels
         if queue.name not in self._movers:
             self._movers[queue.name] = asyncio.create_task(
@@ -255,31 +260,28 @@ class NATSQueueTransport:
         first = self._pulls.pop(queue.name, None)
         for pull in self._level_pulls.pop(queue.name, None) or ([first] if first is not None else []):
             try:
-                await pull.unsubscribe()
+                await pull.stop()
                 # released like deliveries: stored again at the tail, so ``length`` counts them
-                await self.release(queue, [self._delivery(msg) for msg in _left_in(pull)])
+                await self.release(queue, [self._delivery(msg) for msg in pull.left()])
             except nats.errors.Error:
                 pass  # the connection is gone: the server delivers them again after ack_wait
 
     async def fetch(self, queue: Queue[Any], count: int, timeout: float) -> list[Delivery[_Token]]:
         pull = await self._pull(queue)
-        try:
-            if queue.priorities:
-                msgs = await fetch_levels(await self._link.jetstream(), Layout.of(queue.name),
-                                          self._level_pulls[queue.name], count, timeout)
-            else:
-                msgs = await pull.fetch(batch=max(count, 1), timeout=max(timeout, 0.01))
-        except TimeoutError:  # nats-py raises its own or the builtin one when nothing came
-            if not (await self._link.client()).is_connected:  # a real failure, for the engine to log
-                raise ConnectionFailed(f'{self._link.name}: not connected to NATS') from None
-            return []  # an empty queue
+        if queue.priorities:
+            msgs = await fetch_levels(await self._link.jetstream(), Layout.of(queue.name),
+                                      self._level_pulls[queue.name], count, timeout)
+        else:
+            msgs = await pull.fetch(batch=max(count, 1), timeout=max(timeout, 0.01))
+        if not msgs and not (await self._link.client()).is_connected:  # a failure, for the engine to log
+            raise ConnectionFailed(f'{self._link.name}: not connected to NATS')
         return [self._delivery(msg) for msg in msgs]
 
     def _delivery(self, msg: Msg) -> Delivery[_Token]:
         headers = msg.headers
         token = _Token(msg)
         self._taken.add(token)
-        redelivered = msg.metadata.num_delivered > 1 or bool(headers and REDELIVERED_HEADER in headers)
+        redelivered = times_delivered(msg) > 1 or bool(headers and REDELIVERED_HEADER in headers)
         return Delivery(Envelope(msg.data, envelope_headers(headers) or None), token, attempt(headers),
                         redelivered)
 
@@ -453,18 +455,6 @@ class NATSQueueTransport:
         self._acks.reset()
         self._declared.clear()
         await self._link.close()
-
-
-def _left_in(pull: JetStreamContext.PullSubscription) -> list[Msg]:
-    """Messages a cancelled fetch received and nobody took (nats-py keeps them in the subscription's
-    queue; it has no public way to hand them back)."""
-    pending: asyncio.Queue[Msg] | None = getattr(getattr(pull, '_sub', None), '_pending_queue', None)
-    left: list[Msg] = []
-    while pending is not None and not pending.empty():
-        msg = pending.get_nowait()
-        if msg.reply and msg.data is not None and not (msg.headers or {}).get(STATUS_HEADER):
-            left.append(msg)
-    return left
 
 
 def _level_mark(headers: Mapping[str, str] | None, subject: str, layout: Layout) -> dict[str, str]:
