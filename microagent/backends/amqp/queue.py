@@ -30,6 +30,7 @@ from typing import Any
 import aiormq
 from aiormq.abc import AbstractChannel, DeliveredMessage
 
+from microagent.backends.amqp.acks import SettledAcks
 from microagent.backends.amqp.dead_letters import DEAD_SUFFIX, DeadLetterQueues
 from microagent.backends.amqp.declarations import RETRY_SUFFIX, QueueDeclarations
 from microagent.backends.amqp.headers import (
@@ -62,6 +63,7 @@ class _Subscription:
 
     def __init__(self) -> None:
         self.channel: AbstractChannel | None = None
+        self.acks: SettledAcks | None = None  # the channel's
         self.buffer: deque[DeliveredMessage] = deque()
         self.arrived = asyncio.Event()
         self.delivered = False  # whether RabbitMQ ever handed this subscription a message
@@ -85,9 +87,14 @@ class _Subscription:
 
     async def close(self) -> None:
         channel, self.channel = self.channel, None
+        acks, self.acks = self.acks, None
         self.buffer.clear()
         if channel is not None and not channel.is_closed:
+            if acks is not None:
+                await acks.send_now()  # the handled ones are acknowledged, not delivered again
             await channel.close()  # unacked messages go back to the queue
+        if acks is not None:
+            acks.close()
 
 
 class AMQPQueueTransport(QueueDeclarations):
@@ -238,7 +245,7 @@ class AMQPQueueTransport(QueueDeclarations):
         channel = await self._link.channel(patience)
         try:
             await channel.basic_qos(prefetch_count=prefetch)
-            sub.channel = channel
+            sub.channel, sub.acks = channel, SettledAcks(channel, prefetch // 4)
             channel.closing.add_done_callback(partial(sub.on_close, channel))
             await channel.basic_consume(queue.name, partial(sub.on_message, channel))
         except BaseException:
@@ -262,13 +269,14 @@ class AMQPQueueTransport(QueueDeclarations):
         channel = sub.channel
         if channel is None:
             return []
-        return [self._delivery(queue, channel, message) for message in taken]
+        return [self._delivery(queue, channel, message, sub.acks) for message in taken]
 
-    def _delivery(self, queue: Queue[Any], channel: AbstractChannel, message: DeliveredMessage) -> Delivery[Token]:
+    def _delivery(self, queue: Queue[Any], channel: AbstractChannel, message: DeliveredMessage,
+                  acks: SettledAcks | None = None) -> Delivery[Token]:
         properties = message.header.properties
         redelivered = bool(getattr(message.delivery, 'redelivered', False))
         tag = message.delivery_tag or 0
-        token = Token(channel, tag, properties)
+        token = Token(channel, tag, properties, acks=acks)
         attempt = 1
         table = properties.headers
         if table and ATTEMPT_HEADER in table:

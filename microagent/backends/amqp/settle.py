@@ -12,6 +12,7 @@ from typing import Any
 from aiormq.abc import AbstractChannel
 from pamqp import commands as spec
 
+from microagent.backends.amqp.acks import SettledAcks
 from microagent.backends.amqp.headers import table
 
 RETURN_WAIT = 5.0  # how long stopping a quorum queue's consumer waits for the queue to take back its messages
@@ -27,6 +28,7 @@ class Token:
     properties: spec.Basic.Properties
     settled: bool = False
     drop: Callable[[str], Awaitable[None]] | None = None  # dead-letters the message with a reason
+    acks: SettledAcks | None = None  # its channel's: an ack may wait for the others of a few ms
 
 
 @dataclass(frozen=True)
@@ -71,12 +73,17 @@ async def settle(token: Token, how: str, requeue: bool = True) -> bool:
     token.settled = True
     if token.channel.is_closed:
         return False
+    acks = token.acks
     if how == 'ack':
+        if acks is not None and acks.defer(token.tag):
+            return True  # sent within a few milliseconds, with the others settled meanwhile
         await token.channel.basic_ack(token.tag)
     elif how == 'nack':
         await token.channel.basic_nack(token.tag, requeue=requeue)
     else:
         await token.channel.basic_reject(token.tag, requeue=requeue)
+    if acks is not None:
+        acks.settled_alone(token.tag)
     return True
 
 
