@@ -139,10 +139,11 @@ class NATSBusTransport:
             return
         client = await self._link.client()
         headers = envelope.headers
-        check_sizes(f'RPC answer to {reply_to!r}', ((envelope.body, headers),), self.max_message_size,
-                    client.max_payload)
-        await client.publish(check_subject(reply_to, 'RPC reply-to'), envelope.body,
-                             headers=dict(headers) if headers else None)
+        if not fits(envelope.body, headers, client.max_payload):  # the name is formatted only when it may not
+            check_sizes(f'RPC answer to {reply_to!r}', ((envelope.body, headers),), self.max_message_size,
+                        client.max_payload)
+        # an inbox (checked above) is a literal subject
+        await client.publish(reply_to, envelope.body, headers=dict(headers) if headers else None)
 
     async def _on_signal(self, name: str, msg: Msg) -> None:
         """Deliver a signal, once: when names nest (``a`` and ``a.b``), the longest one owns it."""

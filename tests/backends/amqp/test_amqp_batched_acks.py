@@ -61,6 +61,7 @@ async def test_settled_in_any_order_every_message_is_settled_as_asked(unique: st
             if order.random() < 0.2:
                 await asyncio.sleep(0)  # let a window's ack go out now and then
         await acks.send_now()
+        assert consuming.consumer_tag is not None
         await channel.basic_cancel(consuming.consumer_tag)
         assert not channel.is_closed
         await channel.close()
