@@ -9,6 +9,8 @@ every benchmark table here, a ratio above 1 means faster than raw; below 1 is th
 microagent's validation, delivery bookkeeping and handler calling. microagent also sends every
 message's headers (ids, time, trace) in the AMQP headers table, which the raw side does not: the
 indented row under the signal one measures what such a table costs raw aiormq and RabbitMQ alone.
+Signals and RPC go from one client to another on both sides: microagent's two buses have a
+connection each, and so do raw's sender and listener (caller and server).
 
 Signal groups: a grouped receiver (one member, concurrency = prefetch 32) against raw aiormq
 publishing persistent JSON to a topic exchange bound to a durable queue and consuming it with acks:
@@ -100,10 +102,16 @@ class Bench:
         self.exchanges: list[str] = []
         self.rows: list[Row] = []
         self.raw: aiormq.abc.AbstractConnection | None = None
+        self.peer: aiormq.abc.AbstractConnection | None = None  # the raw listener's or server's own
 
     async def channel(self, publisher_confirms: bool = True) -> AbstractChannel:
         assert self.raw is not None
         return await self.raw.channel(publisher_confirms=publisher_confirms)
+
+    async def peer_channel(self) -> AbstractChannel:
+        """A channel of the raw side's second client, which receives signals and answers calls."""
+        assert self.peer is not None
+        return await self.peer.channel(publisher_confirms=True)
 
     def queue(self, label: str) -> Queue[Job]:
         queue = Queue(f'bench_{label}_{self.tag}', Job)
@@ -225,7 +233,7 @@ class Bench:
 
         exchange = f'bench_raw_{self.tag}'
         self.exchanges.append(exchange)
-        channel = await self.channel()
+        channel = await self.peer_channel()
         await channel.exchange_declare(exchange, exchange_type='topic', durable=True)
         declared = await channel.queue_declare('', exclusive=True, auto_delete=True)
         assert declared.queue
@@ -283,7 +291,7 @@ class Bench:
         return exchange, queue
 
     async def raw_consume(self, queue: str, done: Counter) -> AbstractChannel:
-        channel = await self.channel()
+        channel = await self.peer_channel()  # the member is a client of its own, as microagent's is
         await channel.basic_qos(prefetch_count=PREFETCH)
 
         async def on_message(message: DeliveredMessage) -> None:
@@ -393,7 +401,7 @@ class Bench:
 
         exchange = f'bench_rpc_raw_{self.tag}'
         self.exchanges.append(exchange)
-        server = await self.channel()
+        server = await self.peer_channel()
         await server.exchange_declare(exchange, exchange_type='topic', durable=True)
         requests = await server.queue_declare('', exclusive=True, auto_delete=True)
         assert requests.queue
@@ -450,6 +458,7 @@ class Bench:
 
     async def run(self) -> None:
         self.raw = await aiormq.connect(self.dsn)
+        self.peer = await aiormq.connect(self.dsn)
         broker = AMQPBroker(self.dsn)
         buses = [AMQPSignalBus(self.dsn, prefix=f'bench_{self.tag}') for _ in range(2)]
         self.exchanges.append(f'bench_{self.tag}')
@@ -472,6 +481,7 @@ class Bench:
             for name in self.exchanges:
                 await channel.exchange_delete(name)
             await self.raw.close()
+            await self.peer.close()
 
     def print(self) -> None:
         print_table(f'microagent on RabbitMQ vs raw aiormq {version("aiormq")}: {self.n} messages and '
