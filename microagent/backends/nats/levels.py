@@ -7,9 +7,9 @@ every move keeps it: a retry or a delayed send waits in ``MQ-t-later`` and the m
 at its level, a release and a requeued dead letter go back to its level's stream.
 
 A fetch asks the consumers of the levels, highest first, how many messages they have pending (in
-parallel, one round trip) and takes from the highest levels that have some, the rest of the batch
-from the next ones. With nothing pending anywhere it waits on level 0 for at most ``LEVEL_POLL``
-seconds, so a message sent to a higher level of an idle queue waits that long at most.
+parallel, one round trip) and takes from the highest levels that have some (or that a wait left
+in hand here), the rest of the batch from the next ones. With nothing pending anywhere it waits on
+every level at once, and the first level a message comes to gives the batch.
 """
 from __future__ import annotations
 
@@ -24,9 +24,6 @@ from microagent.backends.nats.headers import PRIORITY_HEADER
 from microagent.backends.nats.layout import CONSUMER, Layout
 from microagent.backends.nats.pull import Puller
 from microagent.queue import Queue
-
-#: the longest a fetch of an idle priority queue waits on level 0 before it looks at the others (s)
-LEVEL_POLL = 0.1
 
 
 def level_of(headers: Mapping[str, str] | None, priorities: int | None) -> int:
@@ -77,12 +74,31 @@ async def fetch_levels(js: JetStreamContext, layout: Layout, pulls: Sequence[Pul
     waiting = await pending(js, layout, len(pulls))
     taken: list[Msg] = []
     for level in range(len(pulls) - 1, -1, -1):
-        want = min(count - len(taken), waiting[level])
+        want = min(count - len(taken), waiting[level] + pulls[level].in_hand)
         if want <= 0:
             continue
-        taken += await pulls[level].fetch(batch=want, timeout=0.5)  # none when another consumer took them
+        # no request left waiting: what it brought later would wait here until the level is asked again
+        taken += await pulls[level].fetch(want, 0.5, wait=False)
         if len(taken) >= count:
             break
     if taken:
         return taken
-    return await pulls[0].fetch(batch=max(count, 1), timeout=max(min(timeout, LEVEL_POLL), 0.01))
+    return await _first(pulls, max(count, 1), max(timeout, 0.01))
+
+
+async def _first(pulls: Sequence[Puller], count: int, timeout: float) -> list[Msg]:
+    """Wait on every level at once for ``timeout``: what the first level to get messages brings
+    (with what others brought in the same moment, highest level first). The other waits are
+    cancelled; a message their requests bring later stays in hand for the next fetch (``in_hand``)."""
+    waits = [asyncio.ensure_future(puller.fetch(count, timeout)) for puller in pulls]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+        results = await asyncio.gather(*waits, return_exceptions=True)
+    taken = [msg for result in reversed(results) if isinstance(result, list) for msg in result]
+    failures = [result for result in results if isinstance(result, Exception)]
+    if failures and not taken:
+        raise failures[0]
+    return taken

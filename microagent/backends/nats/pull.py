@@ -69,6 +69,11 @@ class Puller:
         self._want = 0
         self._waiter: asyncio.Future[str] | None = None
 
+    @property
+    def in_hand(self) -> int:
+        """Messages that came after their fetch gave up, for the next fetch."""
+        return len(self._ready)
+
     async def start(self) -> None:
         self._sub = await self._client.subscribe(f'{self._inbox}.*', cb=self._arrived)
 

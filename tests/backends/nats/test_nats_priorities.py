@@ -1,6 +1,6 @@
 """NATS priority levels: a stream per level above 0 (``MQ-q-p{k}`` on ``mq.q.p{k}``), the level in
 ``x-priority`` (never shown to handlers as a header), a plain producer publishing to a level's
-subject, and an idle consumer taking a higher level's message within ``LEVEL_POLL``."""
+subject, and an idle consumer, waiting on every level, taking a higher level's message as it comes."""
 from __future__ import annotations
 
 import asyncio
@@ -55,6 +55,28 @@ async def test_a_level_is_a_stream_and_its_mark_is_no_user_header(broker: NATSBr
     async with Worker(broker=broker):
         await got.wait(2)
         assert got.items == [(1, {'tenant': 'acme'}), (2, {})]
-        await asyncio.sleep(0.3)  # the consumer waits on level 0 in turns of LEVEL_POLL
+        await asyncio.sleep(0.3)  # the consumer is idle: it waits on every level
         await broker[queue].send(Job(3), priority=1)
         await got.wait(3, timeout=1.0)
+
+
+async def test_what_a_level_brings_after_another_level_answered_is_taken(broker: NATSBroker, unique: str) -> None:
+    """An idle consumer waits on every level; level 0 answers first, so the waits on levels 1 and 2
+    end while their requests stay on the server: a message they bring then is in hand here (the
+    server counts it as delivered, not pending) and the next fetch takes it, not ack_wait later."""
+    queue = Queue(f'nprio_late_{unique}', Job, priorities=3)
+    got = Collector()
+
+    class Worker(MicroAgent):
+        @consumer(queue, concurrency=1)
+        async def work(self, job: Job) -> None:
+            got.add(job.job_id)
+
+    async with Worker(broker=broker):
+        await asyncio.sleep(0.2)  # idle: waiting on every level
+        for n in range(5):
+            await broker[queue].send(Job(n * 10))
+            await got.wait(2 * n + 1)
+            await broker[queue].send(Job(n * 10 + 1), priority=1 + n % 2)
+            await got.wait(2 * n + 2, timeout=3.0)  # within the queue's ack_wait (30 s) by far
+    assert got.items == [value for n in range(5) for value in (n * 10, n * 10 + 1)]
