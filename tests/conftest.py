@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import sys
 import types
 import uuid
@@ -34,6 +35,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption('--reverse'):
         items.reverse()
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """A test that runs marun's ``main`` in this process leaves its log handler on the root logger,
+    writing to that test's captured stderr: removed after the test (with the root level put back),
+    so no later test logs to a closed stream, whatever the order."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in [h for h in root.handlers if getattr(h, '_microagent', False)]:
+        root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(scope='session')

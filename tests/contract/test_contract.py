@@ -114,7 +114,6 @@ ticket_priced = Signal(f'contract_ticket_priced_{SUFFIX}', Ticket, returns=int)
 tickets = Queue(f'contract_tickets_{SUFFIX}', Ticket)
 archive = Queue(f'contract_archive_{SUFFIX}', Ticket)
 legacy_closed = Signal(f'contract_ticket_closed_{SUFFIX}', providing_args=['ticket_id', 'reason'])
-stuck = asyncio.Event()  # never set: what a hung handler waits for
 
 
 class Helpdesk(MicroAgent):
@@ -136,7 +135,7 @@ class Helpdesk(MicroAgent):
 
     @consumer(archive, timeout=0.05, max_retries=0)
     async def store(self, ticket: Ticket) -> None:
-        await stuck.wait()  # planted: hangs past its timeout
+        await asyncio.get_running_loop().create_future()  # planted: never done, hangs past its timeout
 
 
 async def test_planted_failures_are_named_with_why() -> None:
