@@ -65,9 +65,9 @@ from microagent.backends.nats.headers import (
     GROUP_HEADER,
     OWN_HEADERS,
     REASON_HEADER,
-    SERVER_PREFIX,
     dead_letter,
     one_line,
+    server_header,
     stored,
 )
 from microagent.backends.nats.limits import fitting_reason
@@ -224,7 +224,7 @@ class NATSGroupTransport:
         self._taken.add(token)
         if headers:
             sender = headers.get(GROUP_SENDER, '')[:MAX_SENDER]
-            shown = {k: v for k, v in headers.items() if k not in _HIDDEN and k[:5].lower() != SERVER_PREFIX}
+            shown = {k: v for k, v in headers.items() if k not in _HIDDEN and not server_header(k)}
         else:
             sender, shown = '', None
         return Delivery(Envelope(msg.data, shown or None), token, delivered, delivered > 1, {SENDER: sender})

@@ -38,16 +38,16 @@ STATUS_HEADER = 'Status'
 Headers = dict[str, str]
 
 
-def _servers(name: str) -> bool:
-    return name.lower().startswith(SERVER_PREFIX)
+def server_header(name: str) -> bool:
+    """Whether ``name`` is one of the server's headers (``Nats-`` in any case)."""
+    return name[:5].lower() == SERVER_PREFIX
 
 
 def envelope_headers(headers: Mapping[str, str] | None) -> Headers:
-    """The envelope's headers in a stored message: without this backend's and the server's own
-    (``_servers`` inline: this runs for every message a consumer takes)."""
+    """The envelope's headers in a stored message: without this backend's and the server's own."""
     if not headers:
         return {}
-    return {k: v for k, v in headers.items() if k not in OWN_HEADERS and k[:5].lower() != SERVER_PREFIX}
+    return {k: v for k, v in headers.items() if k not in OWN_HEADERS and not server_header(k)}
 
 
 def attempt(headers: Mapping[str, str] | None) -> int:
@@ -67,7 +67,7 @@ def with_id(headers: Mapping[str, str] | None) -> Headers | None:
 
 def stored(headers: Mapping[str, str] | None) -> Headers:
     """A taken message's headers, for storing it again: the attempt kept, no ``Nats-`` ones."""
-    return {k: v for k, v in (headers or {}).items() if not _servers(k)
+    return {k: v for k, v in (headers or {}).items() if not server_header(k)
             and k not in (REASON_HEADER, DEAD_AT_HEADER, DUE_HEADER, REDELIVERED_HEADER)}
 
 
