@@ -111,7 +111,7 @@ class Consuming(Batching):
                 await run.wait_for_work()
                 continue
             delivery = buffer.popleft()
-            if buffer and not run.waking:
+            if buffer:
                 run.wake_one()
             run.busy += 1
             try:
@@ -126,7 +126,7 @@ class Consuming(Batching):
                 run.deadlines[task] = time.monotonic() + consumer.timeout  # the loop's clock
                 held = current_var.set(delivery)  # read into a Message only if the handler asks or sends
                 try:
-                    if (middlewares := consumer.agent.middlewares) and (middlewares := active(middlewares)):
+                    if middlewares := active(consumer.agent.middlewares):
                         await self._handle_through(run, task, delivery, payload, middlewares)
                     else:
                         await consumer(payload, delivery.context)

@@ -72,8 +72,6 @@ class Running:
                 check_size(f'queue {consumer.queue.name!r}', body, max_message_size)
             if consumer.screens:
                 consumer.screen(delivery)
-            if consumer.dto_class is None:  # Consumer.decode's common case, one call less per message
-                return consumer.queue.codec.decode(body), None
             return consumer.decode(body)
         except InvalidPayload:
             raise
